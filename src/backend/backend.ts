@@ -1,0 +1,64 @@
+/**
+ * What every backend provides: load a Program's weights once, hold the paged KV pool, and run
+ * one step of the Program over a StepBatch. The runner builds StepBatches; the scheduler and
+ * block manager never see a backend.
+ */
+import type { Program } from '../graph/program.js';
+
+/**
+ * One step's inputs, packed. T tokens from B sequences; S rows need logits.
+ *   tokenIds, positions, slotMapping: [T]  (slot = block * blockSize + offset; -1 = skip)
+ *   queryStart: [B + 1] prefix offsets of each sequence's tokens in the packed rows
+ *   contextLens: [B] tokens in the cache for each sequence after this step's writes
+ *   blockTables: [B, blockTableWidth] KV blocks of each sequence, in order (unused: 0)
+ *   logitsIndices: [S] packed rows whose logits are wanted
+ */
+export interface StepBatch {
+  numTokens: number;
+  numSeqs: number;
+  numLogitRows: number;
+  tokenIds: Int32Array;
+  positions: Int32Array;
+  slotMapping: Int32Array;
+  queryStart: Int32Array;
+  contextLens: Int32Array;
+  blockTables: Int32Array;
+  blockTableWidth: number;
+  logitsIndices: Int32Array;
+}
+
+/** Reads checkpoint tensors by the graph's names, widened to f32. */
+export interface WeightSource {
+  readF32(name: string): Promise<Float32Array>;
+}
+
+export interface LoadProgress {
+  /** Weight bytes on the device so far and in all. */
+  loadedBytes: number;
+  totalBytes: number;
+  name: string;
+}
+
+export interface MemoryReport {
+  weightBytes: number;
+  activationBytes: number;
+  kvCacheBytes: number;
+}
+
+export interface Backend {
+  readonly name: 'cpu' | 'cuda';
+  /** One line: the device, e.g. "cpu (f32, 1 thread)". */
+  describe(): string;
+  /** Uploads every weight the Program needs and allocates its activation arena. */
+  load(program: Program, weights: WeightSource, onProgress?: (p: LoadProgress) => void): Promise<void>;
+  /** Bytes one KV block takes, summed over layers (k and v). */
+  kvBytesPerBlock(): number;
+  /** Allocates the KV pool: numBlocks blocks per layer. */
+  allocateKvCache(numBlocks: number): void;
+  /** Copies whole KV blocks (copy-on-write), all layers: pairs of [src, dst]. */
+  copyBlocks(pairs: Array<[number, number]>): void;
+  /** Runs the Program over one step; returns logits [S, vocab], row-major, on the host. */
+  execute(batch: StepBatch): Promise<Float32Array>;
+  memory(): MemoryReport;
+  dispose(): Promise<void>;
+}

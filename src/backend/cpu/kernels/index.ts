@@ -1,0 +1,28 @@
+/** The CPU backend's kernel for each op of the IR, by op name: the reference every backend matches. */
+import type { OpName } from '../../../graph/ops.js';
+import type { CpuKernel } from '../tensor.js';
+import { attention, kvWrite } from './attention.js';
+import { add, gelu, mul, silu } from './elementwise.js';
+import { embedding, gatherRows } from './gather.js';
+import { matmul } from './matmul.js';
+import { layernorm, rmsnorm } from './norm.js';
+import { rope } from './rope.js';
+import { concatRows, sliceRows, transpose } from './transforms.js';
+
+export const CPU_KERNELS: Record<OpName, CpuKernel> = {
+  transpose,
+  slice_rows: sliceRows,
+  concat_rows: concatRows,
+  embedding,
+  matmul,
+  add,
+  mul,
+  silu,
+  gelu,
+  rmsnorm,
+  layernorm,
+  rope,
+  kv_write: kvWrite,
+  attention,
+  gather_rows: gatherRows,
+};

@@ -1,0 +1,23 @@
+/** Load-time weight transforms: transpose (GPT-2 Conv1D), slice_rows (split c_attn), concat_rows. */
+import type { KernelArgs } from '../tensor.js';
+import { f32 } from '../tensor.js';
+
+export function transpose({ inputs: [xt], output }: KernelArgs): void {
+  const x = f32(xt), y = f32(output);
+  const [a, b] = xt.shape;
+  for (let i = 0; i < a; i++) for (let j = 0; j < b; j++) y[j * a + i] = x[i * b + j];
+}
+
+export function sliceRows({ inputs: [xt], output, attrs }: KernelArgs): void {
+  const rowSize = xt.shape.slice(1).reduce((p, d) => p * d, 1);
+  const start = (attrs.start as number) * rowSize;
+  f32(output).set(f32(xt).subarray(start, start + (attrs.count as number) * rowSize));
+}
+
+export function concatRows({ inputs, output }: KernelArgs): void {
+  let offset = 0;
+  for (const t of inputs) {
+    f32(output).set(f32(t), offset);
+    offset += t.data.length;
+  }
+}

@@ -1,0 +1,227 @@
+/**
+ * The op set of the IR: for each op, its inputs, attributes and output shape, checked when a
+ * model graph is built. Every op has a CPU reference kernel under the same name
+ * (backend/cpu/kernels), and every backend implements the same set.
+ *
+ * Shapes are row-major; "rows" is T (tokens) or S (logit rows), or a number for weights.
+ * Categories:
+ *   load     weight-layout transforms, evaluated once when weights load, never per step
+ *   compute  per-step work on activations
+ *   state    updates the paged KV cache and returns it
+ */
+import type { Attrs, DType, Dim } from './ir.js';
+
+export type OpCategory = 'load' | 'compute' | 'state';
+
+export interface OpSpec {
+  category: OpCategory;
+  /** Output dtype; 'float' unless given. */
+  dtype?: DType;
+  /** Checks the input shapes and attrs; returns the output shape. Throws with a reason. */
+  shape(inputs: Dim[][], attrs: Attrs): Dim[];
+  /** One line for `tessera graph`: what the op computes. */
+  doc: string;
+}
+
+function need(cond: boolean, message: string): asserts cond {
+  if (!cond) throw new Error(message);
+}
+
+function fmt(shape: Dim[]): string {
+  return `[${shape.join(', ')}]`;
+}
+
+function arity(inputs: Dim[][], n: number): void {
+  need(inputs.length === n, `expects ${n} inputs, got ${inputs.length}`);
+}
+
+function matrix(shape: Dim[], what: string): [Dim, Dim] {
+  need(shape.length === 2, `${what} must be 2-D, got ${fmt(shape)}`);
+  return [shape[0], shape[1]];
+}
+
+function sameShape(a: Dim[], b: Dim[], what: string): void {
+  need(a.length === b.length && a.every((d, i) => d === b[i]), `${what}: shapes ${fmt(a)} and ${fmt(b)} differ`);
+}
+
+function num(attrs: Attrs, key: string): number {
+  const v = attrs[key];
+  need(typeof v === 'number' && Number.isFinite(v), `attr ${key} must be a number`);
+  return v;
+}
+
+const unary = (doc: string): OpSpec => ({
+  category: 'compute',
+  doc,
+  shape(inputs) {
+    arity(inputs, 1);
+    return inputs[0];
+  },
+});
+
+const SPECS = {
+  // ---- load-time weight transforms ----
+  transpose: {
+    category: 'load',
+    doc: 'w[a, b] -> [b, a] (GPT-2 Conv1D weights are stored [in, out])',
+    shape(inputs) {
+      arity(inputs, 1);
+      const [a, b] = matrix(inputs[0], 'input');
+      return [b, a];
+    },
+  },
+  slice_rows: {
+    category: 'load',
+    doc: 'w[a, ...] -> w[start : start + count, ...] (splits a fused weight)',
+    shape(inputs, attrs) {
+      arity(inputs, 1);
+      const [rows, ...rest] = inputs[0];
+      const start = num(attrs, 'start');
+      const count = num(attrs, 'count');
+      need(typeof rows === 'number' && start >= 0 && count > 0 && start + count <= rows, `rows [${start}, ${start + count}) outside ${fmt(inputs[0])}`);
+      return [count, ...rest];
+    },
+  },
+  concat_rows: {
+    category: 'load',
+    doc: 'w0[a0, ...], w1[a1, ...], ... -> [a0 + a1 + ..., ...] (merges sibling weights)',
+    shape(inputs) {
+      need(inputs.length >= 1, 'expects at least one input');
+      const rest = inputs[0].slice(1);
+      let rows = 0;
+      for (const s of inputs) {
+        need(typeof s[0] === 'number', `rows of ${fmt(s)} must be fixed`);
+        sameShape(s.slice(1), rest, 'trailing dims');
+        rows += s[0] as number;
+      }
+      return [rows, ...rest];
+    },
+  },
+
+  // ---- per-step compute ----
+  embedding: {
+    category: 'compute',
+    doc: 'ids[R] i32, table[V, D] -> table[ids]: [R, D]',
+    shape(inputs) {
+      arity(inputs, 2);
+      need(inputs[0].length === 1, `ids must be 1-D, got ${fmt(inputs[0])}`);
+      const [, d] = matrix(inputs[1], 'table');
+      return [inputs[0][0], d];
+    },
+  },
+  matmul: {
+    category: 'compute',
+    doc: 'x[R, K], w[N, K] -> x w^T: [R, N] (weights in nn.Linear layout)',
+    shape(inputs) {
+      arity(inputs, 2);
+      const [r, k] = matrix(inputs[0], 'x');
+      const [n, k2] = matrix(inputs[1], 'w');
+      need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+      return [r, n];
+    },
+  },
+  add: {
+    category: 'compute',
+    doc: 'a[R, N] + b[R, N], or + b[N] broadcast over rows (bias)',
+    shape(inputs) {
+      arity(inputs, 2);
+      const [a, b] = inputs;
+      if (b.length === 1) need(a[a.length - 1] === b[0], `bias ${fmt(b)} does not match ${fmt(a)}`);
+      else sameShape(a, b, 'add');
+      return a;
+    },
+  },
+  mul: {
+    category: 'compute',
+    doc: 'a[R, N] * b[R, N], elementwise',
+    shape(inputs) {
+      arity(inputs, 2);
+      sameShape(inputs[0], inputs[1], 'mul');
+      return inputs[0];
+    },
+  },
+  silu: unary('x * sigmoid(x)'),
+  gelu: unary("gelu(x); attr approximate: 'none' (erf) or 'tanh'"),
+  rmsnorm: {
+    category: 'compute',
+    doc: 'x[R, N], w[G] -> each group of G: x / sqrt(mean(x^2) + eps) * w (G = N, or headDim for q/k norm)',
+    shape(inputs, attrs) {
+      arity(inputs, 2);
+      const [, n] = matrix(inputs[0], 'x');
+      need(inputs[1].length === 1, `weight must be 1-D, got ${fmt(inputs[1])}`);
+      const g = inputs[1][0];
+      need(typeof n === 'number' && typeof g === 'number' && n % g === 0, `weight ${fmt(inputs[1])} does not divide ${fmt(inputs[0])}`);
+      num(attrs, 'eps');
+      return inputs[0];
+    },
+  },
+  layernorm: {
+    category: 'compute',
+    doc: 'x[R, N], w[N], b[N] -> (x - mean) / sqrt(var + eps) * w + b',
+    shape(inputs, attrs) {
+      arity(inputs, 3);
+      const [, n] = matrix(inputs[0], 'x');
+      need(inputs[1].length === 1 && inputs[1][0] === n, `weight ${fmt(inputs[1])} does not match ${fmt(inputs[0])}`);
+      need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match ${fmt(inputs[0])}`);
+      num(attrs, 'eps');
+      return inputs[0];
+    },
+  },
+  rope: {
+    category: 'compute',
+    doc: 'x[T, H*hd], positions[T] -> rotate-half RoPE on the first rotaryDim of each head',
+    shape(inputs, attrs) {
+      arity(inputs, 2);
+      const [t, width] = matrix(inputs[0], 'x');
+      need(inputs[1].length === 1 && inputs[1][0] === t, `positions ${fmt(inputs[1])} do not match ${fmt(inputs[0])}`);
+      const heads = num(attrs, 'numHeads');
+      const hd = num(attrs, 'headDim');
+      need(width === heads * hd, `width ${width} != numHeads ${heads} * headDim ${hd}`);
+      need(num(attrs, 'rotaryDim') <= hd, 'rotaryDim exceeds headDim');
+      num(attrs, 'theta');
+      return inputs[0];
+    },
+  },
+  kv_write: {
+    category: 'state',
+    doc: 'k[T, KV*hd], v[T, KV*hd], cache[2, N, bs, KV, hd], slots[T] -> cache with token t at slot slots[t]',
+    shape(inputs) {
+      arity(inputs, 4);
+      const [k, v, cache, slots] = inputs;
+      sameShape(k, v, 'k and v');
+      need(cache.length === 5 && cache[0] === 2, `cache must be [2, N, bs, KV, hd], got ${fmt(cache)}`);
+      need(k[1] === (cache[3] as number) * (cache[4] as number), `k ${fmt(k)} does not match cache ${fmt(cache)}`);
+      need(slots.length === 1 && slots[0] === k[0], `slot mapping ${fmt(slots)} does not match ${fmt(k)}`);
+      return cache;
+    },
+  },
+  attention: {
+    category: 'compute',
+    doc: 'q[T, H*hd] over the paged cache (causal, GQA, optional sliding window) -> [T, H*hd]',
+    shape(inputs, attrs) {
+      arity(inputs, 5);
+      const [q, cache] = inputs;
+      const heads = num(attrs, 'numHeads');
+      const kvHeads = num(attrs, 'numKvHeads');
+      const hd = num(attrs, 'headDim');
+      need(heads % kvHeads === 0, `numHeads ${heads} is not a multiple of numKvHeads ${kvHeads}`);
+      need(q[1] === heads * hd, `q ${fmt(q)} != numHeads * headDim`);
+      need(cache.length === 5 && cache[3] === kvHeads && cache[4] === hd, `cache ${fmt(cache)} does not match the heads`);
+      num(attrs, 'scale');
+      return q;
+    },
+  },
+  gather_rows: {
+    category: 'compute',
+    doc: 'x[T, D], idx[S] -> x[idx]: [S, D] (the rows that need logits)',
+    shape(inputs) {
+      arity(inputs, 2);
+      const [, d] = matrix(inputs[0], 'x');
+      need(inputs[1].length === 1, `indices must be 1-D, got ${fmt(inputs[1])}`);
+      return [inputs[1][0], d];
+    },
+  },
+} satisfies Record<string, OpSpec>;
+
+export type OpName = keyof typeof SPECS;
+export const OPS: Record<OpName, OpSpec> = SPECS;
