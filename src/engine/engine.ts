@@ -1,0 +1,142 @@
+/**
+ * The engine core: one step = scheduler.schedule() -> runner.execute() -> sample -> update.
+ * It speaks token ids only (text lives in the front end), so it can run in its own thread.
+ */
+import { randomInt } from 'node:crypto';
+import type { ModelRunner } from '../runner/model_runner.js';
+import type { SamplingParams } from '../sampling/params.js';
+import { sampleToken, type TokenLogprob } from '../sampling/sampler.js';
+import type { Scheduler, SchedulerOutput } from '../scheduler/scheduler.js';
+import { Sequence, type FinishReason } from '../scheduler/sequence.js';
+
+export interface EngineRequest {
+  requestId: string;
+  promptIds: readonly number[];
+  params: SamplingParams;
+  /** Independent samples of the same prompt. */
+  n?: number;
+}
+
+/** What one step produced for one sequence. */
+export interface SeqOutput {
+  requestId: string;
+  sampleIndex: number;
+  /** The token sampled this step (absent when the sequence ended without sampling, e.g. aborted). */
+  tokenId?: number;
+  logprob?: number;
+  topLogprobs?: TokenLogprob[];
+  finishReason: FinishReason | null;
+  /** The last token is a stop token (EOS or a stop id), not text. */
+  stoppedOnToken: boolean;
+  numPromptTokens: number;
+  numOutputTokens: number;
+}
+
+export interface StepStats {
+  numScheduledSeqs: number;
+  numBatchedTokens: number;
+  numPreempted: number;
+  numRunning: number;
+  numWaiting: number;
+}
+
+export class LLMEngine {
+  private readonly requests = new Map<string, { seqs: Sequence[]; seed: number }>();
+  private nextSeqId = 0;
+  lastStep: StepStats = { numScheduledSeqs: 0, numBatchedTokens: 0, numPreempted: 0, numRunning: 0, numWaiting: 0 };
+
+  constructor(
+    readonly runner: ModelRunner,
+    readonly scheduler: Scheduler,
+    /** The checkpoint's EOS ids. */
+    readonly eosTokenIds: readonly number[],
+  ) {}
+
+  get hasUnfinished(): boolean {
+    return this.scheduler.hasUnfinished;
+  }
+
+  /** Queues a request; throws a TesseraError if it can never run (too long for the context or pool). */
+  addRequest(req: EngineRequest): void {
+    if (this.requests.has(req.requestId)) throw new Error(`request ${req.requestId} already exists`);
+    const seed = req.params.seed ?? randomInt(0, 2 ** 48 - 1);
+    const seqs: Sequence[] = [];
+    for (let i = 0; i < (req.n ?? 1); i++) seqs.push(new Sequence(this.nextSeqId++, req.requestId, req.promptIds, req.params, i));
+    for (const seq of seqs) this.scheduler.add(seq);
+    this.requests.set(req.requestId, { seqs, seed });
+  }
+
+  /** Ends a request at once and frees its KV blocks; returns false if it was not running. */
+  abort(requestId: string): boolean {
+    const req = this.requests.get(requestId);
+    if (!req) return false;
+    for (const seq of req.seqs) this.scheduler.finish(seq, 'abort');
+    this.requests.delete(requestId);
+    return true;
+  }
+
+  async step(): Promise<SeqOutput[]> {
+    const plan = this.scheduler.schedule();
+    this.recordStats(plan);
+    if (plan.scheduled.length === 0) return [];
+    const logits = await this.runner.execute(plan.scheduled);
+    const vocab = this.runner.vocabSize;
+    const outputs: SeqOutput[] = [];
+    let row = 0;
+    for (const { seq, numNewTokens, sample } of plan.scheduled) {
+      // A sequence aborted while the step ran keeps its row but produces nothing.
+      const rowLogits = sample ? logits.subarray(row * vocab, ++row * vocab) : null;
+      if (seq.isFinished) continue;
+      seq.numComputedTokens += numNewTokens;
+      if (!rowLogits) continue;
+      const req = this.requests.get(seq.requestId)!;
+      const result = sampleToken(rowLogits, {
+        params: seq.params,
+        tokenIds: seq.tokenIds,
+        outputCounts: seq.outputCounts,
+        seed: req.seed,
+        stream: seq.sampleIndex,
+        counter: seq.numOutputTokens,
+      });
+      seq.appendToken(result.tokenId);
+      const stoppedOnToken = this.isStopToken(seq, result.tokenId);
+      let finish: FinishReason | null = null;
+      if (stoppedOnToken) finish = 'stop';
+      else if (seq.numOutputTokens >= seq.params.maxTokens || seq.numTokens >= this.scheduler.config.maxModelLen) finish = 'length';
+      if (finish) this.finishSeq(seq, finish);
+      outputs.push({
+        requestId: seq.requestId,
+        sampleIndex: seq.sampleIndex,
+        tokenId: result.tokenId,
+        logprob: result.logprob,
+        topLogprobs: result.topLogprobs,
+        finishReason: finish,
+        stoppedOnToken,
+        numPromptTokens: seq.numPromptTokens,
+        numOutputTokens: seq.numOutputTokens,
+      });
+    }
+    return outputs;
+  }
+
+  private isStopToken(seq: Sequence, id: number): boolean {
+    if (seq.params.stopTokenIds.includes(id)) return true;
+    return !seq.params.ignoreEos && this.eosTokenIds.includes(id);
+  }
+
+  private finishSeq(seq: Sequence, reason: FinishReason): void {
+    this.scheduler.finish(seq, reason);
+    const req = this.requests.get(seq.requestId);
+    if (req && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
+  }
+
+  private recordStats(plan: SchedulerOutput): void {
+    this.lastStep = {
+      numScheduledSeqs: plan.scheduled.length,
+      numBatchedTokens: plan.numBatchedTokens,
+      numPreempted: plan.preempted.length,
+      numRunning: this.scheduler.running.length,
+      numWaiting: this.scheduler.waiting.length,
+    };
+  }
+}
