@@ -36,7 +36,12 @@ export function parse(argv: string[], options: NonNullable<ParseArgsConfig['opti
     const { values, positionals } = parseArgs({ args: argv, options: { ...options, help: { type: 'boolean', short: 'h' } }, allowPositionals: true, strict: true });
     return { values: values as Values, positionals };
   } catch (err) {
-    throw new TesseraError(`tessera ${command}: ${(err as Error).message.replace(/\. To specify.*$/s, '')}; see tessera ${command} --help.`, 'invalid_input');
+    const message = (err as Error).message;
+    const ambiguous = /^Option '(--[\w-]+)' argument is ambiguous/.exec(message);
+    if (ambiguous)
+      throw new TesseraError(`${ambiguous[1]} got a value that starts with "-"; write ${ambiguous[1]}=VALUE if you mean it.`, 'invalid_input');
+    const first = message.split('\n')[0].replace(/\.$/, '');
+    throw new TesseraError(`${first} (tessera ${command} --help lists the options).`, 'invalid_input');
   }
 }
 

@@ -59,7 +59,8 @@ export async function bench(argv: string[]): Promise<number> {
     if (v < 1) throw new TesseraError(`--${flag} must be at least 1.`, 'invalid_input');
   const { dir, opts } = modelOptions(values);
   if (opts.maxNumSeqs === undefined) opts.maxNumSeqs = Math.max(batch, 1);
-  const llm = await loadForCli(dir, opts, values.json === true);
+  const { llm, reportLoad } = await loadForCli(dir, opts, values.json === true);
+  reportLoad();
   try {
     const { engine } = llm;
     const maxLen = llm.info.maxModelLen;

@@ -6,6 +6,7 @@ import { createInterface } from 'node:readline';
 import { TesseraError, isTesseraError } from '../errors.js';
 import type { ChatMessage } from '../tokenizer/tokenizer.js';
 import { MODEL_HELP, MODEL_OPTIONS, SAMPLING_FLAG_NAMES, SAMPLING_HELP, SAMPLING_OPTIONS, modelOptions, parse, samplingOptions } from './args.js';
+import { resolveSamplingParams } from '../sampling/params.js';
 import { loadForCli } from './load.js';
 
 const HELP = `Usage: tessera chat [options]
@@ -27,11 +28,14 @@ export async function chat(argv: string[]): Promise<number> {
     return 0;
   }
   const { dir, opts } = modelOptions(values);
-  const llm = await loadForCli(dir, opts, values.quiet === true);
+  const sampling = samplingOptions(values);
+  resolveSamplingParams(sampling, SAMPLING_FLAG_NAMES); // flags checked before the model loads
+  const { llm, reportLoad } = await loadForCli(dir, opts, values.quiet === true);
   try {
     if (!llm.tokenizer.chatTemplate)
       throw new TesseraError(`${llm.info.dir} has no chat template (tokenizer_config.json chat_template or chat_template.jinja); use tessera generate instead.`, 'invalid_checkpoint');
-    const params = llm.samplingParams(samplingOptions(values), SAMPLING_FLAG_NAMES);
+    const params = llm.samplingParams(sampling, SAMPLING_FLAG_NAMES);
+    reportLoad();
     const start: ChatMessage[] = values.system ? [{ role: 'system', content: values.system as string }] : [];
     let messages = [...start];
     const tty = process.stdin.isTTY === true;

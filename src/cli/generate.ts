@@ -1,5 +1,6 @@
 /** tessera generate: stream the continuation of a prompt to stdout. */
 import { MODEL_HELP, MODEL_OPTIONS, SAMPLING_FLAG_NAMES, SAMPLING_HELP, SAMPLING_OPTIONS, modelOptions, parse, samplingOptions } from './args.js';
+import { resolveSamplingParams } from '../sampling/params.js';
 import { loadForCli } from './load.js';
 
 const HELP = `Usage: tessera generate [PROMPT] [options]
@@ -26,15 +27,19 @@ export async function generate(argv: string[]): Promise<number> {
   const prompt = (values.prompt as string | undefined) ?? (positionals.length ? positionals.join(' ') : 'In the beginning');
   const { dir, opts } = modelOptions(values);
   const quiet = values.quiet === true;
-  const llm = await loadForCli(dir, opts, quiet);
+  const sampling = samplingOptions(values);
+  resolveSamplingParams(sampling, SAMPLING_FLAG_NAMES); // flags checked before the model loads
+  const { llm, reportLoad } = await loadForCli(dir, opts, quiet);
   try {
-    const params = llm.samplingParams(samplingOptions(values), SAMPLING_FLAG_NAMES);
+    const params = llm.samplingParams(sampling, SAMPLING_FLAG_NAMES);
     const t0 = performance.now();
     let tFirst = 0;
     let usage = { promptTokens: 0, completionTokens: 0 };
     let finish = '';
+    const stream = llm.generate(prompt, params); // refuses a prompt too long for the context
+    reportLoad();
     process.stdout.write(prompt);
-    for await (const chunk of llm.generate(prompt, params)) {
+    for await (const chunk of stream) {
       if (!tFirst && chunk.tokenIds.length) tFirst = performance.now();
       process.stdout.write(chunk.text);
       if (chunk.usage) usage = chunk.usage;

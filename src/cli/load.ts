@@ -1,8 +1,11 @@
-/** Loads the model for a command, with the progress bar and a one-line summary on stderr. */
+/**
+ * Loads the model for a command with a progress bar. The one-line summary is printed by the
+ * command once the request is known to be valid, so a user mistake stays one sentence.
+ */
 import { Tessera, type TesseraOptions } from '../llm.js';
 import { formatBytes, loadProgressBar } from './progress.js';
 
-export async function loadForCli(dir: string | undefined, opts: TesseraOptions, quiet = false): Promise<Tessera> {
+export async function loadForCli(dir: string | undefined, opts: TesseraOptions, quiet = false): Promise<{ llm: Tessera; reportLoad: () => void }> {
   const bar = loadProgressBar();
   const t0 = performance.now();
   let llm: Tessera;
@@ -11,13 +14,14 @@ export async function loadForCli(dir: string | undefined, opts: TesseraOptions, 
   } finally {
     bar.done();
   }
-  if (!quiet) {
+  const seconds = ((performance.now() - t0) / 1000).toFixed(2);
+  const reportLoad = () => {
+    if (quiet) return;
     const i = llm.info;
-    const seconds = ((performance.now() - t0) / 1000).toFixed(2);
     console.error(
       `tessera: ${i.config.hfArchitecture} ${(i.numParameters / 1e6).toFixed(1)}M params from ${i.dir}, ` +
         `${formatBytes(llm.runner.weights.storedBytes)} loaded in ${seconds}s on ${llm.deviceReason}`,
     );
-  }
-  return llm;
+  };
+  return { llm, reportLoad };
 }

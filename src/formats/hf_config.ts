@@ -57,6 +57,8 @@ export interface ModelConfig {
   qkNorm: boolean;
   /** Attend only to the last slidingWindow positions (Mistral v0.1); null = full causal. */
   slidingWindow: number | null;
+  /** Layers below this index attend fully even with a window (Qwen's max_window_layers). */
+  firstWindowLayer: number;
   tieWordEmbeddings: boolean;
   bosTokenId: number | null;
   eosTokenIds: number[];
@@ -67,7 +69,7 @@ type Json = Record<string, unknown>;
 
 class Fields {
   constructor(
-    private readonly raw: Json,
+    readonly raw: Json,
     readonly file: string,
   ) {}
 
@@ -177,8 +179,12 @@ function llamaFamilyConfig(f: Fields, architecture: Architecture, hfArchitecture
   const attentionBias = f.bool('attention_bias', false);
   const qwen2 = architecture === 'qwen2';
   const maxPositions = f.int('max_position_embeddings', 2048);
-  const useSliding = architecture === 'mistral' ? true : f.bool('use_sliding_window', false);
-  const window = f.has('sliding_window') ? f.int('sliding_window') : null;
+  // Mistral always windows (4096 when the key is absent, none when it is null); Qwen windows only
+  // when use_sliding_window is set, and then only layers from max_window_layers on.
+  const mistral = architecture === 'mistral';
+  const useSliding = mistral ? true : f.bool('use_sliding_window', false);
+  const window = f.has('sliding_window') ? f.int('sliding_window') : mistral && !('sliding_window' in f.raw) ? 4096 : null;
+  const firstWindowLayer = mistral ? 0 : f.int('max_window_layers', 0, 0);
   return {
     architecture,
     hfArchitecture,
@@ -200,6 +206,7 @@ function llamaFamilyConfig(f: Fields, architecture: Architecture, hfArchitecture
     mlpBias: f.bool('mlp_bias', false),
     qkNorm: architecture === 'qwen3',
     slidingWindow: useSliding && window !== null && window < maxPositions ? window : null,
+    firstWindowLayer,
     tieWordEmbeddings: f.bool('tie_word_embeddings', false),
     bosTokenId: f.has('bos_token_id') ? f.int('bos_token_id', undefined, 0) : null,
     eosTokenIds: f.ids('eos_token_id'),
@@ -261,6 +268,7 @@ function gpt2Config(f: Fields, hfArchitecture: string, dtype: StorageDType): Mod
     mlpBias: true,
     qkNorm: false,
     slidingWindow: null,
+    firstWindowLayer: 0,
     tieWordEmbeddings: f.bool('tie_word_embeddings', true),
     bosTokenId: f.has('bos_token_id') ? f.int('bos_token_id', undefined, 0) : null,
     eosTokenIds: f.ids('eos_token_id'),

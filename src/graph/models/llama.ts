@@ -50,7 +50,7 @@ export function buildLlama(c: ModelConfig, opts: BuildOptions): Graph {
     const attn = g.op(
       'attention',
       [q, cache, ...attnInputs],
-      { numHeads: nh, numKvHeads: nkv, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: c.slidingWindow },
+      { numHeads: nh, numKvHeads: nkv, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: l >= c.firstWindowLayer ? c.slidingWindow : null },
       `${p}.attention`,
     );
     h = g.op('add', [h, linear(attn, `${p}.self_attn.o_proj`, d, nh * hd, c.oBias)], {}, `${p}.residual_attn`);
