@@ -40,6 +40,8 @@ export interface TesseraOptions {
   maxNumBatchedTokens?: number;
   /** Context length, at most the checkpoint's (default: the checkpoint's). */
   maxModelLen?: number;
+  /** Run the graph's fusion passes (default true). */
+  fuse?: boolean;
   /** Rows of logits one step can return (default maxNumSeqs; more for prompt logprobs). */
   maxLogitRows?: number;
   /** Bytes for the KV cache (default: room for maxNumSeqs full contexts, at most 1 GiB on the CPU). */
@@ -181,6 +183,7 @@ export class Tessera {
         kvBlockSize: settings.kvBlockSize,
         maxNumBatchedTokens: settings.maxNumBatchedTokens,
         maxLogitRows: settings.maxLogitRows,
+        fuse: opts.fuse,
       });
       const numBlocks = kvCacheBlocks(runner, settings, opts);
       await runner.load(opts.onProgress);
@@ -211,6 +214,7 @@ export class Tessera {
         kvBlockSize: settings.kvBlockSize,
         maxNumBatchedTokens: settings.maxNumBatchedTokens,
         maxLogitRows: settings.maxLogitRows,
+        fuse: opts.fuse,
       });
       const numBlocks = kvCacheBlocks(runner, settings, opts);
       return describe(ckpt, runner, backend.describe(), numBlocks, settings);

@@ -13,6 +13,7 @@ export const MODEL_OPTIONS = {
   'max-num-batched-tokens': { type: 'string' },
   'max-model-len': { type: 'string' },
   'kv-cache-memory': { type: 'string' },
+  'no-fuse': { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 
 export const SAMPLING_OPTIONS = {
@@ -76,6 +77,7 @@ export function modelOptions(values: Values): { dir: string | undefined; opts: T
       maxNumBatchedTokens: numberFlag(values, 'max-num-batched-tokens', true),
       maxModelLen: numberFlag(values, 'max-model-len', true),
       kvCacheBytes: bytesFlag(values, 'kv-cache-memory'),
+      fuse: values['no-fuse'] !== true,
     },
   };
 }
@@ -118,7 +120,8 @@ export const MODEL_HELP = `Model and engine:
       --max-num-seqs N           sequences per step (default 32)
       --max-num-batched-tokens N tokens per step; longer prompts prefill in chunks (default 1024)
       --kv-block-size N          tokens per KV-cache block (default 16)
-      --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB`;
+      --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB
+      --no-fuse                  run the graph unfused (for comparison)`;
 
 export const SAMPLING_HELP = `Sampling (defaults from the model's generation_config.json):
   -n, --max-tokens N             output tokens at most

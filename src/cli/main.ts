@@ -7,9 +7,10 @@ import { isTesseraError } from '../errors.js';
 import { bench } from './bench.js';
 import { chat } from './chat.js';
 import { generate } from './generate.js';
+import { graph } from './graph.js';
 import { info } from './info.js';
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench };
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench, graph };
 
 const USAGE = `Usage: tessera <command> [options]
 
@@ -18,6 +19,7 @@ Commands:
   chat                talk to a model through its chat template
   info                architecture, parameters, dtypes and memory of a model
   bench               prefill and decode tokens/s
+  graph               the graph before and after the fusion passes, kernels and memory
 
 Run tessera <command> --help for the options of each.`;
 

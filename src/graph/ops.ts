@@ -1,13 +1,15 @@
 /**
- * The op set of the IR: for each op, its inputs, attributes and output shape, checked when a
- * model graph is built. Every op has a CPU reference kernel under the same name
- * (backend/cpu/kernels), and every backend implements the same set.
+ * The op set of the IR: for each op, its inputs, attributes and output shapes, checked when a
+ * node is added. Every op has a CPU reference kernel under the same name (backend/cpu/kernels),
+ * and every backend implements the same set.
  *
  * Shapes are row-major; "rows" is T (tokens) or S (logit rows), or a number for weights.
  * Categories:
  *   load     weight-layout transforms, evaluated once when weights load, never per step
  *   compute  per-step work on activations
  *   state    updates the paged KV cache and returns it
+ * The model builders emit only the unfused ops; the fused ones (matmul with bias, slice_cols,
+ * add_rmsnorm, add_layernorm, act_mul, rope_kv_write) come from the passes in graph/passes.
  */
 import type { Attrs, DType, Dim } from './ir.js';
 
@@ -18,9 +20,22 @@ export interface OpSpec {
   /** Output dtype; 'float' unless given. */
   dtype?: DType;
   /** Checks the input shapes and attrs; returns the output shape. Throws with a reason. */
-  shape(inputs: Dim[][], attrs: Attrs): Dim[];
+  shape?(inputs: Dim[][], attrs: Attrs): Dim[];
+  /** For ops with several outputs, instead of shape. */
+  shapes?(inputs: Dim[][], attrs: Attrs): Dim[][];
+  /** Outputs that are the updated KV cache: they alias the op's state input. */
+  stateOutputs?: number[];
+  /** [output, input] pairs: the output may reuse the input's buffer when that is its last use. */
+  inplace?: Array<[number, number]>;
+  /** Made by a fusion pass from several unfused ops. */
+  fused?: boolean;
   /** One line for `tessera graph`: what the op computes. */
   doc: string;
+}
+
+export function outputShapes(spec: OpSpec, inputs: Dim[][], attrs: Attrs): Dim[][] {
+  if (spec.shapes) return spec.shapes(inputs, attrs);
+  return [spec.shape!(inputs, attrs)];
 }
 
 function need(cond: boolean, message: string): asserts cond {
@@ -111,13 +126,26 @@ const SPECS = {
   },
   matmul: {
     category: 'compute',
-    doc: 'x[R, K], w[N, K] -> x w^T: [R, N] (weights in nn.Linear layout)',
+    doc: 'x[R, K], w[N, K] (, b[N]) -> x w^T (+ b): [R, N] (weights in nn.Linear layout; bias in the epilogue)',
     shape(inputs) {
-      arity(inputs, 2);
+      need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
       const [r, k] = matrix(inputs[0], 'x');
       const [n, k2] = matrix(inputs[1], 'w');
       need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+      if (inputs.length === 3) need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match N = ${n}`);
       return [r, n];
+    },
+  },
+  slice_cols: {
+    category: 'compute',
+    doc: 'x[R, C] -> x[:, start : start + count] (a part of a merged matmul output)',
+    shape(inputs, attrs) {
+      arity(inputs, 1);
+      const [r, c] = matrix(inputs[0], 'x');
+      const start = num(attrs, 'start');
+      const count = num(attrs, 'count');
+      need(typeof c === 'number' && start >= 0 && count > 0 && start + count <= c, `columns [${start}, ${start + count}) outside ${fmt(inputs[0])}`);
+      return [r, count];
     },
   },
   add: {
@@ -184,6 +212,7 @@ const SPECS = {
   },
   kv_write: {
     category: 'state',
+    stateOutputs: [0],
     doc: 'k[T, KV*hd], v[T, KV*hd], cache[2, N, bs, KV, hd], slots[T] -> cache with token t at slot slots[t]',
     shape(inputs) {
       arity(inputs, 4);
@@ -219,6 +248,68 @@ const SPECS = {
       const [, d] = matrix(inputs[0], 'x');
       need(inputs[1].length === 1, `indices must be 1-D, got ${fmt(inputs[1])}`);
       return [inputs[1][0], d];
+    },
+  },
+
+  // ---- fused ops, made by the passes ----
+  add_rmsnorm: {
+    category: 'compute',
+    fused: true,
+    doc: 'residual[R, N], delta[R, N], w[N] -> (sum = residual + delta, rmsnorm(sum) * w); sum in place of residual',
+    inplace: [[0, 0]],
+    shapes(inputs, attrs) {
+      arity(inputs, 3);
+      sameShape(inputs[0], inputs[1], 'residual and delta');
+      const [, n] = matrix(inputs[0], 'residual');
+      need(inputs[2].length === 1 && inputs[2][0] === n, `weight ${fmt(inputs[2])} does not match ${fmt(inputs[0])}`);
+      num(attrs, 'eps');
+      return [inputs[0], inputs[0]];
+    },
+  },
+  add_layernorm: {
+    category: 'compute',
+    fused: true,
+    doc: 'residual[R, N], delta[R, N], w[N], b[N] -> (sum = residual + delta, layernorm(sum) * w + b); sum in place',
+    inplace: [[0, 0]],
+    shapes(inputs, attrs) {
+      arity(inputs, 4);
+      sameShape(inputs[0], inputs[1], 'residual and delta');
+      const [, n] = matrix(inputs[0], 'residual');
+      need(inputs[2].length === 1 && inputs[2][0] === n && inputs[3].length === 1 && inputs[3][0] === n, 'weight and bias must be [N]');
+      num(attrs, 'eps');
+      return [inputs[0], inputs[0]];
+    },
+  },
+  act_mul: {
+    category: 'compute',
+    fused: true,
+    doc: "gateUp[R, 2I] -> act(gateUp[:, :I]) * gateUp[:, I:]: [R, I]; act: 'silu', 'gelu' or 'gelu_tanh'",
+    shape(inputs, attrs) {
+      arity(inputs, 1);
+      const [r, c] = matrix(inputs[0], 'gateUp');
+      need(typeof c === 'number' && c % 2 === 0, `gateUp width ${c} must be even`);
+      need(['silu', 'gelu', 'gelu_tanh'].includes(attrs.act as string), `unknown act ${String(attrs.act)}`);
+      return [r, c / 2];
+    },
+  },
+  rope_kv_write: {
+    category: 'compute',
+    fused: true,
+    doc: 'qkv[T, (H + 2 KV) hd], positions, cache, slots (, qNorm[hd], kNorm[hd]) -> (q rotated [T, H hd], cache with k rotated and v written)',
+    stateOutputs: [1],
+    shapes(inputs, attrs) {
+      const qkNorm = attrs.qkNormEps !== null && attrs.qkNormEps !== undefined;
+      arity(inputs, qkNorm ? 6 : 4);
+      const [qkv, positions, cache, slots] = inputs;
+      const heads = num(attrs, 'numHeads');
+      const kvHeads = num(attrs, 'numKvHeads');
+      const hd = num(attrs, 'headDim');
+      const [t, width] = matrix(qkv, 'qkv');
+      need(width === (heads + 2 * kvHeads) * hd, `qkv width ${width} != (numHeads + 2 numKvHeads) headDim`);
+      need(positions.length === 1 && positions[0] === t && slots.length === 1 && slots[0] === t, 'positions and slots must be [T]');
+      need(cache.length === 5 && cache[0] === 2 && cache[3] === kvHeads && cache[4] === hd, `cache ${fmt(cache)} does not match the heads`);
+      if (qkNorm) need(inputs[4][0] === hd && inputs[5][0] === hd, 'q/k norm weights must be [headDim]');
+      return [[t, heads * hd], cache];
     },
   },
 } satisfies Record<string, OpSpec>;

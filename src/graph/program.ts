@@ -17,12 +17,17 @@ export interface KernelCall {
   op: OpName;
   attrs: Attrs;
   inputs: Operand[];
-  output: Operand;
+  outputs: Operand[];
   /** Human-readable name of the node, e.g. model.layers.3.self_attn.q_proj. */
   label: string;
+  /** Decoder layer, or null. */
+  layer: number | null;
 }
 
-/** An activation buffer: rows (T or S, or fixed) x cols elements at an offset of the arena. */
+/**
+ * An activation value: rows (T or S, or fixed) x cols elements at an offset of the arena. Values
+ * computed in place of another (a fused residual update) share its offset.
+ */
 export interface ActivationBuffer {
   id: number;
   rows: 'T' | 'S' | number;

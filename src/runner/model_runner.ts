@@ -9,6 +9,7 @@ import type { ModelConfig } from '../formats/hf_config.js';
 import type { Graph } from '../graph/ir.js';
 import { lower } from '../graph/lower.js';
 import { buildModelGraph } from '../graph/models/index.js';
+import { optimize } from '../graph/passes/index.js';
 import type { Program } from '../graph/program.js';
 import type { ScheduledSeq } from '../scheduler/scheduler.js';
 import { bindWeights, type BoundWeights } from './weights.js';
@@ -19,6 +20,8 @@ export interface RunnerOptions {
   maxNumBatchedTokens: number;
   /** Logit rows of one step at most (one per sampling sequence). */
   maxLogitRows: number;
+  /** Run the fusion passes (default); false runs the graph as the model builder wrote it. */
+  fuse?: boolean;
 }
 
 export class ModelRunner {
@@ -33,7 +36,8 @@ export class ModelRunner {
 
   /** Builds, lowers and binds the model; checks every weight before reading any. */
   static prepare(ckpt: Checkpoint, backend: Backend, opts: RunnerOptions): ModelRunner {
-    const graph = buildModelGraph(ckpt.config, { kvBlockSize: opts.kvBlockSize });
+    const built = buildModelGraph(ckpt.config, { kvBlockSize: opts.kvBlockSize });
+    const graph = opts.fuse === false ? built : optimize(built).graph;
     const program = lower(graph, { maxTokens: opts.maxNumBatchedTokens, maxLogitRows: opts.maxLogitRows });
     const weights = bindWeights(program, ckpt);
     return new ModelRunner(ckpt.config, backend, graph, program, weights, opts.kvBlockSize);

@@ -109,17 +109,25 @@ const producerOp = (g: Graph, value: number): string | undefined => {
 function overlappingLiveBuffers(program: Program): string[] {
   const span = new Map<number, [number, number]>();
   program.calls.forEach((c, i) => {
-    if (c.output.kind === 'activation') span.set(c.output.id, [i, i]);
+    for (const o of c.outputs) if (o.kind === 'activation') span.set(o.id, [i, i]);
     for (const o of c.inputs) if (o.kind === 'activation') span.get(o.id)![1] = i;
   });
   span.get(program.logits.id)![1] = program.calls.length; // read after the last call
   const rows = (r: 'T' | 'S' | number) => (r === 'T' ? program.maxTokens : r === 'S' ? program.maxLogitRows : r);
+  // The one sanctioned overlap: an op's in-place output sharing the input it overwrites.
+  const inPlace = new Set<string>();
+  for (const c of program.calls)
+    for (const [o, i] of OPS[c.op].inplace ?? []) {
+      const out = c.outputs[o], inp = c.inputs[i];
+      if (out.kind === 'activation' && inp.kind === 'activation') inPlace.add(`${Math.min(out.id, inp.id)}:${Math.max(out.id, inp.id)}`);
+    }
   const bad: string[] = [];
   const bufs = program.activations;
   for (let a = 0; a < bufs.length; a++) {
     for (let b = a + 1; b < bufs.length; b++) {
       const [sa, ea] = span.get(bufs[a].id)!, [sb, eb] = span.get(bufs[b].id)!;
       if (sa > eb || sb > ea) continue;
+      if (inPlace.has(`${Math.min(bufs[a].id, bufs[b].id)}:${Math.max(bufs[a].id, bufs[b].id)}`) && bufs[a].offset === bufs[b].offset) continue;
       const endA = bufs[a].offset + rows(bufs[a].rows) * bufs[a].cols, endB = bufs[b].offset + rows(bufs[b].rows) * bufs[b].cols;
       if (bufs[a].offset < endB && bufs[b].offset < endA) bad.push(`${bufs[a].id} and ${bufs[b].id}`);
     }
@@ -149,9 +157,9 @@ describe.each(VARIANTS)('%s: graph structure', (variant) => {
   });
 
   it('has the same ops in every layer, and the expected ones outside', () => {
-    const inLayer = (l: number) => graph.nodes.filter((n) => graph.value(n.output).name.startsWith(layerPrefix(l)));
+    const inLayer = (l: number) => graph.nodes.filter((n) => graph.value(n.outputs[0]).name.startsWith(layerPrefix(l)));
     for (let l = 0; l < layers; l++) expect(countOps(inLayer(l)), `layer ${l}`).toEqual(want.layer);
-    const outside = graph.nodes.filter((n) => !/^(model\.layers|transformer\.h)\.\d+\./.test(graph.value(n.output).name));
+    const outside = graph.nodes.filter((n) => !/^(model\.layers|transformer\.h)\.\d+\./.test(graph.value(n.outputs[0]).name));
     expect(countOps(outside)).toEqual(want.family === 'llama' ? LLAMA_TOP : GPT2_TOP);
   });
 
@@ -196,7 +204,7 @@ describe.each(VARIANTS)('%s: graph structure', (variant) => {
     // Load-time ops only for GPT-2, and there as weight specs evaluated once at load.
     const derived = program.weights.filter((w) => 'op' in w.source);
     expect(countOps(loadNodes)).toEqual(want.family === 'gpt2' ? { transpose: 4 * layers, slice_rows: 6 * layers } : {});
-    expect(derived.map((w) => w.name).sort()).toEqual(loadNodes.map((n) => graph.value(n.output).name).sort());
+    expect(derived.map((w) => w.name).sort()).toEqual(loadNodes.map((n) => graph.value(n.outputs[0]).name).sort());
     const seen = new Set<string>();
     for (const w of program.weights) {
       if ('op' in w.source) for (const i of w.source.inputs) expect(seen.has(i), `${w.name} after ${i}`).toBe(true);

@@ -46,7 +46,8 @@ export class CpuBackend implements Backend {
       } else {
         data = new Float32Array(w.shape.reduce((a, d) => a * d, 1));
         const inputs = w.source.inputs.map((n) => this.weights.get(n)!);
-        CPU_KERNELS[w.source.op]({ inputs, output: { data, shape: w.shape }, attrs: w.source.attrs, step: EMPTY_STEP });
+        const output = { data, shape: w.shape };
+        CPU_KERNELS[w.source.op]({ inputs, output, outputs: [output], attrs: w.source.attrs, step: EMPTY_STEP });
       }
       this.weights.set(w.name, { data, shape: w.shape });
     }
@@ -104,7 +105,8 @@ export class CpuBackend implements Backend {
       }
     };
     for (const call of program.calls) {
-      CPU_KERNELS[call.op]({ inputs: call.inputs.map(resolve), output: resolve(call.output), attrs: call.attrs, step });
+      const outputs = call.outputs.map(resolve);
+      CPU_KERNELS[call.op]({ inputs: call.inputs.map(resolve), output: outputs[0], outputs, attrs: call.attrs, step });
     }
     return (resolve(program.logits).data as Float32Array).slice();
   }

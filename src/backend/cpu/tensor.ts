@@ -9,7 +9,9 @@ export interface CpuTensor {
 
 export interface KernelArgs {
   inputs: CpuTensor[];
+  /** The first output; ops with several outputs read `outputs`. */
   output: CpuTensor;
+  outputs: CpuTensor[];
   attrs: Attrs;
   step: StepBatch;
 }

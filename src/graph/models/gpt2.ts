@@ -30,6 +30,7 @@ export function buildGpt2(c: ModelConfig, opts: BuildOptions): Graph {
   let h = g.op('add', [tok, pos], {}, 'embed');
 
   for (let l = 0; l < c.numLayers; l++) {
+    g.layer(l);
     const p = `transformer.h.${l}`;
     const x = layernorm(h, `${p}.ln_1`);
     const cAttnT = g.op('transpose', [g.weight(`${p}.attn.c_attn.weight`, [d, 3 * d])], {}, `${p}.attn.c_attn.weight^T`);
@@ -52,6 +53,7 @@ export function buildGpt2(c: ModelConfig, opts: BuildOptions): Graph {
     h = g.op('add', [h, conv1d(act, `${p}.mlp.c_proj`, ff, d)], {}, `${p}.residual_mlp`);
   }
 
+  g.layer(null);
   const last = g.op('gather_rows', [h, g.input('logitsIndices')], {}, 'last_rows');
   const normed = layernorm(last, 'transformer.ln_f');
   const lmHead = c.tieWordEmbeddings ? wte : g.weight('lm_head.weight', [c.vocabSize, d]);

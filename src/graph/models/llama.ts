@@ -35,6 +35,7 @@ export function buildLlama(c: ModelConfig, opts: BuildOptions): Graph {
   let h = g.op('embedding', [g.input('tokenIds'), embedTable], {}, 'embed');
 
   for (let l = 0; l < c.numLayers; l++) {
+    g.layer(l);
     const p = `model.layers.${l}`;
     const x = rmsnorm(h, `${p}.input_layernorm.weight`, d, `${p}.input_layernorm`);
     let q = linear(x, `${p}.self_attn.q_proj`, nh * hd, d, c.qkvBias);
@@ -62,6 +63,7 @@ export function buildLlama(c: ModelConfig, opts: BuildOptions): Graph {
     h = g.op('add', [h, linear(act, `${p}.mlp.down_proj`, d, ff, c.mlpBias)], {}, `${p}.residual_mlp`);
   }
 
+  g.layer(null);
   // Only the rows that sample need the final norm and the vocabulary projection.
   const last = g.op('gather_rows', [h, g.input('logitsIndices')], {}, 'last_rows');
   const normed = rmsnorm(last, 'model.norm.weight', d, 'model.norm');

@@ -4,8 +4,9 @@ import type { CpuKernel } from '../tensor.js';
 import { attention, kvWrite } from './attention.js';
 import { add, gelu, mul, silu } from './elementwise.js';
 import { embedding, gatherRows } from './gather.js';
+import { actMul, ropeKvWrite, sliceCols } from './fused.js';
 import { matmul } from './matmul.js';
-import { layernorm, rmsnorm } from './norm.js';
+import { addLayernorm, addRmsnorm, layernorm, rmsnorm } from './norm.js';
 import { rope } from './rope.js';
 import { concatRows, sliceRows, transpose } from './transforms.js';
 
@@ -25,4 +26,9 @@ export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   kv_write: kvWrite,
   attention,
   gather_rows: gatherRows,
+  slice_cols: sliceCols,
+  add_rmsnorm: addRmsnorm,
+  add_layernorm: addLayernorm,
+  act_mul: actMul,
+  rope_kv_write: ropeKvWrite,
 };

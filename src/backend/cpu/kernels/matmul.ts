@@ -1,5 +1,5 @@
 /**
- * matmul: x[R, K] (f32), w[N, K] (nn.Linear layout) -> y[R, N] = x w^T.
+ * matmul: x[R, K] (f32), w[N, K] (nn.Linear layout) (, b[N]) -> y[R, N] = x w^T (+ b).
  * Both operands are read along K contiguously. Four rows of x share each loaded weight, and
  * four independent partial sums per row keep the floating-point pipeline busy: about 4x the
  * naive loop in V8 at decode (R = 1) and more at prefill.
@@ -7,8 +7,14 @@
 import type { KernelArgs } from '../tensor.js';
 import { f32 } from '../tensor.js';
 
-export function matmul({ inputs: [xt, wt], output }: KernelArgs): void {
-  matmulF32(f32(xt), f32(wt), f32(output), xt.shape[0], wt.shape[0], xt.shape[1]);
+export function matmul({ inputs: [xt, wt, bt], output }: KernelArgs): void {
+  const y = f32(output);
+  const rows = xt.shape[0], n = wt.shape[0];
+  matmulF32(f32(xt), f32(wt), y, rows, n, xt.shape[1]);
+  if (bt) {
+    const b = f32(bt);
+    for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) y[r * n + j] += b[j];
+  }
 }
 
 export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, rows: number, n: number, k: number): void {

@@ -1,0 +1,35 @@
+/**
+ * The default optimization pipeline, in order. Each pass runs its rules to a fixed point.
+ *   fold_bias        bias adds into GEMM epilogues (before merging, so biases merge too)
+ *   merge_siblings   Q/K/V and gate/up GEMMs that share an input become one
+ *   simplify         identity ops left behind (GPT-2's c_attn split and re-merged)
+ *   fuse             act * mul, residual add + norm, q/k norm + RoPE + KV write
+ *   prune            drops what the rewrites made unreachable
+ */
+import type { Graph } from '../ir.js';
+import { prune } from './prune.js';
+import { runPass, type Pass, type PassReport } from './rewrite.js';
+import { foldBias } from './rules/fold_bias.js';
+import { fuseActMul } from './rules/fuse_act_mul.js';
+import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
+import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
+import { concatOfSlices, doubleTranspose, fullSlice } from './rules/identity.js';
+import { mergeSiblings } from './rules/merge_siblings.js';
+
+export const DEFAULT_PASSES: Pass[] = [
+  { name: 'fold_bias', rules: [foldBias] },
+  { name: 'merge_siblings', rules: [mergeSiblings] },
+  { name: 'simplify', rules: [fullSlice, concatOfSlices, doubleTranspose] },
+  { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
+];
+
+export interface OptimizeResult {
+  graph: Graph;
+  reports: PassReport[];
+}
+
+/** Runs the passes on `graph` (which is modified) and returns the pruned result. */
+export function optimize(graph: Graph, passes: Pass[] = DEFAULT_PASSES): OptimizeResult {
+  const reports = passes.map((p) => runPass(graph, p));
+  return { graph: prune(graph), reports };
+}
