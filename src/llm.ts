@@ -8,6 +8,7 @@
  * stop strings); the engine core below it sees token ids only and runs continuous batching:
  * every concurrent generate() call shares the same steps.
  */
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { LoadProgress, MemoryReport } from './backend/backend.js';
 import { selectBackend, type DeviceChoice } from './backend/select.js';
@@ -42,6 +43,8 @@ export interface TesseraOptions {
   maxModelLen?: number;
   /** Run the graph's fusion passes (default true). */
   fuse?: boolean;
+  /** Share the KV blocks of common prompt prefixes across requests (default true). */
+  prefixCaching?: boolean;
   /** Rows of logits one step can return (default maxNumSeqs; more for prompt logprobs). */
   maxLogitRows?: number;
   /** Bytes for the KV cache (default: room for maxNumSeqs full contexts, at most 1 GiB on the CPU). */
@@ -188,7 +191,7 @@ export class Tessera {
       const numBlocks = kvCacheBlocks(runner, settings, opts);
       await runner.load(opts.onProgress);
       backend.allocateKvCache(numBlocks);
-      const blocks = new BlockManager(numBlocks, settings.kvBlockSize);
+      const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: path.resolve(dir) });
       const scheduler = new Scheduler(
         { maxNumSeqs: settings.maxNumSeqs, maxNumBatchedTokens: settings.maxNumBatchedTokens, maxModelLen: settings.maxModelLen },
         blocks,

@@ -14,6 +14,7 @@ export const MODEL_OPTIONS = {
   'max-model-len': { type: 'string' },
   'kv-cache-memory': { type: 'string' },
   'no-fuse': { type: 'boolean' },
+  'no-prefix-caching': { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 
 export const SAMPLING_OPTIONS = {
@@ -78,6 +79,7 @@ export function modelOptions(values: Values): { dir: string | undefined; opts: T
       maxModelLen: numberFlag(values, 'max-model-len', true),
       kvCacheBytes: bytesFlag(values, 'kv-cache-memory'),
       fuse: values['no-fuse'] !== true,
+      prefixCaching: values['no-prefix-caching'] !== true,
     },
   };
 }
@@ -121,7 +123,8 @@ export const MODEL_HELP = `Model and engine:
       --max-num-batched-tokens N tokens per step; longer prompts prefill in chunks (default 1024)
       --kv-block-size N          tokens per KV-cache block (default 16)
       --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB
-      --no-fuse                  run the graph unfused (for comparison)`;
+      --no-fuse                  run the graph unfused (for comparison)
+      --no-prefix-caching        recompute shared prompt prefixes (for comparison)`;
 
 export const SAMPLING_HELP = `Sampling (defaults from the model's generation_config.json):
   -n, --max-tokens N             output tokens at most

@@ -13,8 +13,10 @@ export interface EngineRequest {
   requestId: string;
   promptIds: readonly number[];
   params: SamplingParams;
-  /** Independent samples of the same prompt. */
+  /** Independent samples of the same prompt: one prefill, then forks sharing its KV blocks. */
   n?: number;
+  /** Lower runs first (default 0). */
+  priority?: number;
 }
 
 /** What one step produced for one sequence. */
@@ -30,6 +32,8 @@ export interface SeqOutput {
   stoppedOnToken: boolean;
   numPromptTokens: number;
   numOutputTokens: number;
+  /** Prompt tokens whose KV came from the prefix cache. */
+  numCachedTokens: number;
 }
 
 export interface StepStats {
@@ -41,7 +45,7 @@ export interface StepStats {
 }
 
 export class LLMEngine {
-  private readonly requests = new Map<string, { seqs: Sequence[]; seed: number }>();
+  private readonly requests = new Map<string, { seqs: Sequence[]; seed: number; n: number }>();
   private nextSeqId = 0;
   lastStep: StepStats = { numScheduledSeqs: 0, numBatchedTokens: 0, numPreempted: 0, numRunning: 0, numWaiting: 0 };
 
@@ -60,10 +64,11 @@ export class LLMEngine {
   addRequest(req: EngineRequest): void {
     if (this.requests.has(req.requestId)) throw new Error(`request ${req.requestId} already exists`);
     const seed = req.params.seed ?? randomInt(0, 2 ** 48 - 1);
-    const seqs: Sequence[] = [];
-    for (let i = 0; i < (req.n ?? 1); i++) seqs.push(new Sequence(this.nextSeqId++, req.requestId, req.promptIds, req.params, i));
-    for (const seq of seqs) this.scheduler.add(seq);
-    this.requests.set(req.requestId, { seqs, seed });
+    const n = req.n ?? 1;
+    if (!Number.isSafeInteger(n) || n < 1) throw new Error(`n must be >= 1, got ${n}`);
+    const seq = new Sequence(this.nextSeqId++, req.requestId, req.promptIds, req.params, 0, performance.now(), req.priority ?? 0);
+    this.scheduler.add(seq);
+    this.requests.set(req.requestId, { seqs: [seq], seed, n });
   }
 
   /** Ends a request at once and frees its KV blocks; returns false if it was not running. */
@@ -79,7 +84,7 @@ export class LLMEngine {
     const plan = this.scheduler.schedule();
     this.recordStats(plan);
     if (plan.scheduled.length === 0) return [];
-    const logits = await this.runner.execute(plan.scheduled);
+    const logits = await this.runner.execute(plan.scheduled, plan.blockCopies);
     const vocab = this.runner.vocabSize;
     const outputs: SeqOutput[] = [];
     let row = 0;
@@ -87,36 +92,57 @@ export class LLMEngine {
       // A sequence aborted while the step ran keeps its row but produces nothing.
       const rowLogits = sample ? logits.subarray(row * vocab, ++row * vocab) : null;
       if (seq.isFinished) continue;
-      seq.numComputedTokens += numNewTokens;
+      this.scheduler.commit(seq, numNewTokens);
       if (!rowLogits) continue;
       const req = this.requests.get(seq.requestId)!;
-      const result = sampleToken(rowLogits, {
-        params: seq.params,
-        tokenIds: seq.tokenIds,
-        outputCounts: seq.outputCounts,
-        seed: req.seed,
-        stream: seq.sampleIndex,
-        counter: seq.numOutputTokens,
-      });
-      seq.appendToken(result.tokenId);
-      const stoppedOnToken = this.isStopToken(seq, result.tokenId);
-      let finish: FinishReason | null = null;
-      if (stoppedOnToken) finish = 'stop';
-      else if (seq.numOutputTokens >= seq.params.maxTokens || seq.numTokens >= this.scheduler.config.maxModelLen) finish = 'length';
-      if (finish) this.finishSeq(seq, finish);
-      outputs.push({
-        requestId: seq.requestId,
-        sampleIndex: seq.sampleIndex,
-        tokenId: result.tokenId,
-        logprob: result.logprob,
-        topLogprobs: result.topLogprobs,
-        finishReason: finish,
-        stoppedOnToken,
-        numPromptTokens: seq.numPromptTokens,
-        numOutputTokens: seq.numOutputTokens,
-      });
+      // The first sample of an n > 1 request forks the siblings: one prefill, shared blocks, and
+      // each sibling draws its own first token from the same logits.
+      const targets = [seq];
+      if (req.seqs.length < req.n && seq.sampleIndex === 0 && seq.numOutputTokens === 0) {
+        for (let k = req.seqs.length; k < req.n; k++) {
+          const child = this.scheduler.fork(seq, this.nextSeqId++, k);
+          req.seqs.push(child);
+          targets.push(child);
+        }
+      }
+      for (const target of targets) outputs.push(this.sampleInto(target, targets.length > 1 ? rowLogits.slice() : rowLogits, req.seed));
     }
     return outputs;
+  }
+
+  /** Per-engine counters for metrics. */
+  get stats(): { kvBlocksUsed: number; kvBlocksTotal: number; prefixQueriedTokens: number; prefixHitTokens: number; prefillTokens: number } {
+    const b = this.scheduler.blocks;
+    return { kvBlocksUsed: b.numUsedBlocks, kvBlocksTotal: b.numBlocks, prefixQueriedTokens: b.queriedTokens, prefixHitTokens: b.hitTokens, prefillTokens: this.scheduler.numPrefillTokens };
+  }
+
+  private sampleInto(seq: Sequence, rowLogits: Float32Array, seed: number): SeqOutput {
+    const result = sampleToken(rowLogits, {
+      params: seq.params,
+      tokenIds: seq.tokenIds,
+      outputCounts: seq.outputCounts,
+      seed,
+      stream: seq.sampleIndex,
+      counter: seq.numOutputTokens,
+    });
+    seq.appendToken(result.tokenId);
+    const stoppedOnToken = this.isStopToken(seq, result.tokenId);
+    let finish: FinishReason | null = null;
+    if (stoppedOnToken) finish = 'stop';
+    else if (seq.numOutputTokens >= seq.params.maxTokens || seq.numTokens >= this.scheduler.config.maxModelLen) finish = 'length';
+    if (finish) this.finishSeq(seq, finish);
+    return {
+      requestId: seq.requestId,
+      sampleIndex: seq.sampleIndex,
+      tokenId: result.tokenId,
+      logprob: result.logprob,
+      topLogprobs: result.topLogprobs,
+      finishReason: finish,
+      stoppedOnToken,
+      numPromptTokens: seq.numPromptTokens,
+      numOutputTokens: seq.numOutputTokens,
+      numCachedTokens: seq.numCachedTokens,
+    };
   }
 
   private isStopToken(seq: Sequence, id: number): boolean {
@@ -127,7 +153,7 @@ export class LLMEngine {
   private finishSeq(seq: Sequence, reason: FinishReason): void {
     this.scheduler.finish(seq, reason);
     const req = this.requests.get(seq.requestId);
-    if (req && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
+    if (req && req.seqs.length === req.n && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
   }
 
   private recordStats(plan: SchedulerOutput): void {

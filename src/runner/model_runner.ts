@@ -99,8 +99,9 @@ export class ModelRunner {
     };
   }
 
-  /** Runs one step; logits [S, vocab] for the sampling rows. */
-  execute(scheduled: readonly ScheduledSeq[]): Promise<Float32Array> {
+  /** Runs one step (after its copy-on-write block copies); logits [S, vocab] for the sampling rows. */
+  execute(scheduled: readonly ScheduledSeq[], blockCopies: ReadonlyArray<[number, number]> = []): Promise<Float32Array> {
+    if (blockCopies.length) this.backend.copyBlocks([...blockCopies]);
     return this.backend.execute(this.prepare(scheduled));
   }
 }

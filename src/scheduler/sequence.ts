@@ -14,6 +14,10 @@ export class Sequence {
   numComputedTokens = 0;
   /** KV blocks holding this sequence's tokens, in order. */
   blockTable: number[] = [];
+  /** Hashes of its full, computed blocks (prefix caching). */
+  blockHashes: string[] = [];
+  /** Prompt tokens found in the prefix cache when it was admitted. */
+  numCachedTokens = 0;
   status: SequenceStatus = 'waiting';
   finishReason: FinishReason | null = null;
   /** How often each token id occurs in the output, for presence and frequency penalties. */
@@ -29,6 +33,8 @@ export class Sequence {
     /** Index among the request's n samples; part of the sampling stream. */
     readonly sampleIndex = 0,
     readonly arrivalTime = performance.now(),
+    /** Lower runs first; ties go to the earlier arrival. */
+    readonly priority = 0,
   ) {
     this.tokenIds = [...promptIds];
     this.numPromptTokens = promptIds.length;
@@ -53,6 +59,18 @@ export class Sequence {
 
   get isFinished(): boolean {
     return this.status === 'finished';
+  }
+
+  /** A sibling that shares everything so far (tokens, computed count, blocks by the caller). */
+  fork(seqId: number, sampleIndex: number): Sequence {
+    const prompt = this.tokenIds.slice(0, this.numPromptTokens);
+    const child = new Sequence(seqId, this.requestId, prompt, this.params, sampleIndex, this.arrivalTime, this.priority);
+    for (let i = this.numPromptTokens; i < this.tokenIds.length; i++) child.appendToken(this.tokenIds[i]);
+    child.numComputedTokens = this.numComputedTokens;
+    child.blockHashes = [...this.blockHashes];
+    child.numCachedTokens = this.numCachedTokens;
+    child.status = this.status;
+    return child;
   }
 
   appendToken(id: number): void {
