@@ -20,7 +20,7 @@ export async function loadForCli(dir: string | undefined, opts: TesseraOptions, 
     const i = llm.info;
     console.error(
       `tessera: ${i.config.hfArchitecture} ${(i.numParameters / 1e6).toFixed(1)}M params from ${i.dir}, ` +
-        `${formatBytes(llm.runner.weights.storedBytes)} loaded in ${seconds}s on ${llm.deviceReason}`,
+        `${formatBytes(i.storedBytes)} loaded in ${seconds}s on ${i.deviceReason}`,
     );
   };
   return { llm, reportLoad };

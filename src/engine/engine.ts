@@ -45,7 +45,7 @@ export interface StepStats {
 }
 
 export class LLMEngine {
-  private readonly requests = new Map<string, { seqs: Sequence[]; seed: number; n: number }>();
+  private readonly requests = new Map<string, { seqs: Sequence[]; seed: number; n: number; skipped: Set<number> }>();
   private nextSeqId = 0;
   lastStep: StepStats = { numScheduledSeqs: 0, numBatchedTokens: 0, numPreempted: 0, numRunning: 0, numWaiting: 0 };
 
@@ -68,15 +68,26 @@ export class LLMEngine {
     if (!Number.isSafeInteger(n) || n < 1) throw new Error(`n must be >= 1, got ${n}`);
     const seq = new Sequence(this.nextSeqId++, req.requestId, req.promptIds, req.params, 0, performance.now(), req.priority ?? 0);
     this.scheduler.add(seq);
-    this.requests.set(req.requestId, { seqs: [seq], seed, n });
+    this.requests.set(req.requestId, { seqs: [seq], seed, n, skipped: new Set() });
   }
 
-  /** Ends a request at once and frees its KV blocks; returns false if it was not running. */
-  abort(requestId: string): boolean {
+  /**
+   * Ends a request (or one sample of it) at once and frees its KV blocks; returns false if it was
+   * not running. A sample not forked yet is simply never created.
+   */
+  abort(requestId: string, sampleIndex?: number): boolean {
     const req = this.requests.get(requestId);
     if (!req) return false;
-    for (const seq of req.seqs) this.scheduler.finish(seq, 'abort');
-    this.requests.delete(requestId);
+    // Before the fork, sample 0 carries the whole request: ending it ends every sample.
+    const unforked = req.seqs.length + req.skipped.size < req.n;
+    if (sampleIndex === undefined || req.n === 1 || (sampleIndex === 0 && unforked)) {
+      for (const seq of req.seqs) this.scheduler.finish(seq, 'abort');
+      this.requests.delete(requestId);
+      return true;
+    }
+    const seq = req.seqs.find((s) => s.sampleIndex === sampleIndex);
+    if (seq) this.finishSeq(seq, 'abort');
+    else req.skipped.add(sampleIndex);
     return true;
   }
 
@@ -98,8 +109,9 @@ export class LLMEngine {
       // The first sample of an n > 1 request forks the siblings: one prefill, shared blocks, and
       // each sibling draws its own first token from the same logits.
       const targets = [seq];
-      if (req.seqs.length < req.n && seq.sampleIndex === 0 && seq.numOutputTokens === 0) {
+      if (req.seqs.length + req.skipped.size < req.n && seq.sampleIndex === 0 && seq.numOutputTokens === 0) {
         for (let k = req.seqs.length; k < req.n; k++) {
+          if (req.skipped.has(k)) continue;
           const child = this.scheduler.fork(seq, this.nextSeqId++, k);
           req.seqs.push(child);
           targets.push(child);
@@ -153,7 +165,7 @@ export class LLMEngine {
   private finishSeq(seq: Sequence, reason: FinishReason): void {
     this.scheduler.finish(seq, reason);
     const req = this.requests.get(seq.requestId);
-    if (req && req.seqs.length === req.n && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
+    if (req && req.seqs.length + req.skipped.size === req.n && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
   }
 
   private recordStats(plan: SchedulerOutput): void {

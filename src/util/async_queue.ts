@@ -7,8 +7,22 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
   private waiter: { resolve: (r: IteratorResult<T>) => void; reject: (e: unknown) => void } | null = null;
   private done = false;
   private error: unknown = null;
+  private settleCallbacks: Array<() => void> = [];
 
   constructor(private readonly onCancel?: () => void) {}
+
+  /** Runs `cb` once when the queue ends, fails or the consumer stops. */
+  onSettle(cb: () => void): void {
+    if (this.done) cb();
+    else this.settleCallbacks.push(cb);
+  }
+
+  private settle(): void {
+    this.done = true;
+    const cbs = this.settleCallbacks;
+    this.settleCallbacks = [];
+    for (const cb of cbs) cb();
+  }
 
   push(item: T): void {
     if (this.done) return;
@@ -21,7 +35,7 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
 
   end(): void {
     if (this.done) return;
-    this.done = true;
+    this.settle();
     if (this.waiter && this.items.length === 0) {
       this.waiter.resolve({ value: undefined, done: true });
       this.waiter = null;
@@ -31,7 +45,7 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
   fail(err: unknown): void {
     if (this.done) return;
     this.error = err;
-    this.done = true;
+    this.settle();
     if (this.waiter) {
       this.waiter.reject(err);
       this.waiter = null;
@@ -55,7 +69,7 @@ export class AsyncQueue<T> implements AsyncIterableIterator<T> {
 
   return(): Promise<IteratorResult<T>> {
     if (!this.done) {
-      this.done = true;
+      this.settle();
       this.items.length = 0;
       this.onCancel?.();
     }

@@ -33,7 +33,7 @@ describe('generate', () => {
     expect(chunks.slice(0, -1).every((c) => c.finishReason === null)).toBe(true);
     const ids = chunks.flatMap((c) => c.tokenIds);
     expect(ids.length).toBe(24);
-    expect(last.usage).toEqual({ promptTokens: llm.tokenizer.encode('And God said').length, completionTokens: 24 });
+    expect(last.usage).toEqual({ promptTokens: llm.tokenizer.encode("And God said").length, completionTokens: 24, cachedPromptTokens: 0 });
     expect(chunks.map((c) => c.text).join('')).toBe(llm.tokenizer.decode(ids, { skipSpecialTokens: true }));
     expect(poolIsFull()).toBe(true);
   });

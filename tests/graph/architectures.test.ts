@@ -296,7 +296,7 @@ describe.each(VARIANTS)('%s: Tessera (cpu) vs the naive float64 reference', (var
   it('llm.complete generates the reference greedy tokens', async () => {
     const result = await llm.complete(prompt, { temperature: 0, maxTokens: STEPS, ignoreEos: true });
     expect(result.tokenIds).toEqual(greedy.tokens.slice(0, STEPS));
-    expect(result.usage).toEqual({ promptTokens: PROMPT_LEN, completionTokens: STEPS });
+    expect(result.usage).toEqual({ promptTokens: PROMPT_LEN, completionTokens: STEPS, cachedPromptTokens: 0 });
   });
 
   describe('with prefill chunked to 8 tokens a step', () => {
