@@ -9,8 +9,9 @@ import { chat } from './chat.js';
 import { generate } from './generate.js';
 import { graph } from './graph.js';
 import { info } from './info.js';
+import { serve } from './serve.js';
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench, graph };
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench, graph, serve };
 
 const USAGE = `Usage: tessera <command> [options]
 
@@ -20,6 +21,7 @@ Commands:
   info                architecture, parameters, dtypes and memory of a model
   bench               prefill and decode tokens/s
   graph               the graph before and after the fusion passes, kernels and memory
+  serve               an OpenAI-compatible HTTP server (completions, chat, metrics)
 
 Run tessera <command> --help for the options of each.`;
 

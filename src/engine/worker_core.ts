@@ -99,7 +99,9 @@ export class WorkerCore implements EngineCore {
       this.worker.on('message', (m: FromWorker) => m.t === 'closed' && done());
     });
     this.post({ t: 'close' });
-    await Promise.race([closed, new Promise((r) => setTimeout(r, 5000))]);
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([closed, new Promise((r) => (timer = setTimeout(r, 5000)))]);
+    clearTimeout(timer);
     await this.worker.terminate();
   }
 

@@ -87,9 +87,11 @@ export class Scheduler {
     const preempted: Sequence[] = [];
     const blockCopies: Array<[number, number]> = [];
 
-    // Running sequences in priority order: decodes, and prompts already partly computed.
+    // Running sequences in priority order: decodes, and prompts already partly computed. The
+    // forks of n > 1 requests can make more sequences run than maxNumSeqs; at most that many
+    // are scheduled in one step (the program is planned for that many logit rows).
     this.running.sort((a, b) => (before(a, b) ? -1 : 1));
-    for (let i = 0; i < this.running.length && budget > 0; i++) {
+    for (let i = 0; i < this.running.length && budget > 0 && scheduled.length < this.config.maxNumSeqs; i++) {
       const seq = this.running[i];
       const n = Math.min(seq.numUncomputedTokens, budget);
       while (!this.canWrite(seq, n)) {

@@ -84,3 +84,20 @@ describe('n > 1', () => {
     expect(tokensOf(a.get('s/0'))).toEqual(tokensOf(single.get('one/0')));
   });
 });
+
+describe('n > 1 beyond max-num-seqs', () => {
+  it('forks that outnumber max-num-seqs wait their turn instead of overflowing the step', async () => {
+    const llm = await Tessera.load(undefined, { device: 'cpu', maxNumSeqs: 2 });
+    try {
+      const out = await run(llm, [
+        { id: 'a', prompt: llm.tokenizer.encode('And'), n: 2 },
+        { id: 'b', prompt: llm.tokenizer.encode('Thus'), n: 2 },
+        { id: 'c', prompt: llm.tokenizer.encode('Lo'), n: 1 },
+        { id: 'd', prompt: llm.tokenizer.encode('Behold'), n: 3 },
+      ]);
+      for (const key of ['a/0', 'a/1', 'b/0', 'b/1', 'c/0', 'd/0', 'd/1', 'd/2']) expect(out.get(key)?.length, key).toBe(12);
+    } finally {
+      await llm.close();
+    }
+  });
+});
