@@ -110,6 +110,8 @@ export async function bench(argv: string[]): Promise<number> {
       prefillTokensPerSecond: Number(prefill.toFixed(1)),
       decodeTokensPerSecond: Number(decode.toFixed(1)),
       decodeStepMs: Number(stepMs.toFixed(3)),
+      fused: opts.fuse !== false,
+      kernelsPerStep: llm.runner.program.calls.length,
       date: new Date().toISOString(),
     };
     if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -117,7 +119,7 @@ export async function bench(argv: string[]): Promise<number> {
       console.log(`${report.architecture} ${(report.parameters / 1e6).toFixed(2)}M on ${report.device}, ${report.cpu}, Node ${report.node}`);
       console.log(`batch ${batch}, ${promptTokens} prompt + ${decodeTokens} decode tokens, median of ${runs} runs`);
       console.log(`prefill  ${report.prefillTokensPerSecond.toFixed(1).padStart(9)} tokens/s`);
-      console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step)`);
+      console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${report.fused ? '' : ', unfused'})`);
     }
     return 0;
   } finally {

@@ -1,0 +1,55 @@
+/**
+ * What a CUDA op launcher gets: device tensors for its operands (shapes for this step), the
+ * call's attrs, the step's inputs on the device, and a way to launch a declared kernel.
+ * Each IR op has one launcher (ops/*.ts), registered by name in ops/index.ts.
+ */
+import type { Attrs } from '../../../graph/ir.js';
+import type { DevPtr, DeviceProperties } from '../driver.js';
+import type { ArgValue, KernelDecl } from '../kernel_decl.js';
+
+export type DeviceDType = 'bf16' | 'f32' | 'i32';
+
+export interface DeviceTensor {
+  ptr: DevPtr;
+  shape: number[];
+  dtype: DeviceDType;
+}
+
+/** The step's sizes on the host (for grids) and its inputs on the device. */
+export interface DeviceStep {
+  numTokens: number;
+  numSeqs: number;
+  numLogitRows: number;
+  blockTableWidth: number;
+  /** Longest context (tokens in the cache) of any sequence in the step: bounds attention's work. */
+  maxContextLen: number;
+  /** Longest query (new tokens) of any sequence in the step. */
+  maxQueryLen: number;
+}
+
+export interface Launch {
+  grid: [number, number, number];
+  block: [number, number, number];
+  /** Dynamic shared memory in bytes. */
+  sharedBytes?: number;
+}
+
+export interface CudaOpContext {
+  inputs: DeviceTensor[];
+  outputs: DeviceTensor[];
+  attrs: Attrs;
+  step: DeviceStep;
+  device: DeviceProperties;
+  /** Launches `decl` on the backend's stream with `args` (every declared parameter). */
+  launch(decl: KernelDecl, launch: Launch, args: Record<string, ArgValue>): void;
+  /** A device copy of a small constant table, made once per distinct key (e.g. RoPE inv_freq). */
+  constant(key: string, make: () => Float32Array): DevPtr;
+  /** Device scratch of at least `bytes`, valid during this call only. */
+  scratch(bytes: number): DevPtr;
+}
+
+export type CudaOp = (ctx: CudaOpContext) => void;
+
+export function ceilDiv(a: number, b: number): number {
+  return Math.floor((a + b - 1) / b);
+}
