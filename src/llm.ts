@@ -18,6 +18,7 @@ import { StopStringFilter } from './engine/stop_strings.js';
 import { WorkerCore } from './engine/worker_core.js';
 import { TesseraError } from './errors.js';
 import { openCheckpoint } from './formats/checkpoint.js';
+import { isSynthetic } from './formats/synthetic.js';
 import type { ModelConfig } from './formats/hf_config.js';
 import type { ModelRunner } from './runner/model_runner.js';
 import { resolveSamplingParams, type SamplingParams } from './sampling/params.js';
@@ -180,7 +181,8 @@ export class Tessera {
     const { engineThread = 'main', onProgress, ...engineOpts } = opts;
     const ckpt = await openCheckpoint(dir);
     await ckpt.weights.close();
-    const tokenizer = await TesseraTokenizer.load(dir);
+    // Synthetic models have no files; they use the demo model's byte-level tokenizer.
+    const tokenizer = await TesseraTokenizer.load(isSynthetic(dir) ? DEMO_MODEL_DIR : dir);
     let core: EngineCore;
     if (engineThread === 'worker') {
       core = await WorkerCore.start({ dir, opts: engineOpts, eosTokenIds: tokenizer.eosTokenIds }, onProgress);

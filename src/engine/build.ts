@@ -8,6 +8,7 @@ import type { LoadProgress, MemoryReport } from '../backend/backend.js';
 import { selectBackend, type DeviceChoice } from '../backend/select.js';
 import { TesseraError } from '../errors.js';
 import { openCheckpoint, type Checkpoint } from '../formats/checkpoint.js';
+import { isSynthetic } from '../formats/synthetic.js';
 import type { ModelConfig } from '../formats/hf_config.js';
 import type { Program } from '../graph/program.js';
 import { ModelRunner } from '../runner/model_runner.js';
@@ -31,7 +32,7 @@ export interface EngineOptions {
   prefixCaching?: boolean;
   /** Rows of logits one step can return (default maxNumSeqs; more for prompt logprobs). */
   maxLogitRows?: number;
-  /** Bytes for the KV cache (default: room for maxNumSeqs full contexts, at most 1 GiB on the CPU). */
+  /** Bytes for the KV cache (default: room for maxNumSeqs full contexts, capped at 1 GiB but at least one context). */
   kvCacheBytes?: number;
 }
 
@@ -81,7 +82,7 @@ export async function buildEngine(dir: string, opts: EngineOptions, eosTokenIds:
     const numBlocks = kvCacheBlocks(runner, settings, opts);
     await runner.load(onProgress);
     backend.allocateKvCache(numBlocks);
-    const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: path.resolve(dir) });
+    const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: isSynthetic(dir) ? dir : path.resolve(dir) });
     const scheduler = new Scheduler({ maxNumSeqs: settings.maxNumSeqs, maxNumBatchedTokens: settings.maxNumBatchedTokens, maxModelLen: settings.maxModelLen }, blocks);
     const engine = new LLMEngine(runner, scheduler, eosTokenIds);
     return { engine, runner, checkpoint: ckpt, info: describe(ckpt, runner, backend.describe(), reason, numBlocks, settings) };
@@ -131,7 +132,8 @@ function engineSettings(config: ModelConfig, opts: EngineOptions): EngineSetting
 function kvCacheBlocks(runner: ModelRunner, s: EngineSettings, opts: EngineOptions): number {
   const bytesPerBlock = kvBytesPerBlock(runner.program);
   const blocksPerSeq = Math.ceil(s.maxModelLen / s.kvBlockSize);
-  const budget = opts.kvCacheBytes ?? Math.min(1 << 30, blocksPerSeq * s.maxNumSeqs * bytesPerBlock);
+  // By default: room for every sequence's full context, capped at 1 GiB, but never less than one context.
+  const budget = opts.kvCacheBytes ?? Math.max(blocksPerSeq * bytesPerBlock, Math.min(1 << 30, blocksPerSeq * s.maxNumSeqs * bytesPerBlock));
   const numBlocks = Math.floor(budget / bytesPerBlock);
   if (numBlocks < blocksPerSeq)
     throw new TesseraError(

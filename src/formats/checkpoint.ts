@@ -7,7 +7,8 @@ import path from 'node:path';
 import { TesseraError } from '../errors.js';
 import type { SamplingParams } from '../sampling/params.js';
 import { parseModelConfig, type ModelConfig } from './hf_config.js';
-import { SafetensorsCheckpoint } from './safetensors.js';
+import { SafetensorsCheckpoint, type TensorInfo } from './safetensors.js';
+import { SyntheticWeights, isSynthetic, syntheticConfig } from './synthetic.js';
 import { fsError, parseJsonObject, readOptionalTextFile } from '../util/files.js';
 
 export interface Checkpoint {
@@ -15,10 +16,22 @@ export interface Checkpoint {
   config: ModelConfig;
   /** Sampling defaults from generation_config.json (HF semantics: do_sample false = greedy). */
   generationDefaults: Partial<SamplingParams>;
-  weights: SafetensorsCheckpoint;
+  weights: WeightStore;
+}
+
+/** Where a checkpoint's tensors come from: safetensors files, or a synthetic model's recipe. */
+export interface WeightStore {
+  readonly tensors: Map<string, TensorInfo>;
+  readonly totalBytes: number;
+  readF32(name: string, dst?: Float32Array): Promise<Float32Array>;
+  close(): Promise<void>;
 }
 
 export async function openCheckpoint(dir: string): Promise<Checkpoint> {
+  if (isSynthetic(dir)) {
+    const config = syntheticConfig(dir);
+    return { dir, config, generationDefaults: {}, weights: new SyntheticWeights(dir, config) };
+  }
   try {
     if (!(await stat(dir)).isDirectory()) throw new TesseraError(`${dir} is not a directory; --model takes a Hugging Face model directory.`, 'invalid_checkpoint');
   } catch (err) {
