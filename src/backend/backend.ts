@@ -3,6 +3,8 @@
  * one step of the Program over a StepBatch. The runner builds StepBatches; the scheduler and
  * block manager never see a backend.
  */
+import type { Attrs } from '../graph/ir.js';
+import type { OpName } from '../graph/ops.js';
 import type { Program } from '../graph/program.js';
 
 /**
@@ -30,6 +32,30 @@ export interface StepBatch {
 /** Reads checkpoint tensors by the graph's names, widened to f32. */
 export interface WeightSource {
   readF32(name: string): Promise<Float32Array>;
+  /** For synthetic weights: how to make the tensor on the device instead of reading it. */
+  recipe?(name: string): { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number } | null;
+}
+
+/** Sizes a backend plans its per-step buffers for. */
+export interface LoadLimits {
+  maxNumSeqs: number;
+  maxModelLen: number;
+  kvBlockSize: number;
+}
+
+/** A tensor on the host, for running single ops (the conformance suite). */
+export interface HostTensor {
+  data: Float32Array | Int32Array;
+  shape: number[];
+}
+
+export interface KvBudgetRequest {
+  /** Bytes the caller asked for (--kv-cache-memory), if any. */
+  requestedBytes?: number;
+  /** Fraction of the device's memory Tessera may use in all (--gpu-memory-utilization). */
+  memoryUtilization?: number;
+  /** Bytes for maxNumSeqs full contexts: more is never needed. */
+  fullBytes: number;
 }
 
 export interface LoadProgress {
@@ -47,10 +73,14 @@ export interface MemoryReport {
 
 export interface Backend {
   readonly name: 'cpu' | 'cuda';
+  /** Bytes of one activation or KV-cache element (4 for the CPU's f32, 2 for bf16). */
+  readonly elementBytes: number;
   /** One line: the device, e.g. "cpu (f32, 1 thread)". */
   describe(): string;
-  /** Uploads every weight the Program needs and allocates its activation arena. */
-  load(program: Program, weights: WeightSource, onProgress?: (p: LoadProgress) => void): Promise<void>;
+  /** Uploads every weight the Program needs and allocates its activation arena and step buffers. */
+  load(program: Program, weights: WeightSource, limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void>;
+  /** Bytes the KV pool may take now (after load). */
+  kvCacheBudget(req: KvBudgetRequest): number;
   /** Bytes one KV block takes, summed over layers (k and v). */
   kvBytesPerBlock(): number;
   /** Allocates the KV pool: numBlocks blocks per layer. */
@@ -60,5 +90,11 @@ export interface Backend {
   /** Runs the Program over one step; returns logits [S, vocab], row-major, on the host. */
   execute(batch: StepBatch): Promise<Float32Array>;
   memory(): MemoryReport;
+  /**
+   * Runs one op on host tensors (float inputs are converted to the backend's storage type, and
+   * outputs back to f32). A state input (a KV cache) is updated and returned as the op's state
+   * output. For the conformance suite.
+   */
+  runOp(op: OpName, attrs: Attrs, inputs: HostTensor[], outputShapes: number[][], step: StepBatch): Promise<HostTensor[]>;
   dispose(): Promise<void>;
 }

@@ -13,6 +13,7 @@ export const MODEL_OPTIONS = {
   'max-num-batched-tokens': { type: 'string' },
   'max-model-len': { type: 'string' },
   'kv-cache-memory': { type: 'string' },
+  'gpu-memory-utilization': { type: 'string' },
   'no-fuse': { type: 'boolean' },
   'no-prefix-caching': { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
@@ -56,6 +57,13 @@ export function numberFlag(values: Values, flag: string, integer = false): numbe
   return v;
 }
 
+/** A fraction in (0, 1]. */
+export function fractionFlag(values: Values, flag: string): number | undefined {
+  const v = numberFlag(values, flag);
+  if (v !== undefined && !(v > 0 && v <= 1)) throw new TesseraError(`--${flag} must be greater than 0 and at most 1, not ${v}.`, 'invalid_input');
+  return v;
+}
+
 /** Byte sizes such as 512MiB, 2GiB, 1e9. */
 export function bytesFlag(values: Values, flag: string): number | undefined {
   const raw = values[flag];
@@ -78,6 +86,7 @@ export function modelOptions(values: Values): { dir: string | undefined; opts: T
       maxNumBatchedTokens: numberFlag(values, 'max-num-batched-tokens', true),
       maxModelLen: numberFlag(values, 'max-model-len', true),
       kvCacheBytes: bytesFlag(values, 'kv-cache-memory'),
+      gpuMemoryUtilization: fractionFlag(values, 'gpu-memory-utilization'),
       fuse: values['no-fuse'] !== true,
       prefixCaching: values['no-prefix-caching'] !== true,
     },
@@ -123,6 +132,7 @@ export const MODEL_HELP = `Model and engine:
       --max-num-batched-tokens N tokens per step; longer prompts prefill in chunks (default 1024)
       --kv-block-size N          tokens per KV-cache block (default 16)
       --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB
+      --gpu-memory-utilization X share of GPU memory for weights, activations and KV (default 0.9)
       --no-fuse                  run the graph unfused (for comparison)
       --no-prefix-caching        recompute shared prompt prefixes (for comparison)`;
 

@@ -32,8 +32,10 @@ export interface EngineOptions {
   prefixCaching?: boolean;
   /** Rows of logits one step can return (default maxNumSeqs; more for prompt logprobs). */
   maxLogitRows?: number;
-  /** Bytes for the KV cache (default: room for maxNumSeqs full contexts, capped at 1 GiB but at least one context). */
+  /** Bytes for the KV cache (default: on the CPU room for maxNumSeqs full contexts up to 1 GiB; on a GPU what --gpu-memory-utilization leaves). */
   kvCacheBytes?: number;
+  /** Fraction of the GPU's memory Tessera may use in all: weights, activations and KV cache (default 0.9). */
+  gpuMemoryUtilization?: number;
 }
 
 export interface ModelInfo {
@@ -79,8 +81,8 @@ export async function buildEngine(dir: string, opts: EngineOptions, eosTokenIds:
     const { backend, reason } = await selectBackend(opts.device ?? 'auto');
     const settings = engineSettings(ckpt.config, opts);
     const runner = prepareRunner(ckpt, backend, settings, opts);
-    const numBlocks = kvCacheBlocks(runner, settings, opts);
-    await runner.load(onProgress);
+    await runner.load({ maxNumSeqs: settings.maxNumSeqs, maxModelLen: settings.maxModelLen, kvBlockSize: settings.kvBlockSize }, onProgress);
+    const numBlocks = kvCacheBlocks(runner, settings, opts, (full) => backend.kvCacheBudget({ requestedBytes: opts.kvCacheBytes, memoryUtilization: opts.gpuMemoryUtilization, fullBytes: full }));
     backend.allocateKvCache(numBlocks);
     const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: isSynthetic(dir) ? dir : path.resolve(dir) });
     const scheduler = new Scheduler({ maxNumSeqs: settings.maxNumSeqs, maxNumBatchedTokens: settings.maxNumBatchedTokens, maxModelLen: settings.maxModelLen }, blocks);
@@ -98,7 +100,9 @@ export async function inspectModel(dir: string, opts: EngineOptions): Promise<Mo
     const { backend, reason } = await selectBackend(opts.device ?? 'auto');
     const settings = engineSettings(ckpt.config, opts);
     const runner = prepareRunner(ckpt, backend, settings, opts);
-    return describe(ckpt, runner, backend.describe(), reason, kvCacheBlocks(runner, settings, opts), settings);
+    // Without loading, the pool is estimated as on the CPU: what was asked, else full contexts up to 1 GiB.
+    const numBlocks = kvCacheBlocks(runner, settings, opts, (full) => opts.kvCacheBytes ?? Math.min(1 << 30, full));
+    return describe(ckpt, runner, backend.describe(), reason, numBlocks, settings);
   } finally {
     await ckpt.weights.close();
   }
@@ -128,13 +132,17 @@ function engineSettings(config: ModelConfig, opts: EngineOptions): EngineSetting
   };
 }
 
-/** KV blocks for the pool: room for maxNumSeqs full contexts, capped (1 GiB on the CPU) or as given. */
-function kvCacheBlocks(runner: ModelRunner, s: EngineSettings, opts: EngineOptions): number {
-  const bytesPerBlock = kvBytesPerBlock(runner.program);
+/**
+ * KV blocks for the pool: as many as the budget holds, at most room for maxNumSeqs full contexts.
+ * Without an explicit --kv-cache-memory the pool holds at least one full context if that fits.
+ */
+function kvCacheBlocks(runner: ModelRunner, s: EngineSettings, opts: EngineOptions, budgetFor: (fullBytes: number) => number): number {
+  const bytesPerBlock = kvBytesPerBlock(runner.program, runner.backend.elementBytes);
   const blocksPerSeq = Math.ceil(s.maxModelLen / s.kvBlockSize);
-  // By default: room for every sequence's full context, capped at 1 GiB, but never less than one context.
-  const budget = opts.kvCacheBytes ?? Math.max(blocksPerSeq * bytesPerBlock, Math.min(1 << 30, blocksPerSeq * s.maxNumSeqs * bytesPerBlock));
-  const numBlocks = Math.floor(budget / bytesPerBlock);
+  const fullBlocks = blocksPerSeq * s.maxNumSeqs;
+  let budget = budgetFor(fullBlocks * bytesPerBlock);
+  if (opts.kvCacheBytes === undefined && runner.backend.name === 'cpu') budget = Math.max(budget, blocksPerSeq * bytesPerBlock);
+  const numBlocks = Math.min(fullBlocks, Math.floor(budget / bytesPerBlock));
   if (numBlocks < blocksPerSeq)
     throw new TesseraError(
       `The KV cache (${budget} bytes) holds ${numBlocks * s.kvBlockSize} tokens, less than one ${s.maxModelLen}-token context; give it more memory or lower --max-model-len.`,
@@ -143,9 +151,9 @@ function kvCacheBlocks(runner: ModelRunner, s: EngineSettings, opts: EngineOptio
   return numBlocks;
 }
 
-/** KV bytes of one block over all layers, at 4 bytes an element (the CPU backend's f32). */
-function kvBytesPerBlock(program: Program): number {
-  return program.states.reduce((sum, st) => sum + 2 * st.blockSize * st.numKvHeads * st.headDim * 4, 0);
+/** KV bytes of one block over all layers (k and v). */
+function kvBytesPerBlock(program: Program, elementBytes: number): number {
+  return program.states.reduce((sum, st) => sum + 2 * st.blockSize * st.numKvHeads * st.headDim * elementBytes, 0);
 }
 
 function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceReason: string, numBlocks: number, s: EngineSettings): ModelInfo {
@@ -154,7 +162,8 @@ function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceR
   for (const w of program.weights) if ('tensor' in w.source) numParameters += w.shape.reduce((a, d) => a * d, 1);
   const dtypes: Record<string, number> = {};
   for (const d of runner.weights.dtypes.values()) dtypes[d] = (dtypes[d] ?? 0) + 1;
-  const bytesPerBlock = kvBytesPerBlock(program);
+  const bytes = runner.backend.elementBytes;
+  const bytesPerBlock = kvBytesPerBlock(program, bytes);
   const usedWeights = new Set(program.calls.flatMap((c) => c.inputs.filter((o) => o.kind === 'weight').map((o) => o.name)));
   const weightElems = program.weights.filter((w) => usedWeights.has(w.name)).reduce((s2, w) => s2 + w.shape.reduce((a, d) => a * d, 1), 0);
   return {
@@ -165,7 +174,7 @@ function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceR
     numParameters,
     dtypes,
     storedBytes: runner.weights.storedBytes,
-    memory: { weightBytes: 4 * weightElems, activationBytes: 4 * program.arenaSize, kvCacheBytes: numBlocks * bytesPerBlock },
+    memory: { weightBytes: bytes * weightElems, activationBytes: bytes * program.arenaSize, kvCacheBytes: numBlocks * bytesPerBlock },
     kvCacheBlocks: numBlocks,
     kvBlockSize: s.kvBlockSize,
     kvBytesPerToken: bytesPerBlock / s.kvBlockSize,

@@ -24,6 +24,8 @@ export interface WeightStore {
   readonly tensors: Map<string, TensorInfo>;
   readonly totalBytes: number;
   readF32(name: string, dst?: Float32Array): Promise<Float32Array>;
+  /** Synthetic stores only: how to make a tensor instead of reading it. */
+  recipe?(name: string): { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number };
   close(): Promise<void>;
 }
 

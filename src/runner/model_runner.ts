@@ -3,7 +3,7 @@
  * into a StepBatch (token ids, positions, slot mapping, block tables, prefix offsets), runs it,
  * and hands back the logits of the rows that sample.
  */
-import type { Backend, LoadProgress, StepBatch } from '../backend/backend.js';
+import type { Backend, LoadLimits, LoadProgress, StepBatch } from '../backend/backend.js';
 import type { Checkpoint } from '../formats/checkpoint.js';
 import type { ModelConfig } from '../formats/hf_config.js';
 import type { Graph } from '../graph/ir.js';
@@ -43,8 +43,8 @@ export class ModelRunner {
     return new ModelRunner(ckpt.config, backend, graph, program, weights, opts.kvBlockSize);
   }
 
-  async load(onProgress?: (p: LoadProgress) => void): Promise<void> {
-    await this.backend.load(this.program, this.weights, onProgress);
+  async load(limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void> {
+    await this.backend.load(this.program, this.weights, limits, onProgress);
   }
 
   get vocabSize(): number {

@@ -62,5 +62,6 @@ export function bindWeights(program: Program, ckpt: Checkpoint): BoundWeights {
       if (!info) throw new Error(`weight ${name} was not bound`);
       return weights.readF32(info.name);
     },
+    recipe: weights.recipe ? (name: string) => weights.recipe!(resolved.get(name)?.name ?? name) : undefined,
   };
 }

@@ -4,7 +4,9 @@
  * the KV pool is one Float32Array per layer in the paged layout the CUDA backend uses.
  */
 import type { Operand, Program } from '../../graph/program.js';
-import type { Backend, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
+import type { Attrs } from '../../graph/ir.js';
+import { OPS, type OpName } from '../../graph/ops.js';
+import type { Backend, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { CPU_KERNELS } from './kernels/index.js';
 import type { CpuTensor } from './tensor.js';
 
@@ -20,6 +22,7 @@ const INPUT_FIELDS = {
 
 export class CpuBackend implements Backend {
   readonly name = 'cpu' as const;
+  readonly elementBytes = 4;
   private program: Program | null = null;
   private weights = new Map<string, CpuTensor>();
   private arena = new Float32Array(0);
@@ -30,7 +33,7 @@ export class CpuBackend implements Backend {
     return 'cpu (f32 reference kernels, 1 thread)';
   }
 
-  async load(program: Program, source: WeightSource, onProgress?: (p: LoadProgress) => void): Promise<void> {
+  async load(program: Program, source: WeightSource, _limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void> {
     this.program = program;
     const used = new Set<string>();
     for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
@@ -54,6 +57,23 @@ export class CpuBackend implements Backend {
     // Raw tensors that only fed load-time transforms are no longer needed.
     for (const name of [...this.weights.keys()]) if (!used.has(name)) this.weights.delete(name);
     this.arena = new Float32Array(program.arenaSize);
+  }
+
+  /** On the CPU: what was asked, else room for every full context up to 1 GiB. */
+  kvCacheBudget(req: KvBudgetRequest): number {
+    return req.requestedBytes ?? Math.min(1 << 30, req.fullBytes);
+  }
+
+  async runOp(op: OpName, attrs: Attrs, inputs: HostTensor[], outputShapes: number[][], step: StepBatch): Promise<HostTensor[]> {
+    const spec = OPS[op];
+    // A state output is the op's KV-cache input, updated in place.
+    const state = spec.stateOutputs ? inputs.find((t) => t.shape.length === 5) : undefined;
+    const outputs = outputShapes.map((shape, i): HostTensor => {
+      if (spec.stateOutputs?.includes(i)) return state!;
+      return { data: new Float32Array(shape.reduce((a, d) => a * d, 1)).fill(NaN), shape };
+    });
+    CPU_KERNELS[op]({ inputs, output: outputs[0], outputs, attrs, step });
+    return outputs;
   }
 
   kvBytesPerBlock(): number {

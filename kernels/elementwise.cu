@@ -1,0 +1,171 @@
+// Elementwise kernels (src/backend/cpu/kernels/elementwise.ts and fused.ts are the reference):
+//   ts_add_bf16         y = a + b, same shape                  a, b, y: [n]
+//   ts_mul_bf16         y = a * b, same shape                  a, b, y: [n]
+//   ts_add_bias_bf16    y[r, c] = a[r, c] + b[c]               a, y: [rows, cols]; b: [cols]
+//   ts_act_bf16         y = act(x)                             x, y: [n]
+//   ts_act_mul_bf16     y[r, c] = act(gu[r, c]) * gu[r, cols + c]   gu: [rows, 2 cols]; y: [rows, cols]
+//   ts_slice_cols_bf16  y[r, c] = x[r, start + c]              x: [rows, cols]; y: [rows, count]
+// act: 0 silu x sigmoid(x); 1 gelu 0.5 x (1 + erf(x / sqrt 2)), as 0.5 x erfc(-x / sqrt 2) so the
+//   negative tail keeps its relative accuracy; 2 gelu_tanh 0.5 x (1 + tanh(u)), as x sigmoid(2u)
+//   (the same function, without tanh.approx's absolute error where 1 + tanh(u) is small).
+// Bytes: 2 bytes per element read per input and 2 written (act_mul: 4 read, 2 written per output
+// element; the bias once per row from L1/L2). FLOPs: 1 per element (add, mul), ~10-20 (act).
+// Arithmetic in f32, one rounding to bf16 per output.
+// Variants: `vec` 1 = 16-byte vectors (the host checks widths and 16-byte aligned pointers; the flat
+// kernels handle n % 8 with a scalar tail), 0 = scalar loads for any width or alignment. Flat
+// kernels are grid-stride loops; the row kernels run a 2-D grid (x over columns, y over rows) with
+// grid-stride loops in both. Every output element is written by the thread that read its inputs,
+// so y may be the same buffer as an input.
+#include "common.cuh"
+
+namespace ts_ew {
+
+using ts::bf16;
+using ts::bf16x8;
+
+enum Act { kSilu = 0, kGeluErf = 1, kGeluTanh = 2 };
+
+template <int ACT>
+TS_DEVICE float act(float x) {
+  if constexpr (ACT == kSilu) {
+    return x / (1.f + __expf(-x));
+  } else if constexpr (ACT == kGeluTanh) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x / (1.f + __expf(-2.f * u));
+  } else {
+    return 0.5f * x * erfcf(-0.7071067811865476f * x);
+  }
+}
+
+struct Add {
+  TS_DEVICE float operator()(float a, float b) const { return a + b; }
+};
+struct Mul {
+  TS_DEVICE float operator()(float a, float b) const { return a * b; }
+};
+template <int ACT>
+struct Unary {
+  TS_DEVICE float operator()(float a, float) const { return act<ACT>(a); }
+};
+
+TS_DEVICE bf16x8 load8(const bf16* p) { return *reinterpret_cast<const bf16x8*>(p); }
+TS_DEVICE void store8(bf16* p, const bf16x8& v) { *reinterpret_cast<bf16x8*>(p) = v; }
+
+// y[i] = f(a[i], b[i]) for i < n (b unused, and may be null, for unary f).
+template <bool BINARY, class F>
+TS_DEVICE void flat(bf16* y, const bf16* a, const bf16* b, unsigned long long n, int vec, F f) {
+  const unsigned long long stride = static_cast<unsigned long long>(gridDim.x) * blockDim.x;
+  const unsigned long long tid = static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const unsigned long long nv = vec ? n / 8 : 0;
+  for (unsigned long long i = tid; i < nv; i += stride) {
+    float x[8], z[8] = {};
+    ts::unpack(load8(a + 8 * i), x);
+    if (BINARY) ts::unpack(load8(b + 8 * i), z);
+#pragma unroll
+    for (int e = 0; e < 8; e++) x[e] = f(x[e], z[e]);
+    store8(y + 8 * i, ts::pack(x));
+  }
+  for (unsigned long long i = nv * 8 + tid; i < n; i += stride)
+    y[i] = ts::to_bf16(f(ts::to_f32(a[i]), BINARY ? ts::to_f32(b[i]) : 0.f));
+}
+
+// The rows handled by this thread: r = first, first + step, ... < rows; units c likewise.
+#define TS_EW_ROWS(r, rows) \
+  for (int r = blockIdx.y * blockDim.y + threadIdx.y; r < (rows); r += gridDim.y * blockDim.y)
+#define TS_EW_COLS(c, units) \
+  for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < (units); c += gridDim.x * blockDim.x)
+
+template <int ACT>
+TS_DEVICE void act_mul(bf16* y, const bf16* gu, int rows, int cols, int vec) {
+  const int units = vec ? cols / 8 : cols;
+  TS_EW_ROWS(r, rows) {
+    const bf16* g = gu + static_cast<int64_t>(r) * 2 * cols;
+    const bf16* u = g + cols;
+    bf16* o = y + static_cast<int64_t>(r) * cols;
+    TS_EW_COLS(c, units) {
+      if (vec) {
+        float gv[8], uv[8];
+        ts::unpack(load8(g + 8 * c), gv);
+        ts::unpack(load8(u + 8 * c), uv);
+#pragma unroll
+        for (int e = 0; e < 8; e++) gv[e] = act<ACT>(gv[e]) * uv[e];
+        store8(o + 8 * c, ts::pack(gv));
+      } else {
+        o[c] = ts::to_bf16(act<ACT>(ts::to_f32(g[c])) * ts::to_f32(u[c]));
+      }
+    }
+  }
+}
+
+}  // namespace ts_ew
+
+// y, a, b: [n] bf16.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_add_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* b, unsigned long long n, int vec) {
+  ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Add{});
+}
+
+// y, a, b: [n] bf16.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_mul_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* b, unsigned long long n, int vec) {
+  ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Mul{});
+}
+
+// y, x: [n] bf16; act 0 silu, 1 gelu (erf), 2 gelu_tanh.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_act_bf16(ts::bf16* y, const ts::bf16* x, unsigned long long n, int act, int vec) {
+  switch (act) {
+    case ts_ew::kSilu: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kSilu>{}); break;
+    case ts_ew::kGeluTanh: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kGeluTanh>{}); break;
+    default: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kGeluErf>{}); break;
+  }
+}
+
+// y, a: [rows, cols] bf16; b: [cols] bf16. vec: cols % 8 == 0.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_add_bias_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* __restrict__ b, int rows, int cols, int vec) {
+  const int units = vec ? cols / 8 : cols;
+  TS_EW_ROWS(r, rows) {
+    const int64_t base = static_cast<int64_t>(r) * cols;
+    TS_EW_COLS(c, units) {
+      if (vec) {
+        float x[8], z[8];
+        ts::unpack(ts_ew::load8(a + base + 8 * c), x);
+        ts::unpack(ts_ew::load8(b + 8 * c), z);
+#pragma unroll
+        for (int e = 0; e < 8; e++) x[e] += z[e];
+        ts_ew::store8(y + base + 8 * c, ts::pack(x));
+      } else {
+        y[base + c] = ts::to_bf16(ts::to_f32(a[base + c]) + ts::to_f32(b[c]));
+      }
+    }
+  }
+}
+
+// y: [rows, cols] bf16; gu: [rows, 2 cols] bf16 (gate | up). vec: cols % 8 == 0.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_act_mul_bf16(ts::bf16* y, const ts::bf16* gu, int rows, int cols, int act, int vec) {
+  switch (act) {
+    case ts_ew::kSilu: ts_ew::act_mul<ts_ew::kSilu>(y, gu, rows, cols, vec); break;
+    case ts_ew::kGeluTanh: ts_ew::act_mul<ts_ew::kGeluTanh>(y, gu, rows, cols, vec); break;
+    default: ts_ew::act_mul<ts_ew::kGeluErf>(y, gu, rows, cols, vec); break;
+  }
+}
+
+// y: [rows, count] bf16; x: [rows, cols] bf16. vec: cols, start and count % 8 == 0.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_slice_cols_bf16(ts::bf16* __restrict__ y, const ts::bf16* __restrict__ x, int rows, int cols, int start, int count,
+                       int vec) {
+  const int units = vec ? count / 8 : count;
+  TS_EW_ROWS(r, rows) {
+    const ts::bf16* src = x + static_cast<int64_t>(r) * cols + start;
+    ts::bf16* dst = y + static_cast<int64_t>(r) * count;
+    TS_EW_COLS(c, units) {
+      if (vec) ts_ew::store8(dst + 8 * c, ts_ew::load8(src + 8 * c));
+      else dst[c] = src[c];
+    }
+  }
+}
+
+#undef TS_EW_ROWS
+#undef TS_EW_COLS

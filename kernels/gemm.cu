@@ -1,0 +1,320 @@
+// GEMM, the `matmul` op: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]), bf16 operands, f32 accumulation,
+// output bf16 (projections) or f32 (the logits). Tensor cores through mma.sync m16n8k16 (sm_80 and
+// later: the same code on Ampere and Hopper).
+//
+//   x:    [R, K] bf16, row-major (activations: R = T tokens or S logit rows)
+//   w:    [N, K] bf16, nn.Linear layout; row n of w is column n of the mma's "col" B operand as is
+//   bias: [N] bf16 or null
+//   y:    [R, N] bf16 or f32 (the entry's suffix is y's dtype)
+// Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
+// src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
+// bounds-checked on store.
+//
+// FLOPs: 2 R N K. Bytes from DRAM at least 2 R K + 2 N K + 2 N + R N (2 | 4); through L2 x is read
+// ceil(N / BN) times and w ceil(R / BM) times. Split-K adds 4 R N splits bytes written and read back.
+//
+// Block: a BM x BN tile of y; BK = 32 per stage. Global -> shared with 16-byte cp.async.cg in a
+// STAGES-deep ring (one commit group per k-tile); shared -> registers with ldmatrix.x4; a warp owns
+// a (BM / WARPS_M) x (BN / WARPS_N) sub-tile of f32 accumulators. Shared rows are 64 bytes (4
+// chunks of 16 B); chunk c of row r lives at chunk c ^ ((r >> 1) & 3), so the 8 row addresses of
+// each ldmatrix phase hit 8 different 16-byte bank groups (no conflicts), and so do cp.async writes.
+// Epilogue: + bias, convert, store straight from the accumulator fragments (pairs of columns when N
+// is even, single elements otherwise), rows >= R and columns >= N masked.
+//
+// Block order: blockIdx.x is the tile index in groups of GROUP_M = 8 row tiles; inside a group the
+// row tile varies fastest, so consecutive blocks read the same weight tile (it stays in L2) and a
+// wave touches only ~8 row tiles of x. blockIdx.z is the K split.
+//
+// Variants (the launcher picks one from R, N, K and the SM count: gemmPlan in ops/gemm.ts):
+//   ts_gemm_16x128_{bf16,f32}    R <= 16 (decode):       4 warps (1 x 4), warp tile 16 x 32, 4 stages, 36 KiB
+//   ts_gemm_32x128_{bf16,f32}    16 < R <= 32 (decode):  4 warps (1 x 4), warp tile 32 x 32, 4 stages, 40 KiB
+//   ts_gemm_64x128_{bf16,f32}    32 < R <= 64, and R > 64 when 128 x 128 tiles would be fewer than the SMs
+//                                                         4 warps (2 x 2), warp tile 32 x 64, 4 stages, 48 KiB
+//   ts_gemm_128x128_{bf16,f32}   prefill: R > 64 with ceil(R / 128) ceil(N / 128) >= SMs
+//                                                         8 warps (2 x 4), warp tile 64 x 32, 3 stages, 48 KiB
+//   ts_gemm_splitk_reduce_{bf16,f32}   y = sum over z of ws[z] (+ bias). When the tiles are fewer than the
+//                                SMs (twice the SMs for the 16- and 32-row tiles), K is split over blockIdx.z
+//                                (up to 8 ways, >= 4 k-tiles each): the f32 entry of the tile config writes
+//                                partials ws[splits, R, N] without bias and this kernel finishes.
+// Llama-3-8B (K = 4096, down K = 14336) on 132 SMs: decode R = 1 runs 16x128 with QKV N = 6144 as 48
+// tiles x 6 splits, O and down N = 4096 as 32 x 8, gate/up N = 28672 as 224 x 2, lm_head N = 128256 as
+// 1002 tiles; prefill runs 128x128 without splits from R = 65 for gate/up and lm_head and from R = 513
+// for N = 4096 (64x128 below that; R = 8192: 2048 to 64128 tiles).
+// Dynamic shared memory stays <= 48 KiB: no cuFuncSetAttribute needed.
+#include "common.cuh"
+
+namespace ts_gemm {
+
+using ts::bf16;
+
+constexpr int BK = 32;              // K elements per stage
+constexpr int ROW_BYTES = BK * 2;   // one tile row in shared memory: 4 chunks of 16 bytes
+constexpr int ROW_CHUNKS = BK / 8;  // 16-byte chunks per tile row
+constexpr int GROUP_M = 8;          // row tiles per rasterization group
+
+// Byte offset of 16-byte chunk c (0..3) of row r in a [rows][BK] bf16 tile (XOR swizzle).
+__host__ __device__ constexpr uint32_t tile_offset(int r, int c) {
+  return static_cast<uint32_t>(r * ROW_BYTES + ((c ^ ((r >> 1) & 3)) << 4));
+}
+
+// ldmatrix.x4 row address of `lane` for the 16 x 16 A fragment at k step kk (0 or 1), relative to
+// the fragment's first row (a multiple of 8, so the swizzle term depends on the lane only).
+// Matrices: 0 = rows 0-7 / k 0-7, 1 = rows 8-15 / k 0-7, 2 = rows 0-7 / k 8-15, 3 = rows 8-15 / k 8-15,
+// which land in the registers a0..a3 of mma.m16n8k16's A operand.
+__host__ __device__ constexpr uint32_t lane_a_offset(int lane, int kk) {
+  return tile_offset(lane & 15, kk * 2 + (lane >> 4));
+}
+
+// ldmatrix.x4 row address of `lane` for two n8 B fragments (16 rows of w) at k step kk. Matrices:
+// 0 = n 0-7 / k 0-7, 1 = n 0-7 / k 8-15, 2 = n 8-15 / k 0-7, 3 = n 8-15 / k 8-15, i.e. b0, b1 of
+// the first n8 tile and b0, b1 of the second.
+__host__ __device__ constexpr uint32_t lane_b_offset(int lane, int kk) {
+  return tile_offset((lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1));
+}
+
+// Block `pid` -> (row tile, column tile): groups of GROUP_M row tiles, row tile fastest in a group.
+__host__ __device__ inline void block_tile(int pid, int tiles_m, int tiles_n, int& tm, int& tn) {
+  const int span = GROUP_M * tiles_n;
+  const int group = pid / span;
+  const int first_m = group * GROUP_M;
+  const int group_m = tiles_m - first_m < GROUP_M ? tiles_m - first_m : GROUP_M;
+  const int local = pid - group * span;
+  tm = first_m + local % group_m;
+  tn = local / group_m;
+}
+
+TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
+// 16-byte global -> shared copy; src_bytes = 0 writes 16 zero bytes and reads nothing.
+TS_DEVICE void cp_async16(uint32_t dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
+               : "memory");
+}
+TS_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int PENDING>
+TS_DEVICE void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
+}
+
+TS_DEVICE void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+// c += a · b for one 16 x 8 x 16 tile: a = A fragment (4 regs), b0/b1 = B fragment.
+TS_DEVICE void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+TS_DEVICE void store1(bf16* p, float v) { *p = ts::to_bf16(v); }
+TS_DEVICE void store1(float* p, float v) { *p = v; }
+// Two adjacent columns; p is 4-byte (bf16) or 8-byte (f32) aligned.
+TS_DEVICE void store2(bf16* p, float v0, float v1) { *reinterpret_cast<ts::bf16x2*>(p) = __floats2bfloat162_rn(v0, v1); }
+TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
+
+// One block of the GEMM. y is offset by blockIdx.z * R * N (split-K partials; gridDim.z == 1 else);
+// the block covers k-tiles [blockIdx.z * k_tiles_per_split, + k_tiles_per_split) clamped to K.
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, typename OutT>
+TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, const bf16* __restrict__ w,
+                          const bf16* __restrict__ bias, int R, int N, int K, int k_tiles_per_split) {
+  constexpr int THREADS = WARPS_M * WARPS_N * 32;
+  constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
+  constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
+  static_assert(WTM % 16 == 0 && WTN % 16 == 0, "warp tile must be a multiple of 16 x 16");
+  static_assert(STAGES >= 2, "need at least double buffering");
+  constexpr int A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
+
+  extern __shared__ __align__(128) unsigned char ts_gemm_smem[];
+  const uint32_t smem = smem_u32(ts_gemm_smem);
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp / WARPS_N, wn = warp % WARPS_N;
+
+  int tm, tn;
+  block_tile(blockIdx.x, (R + BM - 1) / BM, (N + BN - 1) / BN, tm, tn);
+  const int m0 = tm * BM, n0 = tn * BN;
+
+  const int k_tiles = (K + BK - 1) / BK;
+  const int kt_begin = blockIdx.z * k_tiles_per_split;
+  const int kt_end = min(k_tiles, kt_begin + k_tiles_per_split);
+  const int n_k = max(0, kt_end - kt_begin);
+  y += static_cast<size_t>(blockIdx.z) * static_cast<size_t>(R) * static_cast<size_t>(N);
+
+  // Loads: thread tid copies chunk tid % 4 of tile rows tid / 4 + p * ROWS_PER_PASS (p = 0, 1, ...).
+  // ROWS_PER_PASS is a multiple of 8, so every pass has the same swizzled column and the same
+  // global k offset. Rows past BM / BN are not this thread's; rows past R / N are zero-filled.
+  constexpr int ROWS_PER_PASS = THREADS / ROW_CHUNKS;
+  static_assert(ROWS_PER_PASS % 8 == 0, "passes must keep the swizzle phase");
+  constexpr int A_PASSES = (BM + ROWS_PER_PASS - 1) / ROWS_PER_PASS, B_PASSES = (BN + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
+  const int ld_row = tid / ROW_CHUNKS, ld_k = (tid % ROW_CHUNKS) * 8;
+  const uint32_t ld_dst = tile_offset(ld_row, tid % ROW_CHUNKS);
+  const bf16* a_src = x + static_cast<int64_t>(m0 + ld_row) * K + ld_k;  // only read when in bounds
+  const bf16* b_src = w + static_cast<int64_t>(n0 + ld_row) * K + ld_k;
+  const int64_t pass_stride = static_cast<int64_t>(ROWS_PER_PASS) * K;
+
+  // Issues the copies of k-tile kt into `stage` (no commit).
+  auto load_tile = [&](int stage, int kt) {
+    const uint32_t base = smem + stage * STAGE_BYTES + ld_dst;
+    const int k0 = kt * BK;
+    const bool k_ok = k0 + ld_k < K;
+#pragma unroll
+    for (int p = 0; p < A_PASSES; p++) {
+      const int row = ld_row + p * ROWS_PER_PASS;
+      if (BM % ROWS_PER_PASS == 0 || row < BM) {
+        const bool ok = k_ok && m0 + row < R;
+        cp_async16(base + p * ROWS_PER_PASS * ROW_BYTES, ok ? a_src + p * pass_stride + k0 : x, ok ? 16 : 0);
+      }
+    }
+#pragma unroll
+    for (int p = 0; p < B_PASSES; p++) {
+      const int row = ld_row + p * ROWS_PER_PASS;
+      if (BN % ROWS_PER_PASS == 0 || row < BN) {
+        const bool ok = k_ok && n0 + row < N;
+        cp_async16(base + A_BYTES + p * ROWS_PER_PASS * ROW_BYTES, ok ? b_src + p * pass_stride + k0 : w, ok ? 16 : 0);
+      }
+    }
+  };
+
+  // ldmatrix addresses of this lane inside a stage, per k step: warp row base (a multiple of 16)
+  // * ROW_BYTES + the swizzled lane offset; the MT / NT sub-tiles add 16 rows each.
+  uint32_t a_frag_off[2], b_frag_off[2];
+#pragma unroll
+  for (int kk = 0; kk < 2; kk++) {
+    a_frag_off[kk] = (wm * WTM) * ROW_BYTES + lane_a_offset(lane, kk);
+    b_frag_off[kk] = A_BYTES + (wn * WTN) * ROW_BYTES + lane_b_offset(lane, kk);
+  }
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++)
+#pragma unroll
+      for (int e = 0; e < 4; e++) acc[mi][ni][e] = 0.f;
+
+  // Prologue: k-tiles 0 .. STAGES-2, one commit group each (empty past the end), so that commit
+  // group j always holds k-tile j.
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; s++) {
+    if (s < n_k) load_tile(s, kt_begin + s);
+    cp_async_commit();
+  }
+
+  int read_stage = 0, write_stage = STAGES - 1;
+  for (int t = 0; t < n_k; t++) {
+    // Groups committed so far: STAGES - 1 + t; allowing STAGES - 2 pending means groups 0..t
+    // (k-tiles 0..t) have landed for this thread; the barrier makes them visible to all and
+    // guarantees every warp is done with the stage consumed in iteration t - 1.
+    cp_async_wait<STAGES - 2>();
+    __syncthreads();
+    if (t + STAGES - 1 < n_k) load_tile(write_stage, kt_begin + t + STAGES - 1);
+    cp_async_commit();
+
+    const uint32_t base = smem + read_stage * STAGE_BYTES;
+#pragma unroll
+    for (int kk = 0; kk < 2; kk++) {
+      uint32_t a[MT][4];
+      uint32_t b[NT / 2][4];
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++) ldmatrix_x4(a[mi], base + a_frag_off[kk] + mi * 16 * ROW_BYTES);
+#pragma unroll
+      for (int nj = 0; nj < NT / 2; nj++) ldmatrix_x4(b[nj], base + b_frag_off[kk] + nj * 16 * ROW_BYTES);
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int ni = 0; ni < NT; ni++) mma_bf16(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);
+    }
+    read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
+    write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
+  }
+  cp_async_wait<0>();
+
+  // Epilogue. Accumulator fragment: c0, c1 = row g, columns 2 tg, 2 tg + 1; c2, c3 = row g + 8.
+  const int g = lane >> 2, tg = lane & 3;
+  const bool pairs = (N & 1) == 0;
+#pragma unroll
+  for (int ni = 0; ni < NT; ni++) {
+    const int col = n0 + wn * WTN + ni * 8 + tg * 2;
+    if (col >= N) continue;
+    const bool has1 = col + 1 < N;
+    float bias0 = 0.f, bias1 = 0.f;
+    if (bias != nullptr) {
+      bias0 = ts::to_f32(bias[col]);
+      if (has1) bias1 = ts::to_f32(bias[col + 1]);
+    }
+#pragma unroll
+    for (int mi = 0; mi < MT; mi++) {
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
+        if (row >= R) continue;
+        const float v0 = acc[mi][ni][2 * h] + bias0, v1 = acc[mi][ni][2 * h + 1] + bias1;
+        OutT* p = y + static_cast<int64_t>(row) * N + col;
+        if (pairs) {
+          store2(p, v0, v1);
+        } else {
+          store1(p, v0);
+          if (has1) store1(p + 1, v1);
+        }
+      }
+    }
+  }
+}
+
+// y[r, n] = sum over z of ws[z, r, n] (+ bias[n]), splits summed in order.
+template <typename OutT>
+TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws, const bf16* __restrict__ bias, int R, int N,
+                             int splits) {
+  const int64_t total = static_cast<int64_t>(R) * N;
+  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
+    float s = 0.f;
+    for (int z = 0; z < splits; z++) s += ws[z * total + i];
+    if (bias != nullptr) s += ts::to_f32(bias[i % N]);
+    store1(y + i, s);
+  }
+}
+
+}  // namespace ts_gemm
+
+// One entry per (tile config, output dtype). Parameters, in order (ops/gemm.ts: GEMM_PARAMS):
+#define TS_GEMM_ENTRY(NAME, OUT_T, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                   \
+  extern "C" __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)                                   \
+      NAME(OUT_T* __restrict__ y,            /* [R, N] OUT_T, or [splits, R, N] f32 split-K partials */               \
+           const ts::bf16* __restrict__ x,    /* [R, K] bf16 */                                                       \
+           const ts::bf16* __restrict__ w,    /* [N, K] bf16 */                                                       \
+           const ts::bf16* __restrict__ bias, /* [N] bf16, or null */                                                 \
+           int R, int N, int K, int k_tiles_per_split /* k-tiles (of 32) per blockIdx.z */) {                         \
+    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, OUT_T>(y, x, w, bias, R, N, K, k_tiles_per_split);        \
+  }
+
+TS_GEMM_ENTRY(ts_gemm_16x128_bf16, ts::bf16, 16, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRY(ts_gemm_16x128_f32, float, 16, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRY(ts_gemm_32x128_bf16, ts::bf16, 32, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRY(ts_gemm_32x128_f32, float, 32, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRY(ts_gemm_64x128_bf16, ts::bf16, 64, 128, 2, 2, 4, 3)
+TS_GEMM_ENTRY(ts_gemm_64x128_f32, float, 64, 128, 2, 2, 4, 3)
+TS_GEMM_ENTRY(ts_gemm_128x128_bf16, ts::bf16, 128, 128, 2, 4, 3, 2)
+TS_GEMM_ENTRY(ts_gemm_128x128_f32, float, 128, 128, 2, 4, 3, 2)
+
+#undef TS_GEMM_ENTRY
+
+// Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias). Grid-stride over R * N elements.
+extern "C" __global__ void ts_gemm_splitk_reduce_bf16(ts::bf16* __restrict__ y,           // [R, N] bf16
+                                                      const float* __restrict__ ws,        // [splits, R, N] f32
+                                                      const ts::bf16* __restrict__ bias,   // [N] bf16, or null
+                                                      int R, int N, int splits) {
+  ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);
+}
+
+extern "C" __global__ void ts_gemm_splitk_reduce_f32(float* __restrict__ y,               // [R, N] f32
+                                                     const float* __restrict__ ws,        // [splits, R, N] f32
+                                                     const ts::bf16* __restrict__ bias,   // [N] bf16, or null
+                                                     int R, int N, int splits) {
+  ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);
+}

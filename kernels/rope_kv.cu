@@ -1,0 +1,276 @@
+// Rotary embeddings and KV-cache writes (src/backend/cpu/kernels/rope.ts, attention.ts kv_write and
+// fused.ts rope_kv_write are the reference):
+//   ts_rope_bf16           y[t, h] = rope(x[t, h], positions[t]) for each of H heads of headDim
+//   ts_kv_write_bf16       cache_k[slots[t]] = k[t], cache_v[slots[t]] = v[t]  (slot < 0: skipped)
+//   ts_rope_kv_write_bf16  qkv[t] = (q heads | k heads | v heads): q[t, h] = rope(norm?(q head h)),
+//                          cache_k[slots[t], h] = rope(norm?(k head h)), cache_v[slots[t], h] = v head h
+//                          (q is written for every token; k and v only where 0 <= slot < numSlots)
+// rope: rotate-half on the first rotaryDim dims of a head, pairs (i, i + rotaryDim/2):
+//   (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), angle = f32(position * inv_freq[i]); the dims past
+//   rotaryDim pass through. cos and sin of the f32 angle are evaluated in double (Cody-Waite
+//   reduction by pi/2, Taylor polynomials) and rounded to f32, as the host reference does with
+//   Math.cos/Math.sin: --use_fast_math would otherwise make sincosf the approximate __sincosf,
+//   whose error grows with the angle. Once per (token, frequency), into shared memory.
+// norm (Qwen3 q/k norm, qkNormEps not null): x / sqrt(mean(x^2) + eps) * w[hd] per head, in f32,
+//   before the rotation, without rounding in between.
+// Shapes: x, y [T, H hd]; qkv [T, (H + 2 KV) hd]; q [T, H hd]; k, v [T, KV hd]; positions, slots [T]
+//   i32; inv_freq [rotaryDim / 2] f32; q_norm, k_norm [hd] bf16; cache_k, cache_v: the two halves of
+//   one layer's cache [2, numBlocks, blockSize, KV, hd], each [numSlots = numBlocks blockSize, KV, hd].
+// Bytes: rope 4 T H hd; kv_write 8 T KV hd; rope_kv_write 2 T (H + 2 KV) hd read + the same written.
+// FLOPs: ~6 per rotated pair (plus ~3 per element with the norm), ~40 double ops per (t, frequency).
+// Variants (`vec`): 1 = 16-byte vectors (hd % 8 == 0, rotaryDim % 16 == 0, aligned pointers; kv_write:
+// KV hd % 8 == 0), 0 = one element at a time for any size. One block per token; in the rope kernels a
+// team of `lanes` (power of two <= 32) consecutive threads per head, blockDim.x / lanes heads at a
+// time. Each rotated pair and each passed-through element is read and written by one thread, so
+// ts_rope_bf16 may run in place.
+#include "common.cuh"
+
+namespace ts_rope {
+
+using ts::bf16;
+using ts::bf16x8;
+
+// sin and cos of an f32 angle, rounded to f32 (|angle| < 2^30). r = angle - n pi/2 with pi/2 as a
+// double-double: n P1 is exact inside the fma, so r is good to ~1e-16; Taylor on |r| <= pi/4 to
+// ~2e-14. Results equal f32(sin(angle)), f32(cos(angle)) except in near-ties of the f32 rounding.
+TS_DEVICE void sincos_f32(float angle, float* s, float* c) {
+  const double x = angle;
+  const double n = rint(x * 0.63661977236758134308);
+  double r = fma(-n, 1.5707963267948966192e+00, x);
+  r = fma(-n, 6.123233995736766036e-17, r);
+  const double r2 = r * r;
+  double sp = 1.0 / 6227020800.0;
+  sp = fma(sp, r2, -1.0 / 39916800.0);
+  sp = fma(sp, r2, 1.0 / 362880.0);
+  sp = fma(sp, r2, -1.0 / 5040.0);
+  sp = fma(sp, r2, 1.0 / 120.0);
+  sp = fma(sp, r2, -1.0 / 6.0);
+  const double sn = fma(sp * r2, r, r);
+  double cp = -1.0 / 87178291200.0;
+  cp = fma(cp, r2, 1.0 / 479001600.0);
+  cp = fma(cp, r2, -1.0 / 3628800.0);
+  cp = fma(cp, r2, 1.0 / 40320.0);
+  cp = fma(cp, r2, -1.0 / 720.0);
+  cp = fma(cp, r2, 1.0 / 24.0);
+  cp = fma(cp, r2, -0.5);
+  const double cs = fma(cp, r2, 1.0);
+  const int q = static_cast<int>(static_cast<long long>(n) & 3);
+  const double sv = q == 0 ? sn : q == 1 ? cs : q == 2 ? -sn : -cs;
+  const double cv = q == 0 ? cs : q == 1 ? -sn : q == 2 ? -cs : sn;
+  *s = __double2float_rn(sv);
+  *c = __double2float_rn(cv);
+}
+
+// Sum over `lanes` consecutive lanes; every lane of the warp calls it.
+TS_DEVICE float team_sum(float x, int lanes) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1)
+    if (o < lanes) x += __shfl_xor_sync(0xffffffffu, x, o);
+  return x;
+}
+
+template <int V>
+TS_DEVICE void load(const bf16* p, float f[V]) {
+  if constexpr (V == 8) {
+    ts::unpack(*reinterpret_cast<const bf16x8*>(p), f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; e++) f[e] = ts::to_f32(p[e]);
+  }
+}
+
+template <int V>
+TS_DEVICE void store(bf16* p, const float f[V]) {
+  if constexpr (V == 8) {
+    *reinterpret_cast<bf16x8*>(p) = ts::pack(f);
+  } else {
+#pragma unroll
+    for (int e = 0; e < V; e++) p[e] = ts::to_bf16(f[e]);
+  }
+}
+
+struct Args {
+  bf16* q;                // [T, H hd]
+  bf16* cache_k;          // [numSlots, KV, hd]
+  bf16* cache_v;          // [numSlots, KV, hd]
+  const bf16* src;        // [T, (H + 2 KV) hd]
+  const int32_t* positions;  // [T]
+  const int32_t* slots;      // [T]; null when KV == 0
+  const float* inv_freq;  // [rotary_dim / 2]; null when rotary_dim == 0
+  const bf16* q_norm;     // [hd]; null unless norm
+  const bf16* k_norm;     // [hd]; null unless norm
+  int num_heads, num_kv_heads, head_dim, rotary_dim, num_slots, lanes;
+  float eps;
+  int norm;
+};
+
+// One token (blockIdx.x): the cos/sin table into shared memory, then the H + 2 KV heads by teams.
+template <int V>
+TS_DEVICE void token(const Args& a, float* table) {
+  const int t = blockIdx.x;
+  const int half = a.rotary_dim >> 1;
+  float* cos_t = table;
+  float* sin_t = table + half;
+  if (half > 0) {
+    const float p = static_cast<float>(a.positions[t]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) sincos_f32(__fmul_rn(p, a.inv_freq[i]), &sin_t[i], &cos_t[i]);
+    __syncthreads();
+  }
+  const int hd = a.head_dim, H = a.num_heads, KV = a.num_kv_heads;
+  const int heads = H + 2 * KV;
+  const bf16* row = a.src + static_cast<int64_t>(t) * heads * hd;
+  const int slot = KV > 0 ? a.slots[t] : -1;
+  const bool write_kv = slot >= 0 && slot < a.num_slots;
+  const int lanes = a.lanes, lane = threadIdx.x % lanes, teams = blockDim.x / lanes;
+  const int chunks = hd / V;
+  // Every thread runs the same number of iterations, so the team sums see whole warps.
+  for (int h0 = 0; h0 < heads; h0 += teams) {
+    const int h = h0 + static_cast<int>(threadIdx.x) / lanes;
+    const bool is_q = h < H, is_k = !is_q && h < H + KV;
+    const bool rotated = is_q || is_k;  // q and k heads: norm and rope; v heads: copied
+    const bool active = h < heads && (is_q || write_kv);
+    const bf16* x = row + static_cast<int64_t>(h) * hd;
+    const bf16* w = is_q ? a.q_norm : a.k_norm;
+    const bool normed = a.norm && rotated;
+    float scale = 1.f;
+    if (a.norm) {
+      float ss = 0.f;
+      if (active && rotated) {
+        for (int c = lane; c < chunks; c += lanes) {
+          float f[V];
+          load<V>(x + c * V, f);
+#pragma unroll
+          for (int e = 0; e < V; e++) ss += f[e] * f[e];
+        }
+      }
+      ss = team_sum(ss, lanes);
+      scale = rsqrtf(ss / static_cast<float>(hd) + a.eps);
+    }
+    if (!active) continue;
+    bf16* y;
+    if (is_q) y = a.q + (static_cast<int64_t>(t) * H + h) * hd;
+    else if (is_k) y = a.cache_k + (static_cast<int64_t>(slot) * KV + (h - H)) * hd;
+    else y = a.cache_v + (static_cast<int64_t>(slot) * KV + (h - H - KV)) * hd;
+    const int rh = rotated ? half : 0;  // rotary pairs in this head
+    for (int c = lane; c < rh / V; c += lanes) {
+      const int i = c * V;
+      float lo[V], hi[V];
+      load<V>(x + i, lo);
+      load<V>(x + rh + i, hi);
+      if (normed) {
+        float wl[V], wh[V];
+        load<V>(w + i, wl);
+        load<V>(w + rh + i, wh);
+#pragma unroll
+        for (int e = 0; e < V; e++) {
+          lo[e] = lo[e] * scale * wl[e];
+          hi[e] = hi[e] * scale * wh[e];
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < V; e++) {
+        const float cv = cos_t[i + e], sv = sin_t[i + e];
+        const float x1 = lo[e], x2 = hi[e];
+        lo[e] = x1 * cv - x2 * sv;
+        hi[e] = x2 * cv + x1 * sv;
+      }
+      store<V>(y + i, lo);
+      store<V>(y + rh + i, hi);
+    }
+    // Dims past the rotary part (all of them for v heads or without rope): norm only.
+    for (int c = 2 * rh / V + lane; c < chunks; c += lanes) {
+      const int i = c * V;
+      float f[V];
+      load<V>(x + i, f);
+      if (normed) {
+        float wv[V];
+        load<V>(w + i, wv);
+#pragma unroll
+        for (int e = 0; e < V; e++) f[e] = f[e] * scale * wv[e];
+      }
+      store<V>(y + i, f);
+    }
+  }
+}
+
+TS_DEVICE void run(const Args& a, int vec) {
+  extern __shared__ float ts_rope_table[];  // [2 rotary_dim / 2]: cos, then sin
+  if (vec) token<8>(a, ts_rope_table);
+  else token<1>(a, ts_rope_table);
+}
+
+}  // namespace ts_rope
+
+// y, x: [T, H hd] bf16 (y may be x); positions: [T] i32; inv_freq: [rotaryDim / 2] f32 (null if
+// rotaryDim is 0). Grid T, block a multiple of 32 (and of lanes), rotaryDim * 4 bytes of dynamic
+// shared memory.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_rope_bf16(ts::bf16* y, const ts::bf16* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,
+                 int num_heads, int head_dim, int rotary_dim, int lanes, int vec) {
+  ts_rope::Args a = {};
+  a.q = y;
+  a.src = x;
+  a.positions = positions;
+  a.inv_freq = inv_freq;
+  a.num_heads = num_heads;
+  a.num_kv_heads = 0;  // no k or v heads: slots and the cache are never read
+  a.head_dim = head_dim;
+  a.rotary_dim = rotary_dim;
+  a.lanes = lanes;
+  a.norm = 0;
+  ts_rope::run(a, vec);
+}
+
+// cache_k, cache_v: [numSlots, width] bf16 (the k and v halves of one layer's cache); k, v: [T, width]
+// bf16 (width = KV hd); slots: [T] i32. Grid T.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_kv_write_bf16(ts::bf16* __restrict__ cache_k, ts::bf16* __restrict__ cache_v, const ts::bf16* __restrict__ k,
+                     const ts::bf16* __restrict__ v, const int32_t* __restrict__ slots, int width, int num_slots, int vec) {
+  const int t = blockIdx.x;
+  const int slot = slots[t];
+  if (slot < 0 || slot >= num_slots) return;
+  const int64_t src = static_cast<int64_t>(t) * width, dst = static_cast<int64_t>(slot) * width;
+  if (vec) {
+    for (int i = threadIdx.x; i < width / 8; i += blockDim.x) {
+      reinterpret_cast<ts::bf16x8*>(cache_k + dst)[i] = reinterpret_cast<const ts::bf16x8*>(k + src)[i];
+      reinterpret_cast<ts::bf16x8*>(cache_v + dst)[i] = reinterpret_cast<const ts::bf16x8*>(v + src)[i];
+    }
+  } else {
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+      cache_k[dst + i] = k[src + i];
+      cache_v[dst + i] = v[src + i];
+    }
+  }
+}
+
+// q: [T, H hd] bf16; cache_k, cache_v: [numSlots, KV, hd] bf16; qkv: [T, (H + 2 KV) hd] bf16;
+// positions, slots: [T] i32; inv_freq: [rotaryDim / 2] f32 (null and rotaryDim 0 without rope);
+// q_norm, k_norm: [hd] bf16 (null and norm 0 without q/k norm). Grid T, block a multiple of 32 (and
+// of lanes), rotaryDim * 4 bytes of dynamic shared memory.
+extern "C" __global__ void __launch_bounds__(256)
+    ts_rope_kv_write_bf16(ts::bf16* __restrict__ q, ts::bf16* __restrict__ cache_k, ts::bf16* __restrict__ cache_v,
+                          const ts::bf16* __restrict__ qkv, const int32_t* __restrict__ positions,
+                          const int32_t* __restrict__ slots, const float* __restrict__ inv_freq,
+                          const ts::bf16* __restrict__ q_norm, const ts::bf16* __restrict__ k_norm, int num_heads,
+                          int num_kv_heads, int head_dim, int rotary_dim, int num_slots, float eps, int norm, int lanes,
+                          int vec) {
+  ts_rope::Args a = {};
+  a.q = q;
+  a.cache_k = cache_k;
+  a.cache_v = cache_v;
+  a.src = qkv;
+  a.positions = positions;
+  a.slots = slots;
+  a.inv_freq = inv_freq;
+  a.q_norm = q_norm;
+  a.k_norm = k_norm;
+  a.num_heads = num_heads;
+  a.num_kv_heads = num_kv_heads;
+  a.head_dim = head_dim;
+  a.rotary_dim = rotary_dim;
+  a.num_slots = num_slots;
+  a.lanes = lanes;
+  a.eps = eps;
+  a.norm = norm;
+  ts_rope::run(a, vec);
+}

@@ -1,0 +1,598 @@
+/**
+ * The CUDA backend: runs a Program with Tessera's kernels (dist/kernels/tessera.fatbin) through
+ * the driver API. Weights live on the device in bf16 (uploaded once, or made there for synthetic
+ * checkpoints); activations in one arena planned by lowering; the logits in an f32 buffer of
+ * their own; the KV pool in one allocation sized after everything else. Each step uploads its
+ * inputs in one copy. Decode steps are padded to a batch-size and context bucket and replayed from
+ * a CUDA graph captured on the bucket's second use (the first runs eagerly, which also sizes the
+ * scratch memory and creates constant tables outside the capture).
+ */
+import { existsSync, readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { TesseraError } from '../../errors.js';
+import type { Attrs } from '../../graph/ir.js';
+import { OPS, type OpName } from '../../graph/ops.js';
+import type { Operand, Program } from '../../graph/program.js';
+import { bf16ToF32, f32ToBf16 } from '../../util/dtype.js';
+import type { Backend, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
+import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle } from './driver.js';
+import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
+import { CUDA_OPS } from './ops/index.js';
+import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
+import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
+
+/** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
+function fatbinPath(): string {
+  const here = new URL(import.meta.url);
+  const rel = here.pathname.endsWith('.ts') ? '../../../dist/kernels/tessera.fatbin' : '../../kernels/tessera.fatbin';
+  return fileURLToPath(new URL(rel, here));
+}
+
+const BF16_NAN_PAIR = 0x7fc07fc0;
+const F32_NAN = 0x7fc00000;
+/** Batch sizes decode graphs are captured for (padded up to the next). */
+const BATCH_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512];
+
+interface Allocation {
+  ptr: DevPtr;
+  bytes: number;
+}
+
+export interface CudaProbe {
+  ok: boolean;
+  /** One line: the device chosen, or why CUDA cannot be used. */
+  reason: string;
+}
+
+export class CudaBackend implements Backend {
+  readonly name = 'cuda' as const;
+  readonly elementBytes = 2;
+  private readonly functions = new Map<string, { fn: Handle; sharedBytes: number }>();
+  private readonly allocations: Allocation[] = [];
+  private program: Program | null = null;
+  private weights = new Map<string, DeviceTensor>();
+  private arena: DevPtr = 0n;
+  private logits: DevPtr = 0n;
+  private kvPool: DevPtr = 0n;
+  private kv = new Map<string, DeviceTensor>();
+  private numBlocks = 0;
+  private limits: LoadLimits | null = null;
+  private stepDevice: DevPtr = 0n;
+  private stepHost: { ptr: unknown; buffer: ArrayBuffer } | null = null;
+  private stepLayout = { tokenIds: 0, positions: 0, slotMapping: 0, queryStart: 0, contextLens: 0, blockTables: 0, logitsIndices: 0, bytes: 0, maxWidth: 0 };
+  private logitsHost: { ptr: unknown; buffer: ArrayBuffer } | null = null;
+  private scratchBuf: Allocation | null = null;
+  private scratchUsed = 0;
+  private capturing = false;
+  private readonly constants = new Map<string, DevPtr>();
+  private readonly graphs = new Map<string, Handle | 'eager-once'>();
+  private weightBytes = 0;
+
+  private constructor(
+    private readonly driver: CudaDriver,
+    readonly device: DeviceProperties,
+    private readonly module: Handle,
+    private readonly stream: Handle,
+  ) {}
+
+  /** Whether CUDA can run here, without keeping anything open. */
+  static probe(ordinal = 0): CudaProbe {
+    try {
+      const b = CudaBackend.create(ordinal);
+      const reason = b.describe();
+      void b.dispose();
+      return { ok: true, reason };
+    } catch (err) {
+      return { ok: false, reason: (err as Error).message };
+    }
+  }
+
+  /** Opens device `ordinal`; a missing driver, GPU, kernel build or an unsupported GPU is one sentence. */
+  static create(ordinal = 0): CudaBackend {
+    const loaded = loadDriver();
+    if ('reason' in loaded) throw new TesseraError(`CUDA is not available: ${loaded.reason}.`, 'device');
+    const driver = loaded.driver;
+    const count = driver.deviceCount();
+    if (count === 0) throw new TesseraError('CUDA is not available: the driver sees no GPU.', 'device');
+    if (ordinal >= count) throw new TesseraError(`CUDA device ${ordinal} does not exist; this machine has ${count}.`, 'device');
+    const props = driver.properties(ordinal);
+    const [major, minor] = props.computeCapability;
+    if (major < 8)
+      throw new TesseraError(`${props.name} is compute capability ${major}.${minor}; Tessera's CUDA kernels need 8.0 (Ampere) or newer.`, 'unsupported');
+    const path = fatbinPath();
+    if (!existsSync(path)) throw new TesseraError(`The CUDA kernels are not built (${path} is missing); run npm run build:kernels (it needs nvcc).`, 'device');
+    driver.usePrimaryContext(ordinal);
+    const module = driver.loadModule(readFileSync(path));
+    return new CudaBackend(driver, props, module, driver.createStream());
+  }
+
+  describe(): string {
+    const d = this.device;
+    return `cuda:${d.ordinal} ${d.name} (sm_${d.computeCapability.join('')}, ${d.multiprocessors} SMs, ${(d.totalMemoryBytes / 2 ** 30).toFixed(0)} GiB, driver ${Math.floor(d.driverVersion / 1000)}.${(d.driverVersion % 1000) / 10})`;
+  }
+
+  // ---- memory ----
+
+  private alloc(bytes: number): DevPtr {
+    const ptr = this.driver.malloc(bytes);
+    this.allocations.push({ ptr, bytes });
+    return ptr;
+  }
+
+  private release(ptr: DevPtr): void {
+    const i = this.allocations.findIndex((a) => a.ptr === ptr);
+    if (i < 0) return;
+    this.driver.free(ptr);
+    this.allocations.splice(i, 1);
+  }
+
+  async load(program: Program, source: WeightSource, limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void> {
+    this.program = program;
+    this.limits = limits;
+    const numel = (shape: number[]) => shape.reduce((a, d) => a * d, 1);
+    const used = new Set<string>();
+    for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
+    const weightBytes = program.weights.filter((w) => used.has(w.name)).reduce((s, w) => s + 2 * numel(w.shape), 0);
+    const arenaBytes = 2 * program.arenaSize;
+    const logitsBytes = 4 * program.maxLogitRows * program.vocabSize;
+    const { freeBytes, totalBytes } = this.driver.memInfo();
+    const needBytes = weightBytes + arenaBytes + logitsBytes;
+    if (needBytes > freeBytes)
+      throw new TesseraError(
+        `The model needs ${gib(needBytes)} on the GPU (${gib(weightBytes)} of weights, ${gib(arenaBytes + logitsBytes)} of activations) but ${gib(freeBytes)} of ${gib(totalBytes)} are free; lower --max-num-batched-tokens or use a larger GPU.`,
+        'limit',
+      );
+    const totalTensorBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? 2 * numel(w.shape) : 0), 0);
+    let loadedBytes = 0;
+    for (const w of program.weights) {
+      this.driver.currentOp = `loading ${w.name}`;
+      const n = numel(w.shape);
+      const ptr = this.alloc(2 * n);
+      const tensor: DeviceTensor = { ptr, shape: w.shape, dtype: 'bf16' };
+      if ('tensor' in w.source) {
+        const recipe = source.recipe?.(w.source.tensor) ?? null;
+        if (recipe) this.fillOnDevice(tensor, recipe);
+        else {
+          const host = await source.readF32(w.source.tensor);
+          const bf16 = new Uint16Array(host.length);
+          f32ToBf16(host, bf16);
+          this.driver.copyToDevice(ptr, bf16);
+        }
+        loadedBytes += 2 * n;
+        onProgress?.({ loadedBytes, totalBytes: totalTensorBytes, name: w.name });
+      } else {
+        this.loadTimeOp(w.source.op, w.source.attrs, w.source.inputs.map((name) => this.weights.get(name)!), tensor);
+      }
+      this.weights.set(w.name, tensor);
+    }
+    this.driver.synchronize(this.stream);
+    // Tensors that only fed load-time transforms are freed.
+    for (const [name, t] of this.weights)
+      if (!used.has(name)) {
+        this.release(t.ptr);
+        this.weights.delete(name);
+      }
+    this.weightBytes = [...this.weights.values()].reduce((s, t) => s + 2 * numel(t.shape), 0);
+    this.arena = this.alloc(Math.max(arenaBytes, 16));
+    this.logits = this.alloc(logitsBytes);
+    this.logitsHost = this.driver.mallocHost(logitsBytes);
+    this.allocateStepBuffers(program, limits);
+    this.driver.currentOp = null;
+  }
+
+  private fillOnDevice(t: DeviceTensor, recipe: { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number }): void {
+    const n = t.shape.reduce((a, d) => a * d, 1);
+    const launch = { grid: [Math.min(Math.ceil(n / 256), 65535), 1, 1], block: [256, 1, 1] } as Launch;
+    if (recipe.kind === 'ones') this.launchDecl(FILL_BF16, launch, { out: t.ptr, n: BigInt(n), value: 1 });
+    else this.launchDecl(FILL_UNIFORM_BF16, launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
+  }
+
+  /** transpose by kernel; slice_rows and concat_rows by device copies. */
+  private loadTimeOp(op: OpName, attrs: Attrs, inputs: DeviceTensor[], out: DeviceTensor): void {
+    const rowBytes = (t: DeviceTensor) => 2 * t.shape.slice(1).reduce((a, d) => a * d, 1);
+    switch (op) {
+      case 'transpose': {
+        const [rows, cols] = inputs[0].shape;
+        this.launchDecl(TRANSPOSE_BF16, { grid: [Math.ceil(cols / 32), Math.ceil(rows / 32), 1], block: [32, 8, 1] }, { out: out.ptr, input: inputs[0].ptr, rows, cols });
+        return;
+      }
+      case 'slice_rows': {
+        const rb = rowBytes(inputs[0]);
+        this.driver.copyDeviceAsync(out.ptr, inputs[0].ptr + BigInt((attrs.start as number) * rb), (attrs.count as number) * rb, this.stream);
+        return;
+      }
+      case 'concat_rows': {
+        let offset = 0n;
+        for (const t of inputs) {
+          const bytes = 2 * t.shape.reduce((a, d) => a * d, 1);
+          this.driver.copyDeviceAsync(out.ptr + offset, t.ptr, bytes, this.stream);
+          offset += BigInt(bytes);
+        }
+        return;
+      }
+      default:
+        throw new Error(`${op} is not a load-time op`);
+    }
+  }
+
+  /** One device buffer for a step's inputs, and its pinned host twin, sized for the largest step. */
+  private allocateStepBuffers(program: Program, limits: LoadLimits): void {
+    const maxSeqs = Math.max(limits.maxNumSeqs, 1);
+    const maxWidth = Math.ceil(limits.maxModelLen / limits.kvBlockSize);
+    const maxRows = Math.max(program.maxTokens, bucketOf(maxSeqs));
+    const fields: Array<[keyof typeof this.stepLayout, number]> = [
+      ['tokenIds', maxRows],
+      ['positions', maxRows],
+      ['slotMapping', maxRows],
+      ['queryStart', maxRows + 1],
+      ['contextLens', maxRows],
+      ['blockTables', maxRows * maxWidth],
+      ['logitsIndices', Math.max(program.maxLogitRows, bucketOf(maxSeqs))],
+    ];
+    let offset = 0;
+    for (const [name, count] of fields) {
+      (this.stepLayout as Record<string, number>)[name] = offset;
+      offset += Math.ceil((4 * count) / 256) * 256;
+    }
+    this.stepLayout.bytes = offset;
+    this.stepLayout.maxWidth = maxWidth;
+    this.stepDevice = this.alloc(offset);
+    this.stepHost = this.driver.mallocHost(offset);
+  }
+
+  kvBytesPerBlock(): number {
+    const p = this.requireProgram();
+    return p.states.reduce((s, st) => s + 2 * st.blockSize * st.numKvHeads * st.headDim * 2, 0);
+  }
+
+  /** What was asked, else what --gpu-memory-utilization (default 0.9) of the device leaves now. */
+  kvCacheBudget(req: KvBudgetRequest): number {
+    if (req.requestedBytes !== undefined) return req.requestedBytes;
+    const { freeBytes, totalBytes } = this.driver.memInfo();
+    const keep = totalBytes * (1 - (req.memoryUtilization ?? 0.9));
+    // Room for the scratch of attention and sampling, and the driver's own needs.
+    const reserve = 256 * 2 ** 20;
+    return Math.max(0, Math.min(req.fullBytes, freeBytes - keep - reserve));
+  }
+
+  allocateKvCache(numBlocks: number): void {
+    const program = this.requireProgram();
+    if (this.kvPool) this.release(this.kvPool);
+    this.kv.clear();
+    this.destroyGraphs();
+    this.numBlocks = numBlocks;
+    const bytes = numBlocks * this.kvBytesPerBlock();
+    this.kvPool = this.alloc(bytes);
+    let offset = 0n;
+    for (const st of program.states) {
+      const shape = [2, numBlocks, st.blockSize, st.numKvHeads, st.headDim];
+      this.kv.set(st.name, { ptr: this.kvPool + offset, shape, dtype: 'bf16' });
+      offset += BigInt(2 * shape.reduce((a, d) => a * d, 1));
+    }
+  }
+
+  copyBlocks(pairs: Array<[number, number]>): void {
+    for (const t of this.kv.values()) {
+      const [, n, bs, kvh, hd] = t.shape;
+      const blockBytes = 2 * bs * kvh * hd;
+      for (const half of [0, 1])
+        for (const [src, dst] of pairs) {
+          const base = t.ptr + BigInt(half * n * blockBytes);
+          this.driver.copyDeviceAsync(base + BigInt(dst * blockBytes), base + BigInt(src * blockBytes), blockBytes, this.stream);
+        }
+    }
+  }
+
+  // ---- running ----
+
+  private fn(decl: KernelDecl, sharedBytes: number): Handle {
+    let entry = this.functions.get(decl.name);
+    if (!entry) {
+      entry = { fn: this.driver.getFunction(this.module, decl.name), sharedBytes: 48 * 1024 };
+      this.functions.set(decl.name, entry);
+    }
+    if (sharedBytes > entry.sharedBytes) {
+      if (sharedBytes > this.device.maxSharedMemoryPerBlockOptin)
+        throw new Error(`${decl.name} wants ${sharedBytes} bytes of shared memory; ${this.device.name} allows ${this.device.maxSharedMemoryPerBlockOptin}`);
+      this.driver.setMaxDynamicSharedMemory(entry.fn, sharedBytes);
+      entry.sharedBytes = sharedBytes;
+    }
+    return entry.fn;
+  }
+
+  private launchDecl(decl: KernelDecl, launch: Launch, args: Record<string, ArgValue>): void {
+    const shared = launch.sharedBytes ?? 0;
+    const fn = this.fn(decl, shared);
+    if (launch.grid.some((g) => g < 1) || launch.block.some((b) => b < 1)) throw new Error(`${decl.name}: empty launch ${JSON.stringify(launch)}`);
+    this.driver.launch(fn, launch.grid, launch.block, shared, this.stream, (view) => packArgs(view, decl, args));
+  }
+
+  private scratch(bytes: number): DevPtr {
+    const aligned = Math.ceil(bytes / 256) * 256;
+    if (!this.scratchBuf || this.scratchUsed + aligned > this.scratchBuf.bytes) {
+      if (this.capturing) throw new Error(`scratch of ${bytes} bytes requested during graph capture beyond the warm-up size`);
+      // Grow (between steps only: the previous buffer may still be read by queued kernels). The
+      // captured graphs point at the old buffer, so they are captured again.
+      this.driver.synchronize(this.stream);
+      this.destroyGraphs();
+      const next = Math.max(aligned + this.scratchUsed, 2 * (this.scratchBuf?.bytes ?? 0), 16 * 2 ** 20);
+      if (this.scratchBuf) this.release(this.scratchBuf.ptr);
+      this.scratchBuf = { ptr: this.alloc(next), bytes: next };
+      this.scratchUsed = 0;
+    }
+    const ptr = this.scratchBuf.ptr + BigInt(this.scratchUsed);
+    this.scratchUsed += aligned;
+    return ptr;
+  }
+
+  private constant(key: string, make: () => Float32Array): DevPtr {
+    let ptr = this.constants.get(key);
+    if (ptr === undefined) {
+      if (this.capturing) throw new Error(`constant ${key} first requested during graph capture`);
+      const data = make();
+      ptr = this.alloc(data.byteLength);
+      this.driver.copyToDevice(ptr, data);
+      this.constants.set(key, ptr);
+    }
+    return ptr;
+  }
+
+  /** Writes the step's inputs into the pinned staging buffer (row stride of block tables = `width`). */
+  private stageStep(batch: StepBatch, width: number): void {
+    const host = this.stepHost!.buffer;
+    const L = this.stepLayout;
+    const put = (offset: number, data: Int32Array) => new Int32Array(host, offset, data.length).set(data);
+    put(L.tokenIds, batch.tokenIds);
+    put(L.positions, batch.positions);
+    put(L.slotMapping, batch.slotMapping);
+    put(L.queryStart, batch.queryStart);
+    put(L.contextLens, batch.contextLens);
+    put(L.logitsIndices, batch.logitsIndices);
+    const tables = new Int32Array(host, L.blockTables, batch.numSeqs * width);
+    tables.fill(0);
+    for (let b = 0; b < batch.numSeqs; b++) tables.set(batch.blockTables.subarray(b * batch.blockTableWidth, (b + 1) * batch.blockTableWidth), b * width);
+  }
+
+  private stepTensor(name: string, batch: { numTokens: number; numSeqs: number; numLogitRows: number }, width: number): DeviceTensor {
+    const L = this.stepLayout as Record<string, number>;
+    const shapes: Record<string, number[]> = {
+      tokenIds: [batch.numTokens],
+      positions: [batch.numTokens],
+      slotMapping: [batch.numTokens],
+      queryStart: [batch.numSeqs + 1],
+      contextLens: [batch.numSeqs],
+      blockTables: [batch.numSeqs, width],
+      logitsIndices: [batch.numLogitRows],
+    };
+    return { ptr: this.stepDevice + BigInt(L[name]), shape: shapes[name], dtype: 'i32' };
+  }
+
+  /** Enqueues every call of the Program for this step. */
+  private enqueue(step: DeviceStep): void {
+    const program = this.requireProgram();
+    const buffers = new Map(program.activations.map((b) => [b.id, b]));
+    const rowsOf = (r: 'T' | 'S' | number) => (r === 'T' ? step.numTokens : r === 'S' ? step.numLogitRows : r);
+    const resolve = (o: Operand): DeviceTensor => {
+      switch (o.kind) {
+        case 'weight':
+          return this.weights.get(o.name)!;
+        case 'state':
+          return this.kv.get(o.name)!;
+        case 'input':
+          return this.stepTensor(o.name, step, step.blockTableWidth);
+        case 'activation': {
+          const b = buffers.get(o.id)!;
+          const shape = [rowsOf(b.rows), b.cols];
+          if (o.id === program.logits.id) return { ptr: this.logits, shape, dtype: 'f32' };
+          return { ptr: this.arena + BigInt(2 * b.offset), shape, dtype: 'bf16' };
+        }
+      }
+    };
+    this.scratchUsed = 0;
+    for (const call of program.calls) {
+      this.driver.currentOp = call.label;
+      const op = CUDA_OPS[call.op];
+      if (!op) throw new Error(`the CUDA backend has no kernel for ${call.op}`);
+      op(this.context(call.inputs.map(resolve), call.outputs.map(resolve), call.attrs, step));
+    }
+    this.driver.currentOp = null;
+  }
+
+  private context(inputs: DeviceTensor[], outputs: DeviceTensor[], attrs: Attrs, step: DeviceStep): CudaOpContext {
+    return {
+      inputs,
+      outputs,
+      attrs,
+      step,
+      device: this.device,
+      launch: (decl, launch, args) => this.launchDecl(decl, launch, args),
+      constant: (key, make) => this.constant(key, make),
+      scratch: (bytes) => this.scratch(bytes),
+    };
+  }
+
+  async execute(batch: StepBatch): Promise<Float32Array> {
+    const program = this.requireProgram();
+    if (batch.numTokens > program.maxTokens) throw new Error(`step has ${batch.numTokens} tokens; the program was planned for ${program.maxTokens}`);
+    let maxContextLen = 0, maxQueryLen = 0;
+    for (let b = 0; b < batch.numSeqs; b++) {
+      maxContextLen = Math.max(maxContextLen, batch.contextLens[b]);
+      maxQueryLen = Math.max(maxQueryLen, batch.queryStart[b + 1] - batch.queryStart[b]);
+    }
+    const decode = maxQueryLen === 1 && batch.numLogitRows === batch.numSeqs && batch.numSeqs <= BATCH_BUCKETS[BATCH_BUCKETS.length - 1];
+    if (decode) return this.executeDecode(batch, maxContextLen);
+    const step: DeviceStep = { numTokens: batch.numTokens, numSeqs: batch.numSeqs, numLogitRows: batch.numLogitRows, blockTableWidth: batch.blockTableWidth, maxContextLen, maxQueryLen };
+    this.stageStep(batch, batch.blockTableWidth);
+    this.driver.copyToDeviceAsync(this.stepDevice, this.stepHost!.ptr, this.stepLayout.bytes, this.stream);
+    this.enqueue(step);
+    return this.readLogits(batch.numLogitRows);
+  }
+
+  /** A decode step padded to its bucket and replayed from a CUDA graph. */
+  private executeDecode(batch: StepBatch, maxContextLen: number): Promise<Float32Array> {
+    const limits = this.limits!;
+    const rows = bucketOf(batch.numSeqs);
+    const context = Math.min(2 ** Math.ceil(Math.log2(Math.max(maxContextLen, 256))), limits.maxModelLen);
+    const width = Math.min(Math.ceil(context / limits.kvBlockSize), this.stepLayout.maxWidth);
+    const padded = padDecode(batch, rows, width);
+    this.stageStep(padded, width);
+    this.driver.copyToDeviceAsync(this.stepDevice, this.stepHost!.ptr, this.stepLayout.bytes, this.stream);
+    const step: DeviceStep = { numTokens: rows, numSeqs: rows, numLogitRows: rows, blockTableWidth: width, maxContextLen: context, maxQueryLen: 1 };
+    const key = `${rows}:${context}`;
+    const graph = this.graphs.get(key);
+    if (graph === undefined) {
+      this.enqueue(step); // warm-up: sizes scratch, makes constants
+      this.graphs.set(key, 'eager-once');
+    } else if (graph === 'eager-once') {
+      this.capturing = true;
+      this.driver.beginCapture(this.stream);
+      try {
+        this.enqueue(step);
+      } finally {
+        this.capturing = false;
+      }
+      const exec = this.driver.endCapture(this.stream);
+      this.graphs.set(key, exec);
+      this.driver.launchGraph(exec, this.stream);
+    } else {
+      this.driver.launchGraph(graph, this.stream);
+    }
+    return this.readLogits(batch.numLogitRows);
+  }
+
+  private async readLogits(rows: number): Promise<Float32Array> {
+    const vocab = this.requireProgram().vocabSize;
+    const bytes = 4 * rows * vocab;
+    this.driver.copyToHostAsync(this.logitsHost!.ptr, this.logits, bytes, this.stream);
+    this.driver.synchronize(this.stream);
+    return new Float32Array(this.logitsHost!.buffer, 0, rows * vocab).slice();
+  }
+
+  memory(): MemoryReport {
+    return { weightBytes: this.weightBytes, activationBytes: 2 * (this.program?.arenaSize ?? 0), kvCacheBytes: this.numBlocks * (this.program ? this.kvBytesPerBlock() : 0) };
+  }
+
+  /** Uploads, poisons outputs with NaN, runs one op's launcher, downloads (conformance). */
+  async runOp(op: OpName, attrs: Attrs, inputs: HostTensor[], outputShapes: number[][], step: StepBatch): Promise<HostTensor[]> {
+    const spec = OPS[op];
+    const temps: DevPtr[] = [];
+    const upload = (t: HostTensor): DeviceTensor => {
+      if (t.data instanceof Int32Array) {
+        const ptr = this.alloc(Math.max(t.data.byteLength, 4));
+        temps.push(ptr);
+        this.driver.copyToDevice(ptr, t.data);
+        return { ptr, shape: t.shape, dtype: 'i32' };
+      }
+      const bits = new Uint16Array(t.data.length);
+      f32ToBf16(t.data, bits);
+      const ptr = this.alloc(Math.max(bits.byteLength, 4));
+      temps.push(ptr);
+      this.driver.copyToDevice(ptr, bits);
+      return { ptr, shape: t.shape, dtype: 'bf16' };
+    };
+    try {
+      const devInputs = inputs.map(upload);
+      const stateIndex = inputs.findIndex((t) => t.shape.length === 5);
+      const devOutputs = outputShapes.map((shape, i): DeviceTensor => {
+        if (spec.stateOutputs?.includes(i)) return devInputs[stateIndex];
+        const n = shape.reduce((a, d) => a * d, 1);
+        const dtype = attrs.outputDtype === 'f32' ? 'f32' : 'bf16';
+        const bytes = (dtype === 'f32' ? 4 : 2) * n;
+        const ptr = this.alloc(Math.max(bytes, 4));
+        temps.push(ptr);
+        this.driver.memset32Async(ptr, dtype === 'f32' ? F32_NAN : BF16_NAN_PAIR, Math.ceil(bytes / 4), this.stream);
+        return { ptr, shape, dtype };
+      });
+      let maxContextLen = 0, maxQueryLen = 0;
+      for (let b = 0; b < step.numSeqs; b++) {
+        maxContextLen = Math.max(maxContextLen, step.contextLens[b]);
+        maxQueryLen = Math.max(maxQueryLen, step.queryStart[b + 1] - step.queryStart[b]);
+      }
+      const devStep: DeviceStep = { numTokens: step.numTokens, numSeqs: step.numSeqs, numLogitRows: step.numLogitRows, blockTableWidth: step.blockTableWidth, maxContextLen, maxQueryLen };
+      this.scratchUsed = 0;
+      const launcher = CUDA_OPS[op];
+      if (!launcher) throw new Error(`${op} runs at load time on the CUDA backend, not as a step op`);
+      this.driver.currentOp = op;
+      launcher(this.context(devInputs, devOutputs, attrs, devStep));
+      this.driver.synchronize(this.stream);
+      this.driver.currentOp = null;
+      return devOutputs.map((t) => {
+        const n = t.shape.reduce((a, d) => a * d, 1);
+        const out = new Float32Array(n);
+        if (t.dtype === 'f32') this.driver.copyToHost(out, t.ptr);
+        else {
+          const bits = new Uint16Array(n);
+          this.driver.copyToHost(bits, t.ptr);
+          bf16ToF32(bits, out);
+        }
+        return { data: out, shape: t.shape };
+      });
+    } finally {
+      for (const p of temps) this.release(p);
+    }
+  }
+
+  private destroyGraphs(): void {
+    for (const g of this.graphs.values()) if (g !== 'eager-once') this.driver.destroyGraph(g);
+    this.graphs.clear();
+  }
+
+  async dispose(): Promise<void> {
+    try {
+      this.driver.synchronize(this.stream);
+    } finally {
+      this.destroyGraphs();
+      for (const a of [...this.allocations]) this.release(a.ptr);
+      if (this.stepHost) this.driver.freeHost(this.stepHost.ptr);
+      if (this.logitsHost) this.driver.freeHost(this.logitsHost.ptr);
+      this.stepHost = this.logitsHost = null;
+      this.weights.clear();
+      this.kv.clear();
+      this.constants.clear();
+      this.program = null;
+    }
+  }
+
+  private requireProgram(): Program {
+    if (!this.program) throw new Error('the CUDA backend has no program loaded');
+    return this.program;
+  }
+}
+
+function gib(bytes: number): string {
+  return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+}
+
+function bucketOf(n: number): number {
+  return BATCH_BUCKETS.find((b) => b >= n) ?? n;
+}
+
+/**
+ * A decode batch padded to `rows` sequences: each pad row is a one-token sequence whose token
+ * writes nowhere (slot -1) and attends to one cached token of block 0, so it computes finite
+ * garbage that nothing reads.
+ */
+function padDecode(batch: StepBatch, rows: number, width: number): StepBatch {
+  const pad = (src: Int32Array, fill: number, n = rows) => {
+    const out = new Int32Array(n).fill(fill);
+    out.set(src.subarray(0, Math.min(src.length, n)));
+    return out;
+  };
+  const queryStart = new Int32Array(rows + 1);
+  for (let i = 0; i <= rows; i++) queryStart[i] = i;
+  const blockTables = new Int32Array(rows * width);
+  for (let b = 0; b < batch.numSeqs; b++) blockTables.set(batch.blockTables.subarray(b * batch.blockTableWidth, b * batch.blockTableWidth + Math.min(width, batch.blockTableWidth)), b * width);
+  return {
+    numTokens: rows,
+    numSeqs: rows,
+    numLogitRows: rows,
+    tokenIds: pad(batch.tokenIds, 0),
+    positions: pad(batch.positions, 0),
+    slotMapping: pad(batch.slotMapping, -1),
+    queryStart,
+    contextLens: pad(batch.contextLens, 1),
+    blockTables,
+    blockTableWidth: width,
+    logitsIndices: Int32Array.from({ length: rows }, (_, i) => i),
+  };
+}

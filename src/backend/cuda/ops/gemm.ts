@@ -1,0 +1,195 @@
+/**
+ * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), on tensor cores:
+ * kernels/gemm.cu. One kernel per tile configuration and output dtype (bf16 for projections, f32
+ * for the logits), picked from R, N and the SM count by gemmPlan; when the tiles alone would
+ * leave most SMs idle (decode, or few row tiles with a long K) K is split over blockIdx.z, the
+ * splits write f32 partials to scratch and ts_gemm_splitk_reduce_* adds them up with the bias.
+ */
+import type { KernelDecl, ParamType } from '../kernel_decl.js';
+import type { CudaOp, DeviceTensor } from './types.js';
+import { ceilDiv } from './types.js';
+
+export type GemmTileName = '16x128' | '32x128' | '64x128' | '128x128';
+export type GemmOutDType = 'bf16' | 'f32';
+
+export interface GemmTile {
+  name: GemmTileName;
+  /** Rows (of x and y) per block. */
+  bm: number;
+  /** Columns of y (rows of w) per block. */
+  bn: number;
+  /** K per pipeline stage. */
+  bk: number;
+  warps: number;
+  stages: number;
+  /** Dynamic shared memory: stages * (bm + bn) * bk bf16. */
+  sharedBytes: number;
+}
+
+/** K per stage in every config (kernels/gemm.cu: BK); k-tiles are counted in these. */
+export const GEMM_BK = 32;
+
+function tile(name: GemmTileName, bm: number, bn: number, warps: number, stages: number): GemmTile {
+  return { name, bm, bn, bk: GEMM_BK, warps, stages, sharedBytes: stages * (bm + bn) * GEMM_BK * 2 };
+}
+
+/** The tile configurations of kernels/gemm.cu (keep in step with its TS_GEMM_ENTRY lines). */
+export const GEMM_TILES: Record<GemmTileName, GemmTile> = {
+  '16x128': tile('16x128', 16, 128, 4, 4),
+  '32x128': tile('32x128', 32, 128, 4, 4),
+  '64x128': tile('64x128', 64, 128, 4, 4),
+  '128x128': tile('128x128', 128, 128, 8, 3),
+};
+
+/** At most this many K splits, each of at least SPLIT_MIN_K_TILES k-tiles. */
+export const GEMM_MAX_SPLITS = 8;
+export const GEMM_SPLIT_MIN_K_TILES = 4;
+/** Largest f32 partial workspace (splits * R * N * 4 bytes) a split may need. */
+export const GEMM_MAX_WORKSPACE_BYTES = 32 << 20;
+
+export interface GemmPlan {
+  tile: GemmTile;
+  tilesM: number;
+  tilesN: number;
+  /** K splits (gridDim.z); 1 = y written directly by the tile kernel. */
+  splits: number;
+  /** k-tiles (of GEMM_BK) per split; the last split may have fewer, none has zero. */
+  kTilesPerSplit: number;
+  /** f32 partials [splits, R, N]; 0 when splits == 1. */
+  workspaceBytes: number;
+  grid: [number, number, number];
+  block: [number, number, number];
+}
+
+/**
+ * Which kernel configuration the matmul launcher uses for y[R, N] = x[R, K] w[N, K]^T on a GPU
+ * with `multiprocessors` SMs (R, N >= 1):
+ *   R <= 16: 16x128; R <= 32: 32x128 (decode: N spread over blocks, the weights streamed once);
+ *   R <= 64: 64x128; larger R: 128x128 when its tiles make at least one wave, else 64x128.
+ * Then, when the tiles are fewer than the SMs (twice the SMs for the decode tiles, which are small
+ * enough to run several per SM), K is split until they are (at most 8 ways, >= 4 k-tiles a split).
+ */
+export function gemmPlan(R: number, N: number, K: number, multiprocessors: number): GemmPlan {
+  const sms = Math.max(1, multiprocessors);
+  const tilesFor = (t: GemmTile): number => ceilDiv(R, t.bm) * ceilDiv(N, t.bn);
+  let t: GemmTile;
+  if (R <= 16) t = GEMM_TILES['16x128'];
+  else if (R <= 32) t = GEMM_TILES['32x128'];
+  else if (R <= 64) t = GEMM_TILES['64x128'];
+  else t = tilesFor(GEMM_TILES['128x128']) >= sms ? GEMM_TILES['128x128'] : GEMM_TILES['64x128'];
+
+  const tilesM = ceilDiv(R, t.bm), tilesN = ceilDiv(N, t.bn), blocks = tilesM * tilesN;
+  const kTiles = ceilDiv(K, GEMM_BK);
+  const target = (t.bm <= 32 ? 2 : 1) * sms;
+  let splits = 1;
+  if (blocks < target) {
+    splits = Math.min(GEMM_MAX_SPLITS, ceilDiv(target, blocks), Math.floor(kTiles / GEMM_SPLIT_MIN_K_TILES));
+    while (splits > 1 && splits * R * N * 4 > GEMM_MAX_WORKSPACE_BYTES) splits--;
+    splits = Math.max(1, splits);
+  }
+  // Even k-tile ranges; recount so that no split is empty (ceil(kTiles / per) <= splits).
+  const kTilesPerSplit = Math.max(1, ceilDiv(kTiles, splits));
+  if (splits > 1) splits = ceilDiv(kTiles, kTilesPerSplit);
+  return {
+    tile: t,
+    tilesM,
+    tilesN,
+    splits,
+    kTilesPerSplit,
+    workspaceBytes: splits > 1 ? splits * R * N * 4 : 0,
+    grid: [blocks, 1, splits],
+    block: [t.warps * 32, 1, 1],
+  };
+}
+
+const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['y', 'ptr'],
+  ['x', 'ptr'],
+  ['w', 'ptr'],
+  ['bias', 'ptr'],
+  ['R', 'i32'],
+  ['N', 'i32'],
+  ['K', 'i32'],
+  ['kTilesPerSplit', 'i32'],
+];
+
+const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['y', 'ptr'],
+  ['ws', 'ptr'],
+  ['bias', 'ptr'],
+  ['R', 'i32'],
+  ['N', 'i32'],
+  ['splits', 'i32'],
+];
+
+const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
+
+/** ts_gemm_<tile>_<y dtype>: one per tile configuration and output dtype. */
+export const GEMM_KERNELS = Object.fromEntries(
+  Object.keys(GEMM_TILES).map((name) => [
+    name,
+    Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemm_${name}_${d}`, params: GEMM_PARAMS } satisfies KernelDecl])),
+  ]),
+) as Record<GemmTileName, Record<GemmOutDType, KernelDecl>>;
+
+/** ts_gemm_splitk_reduce_<y dtype>: y = sum of the split partials (+ bias). */
+export const GEMM_SPLITK_REDUCE: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_splitk_reduce_bf16', params: REDUCE_PARAMS },
+  f32: { name: 'ts_gemm_splitk_reduce_f32', params: REDUCE_PARAMS },
+};
+
+const REDUCE_BLOCK = 256;
+
+function fmt(t: DeviceTensor | undefined): string {
+  return t ? `[${t.shape.join(', ')}] ${t.dtype}` : 'missing';
+}
+
+/** matmul(x[R, K] bf16, w[N, K] bf16 (, bias[N] bf16)) -> y[R, N] bf16 | f32 */
+export const matmul: CudaOp = (ctx) => {
+  const [x, w, bias] = ctx.inputs;
+  const y = ctx.outputs[0];
+  function fail(why: string): never {
+    throw new Error(`matmul: ${why} (x ${fmt(x)}, w ${fmt(w)}${bias ? `, bias ${fmt(bias)}` : ''}, y ${fmt(y)})`);
+  }
+  if (ctx.inputs.length !== 2 && ctx.inputs.length !== 3) fail(`expects 2 or 3 inputs, got ${ctx.inputs.length}`);
+  if (!x || !w || !y) fail('missing operand');
+  if (x.shape.length !== 2 || w.shape.length !== 2) fail('x and w must be matrices');
+  const [R, K] = x.shape, N = w.shape[0];
+  if (w.shape[1] !== K) fail(`x and w disagree on K`);
+  if (x.dtype !== 'bf16' || w.dtype !== 'bf16') fail('x and w must be bf16');
+  if (bias && (bias.dtype !== 'bf16' || bias.shape.length !== 1 || bias.shape[0] !== N)) fail(`bias must be [${N}] bf16`);
+  if (y.dtype !== 'bf16' && y.dtype !== 'f32') fail('y must be bf16 or f32');
+  if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== N) fail(`y must be [${R}, ${N}]`);
+  if (K % 8 !== 0) fail(`K = ${K} is not a multiple of 8`);
+  if (R === 0 || N === 0) return;
+  for (const [name, t] of [['x', x], ['w', w], ['y', y], ['bias', bias]] as const) {
+    if (t && t.ptr % 16n !== 0n) fail(`${name} is not 16-byte aligned (0x${t.ptr.toString(16)})`);
+  }
+  const outDType: GemmOutDType = y.dtype;
+  const biasPtr = bias ? bias.ptr : 0n;
+  const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
+  const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
+  const decls = GEMM_KERNELS[plan.tile.name];
+  if (plan.splits === 1) {
+    ctx.launch(decls[outDType], launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+    return;
+  }
+  const ws = ctx.scratch(plan.workspaceBytes);
+  if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
+  ctx.launch(decls.f32, launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+  const reduceBlocks = Math.max(1, Math.min(ceilDiv(R * N, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
+  ctx.launch(GEMM_SPLITK_REDUCE[outDType], { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, {
+    y: y.ptr,
+    ws,
+    bias: biasPtr,
+    R,
+    N,
+    splits: plan.splits,
+  });
+};
+
+export const DECLS: KernelDecl[] = [
+  ...Object.values(GEMM_KERNELS).flatMap((byDType) => OUT_DTYPES.map((d) => byDType[d])),
+  GEMM_SPLITK_REDUCE.bf16,
+  GEMM_SPLITK_REDUCE.f32,
+];

@@ -1,0 +1,49 @@
+/**
+ * The CUDA backend's launcher for each per-step op of the IR, by op name. Load-time ops
+ * (transpose, slice_rows, concat_rows) run once in CudaBackend.load, not here.
+ */
+import type { OpName } from '../../../graph/ops.js';
+import type { KernelDecl } from '../kernel_decl.js';
+import * as attention from './attention.js';
+import * as elementwise from './elementwise.js';
+import * as gather from './gather.js';
+import * as gemm from './gemm.js';
+import * as norm from './norm.js';
+import * as ropeKv from './rope_kv.js';
+import * as sampling from './sampling.js';
+import * as transform from './transform.js';
+import type { CudaOp } from './types.js';
+
+type StepOp = Exclude<OpName, 'transpose' | 'slice_rows' | 'concat_rows'>;
+
+export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> = {
+  embedding: gather.embedding,
+  gather_rows: gather.gatherRows,
+  matmul: gemm.matmul,
+  attention: attention.attention,
+  rmsnorm: norm.rmsnorm,
+  layernorm: norm.layernorm,
+  add_rmsnorm: norm.addRmsnorm,
+  add_layernorm: norm.addLayernorm,
+  add: elementwise.add,
+  mul: elementwise.mul,
+  silu: elementwise.silu,
+  gelu: elementwise.gelu,
+  act_mul: elementwise.actMul,
+  slice_cols: elementwise.sliceCols,
+  rope: ropeKv.rope,
+  kv_write: ropeKv.kvWrite,
+  rope_kv_write: ropeKv.ropeKvWrite,
+};
+
+/** Every kernel the host can launch, for the check against the compiled PTX. */
+export const ALL_DECLS: KernelDecl[] = [
+  ...gather.DECLS,
+  ...gemm.DECLS,
+  ...attention.DECLS,
+  ...norm.DECLS,
+  ...elementwise.DECLS,
+  ...ropeKv.DECLS,
+  ...sampling.DECLS,
+  ...transform.DECLS,
+];

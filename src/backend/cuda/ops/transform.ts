@@ -1,0 +1,34 @@
+/** Load-time kernels (kernels/transform.cu): weights made or rearranged on the device once. */
+import type { KernelDecl } from '../kernel_decl.js';
+
+export const FILL_UNIFORM_BF16: KernelDecl = {
+  name: 'ts_fill_uniform_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['n', 'u64'],
+    ['seedLo', 'u32'],
+    ['seedHi', 'u32'],
+    ['bound', 'f32'],
+  ],
+};
+
+export const FILL_BF16: KernelDecl = {
+  name: 'ts_fill_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['n', 'u64'],
+    ['value', 'f32'],
+  ],
+};
+
+export const TRANSPOSE_BF16: KernelDecl = {
+  name: 'ts_transpose_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['input', 'ptr'],
+    ['rows', 'i32'],
+    ['cols', 'i32'],
+  ],
+};
+
+export const DECLS = [FILL_UNIFORM_BF16, FILL_BF16, TRANSPOSE_BF16];

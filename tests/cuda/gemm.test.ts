@@ -1,0 +1,286 @@
+/**
+ * The matmul launcher's host-side logic, without a GPU: the tile table against the kernel source,
+ * tile and split-K selection (gemmPlan) for the Llama-3-8B projections and the tiny test shapes,
+ * what gets launched with which arguments, and the validation errors.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { packArgs, type ArgValue, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
+import {
+  DECLS,
+  GEMM_BK,
+  GEMM_KERNELS,
+  GEMM_MAX_SPLITS,
+  GEMM_MAX_WORKSPACE_BYTES,
+  GEMM_SPLITK_REDUCE,
+  GEMM_SPLIT_MIN_K_TILES,
+  GEMM_TILES,
+  gemmPlan,
+  matmul,
+  type GemmTileName,
+} from '../../src/backend/cuda/ops/gemm.js';
+import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
+
+const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
+
+interface Recorded {
+  decl: KernelDecl;
+  launch: Launch;
+  args: Record<string, ArgValue>;
+}
+
+function tensor(shape: number[], dtype: DeviceTensor['dtype'], ptr: bigint): DeviceTensor {
+  return { ptr, shape, dtype };
+}
+
+function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f32'; sms?: number; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
+  const { R, N, K } = opts;
+  const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
+  const launches: Recorded[] = [];
+  const scratch: number[] = [];
+  const inputs = [tensor([R, K], 'bf16', p.x), tensor([N, K], 'bf16', p.w)];
+  if (opts.bias) inputs.push(tensor([N], 'bf16', p.b));
+  const ctx: CudaOpContext = {
+    inputs,
+    outputs: [tensor([R, N], opts.out ?? 'bf16', p.y)],
+    attrs: {},
+    step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
+    device: {
+      ordinal: 0,
+      name: 'fake',
+      computeCapability: [9, 0],
+      multiprocessors: opts.sms ?? 132,
+      l2CacheBytes: 0,
+      maxSharedMemoryPerBlockOptin: 227 * 1024,
+      totalMemoryBytes: 0,
+      clockKHz: 0,
+      memoryClockKHz: 0,
+      memoryBusWidthBits: 0,
+      driverVersion: 0,
+    },
+    launch: (decl, launch, args) => {
+      // Every declared argument given, nothing else (what the backend's packArgs enforces).
+      packArgs(new DataView(new ArrayBuffer(256)), decl, args);
+      launches.push({ decl, launch, args });
+    },
+    constant: () => 0n,
+    scratch: (bytes) => {
+      scratch.push(bytes);
+      return p.ws;
+    },
+  };
+  matmul(ctx);
+  return { launches, scratch };
+}
+
+const LLAMA3_8B: Array<[string, number, number]> = [
+  ['qkv', 6144, 4096],
+  ['o', 4096, 4096],
+  ['gate_up', 28672, 4096],
+  ['down', 4096, 14336],
+  ['lm_head', 128256, 4096],
+];
+
+describe('gemm tile table', () => {
+  it('matches the TS_GEMM_ENTRY lines of kernels/gemm.cu', () => {
+    const found = [...SOURCE.matchAll(/^TS_GEMM_ENTRY\((ts_gemm_\w+), [\w:]+, (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)/gm)];
+    expect(found.length).toBe(2 * Object.keys(GEMM_TILES).length);
+    for (const [, name, bm, bn, wm, wn, stages] of found) {
+      const tile = Object.values(GEMM_TILES).find((t) => name.startsWith(`ts_gemm_${t.name}_`));
+      expect(tile, name).toBeDefined();
+      expect([tile!.bm, tile!.bn, tile!.warps, tile!.stages]).toEqual([+bm, +bn, +wm * +wn, +stages]);
+    }
+    expect(SOURCE).toContain(`constexpr int BK = ${GEMM_BK};`);
+  });
+
+  it('declares one kernel per tile and output dtype plus the split-K reductions, all distinct', () => {
+    const names = DECLS.map((d) => d.name);
+    expect(new Set(names).size).toBe(names.length);
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2);
+    for (const d of DECLS) expect(SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
+    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'splits:i32']);
+  });
+
+  it('keeps every config within 48 KiB of dynamic shared memory', () => {
+    for (const t of Object.values(GEMM_TILES)) {
+      expect(t.sharedBytes).toBe(t.stages * (t.bm + t.bn) * t.bk * 2);
+      expect(t.sharedBytes).toBeLessThanOrEqual(48 * 1024);
+    }
+  });
+});
+
+describe('gemmPlan', () => {
+  it.each([
+    [1, '16x128'],
+    [16, '16x128'],
+    [17, '32x128'],
+    [32, '32x128'],
+    [33, '64x128'],
+    [64, '64x128'],
+    [65, '128x128'],
+    [8192, '128x128'],
+  ] as Array<[number, GemmTileName]>)('R = %i on Llama-3-8B gate_up (N = 28672) uses %s', (R, name) => {
+    expect(gemmPlan(R, 28672, 4096, 132).tile.name).toBe(name);
+  });
+
+  it('falls back to 64x128 when 128x128 tiles would not make a wave', () => {
+    expect(gemmPlan(512, 4096, 4096, 132).tile.name).toBe('64x128'); // 4 x 32 = 128 tiles < 132 SMs
+    expect(gemmPlan(640, 4096, 4096, 132).tile.name).toBe('128x128'); // 5 x 32 = 160
+    expect(gemmPlan(512, 4096, 4096, 108).tile.name).toBe('128x128'); // A100: 128 >= 108
+  });
+
+  it('splits K for decode when N alone does not fill the GPU', () => {
+    const o = gemmPlan(1, 4096, 4096, 132);
+    expect(o.tile.name).toBe('16x128');
+    expect([o.tilesM, o.tilesN, o.splits, o.kTilesPerSplit]).toEqual([1, 32, 8, 16]);
+    expect(o.grid).toEqual([32, 1, 8]);
+    expect(o.block).toEqual([128, 1, 1]);
+    expect(o.workspaceBytes).toBe(8 * 4096 * 4);
+    const down = gemmPlan(1, 4096, 14336, 132);
+    expect([down.splits, down.kTilesPerSplit]).toEqual([8, 56]);
+    const qkv = gemmPlan(1, 6144, 4096, 132);
+    expect([qkv.tilesN, qkv.splits, qkv.kTilesPerSplit]).toEqual([48, 6, 22]); // 128 k-tiles: 5 x 22 + 18
+    const lm = gemmPlan(1, 128256, 4096, 132);
+    expect([lm.tilesN, lm.splits, lm.workspaceBytes]).toEqual([1002, 1, 0]);
+  });
+
+  it('gives the Llama-3-8B decode projections the plans the kernel header states', () => {
+    const plans = LLAMA3_8B.map(([name, N, K]) => {
+      const p = gemmPlan(1, N, K, 132);
+      return `${name} ${p.tile.name} ${p.tilesN}x${p.splits}`;
+    });
+    expect(plans).toEqual(['qkv 16x128 48x6', 'o 16x128 32x8', 'gate_up 16x128 224x2', 'down 16x128 32x8', 'lm_head 16x128 1002x1']);
+    expect(gemmPlan(65, 28672, 4096, 132).tile.name).toBe('128x128');
+    expect(gemmPlan(65, 128256, 4096, 132).tile.name).toBe('128x128');
+    expect(gemmPlan(512, 4096, 4096, 132).tile.name).toBe('64x128');
+    expect(gemmPlan(513, 4096, 4096, 132).tile.name).toBe('128x128');
+  });
+
+  it('does not split prefill shapes', () => {
+    for (const [, N, K] of LLAMA3_8B) {
+      const p = gemmPlan(8192, N, K, 132);
+      expect(p.tile.name).toBe('128x128');
+      expect(p.splits).toBe(1);
+      expect(p.grid).toEqual([64 * Math.ceil(N / 128), 1, 1]);
+      expect(p.block).toEqual([256, 1, 1]);
+    }
+  });
+
+  it('needs at least two splits of 4 k-tiles before splitting', () => {
+    expect(gemmPlan(1, 8, 224, 132).splits).toBe(1); // 7 k-tiles
+    expect(gemmPlan(1, 8, 256, 132).splits).toBe(2); // 8 k-tiles
+    expect(gemmPlan(1, 8, 32, 132).splits).toBe(1);
+    expect(gemmPlan(1, 8, 0, 132)).toMatchObject({ splits: 1, kTilesPerSplit: 1 });
+  });
+
+  it('covers every k-tile with non-empty splits and bounded workspace, for all shapes', () => {
+    const Rs = [1, 2, 3, 8, 15, 16, 17, 31, 32, 33, 63, 64, 65, 127, 128, 129, 200, 511, 512, 640, 1000, 2048, 8192];
+    const shapes: Array<[number, number]> = [...LLAMA3_8B.map(([, N, K]) => [N, K] as [number, number])];
+    for (const K of [8, 32, 40, 64, 128, 136, 256]) for (const N of [1, 8, 9, 127, 128, 129, 520, 1536]) shapes.push([N, K]);
+    for (const sms of [1, 28, 46, 84, 108, 132])
+      for (const R of Rs)
+        for (const [N, K] of shapes) {
+          const p = gemmPlan(R, N, K, sms);
+          const kTiles = Math.ceil(K / GEMM_BK);
+          const what = `R ${R} N ${N} K ${K} sms ${sms}`;
+          expect(p.tilesM * p.tile.bm, what).toBeGreaterThanOrEqual(R);
+          expect((p.tilesM - 1) * p.tile.bm, what).toBeLessThan(R);
+          expect((p.tilesN - 1) * p.tile.bn, what).toBeLessThan(N);
+          expect(p.grid, what).toEqual([p.tilesM * p.tilesN, 1, p.splits]);
+          expect(p.block, what).toEqual([p.tile.warps * 32, 1, 1]);
+          expect(p.splits, what).toBeGreaterThanOrEqual(1);
+          expect(p.splits, what).toBeLessThanOrEqual(GEMM_MAX_SPLITS);
+          expect(p.splits * p.kTilesPerSplit, what).toBeGreaterThanOrEqual(kTiles);
+          if (p.splits > 1) {
+            expect((p.splits - 1) * p.kTilesPerSplit, what).toBeLessThan(kTiles); // the last split is not empty
+            expect(p.kTilesPerSplit, what).toBeGreaterThanOrEqual(GEMM_SPLIT_MIN_K_TILES);
+            expect(p.workspaceBytes, what).toBe(p.splits * R * N * 4);
+            expect(p.workspaceBytes, what).toBeLessThanOrEqual(GEMM_MAX_WORKSPACE_BYTES);
+          } else expect(p.workspaceBytes, what).toBe(0);
+          if (R <= 16) expect(p.tile.name, what).toBe('16x128');
+          else if (R <= 32) expect(p.tile.name, what).toBe('32x128');
+        }
+  });
+});
+
+describe('matmul launcher', () => {
+  it('launches one tile kernel with the bias when K is not split', () => {
+    const { launches, scratch } = run({ R: 8192, N: 4096, K: 4096, bias: true });
+    expect(scratch).toEqual([]);
+    expect(launches).toHaveLength(1);
+    const [l] = launches;
+    expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
+    expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+  });
+
+  it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
+    const { launches } = run({ R: 1, N: 128256, K: 4096, out: 'f32' });
+    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f32']);
+    expect(launches[0].args.bias).toBe(0n);
+    expect(launches[0].launch.sharedBytes).toBe(GEMM_TILES['16x128'].sharedBytes);
+  });
+
+  it.each(['bf16', 'f32'] as const)('splits K into f32 partials in scratch, then reduces with the bias into %s', (out) => {
+    const { launches, scratch } = run({ R: 1, N: 4096, K: 4096, bias: true, out });
+    expect(scratch).toEqual([8 * 4096 * 4]);
+    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f32', `ts_gemm_splitk_reduce_${out}`]);
+    const [gemm, reduce] = launches;
+    expect(gemm.launch.grid).toEqual([32, 1, 8]);
+    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, R: 1, N: 4096, splits: 8 });
+    expect(reduce.launch.block).toEqual([256, 1, 1]);
+    expect(reduce.launch.grid).toEqual([16, 1, 1]);
+  });
+
+  it('launches nothing for zero rows or zero columns', () => {
+    expect(run({ R: 0, N: 64, K: 64 }).launches).toEqual([]);
+    expect(run({ R: 4, N: 0, K: 64 }).launches).toEqual([]);
+  });
+
+  it('handles K = 0 (y = bias) with one launch', () => {
+    const { launches } = run({ R: 3, N: 8, K: 0, bias: true });
+    expect(launches).toHaveLength(1);
+    expect(launches[0].args).toMatchObject({ K: 0, kTilesPerSplit: 1 });
+  });
+
+  it('rejects what the kernels do not handle, naming the op and the shapes', () => {
+    expect(() => run({ R: 2, N: 8, K: 36 })).toThrow(/matmul: K = 36 is not a multiple of 8 \(x \[2, 36\] bf16, w \[8, 36\] bf16, y \[2, 8\] bf16\)/);
+    expect(() => run({ R: 2, N: 8, K: 32, ptrs: { x: 0x1008n } })).toThrow(/matmul: x is not 16-byte aligned/);
+    expect(() => run({ R: 2, N: 8, K: 32, ptrs: { w: 0x2004n } })).toThrow(/matmul: w is not 16-byte aligned/);
+    expect(() => run({ R: 2, N: 8, K: 32, ptrs: { y: 0x4002n } })).toThrow(/matmul: y is not 16-byte aligned/);
+    expect(() => run({ R: 2, N: 8, K: 32, bias: true, ptrs: { b: 0x3002n } })).toThrow(/matmul: bias is not 16-byte aligned/);
+  });
+
+  it('rejects mismatched shapes and dtypes', () => {
+    const base = (): CudaOpContext => {
+      const ctx = {
+        inputs: [tensor([2, 32], 'bf16', 0x1000n), tensor([8, 32], 'bf16', 0x2000n)],
+        outputs: [tensor([2, 8], 'bf16', 0x4000n)],
+        attrs: {},
+        device: { multiprocessors: 132 },
+        launch: () => {},
+        scratch: () => 0x100000n,
+        constant: () => 0n,
+      };
+      return ctx as unknown as CudaOpContext;
+    };
+    let ctx = base();
+    ctx.inputs[1] = tensor([8, 40], 'bf16', 0x2000n);
+    expect(() => matmul(ctx)).toThrow(/matmul: x and w disagree on K/);
+    ctx = base();
+    ctx.inputs[0] = tensor([2, 32], 'f32', 0x1000n);
+    expect(() => matmul(ctx)).toThrow(/matmul: x and w must be bf16/);
+    ctx = base();
+    ctx.inputs.push(tensor([7], 'bf16', 0x3000n));
+    expect(() => matmul(ctx)).toThrow(/matmul: bias must be \[8\] bf16/);
+    ctx = base();
+    ctx.outputs[0] = tensor([2, 8], 'i32', 0x4000n);
+    expect(() => matmul(ctx)).toThrow(/matmul: y must be bf16 or f32/);
+    ctx = base();
+    ctx.outputs[0] = tensor([3, 8], 'bf16', 0x4000n);
+    expect(() => matmul(ctx)).toThrow(/matmul: y must be \[2, 8\]/);
+  });
+});

@@ -1,0 +1,832 @@
+/**
+ * Device sampling (kernels/sampling.cu, src/backend/cuda/ops/sampling.ts), on the CPU: the packed
+ * layout, the launch, the read-back, and a JavaScript model of the kernel's algorithm (both of its
+ * paths, step by step: order keys, radix selects with their histograms and tie rules, fixed-point
+ * masses, the LIST path's block trees and scans) checked against the host sampler's sampleToken.
+ * The GPU is not needed: this proves the algorithm; the kernel is its transcription.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import {
+  LIST_CAP,
+  PARAM_OFFSETS,
+  ROW_BYTES,
+  SAMPLE_F32,
+  SAMPLING_THREADS,
+  launchSampling,
+  packSamplingRows,
+  readSamplingResults,
+  type PackedSampling,
+  type SamplingOutputs,
+  type SamplingRow,
+} from '../../src/backend/cuda/ops/sampling.js';
+import { resolveSamplingParams, type SamplingParams } from '../../src/sampling/params.js';
+import { philox4x32, uniform } from '../../src/sampling/philox.js';
+import { applyPenalties, sampleToken, type SampleResult } from '../../src/sampling/sampler.js';
+
+const KERNEL = readFileSync(path.join(import.meta.dirname, '../../kernels/sampling.cu'), 'utf8');
+
+// ---------------------------------------------------------------------------------------------
+// The model of ts_sample_f32. Names follow the kernel.
+// ---------------------------------------------------------------------------------------------
+
+const NT = SAMPLING_THREADS;
+const NWARP = NT / 32;
+const MAX_TOP = 32;
+const QSCALE = 2 ** 42;
+
+const f32 = new Float32Array(1);
+const bits = new Uint32Array(f32.buffer);
+const fround = Math.fround;
+
+function fkey(l: number): number {
+  f32[0] = l;
+  let b = bits[0];
+  if ((b & 0x7fffffff) === 0) b = 0;
+  return b & 0x80000000 ? ~b >>> 0 : (b | 0x80000000) >>> 0;
+}
+function fval(k: number): number {
+  bits[0] = k & 0x80000000 ? k & 0x7fffffff : ~k >>> 0;
+  return f32[0];
+}
+const okey = (f: number, i: number): bigint => (BigInt(f) << 32n) | BigInt(~i >>> 0);
+const okeyId = (o: bigint): number => ~Number(o & 0xffffffffn);
+const okeyF = (o: bigint): number => Number(o >> 32n);
+
+/** __float2ull_rn */
+function roundHalfEven(x: number): number {
+  const f = Math.floor(x), d = x - f;
+  if (d > 0.5) return f + 1;
+  if (d < 0.5) return f;
+  return f % 2 === 0 ? f : f + 1;
+}
+
+/** The warp butterfly then the tree over warp leaders of block_all (every lane gets the same). */
+function blockSum(perThread: Float64Array): number {
+  const butterfly = (xs: number[]): number => {
+    let cur = xs.slice();
+    for (let o = 16; o > 0; o >>= 1) cur = cur.map((x, l) => x + cur[l ^ o]);
+    return cur[0];
+  };
+  // Lanes past the last warp read the identity (0).
+  const leaders: number[] = new Array(32).fill(0);
+  for (let w = 0; w < NWARP; w++) leaders[w] = butterfly(Array.from(perThread.subarray(w * 32, w * 32 + 32)));
+  return butterfly(leaders);
+}
+
+interface RowView {
+  temperature: number;
+  topP: number;
+  minP: number;
+  rp: number;
+  pp: number;
+  fp: number;
+  topK: number;
+  logprobs: number;
+  seedLo: number;
+  seedHi: number;
+  stream: number;
+  counter: number;
+  repStart: number;
+  repCount: number;
+  outStart: number;
+  outCount: number;
+}
+
+function readRow(packed: PackedSampling, r: number): RowView {
+  const v = new DataView(packed.params, r * ROW_BYTES, ROW_BYTES);
+  const O = PARAM_OFFSETS;
+  return {
+    temperature: v.getFloat64(O.temperature, true),
+    topP: v.getFloat64(O.topP, true),
+    minP: v.getFloat64(O.minP, true),
+    rp: v.getFloat64(O.repetitionPenalty, true),
+    pp: v.getFloat64(O.presencePenalty, true),
+    fp: v.getFloat64(O.frequencyPenalty, true),
+    topK: v.getInt32(O.topK, true),
+    logprobs: v.getInt32(O.logprobs, true),
+    seedLo: v.getUint32(O.seedLo, true),
+    seedHi: v.getUint32(O.seedHi, true),
+    stream: v.getUint32(O.stream, true),
+    counter: v.getUint32(O.counter, true),
+    repStart: v.getInt32(O.repStart, true),
+    repCount: v.getInt32(O.repCount, true),
+    outStart: v.getInt32(O.outStart, true),
+    outCount: v.getInt32(O.outCount, true),
+  };
+}
+
+type MassFn = (l: number) => bigint;
+
+/** Trace of which path and selections ran (for coverage checks). */
+interface Trace {
+  path: 'greedy' | 'list' | 'row';
+  tiePasses: number;
+}
+
+class RowModel {
+  constructor(
+    readonly row: Float32Array,
+    readonly trace: Trace,
+  ) {}
+
+  get V(): number {
+    return this.row.length;
+  }
+
+  /** radix_select<MASS, STRICT> */
+  radixSelect(mass: MassFn | null, strict: boolean, cut: bigint, T: bigint): { key: bigint; before: bigint } {
+    const { row, V } = this;
+    let prefix = 0, pmask = 0, above = 0n, binW = 0n, bin = 0;
+    let minId: number[] = [];
+    for (let shift = 24; shift >= 0; shift -= 8) {
+      const hist: bigint[] = new Array(256).fill(0n);
+      minId = new Array(256).fill(0xffffffff);
+      for (let i = 0; i < V; i++) {
+        const f = fkey(row[i]);
+        if ((f & pmask) >>> 0 === prefix && okey(f, i) >= cut) {
+          const b = (f >>> shift) & 255;
+          hist[b] += mass ? mass(row[i]) : 1n;
+          if (shift === 0) minId[b] = Math.min(minId[b], i);
+        }
+      }
+      let c = above, hit = -1, hitAbove = 0n, hitW = 0n, any = -1, anyAbove = 0n, anyW = 0n;
+      for (let b = 255; b >= 0; b--) {
+        const h = hist[b];
+        if (h > 0n) {
+          if (hit < 0 && (strict ? c + h > T : c + h >= T)) [hit, hitAbove, hitW] = [b, c, h];
+          if (any < 0) [any, anyAbove, anyW] = [b, c, h];
+        }
+        c += h;
+      }
+      if (hit >= 0) [bin, above, binW] = [hit, hitAbove, hitW];
+      else if (any >= 0) [bin, above, binW] = [any, anyAbove, anyW];
+      else [bin, binW] = [0, 0n];
+      prefix = (prefix | (bin << shift)) >>> 0;
+      pmask = (pmask | (255 << shift)) >>> 0;
+    }
+    const unit = mass ? mass(fval(prefix)) : 1n;
+    let j = 0n;
+    if (unit > 0n) {
+      const need = T > above ? T - above : 0n;
+      j = strict ? need / unit : need > 0n ? (need - 1n) / unit : 0n;
+      const nties = binW / unit;
+      if (nties > 0n && j > nties - 1n) j = nties - 1n;
+    }
+    let id = minId[bin];
+    if (j > 0n) {
+      this.trace.tiePasses++;
+      const t = this.nthTie(prefix, cut, Number(j));
+      if (t >= 0) id = t;
+    }
+    return { key: okey(prefix, id), before: above + j * unit };
+  }
+
+  nthTie(v: number, cut: bigint, j: number): number {
+    let seen = 0;
+    for (let i = 0; i < this.V; i++) {
+      const f = fkey(this.row[i]);
+      if (f === v && okey(f, i) >= cut) {
+        if (seen === j) return i;
+        seen++;
+      }
+    }
+    return -1;
+  }
+
+  gatherSorted(cut: bigint): bigint[] {
+    const out: bigint[] = [];
+    for (let i = 0; i < this.V; i++) {
+      const o = okey(fkey(this.row[i]), i);
+      if (o >= cut) out.push(o);
+    }
+    return out.sort((a, b) => (a > b ? -1 : a < b ? 1 : 0));
+  }
+
+  massSum(cut: bigint, mass: MassFn): bigint {
+    let s = 0n;
+    for (let i = 0; i < this.V; i++) if (okey(fkey(this.row[i]), i) >= cut) s += mass(this.row[i]);
+    return s;
+  }
+}
+
+/**
+ * list_draw: keys are the host's candidate list in the host's order. Per-entry values in parallel
+ * on the device, the four folds (sum, top-p cumulative, kept, walk) on one thread, in this order.
+ */
+function listDraw(keys: bigint[], mx: number, P: RowView, m24: number): number {
+  const n = keys.length;
+  const invT = 1 / P.temperature;
+  const p = keys.map((k) => Math.exp((fval(okeyF(k)) - mx) * invT));
+  let sum = 0;
+  for (let e = 0; e < n; e++) sum += p[e];
+  let keep = n;
+  if (P.minP > 0) {
+    const thr = P.minP * (p[0] / sum);
+    let last = 0; // block max of e + 1 over the entries that pass
+    for (let e = 0; e < n; e++) if (!(p[e] / sum < thr)) last = e + 1;
+    keep = last > 1 ? last : 1;
+  }
+  if (P.topP < 1) {
+    let cum = 0;
+    for (let e = 0; e < keep; e++) {
+      cum += p[e] / sum;
+      if (cum >= P.topP) {
+        keep = e + 1;
+        break;
+      }
+    }
+  }
+  let kept = 0;
+  for (let e = 0; e < keep; e++) kept += p[e];
+  let target = m24 * 2 ** -24 * kept;
+  for (let e = 0; e < keep; e++) {
+    target -= p[e];
+    if (target < 0) return okeyId(keys[e]);
+  }
+  return okeyId(keys[keep - 1]);
+}
+
+/** row_draw */
+function rowDraw(m: RowModel, mx: number, maxKey: bigint, truncK: boolean, sorted: boolean, P: RowView, m24: number): number {
+  const invTd = 1 / P.temperature;
+  const invTf = fround(invTd < 3.0e38 ? invTd : 3.0e38);
+  const mass: MassFn = (l) => BigInt(roundHalfEven(fround(Math.exp(fround(fround(l - mx) * invTf))) * QSCALE));
+  const scaleU24 = (kept: bigint) => (kept * BigInt(m24)) >> 24n;
+  if (!sorted) {
+    const T = scaleU24(m.massSum(0n, mass));
+    let S = 0n;
+    for (let i = 0; i < m.V; i++) {
+      const w = mass(m.row[i]);
+      S += w;
+      if (S > T && S - w <= T) return i;
+    }
+    return okeyId(maxKey);
+  }
+  const cutK = truncK ? m.radixSelect(null, false, 0n, BigInt(P.topK)).key : 0n;
+  const sum = m.massSum(cutK, mass);
+  let cut = cutK, kept = sum, known = true;
+  if (P.minP > 0) {
+    const qmin = BigInt(Math.ceil(P.minP * QSCALE));
+    let fmin = 0xffffffff;
+    for (let i = 0; i < m.V; i++) {
+      const f = fkey(m.row[i]);
+      if (f < fmin && okey(f, i) >= cutK && mass(m.row[i]) >= qmin) fmin = f;
+    }
+    const cutM = fmin === 0xffffffff ? maxKey : BigInt(fmin) << 32n;
+    if (cutM > cut) [cut, known] = [cutM, false];
+  }
+  if (P.topP < 1) {
+    let T = BigInt(Math.ceil(P.topP * Number(sum)));
+    if (T < 1n) T = 1n;
+    if (T > sum) T = sum;
+    const sp = m.radixSelect(mass, false, cutK, T);
+    if (sp.key >= cut) [cut, kept, known] = [sp.key, sp.before + mass(fval(okeyF(sp.key))), true];
+  }
+  if (!known) kept = m.massSum(cut, mass);
+  return okeyId(m.radixSelect(mass, true, cut, scaleU24(kept)).key);
+}
+
+/**
+ * ts_sample_f32 on row r of `logits` (f32 [S, V]; overwritten with the penalized logits, as on the
+ * device), writing the kernel's outputs. `cap` stands for CAP in the path choice only (a smaller
+ * one sends rows down the ROW path).
+ */
+function modelKernel(logits: Float32Array, V: number, packed: PackedSampling, r: number, out: SamplingOutputs, cap = LIST_CAP): Trace {
+  const P = readRow(packed, r);
+  const row = logits.subarray(r * V, (r + 1) * V);
+  const trace: Trace = { path: 'greedy', tiePasses: 0 };
+  const m = new RowModel(row, trace);
+  // Penalties, in double with one rounding to f32 (the Float32Array store).
+  if (P.rp !== 1)
+    for (let j = P.repStart; j < P.repStart + P.repCount; j++) {
+      const id = packed.ids[j];
+      if (id >= 0 && id < V) row[id] = row[id] > 0 ? row[id] / P.rp : row[id] * P.rp;
+    }
+  if (P.pp !== 0 || P.fp !== 0)
+    for (let j = P.outStart; j < P.outStart + P.outCount; j++) {
+      const id = packed.ids[j];
+      if (id >= 0 && id < V) row[id] = row[id] - (P.pp + P.fp * packed.counts[j]);
+    }
+  let best = 0n;
+  for (let i = 0; i < V; i++) {
+    const o = okey(fkey(row[i]), i);
+    if (o > best) best = o;
+  }
+  const mx = fval(okeyF(best));
+  let tok = okeyId(best);
+  if (P.temperature !== 0 && Number.isFinite(mx)) {
+    const m24 = philox4x32(P.seedLo, P.seedHi, P.counter, P.stream, 0, 0)[0] >>> 8;
+    const k = P.topK;
+    const truncK = k > 0 && k < V;
+    const sorted = truncK || P.topP < 1 || P.minP > 0;
+    if (V <= cap) {
+      trace.path = 'list';
+      const keys = Array.from({ length: V }, (_, i) => okey(fkey(row[i]), i));
+      if (sorted) keys.sort((a, b) => (a > b ? -1 : a < b ? 1 : 0));
+      tok = listDraw(keys.slice(0, truncK ? k : V), mx, P, m24);
+    } else if (truncK && k <= cap) {
+      trace.path = 'list';
+      tok = listDraw(m.gatherSorted(m.radixSelect(null, false, 0n, BigInt(k)).key), mx, P, m24);
+    } else {
+      trace.path = 'row';
+      tok = rowDraw(m, mx, best, truncK, sorted, P, m24);
+    }
+  }
+  out.tokens[r] = tok;
+  const maxTopN = packed.maxTopN;
+  for (let t = 0; t < maxTopN; t++) {
+    out.topIds[r * maxTopN + t] = -1;
+    out.topLogprobs[r * maxTopN + t] = -Infinity;
+  }
+  if (P.logprobs < 0) {
+    out.logprobs[r] = NaN;
+    return trace;
+  }
+  // lse: per-thread strided sums, then the block tree (double exp for V <= CAP, else f32 Kahan).
+  const part = new Float64Array(NT);
+  for (let t = 0; t < NT; t++) {
+    if (V <= LIST_CAP) {
+      let acc = 0;
+      for (let i = t; i < V; i += NT) acc += Math.exp(row[i] - mx);
+      part[t] = acc;
+    } else {
+      let acc = 0, comp = 0;
+      for (let i = t; i < V; i += NT) {
+        const y = fround(fround(Math.exp(fround(row[i] - mx))) - comp);
+        const s = fround(acc + y);
+        comp = fround(fround(s - acc) - y);
+        acc = s;
+      }
+      part[t] = acc - comp;
+    }
+  }
+  const lse = mx + Math.log(blockSum(part));
+  out.logprobs[r] = row[tok] - lse;
+  const n = Math.min(P.logprobs, V, maxTopN, MAX_TOP);
+  if (n > 0) {
+    const top = m.gatherSorted(m.radixSelect(null, false, 0n, BigInt(n)).key);
+    top.forEach((o, rank) => {
+      out.topIds[r * maxTopN + rank] = okeyId(o);
+      out.topLogprobs[r * maxTopN + rank] = fval(okeyF(o)) - lse;
+    });
+  }
+  return trace;
+}
+
+/** The whole launch: pack, run every row, read back. */
+function modelSample(rows: { logits: Float32Array; row: SamplingRow }[], cap = LIST_CAP): { results: SampleResult[]; traces: Trace[] } {
+  const V = rows[0].logits.length;
+  const packed = packSamplingRows(rows.map((x) => x.row));
+  const logits = new Float32Array(rows.length * V);
+  rows.forEach((x, r) => logits.set(x.logits, r * V));
+  const out: SamplingOutputs = {
+    tokens: new Int32Array(rows.length),
+    logprobs: new Float32Array(rows.length),
+    topIds: new Int32Array(rows.length * packed.maxTopN),
+    topLogprobs: new Float32Array(rows.length * packed.maxTopN),
+  };
+  const traces = rows.map((_, r) => modelKernel(logits, V, packed, r, out, cap));
+  return { results: readSamplingResults(rows.map((x) => x.row), out, packed.maxTopN), traces };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Random cases
+// ---------------------------------------------------------------------------------------------
+
+function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
+
+function pick<T>(rnd: () => number, xs: readonly T[]): T {
+  return xs[Math.floor(rnd() * xs.length)];
+}
+
+function gaussian(rnd: () => number): number {
+  return Math.sqrt(-2 * Math.log(1 - rnd())) * Math.cos(2 * Math.PI * rnd());
+}
+
+/** Logits with ties: a coarse grid, a few levels, continuous values, masked entries, all equal. */
+function randomLogits(rnd: () => number, V: number): Float32Array {
+  const kind = pick(rnd, ['grid', 'levels', 'continuous', 'masked', 'flat', 'peaked'] as const);
+  const scale = pick(rnd, [0.5, 2, 5, 12]);
+  const out = new Float32Array(V);
+  for (let i = 0; i < V; i++) {
+    const g = gaussian(rnd) * scale;
+    switch (kind) {
+      case 'grid':
+        out[i] = Math.round(g * 2) / 2;
+        break;
+      case 'levels':
+        out[i] = pick(rnd, [-3, -1, 0, 0.5, 2]);
+        break;
+      case 'continuous':
+        out[i] = g;
+        break;
+      case 'masked':
+        out[i] = rnd() < 0.6 ? -Infinity : Math.round(g * 4) / 4;
+        break;
+      case 'flat':
+        out[i] = 1.25;
+        break;
+      case 'peaked':
+        out[i] = i % 97 === 3 ? 20 + Math.round(g) : Math.round(g);
+        break;
+    }
+  }
+  if (rnd() < 0.2) out[Math.floor(rnd() * V)] = -0;
+  return out;
+}
+
+function randomRow(rnd: () => number, V: number): SamplingRow {
+  const given: Partial<SamplingParams> = {
+    temperature: pick(rnd, [0, 0.25, 0.7, 1, 1.6, 1e-3]),
+    topK: pick(rnd, [0, 0, 1, 2, 5, 40, V - 1, V, V + 7, Math.max(1, Math.floor(V / 2))]),
+    topP: pick(rnd, [1, 1, 0.95, 0.8, 0.5, 0.13, 0.05 + 0.9 * rnd()]),
+    minP: pick(rnd, [0, 0, 0.01, 0.1, 0.5, rnd() * 0.4, 1]),
+    repetitionPenalty: pick(rnd, [1, 1, 1.3, 0.7]),
+    presencePenalty: pick(rnd, [0, 0, 0.5, -1]),
+    frequencyPenalty: pick(rnd, [0, 0, 0.25, -0.4]),
+    logprobs: pick(rnd, [null, null, 0, 1, 5, 20]),
+  };
+  if (given.topK! < 0) given.topK = 0;
+  const tokenIds = Array.from({ length: Math.floor(rnd() * 12) }, () => Math.floor(rnd() * V));
+  const outputCounts = new Map<number, number>();
+  for (const id of tokenIds.slice(Math.floor(tokenIds.length / 2))) outputCounts.set(id, (outputCounts.get(id) ?? 0) + 1);
+  return {
+    params: resolveSamplingParams(given),
+    seed: Math.floor(rnd() * 2 ** 48),
+    stream: Math.floor(rnd() * 4),
+    counter: Math.floor(rnd() * 5000),
+    tokenIds,
+    outputCounts,
+  };
+}
+
+function expectSame(model: SampleResult, host: SampleResult, what: string): void {
+  expect(model.tokenId, `${what}: token`).toBe(host.tokenId);
+  expect(model.logprob === undefined, `${what}: logprob presence`).toBe(host.logprob === undefined);
+  if (host.logprob !== undefined && Number.isFinite(host.logprob)) expect(Math.abs(model.logprob! - host.logprob), `${what}: logprob`).toBeLessThan(2e-5 * Math.max(1, Math.abs(host.logprob)));
+  if (host.logprob !== undefined && !Number.isFinite(host.logprob)) expect(model.logprob, `${what}: logprob`).toBe(host.logprob);
+  expect(model.topLogprobs?.map((t) => t.tokenId), `${what}: top ids`).toEqual(host.topLogprobs?.map((t) => t.tokenId));
+  host.topLogprobs?.forEach((t, i) => {
+    const got = model.topLogprobs![i].logprob;
+    if (Number.isFinite(t.logprob)) expect(Math.abs(got - t.logprob), `${what}: top logprob ${i}`).toBeLessThan(2e-5 * Math.max(1, Math.abs(t.logprob)));
+    else expect(got).toBe(t.logprob);
+  });
+}
+
+/**
+ * How close the host's own decisions come to their thresholds (the host's steps, transcribed):
+ * the smallest relative gap between p_i / sum and the min-p threshold, between a top-p cumulative
+ * sum and topP, and between an inverse-CDF partial sum and the target. Infinity when greedy.
+ */
+function hostMargin(logitsIn: Float32Array, row: SamplingRow): number {
+  const p = row.params;
+  if (p.temperature === 0) return Infinity;
+  const logits = Float32Array.from(logitsIn);
+  applyPenalties(logits, row);
+  const v = logits.length, invT = 1 / p.temperature;
+  let max = -Infinity;
+  for (const l of logits) if (l > max) max = l;
+  let ids = Array.from({ length: v }, (_, i) => i);
+  const truncate = p.topP < 1 || p.minP > 0 || (p.topK > 0 && p.topK < v);
+  if (truncate) ids.sort((a, b) => logits[b] - logits[a] || a - b);
+  if (p.topK > 0 && p.topK < v) ids = ids.slice(0, p.topK);
+  const probs = ids.map((i) => Math.exp((logits[i] - max) * invT));
+  const sum = probs.reduce((a, b) => a + b, 0);
+  let margin = Infinity, keep = ids.length;
+  if (p.minP > 0) {
+    const thr = p.minP * (probs[0] / sum);
+    for (const q of probs) margin = Math.min(margin, Math.abs(q / sum - thr) / thr);
+    while (keep > 1 && probs[keep - 1] / sum < thr) keep--;
+  }
+  if (p.topP < 1) {
+    let cum = 0;
+    for (let i = 0; i < keep; i++) {
+      cum += probs[i] / sum;
+      margin = Math.min(margin, Math.abs(cum - p.topP));
+      if (cum >= p.topP) {
+        keep = i + 1;
+        break;
+      }
+    }
+  }
+  let kept = 0;
+  for (let i = 0; i < keep; i++) kept += probs[i];
+  const target = uniform(row.seed, row.stream, row.counter) * kept;
+  let S = 0;
+  for (let i = 0; i < keep; i++) {
+    S += probs[i];
+    margin = Math.min(margin, Math.abs(S - target) / kept);
+    if (S > target) break;
+  }
+  return margin;
+}
+
+/** ROW-path decisions carry f32 exp error: within this relative gap of a threshold they may differ. */
+const ROW_NEAR = 1e-5;
+
+/**
+ * Runs `cases` random rows of vocabulary sizes `vocabs` through the model and the host sampler.
+ * With `near` (ROW path), a token may differ only where hostMargin < ROW_NEAR; those are counted.
+ */
+function compareRandom(seed: number, cases: number, vocabs: readonly number[], cap: number, near = false): Map<string, number> {
+  const rnd = mulberry32(seed);
+  const paths = new Map<string, number>();
+  const count = (key: string) => paths.set(key, (paths.get(key) ?? 0) + 1);
+  for (let c = 0; c < cases; c++) {
+    const V = pick(rnd, vocabs);
+    const logits = randomLogits(rnd, V);
+    const row = randomRow(rnd, V);
+    // Degenerate rows (every logit -inf) differ by design; keep one finite logit.
+    if (!logits.some((x) => Number.isFinite(x))) logits[0] = 0;
+    const host = sampleToken(Float32Array.from(logits), row);
+    const { results, traces } = modelSample([{ logits, row }], cap);
+    const p = row.params;
+    const what = `case ${c}: V=${V} T=${p.temperature} k=${p.topK} p=${p.topP} minP=${p.minP} rep=${p.repetitionPenalty} pres=${p.presencePenalty} freq=${p.frequencyPenalty} lp=${p.logprobs}`;
+    count(traces[0].path + (traces[0].tiePasses > 0 ? '+ties' : ''));
+    if (near && results[0].tokenId !== host.tokenId) {
+      const margin = hostMargin(logits, row);
+      expect(margin, `${what}: differs ${results[0].tokenId} vs host ${host.tokenId} away from any threshold`).toBeLessThan(ROW_NEAR);
+      count('near');
+      continue;
+    }
+    expectSame(results[0], host, what);
+  }
+  return paths;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+describe('device sampling: packed layout', () => {
+  it('has the documented byte offsets, in step with the kernel struct RowParams', () => {
+    expect(ROW_BYTES).toBe(96);
+    expect(PARAM_OFFSETS).toEqual({
+      temperature: 0,
+      topP: 8,
+      minP: 16,
+      repetitionPenalty: 24,
+      presencePenalty: 32,
+      frequencyPenalty: 40,
+      topK: 48,
+      logprobs: 52,
+      seedLo: 56,
+      seedHi: 60,
+      stream: 64,
+      counter: 68,
+      repStart: 72,
+      repCount: 76,
+      outStart: 80,
+      outCount: 84,
+    });
+    // The kernel's struct: each field's C offset (from the types) equals its comment and the table.
+    const body = /struct RowParams \{([\s\S]*?)\n\};/.exec(KERNEL)![1];
+    const size = { double: 8, int: 4, u32: 4 } as Record<string, number>;
+    const names: Record<string, keyof typeof PARAM_OFFSETS> = { repetitionPenalty: 'repetitionPenalty', presencePenalty: 'presencePenalty', frequencyPenalty: 'frequencyPenalty' };
+    let offset = 0;
+    const seen: string[] = [];
+    for (const m of body.matchAll(/^\s*(double|int|u32)\s+(\w+);\s*\/\/\s*(\d+)/gm)) {
+      expect(Number(m[3]), `comment offset of ${m[2]}`).toBe(offset);
+      const field = names[m[2]] ?? (m[2] as keyof typeof PARAM_OFFSETS);
+      if (field in PARAM_OFFSETS) expect(PARAM_OFFSETS[field], m[2]).toBe(offset);
+      seen.push(m[2]);
+      offset += size[m[1]];
+    }
+    expect(offset).toBe(ROW_BYTES);
+    expect(seen.filter((n) => !n.startsWith('reserved')).length).toBe(Object.keys(PARAM_OFFSETS).length);
+    expect(/constexpr int NT = (\d+);/.exec(KERNEL)![1]).toBe(String(SAMPLING_THREADS));
+    expect(/constexpr int CAP = (\d+);/.exec(KERNEL)![1]).toBe(String(LIST_CAP));
+  });
+
+  it('packs parameters, seeds and the CSR ids and counts of each row', () => {
+    const rows: SamplingRow[] = [
+      { params: resolveSamplingParams({}), seed: 2 ** 40 + 5, stream: 2, counter: 17, tokenIds: [4, 4, 1], outputCounts: new Map([[4, 1]]) },
+      {
+        params: resolveSamplingParams({ temperature: 0.7, topK: 50, topP: 0.9, minP: 0.05, repetitionPenalty: 1.2, presencePenalty: 0.5, frequencyPenalty: -0.25, logprobs: 5 }),
+        seed: 123456789,
+        stream: 0,
+        counter: 3,
+        tokenIds: [5, 3, 5, 9, 3, 7],
+        outputCounts: new Map([
+          [9, 2],
+          [3, 1],
+        ]),
+      },
+      { params: resolveSamplingParams({ temperature: 0, topK: -1, repetitionPenalty: 0.5, logprobs: 0 }), seed: 0, stream: 1, counter: 0, tokenIds: [8, 8], outputCounts: new Map([[8, 2]]) },
+      { params: resolveSamplingParams({ frequencyPenalty: 1 }), seed: 2 ** 53 - 1, stream: 3, counter: 4000000000, tokenIds: [1, 2], outputCounts: new Map([[2, 3]]) },
+    ];
+    const packed = packSamplingRows(rows);
+    expect(packed.rows).toBe(4);
+    expect(packed.params.byteLength).toBe(4 * 96);
+    expect(packed.maxTopN).toBe(5);
+    // Row 0: penalties off, so empty ranges; seed split into u32 halves.
+    // Row 1: distinct prompt+output ids in first-seen order, then its output (id, count) pairs.
+    // Row 2: repetition only. Row 3: frequency only.
+    expect(Array.from(packed.ids)).toEqual([5, 3, 9, 7, 9, 3, 8, 2]);
+    expect(Array.from(packed.counts)).toEqual([0, 0, 0, 0, 2, 1, 0, 3]);
+    const v = new DataView(packed.params);
+    const at = (r: number) => r * 96;
+    expect([v.getFloat64(at(0) + 0, true), v.getFloat64(at(0) + 8, true), v.getFloat64(at(0) + 16, true), v.getFloat64(at(0) + 24, true)]).toEqual([1, 1, 0, 1]);
+    expect([v.getInt32(at(0) + 48, true), v.getInt32(at(0) + 52, true)]).toEqual([0, -1]);
+    expect([v.getUint32(at(0) + 56, true), v.getUint32(at(0) + 60, true), v.getUint32(at(0) + 64, true), v.getUint32(at(0) + 68, true)]).toEqual([5, 256, 2, 17]);
+    expect([72, 76, 80, 84].map((o) => v.getInt32(at(0) + o, true))).toEqual([0, 0, 0, 0]);
+
+    expect([0, 8, 16, 24, 32, 40].map((o) => v.getFloat64(at(1) + o, true))).toEqual([0.7, 0.9, 0.05, 1.2, 0.5, -0.25]);
+    expect([v.getInt32(at(1) + 48, true), v.getInt32(at(1) + 52, true)]).toEqual([50, 5]);
+    expect([v.getUint32(at(1) + 56, true), v.getUint32(at(1) + 60, true)]).toEqual([123456789, 0]);
+    expect([72, 76, 80, 84].map((o) => v.getInt32(at(1) + o, true))).toEqual([0, 4, 4, 2]);
+
+    expect(v.getFloat64(at(2) + 0, true)).toBe(0);
+    expect([v.getInt32(at(2) + 48, true), v.getInt32(at(2) + 52, true)]).toEqual([0, 0]);
+    expect([72, 76, 80, 84].map((o) => v.getInt32(at(2) + o, true))).toEqual([6, 1, 7, 0]);
+
+    expect([v.getUint32(at(3) + 56, true), v.getUint32(at(3) + 60, true), v.getUint32(at(3) + 68, true)]).toEqual([0xffffffff, 2 ** 21 - 1, 4000000000]);
+    expect([72, 76, 80, 84].map((o) => v.getInt32(at(3) + o, true))).toEqual([7, 0, 7, 1]);
+    for (let r = 0; r < 4; r++) expect([v.getInt32(at(r) + 88, true), v.getInt32(at(r) + 92, true)]).toEqual([0, 0]);
+  });
+
+  it('pads empty CSR arrays to one entry and rejects what the kernel cannot take', () => {
+    const packed = packSamplingRows([{ params: resolveSamplingParams({}), seed: 1, stream: 0, counter: 0, tokenIds: [1, 2], outputCounts: new Map() }]);
+    expect(Array.from(packed.ids)).toEqual([0]);
+    expect(Array.from(packed.counts)).toEqual([0]);
+    const bad = (x: Partial<SamplingRow>) => () => packSamplingRows([{ params: resolveSamplingParams({}), seed: 1, stream: 0, counter: 0, tokenIds: [], outputCounts: new Map(), ...x }]);
+    expect(bad({ seed: -1 })).toThrow(/seed/);
+    expect(bad({ counter: 2 ** 32 })).toThrow(/counter/);
+    expect(bad({ stream: 1.5 })).toThrow(/stream/);
+  });
+});
+
+describe('device sampling: launch and read-back', () => {
+  it('declares the kernel as its C signature', () => {
+    const sig = /ts_sample_f32\(([^)]*)\)/.exec(KERNEL)![1];
+    const params = sig.split(',').map((p) => {
+      const m = /^\s*(.*?)\s*(\w+)\s*$/.exec(p)!;
+      return [m[2], m[1].includes('*') ? 'ptr' : m[1] === 'int' ? 'i32' : m[1]] as const;
+    });
+    expect(params).toEqual(SAMPLE_F32.params.map(([n, t]) => [n, t]));
+  });
+
+  it('launches one 512-thread block per row with every argument', () => {
+    const calls: unknown[] = [];
+    const base = { logits: 0x1000n, vocab: 50000, params: 0x2000n, ids: 0x3000n, counts: 0x4000n, outTokens: 0x5000n, outLogprobs: 0x6000n, outTopIds: 0x7000n, outTopLogprobs: 0x8000n, scratch: () => 0n, smCount: 132 };
+    launchSampling((decl, launch, args) => calls.push([decl.name, launch, args]), { ...base, rows: 3, maxTopN: 4 });
+    launchSampling((decl, launch, args) => calls.push([decl.name, launch, args]), { ...base, rows: 2, maxTopN: 0 });
+    launchSampling(() => calls.push('none'), { ...base, rows: 0, maxTopN: 0 });
+    expect(calls).toEqual([
+      ['ts_sample_f32', { grid: [3, 1, 1], block: [512, 1, 1] }, { logits: 0x1000n, vocab: 50000, params: 0x2000n, ids: 0x3000n, counts: 0x4000n, outTokens: 0x5000n, outLogprobs: 0x6000n, outTopIds: 0x7000n, outTopLogprobs: 0x8000n, maxTopN: 4 }],
+      ['ts_sample_f32', { grid: [2, 1, 1], block: [512, 1, 1] }, { logits: 0x1000n, vocab: 50000, params: 0x2000n, ids: 0x3000n, counts: 0x4000n, outTokens: 0x5000n, outLogprobs: 0x6000n, outTopIds: 0n, outTopLogprobs: 0n, maxTopN: 0 }],
+    ]);
+    expect(() => launchSampling(() => {}, { ...base, rows: 1, vocab: 2 ** 22, maxTopN: 0 })).toThrow(/vocab/);
+  });
+
+  it('reads back the host sampler shape of result', () => {
+    const p = (logprobs: number | null) => ({ params: resolveSamplingParams({ logprobs }) });
+    const out: SamplingOutputs = {
+      tokens: Int32Array.from([7, 8, 9]),
+      logprobs: Float32Array.from([NaN, -0.5, -1.5]),
+      topIds: Int32Array.from([-1, -1, -1, 8, 2, -1, 9, 1, 4]),
+      topLogprobs: Float32Array.from([-Infinity, -Infinity, -Infinity, -0.5, -2, -Infinity, -1.5, -1.75, -2]),
+    };
+    expect(readSamplingResults([p(null), p(2), p(3)], out, 3)).toEqual([
+      { tokenId: 7 },
+      { tokenId: 8, logprob: -0.5, topLogprobs: [{ tokenId: 8, logprob: -0.5 }, { tokenId: 2, logprob: -2 }] },
+      { tokenId: 9, logprob: -1.5, topLogprobs: [{ tokenId: 9, logprob: -1.5 }, { tokenId: 1, logprob: -1.75 }, { tokenId: 4, logprob: -2 }] },
+    ]);
+    expect(readSamplingResults([p(0)], { ...out, topIds: new Int32Array(0), topLogprobs: new Float32Array(0) }, 0)).toEqual([{ tokenId: 7, logprob: NaN }]);
+  });
+});
+
+describe('device sampling: the radix select of the model', () => {
+  it('finds the first candidate whose cumulative count or mass reaches T (or exceeds it), for every T', () => {
+    const rnd = mulberry32(5);
+    for (let c = 0; c < 60; c++) {
+      const V = pick(rnd, [1, 2, 9, 40, 130]);
+      // Few distinct values: long tie runs; weights depend on the value only, as masses do.
+      const row = Float32Array.from({ length: V }, () => pick(rnd, [-Infinity, -7.5, -1, -0, 0, 0.5, 3, 1e-30, -1e-30]));
+      const weight: MassFn = (l) => (l === -Infinity ? 0n : BigInt(1 + (Math.abs(Math.round(l * 2)) % 5)));
+      const order = Array.from({ length: V }, (_, i) => okey(fkey(row[i]), i)).sort((a, b) => (a > b ? -1 : a < b ? 1 : 0));
+      const cut = rnd() < 0.5 ? 0n : order[Math.floor(rnd() * V)];
+      const cands = order.filter((o) => o >= cut);
+      for (const mass of [null, weight]) {
+        const w = (o: bigint) => (mass ? mass(fval(okeyF(o))) : 1n);
+        const total = cands.reduce((a, o) => a + w(o), 0n);
+        for (const strict of [false, true]) {
+          for (let T = strict ? 0n : 1n; strict ? T < total : T <= total; T++) {
+            let S = 0n, want = -1n, before = 0n;
+            for (const o of cands) {
+              if (strict ? S + w(o) > T : S + w(o) >= T) {
+                want = o;
+                before = S;
+                break;
+              }
+              S += w(o);
+            }
+            const m = new RowModel(row, { path: 'row', tiePasses: 0 });
+            expect(m.radixSelect(mass, strict, cut, T), `case ${c} ${mass ? 'mass' : 'count'} ${strict ? '>' : '>='} T=${T}`).toEqual({ key: want, before });
+          }
+        }
+      }
+    }
+  });
+});
+
+describe('device sampling: the kernel algorithm (JavaScript model) equals sampleToken', () => {
+  it('on the host sampler tests own boundary cases (LIST path)', () => {
+    const probs = [0.5, 0.3, 0.15, 0.05].map(Math.log);
+    const cases: [number[], Partial<SamplingParams>][] = [
+      [probs, { topP: 0.75 }],
+      [probs, { topP: 0.8 }],
+      [probs, { topP: 0.81 }],
+      [probs, { topP: 0.95 }],
+      [probs, { minP: 0.25 }],
+      [probs, { minP: 0.7 }],
+      [[1, 4, 2, 3, 0], { topK: 2 }],
+      [[1, 5, 3, 5], { temperature: 0 }],
+      [[0, Math.log(2), Math.log(5), -Infinity], { temperature: 2 }],
+      [[1.25, 1.25, 1.25, 1.25], { topP: 0.5 }],
+      [[1.25, 1.25, 1.25, 1.25], { topK: 3, topP: 0.5 }],
+    ];
+    for (const [logits, given] of cases)
+      for (let counter = 0; counter < 300; counter++) {
+        const row: SamplingRow = { params: resolveSamplingParams(given), seed: 42, stream: 0, counter, tokenIds: [], outputCounts: new Map() };
+        const host = sampleToken(Float32Array.from(logits), row);
+        expectSame(modelSample([{ logits: Float32Array.from(logits), row }]).results[0], host, `${JSON.stringify(given)} counter ${counter}`);
+      }
+  });
+
+  it('on random rows with ties, LIST path (V <= CAP, or top-k <= CAP)', () => {
+    const paths = compareRandom(1, 700, [1, 2, 3, 7, 64, 300, 1000], LIST_CAP);
+    expect(paths.get('list')).toBeGreaterThan(300);
+  });
+
+  it('on random rows with ties, LIST path with a radix-selected top-k (V > CAP)', () => {
+    const rnd = mulberry32(7);
+    let n = 0;
+    for (let c = 0; c < 80; c++) {
+      const V = pick(rnd, [40, 300, 999]);
+      const logits = randomLogits(rnd, V);
+      if (!logits.some((x) => Number.isFinite(x))) logits[0] = 0;
+      const row = randomRow(rnd, V);
+      row.params.temperature = pick(rnd, [0.5, 1, 1.4]);
+      row.params.topK = pick(rnd, [1, 3, 10, Math.floor(V / 3)]);
+      const host = sampleToken(Float32Array.from(logits), row);
+      // cap = topK: V > cap sends the row to the radix select + gather + sort of the LIST path.
+      const { results, traces } = modelSample([{ logits, row }], row.params.topK);
+      expect(traces[0].path).toBe('list');
+      expectSame(results[0], host, `case ${c}`);
+      n++;
+    }
+    expect(n).toBe(80);
+  });
+
+  it('on random rows with ties, ROW path (fixed-point masses and radix selects)', () => {
+    const paths = compareRandom(2, 500, [1, 2, 5, 33, 250, 700], 0, true);
+    expect(paths.get('row')! + (paths.get('row+ties') ?? 0)).toBeGreaterThan(200);
+    expect(paths.get('row+ties')).toBeGreaterThan(5);
+    // Near-threshold rows (structured ties whose cumulative sum lands on topP exactly) are rare.
+    expect(paths.get('near') ?? 0).toBeLessThanOrEqual(5);
+  });
+
+  it('past CAP with the kernel own path choice (top-k <= CAP: LIST after a radix select; else ROW; f32 Kahan lse)', () => {
+    const rnd = mulberry32(4);
+    const paths = new Map<string, number>();
+    for (let c = 0; c < 16; c++) {
+      const V = pick(rnd, [LIST_CAP + 1, 3000]);
+      const logits = randomLogits(rnd, V);
+      if (!logits.some((x) => Number.isFinite(x))) logits[0] = 0;
+      const row = randomRow(rnd, V);
+      row.params.temperature = c % 4 === 0 ? 0 : pick(rnd, [0.6, 1, 1.3]);
+      row.params.topK = c % 2 === 0 ? pick(rnd, [7, 50, LIST_CAP]) : 0;
+      row.params.logprobs = pick(rnd, [0, 3, 20]);
+      const host = sampleToken(Float32Array.from(logits), row);
+      const { results, traces } = modelSample([{ logits, row }]);
+      paths.set(traces[0].path, (paths.get(traces[0].path) ?? 0) + 1);
+      if (traces[0].path === 'row' && results[0].tokenId !== host.tokenId) {
+        expect(hostMargin(logits, row), `case ${c}`).toBeLessThan(ROW_NEAR);
+        continue;
+      }
+      expectSame(results[0], host, `case ${c}: V=${V} k=${row.params.topK} p=${row.params.topP} minP=${row.params.minP}`);
+    }
+    expect([...paths.keys()].sort()).toEqual(['greedy', 'list', 'row']);
+  });
+
+  it('on several rows at once, each with its own parameters and CSR ranges', () => {
+    const rnd = mulberry32(3);
+    for (const cap of [LIST_CAP, 0]) {
+      const V = 120;
+      const rows = Array.from({ length: 12 }, () => ({ logits: randomLogits(rnd, V), row: randomRow(rnd, V) }));
+      for (const r of rows) if (!r.logits.some((x) => Number.isFinite(x))) r.logits[0] = 0;
+      const { results } = modelSample(rows, cap);
+      rows.forEach((r, i) => expectSame(results[i], sampleToken(Float32Array.from(r.logits), r.row), `cap ${cap} row ${i}`));
+    }
+  });
+});

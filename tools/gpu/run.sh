@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# One call on the GPU machine (docs/gpu.md says how to carry Node and the dependencies there):
+# builds the kernels, makes the Hugging Face fixtures, runs the CUDA tiers of the conformance,
+# declaration, golden and end-to-end suites, and benchmarks synthetic:llama-3-8b. Everything
+# lands under $OUT (at most 8 files come back).
+set -uo pipefail
+: "${OUT:?set OUT to the folder that comes back}"
+cd "$(dirname "$0")/../.."
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.memory,memory.total --format=csv,noheader
+  nvcc --version | tail -1
+  node --version
+} > "$OUT/machine.txt" 2>&1
+npm run build:kernels > "$OUT/build.txt" 2>&1 && cp build/kernels/resources.json "$OUT/resources.json"
+python3 tools/make_hf_fixtures.py --out tests/fixtures/hf >> "$OUT/build.txt" 2>&1 && tar -czf "$OUT/hf_fixtures.tgz" tests/fixtures/hf
+npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$OUT/tests.txt" 2>&1
+{
+  for p in 512 2048; do
+    node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens "$p" --decode-tokens 128 --runs 5 --json
+  done
+  node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
+} > "$OUT/bench.json" 2> "$OUT/bench.err"
+echo "done: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
