@@ -709,7 +709,7 @@ TS_DEVICE void apply_penalties(float* row, int V, const RowParams* P, const int*
   }
 }
 
-TS_DEVICE bool finite(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
+TS_DEVICE bool finite_f32(float x) { return (__float_as_uint(x) & 0x7f800000u) != 0x7f800000u; }
 
 }  // namespace ts_sampling
 
@@ -751,7 +751,7 @@ extern "C" __global__ void __launch_bounds__(ts_sampling::NT, 1)
   const float mx = fval(okey_f(best));
   int tok = okey_id(best);
 
-  if (P->temperature != 0.0 && finite(mx)) {
+  if (P->temperature != 0.0 && finite_f32(mx)) {
     const u32 m24 = philox4x32_10(P->seedLo, P->seedHi, P->counter, P->stream, 0u, 0u).x >> 8;
     const int k = P->topK;
     const bool truncK = k > 0 && k < V;

@@ -58,7 +58,9 @@
  *  - LIST path, when the host's candidate list has at most LIST_CAP entries (V <= 2048 or
  *    0 < topK <= 2048): the list is gathered into shared memory (the top k found by a radix select
  *    on the key), bitonic-sorted (or left in id order when the host does not sort), and the host's
- *    min-p / top-p / inverse-CDF steps run on it in double with block scans.
+ *    drawTruncated runs on it in double with the host's own sequence of roundings: per-entry
+ *    values (p_i, p_i / sum, the min-p test) in parallel, the four left folds (sum, top-p's
+ *    cumulative sum, kept, the inverse-CDF walk) on one thread in the host's order.
  *  - ROW path otherwise (top-p or min-p over a large vocabulary, or no truncation): masses
  *    q = round(exp((l - max) / T) * 2^42) in u64 fixed point (exact, order-free sums); the top-k
  *    cut, the top-p cut and the drawn token are radix selects on the key (4 passes of 8 bits,
@@ -66,11 +68,12 @@
  *    exact value where a cumulative count or mass crosses its threshold, ties at that value being
  *    split in id order; min-p is a value cut (min key whose mass >= minP * 2^42); without
  *    truncation the host walks ids in order, and so does one block scan.
- * Agreement with the host: discrete decisions (penalties, argmax, order, ties, top-k) are exact;
- * LIST-path probabilities differ from the host's in the last bits of a double; ROW-path ones carry
- * f32 __expf error (~1e-7), so a ROW decision can differ only when a cumulative probability lies
- * within ~1e-6 of its threshold. tests/cuda/sampling.test.ts holds a JavaScript model of both
- * paths checked against sampleToken.
+ * Agreement with the host: penalties, argmax, order, ties and top-k are exact; the LIST path
+ * computes what the host computes (only CUDA's double exp may differ from V8's in the last ulp);
+ * ROW-path masses carry f32 __expf error (~1e-7), so a ROW decision can differ only when a
+ * cumulative probability (or p_i against minP) lies within ~1e-6 of its threshold, e.g. tied
+ * logits whose cumulative sum lands exactly on topP, where the host's own answer is rounding.
+ * tests/cuda/sampling.test.ts holds a JavaScript model of both paths checked against sampleToken.
  */
 import type { SamplingParams } from '../../../sampling/params.js';
 import type { SampleResult, TokenLogprob } from '../../../sampling/sampler.js';
