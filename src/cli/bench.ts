@@ -7,9 +7,11 @@ import { TesseraError } from '../errors.js';
 import { resolveSamplingParams } from '../sampling/params.js';
 import { uniform } from '../sampling/philox.js';
 import { MODEL_HELP, MODEL_OPTIONS, numberFlag, parse, modelOptions } from './args.js';
+import { benchServe } from './bench_serve.js';
 import { loadForCli } from './load.js';
 
 const HELP = `Usage: tessera bench [options]
+       tessera bench serve [options]   load-test an OpenAI-compatible server (--help for its options)
 
 Measures prefill and decode tokens/s: BATCH sequences of PROMPT random tokens each, then
 DECODE greedy tokens each (EOS ignored). Reports the median of RUNS runs after one warm-up.
@@ -35,6 +37,7 @@ function median(xs: number[]): number {
 }
 
 export async function bench(argv: string[]): Promise<number> {
+  if (argv[0] === 'serve') return benchServe(argv.slice(1));
   const { values } = parse(
     argv,
     {
