@@ -8,6 +8,7 @@ import { describe, expect, it } from 'vitest';
 import type { ArgValue, KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
 import { ATTENTION_COMBINE, DECLS, DECODE_VARIANTS, PREFILL_VARIANTS, attention, planAttention, planSplits } from '../../src/backend/cuda/ops/attention.js';
 import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
+import { fakeDevice } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/attention.cu'), 'utf8');
 
@@ -36,19 +37,7 @@ function run(opts: { T: number; B: number; H: number; KV: number; hd: number; ma
     outputs: [tensor([T, H * hd], 'bf16', 0x6000n)],
     attrs: { numHeads: H, numKvHeads: KV, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: opts.window ?? null },
     step: { numTokens: T, numSeqs: B, numLogitRows: B, blockTableWidth: 8, maxContextLen: opts.maxContextLen, maxQueryLen: opts.maxQueryLen },
-    device: {
-      ordinal: 0,
-      name: 'fake',
-      computeCapability: [9, 0],
-      multiprocessors: opts.sms ?? 132,
-      l2CacheBytes: 0,
-      maxSharedMemoryPerBlockOptin: 227 * 1024,
-      totalMemoryBytes: 0,
-      clockKHz: 0,
-      memoryClockKHz: 0,
-      memoryBusWidthBits: 0,
-      driverVersion: 0,
-    },
+    device: fakeDevice(opts.sms ?? 132),
     launch: (decl, launch, args) => launches.push({ decl, launch, args }),
     constant: () => 0n,
     scratch: (bytes) => {

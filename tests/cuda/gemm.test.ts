@@ -21,6 +21,7 @@ import {
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
 import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
+import { fakeDevice } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
 
@@ -46,19 +47,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
     outputs: [tensor([R, N], opts.out ?? 'bf16', p.y)],
     attrs: {},
     step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
-    device: {
-      ordinal: 0,
-      name: 'fake',
-      computeCapability: [9, 0],
-      multiprocessors: opts.sms ?? 132,
-      l2CacheBytes: 0,
-      maxSharedMemoryPerBlockOptin: 227 * 1024,
-      totalMemoryBytes: 0,
-      clockKHz: 0,
-      memoryClockKHz: 0,
-      memoryBusWidthBits: 0,
-      driverVersion: 0,
-    },
+    device: fakeDevice(opts.sms ?? 132),
     launch: (decl, launch, args) => {
       // Every declared argument given, nothing else (what the backend's packArgs enforces).
       packArgs(new DataView(new ArrayBuffer(256)), decl, args);

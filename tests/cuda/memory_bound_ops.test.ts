@@ -13,6 +13,7 @@ import * as ew from '../../src/backend/cuda/ops/elementwise.js';
 import * as norm from '../../src/backend/cuda/ops/norm.js';
 import * as rk from '../../src/backend/cuda/ops/rope_kv.js';
 import type { CudaOp, CudaOpContext, DeviceDType, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
+import { fakeDevice } from './fake_device.js';
 
 interface Recorded {
   decl: KernelDecl;
@@ -35,19 +36,7 @@ function run(op: CudaOp, inputs: DeviceTensor[], outputs: DeviceTensor[], attrs:
     outputs,
     attrs,
     step: { numTokens: 0, numSeqs: 0, numLogitRows: 0, blockTableWidth: 0, maxContextLen: 0, maxQueryLen: 0 },
-    device: {
-      ordinal: 0,
-      name: 'test',
-      computeCapability: [9, 0],
-      multiprocessors: 132,
-      l2CacheBytes: 0,
-      maxSharedMemoryPerBlockOptin: 227 * 1024,
-      totalMemoryBytes: 0,
-      clockKHz: 0,
-      memoryClockKHz: 0,
-      memoryBusWidthBits: 0,
-      driverVersion: 0,
-    },
+    device: fakeDevice(),
     launch(decl, launch, args) {
       // Every declared argument and nothing else, as the real launch packs them.
       packArgs(new DataView(new ArrayBuffer(512)), decl, args);
