@@ -53,8 +53,5 @@ export function maxAbsDiff(a: Float32Array, b: Float32Array): number {
   return m;
 }
 
-export function argmax(row: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < row.length; i++) if (row[i] > row[best]) best = i;
-  return best;
-}
+/** The sampler's own argmax (ties to the lowest id). */
+export { argmax } from '../../src/sampling/sampler.js';
