@@ -109,11 +109,17 @@ export interface DeviceProperties {
   driverVersion: number;
 }
 
-/** Library names tried in order. */
-const LIBCUDA = process.platform === 'win32' ? ['nvcuda.dll'] : ['libcuda.so.1', 'libcuda.so'];
+/** Library names tried in order; TESSERA_LIBCUDA names another (a driver in an odd place, or a test double). */
+function libcudaNames(): string[] {
+  if (process.env.TESSERA_LIBCUDA) return [process.env.TESSERA_LIBCUDA];
+  return process.platform === 'win32' ? ['nvcuda.dll'] : ['libcuda.so.1', 'libcuda.so'];
+}
+
+let handleTypesDeclared = false;
 
 /** The driver, loaded; or why it could not be (for --device auto to report). */
 export function loadDriver(): { driver: CudaDriver } | { reason: string } {
+  const LIBCUDA = libcudaNames();
   let lib: koffi.IKoffiLib | null = null;
   let lastError = '';
   for (const name of LIBCUDA) {
@@ -143,7 +149,11 @@ export class CudaDriver {
   private readonly extra: BigUint64Array;
 
   constructor(lib: koffi.IKoffiLib) {
-    for (const t of ['CUctx', 'CUmodule', 'CUfunction', 'CUstream', 'CUevent', 'CUgraph', 'CUgraphExec']) koffi.pointer(t, koffi.opaque());
+    // koffi's type names are global: declare the handle types once per process.
+    if (!handleTypesDeclared) {
+      for (const t of ['CUctx', 'CUmodule', 'CUfunction', 'CUstream', 'CUevent', 'CUgraph', 'CUgraphExec']) koffi.pointer(t, koffi.opaque());
+      handleTypesDeclared = true;
+    }
     const fn = {} as Bound;
     for (const [name, sig] of Object.entries(SIGNATURES)) fn[name as keyof Bound] = lib.func(sig) as unknown as Fn;
     this.fn = fn;
@@ -336,7 +346,10 @@ export class CudaDriver {
 
   /** Ends capture and instantiates the graph; returns the executable graph. */
   endCapture(stream: Handle): Handle {
-    const graph = this.outHandle('cuStreamEndCapture', stream);
+    // cuStreamEndCapture takes its out-parameter last.
+    const out: [Handle] = [null];
+    this.check('cuStreamEndCapture', this.fn.cuStreamEndCapture(stream, out));
+    const graph = out[0];
     try {
       return this.outHandle('cuGraphInstantiateWithFlags', graph, 0n);
     } finally {
