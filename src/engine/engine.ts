@@ -6,7 +6,7 @@ import { randomInt } from 'node:crypto';
 import type { ModelRunner } from '../runner/model_runner.js';
 import type { SamplingParams } from '../sampling/params.js';
 import { sampleToken, type TokenLogprob } from '../sampling/sampler.js';
-import type { Scheduler, SchedulerOutput } from '../scheduler/scheduler.js';
+import type { Scheduler } from '../scheduler/scheduler.js';
 import { Sequence, type FinishReason } from '../scheduler/sequence.js';
 
 export interface EngineRequest {
@@ -36,18 +36,9 @@ export interface SeqOutput {
   numCachedTokens: number;
 }
 
-export interface StepStats {
-  numScheduledSeqs: number;
-  numBatchedTokens: number;
-  numPreempted: number;
-  numRunning: number;
-  numWaiting: number;
-}
-
 export class LLMEngine {
   private readonly requests = new Map<string, { seqs: Sequence[]; seed: number; n: number; skipped: Set<number> }>();
   private nextSeqId = 0;
-  lastStep: StepStats = { numScheduledSeqs: 0, numBatchedTokens: 0, numPreempted: 0, numRunning: 0, numWaiting: 0 };
 
   constructor(
     readonly runner: ModelRunner,
@@ -93,7 +84,6 @@ export class LLMEngine {
 
   async step(): Promise<SeqOutput[]> {
     const plan = this.scheduler.schedule();
-    this.recordStats(plan);
     if (plan.scheduled.length === 0) return [];
     const logits = await this.runner.execute(plan.scheduled, plan.blockCopies);
     const vocab = this.runner.vocabSize;
@@ -166,15 +156,5 @@ export class LLMEngine {
     this.scheduler.finish(seq, reason);
     const req = this.requests.get(seq.requestId);
     if (req && req.seqs.length + req.skipped.size === req.n && req.seqs.every((s) => s.isFinished)) this.requests.delete(seq.requestId);
-  }
-
-  private recordStats(plan: SchedulerOutput): void {
-    this.lastStep = {
-      numScheduledSeqs: plan.scheduled.length,
-      numBatchedTokens: plan.numBatchedTokens,
-      numPreempted: plan.preempted.length,
-      numRunning: this.scheduler.running.length,
-      numWaiting: this.scheduler.waiting.length,
-    };
   }
 }

@@ -87,9 +87,6 @@ export class BlockManager {
     return Math.max(0, this.blocksForTokens(numTokens) - table.length);
   }
 
-  canGrow(table: readonly number[], numTokens: number): boolean {
-    return this.blocksNeeded(table, numTokens) <= this.numFreeBlocks;
-  }
 
   /** Appends blocks to `table` until it holds numTokens tokens; false (and no change) if the pool is short. */
   grow(table: number[], numTokens: number): boolean {

@@ -27,7 +27,6 @@ export class CpuBackend implements Backend {
   private weights = new Map<string, CpuTensor>();
   private arena = new Float32Array(0);
   private kv = new Map<string, { data: Float32Array; shape: number[] }>();
-  private numBlocks = 0;
 
   describe(): string {
     return 'cpu (f32 reference kernels, 1 thread)';
@@ -81,7 +80,6 @@ export class CpuBackend implements Backend {
   }
 
   allocateKvCache(numBlocks: number): void {
-    this.numBlocks = numBlocks;
     this.kv.clear();
     for (const st of this.requireProgram().states) {
       const shape = [2, numBlocks, st.blockSize, st.numKvHeads, st.headDim];
@@ -139,9 +137,6 @@ export class CpuBackend implements Backend {
     return { weightBytes, activationBytes: this.arena.byteLength, kvCacheBytes };
   }
 
-  get kvBlocks(): number {
-    return this.numBlocks;
-  }
 
   async dispose(): Promise<void> {
     this.weights.clear();
