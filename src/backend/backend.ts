@@ -6,6 +6,7 @@
 import type { Attrs } from '../graph/ir.js';
 import type { OpName } from '../graph/ops.js';
 import type { Program } from '../graph/program.js';
+import type { SampleContext, SampleResult } from '../sampling/sampler.js';
 
 /**
  * One step's inputs, packed. T tokens from B sequences; S rows need logits.
@@ -71,6 +72,21 @@ export interface MemoryReport {
   kvCacheBytes: number;
 }
 
+/** What benchmarks ask of a backend beyond running steps. */
+export interface BackendProfiler {
+  /** The device for a report: name, driver, clocks, memory. */
+  device(): Record<string, string | number>;
+  /** From now on, times every step on the device (costs an event pair per step). */
+  timeSteps(on: boolean): void;
+  /** Milliseconds the device spent on the last timed step; null when none was timed. */
+  lastStepMs(): number | null;
+  /**
+   * Copy bandwidth in bytes per second, counting the bytes read and the bytes written: the median
+   * of `runs` copies of one `bytes` buffer to another (device to device on a GPU).
+   */
+  copyBandwidth(bytes: number, runs: number): number;
+}
+
 export interface Backend {
   readonly name: 'cpu' | 'cuda';
   /** Bytes of one activation or KV-cache element (4 for the CPU's f32, 2 for bf16). */
@@ -89,7 +105,14 @@ export interface Backend {
   copyBlocks(pairs: Array<[number, number]>): void;
   /** Runs the Program over one step; returns logits [S, vocab], row-major, on the host. */
   execute(batch: StepBatch): Promise<Float32Array>;
+  /**
+   * Optional: runs the step and samples on the device, rows[i] drawing from logit row i with the
+   * host sampler's semantics (src/sampling/sampler.ts); only the results cross to the host.
+   * A backend without it has the engine sample execute()'s logits on the host.
+   */
+  executeSampled?(batch: StepBatch, rows: readonly SampleContext[]): Promise<SampleResult[]>;
   memory(): MemoryReport;
+  readonly profiler: BackendProfiler;
   /**
    * Runs one op on host tensors (float inputs are converted to the backend's storage type, and
    * outputs back to f32). A state input (a KV cache) is updated and returned as the op's state

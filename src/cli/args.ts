@@ -16,6 +16,7 @@ export const MODEL_OPTIONS = {
   'gpu-memory-utilization': { type: 'string' },
   'no-fuse': { type: 'boolean' },
   'no-prefix-caching': { type: 'boolean' },
+  'host-sampling': { type: 'boolean' },
 } as const satisfies ParseArgsConfig['options'];
 
 export const SAMPLING_OPTIONS = {
@@ -89,6 +90,7 @@ export function modelOptions(values: Values): { dir: string | undefined; opts: T
       gpuMemoryUtilization: fractionFlag(values, 'gpu-memory-utilization'),
       fuse: values['no-fuse'] !== true,
       prefixCaching: values['no-prefix-caching'] !== true,
+      deviceSampling: values['host-sampling'] !== true,
     },
   };
 }
@@ -134,7 +136,8 @@ export const MODEL_HELP = `Model and engine:
       --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB
       --gpu-memory-utilization X share of GPU memory for weights, activations and KV (default 0.9)
       --no-fuse                  run the graph unfused (for comparison)
-      --no-prefix-caching        recompute shared prompt prefixes (for comparison)`;
+      --no-prefix-caching        recompute shared prompt prefixes (for comparison)
+      --host-sampling            sample on the host even on a GPU (for comparison)`;
 
 export const SAMPLING_HELP = `Sampling (defaults from the model's generation_config.json):
   -n, --max-tokens N             output tokens at most

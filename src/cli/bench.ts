@@ -9,12 +9,17 @@ import { uniform } from '../sampling/philox.js';
 import { MODEL_HELP, MODEL_OPTIONS, numberFlag, parse, modelOptions } from './args.js';
 import { benchServe } from './bench_serve.js';
 import { loadForCli } from './load.js';
+import { median } from '../util/stats.js';
 
 const HELP = `Usage: tessera bench [options]
        tessera bench serve [options]   load-test an OpenAI-compatible server (--help for its options)
 
 Measures prefill and decode tokens/s: BATCH sequences of PROMPT random tokens each, then
-DECODE greedy tokens each (EOS ignored). Reports the median of RUNS runs after one warm-up.
+DECODE greedy tokens each (EOS ignored). Reports the median of RUNS runs after one warm-up,
+and beside it the roofline of decode: the weight bytes each step reads per second against the
+copy bandwidth measured in the same run, and the host's share of a decode step (the part of
+its wall time the device was not working on it). Unless --max-num-batched-tokens is given, a
+step holds the whole batch of prompts (up to 8192 tokens), so prefill is measured unchunked.
 
       --prompt-tokens N          prompt length (default 128)
       --decode-tokens N          tokens generated per sequence (default 128)
@@ -28,12 +33,9 @@ interface RunResult {
   prefillSeconds: number;
   decodeSeconds: number;
   decodeSteps: number;
-}
-
-function median(xs: number[]): number {
-  const s = [...xs].sort((a, b) => a - b);
-  const m = s.length >> 1;
-  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+  /** Wall and device milliseconds of each decode step (device: null when not timed). */
+  stepWallMs: number[];
+  stepDeviceMs: number[];
 }
 
 export async function bench(argv: string[]): Promise<number> {
@@ -62,10 +64,12 @@ export async function bench(argv: string[]): Promise<number> {
     if (v < 1) throw new TesseraError(`--${flag} must be at least 1.`, 'invalid_input');
   const { dir, opts } = modelOptions(values);
   if (opts.maxNumSeqs === undefined) opts.maxNumSeqs = Math.max(batch, 1);
+  if (opts.maxNumBatchedTokens === undefined) opts.maxNumBatchedTokens = Math.max(1024, Math.min(batch * promptTokens, 8192));
   const { llm, reportLoad } = await loadForCli(dir, opts, values.json === true);
   reportLoad();
   try {
     const { engine } = llm;
+    const profiler = llm.runner.backend.profiler;
     const maxLen = llm.info.maxModelLen;
     if (promptTokens + decodeTokens > maxLen)
       throw new TesseraError(`--prompt-tokens + --decode-tokens (${promptTokens + decodeTokens}) exceed the context of ${maxLen} tokens.`, 'invalid_input');
@@ -83,22 +87,41 @@ export async function bench(argv: string[]): Promise<number> {
       const t0 = performance.now();
       let tPrefill = 0;
       let decodeSteps = 0;
+      const stepWallMs: number[] = [], stepDeviceMs: number[] = [];
       const started = new Set<string>();
       while (engine.hasUnfinished) {
+        const ts = performance.now();
         const outputs = await engine.step();
+        const te = performance.now();
         for (const o of outputs) started.add(`${o.requestId}`);
-        if (!tPrefill && started.size === batch) tPrefill = performance.now();
-        else if (tPrefill) decodeSteps++;
+        if (!tPrefill && started.size === batch) tPrefill = te;
+        else if (tPrefill) {
+          decodeSteps++;
+          stepWallMs.push(te - ts);
+          const device = profiler.lastStepMs();
+          if (device !== null) stepDeviceMs.push(device);
+        }
       }
       const t1 = performance.now();
-      return { prefillSeconds: (tPrefill - t0) / 1000, decodeSeconds: (t1 - tPrefill) / 1000, decodeSteps };
+      return { prefillSeconds: (tPrefill - t0) / 1000, decodeSeconds: (t1 - tPrefill) / 1000, decodeSteps, stepWallMs, stepDeviceMs };
     };
+    profiler.timeSteps(true);
     await runOnce();
     const results: RunResult[] = [];
     for (let r = 0; r < runs; r++) results.push(await runOnce());
+    profiler.timeSteps(false);
+    // The copy the roofline is measured against: 1 GiB each way on a GPU, 256 MiB on the CPU.
+    const copyBytesPerSecond = profiler.copyBandwidth(llm.runner.backend.name === 'cuda' ? 2 ** 30 : 2 ** 28, 20);
     const prefill = median(results.map((r) => (batch * promptTokens) / r.prefillSeconds));
     const decode = median(results.map((r) => (batch * (decodeTokens - 1)) / r.decodeSeconds));
     const stepMs = median(results.map((r) => (r.decodeSeconds * 1000) / Math.max(1, r.decodeSteps)));
+    const allWall = results.flatMap((r) => r.stepWallMs), allDevice = results.flatMap((r) => r.stepDeviceMs);
+    const deviceStepMs = allDevice.length ? median(allDevice) : null;
+    // Host share: the median over steps of 1 - device time / wall time.
+    const hostShare = allDevice.length === allWall.length && allWall.length ? median(allWall.map((w, i) => Math.max(0, 1 - allDevice[i] / w))) : null;
+    const weightBytes = llm.runner.backend.memory().weightBytes;
+    const weightBytesPerSecond = weightBytes / (stepMs / 1000);
+    const round = (x: number, digits: number) => Number(x.toFixed(digits));
     const report = {
       model: llm.info.dir,
       architecture: llm.config.hfArchitecture,
@@ -113,6 +136,16 @@ export async function bench(argv: string[]): Promise<number> {
       prefillTokensPerSecond: Number(prefill.toFixed(1)),
       decodeTokensPerSecond: Number(decode.toFixed(1)),
       decodeStepMs: Number(stepMs.toFixed(3)),
+      /** Device time of a decode step (event pair around it), median; null on the CPU. */
+      decodeStepDeviceMs: deviceStepMs === null ? null : round(deviceStepMs, 3),
+      hostShareOfDecodeStep: hostShare === null ? null : round(hostShare, 4),
+      weightBytes,
+      /** Weight bytes a decode step reads (all of them, once), per second of step wall time. */
+      weightReadGBs: round(weightBytesPerSecond / 1e9, 1),
+      copyBandwidthGBs: round(copyBytesPerSecond / 1e9, 1),
+      weightReadPercentOfCopy: round((100 * weightBytesPerSecond) / copyBytesPerSecond, 1),
+      sampling: engine.deviceSampling ? 'device' : 'host',
+      deviceInfo: profiler.device(),
       fused: opts.fuse !== false,
       kernelsPerStep: llm.runner.program.calls.length,
       date: new Date().toISOString(),
@@ -123,6 +156,8 @@ export async function bench(argv: string[]): Promise<number> {
       console.log(`batch ${batch}, ${promptTokens} prompt + ${decodeTokens} decode tokens, median of ${runs} runs`);
       console.log(`prefill  ${report.prefillTokensPerSecond.toFixed(1).padStart(9)} tokens/s`);
       console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${report.fused ? '' : ', unfused'})`);
+      const host = report.hostShareOfDecodeStep === null ? '' : `; device ${report.decodeStepDeviceMs!.toFixed(2)} ms per step, host share ${(100 * report.hostShareOfDecodeStep).toFixed(1)}%`;
+      console.log(`weights  ${report.weightReadGBs.toFixed(1).padStart(9)} GB/s read by decode = ${report.weightReadPercentOfCopy.toFixed(1)}% of the ${report.copyBandwidthGBs.toFixed(1)} GB/s copy bandwidth${host}`);
     }
     return 0;
   } finally {

@@ -7,6 +7,7 @@
  * with its engine in a worker thread as `tessera serve` runs it; then it also reports, from the
  * engine's counters, the prompt tokens prefilled and the prefix-cache hit rate.
  */
+import { percentile } from '../util/stats.js';
 import os from 'node:os';
 import { TesseraError } from '../errors.js';
 import type { EngineStats, Tessera } from '../llm.js';
@@ -238,16 +239,6 @@ export async function runLoad(target: Target, workload: Workload, concurrency: n
   const t0 = performance.now();
   await Promise.all(Array.from({ length: Math.min(concurrency, n) }, client));
   return { results, durationS: (performance.now() - t0) / 1000 };
-}
-
-/** The q-th percentile (0..100), linear between closest ranks (numpy's default). */
-export function percentile(xs: number[], q: number): number {
-  if (xs.length === 0) return NaN;
-  const s = Float64Array.from(xs).sort();
-  const pos = ((s.length - 1) * q) / 100;
-  const lo = Math.floor(pos);
-  const hi = Math.min(s.length - 1, lo + 1);
-  return s[lo] + (s[hi] - s[lo]) * (pos - lo);
 }
 
 interface Latency {

@@ -36,6 +36,8 @@ export interface EngineOptions {
   kvCacheBytes?: number;
   /** Fraction of the GPU's memory Tessera may use in all: weights, activations and KV cache (default 0.9). */
   gpuMemoryUtilization?: number;
+  /** Sample on the device when the backend can (default true); false samples on the host. */
+  deviceSampling?: boolean;
 }
 
 export interface ModelInfo {
@@ -86,7 +88,7 @@ export async function buildEngine(dir: string, opts: EngineOptions, eosTokenIds:
     backend.allocateKvCache(numBlocks);
     const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: isSynthetic(dir) ? dir : path.resolve(dir) });
     const scheduler = new Scheduler({ maxNumSeqs: settings.maxNumSeqs, maxNumBatchedTokens: settings.maxNumBatchedTokens, maxModelLen: settings.maxModelLen }, blocks);
-    const engine = new LLMEngine(runner, scheduler, eosTokenIds);
+    const engine = new LLMEngine(runner, scheduler, eosTokenIds, { deviceSampling: opts.deviceSampling });
     return { engine, runner, checkpoint: ckpt, info: describe(ckpt, runner, backend.describe(), reason, numBlocks, settings) };
   } finally {
     await ckpt.weights.close();

@@ -5,7 +5,7 @@
 import { randomInt } from 'node:crypto';
 import type { ModelRunner } from '../runner/model_runner.js';
 import type { SamplingParams } from '../sampling/params.js';
-import { sampleToken, type TokenLogprob } from '../sampling/sampler.js';
+import { sampleToken, type SampleContext, type SampleResult, type TokenLogprob } from '../sampling/sampler.js';
 import type { Scheduler } from '../scheduler/scheduler.js';
 import { Sequence, type FinishReason } from '../scheduler/sequence.js';
 
@@ -36,16 +36,30 @@ export interface SeqOutput {
   numCachedTokens: number;
 }
 
+export interface EngineConfig {
+  /**
+   * Sample on the device when the backend can (default true): only token ids and asked-for
+   * logprobs cross to the host instead of every logit row. Steps that fork an n > 1 request
+   * sample on the host (its samples draw from one logits row).
+   */
+  deviceSampling?: boolean;
+}
+
 export class LLMEngine {
   private readonly requests = new Map<string, { seqs: Sequence[]; seed: number; n: number; skipped: Set<number> }>();
   private nextSeqId = 0;
+  /** Whether steps sample on the device. */
+  readonly deviceSampling: boolean;
 
   constructor(
     readonly runner: ModelRunner,
     readonly scheduler: Scheduler,
     /** The checkpoint's EOS ids. */
     readonly eosTokenIds: readonly number[],
-  ) {}
+    config: EngineConfig = {},
+  ) {
+    this.deviceSampling = (config.deviceSampling ?? true) && runner.samplesOnDevice;
+  }
 
   get hasUnfinished(): boolean {
     return this.scheduler.hasUnfinished;
@@ -85,12 +99,25 @@ export class LLMEngine {
   async step(): Promise<SeqOutput[]> {
     const plan = this.scheduler.schedule();
     if (plan.scheduled.length === 0) return [];
+    if (this.deviceSampling && !plan.scheduled.some(({ seq, sample }) => sample && this.forksNow(seq))) {
+      const rows = plan.scheduled.filter((s) => s.sample).map(({ seq }) => this.contextOf(seq, this.requests.get(seq.requestId)!.seed));
+      const results = await this.runner.executeSampled(plan.scheduled, plan.blockCopies, rows);
+      const outputs: SeqOutput[] = [];
+      let row = 0;
+      for (const { seq, numNewTokens, sample } of plan.scheduled) {
+        // A sequence aborted while the step ran keeps its row but produces nothing.
+        const result = sample ? results[row++] : null;
+        if (seq.isFinished) continue;
+        this.scheduler.commit(seq, numNewTokens);
+        if (result) outputs.push(this.accept(seq, result));
+      }
+      return outputs;
+    }
     const logits = await this.runner.execute(plan.scheduled, plan.blockCopies);
     const vocab = this.runner.vocabSize;
     const outputs: SeqOutput[] = [];
     let row = 0;
     for (const { seq, numNewTokens, sample } of plan.scheduled) {
-      // A sequence aborted while the step ran keeps its row but produces nothing.
       const rowLogits = sample ? logits.subarray(row * vocab, ++row * vocab) : null;
       if (seq.isFinished) continue;
       this.scheduler.commit(seq, numNewTokens);
@@ -99,7 +126,7 @@ export class LLMEngine {
       // The first sample of an n > 1 request forks the siblings: one prefill, shared blocks, and
       // each sibling draws its own first token from the same logits.
       const targets = [seq];
-      if (req.seqs.length + req.skipped.size < req.n && seq.sampleIndex === 0 && seq.numOutputTokens === 0) {
+      if (this.forksNow(seq)) {
         for (let k = req.seqs.length; k < req.n; k++) {
           if (req.skipped.has(k)) continue;
           const child = this.scheduler.fork(seq, this.nextSeqId++, k);
@@ -107,7 +134,10 @@ export class LLMEngine {
           targets.push(child);
         }
       }
-      for (const target of targets) outputs.push(this.sampleInto(target, targets.length > 1 ? rowLogits.slice() : rowLogits, req.seed));
+      for (const target of targets) {
+        const result = sampleToken(targets.length > 1 ? rowLogits.slice() : rowLogits, this.contextOf(target, req.seed));
+        outputs.push(this.accept(target, result));
+      }
     }
     return outputs;
   }
@@ -118,15 +148,18 @@ export class LLMEngine {
     return { kvBlocksUsed: b.numUsedBlocks, kvBlocksTotal: b.numBlocks, prefixQueriedTokens: b.queriedTokens, prefixHitTokens: b.hitTokens, prefillTokens: this.scheduler.numPrefillTokens };
   }
 
-  private sampleInto(seq: Sequence, rowLogits: Float32Array, seed: number): SeqOutput {
-    const result = sampleToken(rowLogits, {
-      params: seq.params,
-      tokenIds: seq.tokenIds,
-      outputCounts: seq.outputCounts,
-      seed,
-      stream: seq.sampleIndex,
-      counter: seq.numOutputTokens,
-    });
+  /** Whether sampling `seq` now forks the other samples of its n > 1 request. */
+  private forksNow(seq: Sequence): boolean {
+    const req = this.requests.get(seq.requestId);
+    return !!req && req.seqs.length + req.skipped.size < req.n && seq.sampleIndex === 0 && seq.numOutputTokens === 0;
+  }
+
+  private contextOf(seq: Sequence, seed: number): SampleContext {
+    return { params: seq.params, tokenIds: seq.tokenIds, outputCounts: seq.outputCounts, seed, stream: seq.sampleIndex, counter: seq.numOutputTokens };
+  }
+
+  /** Appends a sampled token and decides whether the sequence ends. */
+  private accept(seq: Sequence, result: SampleResult): SeqOutput {
     seq.appendToken(result.tokenId);
     const stoppedOnToken = this.isStopToken(seq, result.tokenId);
     let finish: FinishReason | null = null;

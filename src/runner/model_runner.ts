@@ -11,6 +11,7 @@ import { lower } from '../graph/lower.js';
 import { buildModelGraph } from '../graph/models/index.js';
 import { optimize } from '../graph/passes/index.js';
 import type { Program } from '../graph/program.js';
+import type { SampleContext, SampleResult } from '../sampling/sampler.js';
 import type { ScheduledSeq } from '../scheduler/scheduler.js';
 import { bindWeights, type BoundWeights } from './weights.js';
 
@@ -103,5 +104,17 @@ export class ModelRunner {
   execute(scheduled: readonly ScheduledSeq[], blockCopies: ReadonlyArray<[number, number]> = []): Promise<Float32Array> {
     if (blockCopies.length) this.backend.copyBlocks([...blockCopies]);
     return this.backend.execute(this.prepare(scheduled));
+  }
+
+  /** Whether the backend samples on the device (executeSampled). */
+  get samplesOnDevice(): boolean {
+    return typeof this.backend.executeSampled === 'function';
+  }
+
+  /** Runs one step and samples on the device: rows[i] for the i-th sampling sequence of `scheduled`. */
+  executeSampled(scheduled: readonly ScheduledSeq[], blockCopies: ReadonlyArray<[number, number]>, rows: readonly SampleContext[]): Promise<SampleResult[]> {
+    if (!this.backend.executeSampled) throw new Error(`the ${this.backend.name} backend does not sample on the device`);
+    if (blockCopies.length) this.backend.copyBlocks([...blockCopies]);
+    return this.backend.executeSampled(this.prepare(scheduled), rows);
   }
 }

@@ -4,26 +4,14 @@
  * trip, kernel arguments arrive packed as the declaration says, errors name the call and the
  * status. Skipped, saying so, where no C compiler is found.
  */
-import { execFileSync } from 'node:child_process';
-import { mkdtempSync } from 'node:fs';
-import { tmpdir } from 'node:os';
 import path from 'node:path';
 import koffi from 'koffi';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CudaError, loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
 import { packArgs, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
+import { buildMock } from './mock/mock.js';
 
-function buildMock(): string | null {
-  const out = path.join(mkdtempSync(path.join(tmpdir(), 'tessera-libcuda-')), 'libcuda_mock.so');
-  try {
-    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', out, path.join(import.meta.dirname, 'mock/libcuda_mock.c')], { stdio: 'pipe' });
-    return out;
-  } catch {
-    return null;
-  }
-}
-
-const mockPath = process.platform === 'linux' ? buildMock() : null;
+const mockPath = buildMock();
 if (!mockPath) console.log('cuda driver bridge: skipped: no C compiler to build the stand-in libcuda');
 
 describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
@@ -138,5 +126,30 @@ describe.skipIf(!mockPath)('CUDA backend bookkeeping (stand-in libcuda, kernels 
       if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
       else process.env.TESSERA_LIBCUDA = saved;
     }
+  });
+});
+
+describe.skipIf(!mockPath)('tessera bench on the CUDA backend (stand-in libcuda)', () => {
+  it('reports the device, the host share of a decode step and the weight reads against copy bandwidth', async () => {
+    const { existsSync } = await import('node:fs');
+    const { execFileSync } = await import('node:child_process');
+    if (!existsSync(path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin'))) return;
+    const bin = path.join(import.meta.dirname, '../../bin/tessera.js');
+    const out = execFileSync(process.execPath, [bin, 'bench', '--device', 'cuda', '--prompt-tokens', '8', '--decode-tokens', '6', '--runs', '2', '--json'], {
+      env: { ...process.env, TESSERA_LIBCUDA: mockPath! },
+      encoding: 'utf8',
+    });
+    const report = JSON.parse(out);
+    expect(report.device).toMatch(/^cuda:0 Mock GPU/);
+    expect(report.sampling).toBe('device');
+    expect(report.deviceInfo).toMatchObject({ name: 'Mock GPU', computeCapability: '9.0', multiprocessors: 132, driver: '13.0' });
+    // The stand-in's events always say 1.5 ms: the figures are plumbing, not measurements.
+    expect(report.decodeStepDeviceMs).toBe(1.5);
+    expect(report.hostShareOfDecodeStep).toBeGreaterThanOrEqual(0);
+    expect(report.hostShareOfDecodeStep).toBeLessThan(1);
+    const copyBytes = 2 * 2 ** 30;
+    expect(report.copyBandwidthGBs).toBeCloseTo(copyBytes / 1.5e-3 / 1e9, 0);
+    expect(report.weightBytes).toBe(2 * 3215616);
+    expect(report.weightReadPercentOfCopy).toBeCloseTo((100 * report.weightReadGBs) / report.copyBandwidthGBs, 0);
   });
 });

@@ -3,10 +3,12 @@
  * Weights are widened to f32 at load; activations live in one arena planned by lowering;
  * the KV pool is one Float32Array per layer in the paged layout the CUDA backend uses.
  */
+import os from 'node:os';
 import type { Operand, Program } from '../../graph/program.js';
 import type { Attrs } from '../../graph/ir.js';
 import { OPS, type OpName } from '../../graph/ops.js';
-import type { Backend, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
+import { median } from '../../util/stats.js';
+import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { CPU_KERNELS } from './kernels/index.js';
 import type { CpuTensor } from './tensor.js';
 
@@ -31,6 +33,25 @@ export class CpuBackend implements Backend {
   describe(): string {
     return 'cpu (f32 reference kernels, 1 thread)';
   }
+
+  /** The host's memory bandwidth stands for the device's; steps have no device time apart from their wall time. */
+  readonly profiler: BackendProfiler = {
+    device: () => ({ name: os.cpus()[0]?.model ?? 'unknown', cores: os.cpus().length, memoryBytes: os.totalmem(), node: process.version }),
+    timeSteps: () => {},
+    lastStepMs: () => null,
+    copyBandwidth: (bytes, runs) => {
+      const n = Math.max(1, Math.floor(bytes / 8));
+      const src = new Float64Array(n).fill(1.5), dst = new Float64Array(n);
+      dst.set(src);
+      const seconds: number[] = [];
+      for (let r = 0; r < runs; r++) {
+        const t0 = performance.now();
+        dst.set(src);
+        seconds.push((performance.now() - t0) / 1000);
+      }
+      return (2 * 8 * n) / median(seconds);
+    },
+  };
 
   async load(program: Program, source: WeightSource, _limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void> {
     this.program = program;

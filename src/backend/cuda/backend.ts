@@ -14,11 +14,14 @@ import type { Attrs } from '../../graph/ir.js';
 import { OPS, type OpName } from '../../graph/ops.js';
 import type { Operand, Program } from '../../graph/program.js';
 import { bf16ToF32, f32ToBf16 } from '../../util/dtype.js';
-import type { Backend, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
+import { median } from '../../util/stats.js';
+import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
+import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle } from './driver.js';
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
+import { launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes } from './ops/sampling.js';
 import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
@@ -35,6 +38,13 @@ const BATCH_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 22
 
 interface Allocation {
   ptr: DevPtr;
+  bytes: number;
+}
+
+/** A device buffer with a pinned host buffer of the same size. */
+interface StagedBuffer {
+  device: DevPtr;
+  host: { ptr: unknown; buffer: ArrayBuffer };
   bytes: number;
 }
 
@@ -61,12 +71,18 @@ export class CudaBackend implements Backend {
   private stepHost: { ptr: unknown; buffer: ArrayBuffer } | null = null;
   private stepLayout = { tokenIds: 0, positions: 0, slotMapping: 0, queryStart: 0, contextLens: 0, blockTables: 0, logitsIndices: 0, bytes: 0, maxWidth: 0 };
   private logitsHost: { ptr: unknown; buffer: ArrayBuffer } | null = null;
+  /** Device sampling's inputs and outputs: a device buffer and a pinned twin each, grown as needed. */
+  private samplingIn: StagedBuffer | null = null;
+  private samplingOut: StagedBuffer | null = null;
   private scratchBuf: Allocation | null = null;
   private scratchUsed = 0;
   private capturing = false;
   private readonly constants = new Map<string, DevPtr>();
   private readonly graphs = new Map<string, Handle | 'eager-once'>();
   private weightBytes = 0;
+  /** Events around each step while steps are timed, and the last step's device time. */
+  private stepEvents: [Handle, Handle] | null = null;
+  private stepMs: number | null = null;
 
   private constructor(
     private readonly driver: CudaDriver,
@@ -109,6 +125,72 @@ export class CudaBackend implements Backend {
   describe(): string {
     const d = this.device;
     return `cuda:${d.ordinal} ${d.name} (sm_${d.computeCapability.join('')}, ${d.multiprocessors} SMs, ${(d.totalMemoryBytes / 2 ** 30).toFixed(0)} GiB, driver ${Math.floor(d.driverVersion / 1000)}.${(d.driverVersion % 1000) / 10})`;
+  }
+
+  readonly profiler: BackendProfiler = {
+    device: () => {
+      const d = this.device;
+      return {
+        name: d.name,
+        computeCapability: d.computeCapability.join('.'),
+        multiprocessors: d.multiprocessors,
+        memoryBytes: d.totalMemoryBytes,
+        l2CacheBytes: d.l2CacheBytes,
+        driver: `${Math.floor(d.driverVersion / 1000)}.${(d.driverVersion % 1000) / 10}`,
+        smClockMHz: d.clockKHz / 1000,
+        memoryClockMHz: d.memoryClockKHz / 1000,
+        memoryBusWidthBits: d.memoryBusWidthBits,
+        // Double data rate: two transfers per memory clock.
+        peakBandwidthFromClocksGBs: Number(((2 * d.memoryClockKHz * 1e3 * d.memoryBusWidthBits) / 8 / 1e9).toFixed(1)),
+      };
+    },
+    timeSteps: (on) => {
+      if (on && !this.stepEvents) this.stepEvents = [this.driver.createEvent(), this.driver.createEvent()];
+      if (!on && this.stepEvents) {
+        for (const e of this.stepEvents) this.driver.destroyEvent(e);
+        this.stepEvents = null;
+      }
+      this.stepMs = null;
+    },
+    lastStepMs: () => this.stepMs,
+    copyBandwidth: (bytes, runs) => {
+      const { freeBytes } = this.driver.memInfo();
+      const n = Math.max(4, Math.floor(Math.min(bytes, freeBytes / 4) / 256) * 256);
+      const src = this.alloc(n), dst = this.alloc(n);
+      const [start, end] = [this.driver.createEvent(), this.driver.createEvent()];
+      try {
+        this.driver.memset32Async(src, 0x3f800000, n / 4, this.stream);
+        this.driver.copyDeviceAsync(dst, src, n, this.stream);
+        const ms: number[] = [];
+        for (let r = 0; r < runs; r++) {
+          this.driver.record(start, this.stream);
+          this.driver.copyDeviceAsync(dst, src, n, this.stream);
+          this.driver.record(end, this.stream);
+          this.driver.synchronize(this.stream);
+          ms.push(this.driver.elapsedMs(start, end));
+        }
+        return (2 * n) / (median(ms) / 1000);
+      } finally {
+        this.driver.destroyEvent(start);
+        this.driver.destroyEvent(end);
+        this.release(src);
+        this.release(dst);
+      }
+    },
+  };
+
+  /** Marks the start of a timed step (before its inputs are uploaded). */
+  private stepStarted(): void {
+    if (this.stepEvents) this.driver.record(this.stepEvents[0], this.stream);
+  }
+
+  /** Marks its end (after its outputs are queued for download); call, then synchronize, then stepTimed. */
+  private stepEnded(): void {
+    if (this.stepEvents) this.driver.record(this.stepEvents[1], this.stream);
+  }
+
+  private stepTimed(): void {
+    if (this.stepEvents) this.stepMs = this.driver.elapsedMs(this.stepEvents[0], this.stepEvents[1]);
   }
 
   // ---- memory ----
@@ -412,6 +494,86 @@ export class CudaBackend implements Backend {
   }
 
   async execute(batch: StepBatch): Promise<Float32Array> {
+    this.enqueueStep(batch);
+    return this.readLogits(batch.numLogitRows);
+  }
+
+  /**
+   * Runs the step and samples its logit rows on the device (kernels/sampling.cu): rows[i] samples
+   * logit row i. Only the tokens, and the logprobs a row asks for, come back to the host.
+   */
+  async executeSampled(batch: StepBatch, rows: readonly SampleContext[]): Promise<SampleResult[]> {
+    if (rows.length !== batch.numLogitRows) throw new Error(`executeSampled: ${rows.length} sampling rows for ${batch.numLogitRows} logit rows`);
+    const packed = packSamplingRows(rows);
+    this.enqueueStep(batch);
+    if (rows.length === 0) {
+      this.stepEnded();
+      this.driver.synchronize(this.stream);
+      this.stepTimed();
+      return [];
+    }
+    const align = (n: number) => Math.ceil(n / 256) * 256;
+    const sizes = samplingOutputBytes(rows.length, packed.maxTopN);
+    const idsAt = align(packed.params.byteLength);
+    const countsAt = idsAt + align(packed.ids.byteLength);
+    const inBytes = countsAt + packed.counts.byteLength;
+    const logprobsAt = align(sizes.tokens);
+    const topIdsAt = logprobsAt + align(sizes.logprobs);
+    const topLogprobsAt = topIdsAt + align(sizes.topIds);
+    const outBytes = topLogprobsAt + sizes.topLogprobs;
+    const input = (this.samplingIn = this.staged(this.samplingIn, inBytes));
+    const output = (this.samplingOut = this.staged(this.samplingOut, outBytes));
+    new Uint8Array(input.host.buffer, 0, packed.params.byteLength).set(new Uint8Array(packed.params));
+    new Int32Array(input.host.buffer, idsAt, packed.ids.length).set(packed.ids);
+    new Int32Array(input.host.buffer, countsAt, packed.counts.length).set(packed.counts);
+    const at = (t: StagedBuffer, offset: number) => t.device + BigInt(offset);
+    this.driver.currentOp = 'sampling';
+    // Queued behind the step on the same stream: one upload, one launch, one download.
+    this.driver.copyToDeviceAsync(input.device, input.host.ptr, inBytes, this.stream);
+    launchSampling((decl, launch, args) => this.launchDecl(decl, launch, args), {
+      logits: this.logits,
+      vocab: this.requireProgram().vocabSize,
+      rows: rows.length,
+      params: input.device,
+      ids: at(input, idsAt),
+      counts: at(input, countsAt),
+      outTokens: output.device,
+      outLogprobs: at(output, logprobsAt),
+      outTopIds: at(output, topIdsAt),
+      outTopLogprobs: at(output, topLogprobsAt),
+      maxTopN: packed.maxTopN,
+      scratch: (bytes) => this.scratch(bytes),
+      smCount: this.device.multiprocessors,
+    });
+    this.driver.copyToHostAsync(output.host.ptr, output.device, outBytes, this.stream);
+    this.stepEnded();
+    this.driver.synchronize(this.stream);
+    this.stepTimed();
+    this.driver.currentOp = null;
+    const host = output.host.buffer;
+    const n = rows.length * packed.maxTopN;
+    return readSamplingResults(rows, {
+      tokens: new Int32Array(host, 0, rows.length),
+      logprobs: new Float32Array(host, logprobsAt, rows.length),
+      topIds: new Int32Array(host, topIdsAt, n),
+      topLogprobs: new Float32Array(host, topLogprobsAt, n),
+    }, packed.maxTopN);
+  }
+
+  /** `buf` if it holds `bytes`, else a larger one (the old one freed after the stream drains). */
+  private staged(buf: StagedBuffer | null, bytes: number): StagedBuffer {
+    if (buf && buf.bytes >= bytes) return buf;
+    const size = Math.max(bytes, 2 * (buf?.bytes ?? 0), 64 * 1024);
+    if (buf) {
+      this.driver.synchronize(this.stream);
+      this.release(buf.device);
+      this.driver.freeHost(buf.host.ptr);
+    }
+    return { device: this.alloc(size), host: this.driver.mallocHost(size), bytes: size };
+  }
+
+  /** Enqueues one step: eager for prefill and mixed steps, a CUDA graph for decode. */
+  private enqueueStep(batch: StepBatch): void {
     const program = this.requireProgram();
     if (batch.numTokens > program.maxTokens) throw new Error(`step has ${batch.numTokens} tokens; the program was planned for ${program.maxTokens}`);
     let maxContextLen = 0, maxQueryLen = 0;
@@ -420,16 +582,16 @@ export class CudaBackend implements Backend {
       maxQueryLen = Math.max(maxQueryLen, batch.queryStart[b + 1] - batch.queryStart[b]);
     }
     const decode = maxQueryLen === 1 && batch.numLogitRows === batch.numSeqs && batch.numSeqs <= BATCH_BUCKETS[BATCH_BUCKETS.length - 1];
-    if (decode) return this.executeDecode(batch, maxContextLen);
+    this.stepStarted();
+    if (decode) return this.enqueueDecode(batch, maxContextLen);
     const step: DeviceStep = { numTokens: batch.numTokens, numSeqs: batch.numSeqs, numLogitRows: batch.numLogitRows, blockTableWidth: batch.blockTableWidth, maxContextLen, maxQueryLen };
     this.stageStep(batch, batch.blockTableWidth);
     this.driver.copyToDeviceAsync(this.stepDevice, this.stepHost!.ptr, this.stepLayout.bytes, this.stream);
     this.enqueue(step);
-    return this.readLogits(batch.numLogitRows);
   }
 
   /** A decode step padded to its bucket and replayed from a CUDA graph. */
-  private executeDecode(batch: StepBatch, maxContextLen: number): Promise<Float32Array> {
+  private enqueueDecode(batch: StepBatch, maxContextLen: number): void {
     const limits = this.limits!;
     const rows = bucketOf(batch.numSeqs);
     const context = Math.min(2 ** Math.ceil(Math.log2(Math.max(maxContextLen, 256))), limits.maxModelLen);
@@ -457,14 +619,15 @@ export class CudaBackend implements Backend {
     } else {
       this.driver.launchGraph(graph, this.stream);
     }
-    return this.readLogits(batch.numLogitRows);
   }
 
   private async readLogits(rows: number): Promise<Float32Array> {
     const vocab = this.requireProgram().vocabSize;
     const bytes = 4 * rows * vocab;
     this.driver.copyToHostAsync(this.logitsHost!.ptr, this.logits, bytes, this.stream);
+    this.stepEnded();
     this.driver.synchronize(this.stream);
+    this.stepTimed();
     return new Float32Array(this.logitsHost!.buffer, 0, rows * vocab).slice();
   }
 
@@ -542,10 +705,12 @@ export class CudaBackend implements Backend {
       this.driver.synchronize(this.stream);
     } finally {
       this.destroyGraphs();
+      this.profiler.timeSteps(false);
       for (const a of [...this.allocations]) this.release(a.ptr);
       if (this.stepHost) this.driver.freeHost(this.stepHost.ptr);
       if (this.logitsHost) this.driver.freeHost(this.logitsHost.ptr);
-      this.stepHost = this.logitsHost = null;
+      for (const b of [this.samplingIn, this.samplingOut]) if (b) this.driver.freeHost(b.host.ptr);
+      this.stepHost = this.logitsHost = this.samplingIn = this.samplingOut = null;
       this.weights.clear();
       this.kv.clear();
       this.constants.clear();

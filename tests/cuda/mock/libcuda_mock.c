@@ -1,6 +1,7 @@
 /* A stand-in for libcuda.so with the driver entry points Tessera binds, for testing the FFI
  * bridge on machines without a GPU: "device" memory is host memory, copies are memcpy, and a
- * launch records the kernel name, geometry and packed argument bytes for the test to read. */
+ * launch records the kernel name, geometry and packed argument bytes for the test to read, then
+ * calls the test's launch hook if it set one (a JavaScript model of the kernel can run there). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +12,8 @@ static unsigned last_geom[7];
 static unsigned char last_args[4096];
 static size_t last_args_size;
 static int launches, graph_launches, capturing;
+typedef void (*launch_hook_t)(const char *name, unsigned grid_x);
+static launch_hook_t launch_hook;
 
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -59,6 +62,7 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
   launches++;
+  if (launch_hook && !capturing) launch_hook(last_name, gx);
   return 0;
 }
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; *s = (void *)0x3; return 0; }
@@ -85,3 +89,4 @@ int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
   return (int)last_args_size;
 }
 int mock_counts(int *l, int *g) { *l = launches; *g = graph_launches; return 0; }
+void mock_set_launch_hook(launch_hook_t hook) { launch_hook = hook; }

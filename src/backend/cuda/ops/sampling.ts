@@ -75,8 +75,7 @@
  * logits whose cumulative sum lands exactly on topP, where the host's own answer is rounding.
  * tests/cuda/sampling.test.ts holds a JavaScript model of both paths checked against sampleToken.
  */
-import type { SamplingParams } from '../../../sampling/params.js';
-import type { SampleResult, TokenLogprob } from '../../../sampling/sampler.js';
+import type { SampleContext, SampleResult, TokenLogprob } from '../../../sampling/sampler.js';
 import type { DevPtr } from '../driver.js';
 import type { ArgValue, KernelDecl } from '../kernel_decl.js';
 import type { Launch } from './types.js';
@@ -129,20 +128,8 @@ export const SAMPLE_F32: KernelDecl = {
 export const SAMPLING_DECLS: KernelDecl[] = [SAMPLE_F32];
 export const DECLS = SAMPLING_DECLS;
 
-/** One row of logits to sample: the fields of the host sampler's SampleContext. */
-export interface SamplingRow {
-  params: SamplingParams;
-  /** Seed in effect (the request's, or one drawn for it), 0 <= seed < 2^53. */
-  seed: number;
-  /** Which of the request's n samples: a separate random stream. */
-  stream: number;
-  /** Output index of this draw: the counter of the stream. */
-  counter: number;
-  /** Prompt and output ids so far (repetition penalty). */
-  tokenIds: readonly number[];
-  /** Counts of each id in the output (presence and frequency penalties). */
-  outputCounts: ReadonlyMap<number, number>;
-}
+/** One row of logits to sample: exactly the host sampler's SampleContext. */
+export type SamplingRow = SampleContext;
 
 export interface PackedSampling {
   /** S records of ROW_BYTES bytes. */

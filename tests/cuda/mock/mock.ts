@@ -1,0 +1,86 @@
+/**
+ * The stand-in libcuda (libcuda_mock.c) for tests on machines without a GPU: built here with the
+ * C compiler, loaded by the driver bridge through TESSERA_LIBCUDA. Its launches record their
+ * arguments and can call a JavaScript hook, where a test runs a model of the kernel on the
+ * stand-in's "device" memory (host memory, reached through the same driver).
+ */
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+import koffi from 'koffi';
+import type { KernelDecl, ParamType } from '../../../src/backend/cuda/kernel_decl.js';
+
+/** Builds the stand-in; null (the caller skips, saying so) where there is no C compiler. */
+export function buildMock(): string | null {
+  if (process.platform !== 'linux') return null;
+  const out = path.join(mkdtempSync(path.join(tmpdir(), 'tessera-libcuda-')), 'libcuda_mock.so');
+  try {
+    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', out, path.join(import.meta.dirname, 'libcuda_mock.c')], { stdio: 'pipe' });
+    return out;
+  } catch {
+    return null;
+  }
+}
+
+const SIZE: Record<ParamType, number> = { ptr: 8, i32: 4, u32: 4, f32: 4, u64: 8 };
+
+/** The inverse of packArgs: a launch's argument bytes read back by the declaration. */
+export function unpackArgs(bytes: Uint8Array, decl: KernelDecl): Record<string, number | bigint> {
+  const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const out: Record<string, number | bigint> = {};
+  let offset = 0;
+  for (const [name, type] of decl.params) {
+    const size = SIZE[type];
+    offset = Math.ceil(offset / size) * size;
+    if (type === 'ptr' || type === 'u64') out[name] = view.getBigUint64(offset, true);
+    else if (type === 'i32') out[name] = view.getInt32(offset, true);
+    else if (type === 'u32') out[name] = view.getUint32(offset, true);
+    else out[name] = view.getFloat32(offset, true);
+    offset += size;
+  }
+  return out;
+}
+
+export interface LaunchRecord {
+  name: string;
+  grid: [number, number, number];
+  block: [number, number, number];
+  sharedBytes: number;
+  args: Uint8Array;
+}
+
+/**
+ * Calls `hook` after every eager launch (not during graph capture) with what was launched.
+ * Returns the function that removes it. An exception in the hook is kept and rethrown by that
+ * function (it cannot cross the C frame).
+ */
+export function setLaunchHook(mockPath: string, hook: (launch: LaunchRecord) => void): () => void {
+  const lib = koffi.load(mockPath);
+  const proto = koffi.proto(`void TesseraMockLaunchHook_${Math.random().toString(36).slice(2)}(const char *name, uint32_t gridX)`);
+  const setHook = lib.func('mock_set_launch_hook', 'void', [koffi.pointer(proto)]);
+  const lastLaunch = lib.func('int mock_last_launch(_Out_ uint8_t *name, _Out_ uint32_t *geom, _Out_ uint8_t *args)');
+  let failure: unknown = null;
+  const cb = koffi.register(() => {
+    if (failure) return;
+    try {
+      const name = new Uint8Array(128), geom = new Uint32Array(7), args = new Uint8Array(4096);
+      const size = lastLaunch(name, geom, args) as number;
+      hook({
+        name: new TextDecoder().decode(name.subarray(0, name.indexOf(0))),
+        grid: [geom[0], geom[1], geom[2]],
+        block: [geom[3], geom[4], geom[5]],
+        sharedBytes: geom[6],
+        args: args.slice(0, size),
+      });
+    } catch (err) {
+      failure = err;
+    }
+  }, koffi.pointer(proto));
+  setHook(cb);
+  return () => {
+    setHook(null);
+    koffi.unregister(cb);
+    if (failure) throw failure;
+  };
+}
