@@ -7,12 +7,14 @@ import { TesseraError } from '../errors.js';
 import { resolveSamplingParams } from '../sampling/params.js';
 import { uniform } from '../sampling/philox.js';
 import { MODEL_HELP, MODEL_OPTIONS, numberFlag, parse, modelOptions } from './args.js';
+import { benchKernels } from './bench_kernels.js';
 import { benchServe } from './bench_serve.js';
 import { loadForCli } from './load.js';
 import { median } from '../util/stats.js';
 
 const HELP = `Usage: tessera bench [options]
        tessera bench serve [options]   load-test an OpenAI-compatible server (--help for its options)
+       tessera bench kernels [options] time each CUDA kernel against cuBLASLt and the measured ceilings
 
 Measures prefill and decode tokens/s: BATCH sequences of PROMPT random tokens each, then
 DECODE greedy tokens each (EOS ignored). Reports the median of RUNS runs after one warm-up,
@@ -40,6 +42,7 @@ interface RunResult {
 
 export async function bench(argv: string[]): Promise<number> {
   if (argv[0] === 'serve') return benchServe(argv.slice(1));
+  if (argv[0] === 'kernels') return benchKernels(argv.slice(1));
   const { values } = parse(
     argv,
     {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine (docs/gpu.md says how to carry Node and the dependencies there):
 # builds the kernels, makes the Hugging Face fixtures, runs the CUDA tiers of the conformance,
-# declaration, golden and end-to-end suites, and benchmarks synthetic:llama-3-8b. Everything
-# lands under $OUT (at most 8 files come back).
+# declaration, golden and end-to-end suites, benchmarks synthetic:llama-3-8b end to end, then
+# every kernel against cuBLASLt and the measured ceilings, and PyTorch on the same cases.
+# Everything lands under $OUT.
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 cd "$(dirname "$0")/../.."
@@ -20,5 +21,8 @@ npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$OUT/tests
     node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens "$p" --decode-tokens 128 --runs 5 --json
   done
   node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
+  node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
 } > "$OUT/bench.json" 2> "$OUT/bench.err"
+node bin/tessera.js bench kernels --out "$OUT/kernels.json" > "$OUT/kernels.txt" 2>&1
+python3 bench/torch_kernels.py --out "$OUT/torch_kernels.json" > "$OUT/torch_kernels.txt" 2>&1
 echo "done: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"

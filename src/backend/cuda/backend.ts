@@ -41,6 +41,23 @@ interface Allocation {
   bytes: number;
 }
 
+/** An input of prepareOp: host data, or a bf16 tensor filled on the device with uniform values in [-bound, bound). */
+export type OpInput = HostTensor | { shape: number[]; uniform: { seed: number; bound: number } };
+
+/** One op's device tensors and how to run it (CudaBackend.prepareOp). */
+export interface PreparedOp {
+  readonly inputs: readonly DeviceTensor[];
+  readonly outputs: readonly DeviceTensor[];
+  /** Enqueues the op's kernels on the backend's stream. */
+  enqueue(): void;
+  /** Enqueues NaN fills of the outputs (not of a state updated in place). */
+  poison(): void;
+  /** Waits for the stream and copies the outputs to the host as f32. */
+  download(): HostTensor[];
+  /** Waits for the stream and frees the op's tensors. */
+  dispose(): void;
+}
+
 /** A device buffer with a pinned host buffer of the same size. */
 interface StagedBuffer {
   device: DevPtr;
@@ -637,34 +654,63 @@ export class CudaBackend implements Backend {
 
   /** Uploads, poisons outputs with NaN, runs one op's launcher, downloads (conformance). */
   async runOp(op: OpName, attrs: Attrs, inputs: HostTensor[], outputShapes: number[][], step: StepBatch): Promise<HostTensor[]> {
+    const prepared = this.prepareOp(op, attrs, inputs, outputShapes, step);
+    try {
+      prepared.poison();
+      prepared.enqueue();
+      this.driver.synchronize(this.stream);
+      return prepared.download();
+    } finally {
+      prepared.dispose();
+    }
+  }
+
+  /**
+   * One op outside any Program, its tensors on the device until dispose(): for the conformance
+   * suite (runOp) and the kernel benchmark, which enqueues it many times. Float inputs are stored
+   * as bf16 (or filled on the device with uniform random values); outputs are bf16 unless
+   * attrs.outputDtype is 'f32'; a state output is its state input, updated in place.
+   */
+  prepareOp(op: OpName, attrs: Attrs, inputs: readonly OpInput[], outputShapes: number[][], step: StepBatch): PreparedOp {
     const spec = OPS[op];
+    const launcher = CUDA_OPS[op];
+    if (!launcher) throw new Error(`${op} runs at load time on the CUDA backend, not as a step op`);
     const temps: DevPtr[] = [];
-    const upload = (t: HostTensor): DeviceTensor => {
-      if (t.data instanceof Int32Array) {
-        const ptr = this.alloc(Math.max(t.data.byteLength, 4));
-        temps.push(ptr);
-        this.driver.copyToDevice(ptr, t.data);
-        return { ptr, shape: t.shape, dtype: 'i32' };
-      }
-      const bits = new Uint16Array(t.data.length);
-      f32ToBf16(t.data, bits);
-      const ptr = this.alloc(Math.max(bits.byteLength, 4));
+    const tensor = (shape: number[], dtype: DeviceTensor['dtype']): DeviceTensor => {
+      const bytes = (dtype === 'bf16' ? 2 : 4) * shape.reduce((a, d) => a * d, 1);
+      const ptr = this.alloc(Math.max(bytes, 4));
       temps.push(ptr);
-      this.driver.copyToDevice(ptr, bits);
-      return { ptr, shape: t.shape, dtype: 'bf16' };
+      return { ptr, shape, dtype };
+    };
+    const bytesOf = (t: DeviceTensor) => (t.dtype === 'bf16' ? 2 : 4) * t.shape.reduce((a, d) => a * d, 1);
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      for (const p of temps) this.release(p);
     };
     try {
-      const devInputs = inputs.map(upload);
+      const devInputs = inputs.map((t): DeviceTensor => {
+        if ('uniform' in t) {
+          const d = tensor(t.shape, 'bf16');
+          this.fillOnDevice(d, { kind: 'uniform', ...t.uniform });
+          return d;
+        }
+        if (t.data instanceof Int32Array) {
+          const d = tensor(t.shape, 'i32');
+          this.driver.copyToDevice(d.ptr, t.data);
+          return d;
+        }
+        const bits = new Uint16Array(t.data.length);
+        f32ToBf16(t.data, bits);
+        const d = tensor(t.shape, 'bf16');
+        this.driver.copyToDevice(d.ptr, bits);
+        return d;
+      });
       const stateIndex = inputs.findIndex((t) => t.shape.length === 5);
       const devOutputs = outputShapes.map((shape, i): DeviceTensor => {
         if (spec.stateOutputs?.includes(i)) return devInputs[stateIndex];
-        const n = shape.reduce((a, d) => a * d, 1);
-        const dtype = attrs.outputDtype === 'f32' ? 'f32' : 'bf16';
-        const bytes = (dtype === 'f32' ? 4 : 2) * n;
-        const ptr = this.alloc(Math.max(bytes, 4));
-        temps.push(ptr);
-        this.driver.memset32Async(ptr, dtype === 'f32' ? F32_NAN : BF16_NAN_PAIR, Math.ceil(bytes / 4), this.stream);
-        return { ptr, shape, dtype };
+        return tensor(shape, attrs.outputDtype === 'f32' ? 'f32' : 'bf16');
       });
       let maxContextLen = 0, maxQueryLen = 0;
       for (let b = 0; b < step.numSeqs; b++) {
@@ -672,27 +718,91 @@ export class CudaBackend implements Backend {
         maxQueryLen = Math.max(maxQueryLen, step.queryStart[b + 1] - step.queryStart[b]);
       }
       const devStep: DeviceStep = { numTokens: step.numTokens, numSeqs: step.numSeqs, numLogitRows: step.numLogitRows, blockTableWidth: step.blockTableWidth, maxContextLen, maxQueryLen };
-      this.scratchUsed = 0;
-      const launcher = CUDA_OPS[op];
-      if (!launcher) throw new Error(`${op} runs at load time on the CUDA backend, not as a step op`);
-      this.driver.currentOp = op;
-      launcher(this.context(devInputs, devOutputs, attrs, devStep));
-      this.driver.synchronize(this.stream);
-      this.driver.currentOp = null;
-      return devOutputs.map((t) => {
-        const n = t.shape.reduce((a, d) => a * d, 1);
-        const out = new Float32Array(n);
-        if (t.dtype === 'f32') this.driver.copyToHost(out, t.ptr);
-        else {
-          const bits = new Uint16Array(n);
-          this.driver.copyToHost(bits, t.ptr);
-          bf16ToF32(bits, out);
-        }
-        return { data: out, shape: t.shape };
-      });
-    } finally {
-      for (const p of temps) this.release(p);
+      const fresh = devOutputs.filter((_, i) => !spec.stateOutputs?.includes(i));
+      return {
+        inputs: devInputs,
+        outputs: devOutputs,
+        enqueue: () => {
+          if (released) throw new Error(`${op}: enqueued after dispose`);
+          this.scratchUsed = 0;
+          this.driver.currentOp = op;
+          launcher(this.context(devInputs, devOutputs, attrs, devStep));
+          this.driver.currentOp = null;
+        },
+        poison: () => {
+          for (const t of fresh) this.driver.memset32Async(t.ptr, t.dtype === 'f32' ? F32_NAN : BF16_NAN_PAIR, Math.ceil(bytesOf(t) / 4), this.stream);
+        },
+        download: () => {
+          this.driver.synchronize(this.stream);
+          return devOutputs.map((t) => {
+            const n = t.shape.reduce((a, d) => a * d, 1);
+            const out = new Float32Array(n);
+            if (t.dtype === 'f32') this.driver.copyToHost(out, t.ptr);
+            else {
+              const bits = new Uint16Array(n);
+              this.driver.copyToHost(bits, t.ptr);
+              bf16ToF32(bits, out);
+            }
+            return { data: out, shape: t.shape };
+          });
+        },
+        dispose: () => {
+          this.driver.synchronize(this.stream);
+          release();
+        },
+      };
+    } catch (err) {
+      release();
+      throw err;
     }
+  }
+
+  /**
+   * Times work enqueued on the backend's stream with an event pair per run: `warmup` untimed runs,
+   * then `runs` timed ones; enqueue(i) gets the run's index (to rotate among input sets). Returns
+   * each run's milliseconds.
+   */
+  timeOnStream(enqueue: (i: number) => void, warmup: number, runs: number): number[] {
+    const events = Array.from({ length: runs + 1 }, () => this.driver.createEvent());
+    try {
+      for (let i = 0; i < warmup; i++) enqueue(i);
+      this.driver.synchronize(this.stream);
+      // Events between back-to-back runs: each run's time is the gap between its two events.
+      this.driver.record(events[0], this.stream);
+      for (let r = 0; r < runs; r++) {
+        enqueue(warmup + r);
+        this.driver.record(events[r + 1], this.stream);
+      }
+      this.driver.synchronize(this.stream);
+      return Array.from({ length: runs }, (_, r) => this.driver.elapsedMs(events[r], events[r + 1]));
+    } finally {
+      for (const e of events) this.driver.destroyEvent(e);
+    }
+  }
+
+  /** The stream every kernel of this backend runs on (for a library enqueuing beside them). */
+  get streamHandle(): Handle {
+    return this.stream;
+  }
+
+  /** A device buffer outside any Program (the benchmark's workspaces); free it with freeBuffer. */
+  allocBuffer(bytes: number): DevPtr {
+    return this.alloc(bytes);
+  }
+
+  freeBuffer(ptr: DevPtr): void {
+    this.driver.synchronize(this.stream);
+    this.release(ptr);
+  }
+
+  /** Waits for the stream and copies a device buffer to the host. */
+  readBuffer(dst: ArrayBufferView, src: DevPtr): void {
+    this.driver.synchronize(this.stream);
+    this.driver.copyToHost(dst, src);
+  }
+
+  memInfo(): { freeBytes: number; totalBytes: number } {
+    return this.driver.memInfo();
   }
 
   private destroyGraphs(): void {

@@ -27,6 +27,7 @@ CUresult cuDeviceGetAttribute(int *v, int attr, int dev) {
     case 76: *v = 0; break;
     case 16: *v = 132; break;  /* SMs */
     case 97: *v = 232448; break;
+    case 38: *v = 50 << 20; break; /* L2 bytes */
     default: *v = 1;
   }
   return 0;

@@ -1,6 +1,7 @@
 /**
  * The stand-in libcuda (libcuda_mock.c) for tests on machines without a GPU: built here with the
- * C compiler, loaded by the driver bridge through TESSERA_LIBCUDA. Its launches record their
+ * C compiler, loaded by the driver bridge through TESSERA_LIBCUDA (and a stand-in libcublasLt,
+ * libcublaslt_mock.c, through TESSERA_CUBLASLT). Its launches record their
  * arguments and can call a JavaScript hook, where a test runs a model of the kernel on the
  * stand-in's "device" memory (host memory, reached through the same driver).
  */
@@ -11,17 +12,23 @@ import path from 'node:path';
 import koffi from 'koffi';
 import type { KernelDecl, ParamType } from '../../../src/backend/cuda/kernel_decl.js';
 
-/** Builds the stand-in; null (the caller skips, saying so) where there is no C compiler. */
-export function buildMock(): string | null {
+/** Builds a stand-in library from its C source here; null (the caller skips, saying so) where there is no C compiler. */
+function buildStandIn(name: 'libcuda_mock' | 'libcublaslt_mock'): string | null {
   if (process.platform !== 'linux') return null;
-  const out = path.join(mkdtempSync(path.join(tmpdir(), 'tessera-libcuda-')), 'libcuda_mock.so');
+  const out = path.join(mkdtempSync(path.join(tmpdir(), `tessera-${name}-`)), `${name}.so`);
   try {
-    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', out, path.join(import.meta.dirname, 'libcuda_mock.c')], { stdio: 'pipe' });
+    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', out, path.join(import.meta.dirname, `${name}.c`)], { stdio: 'pipe' });
     return out;
   } catch {
     return null;
   }
 }
+
+/** The stand-in libcuda (TESSERA_LIBCUDA). */
+export const buildMock = (): string | null => buildStandIn('libcuda_mock');
+
+/** The stand-in libcublasLt (TESSERA_CUBLASLT): computes the product on the host. */
+export const buildLtMock = (): string | null => buildStandIn('libcublaslt_mock');
 
 const SIZE: Record<ParamType, number> = { ptr: 8, i32: 4, u32: 4, f32: 4, u64: 8 };
 

@@ -1,0 +1,438 @@
+/**
+ * tessera bench kernels: Tessera's kernels one op at a time on the GPU, beside the ceilings
+ * measured in the same run (a large device-to-device copy; cuBLASLt's best large bf16 GEMM) and,
+ * for GEMM, beside cuBLASLt on the same shape, in the same process and on the same stream.
+ *
+ * Method (the device tool's METHOD.md): random data filled on the device (never zeros); input
+ * sets rotated so that the bytes one timed call reads exceed twice the L2; warm-up runs; an event
+ * pair around every timed run; the median of at least 20. Each case's FLOPs and fewest bytes
+ * (every input read once, every output written once) give its floor at the measured ceilings.
+ * Our GEMM is checked against cuBLASLt's output on the same inputs. The cases come from
+ * bench/kernel_shapes.json, which bench/torch_kernels.py reads too.
+ */
+import { readFileSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
+import { fileURLToPath } from 'node:url';
+import type { HostTensor, StepBatch } from '../backend/backend.js';
+import type { Attrs } from '../graph/ir.js';
+import type { OpName } from '../graph/ops.js';
+import { TesseraError } from '../errors.js';
+import { bf16ToF32 } from '../util/dtype.js';
+import { median, percentile } from '../util/stats.js';
+import { numberFlag, parse } from './args.js';
+
+const HELP = `Usage: tessera bench kernels [options]
+
+Times Tessera's CUDA kernels op by op against the copy bandwidth and cuBLASLt's best large GEMM
+measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a CUDA GPU).
+
+      --family LIST              gemm, attention, memory (comma-separated; default all)
+      --filter TEXT              only cases whose name contains TEXT
+      --runs N                   timed runs per case, at least 20 (default 30)
+      --warmup N                 untimed runs first (default 5)
+      --shapes FILE              case list (default bench/kernel_shapes.json)
+      --out FILE                 write the JSON report there
+      --json                     print the JSON report instead of the table`;
+
+// ---- the case list (pure: tested without a GPU) ----
+
+export interface KernelShapes {
+  gemm: { m: number[]; projections: Array<{ model: string; name: string; n: number; k: number }>; ceiling: { m: number; n: number; k: number } };
+  attention: {
+    prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
+    decode: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; context: number }>;
+    kvBlockSize: number;
+  };
+  memoryBound: { rows: number[]; hidden: number[]; ops: string[]; rope: { heads: number; kvHeads: number; headDim: number; kvBlockSize: number } };
+}
+
+export type Family = 'gemm' | 'attention' | 'memory';
+
+/** One benchmark case: what it computes, its work, and how to build it on a backend. */
+export interface KernelCase {
+  family: Family;
+  name: string;
+  op: OpName;
+  attrs: Attrs;
+  /** Inputs: a shape filled on the device with uniform values, or host data (indices). */
+  inputs: Array<{ shape: number[]; bound: number } | HostTensor>;
+  outputShapes: number[][];
+  step: StepBatch;
+  flops: number;
+  /** The fewest bytes the op must move through device memory. */
+  bytes: number;
+  /** Why this case is not run, when Tessera has no kernel for it. */
+  unsupported?: string;
+  /** GEMM only: cuBLASLt's shape. */
+  gemm?: { m: number; n: number; k: number };
+}
+
+export function defaultShapesPath(): string {
+  return fileURLToPath(new URL('../../bench/kernel_shapes.json', import.meta.url));
+}
+
+const i32 = (values: ArrayLike<number>, shape = [values.length]): HostTensor => ({ data: Int32Array.from(values), shape });
+
+/** A step of `numSeqs` sequences with these query and context lengths and block tables. */
+function attentionStep(queryLens: number[], contextLens: number[], tables: Int32Array, width: number): StepBatch {
+  const queryStart = [0];
+  for (const q of queryLens) queryStart.push(queryStart[queryStart.length - 1] + q);
+  const tokens = queryStart[queryStart.length - 1];
+  return {
+    numTokens: tokens,
+    numSeqs: queryLens.length,
+    numLogitRows: queryLens.length,
+    tokenIds: new Int32Array(tokens),
+    positions: new Int32Array(tokens),
+    slotMapping: new Int32Array(tokens).fill(-1),
+    queryStart: Int32Array.from(queryStart),
+    contextLens: Int32Array.from(contextLens),
+    blockTables: tables,
+    blockTableWidth: width,
+    logitsIndices: Int32Array.from(queryStart.slice(1), (e) => e - 1),
+  };
+}
+
+function rowsStep(rows: number): StepBatch {
+  return attentionStep([rows], [rows], new Int32Array(1), 1);
+}
+
+/**
+ * Block tables for `seqs` sequences of `context` tokens each: every sequence owns its blocks,
+ * laid out in a fixed shuffled order (as a pool that has run for a while hands them out).
+ */
+function pagedTables(seqs: number, context: number, blockSize: number): { tables: Int32Array; width: number; blocks: number } {
+  const width = Math.ceil(context / blockSize);
+  const blocks = seqs * width;
+  const order = Array.from({ length: blocks }, (_, i) => i);
+  let state = 0x9e3779b9;
+  for (let i = blocks - 1; i > 0; i--) {
+    state = (Math.imul(state, 1664525) + 1013904223) >>> 0;
+    const j = state % (i + 1);
+    [order[i], order[j]] = [order[j], order[i]];
+  }
+  return { tables: Int32Array.from(order), width, blocks };
+}
+
+export function expandCases(shapes: KernelShapes, families: readonly Family[], filter = ''): KernelCase[] {
+  const cases: KernelCase[] = [];
+  if (families.includes('gemm'))
+    for (const p of shapes.gemm.projections)
+      for (const m of shapes.gemm.m)
+        cases.push({
+          family: 'gemm',
+          name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}`,
+          op: 'matmul',
+          attrs: {},
+          inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+          outputShapes: [[m, p.n]],
+          step: rowsStep(m),
+          flops: 2 * m * p.n * p.k,
+          bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
+          gemm: { m, n: p.n, k: p.k },
+        });
+  if (families.includes('attention')) {
+    const bs = shapes.attention.kvBlockSize;
+    for (const a of shapes.attention.prefill) {
+      const { tables, width, blocks } = pagedTables(a.batch, a.seqlen, bs);
+      const tokens = a.batch * a.seqlen;
+      const pairs = a.causal ? (a.seqlen * (a.seqlen + 1)) / 2 : a.seqlen * a.seqlen;
+      const step = attentionStep(new Array(a.batch).fill(a.seqlen), new Array(a.batch).fill(a.seqlen), tables, width);
+      cases.push({
+        family: 'attention',
+        name: `attention prefill B${a.batch} S${a.seqlen} H${a.heads} KV${a.kvHeads} hd${a.headDim} ${a.causal ? 'causal' : 'full'}`,
+        op: 'attention',
+        attrs: { numHeads: a.heads, numKvHeads: a.kvHeads, headDim: a.headDim, scale: 1 / Math.sqrt(a.headDim), slidingWindow: null },
+        inputs: [
+          { shape: [tokens, a.heads * a.headDim], bound: 1 },
+          { shape: [2, blocks, bs, a.kvHeads, a.headDim], bound: 1 },
+          i32(step.queryStart),
+          i32(step.contextLens),
+          i32(tables, [a.batch, width]),
+        ],
+        outputShapes: [[tokens, a.heads * a.headDim]],
+        step,
+        flops: 4 * a.batch * a.heads * a.headDim * pairs,
+        bytes: 2 * (2 * tokens * a.heads * a.headDim + 2 * tokens * a.kvHeads * a.headDim),
+        unsupported: a.causal ? undefined : "Tessera's attention op is causal (decoder models); non-causal prefill has no kernel yet",
+      });
+    }
+    for (const d of shapes.attention.decode) {
+      const { tables, width, blocks } = pagedTables(d.batch, d.context, bs);
+      const step = attentionStep(new Array(d.batch).fill(1), new Array(d.batch).fill(d.context), tables, width);
+      cases.push({
+        family: 'attention',
+        name: `attention decode B${d.batch} ctx${d.context} H${d.heads} KV${d.kvHeads} hd${d.headDim}`,
+        op: 'attention',
+        attrs: { numHeads: d.heads, numKvHeads: d.kvHeads, headDim: d.headDim, scale: 1 / Math.sqrt(d.headDim), slidingWindow: null },
+        inputs: [
+          { shape: [d.batch, d.heads * d.headDim], bound: 1 },
+          { shape: [2, blocks, bs, d.kvHeads, d.headDim], bound: 1 },
+          i32(step.queryStart),
+          i32(step.contextLens),
+          i32(tables, [d.batch, width]),
+        ],
+        outputShapes: [[d.batch, d.heads * d.headDim]],
+        step,
+        flops: 4 * d.batch * d.heads * d.headDim * d.context,
+        bytes: 2 * (2 * d.batch * d.context * d.kvHeads * d.headDim + 2 * d.batch * d.heads * d.headDim),
+      });
+    }
+  }
+  if (families.includes('memory')) {
+    const mb = shapes.memoryBound;
+    for (const op of mb.ops)
+      for (const rows of mb.rows)
+        for (const h of mb.hidden) {
+          const c = memoryCase(op, rows, h, mb.rope);
+          if (c) cases.push(c);
+        }
+  }
+  return cases.filter((c) => c.name.includes(filter));
+}
+
+function memoryCase(op: string, r: number, h: number, rope: KernelShapes['memoryBound']['rope']): KernelCase | null {
+  const base = { family: 'memory' as const, step: rowsStep(r), flops: 0 };
+  switch (op) {
+    case 'rmsnorm':
+      return { ...base, name: `rmsnorm R${r} H${h}`, op: 'rmsnorm', attrs: { eps: 1e-5 }, inputs: [{ shape: [r, h], bound: 1 }, { shape: [h], bound: 1 }], outputShapes: [[r, h]], bytes: 2 * (2 * r * h + h) };
+    case 'add_rmsnorm':
+      return {
+        ...base,
+        name: `add_rmsnorm R${r} H${h}`,
+        op: 'add_rmsnorm',
+        attrs: { eps: 1e-5 },
+        inputs: [{ shape: [r, h], bound: 1 }, { shape: [r, h], bound: 1 }, { shape: [h], bound: 1 }],
+        outputShapes: [[r, h], [r, h]],
+        bytes: 2 * (4 * r * h + h),
+      };
+    case 'add_layernorm':
+      return {
+        ...base,
+        name: `add_layernorm R${r} H${h}`,
+        op: 'add_layernorm',
+        attrs: { eps: 1e-5 },
+        inputs: [{ shape: [r, h], bound: 1 }, { shape: [r, h], bound: 1 }, { shape: [h], bound: 1 }, { shape: [h], bound: 1 }],
+        outputShapes: [[r, h], [r, h]],
+        bytes: 2 * (4 * r * h + 2 * h),
+      };
+    case 'silu_mul':
+      return { ...base, name: `silu_mul R${r} H${h}`, op: 'act_mul', attrs: { act: 'silu' }, inputs: [{ shape: [r, 2 * h], bound: 4 }], outputShapes: [[r, h]], bytes: 2 * 3 * r * h };
+    case 'rope_kv_write': {
+      // Heads follow the hidden size at the shapes' head dim (h = heads * headDim).
+      const hd = rope.headDim, heads = h / hd, kv = Math.max(1, Math.round((heads * rope.kvHeads) / rope.heads));
+      if (!Number.isInteger(heads)) return null;
+      const bs = rope.kvBlockSize, blocks = Math.ceil(r / bs) + 1;
+      const step = rowsStep(r);
+      step.positions = Int32Array.from({ length: r }, (_, i) => i);
+      step.slotMapping = Int32Array.from({ length: r }, (_, i) => i);
+      const width = (heads + 2 * kv) * hd;
+      return {
+        ...base,
+        step,
+        name: `rope_kv_write R${r} H${heads} KV${kv} hd${hd}`,
+        op: 'rope_kv_write',
+        attrs: { numHeads: heads, numKvHeads: kv, headDim: hd, rope: { rotaryDim: hd, theta: 500000, scaling: null }, qkNormEps: null },
+        inputs: [{ shape: [r, width], bound: 1 }, i32(step.positions), { shape: [2, blocks, bs, kv, hd], bound: 1 }, i32(step.slotMapping)],
+        outputShapes: [[r, heads * hd], [2, blocks, bs, kv, hd]],
+        bytes: 2 * r * width + 8 * r + 2 * r * width,
+      };
+    }
+    default:
+      throw new TesseraError(`bench/kernel_shapes.json: unknown memory-bound op "${op}" (rmsnorm, add_rmsnorm, add_layernorm, silu_mul, rope_kv_write).`, 'invalid_input');
+  }
+}
+
+/** Input sets to rotate among so one timed call reads more than twice the L2, within a memory budget. */
+export function rotationSets(bytesPerCall: number, l2Bytes: number, budgetBytes: number, most = 16): number {
+  const want = Math.ceil((2 * l2Bytes) / Math.max(1, bytesPerCall));
+  const fit = Math.floor(budgetBytes / Math.max(1, bytesPerCall));
+  return Math.max(1, Math.min(want, fit, most));
+}
+
+/** Relative error norm ||a - b|| / ||b||. */
+export function relativeError(a: Float32Array, b: Float32Array): number {
+  let num = 0, den = 0;
+  for (let i = 0; i < a.length; i++) {
+    const d = a[i] - b[i];
+    num += d * d;
+    den += b[i] * b[i];
+  }
+  return Math.sqrt(num / Math.max(den, 1e-30));
+}
+
+export interface Timing {
+  medianMs: number;
+  p10Ms: number;
+  p90Ms: number;
+}
+
+export function timing(ms: number[]): Timing {
+  const r = (x: number) => Number(x.toFixed(5));
+  return { medianMs: r(median(ms)), p10Ms: r(percentile(ms, 10)), p90Ms: r(percentile(ms, 90)) };
+}
+
+/** What a case reached, against the ceilings. */
+export function rates(c: Pick<KernelCase, 'flops' | 'bytes'>, ms: number, ceilings: { copyBytesPerS: number; gemmFlopsPerS: number | null }) {
+  const s = ms / 1000;
+  const tflops = c.flops / s / 1e12, gbs = c.bytes / s / 1e9;
+  // The floor: the larger of the two times the ceilings allow.
+  const floorS = Math.max(c.bytes / ceilings.copyBytesPerS, ceilings.gemmFlopsPerS ? c.flops / ceilings.gemmFlopsPerS : 0);
+  return {
+    tflops: Number(tflops.toFixed(2)),
+    gbs: Number(gbs.toFixed(1)),
+    percentOfCopy: Number(((100 * c.bytes) / s / ceilings.copyBytesPerS).toFixed(1)),
+    percentOfGemm: ceilings.gemmFlopsPerS ? Number(((100 * c.flops) / s / ceilings.gemmFlopsPerS).toFixed(1)) : null,
+    floorMs: Number((floorS * 1000).toFixed(5)),
+  };
+}
+
+// ---- running on the GPU ----
+
+export async function benchKernels(argv: string[]): Promise<number> {
+  const { values } = parse(
+    argv,
+    { family: { type: 'string' }, filter: { type: 'string' }, runs: { type: 'string' }, warmup: { type: 'string' }, shapes: { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } },
+    'bench kernels',
+  );
+  if (values.help) {
+    console.log(HELP);
+    return 0;
+  }
+  const runs = numberFlag(values, 'runs', true) ?? 30;
+  const warmup = numberFlag(values, 'warmup', true) ?? 5;
+  if (runs < 20) throw new TesseraError('--runs must be at least 20 (the median of fewer is noise).', 'invalid_input');
+  const families = ((values.family as string | undefined) ?? 'gemm,attention,memory').split(',').map((f) => f.trim()) as Family[];
+  for (const f of families) if (!['gemm', 'attention', 'memory'].includes(f)) throw new TesseraError(`--family takes gemm, attention and memory, not "${f}".`, 'invalid_input');
+  const shapesPath = (values.shapes as string | undefined) ?? defaultShapesPath();
+  let shapes: KernelShapes;
+  try {
+    shapes = JSON.parse(readFileSync(shapesPath, 'utf8')) as KernelShapes;
+  } catch (err) {
+    throw new TesseraError(`${shapesPath}: ${(err as Error).message.split('\n')[0]}`, 'invalid_input');
+  }
+  const cases = expandCases(shapes, families, (values.filter as string | undefined) ?? '');
+
+  const { CudaBackend } = await import('../backend/cuda/backend.js');
+  const probe = CudaBackend.probe(0);
+  if (!probe.ok) throw new TesseraError(`tessera bench kernels needs a CUDA GPU: ${probe.reason}`, 'device');
+  const backend = CudaBackend.create(0);
+  const { loadCublasLt } = await import('../backend/cuda/cublaslt.js');
+  const ltLoaded = loadCublasLt();
+  const lt = 'lt' in ltLoaded ? ltLoaded.lt : null;
+  const log = (line: string) => {
+    if (!values.json) console.log(line);
+  };
+  try {
+    const device = backend.profiler.device();
+    const l2 = Number(device.l2CacheBytes) || 50 * 2 ** 20;
+    log(`${device.name}, driver ${device.driver}, SM ${device.smClockMHz} MHz, memory ${device.memoryClockMHz} MHz; median of ${runs} runs after ${warmup} warm-up`);
+    const copyBytesPerS = backend.profiler.copyBandwidth(2 ** 30, runs);
+    log(`copy bandwidth ${(copyBytesPerS / 1e9).toFixed(0)} GB/s (1 GiB device to device, read + write)`);
+    const wsBytes = 32 * 2 ** 20;
+    const workspace = backend.allocBuffer(wsBytes);
+    let gemmCeiling: { flopsPerS: number; shape: { m: number; n: number; k: number }; algo: number } | null = null;
+    if (lt) {
+      const { m, n, k } = shapes.gemm.ceiling;
+      const c = backend.prepareOp('matmul', {}, [{ shape: [m, k], uniform: { seed: 1, bound: 1 } }, { shape: [n, k], uniform: { seed: 2, bound: 0.02 } }], [[m, n]], rowsStep(m));
+      const plan = lt.plan({ m, n, k, in: 'bf16', out: 'bf16' }, wsBytes, 8);
+      try {
+        for (let algo = 0; algo < plan.algoCount; algo++) {
+          const ms = median(backend.timeOnStream(() => lt.matmul(plan, c.outputs[0].ptr, c.inputs[0].ptr, c.inputs[1].ptr, workspace, backend.streamHandle, algo), warmup, runs));
+          const flopsPerS = (2 * m * n * k) / (ms / 1000);
+          if (!gemmCeiling || flopsPerS > gemmCeiling.flopsPerS) gemmCeiling = { flopsPerS, shape: { m, n, k }, algo };
+        }
+      } finally {
+        lt.destroy(plan);
+        c.dispose();
+      }
+      log(`GEMM ceiling ${(gemmCeiling!.flopsPerS / 1e12).toFixed(0)} TFLOP/s (cuBLASLt ${m}x${n}x${k} bf16, best of ${plan.algoCount} algorithms)`);
+    } else log(`GEMM ceiling and baseline: skipped (${(ltLoaded as { reason: string }).reason})`);
+    const ceilings = { copyBytesPerS, gemmFlopsPerS: gemmCeiling?.flopsPerS ?? null };
+    const budget = Math.min(8 * 2 ** 30, backend.memInfo().freeBytes / 4);
+
+    const results: Array<Record<string, unknown>> = [];
+    if (!values.json) console.log(`${'case'.padEnd(58)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'%copy'.padStart(6)} ${'%gemm'.padStart(6)} ${'vs base'.padStart(8)}`);
+    for (const c of cases) {
+      if (c.unsupported) {
+        results.push({ family: c.family, name: c.name, skipped: c.unsupported });
+        log(`${c.name.padEnd(58)} skipped: ${c.unsupported}`);
+        continue;
+      }
+      const record: Record<string, unknown> = { family: c.family, name: c.name, flops: c.flops, bytes: c.bytes };
+      const sets = rotationSets(c.bytes, l2, budget);
+      const prepared = Array.from({ length: sets }, (_, s) =>
+        backend.prepareOp(
+          c.op,
+          c.attrs,
+          c.inputs.map((t, i) => ('bound' in t ? { shape: t.shape, uniform: { seed: 1000 * s + i + 1, bound: t.bound } } : t)),
+          c.outputShapes,
+          c.step,
+        ),
+      );
+      try {
+        const ms = backend.timeOnStream((i) => prepared[i % sets].enqueue(), warmup, runs);
+        const t = timing(ms);
+        Object.assign(record, { sets, tessera: { ...t, ...rates(c, t.medianMs, ceilings) } });
+        let line = `${c.name.padEnd(58)} ${t.medianMs.toFixed(4).padStart(9)}`;
+        const r = rates(c, t.medianMs, ceilings);
+        line += ` ${r.tflops.toFixed(1).padStart(8)} ${r.gbs.toFixed(0).padStart(7)} ${r.percentOfCopy.toFixed(1).padStart(6)} ${(r.percentOfGemm ?? NaN).toFixed(1).padStart(6)}`;
+        if (c.gemm && lt) {
+          const plan = lt.plan({ ...c.gemm, in: 'bf16', out: 'bf16' }, wsBytes, 1);
+          const ys = prepared.map(() => backend.allocBuffer(2 * c.gemm!.m * c.gemm!.n));
+          try {
+            const lms = backend.timeOnStream((i) => lt.matmul(plan, ys[i % sets], prepared[i % sets].inputs[0].ptr, prepared[i % sets].inputs[1].ptr, workspace, backend.streamHandle), warmup, runs);
+            const bt = timing(lms);
+            const speedup = bt.medianMs / t.medianMs;
+            Object.assign(record, { cublasLt: { ...bt, ...rates(c, bt.medianMs, ceilings) }, speedupVsCublasLt: Number(speedup.toFixed(3)) });
+            line += ` ${speedup.toFixed(2).padStart(7)}x`;
+            // Correctness beside speed: ours against cuBLASLt on the same inputs (small outputs only).
+            if (c.gemm.m * c.gemm.n <= 2 ** 24) {
+              prepared[0].poison();
+              prepared[0].enqueue();
+              const ours = prepared[0].download()[0].data as Float32Array;
+              const bits = new Uint16Array(c.gemm.m * c.gemm.n);
+              backend.readBuffer(bits, ys[0]);
+              const theirs = new Float32Array(bits.length);
+              bf16ToF32(bits, theirs);
+              const err = relativeError(ours, theirs);
+              record.relativeErrorVsCublasLt = Number(err.toExponential(3));
+              if (!(err < 1e-2)) line += `  MISMATCH ${err.toExponential(2)}`;
+            }
+          } finally {
+            lt.destroy(plan);
+            for (const y of ys) backend.freeBuffer(y);
+          }
+        }
+        log(line);
+      } catch (err) {
+        record.error = (err as Error).message;
+        log(`${c.name.padEnd(58)} error: ${(err as Error).message}`);
+      } finally {
+        for (const p of prepared) p.dispose();
+      }
+      results.push(record);
+    }
+    backend.freeBuffer(workspace);
+    const report = {
+      date: new Date().toISOString(),
+      device,
+      cublasLt: lt ? { version: lt.version, library: lt.libraryPath } : { unavailable: (ltLoaded as { reason: string }).reason },
+      method: { runs, warmup, statistic: 'median of event-timed runs; inputs rotated among sets so one call reads > 2x L2; random uniform data filled on the device' },
+      ceilings: {
+        copyGBs: Number((copyBytesPerS / 1e9).toFixed(1)),
+        gemmTFLOPs: gemmCeiling ? Number((gemmCeiling.flopsPerS / 1e12).toFixed(1)) : null,
+        gemmShape: gemmCeiling?.shape ?? null,
+      },
+      shapes: shapesPath,
+      results,
+    };
+    const text = JSON.stringify(report, null, 1) + '\n';
+    if (values.out) await writeFile(values.out as string, text);
+    if (values.json) process.stdout.write(text);
+    return results.some((r) => r.error || (typeof r.relativeErrorVsCublasLt === 'number' && !(r.relativeErrorVsCublasLt < 1e-2))) ? 1 : 0;
+  } finally {
+    lt?.dispose();
+    await backend.dispose();
+  }
+}

@@ -1,0 +1,140 @@
+/**
+ * tessera bench kernels without a GPU: the case list built from bench/kernel_shapes.json (every
+ * case a valid call of its op, with the FLOPs and fewest bytes its roofline needs), the rotation
+ * of input sets, the rates against the ceilings, and a scaled-down copy of every case run
+ * through the CPU backend's op against a float64 computation of the same case.
+ */
+import { readFileSync } from 'node:fs';
+import { describe, expect, it } from 'vitest';
+import type { HostTensor } from '../../src/backend/backend.js';
+import { CpuBackend } from '../../src/backend/cpu/backend.js';
+import { defaultShapesPath, expandCases, rates, relativeError, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
+import { OPS, outputShapes } from '../../src/graph/ops.js';
+
+const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
+
+describe('bench kernels: the cases', () => {
+  const cases = expandCases(shapes, ['gemm', 'attention', 'memory']);
+
+  it('covers every projection at every M, every attention case and every memory-bound op', () => {
+    const gemm = cases.filter((c) => c.family === 'gemm');
+    expect(gemm.length).toBe(shapes.gemm.projections.length * shapes.gemm.m.length);
+    expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
+    expect(cases.filter((c) => c.family === 'attention').length).toBe(shapes.attention.prefill.length + shapes.attention.decode.length);
+    for (const op of shapes.memoryBound.ops) expect(cases.some((c) => c.name.startsWith(`${op} `)), op).toBe(true);
+    expect(expandCases(shapes, ['gemm'], 'lm_head M1 ').map((c) => c.name)).toEqual(['gemm llama-3-8b lm_head M1 N128256 K4096', 'gemm llama-3-70b lm_head M1 N128256 K8192']);
+  });
+
+  it('gives each case inputs its op accepts and the output shapes the op infers', () => {
+    for (const c of cases) {
+      const inferred = outputShapes(OPS[c.op], c.inputs.map((t) => t.shape), c.attrs);
+      expect(inferred, c.name).toEqual(c.outputShapes);
+      if (c.op === 'attention') {
+        const [, , queryStart, contextLens, tables] = c.inputs as HostTensor[];
+        expect(queryStart.data[queryStart.data.length - 1]).toBe(c.step.numTokens);
+        expect([...contextLens.data]).toEqual([...c.step.contextLens]);
+        // Every block of the pool is owned by exactly one sequence.
+        const owned = [...tables.data].sort((a, b) => a - b);
+        expect(owned).toEqual(Array.from({ length: c.inputs[1].shape[1] }, (_, i) => i));
+      }
+    }
+  });
+
+  it('counts FLOPs and the fewest bytes as the roofline needs them', () => {
+    const qkv = cases.find((c) => c.name === 'gemm llama-3-8b qkv M1 N6144 K4096')!;
+    expect(qkv.flops).toBe(2 * 6144 * 4096);
+    expect(qkv.bytes).toBe(2 * (4096 + 6144 * 4096 + 6144));
+    const causal = cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 causal')!;
+    expect(causal.flops).toBe(4 * 32 * 128 * ((8192 * 8193) / 2));
+    expect(cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 full')!.unsupported).toMatch(/causal/);
+    const decode = cases.find((c) => c.name === 'attention decode B1 ctx32768 H32 KV8 hd128')!;
+    expect(decode.bytes).toBe(2 * (2 * 32768 * 8 * 128 + 2 * 32 * 128));
+    expect(cases.find((c) => c.name === 'add_rmsnorm R4096 H4096')!.bytes).toBe(2 * (4 * 4096 * 4096 + 4096));
+    expect(cases.find((c) => c.name === 'silu_mul R4096 H8192')!.bytes).toBe(2 * 3 * 4096 * 8192);
+  });
+
+  it('rotates enough input sets to read past twice the L2, within the memory budget', () => {
+    const l2 = 50 * 2 ** 20;
+    expect(rotationSets(2 ** 30, l2, 2 ** 33)).toBe(1);
+    expect(rotationSets(10 * 2 ** 20, l2, 2 ** 33)).toBe(10);
+    expect(rotationSets(2 ** 10, l2, 2 ** 33)).toBe(16);
+    expect(rotationSets(10 * 2 ** 20, l2, 30 * 2 ** 20)).toBe(3);
+  });
+
+  it('rates a case against the measured ceilings and gives its floor', () => {
+    const r = rates({ flops: 1e12, bytes: 1e9 }, 2, { copyBytesPerS: 3e12, gemmFlopsPerS: 8e14 });
+    expect(r.tflops).toBe(500);
+    expect(r.gbs).toBe(500);
+    expect(r.percentOfCopy).toBeCloseTo(16.7, 1);
+    expect(r.percentOfGemm).toBe(62.5);
+    expect(r.floorMs).toBe(1.25);
+    expect(relativeError(Float32Array.of(1, 2, 3), Float32Array.of(1, 2, 3))).toBe(0);
+  });
+});
+
+describe('bench kernels: every case runs through the CPU backend at a small size', () => {
+  const small: KernelShapes = {
+    gemm: { m: [1, 5], projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }], ceiling: { m: 8, n: 8, k: 8 } },
+    attention: {
+      prefill: [{ heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: true }],
+      decode: [{ heads: 4, kvHeads: 1, headDim: 16, batch: 3, context: 21 }],
+      kvBlockSize: 4,
+    },
+    memoryBound: { rows: [3], hidden: [32], ops: ['rmsnorm', 'add_rmsnorm', 'add_layernorm', 'silu_mul', 'rope_kv_write'], rope: { heads: 4, kvHeads: 2, headDim: 16, kvBlockSize: 4 } },
+  };
+
+  it('produces finite outputs of the declared shapes from random inputs', async () => {
+    const cpu = new CpuBackend();
+    let seed = 7;
+    const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
+    const cases = expandCases(small, ['gemm', 'attention', 'memory']);
+    expect(cases.length).toBe(2 + 2 + 5);
+    for (const c of cases) {
+      const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
+      const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);
+      outs.forEach((o, i) => {
+        expect(o.shape, c.name).toEqual(c.outputShapes[i]);
+        expect(o.data.every(Number.isFinite), c.name).toBe(true);
+      });
+      if (c.op === 'matmul') {
+        const [x, w] = inputs, [m, k] = x.shape, n = w.shape[0];
+        const ref = new Float32Array(m * n);
+        for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
+          let acc = 0;
+          for (let t = 0; t < k; t++) acc += x.data[i * k + t] * w.data[j * k + t];
+          ref[i * n + j] = acc;
+        }
+        expect(relativeError(outs[0].data as Float32Array, ref)).toBeLessThan(1e-6);
+      }
+    }
+  });
+});
+
+describe('tools/plot_kernels.mjs', () => {
+  it('draws one bar per measured case with its target line, and skips families with no results', async () => {
+    const { execFileSync } = await import('node:child_process');
+    const { mkdtempSync, writeFileSync, readdirSync } = await import('node:fs');
+    const { tmpdir } = await import('node:os');
+    const path = await import('node:path');
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-plot-'));
+    const report = {
+      date: '2026-11-25T00:00:00Z',
+      device: { name: 'Test GPU', driver: '13.0' },
+      ceilings: { copyGBs: 3000, gemmTFLOPs: 800 },
+      results: [
+        { family: 'gemm', name: 'gemm llama-3-8b qkv M1 N6144 K4096', tessera: { tflops: 2, percentOfCopy: 80 }, speedupVsCublasLt: 1.12 },
+        { family: 'gemm', name: 'gemm llama-3-8b o M1 N4096 K4096', tessera: { tflops: 2, percentOfCopy: 70 }, speedupVsCublasLt: 0.87 },
+        { family: 'memory', name: 'rmsnorm R4096 H4096', tessera: { percentOfCopy: 88.5 } },
+        { family: 'attention', name: 'attention prefill B1 S8192 H32 KV8 hd128 full', skipped: 'causal only' },
+      ],
+    };
+    writeFileSync(path.join(dir, 'r.json'), JSON.stringify(report));
+    execFileSync(process.execPath, [path.join(import.meta.dirname, '../../tools/plot_kernels.mjs'), path.join(dir, 'r.json'), dir]);
+    expect(readdirSync(dir).sort()).toEqual(['gemm.svg', 'memory_bound.svg', 'r.json']);
+    const gemm = readFileSync(path.join(dir, 'gemm.svg'), 'utf8');
+    expect(gemm.match(/<rect x=/g)!.length).toBe(2);
+    expect(gemm).toContain('llama-3-8b qkv M1 N6144 K4096');
+    expect(gemm).toContain('target 1x');
+    expect(gemm).toContain('fill="#d5703a"'); // the bar under its target stands out
+  });
+});
