@@ -11,66 +11,23 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
-import { SAMPLE_F32, type PackedSampling, type SamplingOutputs } from '../../src/backend/cuda/ops/sampling.js';
 import type { SeqOutput } from '../../src/engine/engine.js';
 import { Tessera } from '../../src/llm.js';
 import { resolveSamplingParams, type SamplingParams } from '../../src/sampling/params.js';
 import { sampleToken } from '../../src/sampling/sampler.js';
-import { buildMock, setLaunchHook, unpackArgs, type LaunchRecord } from './mock/mock.js';
-import { modelKernel } from './sampling_model.js';
+import { buildMock, setLaunchHook } from './mock/mock.js';
+import { samplingKernelHook, type SampledLaunch } from './mock/sampling_hook.js';
+import { mulberry32 } from './sampling_cases.js';
 
 const mockPath = buildMock();
 const fatbin = path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin');
 const skip = !mockPath ? 'no C compiler to build the stand-in libcuda' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null;
 if (skip) console.log(`device sampling through the engine: skipped: ${skip}`);
 
-function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
-
-/** One sampling launch as the hook saw it: the logits it wrote (before penalties) and the rows. */
-interface SampledLaunch {
-  logits: Float32Array;
-  vocab: number;
-  rows: number;
-}
-
-/** The hook's ts_sample_f32: random logits into the buffer, then the kernel's model on them. */
-function sampleKernelHook(driver: CudaDriver, launches: SampledLaunch[]): (l: LaunchRecord) => void {
+/** The stand-in's model kernels compute nothing: the hook makes up each launch's logits. */
+function randomLogits(): (rows: number, vocab: number) => Float32Array {
   const rnd = mulberry32(2024);
-  return (l) => {
-    if (l.name !== SAMPLE_F32.name) return;
-    const a = unpackArgs(l.args, SAMPLE_F32);
-    const rows = l.grid[0], vocab = Number(a.vocab), maxTopN = Number(a.maxTopN);
-    expect(l.block[0]).toBe(512);
-    const logits = Float32Array.from({ length: rows * vocab }, () => (rnd() - 0.5) * 8);
-    launches.push({ logits: logits.slice(), vocab, rows });
-    const params = new Uint8Array(rows * 96);
-    driver.copyToHost(params, a.params as bigint);
-    const view = new DataView(params.buffer);
-    let n = 1;
-    for (let r = 0; r < rows; r++) n = Math.max(n, view.getInt32(r * 96 + 72, true) + view.getInt32(r * 96 + 76, true), view.getInt32(r * 96 + 80, true) + view.getInt32(r * 96 + 84, true));
-    const ids = new Int32Array(n), counts = new Int32Array(n);
-    driver.copyToHost(ids, a.ids as bigint);
-    driver.copyToHost(counts, a.counts as bigint);
-    const packed: PackedSampling = { params: params.buffer, ids, counts, rows, maxTopN };
-    const out: SamplingOutputs = { tokens: new Int32Array(rows), logprobs: new Float32Array(rows), topIds: new Int32Array(rows * maxTopN), topLogprobs: new Float32Array(rows * maxTopN) };
-    for (let r = 0; r < rows; r++) modelKernel(logits, vocab, packed, r, out);
-    driver.copyToDevice(a.logits as bigint, logits);
-    driver.copyToDevice(a.outTokens as bigint, out.tokens);
-    driver.copyToDevice(a.outLogprobs as bigint, out.logprobs);
-    if (maxTopN > 0) {
-      driver.copyToDevice(a.outTopIds as bigint, out.topIds);
-      driver.copyToDevice(a.outTopLogprobs as bigint, out.topLogprobs);
-    }
-  };
+  return (rows, vocab) => Float32Array.from({ length: rows * vocab }, () => (rnd() - 0.5) * 8);
 }
 
 describe.skipIf(skip !== null)('device sampling through the engine (stand-in libcuda)', () => {
@@ -99,7 +56,7 @@ describe.skipIf(skip !== null)('device sampling through the engine (stand-in lib
     const prompts = ['In the beginning', 'And God said, Let there be light', 'The LORD is my shepherd; I shall not want.', 'Amen'].map((t) => llm.tokenizer.encode(t));
     const params = given.map((g, i) => resolveSamplingParams({ ...g, maxTokens: 5 + i, ignoreEos: true }));
     const launches: SampledLaunch[] = [];
-    const remove = setLaunchHook(mockPath!, sampleKernelHook(driver, launches));
+    const remove = setLaunchHook(mockPath!, samplingKernelHook(driver, launches, randomLogits()));
     const steps: SeqOutput[][] = [];
     try {
       params.forEach((p, i) => llm.engine.addRequest({ requestId: `r${i}`, promptIds: prompts[i], params: p }));
@@ -144,7 +101,7 @@ describe.skipIf(skip !== null)('device sampling through the engine (stand-in lib
 
   it('samples the step that forks an n > 1 request on the host, and its later steps on the device', async () => {
     const launches: SampledLaunch[] = [];
-    const remove = setLaunchHook(mockPath!, sampleKernelHook(driver, launches));
+    const remove = setLaunchHook(mockPath!, samplingKernelHook(driver, launches, randomLogits()));
     let stepsWithOutput = 0, forkStep = -1;
     try {
       llm.engine.addRequest({ requestId: 'fork', promptIds: llm.tokenizer.encode('Jesus wept.'), n: 3, params: resolveSamplingParams({ temperature: 1, seed: 1, maxTokens: 4, ignoreEos: true }) });

@@ -21,7 +21,7 @@ import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type H
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
-import { launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes } from './ops/sampling.js';
+import { launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
 import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
@@ -523,6 +523,28 @@ export class CudaBackend implements Backend {
     if (rows.length !== batch.numLogitRows) throw new Error(`executeSampled: ${rows.length} sampling rows for ${batch.numLogitRows} logit rows`);
     const packed = packSamplingRows(rows);
     this.enqueueStep(batch);
+    return this.sampleOnDevice(this.logits, this.requireProgram().vocabSize, rows, packed);
+  }
+
+  /**
+   * Samples rows of host logits (f32 [rows, vocab]) on the device with the kernel the engine uses:
+   * for the conformance suite, which compares it with the host sampler.
+   */
+  async sampleLogits(logits: Float32Array, vocab: number, rows: readonly SampleContext[]): Promise<SampleResult[]> {
+    if (logits.length !== rows.length * vocab) throw new Error(`sampleLogits: ${logits.length} logits for ${rows.length} rows of ${vocab}`);
+    const packed = packSamplingRows(rows);
+    const buf = this.alloc(Math.max(4, logits.byteLength));
+    try {
+      this.driver.copyToDeviceAsync(buf, logits, logits.byteLength, this.stream);
+      return this.sampleOnDevice(buf, vocab, rows, packed);
+    } finally {
+      this.driver.synchronize(this.stream);
+      this.release(buf);
+    }
+  }
+
+  /** Queues the sampling kernel behind what is on the stream: one upload, one launch, one download. */
+  private sampleOnDevice(logits: DevPtr, vocab: number, rows: readonly SampleContext[], packed: PackedSampling): SampleResult[] {
     if (rows.length === 0) {
       this.stepEnded();
       this.driver.synchronize(this.stream);
@@ -548,8 +570,8 @@ export class CudaBackend implements Backend {
     // Queued behind the step on the same stream: one upload, one launch, one download.
     this.driver.copyToDeviceAsync(input.device, input.host.ptr, inBytes, this.stream);
     launchSampling((decl, launch, args) => this.launchDecl(decl, launch, args), {
-      logits: this.logits,
-      vocab: this.requireProgram().vocabSize,
+      logits,
+      vocab,
       rows: rows.length,
       params: input.device,
       ids: at(input, idsAt),
