@@ -15,6 +15,7 @@ import { CublasLtError, HEURISTIC_RESULT_LAYOUT, loadCublasLt, type CublasLt, ty
 import { loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/util/dtype.js';
 import { buildLtMock, buildMock } from './mock/mock.js';
+import { mulberry32 } from '../helpers/random.js';
 
 const ltPath = buildLtMock();
 const cudaPath = ltPath ? buildMock() : null;
@@ -31,14 +32,10 @@ const LAST_FIELDS = [
 
 /** Deterministic values in ±[0.25, 1]: never zero, so a skipped term always shows. */
 function random(seed: number): () => number {
-  let s = seed >>> 0;
+  const u = mulberry32(seed);
   return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    const u = ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-    return (u < 0.5 ? -1 : 1) * (0.25 + 1.5 * Math.abs(u - 0.5));
+    const x = u();
+    return (x < 0.5 ? -1 : 1) * (0.25 + 1.5 * Math.abs(x - 0.5));
   };
 }
 

@@ -8,21 +8,14 @@ import type { SamplingRow } from '../../src/backend/cuda/ops/sampling.js';
 import { resolveSamplingParams, type SamplingParams } from '../../src/sampling/params.js';
 import { uniform } from '../../src/sampling/philox.js';
 import { applyPenalties, type SampleResult } from '../../src/sampling/sampler.js';
+import { mulberry32 } from '../helpers/random.js';
+
+export { mulberry32 };
 
 // ---------------------------------------------------------------------------------------------
 // Random cases
 // ---------------------------------------------------------------------------------------------
 
-export function mulberry32(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 export function pick<T>(rnd: () => number, xs: readonly T[]): T {
   return xs[Math.floor(rnd() * xs.length)];

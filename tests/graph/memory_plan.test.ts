@@ -11,17 +11,8 @@ import { lower } from '../../src/graph/lower.js';
 import { planMemory, type MemoryPlan, type PlanRequest } from '../../src/graph/memory_plan.js';
 import { OPS } from '../../src/graph/ops.js';
 import type { Program } from '../../src/graph/program.js';
+import { mulberry32 as prng } from '../helpers/random.js';
 
-/** mulberry32: seeded uniforms in [0, 1). */
-function prng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 /** An integer in [lo, hi]. */
 const int = (u: () => number, lo: number, hi: number) => lo + Math.floor(u() * (hi - lo + 1));

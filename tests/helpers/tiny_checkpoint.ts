@@ -10,6 +10,7 @@ import { copyFile, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { writeSafetensors, type WritableTensor } from '../../src/formats/safetensors.js';
+import { mulberry32 } from './random.js';
 
 export const VARIANTS = ['llama', 'llama3', 'mistral', 'qwen2', 'qwen3', 'gpt2', 'gpt2_bare'] as const;
 export type Variant = (typeof VARIANTS)[number];
@@ -18,16 +19,9 @@ export type Variant = (typeof VARIANTS)[number];
 export const VOCAB = 264;
 const TOKENIZER_DIR = path.join(import.meta.dirname, '../fixtures/byte_tokenizer');
 
-/** Seeded uniforms in [0, 1): mulberry32. */
-export function uniform(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = Math.imul(s ^ (s >>> 15), 1 | s);
-    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
+
+/** Seeded uniforms in [0, 1). */
+export const uniform = mulberry32;
 
 /** Seeded standard normals: Box-Muller over uniform(seed). */
 export function gaussian(seed: number): () => number {

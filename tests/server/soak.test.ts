@@ -12,6 +12,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { Tessera } from '../../src/llm.js';
 import { createServer, type TesseraServer } from '../../src/server/app.js';
+import { mulberry32 as rng } from '../helpers/random.js';
 
 const DEMO_DIR = path.resolve(import.meta.dirname, '../../models/demo');
 const CONCURRENCY = 32;
@@ -43,17 +44,6 @@ afterAll(async () => {
   await llm?.close();
 });
 
-/** mulberry32: a small seeded generator, so a failure replays. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
-  };
-}
 
 type AbortPlan = { kind: 'none' } | { kind: 'timer'; ms: number } | { kind: 'after-chunks'; chunks: number };
 

