@@ -2,6 +2,7 @@
 #include "embedding.cu"
 #include "transform.cu"
 #include "gemm.cu"
+#include "gemv.cu"
 #include "attention.cu"
 #include "norm.cu"
 #include "elementwise.cu"

@@ -148,6 +148,8 @@ export async function bench(argv: string[]): Promise<number> {
       copyBandwidthGBs: round(copyBytesPerSecond / 1e9, 1),
       weightReadPercentOfCopy: round((100 * weightBytesPerSecond) / copyBytesPerSecond, 1),
       sampling: engine.deviceSampling ? 'device' : 'host',
+      /** The GEMM variant asked for (TESSERA_GEMM); auto is the launcher's default policy. */
+      gemmVariant: process.env.TESSERA_GEMM ?? 'auto',
       deviceInfo: profiler.device(),
       fused: opts.fuse !== false,
       kernelsPerStep: llm.runner.program.calls.length,

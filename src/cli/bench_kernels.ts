@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
 import type { OpName } from '../graph/ops.js';
+import { GEMV_MAX_R } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -118,19 +119,23 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
   const cases: KernelCase[] = [];
   if (families.includes('gemm'))
     for (const p of shapes.gemm.projections)
-      for (const m of shapes.gemm.m)
-        cases.push({
-          family: 'gemm',
-          name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}`,
-          op: 'matmul',
-          attrs: {},
-          inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
-          outputShapes: [[m, p.n]],
-          step: rowsStep(m),
-          flops: 2 * m * p.n * p.k,
-          bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
-          gemm: { m, n: p.n, k: p.k },
-        });
+      for (const m of shapes.gemm.m) {
+        // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt.
+        const variants = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? (['tiles', 'gemv'] as const) : (['tiles'] as const);
+        for (const variant of variants)
+          cases.push({
+            family: 'gemm',
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${variant === 'gemv' ? ' gemv' : ''}`,
+            op: 'matmul',
+            attrs: { gemmVariant: variant },
+            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+            outputShapes: [[m, p.n]],
+            step: rowsStep(m),
+            flops: 2 * m * p.n * p.k,
+            bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
+            gemm: { m, n: p.n, k: p.k },
+          });
+      }
   if (families.includes('attention')) {
     const bs = shapes.attention.kvBlockSize;
     for (const a of shapes.attention.prefill) {

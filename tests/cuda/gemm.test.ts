@@ -24,6 +24,7 @@ import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda
 import { fakeDevice } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
+const GEMV_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
 
 interface Recorded {
   decl: KernelDecl;
@@ -83,11 +84,11 @@ describe('gemm tile table', () => {
     expect(SOURCE).toContain(`constexpr int BK = ${GEMM_BK};`);
   });
 
-  it('declares one kernel per tile and output dtype plus the split-K reductions, all distinct', () => {
+  it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2);
-    for (const d of DECLS) expect(SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4);
+    for (const d of DECLS) expect(d.name.startsWith('ts_gemv_') ? GEMV_SOURCE : SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
     expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
     expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'splits:i32']);
   });
@@ -271,5 +272,42 @@ describe('matmul launcher', () => {
     ctx = base();
     ctx.outputs[0] = tensor([3, 8], 'bf16', 0x4000n);
     expect(() => matmul(ctx)).toThrow(/matmul: y must be \[2, 8\]/);
+  });
+});
+
+describe('the GEMV variant', () => {
+  it('runs only where asked and where it applies (R <= 8); the default stays the tile kernel', async () => {
+    const { gemmVariant } = await import('../../src/backend/cuda/ops/gemm.js');
+    expect(gemmVariant(1, undefined)).toBe('tiles');
+    expect(gemmVariant(1, 'auto')).toBe('tiles');
+    expect(gemmVariant(8, 'gemv')).toBe('gemv');
+    expect(gemmVariant(9, 'gemv')).toBe('tiles');
+    expect(gemmVariant(1, 'tiles')).toBe('tiles');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles or gemv, not fast');
+  });
+
+  it('launches one 256-thread block per 4 rows of w, with the entry for the next R in 1, 2, 4, 8', async () => {
+    const { matmul, GEMV_KERNELS } = await import('../../src/backend/cuda/ops/gemm.js');
+    const { fakeDevice } = await import('./fake_device.js');
+    for (const [R, N, maxR] of [[1, 4096, 1], [2, 6, 2], [3, 128256, 4], [8, 13, 8]] as const) {
+      const launches: Array<{ name: string; grid: number[]; block: number[]; args: Record<string, unknown> }> = [];
+      matmul({
+        inputs: [{ ptr: 0x1000n, shape: [R, 64], dtype: 'bf16' }, { ptr: 0x2000n, shape: [N, 64], dtype: 'bf16' }],
+        outputs: [{ ptr: 0x3000n, shape: [R, N], dtype: 'f32' }],
+        attrs: { gemmVariant: 'gemv', outputDtype: 'f32' },
+        step: { numTokens: R, numSeqs: 1, numLogitRows: R, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
+        device: fakeDevice(),
+        launch: (decl, l, args) => launches.push({ name: decl.name, grid: l.grid, block: l.block, args }),
+        constant: () => 0n,
+        scratch: () => {
+          throw new Error('the GEMV needs no scratch');
+        },
+      });
+      expect(launches.length).toBe(1);
+      expect(launches[0].name).toBe(GEMV_KERNELS[maxR].f32.name);
+      expect(launches[0].grid).toEqual([Math.ceil(N / 4), 1, 1]);
+      expect(launches[0].block).toEqual([256, 1, 1]);
+      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, R, N, K: 64 });
+    }
   });
 });

@@ -124,6 +124,41 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
 
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 
+export type GemmVariant = 'tiles' | 'gemv';
+
+/** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR and y dtype). */
+export const GEMV_MAX_R = [1, 2, 4, 8] as const;
+/** Rows of w per GEMV block, and its threads. */
+export const GEMV_ROWS = 4;
+export const GEMV_THREADS = 256;
+
+const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['y', 'ptr'],
+  ['x', 'ptr'],
+  ['w', 'ptr'],
+  ['bias', 'ptr'],
+  ['R', 'i32'],
+  ['N', 'i32'],
+  ['K', 'i32'],
+];
+
+/** ts_gemv_r<maxR>_<y dtype>. */
+export const GEMV_KERNELS = Object.fromEntries(
+  GEMV_MAX_R.map((m) => [m, Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemv_r${m}_${d}`, params: GEMV_PARAMS } satisfies KernelDecl]))]),
+) as Record<(typeof GEMV_MAX_R)[number], Record<GemmOutDType, KernelDecl>>;
+
+/**
+ * The variant the matmul launcher runs for R rows. Asked for (attrs.gemmVariant, or
+ * TESSERA_GEMM=tiles|gemv) it is honoured where it applies (gemv only for R <= 8). The default is
+ * the tile kernel: the GEMV becomes the default for small R once the GPU benchmark has measured
+ * it faster (docs/perf/gemm.md).
+ */
+export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM): GemmVariant {
+  if (asked !== undefined && asked !== 'auto' && asked !== 'tiles' && asked !== 'gemv') throw new Error(`gemm variant must be auto, tiles or gemv, not ${String(asked)}`);
+  if (asked === 'gemv' && R <= GEMV_MAX_R[GEMV_MAX_R.length - 1]) return 'gemv';
+  return 'tiles';
+}
+
 /** ts_gemm_<tile>_<y dtype>: one per tile configuration and output dtype. */
 export const GEMM_KERNELS = Object.fromEntries(
   Object.keys(GEMM_TILES).map((name) => [
@@ -167,6 +202,11 @@ export const matmul: CudaOp = (ctx) => {
   }
   const outDType: GemmOutDType = y.dtype;
   const biasPtr = bias ? bias.ptr : 0n;
+  if (gemmVariant(R, ctx.attrs.gemmVariant ?? process.env.TESSERA_GEMM) === 'gemv') {
+    const maxR = GEMV_MAX_R.find((m) => m >= R)!;
+    ctx.launch(GEMV_KERNELS[maxR][outDType], { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });
+    return;
+  }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
   const decls = GEMM_KERNELS[plan.tile.name];
@@ -190,6 +230,7 @@ export const matmul: CudaOp = (ctx) => {
 
 export const DECLS: KernelDecl[] = [
   ...Object.values(GEMM_KERNELS).flatMap((byDType) => OUT_DTYPES.map((d) => byDType[d])),
+  ...GEMV_MAX_R.flatMap((m) => OUT_DTYPES.map((d) => GEMV_KERNELS[m][d])),
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];

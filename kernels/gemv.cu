@@ -1,0 +1,158 @@
+// GEMV path of the `matmul` op for decode: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]) for R <= 8,
+// bf16 operands, f32 accumulation, y bf16 or f32. Same operands and layout as kernels/gemm.cu.
+//
+// Why a second kernel: at R <= 8 the product is a stream of the weights (2 N K bytes) with a few
+// FLOPs per byte, so what counts is keeping enough loads in flight to run HBM at full rate, not
+// the tensor cores. The tile kernel's 16-row tiles waste 15/16 of their mma work at R = 1 and need
+// split-K (a second launch and a pass over f32 partials) to put enough blocks on the SMs; here
+// every block owns 4 rows of w outright and its 8 warps split K among themselves.
+//
+//   x:    [R, K] bf16 row-major; R <= MAXR (the entry's r1, r2, r4 or r8), K % 8 == 0
+//   w:    [N, K] bf16 (nn.Linear layout)
+//   bias: [N] bf16 or null
+//   y:    [R, N] bf16 or f32
+// Every pointer 16-byte aligned (the launcher checks).
+//
+// Block: 256 threads (8 warps) for ROWS = 4 consecutive rows of w, n0 = 4 blockIdx.x. K is cut
+// into steps of 256 elements (32 lanes x 8 bf16 = one 512-byte run of a row); warp v takes steps
+// v, v + 8, ..., so the 8 warps read 4 KiB of each row side by side. Per step a lane loads 16
+// bytes of each of the 4 rows (streaming loads: w is read once) and 16 bytes of each of the R
+// rows of x (read-only path: x is small and every block reads it, so it stays in L1/L2), and
+// accumulates R x 4 dot products in f32. Two steps go together so 8 independent 16-byte weight
+// loads per lane, 32 KiB per block, are in flight before the first FMA. Then each warp reduces its
+// lanes with shuffles, the 8 warps' partials meet in shared memory, and R x 4 threads add the
+// bias and store. Rows past R or N read the last valid row (in bounds) and are never stored.
+//
+// Bytes: 2 N K (w) + 2 R K per block from L2 (x) + R N (2 | 4) (y). FLOPs: 2 R N K.
+// Grid: ceil(N / 4) blocks: 1024 for N = 4096, 32,064 for Llama-3's lm_head.
+#include "common.cuh"
+
+namespace ts_gemv {
+
+constexpr int THREADS = 256;
+constexpr int WARPS = THREADS / 32;
+constexpr int ROWS = 4;    // rows of w per block
+constexpr int STEP = 256;  // K elements a warp covers per step
+
+TS_DEVICE ts::bf16x8 load_stream(const ts::bf16* p) {
+  // Streaming (evict-first) load: each weight is read once per product.
+  const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const ts::bf16x8*>(&v);
+}
+
+TS_DEVICE ts::bf16x8 load_cached(const ts::bf16* p) {
+  const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
+  return *reinterpret_cast<const ts::bf16x8*>(&v);
+}
+
+TS_DEVICE void store(ts::bf16* p, float v) { *p = ts::to_bf16(v); }
+TS_DEVICE void store(float* p, float v) { *p = v; }
+
+template <int MAXR, typename OUT_T>
+__device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const ts::bf16* __restrict__ x, const ts::bf16* __restrict__ w,
+                                           const ts::bf16* __restrict__ bias, int R, int N, int K) {
+  __shared__ float part[WARPS][MAXR * ROWS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int n0 = blockIdx.x * ROWS;
+  // Rows of w past N read row N - 1 instead (in bounds, never stored): no branch in the loads.
+  const ts::bf16* wrow[ROWS];
+#pragma unroll
+  for (int j = 0; j < ROWS; j++) wrow[j] = w + (size_t)min(n0 + j, N - 1) * K;
+
+  float acc[MAXR][ROWS];
+#pragma unroll
+  for (int r = 0; r < MAXR; r++)
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) acc[r][j] = 0.f;
+
+  // Rows of x past R read row R - 1 instead (never stored): the loop has no branch on R.
+  const ts::bf16* xrow[MAXR];
+#pragma unroll
+  for (int r = 0; r < MAXR; r++) xrow[r] = x + (size_t)min(r, R - 1) * K;
+
+  // One step: a lane's 8 elements of each row of w against the same 8 of each row of x.
+  auto fma_step = [&](const float (&wf)[ROWS][8], int k) {
+#pragma unroll
+    for (int r = 0; r < MAXR; r++) {
+      float xf[8];
+      ts::unpack(load_cached(xrow[r] + k), xf);
+#pragma unroll
+      for (int j = 0; j < ROWS; j++)
+#pragma unroll
+        for (int e = 0; e < 8; e++) acc[r][j] = fmaf(xf[e], wf[j][e], acc[r][j]);
+    }
+  };
+
+  // Steps whose 256 elements are all inside K, two per iteration: the 8 weight loads of both
+  // are issued before the first FMA, so each lane has 128 bytes in flight.
+  const int full = K / STEP;
+  int s = warp;
+  for (; s + WARPS < full; s += 2 * WARPS) {
+    const int k0 = s * STEP + lane * 8, k1 = k0 + WARPS * STEP;
+    ts::bf16x8 w0[ROWS], w1[ROWS];
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) w0[j] = load_stream(wrow[j] + k0);
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) w1[j] = load_stream(wrow[j] + k1);
+    float wf[ROWS][8];
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) ts::unpack(w0[j], wf[j]);
+    fma_step(wf, k0);
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) ts::unpack(w1[j], wf[j]);
+    fma_step(wf, k1);
+  }
+  // The rest (at most one full step per warp, and the ragged last step): lanes past K idle.
+  for (; s * STEP < K; s += WARPS) {
+    const int k = s * STEP + lane * 8;
+    if (k < K) {  // K % 8 == 0: a lane's 8 elements are all in or all out
+      float wf[ROWS][8];
+#pragma unroll
+      for (int j = 0; j < ROWS; j++) ts::unpack(load_stream(wrow[j] + k), wf[j]);
+      fma_step(wf, k);
+    }
+  }
+
+#pragma unroll
+  for (int r = 0; r < MAXR; r++)
+#pragma unroll
+    for (int j = 0; j < ROWS; j++) {
+      const float v = ts::warp_sum(acc[r][j]);
+      if (lane == 0) part[warp][r * ROWS + j] = v;
+    }
+  __syncthreads();
+  if (threadIdx.x < MAXR * ROWS) {
+    const int r = threadIdx.x / ROWS, j = threadIdx.x % ROWS, n = n0 + j;
+    if (r < R && n < N) {
+      float sum = 0.f;
+#pragma unroll
+      for (int v = 0; v < WARPS; v++) sum += part[v][threadIdx.x];
+      if (bias) sum += ts::to_f32(bias[n]);
+      store(y + (size_t)r * N + n, sum);
+    }
+  }
+}
+
+}  // namespace ts_gemv
+
+// One entry per (largest R, y dtype). Parameters, in order (ops/gemm.ts: GEMV_PARAMS):
+#define TS_GEMV_ENTRY(NAME, MAXR, OUT_T)                                                                      \
+  extern "C" __global__ void __launch_bounds__(ts_gemv::THREADS)                                            \
+      NAME(OUT_T* __restrict__ y,            /* [R, N] */                                                   \
+           const ts::bf16* __restrict__ x,    /* [R, K] bf16, R <= MAXR */                                  \
+           const ts::bf16* __restrict__ w,    /* [N, K] bf16 */                                             \
+           const ts::bf16* __restrict__ bias, /* [N] bf16, or null */                                       \
+           int R, int N, int K) {                                                                           \
+    ts_gemv::gemv_block<MAXR, OUT_T>(y, x, w, bias, R, N, K);                                               \
+  }
+
+TS_GEMV_ENTRY(ts_gemv_r1_bf16, 1, ts::bf16)
+TS_GEMV_ENTRY(ts_gemv_r1_f32, 1, float)
+TS_GEMV_ENTRY(ts_gemv_r2_bf16, 2, ts::bf16)
+TS_GEMV_ENTRY(ts_gemv_r2_f32, 2, float)
+TS_GEMV_ENTRY(ts_gemv_r4_bf16, 4, ts::bf16)
+TS_GEMV_ENTRY(ts_gemv_r4_f32, 4, float)
+TS_GEMV_ENTRY(ts_gemv_r8_bf16, 8, ts::bf16)
+TS_GEMV_ENTRY(ts_gemv_r8_f32, 8, float)
+
+#undef TS_GEMV_ENTRY
