@@ -145,3 +145,24 @@ describe('tools/plot_kernels.mjs', () => {
     expect(gemm).toContain('fill="#d5703a"'); // the bar under its target stands out
   });
 });
+
+describe('tessera bench kernels: bad input and no GPU', () => {
+  it('says in one sentence what is wrong and exits 1', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const path = await import('node:path');
+    const bin = path.join(import.meta.dirname, '../../bin/tessera.js');
+    const run = (...args: string[]) => spawnSync(process.execPath, [bin, 'bench', 'kernels', ...args], { encoding: 'utf8', env: { ...process.env, TESSERA_LIBCUDA: '/nonexistent/libcuda.so.1' } });
+    for (const [args, sentence] of [
+      [['--runs', '5'], 'tessera: --runs must be at least 20 (the median of fewer is noise).\n'],
+      [['--family', 'gemv'], 'tessera: --family takes gemm, attention and memory, not "gemv".\n'],
+      [['--shapes', '/nonexistent/shapes.json'], /^tessera: \/nonexistent\/shapes\.json: ENOENT[^\n]*\n$/],
+      [[], /^tessera: tessera bench kernels needs a CUDA GPU: [^\n]*\/nonexistent\/libcuda\.so\.1[^\n]*\.\n$/],
+    ] as Array<[string[], string | RegExp]>) {
+      const r = run(...args);
+      expect(r.status, args.join(' ')).toBe(1);
+      expect(r.stdout).toBe('');
+      if (typeof sentence === 'string') expect(r.stderr).toBe(sentence);
+      else expect(r.stderr).toMatch(sentence);
+    }
+  });
+});
