@@ -9,6 +9,7 @@
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import koffi from 'koffi';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
 import type { SeqOutput } from '../../src/engine/engine.js';
@@ -58,15 +59,23 @@ describe.skipIf(skip !== null)('device sampling through the engine (stand-in lib
     const launches: SampledLaunch[] = [];
     const remove = setLaunchHook(mockPath!, samplingKernelHook(driver, launches, randomLogits()));
     const steps: SeqOutput[][] = [];
+    const allocs = koffi.load(mockPath!).func('int mock_allocs()');
+    const allocsPerStep: number[] = [];
     try {
       params.forEach((p, i) => llm.engine.addRequest({ requestId: `r${i}`, promptIds: prompts[i], params: p }));
       while (llm.engine.hasUnfinished) {
+        const before = allocs() as number;
         const outs = await llm.engine.step();
+        allocsPerStep.push((allocs() as number) - before);
         if (outs.length) steps.push(outs);
       }
     } finally {
       remove();
     }
+    // Weights, arena, KV pool, step and sampling buffers come from load; the first step makes the
+    // kernels' constant tables and scratch; no step after it allocates (decode included, with the
+    // penalties' token lists growing every step).
+    expect(allocsPerStep.slice(1).every((n) => n === 0), `allocations per step: ${allocsPerStep.join(' ')}`).toBe(true);
     // One launch per step that sampled, its rows in the order of the step's outputs.
     expect(launches.length).toBe(steps.length);
     expect(steps.some((s) => s.length > 1)).toBe(true); // the long prompt's chunks ran beside decodes

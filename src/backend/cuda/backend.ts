@@ -21,7 +21,7 @@ import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type H
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
-import { launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
+import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
 import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
@@ -276,6 +276,7 @@ export class CudaBackend implements Backend {
     this.logits = this.alloc(logitsBytes);
     this.logitsHost = this.driver.mallocHost(logitsBytes);
     this.allocateStepBuffers(program, limits);
+    this.allocateSamplingBuffers(program, limits);
     this.driver.currentOp = null;
   }
 
@@ -597,6 +598,24 @@ export class CudaBackend implements Backend {
       topIds: new Int32Array(host, topIdsAt, n),
       topLogprobs: new Float32Array(host, topLogprobsAt, n),
     }, packed.maxTopN);
+  }
+
+  /**
+   * Sampling's buffers sized at load for the largest step, so decode never allocates: per row its
+   * record, its distinct prompt+output ids and distinct output ids with their counts (each at most
+   * min(context, vocab)), and the outputs with 20 top logprobs, up to 64 MiB (long contexts at
+   * large batch would ask for more than penalties ever use; staged() grows the buffer between steps
+   * in the rare step that needs more).
+   */
+  private allocateSamplingBuffers(program: Program, limits: LoadLimits): void {
+    const rows = Math.max(program.maxLogitRows, bucketOf(Math.max(limits.maxNumSeqs, 1)));
+    const idsPerRow = 2 * Math.min(limits.maxModelLen, program.vocabSize);
+    const align = (n: number) => Math.ceil(n / 256) * 256;
+    const inBytes = Math.min(align(rows * ROW_BYTES) + 2 * align(4 * rows * idsPerRow), 64 * 2 ** 20);
+    const out = samplingOutputBytes(rows, MAX_TOP_N);
+    const outBytes = align(out.tokens) + align(out.logprobs) + align(out.topIds) + out.topLogprobs;
+    this.samplingIn = this.staged(this.samplingIn, inBytes);
+    this.samplingOut = this.staged(this.samplingOut, outBytes);
   }
 
   /** `buf` if it holds `bytes`, else a larger one (the old one freed after the stream drains). */

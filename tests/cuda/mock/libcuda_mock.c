@@ -11,7 +11,7 @@ static char last_name[128];
 static unsigned last_geom[7];
 static unsigned char last_args[4096];
 static size_t last_args_size;
-static int launches, graph_launches, capturing;
+static int launches, graph_launches, capturing, allocs;
 typedef void (*launch_hook_t)(const char *name, unsigned grid_x);
 static launch_hook_t launch_hook;
 
@@ -38,9 +38,9 @@ CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; return 0; }
 CUresult cuCtxSetCurrent(void *ctx) { (void)ctx; return 0; }
 CUresult cuCtxSynchronize(void) { return 0; }
 CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = (size_t)70 << 30; *t = (size_t)80 << 30; return 0; }
-CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; return 0; }
+CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; allocs++; return 0; }
 CUresult cuMemFree_v2(uint64_t p) { free((void *)(uintptr_t)p); return 0; }
-CUresult cuMemAllocHost_v2(void **p, size_t b) { *p = calloc(1, b ? b : 1); return *p ? 0 : 2; }
+CUresult cuMemAllocHost_v2(void **p, size_t b) { *p = calloc(1, b ? b : 1); if (*p) allocs++; return *p ? 0 : 2; }
 CUresult cuMemFreeHost(void *p) { free(p); return 0; }
 CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { memcpy((void *)(uintptr_t)d, s, b); return 0; }
 CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
@@ -91,3 +91,4 @@ int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
 }
 int mock_counts(int *l, int *g) { *l = launches; *g = graph_launches; return 0; }
 void mock_set_launch_hook(launch_hook_t hook) { launch_hook = hook; }
+int mock_allocs(void) { return allocs; }
