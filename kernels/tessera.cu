@@ -3,6 +3,7 @@
 #include "transform.cu"
 #include "gemm.cu"
 #include "gemv.cu"
+#include "gemm_sm90.cu"
 #include "attention.cu"
 #include "norm.cu"
 #include "elementwise.cu"

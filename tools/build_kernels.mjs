@@ -59,11 +59,15 @@ for (const line of fatbin.stderr.split('\n')) {
   if ((m = /(\d+) bytes smem/.exec(line))) current.smemBytes = +m[1];
 }
 
-// PTX entries: ".visible .entry name(\n .param .u64 name_param_0, ...)".
+// PTX entries: ".visible .entry name(\n .param .u64 name_param_0, ...)". A scalar is its type
+// ("u64"); a by-value aggregate such as a CUtensorMap (".param .align 128 .b8 name_param_2[128]")
+// is "align128.b8[128]".
 const ptx = readFileSync(path.join(buildDir, 'tessera.ptx'), 'utf8');
 const entries = {};
 for (const m of ptx.matchAll(/\.visible \.entry (\w+)\(([^)]*)\)/g)) {
-  entries[m[1]] = [...m[2].matchAll(/\.param \.(\w+)/g)].map((p) => p[1]);
+  entries[m[1]] = [...m[2].matchAll(/\.param\s+(?:\.align\s+(\d+)\s+)?\.(\w+)[^,[]*(?:\[(\d+)\])?/g)].map(
+    (p) => (p[1] ? `align${p[1]}.` : '') + p[2] + (p[3] ? `[${p[3]}]` : ''),
+  );
 }
 
 const report = { nvcc: probe.stdout.trim().split('\n').pop(), archs: ARCHS, date: new Date().toISOString(), kernels: resources };

@@ -16,7 +16,7 @@ import { fileURLToPath } from 'node:url';
 import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
 import type { OpName } from '../graph/ops.js';
-import { GEMV_MAX_R } from '../backend/cuda/ops/gemm.js';
+import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -120,12 +120,13 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
   if (families.includes('gemm'))
     for (const p of shapes.gemm.projections)
       for (const m of shapes.gemm.m) {
-        // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt.
-        const variants = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? (['tiles', 'gemv'] as const) : (['tiles'] as const);
+        // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
+        // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
+        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
         for (const variant of variants)
           cases.push({
             family: 'gemm',
-            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${variant === 'gemv' ? ' gemv' : ''}`,
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${variant === 'tiles' ? '' : ` ${variant}`}`,
             op: 'matmul',
             attrs: { gemmVariant: variant },
             inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
@@ -358,7 +359,9 @@ export async function benchKernels(argv: string[]): Promise<number> {
 
     const results: Array<Record<string, unknown>> = [];
     if (!values.json) console.log(`${'case'.padEnd(58)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'%copy'.padStart(6)} ${'%gemm'.padStart(6)} ${'vs base'.padStart(8)}`);
+    const major = Number(String(device.computeCapability).split('.')[0]);
     for (const c of cases) {
+      if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
         results.push({ family: c.family, name: c.name, skipped: c.unsupported });
         log(`${c.name.padEnd(58)} skipped: ${c.unsupported}`);

@@ -18,8 +18,8 @@ describe('bench kernels: the cases', () => {
 
   it('covers every projection at every M, every attention case and every memory-bound op', () => {
     const gemm = cases.filter((c) => c.family === 'gemm');
-    // Every M with the tile kernel, and M <= 8 with the GEMV as well.
-    expect(gemm.length).toBe(shapes.gemm.projections.length * (shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
+    // Every M with the tile kernel and the Hopper kernel, and M <= 8 with the GEMV as well.
+    expect(gemm.length).toBe(shapes.gemm.projections.length * (2 * shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
     expect(cases.filter((c) => c.family === 'attention').length).toBe(shapes.attention.prefill.length + shapes.attention.decode.length);
@@ -27,8 +27,10 @@ describe('bench kernels: the cases', () => {
     expect(expandCases(shapes, ['gemm'], 'lm_head M1 ').map((c) => c.name)).toEqual([
       'gemm llama-3-8b lm_head M1 N128256 K4096',
       'gemm llama-3-8b lm_head M1 N128256 K4096 gemv',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 sm90',
       'gemm llama-3-70b lm_head M1 N128256 K8192',
       'gemm llama-3-70b lm_head M1 N128256 K8192 gemv',
+      'gemm llama-3-70b lm_head M1 N128256 K8192 sm90',
     ]);
   });
 
@@ -95,7 +97,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(4 + 2 + 5); // M 1 and 5, each with the tiles and the GEMV
+    expect(cases.length).toBe(6 + 2 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

@@ -297,9 +297,11 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 
 // ---- matmul
 
-// [R, K, N, bias, f32 out, the GEMV variant (R <= 8; its own cases: K below, at and past its
-// 256-element step and 4096-element pair of steps, N not a multiple of its 4 rows per block)]
-for (const [r, k, n, bias, f32Out, gemv] of [
+// [R, K, N, bias, f32 out, variant]. The GEMV (R <= 8) has its own cases: K below, at and past its
+// 256-element step and 4096-element pair of steps, N not a multiple of its 4 rows per block. The
+// Hopper kernel (sm90, on compute capability 9; the tile kernel elsewhere) too: M, N and K off its
+// 128 x 256 x 64 tiles, K under one k-tile, more tiles than SMs (its persistent loop).
+for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
   [17, 256, 264, false, false],
@@ -311,28 +313,35 @@ for (const [r, k, n, bias, f32Out, gemv] of [
   [17, 1024, 24, false, true],
   // 135 tiles of 128x128: enough to take the CUDA GEMM's large-tile configuration on 132 SMs.
   [300, 64, 5640, true, false],
-  [1, 8, 1, false, false, true],
-  [1, 4104, 37, true, false, true],
-  [2, 264, 6, false, true, true],
-  [3, 4096, 9, false, false, true],
-  [5, 520, 262, true, false, true],
-  [8, 8200, 13, true, true, true],
-  [8, 96, 4, false, false, true],
-] as Array<[number, number, number, boolean, boolean, boolean?]>) {
+  [1, 8, 1, false, false, 'gemv'],
+  [1, 4104, 37, true, false, 'gemv'],
+  [2, 264, 6, false, true, 'gemv'],
+  [3, 4096, 9, false, false, 'gemv'],
+  [5, 520, 262, true, false, 'gemv'],
+  [8, 8200, 13, true, true, 'gemv'],
+  [8, 96, 4, false, false, 'gemv'],
+  [1, 64, 8, false, false, 'sm90'],
+  [130, 72, 264, true, false, 'sm90'],
+  [128, 256, 256, false, false, 'sm90'],
+  [257, 8, 520, true, true, 'sm90'],
+  [300, 200, 5640, false, false, 'sm90'],
+  [1100, 64, 4100, true, false, 'sm90'],
+  [17, 1032, 37, false, true, 'sm90'],
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90')?]>) {
   add({
     op: 'matmul',
-    name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${gemv ? ' gemv' : ''}`,
+    name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
     prepare(g) {
       const x = g.act(r * k), w = g.weights(n * k, k), b = bias ? g.bias(n) : null;
       const inputs = [f(x, [r, k]), f(w, [n, k])];
       if (b) inputs.push(f(b, [n]));
       const y = ref.matmul(x, w, b, r, k, n);
       return {
-        attrs: { ...(f32Out ? { outputDtype: 'f32' } : {}), ...(gemv ? { gemmVariant: 'gemv' } : {}) } as Attrs,
+        attrs: { ...(f32Out ? { outputDtype: 'f32' } : {}), ...(variant ? { gemmVariant: variant } : {}) } as Attrs,
         inputs,
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],
-        what: `x ${fmt([r, k])} w ${fmt([n, k])}${b ? ` b [${n}]` : ''}${f32Out ? ' outputDtype f32' : ''}${gemv ? ' variant gemv' : ''}`,
+        what: `x ${fmt([r, k])} w ${fmt([n, k])}${b ? ` b [${n}]` : ''}${f32Out ? ' outputDtype f32' : ''}${variant ? ` variant ${variant}` : ''}`,
       };
     },
   });

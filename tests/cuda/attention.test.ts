@@ -44,6 +44,9 @@ function run(opts: { T: number; B: number; H: number; KV: number; hd: number; ma
       scratch.push(bytes);
       return 0x100000n;
     },
+    tensorMap2d: () => {
+      throw new Error('attention uses no tensor maps');
+    },
   };
   attention(ctx);
   return { launches, scratch };

@@ -57,8 +57,10 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     expect([...byName.keys()]).toEqual([
       'gemm toy proj M1 N40 K32',
       'gemm toy proj M1 N40 K32 gemv',
+      'gemm toy proj M1 N40 K32 sm90',
       'gemm toy proj M3 N40 K32',
       'gemm toy proj M3 N40 K32 gemv',
+      'gemm toy proj M3 N40 K32 sm90',
       'attention prefill B1 S20 H4 KV2 hd64 causal',
       'attention prefill B1 S20 H4 KV2 hd64 full',
       'attention decode B2 ctx40 H4 KV1 hd128',

@@ -25,6 +25,7 @@ import { fakeDevice } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
 const GEMV_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
+const SM90_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm_sm90.cu'), 'utf8');
 
 interface Recorded {
   decl: KernelDecl;
@@ -59,6 +60,9 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
       scratch.push(bytes);
       return p.ws;
     },
+    tensorMap2d: () => {
+      throw new Error('no tensor maps expected');
+    },
   };
   matmul(ctx);
   return { launches, scratch };
@@ -87,8 +91,8 @@ describe('gemm tile table', () => {
   it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4);
-    for (const d of DECLS) expect(d.name.startsWith('ts_gemv_') ? GEMV_SOURCE : SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2);
+    for (const d of DECLS) expect(d.name.startsWith('ts_gemv_') ? GEMV_SOURCE : d.name.startsWith('ts_gemm_sm90') ? SM90_SOURCE : SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
     expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
     expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'splits:i32']);
   });
@@ -283,7 +287,22 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles or gemv, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv or sm90, not fast');
+    expect(gemmVariant(4096, 'sm90', 9)).toBe('sm90');
+    expect(gemmVariant(1, 'sm90', 9)).toBe('sm90');
+    expect(gemmVariant(4096, 'sm90', 8)).toBe('tiles'); // Ampere and Ada: no wgmma
+  });
+
+  it('keeps the Hopper kernel\'s launch constants in step with kernels/gemm_sm90.cu', async () => {
+    const { GEMM_SM90, gemmSm90Grid } = await import('../../src/backend/cuda/ops/gemm.js');
+    const num = (name: string) => Number(new RegExp(`\\b${name} = (\\d+)`).exec(SM90_SOURCE)![1]);
+    expect([GEMM_SM90.bm, GEMM_SM90.bn, GEMM_SM90.bk, GEMM_SM90.stages, GEMM_SM90.threads]).toEqual([num('BM'), num('BN'), num('BK'), num('STAGES'), num('THREADS')]);
+    // Four 48 KiB stages, 1 KiB of alignment slack, two barriers per stage: within Hopper's 227 KiB.
+    expect(GEMM_SM90.sharedBytes).toBe(4 * 49152 + 1024 + 64);
+    expect(GEMM_SM90.sharedBytes).toBeLessThanOrEqual(227 * 1024);
+    expect(gemmSm90Grid(8192, 28672, 132)).toBe(132); // persistent: 64 x 112 tiles over 132 SMs
+    expect(gemmSm90Grid(130, 264, 132)).toBe(4);
+    expect(gemmSm90Grid(1, 1, 132)).toBe(1);
   });
 
   it('launches one 256-thread block per 4 rows of w, with the entry for the next R in 1, 2, 4, 8', async () => {
@@ -301,6 +320,9 @@ describe('the GEMV variant', () => {
         constant: () => 0n,
         scratch: () => {
           throw new Error('the GEMV needs no scratch');
+        },
+        tensorMap2d: () => {
+          throw new Error('the GEMV needs no tensor maps');
         },
       });
       expect(launches.length).toBe(1);

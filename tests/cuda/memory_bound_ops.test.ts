@@ -53,6 +53,9 @@ function run(op: CudaOp, inputs: DeviceTensor[], outputs: DeviceTensor[], attrs:
     scratch() {
       throw new Error('no scratch expected');
     },
+    tensorMap2d() {
+      throw new Error('no tensor maps expected');
+    },
   };
   op(ctx);
   return { launches, constants };

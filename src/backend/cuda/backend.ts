@@ -17,7 +17,7 @@ import { bf16ToF32, f32ToBf16 } from '../../util/dtype.js';
 import { median } from '../../util/stats.js';
 import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
 import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
-import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle } from './driver.js';
+import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle, type TensorMapSwizzle } from './driver.js';
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
@@ -33,6 +33,8 @@ function fatbinPath(): string {
 
 const BF16_NAN_PAIR = 0x7fc07fc0;
 const F32_NAN = 0x7fc00000;
+/** Tensor maps kept (oldest dropped first): eager steps of ever new token counts would add entries forever. */
+const TENSOR_MAP_CACHE_ENTRIES = 4096;
 /** Batch sizes decode graphs are captured for (padded up to the next). */
 const BATCH_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512];
 
@@ -95,6 +97,7 @@ export class CudaBackend implements Backend {
   private scratchUsed = 0;
   private capturing = false;
   private readonly constants = new Map<string, DevPtr>();
+  private readonly tensorMaps = new Map<string, Uint8Array>();
   private readonly graphs = new Map<string, Handle | 'eager-once'>();
   private weightBytes = 0;
   /** Events around each step while steps are timed, and the last step's device time. */
@@ -273,6 +276,7 @@ export class CudaBackend implements Backend {
       }
     this.weightBytes = [...this.weights.values()].reduce((s, t) => s + 2 * numel(t.shape), 0);
     this.arena = this.alloc(Math.max(arenaBytes, 16));
+    this.tensorMaps.clear();
     this.logits = this.alloc(logitsBytes);
     this.logitsHost = this.driver.mallocHost(logitsBytes);
     this.allocateStepBuffers(program, limits);
@@ -359,6 +363,7 @@ export class CudaBackend implements Backend {
     const program = this.requireProgram();
     if (this.kvPool) this.release(this.kvPool);
     this.kv.clear();
+    this.tensorMaps.clear();
     this.destroyGraphs();
     this.numBlocks = numBlocks;
     const bytes = numBlocks * this.kvBytesPerBlock();
@@ -508,7 +513,31 @@ export class CudaBackend implements Backend {
       launch: (decl, launch, args) => this.launchDecl(decl, launch, args),
       constant: (key, make) => this.constant(key, make),
       scratch: (bytes) => this.scratch(bytes),
+      tensorMap2d: (t, box, swizzle) => this.tensorMap2d(t, box, swizzle),
     };
+  }
+
+  /**
+   * A TMA tensor map of a row-major 2-D bf16/f32 tensor (what launchers get as
+   * CudaOpContext.tensorMap2d), cached by all it encodes: pointer, shape, dtype, box and swizzle.
+   * A map is a function of its key alone, so an entry cannot be stale: a tensor freed (by a
+   * PreparedOp's dispose, say) and another allocated at the same address gets a cached map only
+   * if its shape and dtype are the same too, and then it is the map it would be encoded with now.
+   * The cache is cleared when the arena or the KV pool is reallocated only to drop dead entries.
+   * The bytes returned are shared: pass them to a launch, do not modify them.
+   */
+  tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: TensorMapSwizzle): Uint8Array {
+    const key = `${t.ptr}:${t.shape.join('x')}:${t.dtype}:${box[0]}x${box[1]}:${swizzle}`;
+    let map = this.tensorMaps.get(key);
+    if (!map) {
+      if (t.shape.length !== 2 || t.dtype === 'i32') throw new Error(`tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [${t.shape.join(', ')}] ${t.dtype}`);
+      const [rows, cols] = t.shape;
+      const rowStrideBytes = cols * (t.dtype === 'bf16' ? 2 : 4);
+      map = this.driver.encodeTensorMap2d({ dtype: t.dtype, address: t.ptr, rows, cols, rowStrideBytes, boxRows: box[0], boxCols: box[1], swizzle });
+      if (this.tensorMaps.size >= TENSOR_MAP_CACHE_ENTRIES) this.tensorMaps.delete(this.tensorMaps.keys().next().value!);
+      this.tensorMaps.set(key, map);
+    }
+    return map;
   }
 
   async execute(batch: StepBatch): Promise<Float32Array> {
@@ -865,6 +894,7 @@ export class CudaBackend implements Backend {
       this.weights.clear();
       this.kv.clear();
       this.constants.clear();
+      this.tensorMaps.clear();
       this.program = null;
     }
   }

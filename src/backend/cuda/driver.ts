@@ -45,6 +45,43 @@ const CU_LAUNCH_PARAM_END = 0n;
 /** Largest packed kernel-argument buffer (the driver's limit is 4 KiB). */
 const ARG_BUFFER_BYTES = 4096;
 
+// cuTensorMapEncodeTiled's enums, as cuda.h (CUDA 13.0) numbers them.
+/** CUtensorMapDataType (cuda.h): CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, _FLOAT32 = 7, _BFLOAT16 = 9. */
+const CU_TENSOR_MAP_DATA_TYPE = { f16: 6, f32: 7, bf16: 9 } as const;
+/** CUtensorMapInterleave (cuda.h): CU_TENSOR_MAP_INTERLEAVE_NONE = 0. */
+const CU_TENSOR_MAP_INTERLEAVE_NONE = 0;
+/** CUtensorMapSwizzle (cuda.h): CU_TENSOR_MAP_SWIZZLE_NONE = 0, _32B = 1, _64B = 2, _128B = 3. */
+const CU_TENSOR_MAP_SWIZZLE = { none: 0, '32B': 1, '64B': 2, '128B': 3 } as const;
+/** CUtensorMapL2promotion (cuda.h): CU_TENSOR_MAP_L2_PROMOTION_NONE = 0, _L2_64B = 1, _L2_128B = 2, _L2_256B = 3. */
+const CU_TENSOR_MAP_L2_PROMOTION = { none: 0, '64B': 1, '128B': 2, '256B': 3 } as const;
+/** CUtensorMapFloatOOBfill (cuda.h): CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0 (out-of-bounds elements read as zero). */
+const CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE = 0;
+/** sizeof(CUtensorMap): CU_TENSOR_MAP_NUM_QWORDS (16) 64-bit words. */
+export const TENSOR_MAP_BYTES = 128;
+/**
+ * Where the driver writes a tensor map: cuTensorMapEncodeTiled wants 64-byte alignment, and CUDA
+ * 13's cuda.h declares CUtensorMap alignas(128); 128 satisfies both.
+ */
+const TENSOR_MAP_ALIGN = 128;
+const ELEMENT_BYTES = { bf16: 2, f16: 2, f32: 4 } as const;
+
+export type TensorMapSwizzle = keyof typeof CU_TENSOR_MAP_SWIZZLE;
+export type TensorMapL2Promotion = keyof typeof CU_TENSOR_MAP_L2_PROMOTION;
+
+/** What encodeTensorMap2d describes: a row-major [rows, cols] matrix and the box one TMA load brings. */
+export interface TensorMap2d {
+  dtype: keyof typeof CU_TENSOR_MAP_DATA_TYPE;
+  address: DevPtr;
+  rows: number;
+  cols: number;
+  rowStrideBytes: number;
+  boxRows: number;
+  boxCols: number;
+  swizzle: TensorMapSwizzle;
+  /** Default '128B'. */
+  l2Promotion?: TensorMapL2Promotion;
+}
+
 const SIGNATURES = {
   cuInit: 'int cuInit(unsigned int flags)',
   cuDriverGetVersion: 'int cuDriverGetVersion(_Out_ int *version)',
@@ -92,8 +129,20 @@ const SIGNATURES = {
   cuGetErrorName: 'int cuGetErrorName(int status, _Out_ const char **name)',
 } as const;
 
+/**
+ * Symbols newer than the oldest driver Tessera runs on: bound if present, so an older driver (or
+ * a stand-in without them) still loads and only the feature that needs them fails, saying why.
+ * globalAddress is a device address (void * in cuda.h), passed as the 64-bit integer it is.
+ */
+const OPTIONAL_SIGNATURES = {
+  // CUDA 12.0.
+  cuTensorMapEncodeTiled:
+    'int cuTensorMapEncodeTiled(void *tensorMap, int dataType, uint32_t rank, uint64_t globalAddress, const uint64_t *globalDim, const uint64_t *globalStrides, const uint32_t *boxDim, const uint32_t *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)',
+} as const;
+
 type Fn = (...args: unknown[]) => number;
 type Bound = Record<keyof typeof SIGNATURES, Fn>;
+type OptionalBound = Partial<Record<keyof typeof OPTIONAL_SIGNATURES, Fn>>;
 
 export interface DeviceProperties {
   ordinal: number;
@@ -140,6 +189,7 @@ export function loadDriver(): { driver: CudaDriver } | { reason: string } {
 
 export class CudaDriver {
   private readonly fn: Bound;
+  private readonly optional: OptionalBound = {};
   /** The op being run, named in errors. */
   currentOp: string | null = null;
   private readonly argBuffer: unknown;
@@ -147,6 +197,9 @@ export class CudaDriver {
   private readonly sizeCell: unknown;
   private readonly sizeView: DataView;
   private readonly extra: BigUint64Array;
+  /** Host memory the driver writes tensor maps into (held so it stays allocated), and its aligned start. */
+  private readonly tensorMapMemory: unknown;
+  private readonly tensorMapPtr: unknown;
 
   constructor(lib: koffi.IKoffiLib) {
     // koffi's type names are global: declare the handle types once per process.
@@ -157,6 +210,13 @@ export class CudaDriver {
     const fn = {} as Bound;
     for (const [name, sig] of Object.entries(SIGNATURES)) fn[name as keyof Bound] = lib.func(sig) as unknown as Fn;
     this.fn = fn;
+    for (const [name, sig] of Object.entries(OPTIONAL_SIGNATURES)) {
+      try {
+        this.optional[name as keyof OptionalBound] = lib.func(sig) as unknown as Fn;
+      } catch {
+        // Not exported by this driver: the feature reports it when used.
+      }
+    }
     this.check('cuInit', fn.cuInit(0));
     // Kernel arguments are packed into one stable buffer and passed through `extra`
     // (CU_LAUNCH_PARAM_BUFFER_POINTER), so a launch allocates nothing.
@@ -165,6 +225,12 @@ export class CudaDriver {
     this.sizeCell = koffi.alloc('uint64_t', 1);
     this.sizeView = new DataView(koffi.view(this.sizeCell, 8));
     this.extra = new BigUint64Array([CU_LAUNCH_PARAM_BUFFER_POINTER, koffi.address(this.argBuffer), CU_LAUNCH_PARAM_BUFFER_SIZE, koffi.address(this.sizeCell), CU_LAUNCH_PARAM_END]);
+    // koffi.alloc promises no alignment: the start is rounded up, and the rounded address made a
+    // pointer again by reading it back from a 64-bit cell.
+    this.tensorMapMemory = koffi.alloc('uint8_t', TENSOR_MAP_BYTES + TENSOR_MAP_ALIGN);
+    const align = BigInt(TENSOR_MAP_ALIGN);
+    const aligned = ((koffi.address(this.tensorMapMemory) + align - 1n) / align) * align;
+    this.tensorMapPtr = koffi.decode(new BigUint64Array([aligned]), 'void *');
   }
 
   errorName(status: number): string {
@@ -299,13 +365,65 @@ export class CudaDriver {
 
   /**
    * Launches `fn` with arguments already packed by `pack` into the argument buffer (C layout:
-   * each value at an offset aligned to its size).
+   * each value at an offset aligned to its alignment, a tensor map's to 128); `pack` returns the
+   * size, the end of the last parameter.
    */
   launch(fn: Handle, grid: [number, number, number], block: [number, number, number], sharedBytes: number, stream: Handle, pack: (view: DataView) => number): void {
     const size = pack(this.argView);
     if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
     this.sizeView.setBigUint64(0, BigInt(size), true);
     this.check('cuLaunchKernel', this.fn.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, null, this.extra));
+  }
+
+  /** Whether the driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0). */
+  get hasTensorMaps(): boolean {
+    return this.optional.cuTensorMapEncodeTiled !== undefined;
+  }
+
+  /** A 2-D tiled tensor map (CUtensorMap, 128 bytes) for TMA loads of a row-major [rows, cols] matrix. */
+  encodeTensorMap2d(m: TensorMap2d): Uint8Array {
+    const encode = this.optional.cuTensorMapEncodeTiled;
+    if (!encode) {
+      const v = this.driverVersion();
+      throw new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) is too old for TMA tensor maps: it has no cuTensorMapEncodeTiled (CUDA 12.0 or newer).`, 'device');
+    }
+    const l2Promotion = m.l2Promotion ?? '128B';
+    const bad = (field: string, rule: string, value: unknown) => new Error(`encodeTensorMap2d: ${field} ${rule}, not ${String(value)}`);
+    const isInt = (v: number, lo: number, hi: number) => Number.isInteger(v) && v >= lo && v <= hi;
+    // The driver's documented limits, checked here so that a mistake names its field.
+    if (!Object.hasOwn(ELEMENT_BYTES, m.dtype)) throw bad('dtype', 'must be bf16, f16 or f32', m.dtype);
+    if (!Object.hasOwn(CU_TENSOR_MAP_SWIZZLE, m.swizzle)) throw bad('swizzle', "must be 'none', '32B', '64B' or '128B'", m.swizzle);
+    if (!Object.hasOwn(CU_TENSOR_MAP_L2_PROMOTION, l2Promotion)) throw bad('l2Promotion', "must be 'none', '64B', '128B' or '256B'", l2Promotion);
+    const elementBytes = ELEMENT_BYTES[m.dtype];
+    if (typeof m.address !== 'bigint' || m.address % 16n !== 0n) throw bad('address', 'must be 16-byte aligned', m.address);
+    if (!isInt(m.rows, 1, 2 ** 32)) throw bad('rows', 'must be an integer in 1..2^32', m.rows);
+    if (!isInt(m.cols, 1, 2 ** 32)) throw bad('cols', 'must be an integer in 1..2^32', m.cols);
+    if (!isInt(m.rowStrideBytes, 16, 2 ** 40 - 1) || m.rowStrideBytes % 16 !== 0) throw bad('rowStrideBytes', 'must be a multiple of 16 below 2^40', m.rowStrideBytes);
+    if (m.rowStrideBytes < m.cols * elementBytes) throw bad('rowStrideBytes', `must hold a row of ${m.cols} ${m.dtype} (${m.cols * elementBytes} bytes)`, m.rowStrideBytes);
+    if (!isInt(m.boxRows, 1, 256)) throw bad('boxRows', 'must be an integer in 1..256', m.boxRows);
+    if (!isInt(m.boxCols, 1, 256)) throw bad('boxCols', 'must be an integer in 1..256', m.boxCols);
+    const boxRowBytes = m.boxCols * elementBytes;
+    if (boxRowBytes % 16 !== 0) throw bad('boxCols', `times the element size (${elementBytes}) must be a multiple of 16 bytes`, m.boxCols);
+    const span = { none: Infinity, '32B': 32, '64B': 64, '128B': 128 }[m.swizzle];
+    if (boxRowBytes > span) throw bad('boxCols', `times the element size (${elementBytes}) must be at most the ${m.swizzle} swizzle span`, m.boxCols);
+    const out = new Uint8Array(koffi.view(this.tensorMapPtr, TENSOR_MAP_BYTES));
+    out.fill(0);
+    const status = encode(
+      this.tensorMapPtr,
+      CU_TENSOR_MAP_DATA_TYPE[m.dtype],
+      2,
+      m.address,
+      new BigUint64Array([BigInt(m.cols), BigInt(m.rows)]), // innermost dimension first
+      new BigUint64Array([BigInt(m.rowStrideBytes)]), // rank - 1 strides (the innermost is one element)
+      new Uint32Array([m.boxCols, m.boxRows]),
+      new Uint32Array([1, 1]),
+      CU_TENSOR_MAP_INTERLEAVE_NONE,
+      CU_TENSOR_MAP_SWIZZLE[m.swizzle],
+      CU_TENSOR_MAP_L2_PROMOTION[l2Promotion],
+      CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
+    );
+    this.check('cuTensorMapEncodeTiled', status);
+    return out.slice();
   }
 
   createStream(): Handle {

@@ -5,35 +5,60 @@
  */
 import type { DevPtr } from './driver.js';
 
-export type ParamType = 'ptr' | 'i32' | 'u32' | 'f32' | 'u64';
+/**
+ * 'tmap' is a TMA tensor map passed by value (`const __grid_constant__ CUtensorMap`): 128 bytes,
+ * aligned to 128 as CUDA 13's cuda.h declares CUtensorMap (alignas(128)).
+ */
+export type ParamType = 'ptr' | 'i32' | 'u32' | 'f32' | 'u64' | 'tmap';
 
 export interface KernelDecl {
   name: string;
   params: ReadonlyArray<readonly [name: string, type: ParamType]>;
 }
 
-/** How each parameter type appears in PTX (`int` is .u32, pointers are .u64). */
-export const PTX_PARAM_TYPE: Record<ParamType, string> = { ptr: 'u64', i32: 'u32', u32: 'u32', f32: 'f32', u64: 'u64' };
+/**
+ * How each parameter type appears in PTX (`int` is .u32, pointers are .u64), as
+ * tools/build_kernels.mjs writes it: a CUtensorMap is `.param .align 128 .b8 name[128]`.
+ */
+export const PTX_PARAM_TYPE: Record<ParamType, string> = { ptr: 'u64', i32: 'u32', u32: 'u32', f32: 'f32', u64: 'u64', tmap: 'align128.b8[128]' };
 
-const SIZE: Record<ParamType, number> = { ptr: 8, i32: 4, u32: 4, f32: 4, u64: 8 };
+/** Each type's size and its alignment in the argument buffer (C layout). */
+export const PARAM_LAYOUT: Record<ParamType, { size: number; align: number }> = {
+  ptr: { size: 8, align: 8 },
+  i32: { size: 4, align: 4 },
+  u32: { size: 4, align: 4 },
+  f32: { size: 4, align: 4 },
+  u64: { size: 8, align: 8 },
+  tmap: { size: 128, align: 128 },
+};
 
-export type ArgValue = number | bigint | DevPtr;
+/** A scalar or pointer, or a tensor map's 128 bytes (CudaDriver.encodeTensorMap2d). */
+export type ArgValue = number | bigint | DevPtr | Uint8Array;
 
 /**
- * Writes the arguments into `view` in C layout (each at an offset aligned to its size) and
- * returns the byte size. Every declared parameter must be given, and nothing else.
+ * Writes the arguments into `view` in C layout (each at an offset aligned to its alignment,
+ * padding zeroed) and returns the byte size: the end of the last parameter. Every declared
+ * parameter must be given, and nothing else.
  */
 export function packArgs(view: DataView, decl: KernelDecl, args: Record<string, ArgValue>): number {
   let offset = 0;
   for (const [name, type] of decl.params) {
     const v = args[name];
     if (v === undefined) throw new Error(`${decl.name}: argument ${name} is missing`);
-    const size = SIZE[type];
-    offset = Math.ceil(offset / size) * size;
+    const { size, align } = PARAM_LAYOUT[type];
+    const start = Math.ceil(offset / align) * align;
+    if (start + size > view.byteLength) throw new Error(`${decl.name}: arguments do not fit the ${view.byteLength}-byte argument buffer`);
+    // Zeroed so that the same arguments always pack to the same bytes.
+    for (let i = offset; i < start; i++) view.setUint8(i, 0);
+    offset = start;
+    if (type === 'tmap') {
+      if (!(v instanceof Uint8Array) || v.byteLength !== size)
+        throw new Error(`${decl.name}: argument ${name} must be a tensor map of ${size} bytes (Uint8Array), not ${v instanceof Uint8Array ? `${v.byteLength} bytes` : typeof v}`);
+    } else if (v instanceof Uint8Array) throw new Error(`${decl.name}: argument ${name} is a ${type}, not bytes`);
     switch (type) {
       case 'ptr':
       case 'u64':
-        view.setBigUint64(offset, BigInt(v), true);
+        view.setBigUint64(offset, BigInt(v as number | bigint), true);
         break;
       case 'i32':
         view.setInt32(offset, Number(v), true);
@@ -43,6 +68,9 @@ export function packArgs(view: DataView, decl: KernelDecl, args: Record<string, 
         break;
       case 'f32':
         view.setFloat32(offset, Number(v), true);
+        break;
+      case 'tmap':
+        new Uint8Array(view.buffer, view.byteOffset + offset, size).set(v as Uint8Array);
         break;
     }
     offset += size;

@@ -80,6 +80,45 @@ CUresult cuGraphInstantiateWithFlags(void **e, void *g, uint64_t f) { (void)g; (
 CUresult cuGraphLaunch(void *e, void *s) { (void)e; (void)s; graph_launches++; return 0; }
 CUresult cuGraphExecDestroy(void *e) { (void)e; return 0; }
 CUresult cuGraphDestroy(void *g) { (void)g; return 0; }
+#ifndef MOCK_NO_TENSOR_MAP
+/* Records its arguments and fills the map with them, as little-endian 64-bit words: the global
+ * address, globalDim[0..1], globalStrides[0], boxDim[0..1], elementStrides[0..1], then dtype,
+ * interleave, swizzle, l2 promotion, OOB fill, rank, the bytes "TMAPMOCK" and the call count. Like
+ * the driver, it rejects a null or unaligned address and a map that is not 64-byte aligned. */
+static struct {
+  int dtype, rank, interleave, swizzle, l2, oob, calls;
+  uint64_t address, dims[5], strides[4];
+  unsigned box[5], elem_strides[5];
+} tmap;
+CUresult cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank, void *address, const uint64_t *dims, const uint64_t *strides, const unsigned *box, const unsigned *elem_strides, int interleave, int swizzle, int l2, int oob) {
+  if (rank < 1 || rank > 5 || !address || (uintptr_t)address % 16 || (uintptr_t)map % 64) return 1;
+  tmap.dtype = dtype; tmap.rank = (int)rank; tmap.interleave = interleave; tmap.swizzle = swizzle; tmap.l2 = l2; tmap.oob = oob;
+  tmap.address = (uint64_t)(uintptr_t)address;
+  for (unsigned i = 0; i < 5; i++) {
+    tmap.dims[i] = i < rank ? dims[i] : 0;
+    tmap.box[i] = i < rank ? box[i] : 0;
+    tmap.elem_strides[i] = i < rank ? elem_strides[i] : 0;
+    if (i < 4) tmap.strides[i] = i + 1 < rank ? strides[i] : 0;
+  }
+  tmap.calls++;
+  uint64_t words[16] = {tmap.address, tmap.dims[0], tmap.dims[1], tmap.strides[0], tmap.box[0], tmap.box[1], tmap.elem_strides[0], tmap.elem_strides[1],
+                        (uint64_t)dtype, (uint64_t)interleave, (uint64_t)swizzle, (uint64_t)l2, (uint64_t)oob, rank, 0x4b434f4d50414d54ull /* "TMAPMOCK" */, (uint64_t)tmap.calls};
+  memcpy(map, words, sizeof words);
+  return 0;
+}
+/* The last tensor map's arguments: ints = {dtype, rank, interleave, swizzle, l2, oob},
+ * words = {address, dims[5], strides[4]}, box = {box[5], elementStrides[5]}; returns the call count. */
+int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
+  int i6[6] = {tmap.dtype, tmap.rank, tmap.interleave, tmap.swizzle, tmap.l2, tmap.oob};
+  memcpy(ints, i6, sizeof i6);
+  words[0] = tmap.address;
+  memcpy(words + 1, tmap.dims, sizeof tmap.dims);
+  memcpy(words + 6, tmap.strides, sizeof tmap.strides);
+  memcpy(box, tmap.box, sizeof tmap.box);
+  memcpy(box + 5, tmap.elem_strides, sizeof tmap.elem_strides);
+  return tmap.calls;
+}
+#endif
 CUresult cuGetErrorName(int status, const char **name) { *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : "CUDA_ERROR_UNKNOWN"; return 0; }
 
 /* For the test. */

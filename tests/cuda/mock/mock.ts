@@ -10,39 +10,38 @@ import { mkdtempSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import koffi from 'koffi';
-import type { KernelDecl, ParamType } from '../../../src/backend/cuda/kernel_decl.js';
+import { PARAM_LAYOUT, type KernelDecl } from '../../../src/backend/cuda/kernel_decl.js';
 
 /** Builds a stand-in library from its C source here; null (the caller skips, saying so) where there is no C compiler. */
-function buildStandIn(name: 'libcuda_mock' | 'libcublaslt_mock'): string | null {
+function buildStandIn(name: 'libcuda_mock' | 'libcublaslt_mock', defines: string[] = []): string | null {
   if (process.platform !== 'linux') return null;
   const out = path.join(mkdtempSync(path.join(tmpdir(), `tessera-${name}-`)), `${name}.so`);
   try {
-    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', '-o', out, path.join(import.meta.dirname, `${name}.c`)], { stdio: 'pipe' });
+    execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', ...defines.map((d) => `-D${d}`), '-o', out, path.join(import.meta.dirname, `${name}.c`)], { stdio: 'pipe' });
     return out;
   } catch {
     return null;
   }
 }
 
-/** The stand-in libcuda (TESSERA_LIBCUDA). */
-export const buildMock = (): string | null => buildStandIn('libcuda_mock');
+/** The stand-in libcuda (TESSERA_LIBCUDA); withoutTensorMaps leaves out cuTensorMapEncodeTiled, as a driver older than CUDA 12 does. */
+export const buildMock = (opts: { withoutTensorMaps?: boolean } = {}): string | null => buildStandIn('libcuda_mock', opts.withoutTensorMaps ? ['MOCK_NO_TENSOR_MAP'] : []);
 
 /** The stand-in libcublasLt (TESSERA_CUBLASLT): computes the product on the host. */
 export const buildLtMock = (): string | null => buildStandIn('libcublaslt_mock');
 
-const SIZE: Record<ParamType, number> = { ptr: 8, i32: 4, u32: 4, f32: 4, u64: 8 };
-
-/** The inverse of packArgs: a launch's argument bytes read back by the declaration. */
-export function unpackArgs(bytes: Uint8Array, decl: KernelDecl): Record<string, number | bigint> {
+/** The inverse of packArgs: a launch's argument bytes read back by the declaration (a tensor map as its bytes). */
+export function unpackArgs(bytes: Uint8Array, decl: KernelDecl): Record<string, number | bigint | Uint8Array> {
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const out: Record<string, number | bigint> = {};
+  const out: Record<string, number | bigint | Uint8Array> = {};
   let offset = 0;
   for (const [name, type] of decl.params) {
-    const size = SIZE[type];
-    offset = Math.ceil(offset / size) * size;
+    const { size, align } = PARAM_LAYOUT[type];
+    offset = Math.ceil(offset / align) * align;
     if (type === 'ptr' || type === 'u64') out[name] = view.getBigUint64(offset, true);
     else if (type === 'i32') out[name] = view.getInt32(offset, true);
     else if (type === 'u32') out[name] = view.getUint32(offset, true);
+    else if (type === 'tmap') out[name] = bytes.slice(offset, offset + size);
     else out[name] = view.getFloat32(offset, true);
     offset += size;
   }

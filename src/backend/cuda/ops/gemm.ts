@@ -124,7 +124,7 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
 
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 
-export type GemmVariant = 'tiles' | 'gemv';
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90';
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -148,15 +148,42 @@ export const GEMV_KERNELS = Object.fromEntries(
 ) as Record<(typeof GEMV_MAX_R)[number], Record<GemmOutDType, KernelDecl>>;
 
 /**
- * The variant the matmul launcher runs for R rows. Asked for (attrs.gemmVariant, or
- * TESSERA_GEMM=tiles|gemv) it is honoured where it applies (gemv only for R <= 8). The default is
- * the tile kernel: the GEMV becomes the default for small R once the GPU benchmark has measured
- * it faster (docs/perf/gemm.md).
+ * The variant the matmul launcher runs for R rows on a GPU of compute capability `major`. Asked
+ * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, sm90
+ * on compute capability 9). The default is the tile kernel: another becomes the default where the
+ * GPU benchmark has measured it faster (docs/perf/gemm.md).
  */
-export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM): GemmVariant {
-  if (asked !== undefined && asked !== 'auto' && asked !== 'tiles' && asked !== 'gemv') throw new Error(`gemm variant must be auto, tiles or gemv, not ${String(asked)}`);
+export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM, major = 9): GemmVariant {
+  if (asked !== undefined && asked !== 'auto' && asked !== 'tiles' && asked !== 'gemv' && asked !== 'sm90')
+    throw new Error(`gemm variant must be auto, tiles, gemv or sm90, not ${String(asked)}`);
   if (asked === 'gemv' && R <= GEMV_MAX_R[GEMV_MAX_R.length - 1]) return 'gemv';
+  if (asked === 'sm90' && major === 9) return 'sm90';
   return 'tiles';
+}
+
+/** kernels/gemm_sm90.cu's tile, threads and dynamic shared memory (keep in step with its constants). */
+export const GEMM_SM90 = { bm: 128, bn: 256, bk: 64, stages: 4, threads: 384, sharedBytes: 4 * (128 + 256) * 64 * 2 + 1024 + 2 * 4 * 8 } as const;
+
+const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['tmX', 'tmap'],
+  ['tmW', 'tmap'],
+  ['y', 'ptr'],
+  ['bias', 'ptr'],
+  ['M', 'i32'],
+  ['N', 'i32'],
+  ['K', 'i32'],
+];
+
+/** ts_gemm_sm90_<y dtype>. */
+export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_sm90_bf16', params: GEMM_SM90_PARAMS },
+  f32: { name: 'ts_gemm_sm90_f32', params: GEMM_SM90_PARAMS },
+};
+
+/** Persistent grid: one block per SM at most, one per tile at least. */
+export function gemmSm90Grid(R: number, N: number, multiprocessors: number): number {
+  const tiles = ceilDiv(R, GEMM_SM90.bm) * ceilDiv(N, GEMM_SM90.bn);
+  return Math.max(1, Math.min(tiles, multiprocessors));
 }
 
 /** ts_gemm_<tile>_<y dtype>: one per tile configuration and output dtype. */
@@ -202,9 +229,17 @@ export const matmul: CudaOp = (ctx) => {
   }
   const outDType: GemmOutDType = y.dtype;
   const biasPtr = bias ? bias.ptr : 0n;
-  if (gemmVariant(R, ctx.attrs.gemmVariant ?? process.env.TESSERA_GEMM) === 'gemv') {
+  const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? process.env.TESSERA_GEMM, ctx.device.computeCapability[0]);
+  if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
     ctx.launch(GEMV_KERNELS[maxR][outDType], { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });
+    return;
+  }
+  if (variant === 'sm90') {
+    const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
+    const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
+    const launch = { grid: [gemmSm90Grid(R, N, ctx.device.multiprocessors), 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
+    ctx.launch(GEMM_SM90_KERNELS[outDType], launch, { tmX, tmW, y: y.ptr, bias: biasPtr, M: R, N, K });
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
@@ -231,6 +266,8 @@ export const matmul: CudaOp = (ctx) => {
 export const DECLS: KernelDecl[] = [
   ...Object.values(GEMM_KERNELS).flatMap((byDType) => OUT_DTYPES.map((d) => byDType[d])),
   ...GEMV_MAX_R.flatMap((m) => OUT_DTYPES.map((d) => GEMV_KERNELS[m][d])),
+  GEMM_SM90_KERNELS.bf16,
+  GEMM_SM90_KERNELS.f32,
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];

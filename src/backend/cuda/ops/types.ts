@@ -46,6 +46,8 @@ export interface CudaOpContext {
   constant(key: string, make: () => Float32Array): DevPtr;
   /** Device scratch of at least `bytes`, valid during this call only. */
   scratch(bytes: number): DevPtr;
+  /** A TMA tensor map of a row-major bf16/f32 matrix tensor (made once per distinct tensor, box and swizzle, then reused). */
+  tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: 'none' | '32B' | '64B' | '128B'): Uint8Array;
 }
 
 export type CudaOp = (ctx: CudaOpContext) => void;
