@@ -21,6 +21,7 @@ npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$OUT/tests
     node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens "$p" --decode-tokens 128 --runs 5 --json
   done
   TESSERA_GEMM=gemv node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --runs 5 --json
+  TESSERA_GEMM=sm90 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --runs 5 --json
   node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
   node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
 } > "$OUT/bench.json" 2> "$OUT/bench.err"
