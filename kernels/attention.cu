@@ -9,7 +9,7 @@
 //   partO       [S, T, H, hd] f32       partML    [S, T, H] float2 (max in log2 units, sum)
 // Sequence b owns rows queryStart[b] .. queryStart[b+1]; row i of b sits at position
 // p = contextLens[b] - qLen + i and attends to max(0, p - window + 1) .. p (window <= 0: no
-// window); head h reads kv head h / G.
+// window), or to the whole context when causal is 0 (encoder-style); head h reads kv head h / G.
 //
 // Work decomposition (both regimes run one template, attention_body):
 //   A block owns (one sequence, one kv head, a tile of BM "packed rows", one KV split). Packed
@@ -119,7 +119,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
                               const int32_t* __restrict__ query_start, const int32_t* __restrict__ context_lens,
                               const int32_t* __restrict__ block_tables, int num_tokens, int num_heads, int num_kv_heads,
                               int head_dim, int num_cache_blocks, int block_size_log2, int block_table_width, float scale,
-                              int window, int num_splits, int split_len) {
+                              int window, int num_splits, int split_len, int causal) {
   using C = Config<HD, WM, WN, KW, QREG>;
   constexpr int BM = C::BM, KT = C::KT, NT = C::NT, LD = C::LD, HDC = C::HDC, OLD = C::OLD;
   constexpr int RS = NT / HDC;  // rows a loader pass covers
@@ -144,7 +144,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
   const int pos0 = ctx - q_len;  // position of the sequence's first query token
   const int p_first = pos0 + row_base / G, p_last = pos0 + (row_end - 1) / G;
   const int kv_lo = window > 0 ? max(0, p_first - window + 1) : 0;
-  const int kv_hi = p_last + 1;
+  const int kv_hi = causal ? p_last + 1 : ctx;
   int kv_begin = kv_lo, kv_end = kv_hi;
   if (num_splits > 1) {
     kv_begin = kv_lo + split * split_len;
@@ -159,8 +159,8 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
     const int pa = pos0 + ra / G, pb = pos0 + rb / G;
     lo0 = max(kv_begin, window > 0 ? pa - window + 1 : 0);
     lo1 = max(kv_begin, window > 0 ? pb - window + 1 : 0);
-    hi0 = min(pa + 1, kv_end);
-    hi1 = min(pb + 1, kv_end);
+    hi0 = min(causal ? pa + 1 : ctx, kv_end);
+    hi1 = min(causal ? pb + 1 : ctx, kv_end);
   }
 
   const int hd = head_dim, hdc = hd >> 3;
@@ -487,11 +487,11 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
       const int32_t* __restrict__ context_lens,    /* [B] */                                                           \
       const int32_t* __restrict__ block_tables,    /* [B, W] */                                                        \
       int num_tokens, int num_heads, int num_kv_heads, int head_dim, int num_cache_blocks, int block_size_log2,       \
-      int block_table_width, float scale, int window, int num_splits, int split_len) {                                \
+      int block_table_width, float scale, int window, int num_splits, int split_len, int causal) {                    \
     ts_attn::attention_body<HD, WM, WN, KW, QREG>(out, part_o, part_ml, q, cache, query_start, context_lens,          \
                                                   block_tables, num_tokens, num_heads, num_kv_heads, head_dim,         \
                                                   num_cache_blocks, block_size_log2, block_table_width, scale, window, \
-                                                  num_splits, split_len);                                              \
+                                                  num_splits, split_len, causal);                                      \
   }
 
 TS_ATTENTION_ENTRY(ts_attention_prefill_hd16_bf16, 16, 4, 1, 64, true)

@@ -148,7 +148,7 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
         family: 'attention',
         name: `attention prefill B${a.batch} S${a.seqlen} H${a.heads} KV${a.kvHeads} hd${a.headDim} ${a.causal ? 'causal' : 'full'}`,
         op: 'attention',
-        attrs: { numHeads: a.heads, numKvHeads: a.kvHeads, headDim: a.headDim, scale: 1 / Math.sqrt(a.headDim), slidingWindow: null },
+        attrs: { numHeads: a.heads, numKvHeads: a.kvHeads, headDim: a.headDim, scale: 1 / Math.sqrt(a.headDim), slidingWindow: null, causal: a.causal },
         inputs: [
           { shape: [tokens, a.heads * a.headDim], bound: 1 },
           { shape: [2, blocks, bs, a.kvHeads, a.headDim], bound: 1 },
@@ -160,7 +160,6 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
         step,
         flops: 4 * a.batch * a.heads * a.headDim * pairs,
         bytes: 2 * (2 * tokens * a.heads * a.headDim + 2 * tokens * a.kvHeads * a.headDim),
-        unsupported: a.causal ? undefined : "Tessera's attention op is causal (decoder models); non-causal prefill has no kernel yet",
       });
     }
     for (const d of shapes.attention.decode) {

@@ -226,7 +226,7 @@ const SPECS = {
   },
   attention: {
     category: 'compute',
-    doc: 'q[T, H*hd] over the paged cache (causal, GQA, optional sliding window) -> [T, H*hd]',
+    doc: 'q[T, H*hd] over the paged cache (causal unless attrs.causal is false, GQA, optional sliding window) -> [T, H*hd]',
     shape(inputs, attrs) {
       arity(inputs, 5);
       const [q, cache] = inputs;

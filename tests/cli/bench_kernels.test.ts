@@ -55,7 +55,10 @@ describe('bench kernels: the cases', () => {
     expect(qkv.bytes).toBe(2 * (4096 + 6144 * 4096 + 6144));
     const causal = cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 causal')!;
     expect(causal.flops).toBe(4 * 32 * 128 * ((8192 * 8193) / 2));
-    expect(cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 full')!.unsupported).toMatch(/causal/);
+    const full = cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 full')!;
+    expect(full.flops).toBe(4 * 32 * 128 * 8192 * 8192);
+    expect(full.attrs.causal).toBe(false);
+    expect(causal.attrs.causal).toBe(true);
     const decode = cases.find((c) => c.name === 'attention decode B1 ctx32768 H32 KV8 hd128')!;
     expect(decode.bytes).toBe(2 * (2 * 32768 * 8 * 128 + 2 * 32 * 128));
     expect(cases.find((c) => c.name === 'add_rmsnorm R4096 H4096')!.bytes).toBe(2 * (4 * 4096 * 4096 + 4096));
@@ -85,7 +88,10 @@ describe('bench kernels: every case runs through the CPU backend at a small size
   const small: KernelShapes = {
     gemm: { m: [1, 5], projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }], ceiling: { m: 8, n: 8, k: 8 } },
     attention: {
-      prefill: [{ heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: true }],
+      prefill: [
+        { heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: true },
+        { heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: false },
+      ],
       decode: [{ heads: 4, kvHeads: 1, headDim: 16, batch: 3, context: 21 }],
       kvBlockSize: 4,
     },
@@ -97,7 +103,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(6 + 2 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel
+    expect(cases.length).toBe(6 + 3 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

@@ -665,6 +665,8 @@ interface AttnCase {
   seqs: Array<[number, number]>;
   window?: number;
   scale?: number;
+  /** false: every row attends to the whole context (encoder-style). */
+  causal?: boolean;
 }
 
 for (const c of [
@@ -680,6 +682,8 @@ for (const c of [
   { name: 'GQA 8, long contexts', heads: 16, kvHeads: 2, hd: 8, bs: 16, seqs: [[513, 1], [260, 17]] },
   { name: 'long decode, 64 blocks', heads: 4, kvHeads: 2, hd: 128, bs: 16, seqs: [[1024, 1], [700, 1], [129, 1]] },
   { name: 'custom scale, GQA 4', heads: 8, kvHeads: 2, hd: 16, bs: 16, seqs: [[24, 24], [48, 3]], scale: 0.3 },
+  { name: 'not causal, prefill', heads: 4, kvHeads: 2, hd: 64, bs: 16, seqs: [[77, 77], [5, 5]], causal: false },
+  { name: 'not causal, after cached prefixes, GQA 8', heads: 16, kvHeads: 2, hd: 128, bs: 4, seqs: [[130, 33], [66, 1], [40, 40]], causal: false },
 ] as AttnCase[]) {
   add({
     op: 'attention',
@@ -713,7 +717,8 @@ for (const c of [
       const qv = g.act(tokens * heads * hd);
       const scale = c.scale ?? 1 / Math.sqrt(hd);
       const window = c.window ?? null;
-      const y = ref.attention(qv, cache, shape, queryStart, contextLens, tables, width, { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window });
+      const causal = c.causal ?? true;
+      const y = ref.attention(qv, cache, shape, queryStart, contextLens, tables, width, { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, causal });
       const step: StepBatch = {
         numTokens: tokens,
         numSeqs: seqs.length,
@@ -728,13 +733,13 @@ for (const c of [
         logitsIndices: Int32Array.from(queryStart.slice(1), (e) => e - 1),
       };
       return {
-        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window },
+        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, ...(causal ? {} : { causal: false }) },
         inputs: [f(qv, [tokens, heads * hd]), f(cache, shape), i32(queryStart), i32(contextLens), i32(tables, [seqs.length, width])],
         step,
         expect: [{ name: 'y', shape: [tokens, heads * hd], value: y.value, scale: y.scale }],
         what:
           `q ${fmt([tokens, heads * hd])} H ${heads} KV ${kvHeads} hd ${hd} cache ${fmt(shape)} ` +
-          `seqs (context, new) ${seqs.map(([a, b]) => `(${a}, ${b})`).join(' ')} window ${window} scale ${scale.toPrecision(4)}`,
+          `seqs (context, new) ${seqs.map(([a, b]) => `(${a}, ${b})`).join(' ')} window ${window} scale ${scale.toPrecision(4)}${causal ? '' : ' not causal'}`,
       };
     },
   });

@@ -389,13 +389,15 @@ export interface AttentionDef {
   headDim: number;
   scale: number;
   slidingWindow: number | null;
+  /** false: every row attends to the whole context (default true: up to its own position). */
+  causal?: boolean;
 }
 
 /**
- * Paged causal attention. Sequence b owns query rows queryStart[b] .. queryStart[b+1] and has
+ * Paged attention. Sequence b owns query rows queryStart[b] .. queryStart[b+1] and has
  * contextLens[b] tokens in the cache, its new tokens last: query row i sits at position
  * p = contextLen - qLen + i and attends to positions max(0, p - W + 1) .. p (W = the sliding
- * window, or all). Position j of sequence b is at slot blockTables[b, j / bs] * bs + j % bs.
+ * window, or all), or to the whole context 0 .. contextLen - 1 when def.causal is false. Position j of sequence b is at slot blockTables[b, j / bs] * bs + j % bs.
  * Head h reads kv head h / (H / KV). out = softmax(scale q k^T) v.
  *
  * scale (the error magnitude) of out[t, h, d], with p_j the attention weights and
@@ -426,7 +428,8 @@ export function attention(
     for (let i = 0; i < qLen; i++) {
       const p = ctx - qLen + i;
       const lo = def.slidingWindow === null ? 0 : Math.max(0, p - def.slidingWindow + 1);
-      const n = p - lo + 1;
+      const hi = def.causal === false ? ctx - 1 : p;
+      const n = hi - lo + 1;
       const slots = Array.from({ length: n }, (_, j) => slotOf(lo + j));
       for (let h = 0; h < H; h++) {
         const kvh = Math.floor(h / group);

@@ -8,6 +8,7 @@
  * attention: q [T, H*hd]; sequence b owns query rows queryStart[b] .. queryStart[b+1] and has
  *   contextLens[b] tokens in the cache, the new ones last. Query row i of b sits at position
  *   p = contextLen - qLen + i and attends to positions max(0, p - window + 1) .. p (causal),
+ *   or .. contextLen - 1 with attrs.causal false (encoder-style, for the kernel benchmark);
  *   head h reading kv head h / (H / KV) (GQA). softmax(q k^T * scale) v, in double precision.
  */
 import type { KernelArgs } from '../tensor.js';
@@ -34,6 +35,7 @@ export function attention({ inputs: [qt, cacheT, qsT, clT, btT], output, attrs, 
   const numHeads = attrs.numHeads as number, numKvHeads = attrs.numKvHeads as number, hd = attrs.headDim as number;
   const scale = attrs.scale as number;
   const window = (attrs.slidingWindow as number | null) ?? Infinity;
+  const causal = attrs.causal !== false;
   const blockSize = cacheT.shape[2];
   const tableWidth = step.blockTableWidth;
   const group = numHeads / numKvHeads;
@@ -49,11 +51,12 @@ export function attention({ inputs: [qt, cacheT, qsT, clT, btT], output, attrs, 
     for (let i = 0; i < qLen; i++) {
       const p = ctx - qLen + i;
       const lo = Math.max(0, p - window + 1);
+      const hi = causal ? p : ctx - 1;
       for (let h = 0; h < numHeads; h++) {
         const qOff = (qBegin + i) * qWidth + h * hd;
         const kvh = Math.floor(h / group);
         let max = -Infinity;
-        for (let j = lo; j <= p; j++) {
+        for (let j = lo; j <= hi; j++) {
           const slot = blockTables[table + Math.floor(j / blockSize)] * blockSize + (j % blockSize);
           const kOff = slot * kvWidth + kvh * hd;
           let s = 0;
@@ -64,7 +67,7 @@ export function attention({ inputs: [qt, cacheT, qsT, clT, btT], output, attrs, 
         }
         let sum = 0;
         acc.fill(0);
-        for (let j = lo; j <= p; j++) {
+        for (let j = lo; j <= hi; j++) {
           const e = Math.exp(scores[j] - max);
           sum += e;
           const slot = blockTables[table + Math.floor(j / blockSize)] * blockSize + (j % blockSize);

@@ -3,7 +3,7 @@
  *
  * inputs: q [T, H*hd] bf16, cache [2, N, bs, KV, hd] bf16, queryStart [B+1] i32, contextLens [B] i32,
  * blockTables [B, W] i32; output [T, H*hd] bf16. attrs: numHeads, numKvHeads, headDim, scale,
- * slidingWindow (null or W).
+ * slidingWindow (null or W), causal (default true; false: every row sees the whole context).
  *
  * Two regimes, one kernel template (a block per sequence x kv head x tile of packed
  * (token, head-in-group) rows x KV split), one variant per head-dim bucket:
@@ -41,6 +41,7 @@ const PARAMS: KernelDecl['params'] = [
   ['window', 'i32'],
   ['numSplits', 'i32'],
   ['splitLen', 'i32'],
+  ['causal', 'i32'],
 ];
 
 /** A variant of the attention template: its entry point and block geometry. */
@@ -204,6 +205,8 @@ export const attention: CudaOp = (ctx) => {
   if (typeof scale !== 'number' || !Number.isFinite(scale)) throw new Error(`attention: attr scale must be a finite number, got ${String(scale)}`);
   const sw = ctx.attrs.slidingWindow ?? null;
   if (sw !== null && typeof sw !== 'number') throw new Error(`attention: attr slidingWindow must be null or a number, got ${String(sw)}`);
+  const causal = ctx.attrs.causal ?? true;
+  if (typeof causal !== 'boolean') throw new Error(`attention: attr causal must be a boolean, got ${String(causal)}`);
 
   expect(q.dtype === 'bf16' && q.shape.length === 2 && q.shape[1] === H * hd, `q must be bf16 [T, ${H} * ${hd}]`, q);
   const T = q.shape[0];
@@ -257,6 +260,7 @@ export const attention: CudaOp = (ctx) => {
     window: sw ?? 0,
     numSplits: plan.numSplits,
     splitLen: plan.splitLen,
+    causal: causal ? 1 : 0,
   });
   if (plan.numSplits > 1) {
     ctx.launch(ATTENTION_COMBINE, { grid: [ceilDiv(B * H, COMBINE_WARPS), 1, 1], block: [32 * COMBINE_WARPS, 1, 1] }, {
