@@ -93,6 +93,8 @@ export interface Backend {
   readonly elementBytes: number;
   /** One line: the device, e.g. "cpu (f32, 1 thread)". */
   describe(): string;
+  /** Which measured kernel choices the backend runs with (a GPU backend's kernels/choices table), for reports. */
+  readonly kernelChoicesNote?: string;
   /** Uploads every weight the Program needs and allocates its activation arena and step buffers. */
   load(program: Program, weights: WeightSource, limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void>;
   /** Bytes the KV pool may take now (after load). */

@@ -148,8 +148,9 @@ export async function bench(argv: string[]): Promise<number> {
       copyBandwidthGBs: round(copyBytesPerSecond / 1e9, 1),
       weightReadPercentOfCopy: round((100 * weightBytesPerSecond) / copyBytesPerSecond, 1),
       sampling: engine.deviceSampling ? 'device' : 'host',
-      /** The GEMM variant asked for (TESSERA_GEMM); auto is the launcher's default policy. */
+      /** The GEMM variant asked for (TESSERA_GEMM); auto is the measured table, else the launcher's default. */
       gemmVariant: process.env.TESSERA_GEMM ?? 'auto',
+      kernelChoices: llm.info.kernelChoices,
       deviceInfo: profiler.device(),
       fused: opts.fuse !== false,
       kernelsPerStep: llm.runner.program.calls.length,

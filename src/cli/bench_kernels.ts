@@ -12,10 +12,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
 import type { OpName } from '../graph/ops.js';
+import { choicesFileName, deriveChoices, type GemmResult } from '../backend/cuda/kernel_choices.js';
 import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32 } from '../util/dtype.js';
@@ -33,6 +35,9 @@ measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a 
       --warmup N                 untimed runs first (default 5)
       --shapes FILE              case list (default bench/kernel_shapes.json)
       --out FILE                 write the JSON report there
+      --write-choices DIR        derive this GPU's kernel choices from the run and write them to
+                                 DIR/<gpu>.json (commit under kernels/choices/: the engine then
+                                 runs the measured fastest GEMM variant per M)
       --json                     print the JSON report instead of the table`;
 
 // ---- the case list (pure: tested without a GPU) ----
@@ -297,7 +302,16 @@ export function rates(c: Pick<KernelCase, 'flops' | 'bytes'>, ms: number, ceilin
 export async function benchKernels(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
-    { family: { type: 'string' }, filter: { type: 'string' }, runs: { type: 'string' }, warmup: { type: 'string' }, shapes: { type: 'string' }, out: { type: 'string' }, json: { type: 'boolean' } },
+    {
+      family: { type: 'string' },
+      filter: { type: 'string' },
+      runs: { type: 'string' },
+      warmup: { type: 'string' },
+      shapes: { type: 'string' },
+      out: { type: 'string' },
+      'write-choices': { type: 'string' },
+      json: { type: 'boolean' },
+    },
     'bench kernels',
   );
   if (values.help) {
@@ -436,6 +450,12 @@ export async function benchKernels(argv: string[]): Promise<number> {
     };
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
+    if (values['write-choices']) {
+      const choices = deriveChoices({ date: report.date, device, results: results as unknown as GemmResult[] }, (values.out as string | undefined) ?? 'tessera bench kernels');
+      const file = path.join(values['write-choices'] as string, choicesFileName(String(device.name)));
+      await writeFile(file, JSON.stringify(choices, null, 1) + '\n');
+      log(`wrote ${file}: ${choices.gemm.map((e) => `M ${e.m} ${e.variant}`).join(', ')}`);
+    }
     if (values.json) process.stdout.write(text);
     return results.some((r) => r.error || (typeof r.relativeErrorVsCublasLt === 'number' && !(r.relativeErrorVsCublasLt < 1e-2))) ? 1 : 0;
   } finally {

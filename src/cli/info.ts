@@ -41,6 +41,7 @@ export async function info(argv: string[]): Promise<number> {
     ['activations', `${formatBytes(i.memory.activationBytes)} arena for ${i.maxNumBatchedTokens} tokens per step`],
     ['memory needed', formatBytes(i.memory.weightBytes + i.memory.kvCacheBytes + i.memory.activationBytes)],
   ];
+  if (i.kernelChoices) lines.push(['kernels', i.kernelChoices]);
   if (i.unusedTensors.length) lines.push(['unused tensors', `${i.unusedTensors.length} (${i.unusedTensors.slice(0, 3).join(', ')}${i.unusedTensors.length > 3 ? ', ...' : ''})`]);
   const w = Math.max(...lines.map(([k]) => k.length));
   for (const [k, v] of lines) console.log(`${k.padEnd(w)}  ${v}`);

@@ -46,6 +46,8 @@ export interface ModelInfo {
   device: string;
   /** Why this device was chosen, for the user. */
   deviceReason: string;
+  /** Which measured kernel choices run (GPU backends), or null. */
+  kernelChoices: string | null;
   numParameters: number;
   /** Stored dtype -> number of tensors. */
   dtypes: Record<string, number>;
@@ -173,6 +175,7 @@ function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceR
     config: ckpt.config,
     device,
     deviceReason,
+    kernelChoices: runner.backend.kernelChoicesNote ?? null,
     numParameters,
     dtypes,
     storedBytes: runner.weights.storedBytes,

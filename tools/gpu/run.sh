@@ -25,6 +25,7 @@ npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$OUT/tests
   node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
   node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
 } > "$OUT/bench.json" 2> "$OUT/bench.err"
-node bin/tessera.js bench kernels --out "$OUT/kernels.json" > "$OUT/kernels.txt" 2>&1
+mkdir -p "$OUT/choices"
+node bin/tessera.js bench kernels --out "$OUT/kernels.json" --write-choices "$OUT/choices" > "$OUT/kernels.txt" 2>&1
 python3 bench/torch_kernels.py --out "$OUT/torch_kernels.json" > "$OUT/torch_kernels.txt" 2>&1
 echo "done: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"

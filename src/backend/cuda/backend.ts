@@ -19,6 +19,7 @@ import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
 import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle, type TensorMapSwizzle } from './driver.js';
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
+import { chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
@@ -104,12 +105,20 @@ export class CudaBackend implements Backend {
   private stepEvents: [Handle, Handle] | null = null;
   private stepMs: number | null = null;
 
+  /** The measured kernel choices for this GPU model (kernels/choices), and a line saying which. */
+  readonly kernelChoices: KernelChoices | null;
+  readonly kernelChoicesNote: string;
+
   private constructor(
     private readonly driver: CudaDriver,
     readonly device: DeviceProperties,
     private readonly module: Handle,
     private readonly stream: Handle,
-  ) {}
+  ) {
+    const { choices, note } = loadChoices(device.name, device.computeCapability.join('.'));
+    this.kernelChoices = choices;
+    this.kernelChoicesNote = note;
+  }
 
   /** Whether CUDA can run here, without keeping anything open. */
   static probe(ordinal = 0): CudaProbe {
@@ -514,6 +523,7 @@ export class CudaBackend implements Backend {
       constant: (key, make) => this.constant(key, make),
       scratch: (bytes) => this.scratch(bytes),
       tensorMap2d: (t, box, swizzle) => this.tensorMap2d(t, box, swizzle),
+      gemmChoice: (M) => chooseGemm(this.kernelChoices, M),
     };
   }
 

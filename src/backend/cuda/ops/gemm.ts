@@ -229,7 +229,10 @@ export const matmul: CudaOp = (ctx) => {
   }
   const outDType: GemmOutDType = y.dtype;
   const biasPtr = bias ? bias.ptr : 0n;
-  const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? process.env.TESSERA_GEMM, ctx.device.computeCapability[0]);
+  // Asked for (the conformance suite, the benchmark, TESSERA_GEMM), else measured on this GPU
+  // model (kernels/choices), else the default.
+  const env = process.env.TESSERA_GEMM === 'auto' ? undefined : process.env.TESSERA_GEMM;
+  const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
     ctx.launch(GEMV_KERNELS[maxR][outDType], { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });

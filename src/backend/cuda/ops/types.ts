@@ -35,6 +35,8 @@ export interface Launch {
 }
 
 export interface CudaOpContext {
+  /** The measured GEMM variant for M rows on this GPU (kernels/choices), or null: the launcher's default. */
+  gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | null;
   inputs: DeviceTensor[];
   outputs: DeviceTensor[];
   attrs: Attrs;
