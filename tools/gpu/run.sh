@@ -1,31 +1,56 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (docs/gpu.md says how to carry Node and the dependencies there):
-# builds the kernels, makes the Hugging Face fixtures, runs the CUDA tiers of the conformance,
-# declaration, golden and end-to-end suites, benchmarks synthetic:llama-3-8b end to end, then
-# every kernel against cuBLASLt and the measured ceilings, and PyTorch on the same cases.
-# Everything lands under $OUT.
+# One call on the GPU machine (docs/gpu.md: tools/gpu/pack.sh carries Node and the dependencies
+# there): builds the kernels, makes the Hugging Face fixtures, runs the CUDA tiers of the
+# conformance, declaration, golden and end-to-end suites, benchmarks synthetic:llama-3-8b end to
+# end, then every kernel against cuBLASLt and the measured ceilings, and PyTorch on the same cases.
+#
+# A call brings back at most 8 files, so everything goes into $OUT/results/ and is packed into
+# $OUT/results.tgz after every stage (a call cut short still returns what it finished); the
+# summary, machine.txt, comes back beside it. STAGES (default "tests bench kernels torch") runs
+# a part, for splitting the work over two calls.
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 cd "$(dirname "$0")/../.."
+R="$OUT/results"
+mkdir -p "$R/choices"
+stages=" ${STAGES:-tests bench kernels torch} "
+save() {
+  tar -czf "$OUT/results.tgz.tmp" -C "$OUT" results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
+  echo "$(date -u +%T) $1" >> "$OUT/machine.txt"
+}
 {
   date -u +%FT%TZ
-  nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.memory,memory.total --format=csv,noheader
+  nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.memory,memory.total --format=csv,noheader
   nvcc --version | tail -1
   node --version
 } > "$OUT/machine.txt" 2>&1
-npm run build:kernels > "$OUT/build.txt" 2>&1 && cp build/kernels/resources.json "$OUT/resources.json"
-python3 tools/make_hf_fixtures.py --out tests/fixtures/hf >> "$OUT/build.txt" 2>&1 && tar -czf "$OUT/hf_fixtures.tgz" tests/fixtures/hf
-npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$OUT/tests.txt" 2>&1
-{
-  for p in 512 2048; do
-    node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens "$p" --decode-tokens 128 --runs 5 --json
-  done
-  TESSERA_GEMM=gemv node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --runs 5 --json
-  TESSERA_GEMM=sm90 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --runs 5 --json
-  node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
-  node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
-} > "$OUT/bench.json" 2> "$OUT/bench.err"
-mkdir -p "$OUT/choices"
-node bin/tessera.js bench kernels --out "$OUT/kernels.json" --write-choices "$OUT/choices" > "$OUT/kernels.txt" 2>&1
-python3 bench/torch_kernels.py --out "$OUT/torch_kernels.json" > "$OUT/torch_kernels.txt" 2>&1
+npm run build:kernels > "$R/build.txt" 2>&1
+built=$?
+[ "$built" -eq 0 ] && cp build/kernels/resources.json "$R/resources.json"
+save "kernels built: exit $built"
+if [[ $stages == *" tests "* ]]; then
+  python3 tools/make_hf_fixtures.py --out tests/fixtures/hf >> "$R/build.txt" 2>&1 && tar -czf "$R/hf_fixtures.tgz" tests/fixtures/hf
+  npx vitest run tests/conformance tests/cuda tests/e2e tests/golden > "$R/tests.txt" 2>&1
+  save "tests: $(grep -E '^ +Tests ' "$R/tests.txt" | tail -1 | tr -s ' ')"
+fi
+if [[ $stages == *" bench "* ]]; then
+  {
+    for p in 512 2048; do
+      node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens "$p" --decode-tokens 128 --runs 5 --json
+    done
+    TESSERA_GEMM=gemv node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --runs 5 --json
+    TESSERA_GEMM=sm90 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --runs 5 --json
+    node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
+    node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
+  } > "$R/bench.json" 2> "$R/bench.err"
+  save "bench: $(grep -c decodeTokensPerSecond "$R/bench.json") runs"
+fi
+if [[ $stages == *" kernels "* ]]; then
+  node bin/tessera.js bench kernels --out "$R/kernels.json" --write-choices "$R/choices" > "$R/kernels.txt" 2>&1
+  save "bench kernels: exit $?"
+fi
+if [[ $stages == *" torch "* ]]; then
+  python3 bench/torch_kernels.py --out "$R/torch_kernels.json" > "$R/torch_kernels.txt" 2>&1
+  save "torch kernels: exit $?"
+fi
 echo "done: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
