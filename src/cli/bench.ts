@@ -24,6 +24,7 @@ its wall time the device was not working on it). Unless --max-num-batched-tokens
 step holds the whole batch of prompts (up to 8192 tokens), so prefill is measured unchunked.
 
       --prompt-tokens N          prompt length (default 128)
+      --prefill-tokens N,N,...   also time prefill alone at these prompt lengths (e.g. 512,2048)
       --decode-tokens N          tokens generated per sequence (default 128)
       --batch N                  concurrent sequences (default 1)
       --runs N                   measured runs (default 5)
@@ -48,6 +49,7 @@ export async function bench(argv: string[]): Promise<number> {
     {
       ...MODEL_OPTIONS,
       'prompt-tokens': { type: 'string' },
+      'prefill-tokens': { type: 'string' },
       'decode-tokens': { type: 'string' },
       batch: { type: 'string' },
       runs: { type: 'string' },
@@ -65,9 +67,17 @@ export async function bench(argv: string[]): Promise<number> {
   const runs = numberFlag(values, 'runs', true) ?? 5;
   for (const [flag, v] of [['prompt-tokens', promptTokens], ['decode-tokens', decodeTokens], ['batch', batch], ['runs', runs]] as const)
     if (v < 1) throw new TesseraError(`--${flag} must be at least 1.`, 'invalid_input');
+  const prefillLengths = ((values['prefill-tokens'] as string | undefined) ?? '')
+    .split(',')
+    .filter((x) => x.trim() !== '')
+    .map((x) => {
+      const n = Number(x);
+      if (!Number.isSafeInteger(n) || n < 1) throw new TesseraError(`--prefill-tokens takes whole numbers of at least 1 separated by commas, not "${values['prefill-tokens'] as string}".`, 'invalid_input');
+      return n;
+    });
   const { dir, opts } = modelOptions(values);
   if (opts.maxNumSeqs === undefined) opts.maxNumSeqs = Math.max(batch, 1);
-  if (opts.maxNumBatchedTokens === undefined) opts.maxNumBatchedTokens = Math.max(1024, Math.min(batch * promptTokens, 8192));
+  if (opts.maxNumBatchedTokens === undefined) opts.maxNumBatchedTokens = Math.max(1024, Math.min(batch * Math.max(promptTokens, ...prefillLengths), 8192));
   const { llm, reportLoad } = await loadForCli(dir, opts, values.json === true);
   reportLoad();
   try {
@@ -76,6 +86,7 @@ export async function bench(argv: string[]): Promise<number> {
     const maxLen = llm.info.maxModelLen;
     if (promptTokens + decodeTokens > maxLen)
       throw new TesseraError(`--prompt-tokens + --decode-tokens (${promptTokens + decodeTokens}) exceed the context of ${maxLen} tokens.`, 'invalid_input');
+    for (const n of prefillLengths) if (n + 1 > maxLen) throw new TesseraError(`--prefill-tokens ${n} exceeds the context of ${maxLen} tokens.`, 'invalid_input');
     const params = resolveSamplingParams({ temperature: 0, maxTokens: decodeTokens, ignoreEos: true });
     const vocab = llm.config.vocabSize;
     let requestNo = 0;
@@ -113,9 +124,27 @@ export async function bench(argv: string[]): Promise<number> {
     const results: RunResult[] = [];
     for (let r = 0; r < runs; r++) results.push(await runOnce());
     profiler.timeSteps(false);
+    // Prefill alone at each asked length: batch prompts, one sampled token each, warm-up first.
+    const prefillOnly = async (length: number): Promise<number> => {
+      const one = resolveSamplingParams({ temperature: 0, maxTokens: 1, ignoreEos: true });
+      for (let b = 0; b < batch; b++) {
+        requestNo++;
+        engine.addRequest({ requestId: `bench-${requestNo}`, promptIds: Array.from({ length }, (_, i) => Math.floor(uniform(requestNo, b, i) * vocab)), params: one });
+      }
+      const t0 = performance.now();
+      while (engine.hasUnfinished) await engine.step();
+      return (batch * length) / ((performance.now() - t0) / 1000);
+    };
+    const prefill = [] as Array<{ promptTokens: number; tokensPerSecond: number }>;
+    for (const length of prefillLengths) {
+      await prefillOnly(length);
+      const rates: number[] = [];
+      for (let r = 0; r < runs; r++) rates.push(await prefillOnly(length));
+      prefill.push({ promptTokens: length, tokensPerSecond: Number(median(rates).toFixed(1)) });
+    }
     // The copy the roofline is measured against: 1 GiB each way on a GPU, 256 MiB on the CPU.
     const copyBytesPerSecond = profiler.copyBandwidth(llm.runner.backend.name === 'cuda' ? 2 ** 30 : 2 ** 28, 20);
-    const prefill = median(results.map((r) => (batch * promptTokens) / r.prefillSeconds));
+    const prefillRate = median(results.map((r) => (batch * promptTokens) / r.prefillSeconds));
     const decode = median(results.map((r) => (batch * (decodeTokens - 1)) / r.decodeSeconds));
     const stepMs = median(results.map((r) => (r.decodeSeconds * 1000) / Math.max(1, r.decodeSteps)));
     const allWall = results.flatMap((r) => r.stepWallMs), allDevice = results.flatMap((r) => r.stepDeviceMs);
@@ -136,7 +165,9 @@ export async function bench(argv: string[]): Promise<number> {
       decodeTokens,
       batch,
       runs,
-      prefillTokensPerSecond: Number(prefill.toFixed(1)),
+      prefillTokensPerSecond: Number(prefillRate.toFixed(1)),
+      /** Prefill alone at each --prefill-tokens length (batch prompts, median of the runs). */
+      prefillByLength: prefill,
       decodeTokensPerSecond: Number(decode.toFixed(1)),
       decodeStepMs: Number(stepMs.toFixed(3)),
       /** Device time of a decode step (event pair around it), median; null on the CPU. */
@@ -161,6 +192,7 @@ export async function bench(argv: string[]): Promise<number> {
       console.log(`${report.architecture} ${(report.parameters / 1e6).toFixed(2)}M on ${report.device}, ${report.cpu}, Node ${report.node}`);
       console.log(`batch ${batch}, ${promptTokens} prompt + ${decodeTokens} decode tokens, median of ${runs} runs`);
       console.log(`prefill  ${report.prefillTokensPerSecond.toFixed(1).padStart(9)} tokens/s`);
+      for (const p of report.prefillByLength) console.log(`prefill  ${p.tokensPerSecond.toFixed(1).padStart(9)} tokens/s at ${p.promptTokens} tokens alone`);
       console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${report.fused ? '' : ', unfused'})`);
       const host = report.hostShareOfDecodeStep === null ? '' : `; device ${report.decodeStepDeviceMs!.toFixed(2)} ms per step, host share ${(100 * report.hostShareOfDecodeStep).toFixed(1)}%`;
       console.log(`weights  ${report.weightReadGBs.toFixed(1).padStart(9)} GB/s read by decode = ${report.weightReadPercentOfCopy.toFixed(1)}% of the ${report.copyBandwidthGBs.toFixed(1)} GB/s copy bandwidth${host}`);

@@ -191,6 +191,18 @@ describe.concurrent('tessera bench', () => {
     expect(Number.isFinite(report.prefillTokensPerSecond)).toBe(true);
     expect(Number.isFinite(report.decodeTokensPerSecond)).toBe(true);
   });
+
+  it('--prefill-tokens times prefill alone at each length; the roofline fields come with it', async () => {
+    const r = await runCli(['bench', '--model', model, '--prompt-tokens', '8', '--decode-tokens', '4', '--runs', '2', '--prefill-tokens', '24,40', '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const report = JSON.parse(r.stdout) as { prefillByLength: Array<{ promptTokens: number; tokensPerSecond: number }>; copyBandwidthGBs: number; weightReadPercentOfCopy: number; hostShareOfDecodeStep: number | null; sampling: string };
+    expect(report.prefillByLength.map((p) => p.promptTokens)).toEqual([24, 40]);
+    for (const p of report.prefillByLength) expect(p.tokensPerSecond).toBeGreaterThan(0);
+    expect(report.copyBandwidthGBs).toBeGreaterThan(0);
+    expect(report.weightReadPercentOfCopy).toBeGreaterThan(0);
+    expect(report.hostShareOfDecodeStep).toBeNull(); // the CPU has no device time apart from the wall
+    expect(report.sampling).toBe('host');
+  });
 });
 
 describe.concurrent('tessera usage', () => {
