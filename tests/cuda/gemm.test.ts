@@ -333,3 +333,34 @@ describe('the GEMV variant', () => {
     }
   });
 });
+
+describe('the GEMV kernel\'s K loop (a transcription of kernels/gemv.cu)', () => {
+  // The kernel's loops: warp v takes 256-element steps v, v + 8, ...; full steps two at a time
+  // (s and s + 8 while s + 8 < K / 256), then the rest one at a time, lanes past K idle.
+  function coverage(K: number): Int32Array {
+    const WARPS = 8, STEP = 256, seen = new Int32Array(K);
+    const full = Math.floor(K / STEP);
+    for (let warp = 0; warp < WARPS; warp++)
+      for (let lane = 0; lane < 32; lane++) {
+        let s = warp;
+        for (; s + WARPS < full; s += 2 * WARPS)
+          for (const k0 of [s * STEP + lane * 8, (s + WARPS) * STEP + lane * 8]) for (let e = 0; e < 8; e++) seen[k0 + e]++;
+        for (; s * STEP < K; s += WARPS) {
+          const k = s * STEP + lane * 8;
+          if (k < K) for (let e = 0; e < 8; e++) seen[k + e]++;
+        }
+      }
+    return seen;
+  }
+
+  it('reads every element of K exactly once, for K below, at and past the step and the pair of steps', () => {
+    const source = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
+    // The transcription follows these lines of the kernel.
+    expect(source).toContain('for (; s + WARPS < full; s += 2 * WARPS)');
+    expect(source).toContain('for (; s * STEP < K; s += WARPS)');
+    for (const K of [8, 64, 248, 256, 264, 2048, 2056, 4096, 4104, 8200, 14336, 28672]) {
+      const seen = coverage(K);
+      expect(seen.every((n) => n === 1), `K = ${K}`).toBe(true);
+    }
+  });
+});
