@@ -5,22 +5,12 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import type { ArgValue, KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
 import { ATTENTION_COMBINE, DECLS, DECODE_VARIANTS, PREFILL_VARIANTS, attention, planAttention, planSplits } from '../../src/backend/cuda/ops/attention.js';
-import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
-import { fakeDevice } from './fake_device.js';
+import type { CudaOpContext } from '../../src/backend/cuda/ops/types.js';
+import { fakeDevice, tensor, type Recorded } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/attention.cu'), 'utf8');
 
-interface Recorded {
-  decl: KernelDecl;
-  launch: Launch;
-  args: Record<string, ArgValue>;
-}
-
-function tensor(shape: number[], dtype: DeviceTensor['dtype'], ptr: bigint): DeviceTensor {
-  return { ptr, shape, dtype };
-}
 
 function run(opts: { T: number; B: number; H: number; KV: number; hd: number; maxContextLen: number; maxQueryLen: number; window?: number | null; blockSize?: number; sms?: number; cacheShape?: number[] }) {
   const launches: Recorded[] = [];

@@ -1,5 +1,18 @@
-/** A Hopper-like device description for testing CUDA launchers on a machine without a GPU. */
+/** A Hopper-like device description, and helpers, for testing CUDA launchers on a machine without a GPU. */
 import type { DeviceProperties } from '../../src/backend/cuda/driver.js';
+import type { ArgValue, KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
+import type { DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
+
+/** One launch a fake context recorded. */
+export interface Recorded {
+  decl: KernelDecl;
+  launch: Launch;
+  args: Record<string, ArgValue>;
+}
+
+export function tensor(shape: number[], dtype: DeviceTensor['dtype'], ptr: bigint): DeviceTensor {
+  return { ptr, shape, dtype };
+}
 
 export function fakeDevice(multiprocessors = 132): DeviceProperties {
   return {

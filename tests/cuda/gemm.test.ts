@@ -6,7 +6,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { packArgs, type ArgValue, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
+import type { Attrs } from '../../src/graph/ir.js';
+import { packArgs } from '../../src/backend/cuda/kernel_decl.js';
 import {
   DECLS,
   GEMM_BK,
@@ -20,24 +21,15 @@ import {
   matmul,
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
-import type { CudaOpContext, DeviceTensor, Launch } from '../../src/backend/cuda/ops/types.js';
-import { fakeDevice } from './fake_device.js';
+import type { CudaOpContext } from '../../src/backend/cuda/ops/types.js';
+import { fakeDevice, tensor, type Recorded } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
 const GEMV_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
 const SM90_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm_sm90.cu'), 'utf8');
 
-interface Recorded {
-  decl: KernelDecl;
-  launch: Launch;
-  args: Record<string, ArgValue>;
-}
 
-function tensor(shape: number[], dtype: DeviceTensor['dtype'], ptr: bigint): DeviceTensor {
-  return { ptr, shape, dtype };
-}
-
-function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f32'; sms?: number; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
+function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f32'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
   const { R, N, K } = opts;
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
@@ -47,7 +39,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
   const ctx: CudaOpContext = {
     inputs,
     outputs: [tensor([R, N], opts.out ?? 'bf16', p.y)],
-    attrs: {},
+    attrs: opts.attrs ?? {},
     step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
     device: fakeDevice(opts.sms ?? 132),
     launch: (decl, launch, args) => {
@@ -306,29 +298,14 @@ describe('the GEMV variant', () => {
   });
 
   it('launches one 256-thread block per 4 rows of w, with the entry for the next R in 1, 2, 4, 8', async () => {
-    const { matmul, GEMV_KERNELS } = await import('../../src/backend/cuda/ops/gemm.js');
-    const { fakeDevice } = await import('./fake_device.js');
+    const { GEMV_KERNELS } = await import('../../src/backend/cuda/ops/gemm.js');
     for (const [R, N, maxR] of [[1, 4096, 1], [2, 6, 2], [3, 128256, 4], [8, 13, 8]] as const) {
-      const launches: Array<{ name: string; grid: number[]; block: number[]; args: Record<string, unknown> }> = [];
-      matmul({
-        inputs: [{ ptr: 0x1000n, shape: [R, 64], dtype: 'bf16' }, { ptr: 0x2000n, shape: [N, 64], dtype: 'bf16' }],
-        outputs: [{ ptr: 0x3000n, shape: [R, N], dtype: 'f32' }],
-        attrs: { gemmVariant: 'gemv', outputDtype: 'f32' },
-        step: { numTokens: R, numSeqs: 1, numLogitRows: R, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
-        device: fakeDevice(),
-        launch: (decl, l, args) => launches.push({ name: decl.name, grid: l.grid, block: l.block, args }),
-        constant: () => 0n,
-        scratch: () => {
-          throw new Error('the GEMV needs no scratch');
-        },
-        tensorMap2d: () => {
-          throw new Error('the GEMV needs no tensor maps');
-        },
-      });
+      const { launches, scratch } = run({ R, N, K: 64, out: 'f32', attrs: { gemmVariant: 'gemv', outputDtype: 'f32' }, ptrs: { x: 0x1000n, w: 0x2000n, y: 0x3000n } });
+      expect(scratch).toEqual([]); // the GEMV needs no scratch
       expect(launches.length).toBe(1);
-      expect(launches[0].name).toBe(GEMV_KERNELS[maxR].f32.name);
-      expect(launches[0].grid).toEqual([Math.ceil(N / 4), 1, 1]);
-      expect(launches[0].block).toEqual([256, 1, 1]);
+      expect(launches[0].decl.name).toBe(GEMV_KERNELS[maxR].f32.name);
+      expect(launches[0].launch.grid).toEqual([Math.ceil(N / 4), 1, 1]);
+      expect(launches[0].launch.block).toEqual([256, 1, 1]);
       expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, R, N, K: 64 });
     }
   });

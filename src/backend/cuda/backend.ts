@@ -673,11 +673,7 @@ export class CudaBackend implements Backend {
   private enqueueStep(batch: StepBatch): void {
     const program = this.requireProgram();
     if (batch.numTokens > program.maxTokens) throw new Error(`step has ${batch.numTokens} tokens; the program was planned for ${program.maxTokens}`);
-    let maxContextLen = 0, maxQueryLen = 0;
-    for (let b = 0; b < batch.numSeqs; b++) {
-      maxContextLen = Math.max(maxContextLen, batch.contextLens[b]);
-      maxQueryLen = Math.max(maxQueryLen, batch.queryStart[b + 1] - batch.queryStart[b]);
-    }
+    const { maxContextLen, maxQueryLen } = stepExtent(batch);
     const decode = maxQueryLen === 1 && batch.numLogitRows === batch.numSeqs && batch.numSeqs <= BATCH_BUCKETS[BATCH_BUCKETS.length - 1];
     this.stepStarted();
     if (decode) return this.enqueueDecode(batch, maxContextLen);
@@ -792,11 +788,7 @@ export class CudaBackend implements Backend {
         if (spec.stateOutputs?.includes(i)) return devInputs[stateIndex];
         return tensor(shape, attrs.outputDtype === 'f32' ? 'f32' : 'bf16');
       });
-      let maxContextLen = 0, maxQueryLen = 0;
-      for (let b = 0; b < step.numSeqs; b++) {
-        maxContextLen = Math.max(maxContextLen, step.contextLens[b]);
-        maxQueryLen = Math.max(maxQueryLen, step.queryStart[b + 1] - step.queryStart[b]);
-      }
+      const { maxContextLen, maxQueryLen } = stepExtent(step);
       const devStep: DeviceStep = { numTokens: step.numTokens, numSeqs: step.numSeqs, numLogitRows: step.numLogitRows, blockTableWidth: step.blockTableWidth, maxContextLen, maxQueryLen };
       const fresh = devOutputs.filter((_, i) => !spec.stateOutputs?.includes(i));
       return {
@@ -917,6 +909,16 @@ export class CudaBackend implements Backend {
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(2)} GiB`;
+}
+
+/** The longest context and the longest query of any sequence in a step. */
+function stepExtent(batch: StepBatch): { maxContextLen: number; maxQueryLen: number } {
+  let maxContextLen = 0, maxQueryLen = 0;
+  for (let b = 0; b < batch.numSeqs; b++) {
+    maxContextLen = Math.max(maxContextLen, batch.contextLens[b]);
+    maxQueryLen = Math.max(maxQueryLen, batch.queryStart[b + 1] - batch.queryStart[b]);
+  }
+  return { maxContextLen, maxQueryLen };
 }
 
 function bucketOf(n: number): number {
