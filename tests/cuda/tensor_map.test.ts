@@ -108,6 +108,39 @@ describe.skipIf(!mockPath)('TMA tensor maps (stand-in libcuda)', () => {
     expect(() => driver.encodeTensorMap2d({ ...base, boxRows: 256, boxCols: 64, swizzle: '128B' })).not.toThrow();
   });
 
+  it('encodes a rank-3 view (the KV pool as {hd, kv heads, tokens}) with its strides and box, innermost first', () => {
+    // [2, 64 blocks, 16 tokens, 8 kv heads, 128] bf16 seen as {128, 8, 2 * 64 * 16}.
+    const pool = driver.malloc(2 * 64 * 16 * 8 * 128 * 2);
+    try {
+      const spec = { dtype: 'bf16' as const, address: pool, dims: [128, 8, 2048], strideBytes: [256, 2048], box: [64, 1, 16], swizzle: '128B' as const };
+      const map = driver.encodeTensorMap(spec);
+      const r = recorded();
+      expect(r).toMatchObject({ dtype: 9, rank: 3, interleave: 0, swizzle: 3, l2Promotion: 2, oobFill: 0, address: pool });
+      expect(r.globalDim).toEqual([128n, 8n, 2048n, 0n, 0n]);
+      expect(r.globalStrides).toEqual([256n, 2048n, 0n, 0n]);
+      expect(r.boxDim).toEqual([64, 1, 16, 0, 0]);
+      expect(r.elementStrides).toEqual([1, 1, 1, 0, 0]);
+      expect(map.byteLength).toBe(128);
+      const before = r.calls;
+      const cases: Array<[Partial<typeof spec>, RegExp]> = [
+        [{ dims: [128, 8, 2048, 1, 1, 1] }, /^encodeTensorMap: dims must have 1 to 5 entries, not 6/],
+        [{ strideBytes: [256] }, /strideBytes must have rank - 1 = 2 entries, not 1/],
+        [{ box: [64, 1] }, /box must have rank = 3 entries, not 2/],
+        [{ dims: [128, 0, 2048] }, /dims\[1\] must be an integer in 1\.\.2\^32, not 0/],
+        [{ strideBytes: [200, 2048] }, /strideBytes\[0\] must be a multiple of 16 below 2\^40, not 200/],
+        [{ strideBytes: [128, 2048] }, /strideBytes\[0\] must step over dimension 0 \(256 bytes\), not 128/],
+        [{ strideBytes: [256, 1024] }, /strideBytes\[1\] must step over dimension 1 \(2048 bytes\), not 1024/],
+        [{ box: [64, 1, 300] }, /box\[2\] must be an integer in 1\.\.256, not 300/],
+        [{ box: [128, 1, 16] }, /box\[0\] times the element size \(2\) must be at most the 128B swizzle span, not 128/],
+        [{ address: pool + 8n }, /address must be 16-byte aligned/],
+      ];
+      for (const [patch, message] of cases) expect(() => driver.encodeTensorMap({ ...spec, ...patch }), String(message)).toThrow(message);
+      expect(recorded().calls).toBe(before);
+    } finally {
+      driver.free(pool);
+    }
+  });
+
   it('a refusal by the driver throws a CudaError naming cuTensorMapEncodeTiled and the op', () => {
     driver.currentOp = 'model.layers.0.mlp.down';
     let err: unknown;
@@ -205,6 +238,21 @@ describe.skipIf(!mockPath)('the CUDA backend\'s tensor map cache (stand-in libcu
       expect(backend.tensorMap2d(t, [64, 64], '128B')).toBe(first);
       expect(() => backend.tensorMap2d({ ptr, shape: [64, 128], dtype: 'i32' }, [64, 64], '128B')).toThrow('tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [64, 128] i32');
       expect(() => backend.tensorMap2d({ ...t, shape: [2, 32, 128] }, [64, 64], '128B')).toThrow('not [2, 32, 128] bf16');
+
+      // A reshaped view: [2, 4, 16, 2, 64] (a small KV pool) as [128 tokens, 2 kv heads, 64].
+      const pool = { ptr, shape: [2, 4, 16, 2, 64], dtype: 'bf16' as const };
+      const view = backend.tensorMap(pool, [128, 2, 64], [16, 1, 64], '128B');
+      expect(words(view).slice(0, 3)).toEqual([ptr, 64n, 2n]);
+      const r = { ints: new Int32Array(6), q: new BigUint64Array(10), box: new Uint32Array(10) };
+      counted(r.ints, r.q, r.box);
+      expect(r.ints[1]).toBe(3);
+      expect([...r.q.subarray(1, 4)]).toEqual([64n, 2n, 128n]);
+      expect([...r.q.subarray(6, 8)]).toEqual([128n, 256n]);
+      expect([...r.box.subarray(0, 3)]).toEqual([64, 1, 16]);
+      expect(backend.tensorMap(pool, [128, 2, 64], [16, 1, 64], '128B')).toBe(view);
+      expect(backend.tensorMap(pool, [128, 2, 64], [8, 1, 64], '128B')).not.toBe(view);
+      expect(() => backend.tensorMap(pool, [100, 2, 64], [16, 1, 64], '128B')).toThrow('tensorMap: view [100, 2, 64] with box [16, 1, 64] does not reshape [2, 4, 16, 2, 64] bf16');
+      expect(() => backend.tensorMap({ ...pool, dtype: 'i32' }, [128, 2, 64], [16, 1, 64], '128B')).toThrow('needs a bf16 or f32 tensor');
       backend.freeBuffer(ptr);
     } finally {
       await backend.dispose();

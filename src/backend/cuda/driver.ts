@@ -82,6 +82,21 @@ export interface TensorMap2d {
   l2Promotion?: TensorMapL2Promotion;
 }
 
+/**
+ * What encodeTensorMap describes: a tensor of rank 1..5 given innermost dimension first, its byte
+ * strides (dims 1..rank-1; the innermost is one element) and the box one TMA load brings.
+ */
+export interface TensorMapNd {
+  dtype: keyof typeof CU_TENSOR_MAP_DATA_TYPE;
+  address: DevPtr;
+  dims: number[];
+  strideBytes: number[];
+  box: number[];
+  swizzle: TensorMapSwizzle;
+  /** Default '128B'. */
+  l2Promotion?: TensorMapL2Promotion;
+}
+
 const SIGNATURES = {
   cuInit: 'int cuInit(unsigned int flags)',
   cuDriverGetVersion: 'int cuDriverGetVersion(_Out_ int *version)',
@@ -382,19 +397,10 @@ export class CudaDriver {
 
   /** A 2-D tiled tensor map (CUtensorMap, 128 bytes) for TMA loads of a row-major [rows, cols] matrix. */
   encodeTensorMap2d(m: TensorMap2d): Uint8Array {
-    const encode = this.optional.cuTensorMapEncodeTiled;
-    if (!encode) {
-      const v = this.driverVersion();
-      throw new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) is too old for TMA tensor maps: it has no cuTensorMapEncodeTiled (CUDA 12.0 or newer).`, 'device');
-    }
-    const l2Promotion = m.l2Promotion ?? '128B';
     const bad = (field: string, rule: string, value: unknown) => new Error(`encodeTensorMap2d: ${field} ${rule}, not ${String(value)}`);
     const isInt = (v: number, lo: number, hi: number) => Number.isInteger(v) && v >= lo && v <= hi;
+    const elementBytes = this.checkTensorMapKinds(m, bad);
     // The driver's documented limits, checked here so that a mistake names its field.
-    if (!Object.hasOwn(ELEMENT_BYTES, m.dtype)) throw bad('dtype', 'must be bf16, f16 or f32', m.dtype);
-    if (!Object.hasOwn(CU_TENSOR_MAP_SWIZZLE, m.swizzle)) throw bad('swizzle', "must be 'none', '32B', '64B' or '128B'", m.swizzle);
-    if (!Object.hasOwn(CU_TENSOR_MAP_L2_PROMOTION, l2Promotion)) throw bad('l2Promotion', "must be 'none', '64B', '128B' or '256B'", l2Promotion);
-    const elementBytes = ELEMENT_BYTES[m.dtype];
     if (typeof m.address !== 'bigint' || m.address % 16n !== 0n) throw bad('address', 'must be 16-byte aligned', m.address);
     if (!isInt(m.rows, 1, 2 ** 32)) throw bad('rows', 'must be an integer in 1..2^32', m.rows);
     if (!isInt(m.cols, 1, 2 ** 32)) throw bad('cols', 'must be an integer in 1..2^32', m.cols);
@@ -402,24 +408,74 @@ export class CudaDriver {
     if (m.rowStrideBytes < m.cols * elementBytes) throw bad('rowStrideBytes', `must hold a row of ${m.cols} ${m.dtype} (${m.cols * elementBytes} bytes)`, m.rowStrideBytes);
     if (!isInt(m.boxRows, 1, 256)) throw bad('boxRows', 'must be an integer in 1..256', m.boxRows);
     if (!isInt(m.boxCols, 1, 256)) throw bad('boxCols', 'must be an integer in 1..256', m.boxCols);
-    const boxRowBytes = m.boxCols * elementBytes;
-    if (boxRowBytes % 16 !== 0) throw bad('boxCols', `times the element size (${elementBytes}) must be a multiple of 16 bytes`, m.boxCols);
+    this.checkBoxRow(m, m.boxCols, elementBytes, (rule, v) => bad('boxCols', rule, v));
+    return this.encodeTiled(m, [m.cols, m.rows], [m.rowStrideBytes], [m.boxCols, m.boxRows]);
+  }
+
+  /**
+   * A tiled tensor map of rank 1..5 (dims innermost first): for views a 2-D map cannot express,
+   * such as the KV pool seen as {headDim, kvHeads, tokens} with a box of one head.
+   */
+  encodeTensorMap(m: TensorMapNd): Uint8Array {
+    const bad = (field: string, rule: string, value: unknown) => new Error(`encodeTensorMap: ${field} ${rule}, not ${String(value)}`);
+    const isInt = (v: number, lo: number, hi: number) => Number.isInteger(v) && v >= lo && v <= hi;
+    const elementBytes = this.checkTensorMapKinds(m, bad);
+    if (typeof m.address !== 'bigint' || m.address % 16n !== 0n) throw bad('address', 'must be 16-byte aligned', m.address);
+    const rank = m.dims.length;
+    if (!isInt(rank, 1, 5)) throw bad('dims', 'must have 1 to 5 entries', `${rank}`);
+    if (m.strideBytes.length !== rank - 1) throw bad('strideBytes', `must have rank - 1 = ${rank - 1} entries`, `${m.strideBytes.length}`);
+    if (m.box.length !== rank) throw bad('box', `must have rank = ${rank} entries`, `${m.box.length}`);
+    m.dims.forEach((d, i) => {
+      if (!isInt(d, 1, 2 ** 32)) throw bad(`dims[${i}]`, 'must be an integer in 1..2^32', d);
+    });
+    m.strideBytes.forEach((st, i) => {
+      if (!isInt(st, 16, 2 ** 40 - 1) || st % 16 !== 0) throw bad(`strideBytes[${i}]`, 'must be a multiple of 16 below 2^40', st);
+      const inner = i === 0 ? m.dims[0] * elementBytes : m.strideBytes[i - 1] * m.dims[i];
+      if (st < inner) throw bad(`strideBytes[${i}]`, `must step over dimension ${i} (${inner} bytes)`, st);
+    });
+    m.box.forEach((b, i) => {
+      if (!isInt(b, 1, 256)) throw bad(`box[${i}]`, 'must be an integer in 1..256', b);
+    });
+    this.checkBoxRow(m, m.box[0], elementBytes, (rule, v) => bad('box[0]', rule, v));
+    return this.encodeTiled(m, m.dims, m.strideBytes, m.box);
+  }
+
+  private checkTensorMapKinds(m: { dtype: string; swizzle: string; l2Promotion?: string }, bad: (field: string, rule: string, value: unknown) => Error): number {
+    const l2Promotion = m.l2Promotion ?? '128B';
+    if (!Object.hasOwn(ELEMENT_BYTES, m.dtype)) throw bad('dtype', 'must be bf16, f16 or f32', m.dtype);
+    if (!Object.hasOwn(CU_TENSOR_MAP_SWIZZLE, m.swizzle)) throw bad('swizzle', "must be 'none', '32B', '64B' or '128B'", m.swizzle);
+    if (!Object.hasOwn(CU_TENSOR_MAP_L2_PROMOTION, l2Promotion)) throw bad('l2Promotion', "must be 'none', '64B', '128B' or '256B'", l2Promotion);
+    return ELEMENT_BYTES[m.dtype as keyof typeof ELEMENT_BYTES];
+  }
+
+  /** The box's innermost row: whole 16-byte units, and within the swizzle span. */
+  private checkBoxRow(m: { swizzle: TensorMapSwizzle }, boxInner: number, elementBytes: number, bad: (rule: string, value: unknown) => Error): void {
+    const boxRowBytes = boxInner * elementBytes;
+    if (boxRowBytes % 16 !== 0) throw bad(`times the element size (${elementBytes}) must be a multiple of 16 bytes`, boxInner);
     const span = { none: Infinity, '32B': 32, '64B': 64, '128B': 128 }[m.swizzle];
-    if (boxRowBytes > span) throw bad('boxCols', `times the element size (${elementBytes}) must be at most the ${m.swizzle} swizzle span`, m.boxCols);
+    if (boxRowBytes > span) throw bad(`times the element size (${elementBytes}) must be at most the ${m.swizzle} swizzle span`, boxInner);
+  }
+
+  private encodeTiled(m: { dtype: keyof typeof CU_TENSOR_MAP_DATA_TYPE; address: DevPtr; swizzle: TensorMapSwizzle; l2Promotion?: TensorMapL2Promotion }, dims: number[], strideBytes: number[], box: number[]): Uint8Array {
+    const encode = this.optional.cuTensorMapEncodeTiled;
+    if (!encode) {
+      const v = this.driverVersion();
+      throw new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) is too old for TMA tensor maps: it has no cuTensorMapEncodeTiled (CUDA 12.0 or newer).`, 'device');
+    }
     const out = new Uint8Array(koffi.view(this.tensorMapPtr, TENSOR_MAP_BYTES));
     out.fill(0);
     const status = encode(
       this.tensorMapPtr,
       CU_TENSOR_MAP_DATA_TYPE[m.dtype],
-      2,
+      dims.length,
       m.address,
-      new BigUint64Array([BigInt(m.cols), BigInt(m.rows)]), // innermost dimension first
-      new BigUint64Array([BigInt(m.rowStrideBytes)]), // rank - 1 strides (the innermost is one element)
-      new Uint32Array([m.boxCols, m.boxRows]),
-      new Uint32Array([1, 1]),
+      new BigUint64Array(dims.map(BigInt)), // innermost dimension first
+      new BigUint64Array(strideBytes.length > 0 ? strideBytes.map(BigInt) : [0n]), // rank - 1 strides (the innermost is one element)
+      new Uint32Array(box),
+      new Uint32Array(dims.length).fill(1),
       CU_TENSOR_MAP_INTERLEAVE_NONE,
       CU_TENSOR_MAP_SWIZZLE[m.swizzle],
-      CU_TENSOR_MAP_L2_PROMOTION[l2Promotion],
+      CU_TENSOR_MAP_L2_PROMOTION[m.l2Promotion ?? '128B'],
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE,
     );
     this.check('cuTensorMapEncodeTiled', status);
