@@ -32,9 +32,7 @@
 //
 // FLOPs 2 M N K; bytes at least 2 (M K + N K) + (2 | 4) M N. Shared memory: 4 stages x 48 KiB +
 // 1 KiB of alignment slack + barriers; one block per SM.
-#include <cuda.h>
-
-#include "common.cuh"
+#include "sm90.cuh"
 
 namespace ts_sm90 {
 
@@ -49,82 +47,7 @@ constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
-TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-TS_DEVICE void mbar_init(uint64_t* bar, uint32_t count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(count));
-}
-
-TS_DEVICE void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-
-TS_DEVICE void mbar_arrive(uint64_t* bar) { asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_u32(bar)) : "memory"); }
-
-// Spins until the phase of `bar` with this parity has completed (labels are local to the braces).
-TS_DEVICE void mbar_wait(uint64_t* bar, uint32_t parity) {
-  asm volatile(
-      "{\n"
-      ".reg .pred ready;\n"
-      "waiting:\n"
-      "mbarrier.try_wait.parity.shared::cta.b64 ready, [%0], %1;\n"
-      "@!ready bra waiting;\n"
-      "}\n" ::"r"(smem_u32(bar)),
-      "r"(parity)
-      : "memory");
-}
-
-// A box of the tensor map at (column c0, row c1) into shared memory; completes `bar`'s bytes.
-TS_DEVICE void tma_load_2d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(smem_u32(dst)),
-               "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar))
-               : "memory");
-}
-
-// Shared-memory matrix descriptor for a K-major operand in the 128-byte swizzle: start address,
-// leading byte offset (unused by this swizzle: 1), stride byte offset 1024 (one 8-row atom),
-// swizzle mode 1 = 128 B in bits 62-63. Addresses and offsets are in 16-byte units.
-TS_DEVICE uint64_t smem_desc(const void* p) {
-  const uint64_t addr = smem_u32(p);
-  return ((addr & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
-}
-
-TS_DEVICE void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-TS_DEVICE void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-TS_DEVICE void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-
-// d (64 x 128 f32 fragment of the warpgroup) (+)= A (64 x 16 from descA) · B (16 x 128 from descB);
-// accumulate = 0 overwrites d. Both operands K-major (no transpose).
-TS_DEVICE void wgmma_m64n128k16(float (&d)[64], uint64_t descA, uint64_t descB, int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred acc;\n"
-      "setp.ne.b32 acc, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-      "%0, %1, %2, %3, %4, %5, %6, %7,\n"
-      "%8, %9, %10, %11, %12, %13, %14, %15,\n"
-      "%16, %17, %18, %19, %20, %21, %22, %23,\n"
-      "%24, %25, %26, %27, %28, %29, %30, %31,\n"
-      "%32, %33, %34, %35, %36, %37, %38, %39,\n"
-      "%40, %41, %42, %43, %44, %45, %46, %47,\n"
-      "%48, %49, %50, %51, %52, %53, %54, %55,\n"
-      "%56, %57, %58, %59, %60, %61, %62, %63\n"
-      "}, %64, %65, acc, 1, 1, 0, 0;\n"
-      "}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-        "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-        "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-        "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-        "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        
-      : "l"(descA), "l"(descB), "r"(accumulate));
-}
+using namespace ts::sm90;
 
 TS_DEVICE void store2(ts::bf16* y, int row, int col, int N, float v0, float v1) {
   ts::bf16* p = y + (size_t)row * N + col;
@@ -214,14 +137,14 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       mbar_wait(&full[stage], phase);
       const uint8_t* a = smem + stage * STAGE_BYTES + cw * 64 * 128;
       const uint8_t* b = smem + stage * STAGE_BYTES + A_BYTES;
-      const uint64_t da = smem_desc(a), db0 = smem_desc(b), db1 = smem_desc(b + 128 * 128);
+      const uint64_t da = desc_kmajor(a), db0 = desc_kmajor(b), db1 = desc_kmajor(b + 128 * 128);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BK / 16; kk++) {
         // 16 bf16 of K = 32 bytes = 2 descriptor units further along each swizzled row.
         const int accumulate = (kt > 0 || kk > 0) ? 1 : 0;
-        wgmma_m64n128k16(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
-        wgmma_m64n128k16(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
       }
       wgmma_commit();
       // Keep this k-tile's group in flight; the previous one has now completed: free its stage.
@@ -234,6 +157,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       }
     }
     wgmma_wait<0>();
+    fence_regs(acc[0]);
+    fence_regs(acc[1]);
     if (prev >= 0) mbar_arrive(&empty[prev]);
 
     // Fragment layout of m64nNk16 (f32): element 4i + e of a thread is row 16 warp + lane / 4

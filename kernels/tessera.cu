@@ -5,6 +5,8 @@
 #include "gemv.cu"
 #include "gemm_sm90.cu"
 #include "attention.cu"
+#include "attention_sm90.cu"
+#include "sm90_probe.cu"
 #include "norm.cu"
 #include "elementwise.cu"
 #include "rope_kv.cu"

@@ -667,6 +667,8 @@ interface AttnCase {
   scale?: number;
   /** false: every row attends to the whole context (encoder-style). */
   causal?: boolean;
+  /** The Hopper prefill kernel (kernels/attention_sm90.cu) on compute capability 9; the mma.sync kernel elsewhere. */
+  variant?: 'sm90';
 }
 
 for (const c of [
@@ -684,6 +686,14 @@ for (const c of [
   { name: 'custom scale, GQA 4', heads: 8, kvHeads: 2, hd: 16, bs: 16, seqs: [[24, 24], [48, 3]], scale: 0.3 },
   { name: 'not causal, prefill', heads: 4, kvHeads: 2, hd: 64, bs: 16, seqs: [[77, 77], [5, 5]], causal: false },
   { name: 'not causal, after cached prefixes, GQA 8', heads: 16, kvHeads: 2, hd: 128, bs: 4, seqs: [[130, 33], [66, 1], [40, 40]], causal: false },
+  // The Hopper prefill kernel: 128 packed rows and 128-key tiles, so lengths off both; TMA boxes of
+  // min(bs, 128) tokens (bs 8 to 256); GQA ratios that do not divide 128; windows and non-causal.
+  { name: 'sm90 prefill hd128 GQA 4, lengths off the tiles', heads: 8, kvHeads: 2, hd: 128, bs: 16, seqs: [[300, 300], [77, 77], [1, 1]], variant: 'sm90' },
+  { name: 'sm90 after cached prefixes, hd64, bs 8', heads: 4, kvHeads: 4, hd: 64, bs: 8, seqs: [[200, 70], [129, 1], [520, 130]], variant: 'sm90' },
+  { name: 'sm90 sliding window 100, GQA 8, chunked', heads: 16, kvHeads: 2, hd: 128, bs: 32, seqs: [[400, 150], [64, 64]], window: 100, variant: 'sm90' },
+  { name: 'sm90 not causal, hd64, bs 256', heads: 8, kvHeads: 2, hd: 64, bs: 256, seqs: [[300, 300], [50, 20]], causal: false, variant: 'sm90' },
+  { name: 'sm90 GQA 16, eight tokens a block', heads: 16, kvHeads: 1, hd: 128, bs: 16, seqs: [[140, 140]], variant: 'sm90' },
+  { name: 'sm90 GQA 3, hd64', heads: 6, kvHeads: 2, hd: 64, bs: 16, seqs: [[97, 97], [33, 10]], variant: 'sm90' },
 ] as AttnCase[]) {
   add({
     op: 'attention',
@@ -733,7 +743,7 @@ for (const c of [
         logitsIndices: Int32Array.from(queryStart.slice(1), (e) => e - 1),
       };
       return {
-        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, ...(causal ? {} : { causal: false }) },
+        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, ...(causal ? {} : { causal: false }), ...(c.variant ? { attentionVariant: c.variant } : {}) },
         inputs: [f(qv, [tokens, heads * hd]), f(cache, shape), i32(queryStart), i32(contextLens), i32(tables, [seqs.length, width])],
         step,
         expect: [{ name: 'y', shape: [tokens, heads * hd], value: y.value, scale: y.scale }],

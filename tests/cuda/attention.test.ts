@@ -5,16 +5,50 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { ATTENTION_COMBINE, DECLS, DECODE_VARIANTS, PREFILL_VARIANTS, attention, planAttention, planSplits } from '../../src/backend/cuda/ops/attention.js';
-import type { CudaOpContext } from '../../src/backend/cuda/ops/types.js';
+import {
+  ATTENTION_COMBINE,
+  ATTENTION_SM90,
+  ATTENTION_SM90_KERNELS,
+  DECLS,
+  DECODE_VARIANTS,
+  PREFILL_VARIANTS,
+  attention,
+  attentionVariant,
+  planAttention,
+  planSplits,
+  sm90AttentionRefusal,
+} from '../../src/backend/cuda/ops/attention.js';
+import type { CudaOpContext, DeviceTensor } from '../../src/backend/cuda/ops/types.js';
+import type { Attrs } from '../../src/graph/ir.js';
+import { packArgs } from '../../src/backend/cuda/kernel_decl.js';
 import { fakeDevice, tensor, type Recorded } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/attention.cu'), 'utf8');
+const SM90_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/attention_sm90.cu'), 'utf8');
 
 
-function run(opts: { T: number; B: number; H: number; KV: number; hd: number; maxContextLen: number; maxQueryLen: number; window?: number | null; blockSize?: number; sms?: number; cacheShape?: number[] }) {
+interface RunOptions {
+  T: number;
+  B: number;
+  H: number;
+  KV: number;
+  hd: number;
+  maxContextLen: number;
+  maxQueryLen: number;
+  window?: number | null;
+  blockSize?: number;
+  sms?: number;
+  cacheShape?: number[];
+  attrs?: Record<string, unknown>;
+  computeMajor?: number;
+  /** The measured table's answer (CudaOpContext.attentionChoice). */
+  choice?: 'tiles' | 'sm90' | null;
+}
+
+function run(opts: RunOptions) {
   const launches: Recorded[] = [];
   const scratch: number[] = [];
+  const maps: Array<{ t: DeviceTensor; shape: readonly number[]; box: readonly number[]; swizzle: string }> = [];
   const { T, B, H, KV, hd } = opts;
   const ctx: CudaOpContext = {
     inputs: [
@@ -25,21 +59,29 @@ function run(opts: { T: number; B: number; H: number; KV: number; hd: number; ma
       tensor([B, 8], 'i32', 0x5000n),
     ],
     outputs: [tensor([T, H * hd], 'bf16', 0x6000n)],
-    attrs: { numHeads: H, numKvHeads: KV, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: opts.window ?? null },
+    attrs: { numHeads: H, numKvHeads: KV, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: opts.window ?? null, ...opts.attrs } as Attrs,
     step: { numTokens: T, numSeqs: B, numLogitRows: B, blockTableWidth: 8, maxContextLen: opts.maxContextLen, maxQueryLen: opts.maxQueryLen },
-    device: fakeDevice(opts.sms ?? 132),
-    launch: (decl, launch, args) => launches.push({ decl, launch, args }),
+    device: { ...fakeDevice(opts.sms ?? 132), computeCapability: [opts.computeMajor ?? 9, 0] },
+    launch: (decl, launch, args) => {
+      packArgs(new DataView(new ArrayBuffer(512)), decl, args); // every declared argument, nothing else
+      launches.push({ decl, launch, args });
+    },
+    ...(opts.choice !== undefined ? { attentionChoice: () => opts.choice ?? null } : {}),
     constant: () => 0n,
     scratch: (bytes) => {
       scratch.push(bytes);
       return 0x100000n;
     },
     tensorMap2d: () => {
-      throw new Error('attention uses no tensor maps');
+      throw new Error('attention uses no 2-D tensor maps');
+    },
+    tensorMap: (t, shape, box, swizzle) => {
+      maps.push({ t, shape, box, swizzle });
+      return new Uint8Array(128).fill(maps.length);
     },
   };
   attention(ctx);
-  return { launches, scratch };
+  return { launches, scratch, maps };
 }
 
 describe('attention variants', () => {
@@ -140,5 +182,74 @@ describe('attention launcher', () => {
     expect(() => run({ T: 4, B: 1, H: 4, KV: 2, hd: 64, maxContextLen: 4, maxQueryLen: 4, blockSize: 12 })).toThrow(/power of two/);
     expect(() => run({ T: 4, B: 1, H: 4, KV: 2, hd: 64, maxContextLen: 4, maxQueryLen: 4, cacheShape: [2, 64, 16, 4, 64] })).toThrow(/cache must be/);
     expect(() => run({ T: 4, B: 1, H: 4, KV: 2, hd: 64, maxContextLen: 4, maxQueryLen: 4, window: 0 })).toThrow(/slidingWindow/);
+  });
+});
+
+describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => {
+  const llama = { T: 1000, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 700, maxQueryLen: 600 };
+
+  it('declares the entries and geometry of the source', () => {
+    const entries = [...SM90_SOURCE.matchAll(/^TS_ATTN_SM90_ENTRY\((\w+), (\d+)\)/gm)].map((m) => [m[1], +m[2]]);
+    expect(entries).toEqual(ATTENTION_SM90.headDims.map((hd) => [ATTENTION_SM90_KERNELS[hd].name, hd]));
+    expect(SM90_SOURCE).toContain(`constexpr int BM = ${ATTENTION_SM90.rows};`);
+    expect(SM90_SOURCE).toContain(`constexpr int KT = ${ATTENTION_SM90.tileTokens};`);
+    expect(SM90_SOURCE).toContain(`constexpr int STAGES = ${ATTENTION_SM90.stages};`);
+    expect(SM90_SOURCE).toContain(`constexpr int THREADS = ${ATTENTION_SM90.threads};`);
+    // Layout<HD>::SHARED_BYTES, written out: Q + STAGES x (K + V) + 3 x STAGES barriers + slack.
+    for (const hd of [64, 128]) expect(ATTENTION_SM90.sharedBytes(hd)).toBe(128 * hd * 2 + 2 * 2 * 128 * hd * 2 + 3 * 2 * 8 + 1024);
+    expect(ATTENTION_SM90.sharedBytes(128)).toBeLessThanOrEqual(227 * 1024);
+    for (const k of Object.values(ATTENTION_SM90_KERNELS)) expect(DECLS).toContain(k);
+  });
+
+  it('stays on the mma.sync kernel unless asked or chosen', () => {
+    expect(run(llama).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
+    expect(run({ ...llama, attrs: { attentionVariant: 'tiles' }, choice: 'sm90' }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
+    expect(run({ ...llama, choice: 'sm90' }).launches[0].decl.name).toBe('ts_attention_prefill_sm90_hd128_bf16');
+    expect(run({ ...llama, choice: 'tiles' }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
+  });
+
+  it('launches 128 packed rows per block over a 3-D tensor map of the pool, one box per cache block', () => {
+    const { launches, maps, scratch } = run({ ...llama, attrs: { attentionVariant: 'sm90', causal: false }, window: 256 });
+    expect(scratch).toEqual([]);
+    expect(launches).toHaveLength(1);
+    const [l] = launches;
+    expect(l.decl).toBe(ATTENTION_SM90_KERNELS[128]);
+    expect(l.launch).toEqual({ grid: [Math.ceil((600 * 4) / 128), 8, 2], block: [384, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(128) });
+    expect(maps).toHaveLength(1);
+    // [2, 64 blocks, 16, KV 8, 128] seen as [2 * 64 * 16 tokens, 8, 128]; box 16 tokens x 1 head x 64 columns.
+    expect(maps[0]).toMatchObject({ shape: [2 * 64 * 16, 8, 128], box: [16, 1, 64], swizzle: '128B' });
+    expect(maps[0].t.ptr).toBe(0x2000n);
+    expect(l.args).toMatchObject({ out: 0x6000n, q: 0x1000n, queryStart: 0x3000n, contextLens: 0x4000n, blockTables: 0x5000n, numHeads: 32, numKvHeads: 8, blockSizeLog2: 4, blockTableWidth: 8, vOffset: 64 * 16, window: 256, causal: 0 });
+    expect(l.args.tmKV).toEqual(new Uint8Array(128).fill(1));
+    expect(l.args.scale).toBeCloseTo(1 / Math.sqrt(128), 7);
+  });
+
+  it('boxes at most one 128-token tile of a large cache block', () => {
+    const { maps } = run({ ...llama, hd: 64, attrs: { attentionVariant: 'sm90' }, cacheShape: [2, 4, 512, 8, 64] });
+    expect(maps[0]).toMatchObject({ shape: [2 * 4 * 512, 8, 64], box: [128, 1, 64] });
+  });
+
+  it('falls back to the mma.sync kernel where the Hopper kernel does not apply, and says why', () => {
+    const tiles = (o: Partial<RunOptions>) => run({ ...llama, attrs: { attentionVariant: 'sm90' }, ...o }).launches[0].decl.name;
+    expect(tiles({ computeMajor: 8 })).toBe('ts_attention_prefill_hd128_bf16');
+    expect(tiles({ hd: 96, cacheShape: [2, 64, 16, 8, 96] })).toBe('ts_attention_prefill_hd128_bf16');
+    expect(tiles({ blockSize: 4, cacheShape: [2, 64, 4, 8, 128] })).toBe('ts_attention_prefill_hd128_bf16');
+    expect(tiles({ T: 2, maxQueryLen: 1 })).toBe('ts_attention_decode_hd128_bf16');
+    const base = { regime: 'prefill' as const, computeMajor: 9, headDim: 128, blockSize: 16, numCacheBlocks: 1000 };
+    expect(sm90AttentionRefusal(base)).toBeNull();
+    expect(sm90AttentionRefusal({ ...base, computeMajor: 8 })).toBe('compute capability 8.x is not Hopper');
+    expect(sm90AttentionRefusal({ ...base, regime: 'decode' })).toMatch(/decode step/);
+    expect(sm90AttentionRefusal({ ...base, headDim: 256 })).toBe('head dim 256 is not 64 or 128');
+    expect(sm90AttentionRefusal({ ...base, blockSize: 4 })).toBe('cache block size 4 is under 8');
+    expect(sm90AttentionRefusal({ ...base, numCacheBlocks: 2 ** 26 })).toMatch(/2\^31 token slots/);
+  });
+
+  it('takes auto, tiles and sm90, and refuses anything else by name', () => {
+    expect(attentionVariant(undefined, null)).toBe('tiles');
+    expect(attentionVariant('auto', null)).toBe('tiles');
+    expect(attentionVariant('sm90', null)).toBe('sm90');
+    expect(attentionVariant('sm90', 'why not')).toBe('tiles');
+    expect(() => attentionVariant('fa3', null)).toThrow('attention variant must be auto, tiles or sm90, not fa3');
+    expect(() => run({ ...llama, attrs: { attentionVariant: 'fast' } })).toThrow(/not fast/);
   });
 });

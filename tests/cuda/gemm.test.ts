@@ -55,6 +55,9 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
     tensorMap2d: () => {
       throw new Error('no tensor maps expected');
     },
+    tensorMap: () => {
+      throw new Error('no tensor maps expected');
+    },
   };
   matmul(ctx);
   return { launches, scratch };

@@ -56,6 +56,9 @@ function run(op: CudaOp, inputs: DeviceTensor[], outputs: DeviceTensor[], attrs:
     tensorMap2d() {
       throw new Error('no tensor maps expected');
     },
+    tensorMap() {
+      throw new Error('no tensor maps expected');
+    },
   };
   op(ctx);
   return { launches, constants };

@@ -19,7 +19,7 @@ import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
 import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle, type TensorMapSwizzle } from './driver.js';
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
-import { chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
+import { chooseAttention, chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
 import { CUDA_OPS } from './ops/index.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
@@ -523,7 +523,9 @@ export class CudaBackend implements Backend {
       constant: (key, make) => this.constant(key, make),
       scratch: (bytes) => this.scratch(bytes),
       tensorMap2d: (t, box, swizzle) => this.tensorMap2d(t, box, swizzle),
+      tensorMap: (t, shape, box, swizzle) => this.tensorMap(t, shape, box, swizzle),
       gemmChoice: (M) => chooseGemm(this.kernelChoices, M),
+      attentionChoice: (hd) => chooseAttention(this.kernelChoices, hd),
     };
   }
 
@@ -537,13 +539,31 @@ export class CudaBackend implements Backend {
    * The bytes returned are shared: pass them to a launch, do not modify them.
    */
   tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: TensorMapSwizzle): Uint8Array {
-    const key = `${t.ptr}:${t.shape.join('x')}:${t.dtype}:${box[0]}x${box[1]}:${swizzle}`;
+    if (t.shape.length !== 2 || t.dtype === 'i32') throw new Error(`tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [${t.shape.join(', ')}] ${t.dtype}`);
+    return this.tensorMap(t, t.shape, box, swizzle);
+  }
+
+  /**
+   * A TMA tensor map of a bf16/f32 tensor seen as the row-major `shape` (outermost first; the
+   * same number of elements as the tensor: a reshape, as the KV pool [2, N, bs, KV, hd] is seen
+   * as [2 N bs, KV, hd]), with a box given outermost first too. Cached as tensorMap2d's maps are.
+   */
+  tensorMap(t: DeviceTensor, shape: readonly number[], box: readonly number[], swizzle: TensorMapSwizzle): Uint8Array {
+    const key = `${t.ptr}:${t.shape.join('x')}:${t.dtype}:${shape.join('x')}:${box.join('x')}:${swizzle}`;
     let map = this.tensorMaps.get(key);
     if (!map) {
-      if (t.shape.length !== 2 || t.dtype === 'i32') throw new Error(`tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [${t.shape.join(', ')}] ${t.dtype}`);
-      const [rows, cols] = t.shape;
-      const rowStrideBytes = cols * (t.dtype === 'bf16' ? 2 : 4);
-      map = this.driver.encodeTensorMap2d({ dtype: t.dtype, address: t.ptr, rows, cols, rowStrideBytes, boxRows: box[0], boxCols: box[1], swizzle });
+      if (t.dtype === 'i32') throw new Error(`tensorMap: a tensor map needs a bf16 or f32 tensor, not [${t.shape.join(', ')}] ${t.dtype}`);
+      const count = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
+      if (count(shape) !== count(t.shape) || shape.length !== box.length)
+        throw new Error(`tensorMap: view [${shape.join(', ')}] with box [${box.join(', ')}] does not reshape [${t.shape.join(', ')}] ${t.dtype}`);
+      const elementBytes = t.dtype === 'bf16' ? 2 : 4;
+      const dims = [...shape].reverse();
+      const strideBytes: number[] = [];
+      for (let i = 1, stride = elementBytes; i < dims.length; i++) strideBytes.push((stride *= dims[i - 1]));
+      map =
+        shape.length === 2
+          ? this.driver.encodeTensorMap2d({ dtype: t.dtype, address: t.ptr, rows: shape[0], cols: shape[1], rowStrideBytes: strideBytes[0], boxRows: box[0], boxCols: box[1], swizzle })
+          : this.driver.encodeTensorMap({ dtype: t.dtype, address: t.ptr, dims, strideBytes, box: [...box].reverse(), swizzle });
       if (this.tensorMaps.size >= TENSOR_MAP_CACHE_ENTRIES) this.tensorMaps.delete(this.tensorMaps.keys().next().value!);
       this.tensorMaps.set(key, map);
     }
@@ -865,6 +885,17 @@ export class CudaBackend implements Backend {
   freeBuffer(ptr: DevPtr): void {
     this.driver.synchronize(this.stream);
     this.release(ptr);
+  }
+
+  /** Waits for the stream and copies host data into a device buffer. */
+  writeBuffer(dst: DevPtr, src: ArrayBufferView): void {
+    this.driver.synchronize(this.stream);
+    this.driver.copyToDevice(dst, src);
+  }
+
+  /** Launches a declared kernel outside any op, on the backend's stream (kernel labs and probes). */
+  launchKernel(decl: KernelDecl, launch: Launch, args: Record<string, ArgValue>): void {
+    this.launchDecl(decl, launch, args);
   }
 
   /** Waits for the stream and copies a device buffer to the host. */

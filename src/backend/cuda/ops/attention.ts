@@ -78,6 +78,68 @@ export const DECODE_VARIANTS: readonly AttentionVariant[] = [
   variant('decode', 256, 16, 32, 64),
 ];
 
+/**
+ * kernels/attention_sm90.cu (Hopper prefill: TMA, wgmma, producer and ping-pong consumer
+ * warpgroups). Keep in step with its constants and Layout<HD>.
+ */
+export const ATTENTION_SM90 = {
+  rows: 128,
+  tileTokens: 128,
+  stages: 2,
+  threads: 384,
+  headDims: [64, 128] as readonly number[],
+  /** Smallest cache block: each TMA box of min(bs, 128) tokens must fill whole 1024-byte swizzle atoms. */
+  minBlockSize: 8,
+  /** Dynamic shared memory: Q, STAGES x (K, V), 3 x STAGES mbarriers, 1 KiB of alignment slack. */
+  sharedBytes: (hd: number) => 128 * hd * 2 + 2 * 2 * 128 * hd * 2 + 3 * 2 * 8 + 1024,
+};
+
+const ATTENTION_SM90_PARAMS: KernelDecl['params'] = [
+  ['tmKV', 'tmap'],
+  ['out', 'ptr'],
+  ['q', 'ptr'],
+  ['queryStart', 'ptr'],
+  ['contextLens', 'ptr'],
+  ['blockTables', 'ptr'],
+  ['numHeads', 'i32'],
+  ['numKvHeads', 'i32'],
+  ['blockSizeLog2', 'i32'],
+  ['blockTableWidth', 'i32'],
+  ['vOffset', 'i32'],
+  ['scale', 'f32'],
+  ['window', 'i32'],
+  ['causal', 'i32'],
+];
+
+/** ts_attention_prefill_sm90_hd<64|128>_bf16. */
+export const ATTENTION_SM90_KERNELS: Record<number, KernelDecl> = Object.fromEntries(
+  ATTENTION_SM90.headDims.map((hd) => [hd, { name: `ts_attention_prefill_sm90_hd${hd}_bf16`, params: ATTENTION_SM90_PARAMS }]),
+);
+
+export type AttentionVariantName = 'tiles' | 'sm90';
+
+/** Why the Hopper prefill kernel cannot run a step, or null when it can. */
+export function sm90AttentionRefusal(s: { regime: 'prefill' | 'decode'; computeMajor: number; headDim: number; blockSize: number; numCacheBlocks: number }): string | null {
+  if (s.computeMajor !== 9) return `compute capability ${s.computeMajor}.x is not Hopper`;
+  if (s.regime !== 'prefill') return 'a decode step (one query token per sequence)';
+  if (!ATTENTION_SM90.headDims.includes(s.headDim)) return `head dim ${s.headDim} is not ${ATTENTION_SM90.headDims.join(' or ')}`;
+  if (s.blockSize < ATTENTION_SM90.minBlockSize) return `cache block size ${s.blockSize} is under ${ATTENTION_SM90.minBlockSize}`;
+  if (2 * s.numCacheBlocks * s.blockSize >= 2 ** 31) return 'the KV pool has more than 2^31 token slots';
+  return null;
+}
+
+/**
+ * The prefill kernel a step runs. Asked for (attrs.attentionVariant, TESSERA_ATTENTION) it is
+ * honoured where it applies; else the measured table's choice; else the mma.sync kernel, which
+ * stays the default until the GPU benchmark has measured the Hopper kernel faster
+ * (docs/perf/attention.md).
+ */
+export function attentionVariant(asked: unknown, refusal: string | null): AttentionVariantName {
+  if (asked !== undefined && asked !== null && asked !== 'auto' && asked !== 'tiles' && asked !== 'sm90')
+    throw new Error(`attention variant must be auto, tiles or sm90, not ${String(asked)}`);
+  return asked === 'sm90' && refusal === null ? 'sm90' : 'tiles';
+}
+
 export const ATTENTION_COMBINE: KernelDecl = {
   name: 'ts_attention_combine_bf16',
   params: [
@@ -235,6 +297,33 @@ export const attention: CudaOp = (ctx) => {
   });
   if (plan === null) return;
 
+  const env = process.env.TESSERA_ATTENTION === 'auto' ? undefined : process.env.TESSERA_ATTENTION;
+  const refusal = sm90AttentionRefusal({ regime: plan.regime, computeMajor: ctx.device.computeCapability[0], headDim: hd, blockSize, numCacheBlocks });
+  const chosen = attentionVariant(ctx.attrs.attentionVariant ?? env ?? (plan.regime === 'prefill' ? ctx.attentionChoice?.(hd) : undefined) ?? undefined, refusal);
+  if (chosen === 'sm90') {
+    const G = H / KV;
+    // The pool [2, N, bs, KV, hd] seen as [2 N bs, KV, hd]: one box = min(bs, 128) tokens of one kv head, 64 columns.
+    const tmKV = ctx.tensorMap(cache, [2 * numCacheBlocks * blockSize, KV, hd], [Math.min(blockSize, ATTENTION_SM90.tileTokens), 1, 64], '128B');
+    expect(q.ptr % 16n === 0n && out.ptr % 16n === 0n, 'q and the output must be 16-byte aligned', q);
+    ctx.launch(ATTENTION_SM90_KERNELS[hd], { grid: [ceilDiv(ctx.step.maxQueryLen * G, ATTENTION_SM90.rows), KV, B], block: [ATTENTION_SM90.threads, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(hd) }, {
+      tmKV,
+      out: out.ptr,
+      q: q.ptr,
+      queryStart: queryStart.ptr,
+      contextLens: contextLens.ptr,
+      blockTables: blockTables.ptr,
+      numHeads: H,
+      numKvHeads: KV,
+      blockSizeLog2,
+      blockTableWidth,
+      vOffset: numCacheBlocks * blockSize,
+      scale,
+      window: sw ?? 0,
+      causal: causal ? 1 : 0,
+    });
+    return;
+  }
+
   let partO = 0n, partML = 0n;
   if (plan.numSplits > 1) {
     partO = ctx.scratch(plan.scratchBytes);
@@ -277,4 +366,4 @@ export const attention: CudaOp = (ctx) => {
   }
 };
 
-export const DECLS: KernelDecl[] = [...PREFILL_VARIANTS.map((v) => v.decl), ...DECODE_VARIANTS.map((v) => v.decl), ATTENTION_COMBINE];
+export const DECLS: KernelDecl[] = [...PREFILL_VARIANTS.map((v) => v.decl), ...DECODE_VARIANTS.map((v) => v.decl), ATTENTION_COMBINE, ...Object.values(ATTENTION_SM90_KERNELS)];

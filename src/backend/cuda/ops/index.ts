@@ -2,6 +2,7 @@
  * The CUDA backend's launcher for each per-step op of the IR, by op name. Load-time ops
  * (transpose, slice_rows, concat_rows) run once in CudaBackend.load, not here.
  */
+import { SM90_PROBE_DECLS } from '../sm90_probe.js';
 import type { OpName } from '../../../graph/ops.js';
 import type { KernelDecl } from '../kernel_decl.js';
 import * as attention from './attention.js';
@@ -38,6 +39,7 @@ export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> 
 
 /** Every kernel the host can launch, for the check against the compiled PTX. */
 export const ALL_DECLS: KernelDecl[] = [
+  ...SM90_PROBE_DECLS,
   ...gather.DECLS,
   ...gemm.DECLS,
   ...attention.DECLS,

@@ -37,6 +37,8 @@ export interface Launch {
 export interface CudaOpContext {
   /** The measured GEMM variant for M rows on this GPU (kernels/choices), or null: the launcher's default. */
   gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | null;
+  /** The measured prefill attention variant for this head dim on this GPU (kernels/choices), or null: the launcher's default. */
+  attentionChoice?(headDim: number): 'tiles' | 'sm90' | null;
   inputs: DeviceTensor[];
   outputs: DeviceTensor[];
   attrs: Attrs;
@@ -50,6 +52,8 @@ export interface CudaOpContext {
   scratch(bytes: number): DevPtr;
   /** A TMA tensor map of a row-major bf16/f32 matrix tensor (made once per distinct tensor, box and swizzle, then reused). */
   tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: 'none' | '32B' | '64B' | '128B'): Uint8Array;
+  /** A TMA tensor map of a bf16/f32 tensor seen as the row-major `shape` (a reshape; outermost first), box outermost first. */
+  tensorMap(t: DeviceTensor, shape: readonly number[], box: readonly number[], swizzle: 'none' | '32B' | '64B' | '128B'): Uint8Array;
 }
 
 export type CudaOp = (ctx: CudaOpContext) => void;

@@ -1,0 +1,96 @@
+// Layout probes for the Hopper kernels (sm_90a): one warpgroup, one wgmma product, no TMA and no
+// pipeline, so that a wrong shared-memory descriptor or register fragment shows up on its own
+// rather than as a wrong attention or GEMM output. tests/cuda/sm90_probe.test.ts (GPU tier)
+// compares each with the product on the host from fresh random inputs.
+//
+//   ts_sm90_probe_qk_bf16: s[64, 128] f32 = q[64, 128] k[128, 128]^T, both K-major in 128-byte
+//     swizzled panels of 64 columns (kernels/attention_sm90.cu's QK^T, kernels/gemm_sm90.cu's
+//     operands): 8 wgmma m64n128k16 steps over two panels.
+//   ts_sm90_probe_pv_bf16: o[64, 128] f32 = p[64, 16] v[16, 128]: p as the register A fragment,
+//     v MN-major (rows of 128 bytes along N, one per k; two 64-wide panels 16 rows apart), through
+//     imm-trans-b (kernels/attention_sm90.cu's PV).
+// Inputs bf16 row-major in global memory; 128 threads; shared memory static (48 KiB at most).
+#include "sm90.cuh"
+
+namespace ts_probe90 {
+
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+using namespace ts::sm90;
+
+// Row r (of `rows`) of a row-major [rows, 128] bf16 matrix into two swizzled 64-column panels.
+TS_DEVICE void to_panels(uint8_t* dst, const ts::bf16* src, int rows) {
+  for (int i = threadIdx.x; i < rows * 16; i += blockDim.x) {
+    const int r = i / 16, chunk = i % 16;
+    const uint4 v = *reinterpret_cast<const uint4*>(src + (size_t)r * 128 + chunk * 8);
+    *reinterpret_cast<uint4*>(dst + (chunk / 8) * rows * 128 + r * 128 + (((chunk % 8) ^ (r % 8)) << 4)) = v;
+  }
+}
+
+// Fragment element 4i + e: row 16 warp + lane / 4 (+ 8 for e >= 2), column 8i + 2 (lane % 4) (+1).
+TS_DEVICE void store_fragment(float* out, const float (&d)[64]) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int row = 16 * warp + lane / 4;
+#pragma unroll
+  for (int i = 0; i < 16; i++)
+#pragma unroll
+    for (int e = 0; e < 4; e++) out[(size_t)(row + (e >= 2 ? 8 : 0)) * 128 + 8 * i + 2 * (lane % 4) + (e & 1)] = d[4 * i + e];
+}
+
+#endif
+
+}  // namespace ts_probe90
+
+extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_qk_bf16(float* __restrict__ s, const ts::bf16* __restrict__ q, const ts::bf16* __restrict__ k) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace ts::sm90;
+  __shared__ __align__(1024) uint8_t sq[64 * 256];
+  __shared__ __align__(1024) uint8_t sk[128 * 256];
+  ts_probe90::to_panels(sq, q, 64);
+  ts_probe90::to_panels(sk, k, 128);
+  fence_async_shared();
+  __syncthreads();
+  float d[64];
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < 8; kk++) {
+    const int pn = kk / 4, off = 2 * (kk % 4);
+    wgmma_ss_m64n128k16(d, desc_kmajor(sq + pn * 64 * 128) + off, desc_kmajor(sk + pn * 128 * 128) + off, kk > 0 ? 1 : 0);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(d);
+  ts_probe90::store_fragment(s, d);
+#else
+  __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* __restrict__ o, const ts::bf16* __restrict__ p, const ts::bf16* __restrict__ v) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace ts::sm90;
+  __shared__ __align__(1024) uint8_t sv[16 * 256];
+  ts_probe90::to_panels(sv, v, 16);
+  fence_async_shared();
+  __syncthreads();
+  // The A fragment of rows g and g + 8 of this warp's 16: columns 2 t4 (+1) and 8 + 2 t4 (+1).
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = 16 * warp + lane / 4, c = 2 * (lane % 4);
+  auto at = [&](int r, int col) { return ts::to_f32(p[r * 16 + col]); };
+  uint32_t a[1][4] = {{pack_bf16(at(g, c), at(g, c + 1)), pack_bf16(at(g + 8, c), at(g + 8, c + 1)), pack_bf16(at(g, c + 8), at(g, c + 9)),
+                       pack_bf16(at(g + 8, c + 8), at(g + 8, c + 9))}};
+  float d[64];
+#pragma unroll
+  for (int i = 0; i < 64; i++) d[i] = 0.f;
+  fence_regs(d);
+  fence_regs(a);
+  wgmma_fence();
+  wgmma_rs_m64n128k16_tb(d, a[0], desc_mnmajor(sv, 16 * 128));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(d);
+  ts_probe90::store_fragment(o, d);
+#else
+  __trap();
+#endif
+}

@@ -1,0 +1,187 @@
+/**
+ * The synchronization protocol of kernels/attention_sm90.cu, model-checked on the CPU, as
+ * sm90_pipeline.test.ts does for the GEMM: one producer thread fills a 2-stage ring of K and V
+ * tiles (K and V of a stage complete on their own mbarriers, one `empty` mbarrier per stage takes
+ * both consumers' release), and two consumer warpgroups take turns issuing their wgmma groups
+ * through named barriers 3 and 4 (bar.sync by the one whose turn it is, bar.arrive by the other;
+ * 256 threads each, so one arrival per warpgroup here). The consumers follow the kernel's code:
+ * tile 0's QK^T alone, then QK^T of tile j with PV of tile j - 1 as one group, then the last PV;
+ * consumer 1 opens with an arrive on barrier 3 and does not pass the turn after its last group.
+ *
+ * Checked under random interleavings with TMA bytes landing late: no deadlock; the producer never
+ * overwrites a K or V buffer a wgmma group may still read; every group reads the tile it expects
+ * (K of j, V of j - 1) after it landed; the two consumers' groups strictly alternate, starting with
+ * consumer 0; and every named barrier ends with no arrival pending (a stray bar.arrive would leave
+ * the barrier half full for whatever uses it next). Deliberate protocol errors are caught.
+ */
+import { describe, expect, it } from 'vitest';
+import { mulberry32 } from '../helpers/random.js';
+
+const STAGES = 2;
+
+class MBarrier {
+  phase = 0;
+  pending: number;
+  tx = 0;
+  constructor(readonly count: number) {
+    this.pending = count;
+  }
+  done(parity: number): boolean {
+    return (this.phase & 1) !== parity;
+  }
+  private maybeComplete(): void {
+    if (this.pending === 0 && this.tx === 0) {
+      this.phase++;
+      this.pending = this.count;
+    }
+  }
+  arrive(): void {
+    if (this.pending <= 0) throw new Error('arrive past the expected count');
+    this.pending--;
+    this.maybeComplete();
+  }
+  arriveExpectTx(bytes: number): void {
+    this.tx += bytes;
+    this.arrive();
+  }
+  completeTx(bytes: number): void {
+    this.tx -= bytes;
+    this.maybeComplete();
+  }
+}
+
+/** A named barrier of `count` arrivals (bar.sync waits for its generation to complete; bar.arrive does not). */
+class NamedBarrier {
+  arrived = 0;
+  generation = 0;
+  constructor(readonly count: number) {}
+  /** Arrives; returns the generation to wait out (bar.sync). */
+  arrive(): number {
+    const g = this.generation;
+    if (++this.arrived === this.count) {
+      this.arrived = 0;
+      this.generation++;
+    }
+    return g;
+  }
+}
+
+interface Bugs {
+  /** Consumer 1 also passes the turn after its last group. */
+  extraArrive?: boolean;
+  /** Consumer 1 does not open with an arrive on barrier 3. */
+  noOpening?: boolean;
+  /** A consumer releases the stage right after issuing, before its group completed. */
+  releaseEarly?: boolean;
+}
+
+type Buf = `${'K' | 'V'}${number}`;
+
+function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
+  const rnd = mulberry32(seed);
+  const kFull = Array.from({ length: STAGES }, () => new MBarrier(1));
+  const vFull = Array.from({ length: STAGES }, () => new MBarrier(1));
+  const empty = Array.from({ length: STAGES }, () => new MBarrier(2));
+  const turn = [new NamedBarrier(2), new NamedBarrier(2)]; // ids 3 and 4
+  const content = new Map<Buf, string | null>();
+  const inFlight: Array<{ buf: Buf; bar: MBarrier; label: string }> = [];
+  const reading = [new Set<Buf>(), new Set<Buf>()];
+  const reads: string[][] = [[], []];
+  const issues: number[] = [];
+
+  function* producer(): Generator<void> {
+    for (let j = 0; j < nTiles; j++) {
+      const s = j % STAGES, phase = Math.floor(j / STAGES) & 1;
+      while (!empty[s].done(phase ^ 1)) yield;
+      for (const kind of ['K', 'V'] as const) {
+        const buf: Buf = `${kind}${s}`;
+        for (const r of reading) if (r.has(buf)) throw new Error(`producer overwrites ${kind} of stage ${s} while a wgmma reads it`);
+        (kind === 'K' ? kFull : vFull)[s].arriveExpectTx(1);
+        content.set(buf, null);
+        inFlight.push({ buf, bar: (kind === 'K' ? kFull : vFull)[s], label: `${kind}${j}` });
+        yield;
+      }
+    }
+  }
+
+  function* consumer(cw: number): Generator<void> {
+    const sync = function* (): Generator<void> {
+      const g = turn[cw].arrive();
+      while (turn[cw].generation === g) yield;
+    };
+    const passTurn = () => turn[1 - cw].arrive();
+    const read = (buf: Buf, want: string) => {
+      if (content.get(buf) !== want) throw new Error(`consumer ${cw} reads ${buf} holding ${content.get(buf)}, expected ${want}`);
+      reading[cw].add(buf);
+      reads[cw].push(want);
+    };
+    const complete = () => reading[cw].clear(); // wgmma.wait_group 0
+
+    if (cw === 1 && !bugs.noOpening) turn[0].arrive();
+    for (let j = 0; j <= nTiles; j++) {
+      const last = j === nTiles;
+      const st = j % STAGES, prev = (j + STAGES - 1) % STAGES;
+      if (!last) while (!kFull[st].done(Math.floor(j / STAGES) & 1)) yield;
+      if (j > 0) while (!vFull[prev].done(Math.floor((j - 1) / STAGES) & 1)) yield;
+      yield* sync();
+      issues.push(cw);
+      if (!last) read(`K${st}`, `K${j}`);
+      if (j > 0) read(`V${prev}`, `V${j - 1}`);
+      if (!(last && cw === 1) || bugs.extraArrive) passTurn();
+      if (bugs.releaseEarly && j > 0) empty[prev].arrive();
+      yield; // the group runs
+      complete();
+      if (!bugs.releaseEarly && j > 0) empty[prev].arrive();
+      yield; // softmax
+    }
+  }
+
+  const agents = [producer(), consumer(0), consumer(1)];
+  const finished = [false, false, false];
+  for (let steps = 0; steps < 1_000_000; steps++) {
+    if (finished.every(Boolean) && inFlight.length === 0) {
+      const pending = turn.map((b, i) => (b.arrived ? `barrier ${3 + i} has ${b.arrived} arrival pending` : '')).filter(Boolean);
+      if (pending.length) throw new Error(pending.join('; '));
+      return { reads, issues };
+    }
+    if (inFlight.length && rnd() < 0.3) {
+      const { buf, bar, label } = inFlight.splice(Math.floor(rnd() * inFlight.length), 1)[0];
+      content.set(buf, label);
+      bar.completeTx(1);
+      continue;
+    }
+    const live = agents.map((_, i) => i).filter((i) => !finished[i]);
+    const a = live[Math.floor(rnd() * live.length)];
+    if (agents[a].next().done) finished[a] = true;
+  }
+  throw new Error(`deadlock (seed ${seed}): producer ${finished[0] ? 'done' : 'waiting'}, consumers ${finished[1]} ${finished[2]}`);
+}
+
+describe('the sm90 prefill attention protocol (model of kernels/attention_sm90.cu)', () => {
+  it('never deadlocks or overwrites a live tile, reads K of j and V of j - 1 in each group, alternates the consumers, and leaves no arrival pending', () => {
+    for (let seed = 1; seed <= 300; seed++) {
+      const nTiles = 1 + (seed % 7);
+      const { reads, issues } = simulate(seed, nTiles);
+      const want = ['K0'];
+      for (let j = 1; j < nTiles; j++) want.push(`K${j}`, `V${j - 1}`);
+      want.push(`V${nTiles - 1}`);
+      expect(reads[0], `seed ${seed}`).toEqual(want);
+      expect(reads[1], `seed ${seed}`).toEqual(want);
+      expect(issues, `seed ${seed}`).toEqual(Array.from({ length: 2 * (nTiles + 1) }, (_, i) => i % 2));
+    }
+  });
+
+  it('catches protocol errors: a stray arrive, a missing opening arrive, an early release', () => {
+    expect(() => simulate(1, 3, { extraArrive: true })).toThrow('barrier 3 has 1 arrival pending');
+    expect(() => simulate(1, 3, { noOpening: true })).toThrow(/deadlock/);
+    const messages = new Set<string>();
+    for (let seed = 1; seed <= 60; seed++) {
+      try {
+        simulate(seed, 5, { releaseEarly: true });
+      } catch (err) {
+        messages.add((err as Error).message.replace(/\d+/g, 'N'));
+      }
+    }
+    expect([...messages].some((m) => /producer overwrites [KV] of stage N while a wgmma reads it/.test(m))).toBe(true);
+  });
+});
