@@ -17,7 +17,8 @@ import { fileURLToPath } from 'node:url';
 import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
 import type { OpName } from '../graph/ops.js';
-import { choicesFileName, deriveChoices, type GemmResult } from '../backend/cuda/kernel_choices.js';
+import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
+import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
 import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32 } from '../util/dtype.js';
@@ -31,6 +32,7 @@ measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a 
 
       --family LIST              gemm, attention, memory (comma-separated; default all)
       --filter TEXT              only cases whose name contains TEXT
+      --exclude TEXT             leave out cases whose name contains TEXT
       --runs N                   timed runs per case, at least 20 (default 30)
       --warmup N                 untimed runs first (default 5)
       --shapes FILE              case list (default bench/kernel_shapes.json)
@@ -38,7 +40,12 @@ measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a 
       --write-choices DIR        derive this GPU's kernel choices from the run and write them to
                                  DIR/<gpu>.json (commit under kernels/choices/: the engine then
                                  runs the measured fastest GEMM variant per M)
-      --json                     print the JSON report instead of the table`;
+      --choices-from FILE        with --write-choices: derive them from a saved report instead
+                                 of running (no GPU needed)
+      --json                     print the JSON report instead of the table
+
+With --out the report is rewritten after every case ("complete": false until the last), so a run
+cut short (a timeout, a kernel fault) keeps what it measured.`;
 
 // ---- the case list (pure: tested without a GPU) ----
 
@@ -71,6 +78,12 @@ export interface KernelCase {
   unsupported?: string;
   /** GEMM only: cuBLASLt's shape. */
   gemm?: { m: number; n: number; k: number };
+  /**
+   * A rung of a kernel ladder without an outside baseline in this process (attention): the case
+   * it is checked against on the same inputs (its name; run earlier in the list, with the attrs
+   * given here), and the speedup over it.
+   */
+  ladderBase?: { name: string; attrs: Attrs; rowWidth: number };
 }
 
 export function defaultShapesPath(): string {
@@ -149,11 +162,11 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
       const tokens = a.batch * a.seqlen;
       const pairs = a.causal ? (a.seqlen * (a.seqlen + 1)) / 2 : a.seqlen * a.seqlen;
       const step = attentionStep(new Array(a.batch).fill(a.seqlen), new Array(a.batch).fill(a.seqlen), tables, width);
-      cases.push({
-        family: 'attention',
-        name: `attention prefill B${a.batch} S${a.seqlen} H${a.heads} KV${a.kvHeads} hd${a.headDim} ${a.causal ? 'causal' : 'full'}`,
-        op: 'attention',
-        attrs: { numHeads: a.heads, numKvHeads: a.kvHeads, headDim: a.headDim, scale: 1 / Math.sqrt(a.headDim), slidingWindow: null, causal: a.causal },
+      const name = `attention prefill B${a.batch} S${a.seqlen} H${a.heads} KV${a.kvHeads} hd${a.headDim} ${a.causal ? 'causal' : 'full'}`;
+      const attrs: Attrs = { numHeads: a.heads, numKvHeads: a.kvHeads, headDim: a.headDim, scale: 1 / Math.sqrt(a.headDim), slidingWindow: null, causal: a.causal };
+      const base = {
+        family: 'attention' as const,
+        op: 'attention' as const,
         inputs: [
           { shape: [tokens, a.heads * a.headDim], bound: 1 },
           { shape: [2, blocks, bs, a.kvHeads, a.headDim], bound: 1 },
@@ -165,6 +178,17 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
         step,
         flops: 4 * a.batch * a.heads * a.headDim * pairs,
         bytes: 2 * (2 * tokens * a.heads * a.headDim + 2 * tokens * a.kvHeads * a.headDim),
+      };
+      // The ladder: the mma.sync kernel, then the Hopper kernel checked against it (sm90 needs
+      // compute capability 9 and head dim 64 or 128: benchKernels skips it elsewhere).
+      cases.push({ ...base, name, attrs: { ...attrs, attentionVariant: 'tiles' } });
+      const refusal = sm90AttentionRefusal({ regime: 'prefill', computeMajor: 9, headDim: a.headDim, blockSize: bs, numCacheBlocks: blocks });
+      cases.push({
+        ...base,
+        name: `${name} sm90`,
+        attrs: { ...attrs, attentionVariant: 'sm90' },
+        ...(refusal ? { unsupported: `the sm90 prefill kernel does not take it: ${refusal}` } : {}),
+        ladderBase: { name, attrs: { ...attrs, attentionVariant: 'tiles' }, rowWidth: a.heads * a.headDim },
       });
     }
     for (const d of shapes.attention.decode) {
@@ -297,6 +321,13 @@ export function rates(c: Pick<KernelCase, 'flops' | 'bytes'>, ms: number, ceilin
   };
 }
 
+/** One line: the GEMM variant per M and the prefill attention variant per head dim. */
+export function describeChoices(c: KernelChoices): string {
+  const gemm = c.gemm.map((e) => `M ${e.m} ${e.variant}`).join(', ');
+  const attention = (c.attention ?? []).map((e) => `attention hd${e.headDim} ${e.variant}`).join(', ');
+  return attention ? `${gemm}; ${attention}` : gemm;
+}
+
 // ---- running on the GPU ----
 
 export async function benchKernels(argv: string[]): Promise<number> {
@@ -305,6 +336,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
     {
       family: { type: 'string' },
       filter: { type: 'string' },
+      exclude: { type: 'string' },
+      'choices-from': { type: 'string' },
       runs: { type: 'string' },
       warmup: { type: 'string' },
       shapes: { type: 'string' },
@@ -316,6 +349,27 @@ export async function benchKernels(argv: string[]): Promise<number> {
   );
   if (values.help) {
     console.log(HELP);
+    return 0;
+  }
+  if (values['choices-from']) {
+    if (!values['write-choices']) throw new TesseraError('--choices-from needs --write-choices DIR (where to write the table).', 'invalid_input');
+    const from = values['choices-from'] as string;
+    let saved: { date: string; device: Record<string, string | number>; results: GemmResult[] };
+    try {
+      saved = JSON.parse(readFileSync(from, 'utf8'));
+    } catch (err) {
+      throw new TesseraError(`${from}: ${(err as Error).message.split('\n')[0]}`, 'invalid_input');
+    }
+    if (!saved || typeof saved !== 'object' || !Array.isArray(saved.results) || !saved.device) throw new TesseraError(`${from} is not a tessera bench kernels report (no device or results).`, 'invalid_input');
+    let choices: KernelChoices;
+    try {
+      choices = deriveChoices(saved, from);
+    } catch (err) {
+      throw new TesseraError((err as Error).message, 'invalid_input');
+    }
+    const file = path.join(values['write-choices'] as string, choicesFileName(String(saved.device.name)));
+    await writeFile(file, JSON.stringify(choices, null, 1) + '\n');
+    console.log(`wrote ${file}: ${describeChoices(choices)}`);
     return 0;
   }
   const runs = numberFlag(values, 'runs', true) ?? 30;
@@ -330,7 +384,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
   } catch (err) {
     throw new TesseraError(`${shapesPath}: ${(err as Error).message.split('\n')[0]}`, 'invalid_input');
   }
-  const cases = expandCases(shapes, families, (values.filter as string | undefined) ?? '');
+  const exclude = values.exclude as string | undefined;
+  const cases = expandCases(shapes, families, (values.filter as string | undefined) ?? '').filter((c) => !exclude || !c.name.includes(exclude));
 
   const { CudaBackend } = await import('../backend/cuda/backend.js');
   const probe = CudaBackend.probe(0);
@@ -371,10 +426,27 @@ export async function benchKernels(argv: string[]): Promise<number> {
     const budget = Math.min(8 * 2 ** 30, backend.memInfo().freeBytes / 4);
 
     const results: Array<Record<string, unknown>> = [];
+    const makeReport = (complete: boolean) => ({
+      complete,
+      date: new Date().toISOString(),
+      device,
+      cublasLt: lt ? { version: lt.version, library: lt.libraryPath } : { unavailable: (ltLoaded as { reason: string }).reason },
+      method: { runs, warmup, statistic: 'median of event-timed runs; inputs rotated among sets so one call reads > 2x L2; random uniform data filled on the device' },
+      ceilings: {
+        copyGBs: Number((copyBytesPerS / 1e9).toFixed(1)),
+        gemmTFLOPs: gemmCeiling ? Number((gemmCeiling.flopsPerS / 1e12).toFixed(1)) : null,
+        gemmShape: gemmCeiling?.shape ?? null,
+      },
+      shapes: shapesPath,
+      results,
+    });
     if (!values.json) console.log(`${'case'.padEnd(58)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'%copy'.padStart(6)} ${'%gemm'.padStart(6)} ${'vs base'.padStart(8)}`);
     const major = Number(String(device.computeCapability).split('.')[0]);
+    /** Each measured case's median, for the ladder rungs that compare with an earlier case. */
+    const medians = new Map<string, number>();
     for (const c of cases) {
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
+      if (!c.unsupported && c.attrs.attentionVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
         results.push({ family: c.family, name: c.name, skipped: c.unsupported });
         log(`${c.name.padEnd(58)} skipped: ${c.unsupported}`);
@@ -439,6 +511,50 @@ export async function benchKernels(argv: string[]): Promise<number> {
             for (const y of ys) backend.freeBuffer(y);
           }
         }
+        if (c.ladderBase) {
+          const b = c.ladderBase;
+          const baseMs = medians.get(b.name);
+          if (baseMs !== undefined) {
+            const speedup = baseMs / t.medianMs;
+            record.speedupVsBase = Number(speedup.toFixed(3));
+            line += ` ${speedup.toFixed(2).padStart(7)}x`;
+          }
+          // Correctness beside speed: this rung against the base on the same inputs (same seeds),
+          // over the first and last rows (up to 128 each), every column.
+          const ref = backend.prepareOp(
+            c.op,
+            b.attrs,
+            c.inputs.map((t, i) => ('bound' in t ? { shape: t.shape, uniform: { seed: i + 1, bound: t.bound } } : t)),
+            c.outputShapes,
+            c.step,
+          );
+          try {
+            prepared[0].poison();
+            prepared[0].enqueue();
+            ref.poison();
+            ref.enqueue();
+            const rows = c.outputShapes[0][0], w = b.rowWidth;
+            const rowSets = rows <= 256 ? [[0, rows]] : [[0, 128], [rows - 128, rows]];
+            const total = rowSets.reduce((sum, [r0, r1]) => sum + (r1 - r0) * w, 0);
+            const oursBits = new Uint16Array(total), theirsBits = new Uint16Array(total);
+            let at = 0;
+            for (const [r0, r1] of rowSets) {
+              const n = (r1 - r0) * w, offset = BigInt(2 * r0 * w);
+              backend.readBuffer(oursBits.subarray(at, at + n), prepared[0].outputs[0].ptr + offset);
+              backend.readBuffer(theirsBits.subarray(at, at + n), ref.outputs[0].ptr + offset);
+              at += n;
+            }
+            const ours = new Float32Array(total), theirs = new Float32Array(total);
+            bf16ToF32(oursBits, ours);
+            bf16ToF32(theirsBits, theirs);
+            const err = relativeError(ours, theirs);
+            record.relativeErrorVsBase = Number(err.toExponential(3));
+            if (!(err < 1e-2)) line += `  MISMATCH vs ${b.name}: ${err.toExponential(2)}`;
+          } finally {
+            ref.dispose();
+          }
+        }
+        medians.set(c.name, t.medianMs);
         log(line);
       } catch (err) {
         record.error = (err as Error).message;
@@ -447,31 +563,21 @@ export async function benchKernels(argv: string[]): Promise<number> {
         for (const p of prepared) p.dispose();
       }
       results.push(record);
+      if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(false), null, 1) + '\n');
     }
     backend.freeBuffer(workspace);
-    const report = {
-      date: new Date().toISOString(),
-      device,
-      cublasLt: lt ? { version: lt.version, library: lt.libraryPath } : { unavailable: (ltLoaded as { reason: string }).reason },
-      method: { runs, warmup, statistic: 'median of event-timed runs; inputs rotated among sets so one call reads > 2x L2; random uniform data filled on the device' },
-      ceilings: {
-        copyGBs: Number((copyBytesPerS / 1e9).toFixed(1)),
-        gemmTFLOPs: gemmCeiling ? Number((gemmCeiling.flopsPerS / 1e12).toFixed(1)) : null,
-        gemmShape: gemmCeiling?.shape ?? null,
-      },
-      shapes: shapesPath,
-      results,
-    };
+    const report = makeReport(true);
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
     if (values['write-choices']) {
       const choices = deriveChoices({ date: report.date, device, results: results as unknown as GemmResult[] }, (values.out as string | undefined) ?? 'tessera bench kernels');
       const file = path.join(values['write-choices'] as string, choicesFileName(String(device.name)));
       await writeFile(file, JSON.stringify(choices, null, 1) + '\n');
-      log(`wrote ${file}: ${choices.gemm.map((e) => `M ${e.m} ${e.variant}`).join(', ')}`);
+      log(`wrote ${file}: ${describeChoices(choices)}`);
     }
     if (values.json) process.stdout.write(text);
-    return results.some((r) => r.error || (typeof r.relativeErrorVsCublasLt === 'number' && !(r.relativeErrorVsCublasLt < 1e-2))) ? 1 : 0;
+    const mismatch = (e: unknown) => typeof e === 'number' && !(e < 1e-2);
+    return results.some((r) => r.error || mismatch(r.relativeErrorVsCublasLt) || mismatch(r.relativeErrorVsBase)) ? 1 : 0;
   } finally {
     lt?.dispose();
     await backend.dispose();

@@ -4,7 +4,9 @@
  * of input sets, the rates against the ceilings, and a scaled-down copy of every case run
  * through the CPU backend's op against a float64 computation of the same case.
  */
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HostTensor } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/backend.js';
@@ -22,7 +24,18 @@ describe('bench kernels: the cases', () => {
     expect(gemm.length).toBe(shapes.gemm.projections.length * (2 * shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
-    expect(cases.filter((c) => c.family === 'attention').length).toBe(shapes.attention.prefill.length + shapes.attention.decode.length);
+    // Every prefill case twice (the mma.sync kernel, then the sm90 rung checked against it).
+    expect(cases.filter((c) => c.family === 'attention').length).toBe(2 * shapes.attention.prefill.length + shapes.attention.decode.length);
+    const rungs = cases.filter((c) => c.attrs.attentionVariant === 'sm90');
+    expect(rungs.length).toBe(shapes.attention.prefill.length);
+    for (const r of rungs) {
+      expect(r.name.endsWith(' sm90'), r.name).toBe(true);
+      expect(r.ladderBase!.name).toBe(r.name.slice(0, -' sm90'.length));
+      expect(cases.find((c) => c.name === r.ladderBase!.name)!.attrs.attentionVariant).toBe('tiles');
+    }
+    // hd 256 has no sm90 kernel: the rung is listed and says why it is skipped.
+    expect(cases.find((c) => c.name === 'attention prefill B1 S8192 H16 KV16 hd256 causal sm90')!.unsupported).toBe('the sm90 prefill kernel does not take it: head dim 256 is not 64 or 128');
+    expect(cases.find((c) => c.name === 'attention prefill B1 S8192 H32 KV8 hd128 causal sm90')!.unsupported).toBeUndefined();
     for (const op of shapes.memoryBound.ops) expect(cases.some((c) => c.name.startsWith(`${op} `)), op).toBe(true);
     expect(expandCases(shapes, ['gemm'], 'lm_head M1 ').map((c) => c.name)).toEqual([
       'gemm llama-3-8b lm_head M1 N128256 K4096',
@@ -103,7 +116,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(6 + 3 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel
+    expect(cases.length).toBe(6 + 5 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel; prefill twice (the sm90 rung)
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);
@@ -165,6 +178,8 @@ describe('tessera bench kernels: bad input and no GPU', () => {
       [['--family', 'gemv'], 'tessera: --family takes gemm, attention and memory, not "gemv".\n'],
       [['--shapes', '/nonexistent/shapes.json'], /^tessera: \/nonexistent\/shapes\.json: ENOENT[^\n]*\n$/],
       [[], /^tessera: tessera bench kernels needs a CUDA GPU: [^\n]*\/nonexistent\/libcuda\.so\.1[^\n]*\.\n$/],
+      [['--choices-from', '/nonexistent/r.json'], 'tessera: --choices-from needs --write-choices DIR (where to write the table).\n'],
+      [['--choices-from', '/nonexistent/r.json', '--write-choices', '/tmp'], /^tessera: \/nonexistent\/r\.json: ENOENT[^\n]*\n$/],
     ] as Array<[string[], string | RegExp]>) {
       const r = run(...args);
       expect(r.status, args.join(' ')).toBe(1);
@@ -172,5 +187,39 @@ describe('tessera bench kernels: bad input and no GPU', () => {
       if (typeof sentence === 'string') expect(r.stderr).toBe(sentence);
       else expect(r.stderr).toMatch(sentence);
     }
+  });
+});
+
+describe('tessera bench kernels --choices-from: choices from a saved report, no GPU', () => {
+  it('writes the GPU\'s table from the report, and refuses a file that is not a report', async () => {
+    const { spawnSync } = await import('node:child_process');
+    const bin = path.join(import.meta.dirname, '../../bin/tessera.js');
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-choices-from-'));
+    const report = {
+      complete: false,
+      date: '2026-11-25T00:00:00Z',
+      device: { name: 'NVIDIA H100 80GB HBM3', computeCapability: '9.0', driver: '13.0' },
+      results: [
+        { family: 'gemm', name: 'gemm llama-3-8b o M1 N4096 K4096', tessera: { medianMs: 0.02 }, relativeErrorVsCublasLt: 1e-3 },
+        { family: 'gemm', name: 'gemm llama-3-8b o M1 N4096 K4096 gemv', tessera: { medianMs: 0.01 }, relativeErrorVsCublasLt: 1e-3 },
+        { family: 'attention', name: 'attention prefill B1 S8192 H32 KV8 hd128 causal', tessera: { medianMs: 2 } },
+        { family: 'attention', name: 'attention prefill B1 S8192 H32 KV8 hd128 causal sm90', tessera: { medianMs: 1 }, relativeErrorVsBase: 2e-3 },
+      ],
+    };
+    writeFileSync(path.join(dir, 'r.json'), JSON.stringify(report));
+    const r = spawnSync(process.execPath, [bin, 'bench', 'kernels', '--choices-from', path.join(dir, 'r.json'), '--write-choices', dir], { encoding: 'utf8' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toBe(`wrote ${path.join(dir, 'nvidia-h100-80gb-hbm3.json')}: M 1 gemv; attention hd128 sm90\n`);
+    const table = JSON.parse(readFileSync(path.join(dir, 'nvidia-h100-80gb-hbm3.json'), 'utf8'));
+    expect(table).toMatchObject({ gpu: 'NVIDIA H100 80GB HBM3', source: path.join(dir, 'r.json'), gemm: [{ m: 1, variant: 'gemv' }], attention: [{ headDim: 128, variant: 'sm90' }] });
+    writeFileSync(path.join(dir, 'bad.json'), JSON.stringify({ results: 3 }));
+    const bad = spawnSync(process.execPath, [bin, 'bench', 'kernels', '--choices-from', path.join(dir, 'bad.json'), '--write-choices', dir], { encoding: 'utf8' });
+    expect(bad.status).toBe(1);
+    expect(bad.stderr).toBe(`tessera: ${path.join(dir, 'bad.json')} is not a tessera bench kernels report (no device or results).\n`);
+    writeFileSync(path.join(dir, 'empty.json'), JSON.stringify({ ...report, results: [] }));
+    const empty = spawnSync(process.execPath, [bin, 'bench', 'kernels', '--choices-from', path.join(dir, 'empty.json'), '--write-choices', dir], { encoding: 'utf8' });
+    expect(empty.status).toBe(1);
+    expect(empty.stderr).toBe(`tessera: ${path.join(dir, 'empty.json')}: no GEMM result that matched cuBLASLt; no choices to write\n`);
   });
 });

@@ -62,7 +62,9 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
       'gemm toy proj M3 N40 K32 gemv',
       'gemm toy proj M3 N40 K32 sm90',
       'attention prefill B1 S20 H4 KV2 hd64 causal',
+      'attention prefill B1 S20 H4 KV2 hd64 causal sm90',
       'attention prefill B1 S20 H4 KV2 hd64 full',
+      'attention prefill B1 S20 H4 KV2 hd64 full sm90',
       'attention decode B2 ctx40 H4 KV1 hd128',
       'add_rmsnorm R4 H256',
       'silu_mul R4 H256',
@@ -79,5 +81,11 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     expect(gemm.speedupVsCublasLt).toBe(1);
     // Our GEMM "ran" on the stand-in and wrote nothing: its NaN-poisoned output cannot match.
     expect(gemm.relativeErrorVsCublasLt).toBeNull();
+    // The attention ladder's sm90 rung: timed against the mma.sync rung before it and checked
+    // against its output on the same inputs (both NaN-poisoned here: no match).
+    const rung = byName.get('attention prefill B1 S20 H4 KV2 hd64 causal sm90') as Result & { speedupVsBase?: number; relativeErrorVsBase?: number | null };
+    expect(rung.speedupVsBase).toBe(1);
+    expect(rung.relativeErrorVsBase).toBeNull();
+    expect(r.stdout).toContain('MISMATCH vs attention prefill B1 S20 H4 KV2 hd64 causal');
   });
 });

@@ -8,7 +8,7 @@ import { mkdtempSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { chooseGemm, choicesFileName, deriveChoices, loadChoices, type GemmResult, type KernelChoices } from '../../src/backend/cuda/kernel_choices.js';
+import { chooseAttention, chooseGemm, choicesFileName, deriveChoices, loadChoices, type GemmResult, type KernelChoices } from '../../src/backend/cuda/kernel_choices.js';
 import { buildMock, setLaunchHook } from './mock/mock.js';
 
 const device = { name: 'NVIDIA H100 80GB HBM3', computeCapability: '9.0', driver: '13.0' };
@@ -48,6 +48,38 @@ describe('kernel choices: the table', () => {
       { m: 4096, variant: 'tiles', ms: { tiles: 0.85 } },
     ]);
     expect(() => deriveChoices({ ...report, results: [gemm('o M1 N4096 K4096', 0.1, null)] }, 'r.json')).toThrow('r.json: no GEMM result that matched cuBLASLt');
+  });
+
+  it('takes per head dim the prefill attention variant with the least summed time, sm90 only where it matched the mma.sync kernel', () => {
+    const attn = (name: string, ms: number, err?: number | null): GemmResult => ({ family: 'attention', name: `attention prefill ${name}`, tessera: { medianMs: ms }, ...(err !== undefined ? { relativeErrorVsBase: err } : {}) });
+    const report = {
+      date: '2026-11-25T00:00:00Z',
+      device,
+      results: [
+        gemm('qkv M1 N6144 K4096', 0.03),
+        attn('B1 S8192 H32 KV8 hd128 causal', 2.0),
+        attn('B1 S8192 H32 KV8 hd128 causal sm90', 1.0, 2e-3),
+        attn('B1 S8192 H32 KV8 hd128 full', 4.0),
+        attn('B1 S8192 H32 KV8 hd128 full sm90', 2.2, 3e-3),
+        // hd 64: sm90 faster but wrong on one case, so not a candidate.
+        attn('B1 S8192 H32 KV32 hd64 causal', 1.5),
+        attn('B1 S8192 H32 KV32 hd64 causal sm90', 0.8, 0.4),
+        attn('B4 S2048 H32 KV32 hd64 causal', 0.5),
+        attn('B4 S2048 H32 KV32 hd64 causal sm90', 0.3, 1e-3),
+        { family: 'attention', name: 'attention prefill B1 S8192 H16 KV16 hd256 causal sm90', skipped: 'head dim 256 is not 64 or 128' },
+        attn('B1 S8192 H16 KV16 hd256 causal', 3.0),
+        { family: 'attention', name: 'attention decode B1 ctx4096 H32 KV8 hd128', tessera: { medianMs: 0.01 } },
+      ],
+    };
+    const t = deriveChoices(report, 'r.json');
+    expect(t.attention).toEqual([
+      { headDim: 64, variant: 'tiles', ms: { tiles: 2.0 } },
+      { headDim: 128, variant: 'sm90', ms: { tiles: 6.0, sm90: 3.2 } },
+      { headDim: 256, variant: 'tiles', ms: { tiles: 3.0 } },
+    ]);
+    expect([64, 128, 256, 80].map((hd) => chooseAttention(t, hd))).toEqual(['tiles', 'sm90', 'tiles', null]);
+    expect(chooseAttention(null, 128)).toBeNull();
+    expect(chooseAttention({ ...t, attention: undefined }, 128)).toBeNull();
   });
 
   it('picks the entry of the largest measured M not above a step\'s M', () => {

@@ -7,13 +7,18 @@
  * A table lists, for each M the benchmark measured, the GEMM variant whose summed time over the
  * benchmark's projections was least among the variants that matched cuBLASLt's output; a step's
  * M takes the entry of the largest measured M not above it (the smallest entry below that).
- * An explicit request (attrs.gemmVariant, TESSERA_GEMM) still wins over the table.
+ * For prefill attention it lists, per head dim, the variant (`tiles`, the mma.sync kernel, or
+ * `sm90`) with the least summed time over the benchmark's prefill cases, counting sm90 only where
+ * its output matched the mma.sync kernel's on the same inputs.
+ * An explicit request (attrs.gemmVariant / attentionVariant, TESSERA_GEMM / TESSERA_ATTENTION)
+ * still wins over the table.
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export type GemmChoice = 'tiles' | 'gemv' | 'sm90';
+export type AttentionChoice = 'tiles' | 'sm90';
 
 export interface KernelChoices {
   /** The GPU model the table was measured on (DeviceProperties.name). */
@@ -25,6 +30,8 @@ export interface KernelChoices {
   source: string;
   /** Ascending M, and the variant chosen at each. */
   gemm: Array<{ m: number; variant: GemmChoice; /** Summed median ms of each variant at this M. */ ms: Partial<Record<GemmChoice, number>> }>;
+  /** Prefill attention per head dim (absent in tables written before it was measured). */
+  attention?: Array<{ headDim: number; variant: AttentionChoice; ms: Partial<Record<AttentionChoice, number>> }>;
 }
 
 /** The file name of a GPU model's table: "NVIDIA H100 80GB HBM3" -> "nvidia-h100-80gb-hbm3.json". */
@@ -51,6 +58,8 @@ export function loadChoices(gpu: string, computeCapability: string, dir = choice
   }
   const ok = Array.isArray(choices.gemm) && choices.gemm.every((e, i, a) => Number.isInteger(e.m) && e.m >= 1 && ['tiles', 'gemv', 'sm90'].includes(e.variant) && (i === 0 || a[i - 1].m < e.m));
   if (!ok) return { choices: null, note: `${file} does not hold an ascending gemm table of tiles, gemv and sm90; defaults` };
+  const attentionOk = choices.attention === undefined || (Array.isArray(choices.attention) && choices.attention.every((e) => Number.isInteger(e.headDim) && ['tiles', 'sm90'].includes(e.variant)));
+  if (!attentionOk) return { choices: null, note: `${file} has an attention table that is not a list of head dims with tiles or sm90; defaults` };
   if (choices.computeCapability !== computeCapability) return { choices: null, note: `${file} was measured on compute capability ${choices.computeCapability}, not ${computeCapability}; defaults` };
   return { choices, note: `kernel choices measured on ${choices.gpu} (${choices.date.slice(0, 10)}, ${path.basename(file)})` };
 }
@@ -61,6 +70,11 @@ export function chooseGemm(choices: KernelChoices | null, M: number): GemmChoice
   let pick = choices.gemm[0];
   for (const e of choices.gemm) if (e.m <= M) pick = e;
   return pick.variant;
+}
+
+/** The table's prefill attention variant for this head dim, or null (no table, or not measured). */
+export function chooseAttention(choices: KernelChoices | null, headDim: number): AttentionChoice | null {
+  return choices?.attention?.find((e) => e.headDim === headDim)?.variant ?? null;
 }
 
 /** The tables committed in a directory (for tests and tools). */
@@ -74,6 +88,8 @@ export interface GemmResult {
   family: string;
   tessera?: { medianMs: number };
   relativeErrorVsCublasLt?: number | null;
+  /** Attention's sm90 rung against the mma.sync kernel on the same inputs. */
+  relativeErrorVsBase?: number | null;
   skipped?: string;
   error?: string;
 }
@@ -106,6 +122,32 @@ export function deriveChoices(report: { date: string; device: Record<string, str
     gemm.push({ m: M, variant, ms });
   }
   if (gemm.length === 0) throw new Error(`${source}: no GEMM result that matched cuBLASLt; no choices to write`);
+  const attention = deriveAttentionChoices(report.results);
   const d = report.device;
-  return { gpu: String(d.name), computeCapability: String(d.computeCapability), driver: String(d.driver), date: report.date, source, gemm };
+  return { gpu: String(d.name), computeCapability: String(d.computeCapability), driver: String(d.driver), date: report.date, source, gemm, ...(attention.length > 0 ? { attention } : {}) };
+}
+
+/** Per head dim: tiles against sm90 summed over the prefill cases both ran (sm90 only where it matched tiles). */
+function deriveAttentionChoices(results: GemmResult[]): NonNullable<KernelChoices['attention']> {
+  const byHd = new Map<number, Map<string, Map<AttentionChoice, number>>>();
+  for (const r of results) {
+    if (r.family !== 'attention' || !r.tessera || r.skipped || r.error) continue;
+    const m = /^attention prefill (.* hd(\d+) (?:causal|full))( sm90)?$/.exec(r.name);
+    if (!m) continue;
+    const variant: AttentionChoice = m[3] ? 'sm90' : 'tiles';
+    if (variant === 'sm90' && !(typeof r.relativeErrorVsBase === 'number' && r.relativeErrorVsBase < 1e-2)) continue;
+    const hd = Number(m[2]);
+    const cases = byHd.get(hd) ?? byHd.set(hd, new Map()).get(hd)!;
+    (cases.get(m[1]) ?? cases.set(m[1], new Map()).get(m[1])!).set(variant, r.tessera.medianMs);
+  }
+  const out: NonNullable<KernelChoices['attention']> = [];
+  for (const hd of [...byHd.keys()].sort((a, b) => a - b)) {
+    const cases = [...byHd.get(hd)!.values()];
+    const candidates = (['tiles', 'sm90'] as const).filter((v) => cases.every((c) => c.has(v)));
+    if (candidates.length === 0) continue;
+    const ms: Partial<Record<AttentionChoice, number>> = {};
+    for (const v of candidates) ms[v] = Number(cases.reduce((sum, c) => sum + c.get(v)!, 0).toFixed(5));
+    out.push({ headDim: hd, variant: candidates.reduce((best, v) => (ms[v]! < ms[best]! ? v : best)), ms });
+  }
+  return out;
 }
