@@ -18,7 +18,7 @@
 //   128-byte swizzle. K of token t of cache block n is at {d, kvh, n*bs + t}, V at
 //   {d, kvh, vOffset + n*bs + t} with vOffset = N*bs.
 //   queryStart [B+1], contextLens [B], blockTables [B, W] i32, as the op gives them.
-// Host-side rules (ops/attention.ts, attentionSm90Applies): hd is 64 or 128, bs a power of two
+// Host-side rules (ops/attention.ts, sm90AttentionRefusal): hd is 64 or 128, bs a power of two
 // of at least 8 (so every TMA box lands on a 1024-byte swizzle atom), 2*N*bs < 2^31.
 //
 // Block: 384 threads, one sequence x kv head x 128 packed rows (row r = (token r / G, head
@@ -26,17 +26,19 @@
 //  - warpgroup 0, the producer: gives up registers (setmaxnreg 40); its first warp reads the
 //    block table (lane c: the cache block of the tile's chunk c) and lane 0 issues the TMA boxes
 //    of each K/V tile of KT = 128 tokens into a 2-stage ring. K and V of a stage complete on
-//    their own mbarriers (kFull, vFull), so QK^T starts before V has landed; one `empty`
-//    mbarrier per stage takes the consumers' release.
+//    their own mbarriers (kFull, vFull), so QK^T starts before V has landed, and are released on
+//    their own (kEmpty, vEmpty): K_j is free once the group of QK_j has completed, a whole group
+//    before V_j, so K_{j+1} loads while group j and softmax j run.
 //  - warpgroups 1 and 2, the consumers (setmaxnreg 232): packed rows 0-63 and 64-127 of the
 //    block. Each loads its Q rows into shared memory once (swizzled as TMA would), then for each
 //    tile j issues, as one wgmma group, S_j = Q K_j^T (m64n128k16 over hd) and O += P_{j-1} V_{j-1}
 //    (m64nHDk16, P from registers as the A operand, V MN-major through imm-trans-b), waits, and
 //    runs the online softmax of S_j (f32, exp2 with the scale's log2 folded in, masking by
 //    absolute position) while the other consumer's group runs: the two take turns issuing
-//    through named barriers 3 and 4 (FlashAttention-3's ping-pong schedule). The stage of tile
-//    j-1 is released once its group has completed. After the last tile: the last PV, the row sums
-//    across each quad, O / l stored as bf16.
+//    through named barriers 3 and 4 (FlashAttention-3's ping-pong schedule). After the last
+//    tile: the last PV, the row sums across each quad, O / l stored as bf16.
+//    Row tiles run longest first (blockIdx.x counts down the causal diagonal), so the last wave
+//    holds the shortest blocks.
 // Rows past their sequence's query compute on zero Q and are not stored. Keys past the context
 // (a tile's tail) are masked; V rows past the context are zeroed in shared memory before PV, as
 // those cache slots may hold anything and 0 * NaN is NaN on the tensor cores too.
@@ -64,7 +66,7 @@ struct Layout {
   static constexpr int TILE_BYTES = KT * HD * 2;  // one K or one V tile
   static constexpr int STAGE_BYTES = 2 * TILE_BYTES;
   static constexpr int BARRIER_OFFSET = Q_BYTES + STAGES * STAGE_BYTES;
-  static constexpr int SHARED_BYTES = BARRIER_OFFSET + 3 * STAGES * 8 + 1024;
+  static constexpr int SHARED_BYTES = BARRIER_OFFSET + 4 * STAGES * 8 + 1024;
 };
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -92,9 +94,10 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
   uint8_t* sQ = smem;
   uint64_t* kFull = reinterpret_cast<uint64_t*>(smem + L::BARRIER_OFFSET);
   uint64_t* vFull = kFull + STAGES;
-  uint64_t* empty = vFull + STAGES;
+  uint64_t* kEmpty = vFull + STAGES;
+  uint64_t* vEmpty = kEmpty + STAGES;
 
-  const int b = blockIdx.z, kvh = blockIdx.y, mt = blockIdx.x;
+  const int b = blockIdx.z, kvh = blockIdx.y, mt = gridDim.x - 1 - blockIdx.x;
   const int G = p.numHeads / p.numKvHeads;
   const int q0 = p.queryStart[b], qLen = p.queryStart[b + 1] - q0, ctx = p.contextLens[b];
   const int rows = qLen * G;  // packed rows of this sequence and kv head
@@ -111,7 +114,8 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     for (int s = 0; s < STAGES; s++) {
       mbar_init(&kFull[s], 1);     // the producer's arrive, plus the TMA bytes
       mbar_init(&vFull[s], 1);
-      mbar_init(&empty[s], 256);   // every consumer thread
+      mbar_init(&kEmpty[s], 256);  // every consumer thread
+      mbar_init(&vEmpty[s], 256);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -136,7 +140,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
         const int tok = tok0 + lane * ch;
         coord = table[min(tok >> p.blockSizeLog2, lastCol)] * bs + (tok & (bs - 1));
       }
-      mbar_wait(&empty[s], phase ^ 1);
+      mbar_wait(&kEmpty[s], phase ^ 1);
       uint8_t* sK = smem + L::Q_BYTES + s * L::STAGE_BYTES;
       uint8_t* sV = sK + L::TILE_BYTES;
       for (int c = 0; c < chunks; c++) {
@@ -147,6 +151,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
           for (int pn = 0; pn < L::PANELS; pn++) tma_load_3d(sK + pn * KT * 128 + c * ch * 128, &tmKV, &kFull[s], pn * 64, kvh, t);
         }
       }
+      mbar_wait(&vEmpty[s], phase ^ 1);
       for (int c = 0; c < chunks; c++) {
         const int t = __shfl_sync(0xffffffffu, coord, c);
         if (lane == 0) {
@@ -277,6 +282,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
   named_arrive(4 - cw, 256);
   wgmma_wait<0>();
   fence_regs(s);
+  mbar_arrive(&kEmpty[0]);  // K_0 is no longer read
   softmax(0);
   for (int j = 1; j < nTiles; j++) {
     const int st = j % STAGES, prevSt = (j - 1) % STAGES;
@@ -293,7 +299,8 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     wgmma_wait<0>();
     fence_regs(o);
     fence_regs(s);
-    mbar_arrive(&empty[prevSt]);  // K and V of tile j - 1 are no longer read
+    mbar_arrive(&kEmpty[st]);      // K_j is no longer read
+    mbar_arrive(&vEmpty[prevSt]);  // nor V_{j-1}
     softmax(j);
   }
   wait_v(nTiles - 1);
@@ -306,7 +313,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
   if (cw == 0) named_arrive(4, 256);
   wgmma_wait<0>();
   fence_regs(o);
-  mbar_arrive(&empty[(nTiles - 1) % STAGES]);
+  mbar_arrive(&vEmpty[(nTiles - 1) % STAGES]);
 
 #pragma unroll
   for (int o2 = 1; o2 <= 2; o2 <<= 1) {

@@ -1,8 +1,8 @@
 /**
  * The synchronization protocol of kernels/attention_sm90.cu, model-checked on the CPU, as
  * sm90_pipeline.test.ts does for the GEMM: one producer thread fills a 2-stage ring of K and V
- * tiles (K and V of a stage complete on their own mbarriers, one `empty` mbarrier per stage takes
- * both consumers' release), and two consumer warpgroups take turns issuing their wgmma groups
+ * tiles (K and V of a stage complete on their own `full` mbarriers and are released on their own
+ * `empty` ones, each taking both consumers' arrival), and two consumer warpgroups take turns issuing their wgmma groups
  * through named barriers 3 and 4 (bar.sync by the one whose turn it is, bar.arrive by the other;
  * 256 threads each, so one arrival per warpgroup here). The consumers follow the kernel's code:
  * tile 0's QK^T alone, then QK^T of tile j with PV of tile j - 1 as one group, then the last PV;
@@ -81,7 +81,8 @@ function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
   const rnd = mulberry32(seed);
   const kFull = Array.from({ length: STAGES }, () => new MBarrier(1));
   const vFull = Array.from({ length: STAGES }, () => new MBarrier(1));
-  const empty = Array.from({ length: STAGES }, () => new MBarrier(2));
+  const kEmpty = Array.from({ length: STAGES }, () => new MBarrier(2));
+  const vEmpty = Array.from({ length: STAGES }, () => new MBarrier(2));
   const turn = [new NamedBarrier(2), new NamedBarrier(2)]; // ids 3 and 4
   const content = new Map<Buf, string | null>();
   const inFlight: Array<{ buf: Buf; bar: MBarrier; label: string }> = [];
@@ -92,8 +93,8 @@ function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
   function* producer(): Generator<void> {
     for (let j = 0; j < nTiles; j++) {
       const s = j % STAGES, phase = Math.floor(j / STAGES) & 1;
-      while (!empty[s].done(phase ^ 1)) yield;
       for (const kind of ['K', 'V'] as const) {
+        while (!(kind === 'K' ? kEmpty : vEmpty)[s].done(phase ^ 1)) yield;
         const buf: Buf = `${kind}${s}`;
         for (const r of reading) if (r.has(buf)) throw new Error(`producer overwrites ${kind} of stage ${s} while a wgmma reads it`);
         (kind === 'K' ? kFull : vFull)[s].arriveExpectTx(1);
@@ -128,10 +129,15 @@ function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
       if (!last) read(`K${st}`, `K${j}`);
       if (j > 0) read(`V${prev}`, `V${j - 1}`);
       if (!(last && cw === 1) || bugs.extraArrive) passTurn();
-      if (bugs.releaseEarly && j > 0) empty[prev].arrive();
+      // Release K_j (read by this group's QK^T) and V_{j-1} (read by its PV) once the group completed.
+      const release = () => {
+        if (!last) kEmpty[st].arrive();
+        if (j > 0) vEmpty[prev].arrive();
+      };
+      if (bugs.releaseEarly) release();
       yield; // the group runs
       complete();
-      if (!bugs.releaseEarly && j > 0) empty[prev].arrive();
+      if (!bugs.releaseEarly) release();
       yield; // softmax
     }
   }

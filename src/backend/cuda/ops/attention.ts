@@ -15,7 +15,12 @@
  *    the partials.
  * Scratch (only when numSplits > 1): numSplits * T * H * (hd + 2) * 4 bytes: partO
  * [S, T, H, hd] f32, then partML [S, T, H] (max, sum) f32 pairs.
- * Every kernel uses static shared memory of at most 48 KiB (sharedBytes 0).
+ * These kernels use static shared memory of at most 48 KiB (sharedBytes 0).
+ *
+ * On Hopper a prefill step can run kernels/attention_sm90.cu instead (TMA, wgmma, warp-specialised,
+ * 160 KiB of dynamic shared memory at hd 128): where asked (attrs.attentionVariant,
+ * TESSERA_ATTENTION) or chosen by the GPU's measured table, and where it applies
+ * (sm90AttentionRefusal says why not).
  */
 import type { KernelDecl } from '../kernel_decl.js';
 import type { CudaOp, DeviceTensor } from './types.js';
@@ -90,8 +95,8 @@ export const ATTENTION_SM90 = {
   headDims: [64, 128] as readonly number[],
   /** Smallest cache block: each TMA box of min(bs, 128) tokens must fill whole 1024-byte swizzle atoms. */
   minBlockSize: 8,
-  /** Dynamic shared memory: Q, STAGES x (K, V), 3 x STAGES mbarriers, 1 KiB of alignment slack. */
-  sharedBytes: (hd: number) => 128 * hd * 2 + 2 * 2 * 128 * hd * 2 + 3 * 2 * 8 + 1024,
+  /** Dynamic shared memory: Q, STAGES x (K, V), 4 x STAGES mbarriers (K and V full and empty), 1 KiB of alignment slack. */
+  sharedBytes: (hd: number) => 128 * hd * 2 + 2 * 2 * 128 * hd * 2 + 4 * 2 * 8 + 1024,
 };
 
 const ATTENTION_SM90_PARAMS: KernelDecl['params'] = [
