@@ -86,7 +86,7 @@ struct Params {
   int window, causal;
 };
 
-template <int HD>
+template <int HD, bool OVERLAP>
 __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p) {
   using L = Layout<HD>;
   extern __shared__ uint8_t raw[];
@@ -226,8 +226,10 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     const int from = ctx - (jLo + j) * KT;
     if (from < KT) zero_v_tail(j % STAGES, from);
   };
-  // Online softmax of S_j: mask, row max, rescale O and l, P = exp2(S - max) as bf16 pairs.
-  auto softmax = [&](int j) {
+  // Online softmax of S_j, first part: mask, row max, l rescaled, S = exp2(S - max) and summed
+  // into l. Touches neither O nor P: with OVERLAP it runs while the previous tile's PV does.
+  float alphaA = 1.f, alphaB = 1.f;
+  auto scores = [&](int j) {
     const int key0 = (jLo + j) * KT;
     const bool whole = key0 + KT <= ctx && (!p.causal || key0 + KT - 1 <= posA) && (p.window <= 0 || key0 > posB - p.window);
     float mxA = -INFINITY, mxB = -INFINITY;
@@ -251,20 +253,24 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     }
     const float newA = fmaxf(mA, mxA), newB = fmaxf(mB, mxB);
     const float baseA = newA == -INFINITY ? 0.f : newA, baseB = newB == -INFINITY ? 0.f : newB;
-    const float alphaA = exp2f(mA - baseA), alphaB = exp2f(mB - baseB);
+    alphaA = exp2f(mA - baseA);
+    alphaB = exp2f(mB - baseB);
     mA = newA;
     mB = newB;
     lA *= alphaA;
     lB *= alphaB;
-#pragma unroll
-    for (int i = 0; i < HD / 2; i++) o[i] *= (i & 2) ? alphaB : alphaA;
 #pragma unroll
     for (int i = 0; i < 64; i++) {
       s[i] = exp2f(s[i] - ((i & 2) ? baseB : baseA));
       if (i & 2) lB += s[i];
       else lA += s[i];
     }
-    // A fragment of k-step kk (tokens 16kk..16kk+15) = accumulator elements 8kk..8kk+7 in pairs.
+  };
+  // Second part, once the previous PV has completed: O rescaled, P packed as the next PV's A
+  // operand (k-step kk, tokens 16kk..16kk+15, is accumulator elements 8kk..8kk+7 in pairs).
+  auto finish = [&]() {
+#pragma unroll
+    for (int i = 0; i < HD / 2; i++) o[i] *= (i & 2) ? alphaB : alphaA;
 #pragma unroll
     for (int kk = 0; kk < KT / 16; kk++)
 #pragma unroll
@@ -283,7 +289,8 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
   wgmma_wait<0>();
   fence_regs(s);
   mbar_arrive(&kEmpty[0]);  // K_0 is no longer read
-  softmax(0);
+  scores(0);
+  finish();
   for (int j = 1; j < nTiles; j++) {
     const int st = j % STAGES, prevSt = (j - 1) % STAGES;
     mbar_wait(&kFull[st], (j / STAGES) & 1);
@@ -293,15 +300,29 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     fence_regs(pf);
     wgmma_fence();
     issue_qk(st);
+    if constexpr (OVERLAP) wgmma_commit();  // S_j as a group of its own, completing first
     issue_pv(prevSt);
     wgmma_commit();
     named_arrive(4 - cw, 256);
-    wgmma_wait<0>();
-    fence_regs(o);
-    fence_regs(s);
-    mbar_arrive(&kEmpty[st]);      // K_j is no longer read
-    mbar_arrive(&vEmpty[prevSt]);  // nor V_{j-1}
-    softmax(j);
+    if constexpr (OVERLAP) {
+      // S_j is ready while O += P_{j-1} V_{j-1} still runs: its softmax overlaps that GEMM.
+      wgmma_wait<1>();
+      fence_regs(s);
+      mbar_arrive(&kEmpty[st]);  // K_j is no longer read
+      scores(j);
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(pf);
+      mbar_arrive(&vEmpty[prevSt]);  // nor V_{j-1}
+    } else {
+      wgmma_wait<0>();
+      fence_regs(o);
+      fence_regs(s);
+      mbar_arrive(&kEmpty[st]);
+      mbar_arrive(&vEmpty[prevSt]);
+      scores(j);
+    }
+    finish();
   }
   wait_v(nTiles - 1);
   named_sync(3 + cw, 256);
@@ -341,25 +362,27 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
 // One entry per head dim. Parameters, in order (ops/attention.ts: ATTENTION_SM90_PARAMS). Built for
 // every architecture (one fatbin); only the sm_90a code has a body: elsewhere the launcher never
 // picks it and the entry traps.
-#define TS_ATTN_SM90_ENTRY(NAME, HD)                                                                                      \
+#define TS_ATTN_SM90_ENTRY(NAME, HD, OVERLAP)                                                                                      \
   extern "C" __global__ void __launch_bounds__(ts_attn90::THREADS, 1)                                                      \
       NAME(const __grid_constant__ CUtensorMap tmKV, /* cache viewed {hd, KV, 2 N bs}: box {64, 1, min(bs, 128)}, 128B swizzle */ \
            ts::bf16* __restrict__ out, const ts::bf16* __restrict__ q, const int* __restrict__ queryStart,                  \
            const int* __restrict__ contextLens, const int* __restrict__ blockTables, int numHeads, int numKvHeads,           \
            int blockSizeLog2, int blockTableWidth, int vOffset, float scale, int window, int causal) {                      \
-    TS_ATTN_SM90_BODY(HD)                                                                                                  \
+    TS_ATTN_SM90_BODY(HD, OVERLAP)                                                                                               \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_ATTN_SM90_BODY(HD)                                                                                                    \
-  ts_attn90::prefill<HD>(tmKV, ts_attn90::Params{out, q, queryStart, contextLens, blockTables, numHeads, numKvHeads, blockSizeLog2, \
+#define TS_ATTN_SM90_BODY(HD, OVERLAP)                                                                                           \
+  ts_attn90::prefill<HD, OVERLAP>(tmKV, ts_attn90::Params{out, q, queryStart, contextLens, blockTables, numHeads, numKvHeads, blockSizeLog2, \
                                                  blockTableWidth, vOffset, scale, window, causal});
 #else
-#define TS_ATTN_SM90_BODY(HD) __trap();
+#define TS_ATTN_SM90_BODY(HD, OVERLAP) __trap();
 #endif
 
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd64_bf16, 64)
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd128_bf16, 128)
+TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd64_bf16, 64, false)
+TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd128_bf16, 128, false)
+TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90o_hd64_bf16, 64, true)
+TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90o_hd128_bf16, 128, true)
 
 #undef TS_ATTN_SM90_ENTRY
 #undef TS_ATTN_SM90_BODY

@@ -179,17 +179,19 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
         flops: 4 * a.batch * a.heads * a.headDim * pairs,
         bytes: 2 * (2 * tokens * a.heads * a.headDim + 2 * tokens * a.kvHeads * a.headDim),
       };
-      // The ladder: the mma.sync kernel, then the Hopper kernel checked against it (sm90 needs
-      // compute capability 9 and head dim 64 or 128: benchKernels skips it elsewhere).
+      // The ladder: the mma.sync kernel, then the Hopper kernel's two rungs (ping-pong; and the
+      // softmax overlapped with the warpgroup's own PV), each checked against it (they need
+      // compute capability 9 and head dim 64 or 128: benchKernels skips them elsewhere).
       cases.push({ ...base, name, attrs: { ...attrs, attentionVariant: 'tiles' } });
       const refusal = sm90AttentionRefusal({ regime: 'prefill', computeMajor: 9, headDim: a.headDim, blockSize: bs, numCacheBlocks: blocks });
-      cases.push({
-        ...base,
-        name: `${name} sm90`,
-        attrs: { ...attrs, attentionVariant: 'sm90' },
-        ...(refusal ? { unsupported: `the sm90 prefill kernel does not take it: ${refusal}` } : {}),
-        ladderBase: { name, attrs: { ...attrs, attentionVariant: 'tiles' }, rowWidth: a.heads * a.headDim },
-      });
+      for (const variant of ['sm90', 'sm90o'] as const)
+        cases.push({
+          ...base,
+          name: `${name} ${variant}`,
+          attrs: { ...attrs, attentionVariant: variant },
+          ...(refusal ? { unsupported: `the sm90 prefill kernel does not take it: ${refusal}` } : {}),
+          ladderBase: { name, attrs: { ...attrs, attentionVariant: 'tiles' }, rowWidth: a.heads * a.headDim },
+        });
     }
     for (const d of shapes.attention.decode) {
       const { tables, width, blocks } = pagedTables(d.batch, d.context, bs);
@@ -446,7 +448,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
     const medians = new Map<string, number>();
     for (const c of cases) {
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
-      if (!c.unsupported && c.attrs.attentionVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
+      if (!c.unsupported && (c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o') && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
         results.push({ family: c.family, name: c.name, skipped: c.unsupported });
         log(`${c.name.padEnd(58)} skipped: ${c.unsupported}`);

@@ -24,13 +24,14 @@ describe('bench kernels: the cases', () => {
     expect(gemm.length).toBe(shapes.gemm.projections.length * (2 * shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
-    // Every prefill case twice (the mma.sync kernel, then the sm90 rung checked against it).
-    expect(cases.filter((c) => c.family === 'attention').length).toBe(2 * shapes.attention.prefill.length + shapes.attention.decode.length);
-    const rungs = cases.filter((c) => c.attrs.attentionVariant === 'sm90');
-    expect(rungs.length).toBe(shapes.attention.prefill.length);
+    // Every prefill case three times (the mma.sync kernel, then the two Hopper rungs checked against it).
+    expect(cases.filter((c) => c.family === 'attention').length).toBe(3 * shapes.attention.prefill.length + shapes.attention.decode.length);
+    const rungs = cases.filter((c) => c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o');
+    expect(rungs.length).toBe(2 * shapes.attention.prefill.length);
     for (const r of rungs) {
-      expect(r.name.endsWith(' sm90'), r.name).toBe(true);
-      expect(r.ladderBase!.name).toBe(r.name.slice(0, -' sm90'.length));
+      const suffix = ` ${r.attrs.attentionVariant as string}`;
+      expect(r.name.endsWith(suffix), r.name).toBe(true);
+      expect(r.ladderBase!.name).toBe(r.name.slice(0, -suffix.length));
       expect(cases.find((c) => c.name === r.ladderBase!.name)!.attrs.attentionVariant).toBe('tiles');
     }
     // hd 256 has no sm90 kernel: the rung is listed and says why it is skipped.
@@ -116,7 +117,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(6 + 5 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel; prefill twice (the sm90 rung)
+    expect(cases.length).toBe(6 + 7 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel; prefill three times (the sm90 rungs)
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

@@ -667,11 +667,11 @@ interface AttnCase {
   scale?: number;
   /** false: every row attends to the whole context (encoder-style). */
   causal?: boolean;
-  /** The Hopper prefill kernel (kernels/attention_sm90.cu) on compute capability 9; the mma.sync kernel elsewhere. */
-  variant?: 'sm90';
+  /** A rung of the Hopper prefill kernel (kernels/attention_sm90.cu) on compute capability 9; the mma.sync kernel elsewhere. */
+  variant?: 'sm90' | 'sm90o';
 }
 
-for (const c of [
+for (const c of ([
   { name: 'one decode token, context 1', heads: 1, kvHeads: 1, hd: 8, bs: 4, seqs: [[1, 1]] },
   { name: 'pure decode, 5 sequences', heads: 8, kvHeads: 2, hd: 128, bs: 16, seqs: [[1, 1], [7, 1], [17, 1], [33, 1], [130, 1]] },
   { name: 'prefill, no cached prefix', heads: 4, kvHeads: 4, hd: 32, bs: 4, seqs: [[17, 17]] },
@@ -694,7 +694,7 @@ for (const c of [
   { name: 'sm90 not causal, hd64, bs 256', heads: 8, kvHeads: 2, hd: 64, bs: 256, seqs: [[300, 300], [50, 20]], causal: false, variant: 'sm90' },
   { name: 'sm90 GQA 16, eight tokens a block', heads: 16, kvHeads: 1, hd: 128, bs: 16, seqs: [[140, 140]], variant: 'sm90' },
   { name: 'sm90 GQA 3, hd64', heads: 6, kvHeads: 2, hd: 64, bs: 16, seqs: [[97, 97], [33, 10]], variant: 'sm90' },
-] as AttnCase[]) {
+] as AttnCase[]).flatMap((c) => (c.variant === 'sm90' ? [c, { ...c, name: c.name.replace(/^sm90/, 'sm90o'), variant: 'sm90o' as const }] : [c]))) {
   add({
     op: 'attention',
     name: c.name,

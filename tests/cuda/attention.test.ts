@@ -42,7 +42,7 @@ interface RunOptions {
   attrs?: Record<string, unknown>;
   computeMajor?: number;
   /** The measured table's answer (CudaOpContext.attentionChoice). */
-  choice?: 'tiles' | 'sm90' | null;
+  choice?: 'tiles' | 'sm90' | 'sm90o' | null;
 }
 
 function run(opts: RunOptions) {
@@ -189,8 +189,8 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
   const llama = { T: 1000, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 700, maxQueryLen: 600 };
 
   it('declares the entries and geometry of the source', () => {
-    const entries = [...SM90_SOURCE.matchAll(/^TS_ATTN_SM90_ENTRY\((\w+), (\d+)\)/gm)].map((m) => [m[1], +m[2]]);
-    expect(entries).toEqual(ATTENTION_SM90.headDims.map((hd) => [ATTENTION_SM90_KERNELS[hd].name, hd]));
+    const entries = [...SM90_SOURCE.matchAll(/^TS_ATTN_SM90_ENTRY\((\w+), (\d+), (true|false)\)/gm)].map((m) => [m[1], +m[2], m[3] === 'true']);
+    expect(entries).toEqual((['sm90', 'sm90o'] as const).flatMap((v) => ATTENTION_SM90.headDims.map((hd) => [ATTENTION_SM90_KERNELS[v][hd].name, hd, v === 'sm90o'])));
     expect(SM90_SOURCE).toContain(`constexpr int BM = ${ATTENTION_SM90.rows};`);
     expect(SM90_SOURCE).toContain(`constexpr int KT = ${ATTENTION_SM90.tileTokens};`);
     expect(SM90_SOURCE).toContain(`constexpr int STAGES = ${ATTENTION_SM90.stages};`);
@@ -201,7 +201,7 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
     const barriers = Number(layout![1]);
     for (const hd of [64, 128]) expect(ATTENTION_SM90.sharedBytes(hd)).toBe(128 * hd * 2 + 2 * 2 * 128 * hd * 2 + barriers * 2 * 8 + 1024);
     expect(ATTENTION_SM90.sharedBytes(128)).toBeLessThanOrEqual(227 * 1024);
-    for (const k of Object.values(ATTENTION_SM90_KERNELS)) expect(DECLS).toContain(k);
+    for (const byHd of Object.values(ATTENTION_SM90_KERNELS)) for (const k of Object.values(byHd)) expect(DECLS).toContain(k);
   });
 
   it('stays on the mma.sync kernel unless asked or chosen', () => {
@@ -209,6 +209,8 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
     expect(run({ ...llama, attrs: { attentionVariant: 'tiles' }, choice: 'sm90' }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
     expect(run({ ...llama, choice: 'sm90' }).launches[0].decl.name).toBe('ts_attention_prefill_sm90_hd128_bf16');
     expect(run({ ...llama, choice: 'tiles' }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
+    expect(run({ ...llama, choice: 'sm90o' }).launches[0].decl.name).toBe('ts_attention_prefill_sm90o_hd128_bf16');
+    expect(run({ ...llama, hd: 64, cacheShape: [2, 64, 16, 8, 64], attrs: { attentionVariant: 'sm90o' } }).launches[0].decl.name).toBe('ts_attention_prefill_sm90o_hd64_bf16');
   });
 
   it('launches 128 packed rows per block over a 3-D tensor map of the pool, one box per cache block', () => {
@@ -216,7 +218,7 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
     expect(scratch).toEqual([]);
     expect(launches).toHaveLength(1);
     const [l] = launches;
-    expect(l.decl).toBe(ATTENTION_SM90_KERNELS[128]);
+    expect(l.decl).toBe(ATTENTION_SM90_KERNELS.sm90[128]);
     expect(l.launch).toEqual({ grid: [Math.ceil((600 * 4) / 128), 8, 2], block: [384, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(128) });
     expect(maps).toHaveLength(1);
     // [2, 64 blocks, 16, KV 8, 128] seen as [2 * 64 * 16 tokens, 8, 128]; box 16 tokens x 1 head x 64 columns.
@@ -251,8 +253,10 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
     expect(attentionVariant(undefined, null)).toBe('tiles');
     expect(attentionVariant('auto', null)).toBe('tiles');
     expect(attentionVariant('sm90', null)).toBe('sm90');
+    expect(attentionVariant('sm90o', null)).toBe('sm90o');
     expect(attentionVariant('sm90', 'why not')).toBe('tiles');
-    expect(() => attentionVariant('fa3', null)).toThrow('attention variant must be auto, tiles or sm90, not fa3');
+    expect(attentionVariant('sm90o', 'why not')).toBe('tiles');
+    expect(() => attentionVariant('fa3', null)).toThrow('attention variant must be auto, tiles, sm90, sm90o, not fa3');
     expect(() => run({ ...llama, attrs: { attentionVariant: 'fast' } })).toThrow(/not fast/);
   });
 });

@@ -8,6 +8,9 @@
  * tile 0's QK^T alone, then QK^T of tile j with PV of tile j - 1 as one group, then the last PV;
  * consumer 1 opens with an arrive on barrier 3 and does not pass the turn after its last group.
  *
+ * The sm90o rung issues S_j and PV_{j-1} as two groups and releases K_j when the first completes
+ * (wait_group 1), V_{j-1} when the second does; both rungs are checked.
+ *
  * Checked under random interleavings with TMA bytes landing late: no deadlock; the producer never
  * overwrites a K or V buffer a wgmma group may still read; every group reads the tile it expects
  * (K of j, V of j - 1) after it landed; the two consumers' groups strictly alternate, starting with
@@ -77,7 +80,8 @@ interface Bugs {
 
 type Buf = `${'K' | 'V'}${number}`;
 
-function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
+/** overlap: the sm90o rung, where S_j and PV_{j-1} are separate groups and K_j is released when the first completes. */
+function simulate(seed: number, nTiles: number, bugs: Bugs = {}, overlap = false) {
   const rnd = mulberry32(seed);
   const kFull = Array.from({ length: STAGES }, () => new MBarrier(1));
   const vFull = Array.from({ length: STAGES }, () => new MBarrier(1));
@@ -130,14 +134,31 @@ function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
       if (j > 0) read(`V${prev}`, `V${j - 1}`);
       if (!(last && cw === 1) || bugs.extraArrive) passTurn();
       // Release K_j (read by this group's QK^T) and V_{j-1} (read by its PV) once the group completed.
-      const release = () => {
+      const releaseK = () => {
         if (!last) kEmpty[st].arrive();
+      };
+      const releaseV = () => {
         if (j > 0) vEmpty[prev].arrive();
       };
-      if (bugs.releaseEarly) release();
-      yield; // the group runs
-      complete();
-      if (!bugs.releaseEarly) release();
+      if (bugs.releaseEarly) {
+        releaseK();
+        releaseV();
+      }
+      yield; // the groups run
+      if (overlap && !last) {
+        // wait_group 1: S_j has completed, PV_{j-1} may still run; the scores part of the softmax.
+        reading[cw].delete(`K${st}`);
+        if (!bugs.releaseEarly) releaseK();
+        yield;
+        complete();
+        if (!bugs.releaseEarly) releaseV();
+      } else {
+        complete();
+        if (!bugs.releaseEarly) {
+          releaseK();
+          releaseV();
+        }
+      }
       yield; // softmax
     }
   }
@@ -165,9 +186,9 @@ function simulate(seed: number, nTiles: number, bugs: Bugs = {}) {
 
 describe('the sm90 prefill attention protocol (model of kernels/attention_sm90.cu)', () => {
   it('never deadlocks or overwrites a live tile, reads K of j and V of j - 1 in each group, alternates the consumers, and leaves no arrival pending', () => {
-    for (let seed = 1; seed <= 300; seed++) {
+    for (let seed = 1; seed <= 600; seed++) {
       const nTiles = 1 + (seed % 7);
-      const { reads, issues } = simulate(seed, nTiles);
+      const { reads, issues } = simulate(seed, nTiles, {}, seed % 2 === 0);
       const want = ['K0'];
       for (let j = 1; j < nTiles; j++) want.push(`K${j}`, `V${j - 1}`);
       want.push(`V${nTiles - 1}`);
@@ -180,10 +201,11 @@ describe('the sm90 prefill attention protocol (model of kernels/attention_sm90.c
   it('catches protocol errors: a stray arrive, a missing opening arrive, an early release', () => {
     expect(() => simulate(1, 3, { extraArrive: true })).toThrow('barrier 3 has 1 arrival pending');
     expect(() => simulate(1, 3, { noOpening: true })).toThrow(/deadlock/);
+    expect(() => simulate(1, 3, { extraArrive: true }, true)).toThrow('barrier 3 has 1 arrival pending');
     const messages = new Set<string>();
     for (let seed = 1; seed <= 60; seed++) {
       try {
-        simulate(seed, 5, { releaseEarly: true });
+        simulate(seed, 5, { releaseEarly: true }, seed % 2 === 0);
       } catch (err) {
         messages.add((err as Error).message.replace(/\d+/g, 'N'));
       }

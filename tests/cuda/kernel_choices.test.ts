@@ -61,6 +61,8 @@ describe('kernel choices: the table', () => {
         attn('B1 S8192 H32 KV8 hd128 causal sm90', 1.0, 2e-3),
         attn('B1 S8192 H32 KV8 hd128 full', 4.0),
         attn('B1 S8192 H32 KV8 hd128 full sm90', 2.2, 3e-3),
+        attn('B1 S8192 H32 KV8 hd128 causal sm90o', 0.9, 2e-3),
+        attn('B1 S8192 H32 KV8 hd128 full sm90o', 2.0, 3e-3),
         // hd 64: sm90 faster but wrong on one case, so not a candidate.
         attn('B1 S8192 H32 KV32 hd64 causal', 1.5),
         attn('B1 S8192 H32 KV32 hd64 causal sm90', 0.8, 0.4),
@@ -74,10 +76,10 @@ describe('kernel choices: the table', () => {
     const t = deriveChoices(report, 'r.json');
     expect(t.attention).toEqual([
       { headDim: 64, variant: 'tiles', ms: { tiles: 2.0 } },
-      { headDim: 128, variant: 'sm90', ms: { tiles: 6.0, sm90: 3.2 } },
+      { headDim: 128, variant: 'sm90o', ms: { tiles: 6.0, sm90: 3.2, sm90o: 2.9 } },
       { headDim: 256, variant: 'tiles', ms: { tiles: 3.0 } },
     ]);
-    expect([64, 128, 256, 80].map((hd) => chooseAttention(t, hd))).toEqual(['tiles', 'sm90', 'tiles', null]);
+    expect([64, 128, 256, 80].map((hd) => chooseAttention(t, hd))).toEqual(['tiles', 'sm90o', 'tiles', null]);
     expect(chooseAttention(null, 128)).toBeNull();
     expect(chooseAttention({ ...t, attention: undefined }, 128)).toBeNull();
   });

@@ -44,7 +44,7 @@ if [[ $stages == *" bench "* ]]; then
     node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --prefill-tokens 512,2048 --runs 5 --json
     TESSERA_GEMM=gemv node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --runs 5 --json
     TESSERA_GEMM=sm90 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --runs 5 --json
-    TESSERA_GEMM=sm90 TESSERA_ATTENTION=sm90 timeout 120 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --prefill-tokens 512,2048 --runs 5 --json
+    TESSERA_GEMM=sm90 TESSERA_ATTENTION=sm90o timeout 120 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --prefill-tokens 512,2048 --runs 5 --json
     node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
     node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
   } > "$R/bench.json" 2> "$R/bench.err"

@@ -8,8 +8,9 @@
  * benchmark's projections was least among the variants that matched cuBLASLt's output; a step's
  * M takes the entry of the largest measured M not above it (the smallest entry below that).
  * For prefill attention it lists, per head dim, the variant (`tiles`, the mma.sync kernel, or
- * `sm90`) with the least summed time over the benchmark's prefill cases, counting sm90 only where
- * its output matched the mma.sync kernel's on the same inputs.
+ * the Hopper kernel's rungs `sm90` and `sm90o`) with the least summed time over the benchmark's
+ * prefill cases, counting a Hopper rung only where its output matched the mma.sync kernel's on
+ * the same inputs.
  * An explicit request (attrs.gemmVariant / attentionVariant, TESSERA_GEMM / TESSERA_ATTENTION)
  * still wins over the table.
  */
@@ -18,7 +19,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 export type GemmChoice = 'tiles' | 'gemv' | 'sm90';
-export type AttentionChoice = 'tiles' | 'sm90';
+export type AttentionChoice = 'tiles' | 'sm90' | 'sm90o';
 
 export interface KernelChoices {
   /** The GPU model the table was measured on (DeviceProperties.name). */
@@ -58,8 +59,8 @@ export function loadChoices(gpu: string, computeCapability: string, dir = choice
   }
   const ok = Array.isArray(choices.gemm) && choices.gemm.every((e, i, a) => Number.isInteger(e.m) && e.m >= 1 && ['tiles', 'gemv', 'sm90'].includes(e.variant) && (i === 0 || a[i - 1].m < e.m));
   if (!ok) return { choices: null, note: `${file} does not hold an ascending gemm table of tiles, gemv and sm90; defaults` };
-  const attentionOk = choices.attention === undefined || (Array.isArray(choices.attention) && choices.attention.every((e) => Number.isInteger(e.headDim) && ['tiles', 'sm90'].includes(e.variant)));
-  if (!attentionOk) return { choices: null, note: `${file} has an attention table that is not a list of head dims with tiles or sm90; defaults` };
+  const attentionOk = choices.attention === undefined || (Array.isArray(choices.attention) && choices.attention.every((e) => Number.isInteger(e.headDim) && ['tiles', 'sm90', 'sm90o'].includes(e.variant)));
+  if (!attentionOk) return { choices: null, note: `${file} has an attention table that is not a list of head dims with tiles, sm90 or sm90o; defaults` };
   if (choices.computeCapability !== computeCapability) return { choices: null, note: `${file} was measured on compute capability ${choices.computeCapability}, not ${computeCapability}; defaults` };
   return { choices, note: `kernel choices measured on ${choices.gpu} (${choices.date.slice(0, 10)}, ${path.basename(file)})` };
 }
@@ -132,10 +133,10 @@ function deriveAttentionChoices(results: GemmResult[]): NonNullable<KernelChoice
   const byHd = new Map<number, Map<string, Map<AttentionChoice, number>>>();
   for (const r of results) {
     if (r.family !== 'attention' || !r.tessera || r.skipped || r.error) continue;
-    const m = /^attention prefill (.* hd(\d+) (?:causal|full))( sm90)?$/.exec(r.name);
+    const m = /^attention prefill (.* hd(\d+) (?:causal|full))(?: (sm90o?))?$/.exec(r.name);
     if (!m) continue;
-    const variant: AttentionChoice = m[3] ? 'sm90' : 'tiles';
-    if (variant === 'sm90' && !(typeof r.relativeErrorVsBase === 'number' && r.relativeErrorVsBase < 1e-2)) continue;
+    const variant: AttentionChoice = (m[3] as AttentionChoice | undefined) ?? 'tiles';
+    if (variant !== 'tiles' && !(typeof r.relativeErrorVsBase === 'number' && r.relativeErrorVsBase < 1e-2)) continue;
     const hd = Number(m[2]);
     const cases = byHd.get(hd) ?? byHd.set(hd, new Map()).get(hd)!;
     (cases.get(m[1]) ?? cases.set(m[1], new Map()).get(m[1])!).set(variant, r.tessera.medianMs);
@@ -143,7 +144,7 @@ function deriveAttentionChoices(results: GemmResult[]): NonNullable<KernelChoice
   const out: NonNullable<KernelChoices['attention']> = [];
   for (const hd of [...byHd.keys()].sort((a, b) => a - b)) {
     const cases = [...byHd.get(hd)!.values()];
-    const candidates = (['tiles', 'sm90'] as const).filter((v) => cases.every((c) => c.has(v)));
+    const candidates = (['tiles', 'sm90', 'sm90o'] as const).filter((v) => cases.every((c) => c.has(v)));
     if (candidates.length === 0) continue;
     const ms: Partial<Record<AttentionChoice, number>> = {};
     for (const v of candidates) ms[v] = Number(cases.reduce((sum, c) => sum + c.get(v)!, 0).toFixed(5));

@@ -116,12 +116,18 @@ const ATTENTION_SM90_PARAMS: KernelDecl['params'] = [
   ['causal', 'i32'],
 ];
 
-/** ts_attention_prefill_sm90_hd<64|128>_bf16. */
-export const ATTENTION_SM90_KERNELS: Record<number, KernelDecl> = Object.fromEntries(
-  ATTENTION_SM90.headDims.map((hd) => [hd, { name: `ts_attention_prefill_sm90_hd${hd}_bf16`, params: ATTENTION_SM90_PARAMS }]),
-);
+export type AttentionVariantName = 'tiles' | 'sm90' | 'sm90o';
+export const ATTENTION_VARIANTS: readonly AttentionVariantName[] = ['tiles', 'sm90', 'sm90o'];
 
-export type AttentionVariantName = 'tiles' | 'sm90';
+/**
+ * ts_attention_prefill_<sm90|sm90o>_hd<64|128>_bf16: the Hopper kernel with the two warpgroups'
+ * ping-pong (sm90), and with each warpgroup's softmax also overlapped with its own previous PV
+ * (sm90o). Two rungs of the ladder, both runnable, so each step's gain stays measurable.
+ */
+export const ATTENTION_SM90_KERNELS: Record<'sm90' | 'sm90o', Record<number, KernelDecl>> = {
+  sm90: Object.fromEntries(ATTENTION_SM90.headDims.map((hd) => [hd, { name: `ts_attention_prefill_sm90_hd${hd}_bf16`, params: ATTENTION_SM90_PARAMS }])),
+  sm90o: Object.fromEntries(ATTENTION_SM90.headDims.map((hd) => [hd, { name: `ts_attention_prefill_sm90o_hd${hd}_bf16`, params: ATTENTION_SM90_PARAMS }])),
+};
 
 /** Why the Hopper prefill kernel cannot run a step, or null when it can. */
 export function sm90AttentionRefusal(s: { regime: 'prefill' | 'decode'; computeMajor: number; headDim: number; blockSize: number; numCacheBlocks: number }): string | null {
@@ -140,9 +146,9 @@ export function sm90AttentionRefusal(s: { regime: 'prefill' | 'decode'; computeM
  * (docs/perf/attention.md).
  */
 export function attentionVariant(asked: unknown, refusal: string | null): AttentionVariantName {
-  if (asked !== undefined && asked !== null && asked !== 'auto' && asked !== 'tiles' && asked !== 'sm90')
-    throw new Error(`attention variant must be auto, tiles or sm90, not ${String(asked)}`);
-  return asked === 'sm90' && refusal === null ? 'sm90' : 'tiles';
+  if (asked !== undefined && asked !== null && asked !== 'auto' && !ATTENTION_VARIANTS.includes(asked as AttentionVariantName))
+    throw new Error(`attention variant must be auto, ${ATTENTION_VARIANTS.join(', ')}, not ${String(asked)}`);
+  return (asked === 'sm90' || asked === 'sm90o') && refusal === null ? asked : 'tiles';
 }
 
 export const ATTENTION_COMBINE: KernelDecl = {
@@ -305,12 +311,12 @@ export const attention: CudaOp = (ctx) => {
   const env = process.env.TESSERA_ATTENTION === 'auto' ? undefined : process.env.TESSERA_ATTENTION;
   const refusal = sm90AttentionRefusal({ regime: plan.regime, computeMajor: ctx.device.computeCapability[0], headDim: hd, blockSize, numCacheBlocks });
   const chosen = attentionVariant(ctx.attrs.attentionVariant ?? env ?? (plan.regime === 'prefill' ? ctx.attentionChoice?.(hd) : undefined) ?? undefined, refusal);
-  if (chosen === 'sm90') {
+  if (chosen !== 'tiles') {
     const G = H / KV;
     // The pool [2, N, bs, KV, hd] seen as [2 N bs, KV, hd]: one box = min(bs, 128) tokens of one kv head, 64 columns.
     const tmKV = ctx.tensorMap(cache, [2 * numCacheBlocks * blockSize, KV, hd], [Math.min(blockSize, ATTENTION_SM90.tileTokens), 1, 64], '128B');
     expect(q.ptr % 16n === 0n && out.ptr % 16n === 0n, 'q and the output must be 16-byte aligned', q);
-    ctx.launch(ATTENTION_SM90_KERNELS[hd], { grid: [ceilDiv(ctx.step.maxQueryLen * G, ATTENTION_SM90.rows), KV, B], block: [ATTENTION_SM90.threads, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(hd) }, {
+    ctx.launch(ATTENTION_SM90_KERNELS[chosen][hd], { grid: [ceilDiv(ctx.step.maxQueryLen * G, ATTENTION_SM90.rows), KV, B], block: [ATTENTION_SM90.threads, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(hd) }, {
       tmKV,
       out: out.ptr,
       q: q.ptr,
@@ -371,4 +377,4 @@ export const attention: CudaOp = (ctx) => {
   }
 };
 
-export const DECLS: KernelDecl[] = [...PREFILL_VARIANTS.map((v) => v.decl), ...DECODE_VARIANTS.map((v) => v.decl), ATTENTION_COMBINE, ...Object.values(ATTENTION_SM90_KERNELS)];
+export const DECLS: KernelDecl[] = [...PREFILL_VARIANTS.map((v) => v.decl), ...DECODE_VARIANTS.map((v) => v.decl), ATTENTION_COMBINE, ...Object.values(ATTENTION_SM90_KERNELS).flatMap((byHd) => Object.values(byHd))];

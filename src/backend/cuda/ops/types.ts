@@ -38,7 +38,7 @@ export interface CudaOpContext {
   /** The measured GEMM variant for M rows on this GPU (kernels/choices), or null: the launcher's default. */
   gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | null;
   /** The measured prefill attention variant for this head dim on this GPU (kernels/choices), or null: the launcher's default. */
-  attentionChoice?(headDim: number): 'tiles' | 'sm90' | null;
+  attentionChoice?(headDim: number): 'tiles' | 'sm90' | 'sm90o' | null;
   inputs: DeviceTensor[];
   outputs: DeviceTensor[];
   attrs: Attrs;
