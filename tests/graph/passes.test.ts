@@ -19,6 +19,7 @@ import { fuseAddLayernorm, fuseAddRmsnorm } from '../../src/graph/passes/rules/f
 import { fuseRopeKvWrite } from '../../src/graph/passes/rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from '../../src/graph/passes/rules/identity.js';
 import { mergeSiblings } from '../../src/graph/passes/rules/merge_siblings.js';
+import { sinkGather } from '../../src/graph/passes/rules/sink_gather.js';
 import { graphToText, summarize, type GraphSummary } from '../../src/graph/print.js';
 import type { StepBatch } from '../../src/backend/backend.js';
 import { CPU_KERNELS } from '../../src/backend/cpu/kernels/index.js';
@@ -85,7 +86,7 @@ function weightData(name: string, shape: number[]): Float32Array {
 }
 
 /** Lowers `g` and runs it once over STEP: every activation output of the graph, and the KV caches. */
-function evaluate(g: Graph): Float32Array[] {
+function evaluate(g: Graph, step: StepBatch = STEP): Float32Array[] {
   const program = lower(g, { maxTokens: T, maxLogitRows: T });
   const weights = new Map<string, CpuTensor>();
   for (const w of program.weights) {
@@ -94,7 +95,7 @@ function evaluate(g: Graph): Float32Array[] {
     else {
       data = new Float32Array(w.shape.reduce((a, d) => a * d, 1));
       const output = { data, shape: w.shape };
-      CPU_KERNELS[w.source.op]({ inputs: w.source.inputs.map((n) => weights.get(n)!), output, outputs: [output], attrs: w.source.attrs, step: STEP });
+      CPU_KERNELS[w.source.op]({ inputs: w.source.inputs.map((n) => weights.get(n)!), output, outputs: [output], attrs: w.source.attrs, step });
     }
     weights.set(w.name, { data, shape: w.shape });
   }
@@ -112,19 +113,19 @@ function evaluate(g: Graph): Float32Array[] {
       case 'state':
         return kv.get(o.name)!;
       case 'input': {
-        const data = STEP[o.name as 'tokenIds'] as Int32Array;
-        return { data, shape: o.name === 'blockTables' ? [STEP.numSeqs, STEP.blockTableWidth] : [data.length] };
+        const data = step[o.name as 'tokenIds'] as Int32Array;
+        return { data, shape: o.name === 'blockTables' ? [step.numSeqs, step.blockTableWidth] : [data.length] };
       }
       case 'activation': {
         const b = buffers.get(o.id)!;
-        const rows = b.rows === 'T' ? STEP.numTokens : b.rows === 'S' ? STEP.numLogitRows : b.rows;
+        const rows = b.rows === 'T' ? step.numTokens : b.rows === 'S' ? step.numLogitRows : b.rows;
         return { data: arena.subarray(b.offset, b.offset + rows * b.cols), shape: [rows, b.cols] };
       }
     }
   };
   for (const call of program.calls) {
     const outputs = call.outputs.map(resolve);
-    CPU_KERNELS[call.op]({ inputs: call.inputs.map(resolve), output: outputs[0], outputs, attrs: call.attrs, step: STEP });
+    CPU_KERNELS[call.op]({ inputs: call.inputs.map(resolve), output: outputs[0], outputs, attrs: call.attrs, step });
   }
   const outs = g.outputs.filter((id) => g.value(id).kind === 'activation').map((id) => (resolve({ kind: 'activation', id }).data as Float32Array).slice());
   return [...outs, ...[...kv.keys()].sort().map((k) => (kv.get(k)!.data as Float32Array).slice())];
@@ -139,14 +140,100 @@ function maxDiff(a: Float32Array[], b: Float32Array[]): number {
 
 /** Runs the rules on `g` and checks that its outputs (and caches) are the same before and after. */
 function runKeepingResults(g: Graph, ...rules: Rule[]): Record<string, number> {
-  const before = evaluate(g);
+  return runKeepingResultsOn(STEP, g, ...rules);
+}
+
+function runKeepingResultsOn(step: StepBatch, g: Graph, ...rules: Rule[]): Record<string, number> {
+  const before = evaluate(g, step);
   // Not vacuous: some output is far from zero.
   expect(Math.max(...before.map((x) => Math.max(...x.map(Math.abs))))).toBeGreaterThan(0.05);
   const rewrites = run(g, ...rules);
   // Observed: 0 for every rule but act_mul (3e-8: the product of f64 act and up, rounded once).
-  expect(maxDiff(before, evaluate(g))).toBeLessThanOrEqual(1e-6);
+  expect(maxDiff(before, evaluate(g, step))).toBeLessThanOrEqual(1e-6);
   return rewrites;
 }
+
+/** STEP with logits for two of its rows only, out of order (as a batch of two sequences would ask). */
+const STEP_TWO_ROWS: StepBatch = { ...STEP, numLogitRows: 2, logitsIndices: Int32Array.from([5, 2]) };
+
+// ---- sink_gather ----
+
+describe('sink_gather', () => {
+  const gatherOf = (b: GraphBuilder, v: number, label = 'last_rows') => b.op('gather_rows', [v, b.input('logitsIndices')], {}, label);
+
+  it('moves the gather above a chain of row-wise ops, keeping labels, layers and order, and the results', () => {
+    const { b, g, x } = start();
+    const h = b.op('matmul', [x, b.weight('l0.proj.weight', [8, 8]), b.weight('l0.proj.bias', [8])], {}, 'l0.proj');
+    const r = b.op('add', [x, h], {}, 'l0.residual');
+    const n = b.op('rmsnorm', [r, b.weight('l0.norm.weight', [8])], { eps: 1e-5 }, 'l0.norm');
+    const y = b.op('silu', [n], {}, 'l0.act');
+    b.layer(null);
+    b.output(gatherOf(b, y));
+    const before = g.schedule().map((node) => ({ label: node.label, order: node.order, layer: node.layer }));
+    expect(runKeepingResultsOn(STEP_TWO_ROWS, g, sinkGather)).toEqual({ sink_gather: 4 });
+    // The embedding (not row-wise: it reads token ids) is where the gather stops.
+    expect(ops(g)).toEqual(['embedding', 'gather_rows', 'matmul', 'add', 'rmsnorm', 'silu']);
+    const gather = liveOf(g, 'gather_rows')[0];
+    expect(gather.inputs[0]).toBe(x);
+    expect(g.value(gather.inputs[1]).name).toBe('logitsIndices');
+    for (const node of g.schedule().slice(2)) {
+      expect(g.value(node.outputs[0]).shape, node.label).toEqual(['S', 8]);
+      const was = before.find((e) => e.label === node.label)!;
+      expect({ order: node.order, layer: node.layer }, node.label).toEqual({ order: was.order, layer: was.layer });
+    }
+    // The add reads the one gather of x twice (no duplicate gather).
+    expect(producer(g, g.outputs[0]).op).toBe('silu');
+    expect(liveOf(g, 'add')[0].inputs[0]).toBe(gather.outputs[0]);
+  });
+
+  it('moves a two-output op when both outputs are gathered by the same rows, and redirects each', () => {
+    const { b, g, x } = start();
+    const d = b.op('matmul', [x, b.weight('l0.d.weight', [8, 8])], {}, 'l0.d');
+    const [sum, normed] = g.addNode('add_rmsnorm', [x, d, b.weight('l0.n.weight', [8])], { eps: 1e-5 }, { label: 'l0.n', layer: 0 });
+    b.output(b.op('add', [gatherOf(b, sum, 'a'), gatherOf(b, normed, 'b')], {}, 'out'));
+    expect(runKeepingResultsOn(STEP_TWO_ROWS, g, sinkGather).sink_gather).toBe(2);
+    expect(ops(g)).toEqual(['embedding', 'gather_rows', 'matmul', 'add_rmsnorm', 'add']);
+    const fused = liveOf(g, 'add_rmsnorm')[0];
+    expect(liveOf(g, 'add')[0].inputs).toEqual(fused.outputs);
+  });
+
+  it('not when the op has a reader that needs every row, or is a graph output', () => {
+    for (const extra of ['user', 'output'] as const) {
+      const { b, g, x } = start();
+      const h = b.op('matmul', [x, b.weight('l0.proj.weight', [8, 8])], {}, 'l0.proj');
+      b.output(gatherOf(b, h));
+      if (extra === 'user') b.output(b.op('silu', [h], {}, 'l0.all_rows'));
+      else b.output(h);
+      const before = ops(g);
+      expect(run(g, sinkGather), extra).toEqual({ sink_gather: 0 });
+      expect(ops(g), extra).toEqual(before);
+    }
+  });
+
+  it('not when another gather of the op reads other rows', () => {
+    const { b, g, x } = start();
+    const h = b.op('matmul', [x, b.weight('l0.proj.weight', [8, 8])], {}, 'l0.proj');
+    const other = b.op('gather_rows', [h, b.input('positions')], {}, 'by_position');
+    b.output(gatherOf(b, h));
+    b.output(other);
+    expect(run(g, sinkGather)).toEqual({ sink_gather: 0 });
+  });
+
+  it('not above ops that mix rows: attention, rope_kv_write, embedding', () => {
+    const { b, g, x } = start(16);
+    const qkv = b.op('matmul', [x, b.weight('l0.qkv.weight', [48, 16])], {}, 'l0.qkv');
+    const [q, cache] = g.addNode(
+      'rope_kv_write',
+      [qkv, b.input('positions'), b.kvCache(0, 4, 1, 16), b.input('slotMapping')],
+      { numHeads: 1, numKvHeads: 1, headDim: 16, rope: null, qkNormEps: null },
+      { label: 'l0.rope_kv_write', layer: 0 },
+    );
+    const attn = b.op('attention', [q, cache, b.input('queryStart'), b.input('contextLens'), b.input('blockTables')], { numHeads: 1, numKvHeads: 1, headDim: 16, scale: 0.25, slidingWindow: null }, 'l0.attention');
+    b.output(gatherOf(b, attn));
+    expect(run(g, sinkGather)).toEqual({ sink_gather: 0 });
+    expect(ops(g)).toEqual(['embedding', 'matmul', 'rope_kv_write', 'attention', 'gather_rows']);
+  });
+});
 
 // ---- fold_bias ----
 
@@ -814,11 +901,12 @@ describe('runPass, optimize and prune', () => {
     });
   });
 
-  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, fuse, in that order', () => {
+  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, fuse, in that order', () => {
     expect(DEFAULT_PASSES.map((p) => [p.name, p.rules.map((r) => r.name)])).toEqual([
       ['fold_bias', ['fold_bias']],
       ['merge_siblings', ['merge_sibling_matmuls']],
       ['simplify', ['full_slice', 'concat_of_slices', 'double_transpose']],
+      ['sink_gather', ['sink_gather']],
       ['fuse', ['fuse_act_mul', 'fuse_add_rmsnorm', 'fuse_add_layernorm', 'fuse_rope_kv_write']],
     ]);
     for (const p of DEFAULT_PASSES) for (const r of p.rules) expect(OPS[r.root], r.name).toBeDefined();
@@ -884,33 +972,40 @@ describe('runPass, optimize and prune', () => {
 // ---- every architecture ----
 
 const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record<string, number>>> = {
-  // 2 layers: q/k/v and gate/up merged per layer; per layer one act_mul and one rope_kv_write;
-  // add + norm: post_attention_layernorm of both layers and input_layernorm of layer 1.
+  // 2 layers: q/k/v and gate/up merged per layer; the logits gather up through layer 1's residual
+  // add, down_proj, mul, silu, the two gate/up slices, gate_up, post-attention norm, residual add
+  // and o_proj (10), stopping at attention; per layer one act_mul and one rope_kv_write; add +
+  // norm: post_attention_layernorm of both layers, input_layernorm of layer 1, and the final norm.
   llama: {
     fold_bias: { fold_bias: 0 },
     merge_siblings: { merge_sibling_matmuls: 4 },
     simplify: { full_slice: 0, concat_of_slices: 0, double_transpose: 0 },
-    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 3, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    sink_gather: { sink_gather: 10 },
+    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 4, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
   },
   // + the q, k, v biases of 2 layers folded.
   qwen2: {
     fold_bias: { fold_bias: 6 },
     merge_siblings: { merge_sibling_matmuls: 4 },
     simplify: { full_slice: 0, concat_of_slices: 0, double_transpose: 0 },
-    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 3, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    sink_gather: { sink_gather: 10 },
+    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 4, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
   },
-  // 6 biases per layer; only q/k/v are siblings; their weight and bias slices re-merge; every
-  // layernorm of a layer reads a sum (layer 0's ln_1 the wte + wpe embedding sum).
+  // 6 biases per layer; only q/k/v are siblings; their weight and bias slices re-merge; the
+  // logits gather up through layer 1's residual add, mlp.c_proj, gelu, c_fc, ln_2, residual add
+  // and attn.c_proj (7); every layernorm reads a sum (layer 0's ln_1 the wte + wpe embedding sum,
+  // ln_f the last residual).
   gpt2: {
     fold_bias: { fold_bias: 12 },
     merge_siblings: { merge_sibling_matmuls: 2 },
     simplify: { full_slice: 0, concat_of_slices: 4, double_transpose: 0 },
-    fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 4, fuse_rope_kv_write: 2 },
+    sink_gather: { sink_gather: 7 },
+    fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 5, fuse_rope_kv_write: 2 },
   },
 };
 
 const LLAMA_FUSED: GraphSummary = {
-  kernelsPerStep: 23, // embed; 9 in layer 0; layer 1's 9 + the last residual add; gather, norm, lm_head
+  kernelsPerStep: 23, // embed; 9 in layer 0; layer 1's 9 + the two row gathers after attention; final add + norm, lm_head
   layerKernels: { rmsnorm: 1, matmul: 4, rope_kv_write: 1, attention: 1, add_rmsnorm: 1, act_mul: 1 },
   loadTimeOps: 4, // the q/k/v and gate/up weight concats of 2 layers
 };
@@ -920,7 +1015,7 @@ const LLAMA_UNFUSED: GraphSummary = {
   loadTimeOps: 0,
 };
 const GPT2_FUSED: GraphSummary = {
-  kernelsPerStep: 24, // wte, wpe; 9 in layer 0; 9 + last residual in layer 1; gather, ln_f, lm_head
+  kernelsPerStep: 24, // wte, wpe; 9 in layer 0; 9 + the two row gathers in layer 1; final add + ln_f, lm_head
   layerKernels: { add_layernorm: 2, matmul: 4, rope_kv_write: 1, attention: 1, gelu: 1 },
   loadTimeOps: 8, // one transpose per Conv1D weight: c_attn, c_proj, c_fc, mlp.c_proj
 };
@@ -973,15 +1068,24 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
     const step = fused.schedule().filter((n) => !isLoad(fused, n));
     const layer = (l: number) => countOps(step.filter((n) => n.layer === l));
     expect(layer(0)).toEqual(SUMMARIES[variant].fused.layerKernels);
-    // Layer 1's input norm reads layer 0's last residual sum: fused there too.
+    // Layer 1's input norm reads layer 0's last residual sum: fused there too. After its attention
+    // layer 1 runs on the logits rows: the attention output and the residual are gathered.
     expect(layer(1)).toEqual(
       gpt2
-        ? { ...SUMMARIES[variant].fused.layerKernels, add: 1 }
-        : { matmul: 4, rope_kv_write: 1, attention: 1, add_rmsnorm: 2, act_mul: 1, add: 1 },
+        ? { ...SUMMARIES[variant].fused.layerKernels, gather_rows: 2 }
+        : { matmul: 4, rope_kv_write: 1, attention: 1, add_rmsnorm: 2, act_mul: 1, gather_rows: 2 },
     );
+    // The last residual add meets the final norm: one fused kernel.
     expect(countOps(step.filter((n) => n.layer === null))).toEqual(
-      gpt2 ? { embedding: 2, gather_rows: 1, layernorm: 1, matmul: 1 } : { embedding: 1, gather_rows: 1, rmsnorm: 1, matmul: 1 },
+      gpt2 ? { embedding: 2, add_layernorm: 1, matmul: 1 } : { embedding: 1, add_rmsnorm: 1, matmul: 1 },
     );
+    const gathers = step.filter((n) => n.op === 'gather_rows');
+    expect(gathers.map((n) => fused.value(n.inputs[1]).name)).toEqual(['logitsIndices', 'logitsIndices']);
+    expect(gathers.map((n) => producer(fused, n.inputs[0]).op).sort()).toEqual([gpt2 ? 'add_layernorm' : 'add_rmsnorm', 'attention']);
+    // Everything after them is computed on the S logits rows only.
+    const after = step.slice(step.indexOf(gathers[gathers.length - 1]) + 1);
+    expect(after.length).toBeGreaterThan(5);
+    for (const n of after) for (const o of n.outputs) expect(fused.value(o).shape[0], `${n.label}`).toBe('S');
   });
 
   it('load-time ops stay load-time; no per-step transpose, slice_rows, concat_rows or slice_cols', () => {
@@ -1033,11 +1137,12 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
       expect(qkv.map((n) => n.inputs.length)).toEqual(variant === 'qwen2' ? [3, 3] : [2, 2]);
       if (variant === 'qwen2') expect(qkv.map((n) => name(n.inputs[2]))).toEqual([0, 1].map((l) => `model.layers.${l}.self_attn.q_proj+k_proj+v_proj.bias`));
       // The first input_layernorm reads the embedding, so it stays a plain rmsnorm.
-      expect(of('rmsnorm').map((n) => n.label)).toEqual(['model.layers.0.input_layernorm', 'model.norm']);
+      expect(of('rmsnorm').map((n) => n.label)).toEqual(['model.layers.0.input_layernorm']);
       expect(of('add_rmsnorm').map((n) => n.label)).toEqual([
         'model.layers.0.post_attention_layernorm',
         'model.layers.1.input_layernorm',
         'model.layers.1.post_attention_layernorm',
+        'model.norm',
       ]);
     }
   });

@@ -3,6 +3,8 @@
  *   fold_bias        bias adds into GEMM epilogues (before merging, so biases merge too)
  *   merge_siblings   Q/K/V and gate/up GEMMs that share an input become one
  *   simplify         identity ops left behind (GPT-2's c_attn split and re-merged)
+ *   sink_gather      the logits gather up through the row-wise ops after the last attention
+ *                    (before fuse, so the final residual add meets the final norm)
  *   fuse             act * mul, residual add + norm, q/k norm + RoPE + KV write
  *   prune            drops what the rewrites made unreachable
  */
@@ -15,11 +17,13 @@ import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
 import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from './rules/identity.js';
 import { mergeSiblings } from './rules/merge_siblings.js';
+import { sinkGather } from './rules/sink_gather.js';
 
 export const DEFAULT_PASSES: Pass[] = [
   { name: 'fold_bias', rules: [foldBias] },
   { name: 'merge_siblings', rules: [mergeSiblings] },
   { name: 'simplify', rules: [fullSlice, concatOfSlices, doubleTranspose] },
+  { name: 'sink_gather', rules: [sinkGather] },
   { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
 ];
 
