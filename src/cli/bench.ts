@@ -181,6 +181,8 @@ export async function bench(argv: string[]): Promise<number> {
       sampling: engine.deviceSampling ? 'device' : 'host',
       /** The GEMM variant asked for (TESSERA_GEMM); auto is the measured table, else the launcher's default. */
       gemmVariant: process.env.TESSERA_GEMM ?? 'auto',
+      /** The prefill attention variant asked for (TESSERA_ATTENTION), likewise. */
+      attentionVariant: process.env.TESSERA_ATTENTION ?? 'auto',
       kernelChoices: llm.info.kernelChoices,
       deviceInfo: profiler.device(),
       fused: opts.fuse !== false,

@@ -141,4 +141,35 @@ describe.skipIf(!mockPath)('kernel choices: the CUDA backend follows its GPU\'s 
       }
     }
   });
+
+  it('refuses a TESSERA_GEMM or TESSERA_ATTENTION it does not know, in one sentence, before opening the GPU', async () => {
+    const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
+    const { isTesseraError } = await import('../../src/errors.js');
+    const saved = { lib: process.env.TESSERA_LIBCUDA, gemm: process.env.TESSERA_GEMM, attention: process.env.TESSERA_ATTENTION };
+    process.env.TESSERA_LIBCUDA = mockPath!;
+    try {
+      for (const [name, value, sentence] of [
+        ['TESSERA_GEMM', 'fast', 'TESSERA_GEMM must be auto, tiles, gemv or sm90, not "fast".'],
+        ['TESSERA_ATTENTION', 'fa3', 'TESSERA_ATTENTION must be auto, tiles, sm90 or sm90o, not "fa3".'],
+      ] as const) {
+        delete process.env.TESSERA_GEMM;
+        delete process.env.TESSERA_ATTENTION;
+        process.env[name] = value;
+        let err: unknown;
+        try {
+          CudaBackend.create();
+        } catch (e) {
+          err = e;
+        }
+        expect(isTesseraError(err), name).toBe(true);
+        expect((err as Error).message).toBe(sentence);
+        expect(CudaBackend.probe()).toEqual({ ok: false, reason: sentence });
+      }
+    } finally {
+      for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['TESSERA_GEMM', saved.gemm], ['TESSERA_ATTENTION', saved.attention]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
 });

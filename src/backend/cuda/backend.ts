@@ -21,6 +21,7 @@ import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type H
 import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { chooseAttention, chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
 import { CUDA_OPS } from './ops/index.js';
+import { ATTENTION_VARIANTS } from './ops/attention.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
 import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
@@ -134,6 +135,7 @@ export class CudaBackend implements Backend {
 
   /** Opens device `ordinal`; a missing driver, GPU, kernel build or an unsupported GPU is one sentence. */
   static create(ordinal = 0): CudaBackend {
+    checkVariantEnv();
     const loaded = loadDriver();
     if ('reason' in loaded) throw new TesseraError(`CUDA is not available: ${loaded.reason}.`, 'device');
     const driver = loaded.driver;
@@ -984,4 +986,20 @@ function padDecode(batch: StepBatch, rows: number, width: number): StepBatch {
     blockTableWidth: width,
     logitsIndices: Int32Array.from({ length: rows }, (_, i) => i),
   };
+}
+
+/**
+ * TESSERA_GEMM and TESSERA_ATTENTION pick kernel variants (ops/gemm.ts, ops/attention.ts); a value
+ * they do not know is the user's mistake, said in one sentence before anything is loaded.
+ */
+function checkVariantEnv(): void {
+  const known: Array<[string, readonly string[]]> = [
+    ['TESSERA_GEMM', ['auto', 'tiles', 'gemv', 'sm90']],
+    ['TESSERA_ATTENTION', ['auto', ...ATTENTION_VARIANTS]],
+  ];
+  for (const [name, values] of known) {
+    const v = process.env[name];
+    if (v !== undefined && !values.includes(v))
+      throw new TesseraError(`${name} must be ${values.slice(0, -1).join(', ')} or ${values[values.length - 1]}, not "${v}".`, 'invalid_input');
+  }
 }
