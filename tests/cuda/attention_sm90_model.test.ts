@@ -1,0 +1,370 @@
+/**
+ * kernels/attention_sm90.cu transcribed: a JavaScript model that moves the data as the kernel
+ * does and computes what it computes, run against the float64 reference of the conformance suite.
+ * It checks the kernel's indexing without a GPU: the tile range of each block, the block-table
+ * lookups and TMA box coordinates (the pool as [2 N bs, KV, hd], boxes of min(bs, 128) tokens,
+ * out-of-range tokens read as zeros), the 128-byte swizzle of the boxes and of the Q stores, the
+ * wgmma operands read through their descriptors (K-major for Q and K, MN-major for V, with the
+ * kernel's start addresses, LBO and SBO, per the PTX canonical layouts), the accumulator and
+ * A-operand register fragments, the masks, the online softmax in its two halves, the zeroed V
+ * tail and the output stores. Rounding follows the kernel: bf16 inputs, bf16 P, f32 accumulation
+ * (here f64, well inside the tolerance), bf16 output.
+ *
+ * What it cannot check is that the hardware reads descriptors as the PTX manual describes; the
+ * layout probes (tests/cuda/sm90_probe.test.ts) do that on a Hopper GPU.
+ */
+import { describe, expect, it } from 'vitest';
+import { f32ToBf16Bits } from '../../src/util/dtype.js';
+import * as ref from '../conformance/reference.js';
+import { mulberry32 } from '../helpers/random.js';
+
+const BM = 128, KT = 128, STAGES = 2;
+const LOG2E = 1.4426950408889634;
+
+const bf16 = (x: number): number => {
+  const bits = f32ToBf16Bits(x);
+  return new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
+};
+/** The 128-byte swizzle on a shared-memory byte address: 16-byte chunk bits [4, 7) ^= row bits [7, 10). */
+const swizzle = (addr: number): number => addr ^ (((addr >> 7) & 7) << 4);
+
+interface Case {
+  heads: number;
+  kvHeads: number;
+  hd: 64 | 128;
+  bs: number;
+  seqs: Array<[number, number]>; // [context after the step, new tokens]
+  window?: number;
+  causal?: boolean;
+}
+
+/**
+ * Builds the op's inputs (as the conformance suite does), runs the model kernel, returns both
+ * outputs. `exact`: P and the output are not rounded to bf16, so the model must equal the float64
+ * reference to rounding noise and a single key wrongly in or out of a row shows.
+ */
+function runCase(c: Case, seed: number, exact: boolean) {
+  const rnd = mulberry32(seed);
+  const { heads: H, kvHeads: KV, hd: HD, bs, seqs } = c;
+  const G = H / KV;
+  const need = seqs.map(([ctx]) => Math.ceil(ctx / bs));
+  const width = Math.max(...need) + 1;
+  const N = need.reduce((a, b) => a + b, 0) + 3;
+  const perm = Array.from({ length: N }, (_, i) => i);
+  for (let i = N - 1; i > 0; i--) {
+    const j = Math.floor(rnd() * (i + 1));
+    [perm[i], perm[j]] = [perm[j], perm[i]];
+  }
+  const tables = new Int32Array(seqs.length * width);
+  let next = 0;
+  seqs.forEach((_, b) => {
+    for (let i = 0; i < need[b]; i++) tables[b * width + i] = perm[next++];
+  });
+  const queryStart = [0];
+  for (const [, q] of seqs) queryStart.push(queryStart[queryStart.length - 1] + q);
+  const T = queryStart[seqs.length];
+  const contextLens = seqs.map(([ctx]) => ctx);
+  const shape = [2, N, bs, KV, HD];
+  // The slots of each context random, every other slot NaN: cache memory past a context may hold
+  // anything, and nothing of it may reach an output (0 * NaN is NaN on the tensor cores too).
+  const cache = new Float32Array(2 * N * bs * KV * HD).fill(NaN);
+  seqs.forEach(([ctx], b) => {
+    for (let p = 0; p < ctx; p++) {
+      const slot = tables[b * width + Math.floor(p / bs)] * bs + (p % bs);
+      for (let half = 0; half < 2; half++) for (let i = 0; i < KV * HD; i++) cache[((half * N * bs + slot) * KV) * HD + i] = bf16(rnd() * 4 - 2);
+    }
+  });
+  const q = Float32Array.from({ length: T * H * HD }, () => bf16(rnd() * 4 - 2));
+  const scale = 1 / Math.sqrt(HD);
+  const window = c.window ?? 0;
+  const causal = c.causal ?? true;
+  const want = ref.attention(q, cache, shape, queryStart, contextLens, tables, width, { numHeads: H, numKvHeads: KV, headDim: HD, scale, slidingWindow: window || null, causal });
+  const got = new Float32Array(T * H * HD).fill(NaN);
+  const maxQ = Math.max(...seqs.map(([, n]) => n));
+  const gridX = Math.ceil((maxQ * G) / BM);
+  for (let b = 0; b < seqs.length; b++)
+    for (let kvh = 0; kvh < KV; kvh++)
+      for (let bx = 0; bx < gridX; bx++) block({ b, kvh, mt: gridX - 1 - bx, H, KV, HD, bs, N, scale, window, causal, round: exact ? (x) => x : bf16, q, cache, queryStart, contextLens, tables, width, out: got });
+  return { got, want, T, H, HD };
+}
+
+interface BlockArgs {
+  b: number;
+  kvh: number;
+  mt: number;
+  H: number;
+  KV: number;
+  HD: number;
+  bs: number;
+  N: number;
+  scale: number;
+  window: number;
+  causal: boolean;
+  /** bf16 rounding of P and the output (identity for the exact check). */
+  round: (x: number) => number;
+  q: Float32Array;
+  cache: Float32Array;
+  queryStart: number[];
+  contextLens: number[];
+  tables: Int32Array;
+  width: number;
+  out: Float32Array;
+}
+
+/**
+ * One thread block, as prefill<HD, OVERLAP>: both rungs compute the same values in the same order
+ * (OVERLAP only changes when the scores half of the softmax runs relative to the PV in flight).
+ */
+function block(a: BlockArgs): void {
+  const { b, kvh, H, KV, HD, bs } = a;
+  const PANELS = HD / 64;
+  const Q_BYTES = BM * HD * 2, TILE_BYTES = KT * HD * 2, STAGE_BYTES = 2 * TILE_BYTES;
+  const smem = new Float32Array((Q_BYTES + STAGES * STAGE_BYTES) / 2).fill(NaN); // one bf16 per 2 bytes
+  const ld = (addr: number) => smem[addr >> 1];
+  const st = (addr: number, v: number) => {
+    smem[addr >> 1] = v;
+  };
+  const G = H / KV;
+  const q0 = a.queryStart[b], qLen = a.queryStart[b + 1] - q0, ctx = a.contextLens[b];
+  const rows = qLen * G;
+  const r0 = a.mt * BM;
+  if (r0 >= rows) return;
+  const rLast = Math.min(r0 + BM, rows) - 1;
+  const posFirst = ctx - qLen + Math.floor(r0 / G), posLast = ctx - qLen + Math.floor(rLast / G);
+  const lo = a.window > 0 ? Math.max(0, posFirst - a.window + 1) : 0;
+  const hi = a.causal ? Math.min(ctx, posLast + 1) : ctx;
+  const jLo = Math.floor(lo / KT), nTiles = Math.ceil(hi / KT) - jLo;
+  expect(nTiles).toBeGreaterThanOrEqual(1);
+
+  // ---- the producer: block-table lookups and TMA boxes of {64, 1, ch} ----
+  const log2bs = Math.log2(bs), ch = Math.min(bs, KT), chunks = KT / ch, lastCol = (ctx - 1) >> log2bs;
+  const tokens = 2 * a.N * bs;
+  const tma3d = (dst: number, c0: number, c1: number, c2: number) => {
+    expect(dst % 1024, 'a box lands on a swizzle atom').toBe(0);
+    for (let r = 0; r < ch; r++)
+      for (let c = 0; c < 64; c++) {
+        const t = c2 + r;
+        const v = t >= 0 && t < tokens ? a.cache[(t * KV + c1) * HD + c0 + c] : 0;
+        st(swizzle(dst + r * 128 + 2 * c), v);
+      }
+  };
+  const load = (j: number) => {
+    const s = j % STAGES, tok0 = (jLo + j) * KT;
+    const coords = Array.from({ length: chunks }, (_, lane) => {
+      const tok = tok0 + lane * ch;
+      const col = Math.min(tok >> log2bs, lastCol);
+      expect(col).toBeLessThan(a.width);
+      return a.tables[b * a.width + col] * bs + (tok & (bs - 1));
+    });
+    const sK = Q_BYTES + s * STAGE_BYTES, sV = sK + TILE_BYTES;
+    for (let c = 0; c < chunks; c++) for (let pn = 0; pn < PANELS; pn++) tma3d(sK + pn * KT * 128 + c * ch * 128, pn * 64, kvh, coords[c]);
+    for (let c = 0; c < chunks; c++) for (let pn = 0; pn < PANELS; pn++) tma3d(sV + pn * KT * 128 + c * ch * 128, pn * 64, kvh, a.N * bs + coords[c]);
+  };
+
+  // ---- wgmma, reading shared memory through descriptors (PTX canonical layouts, 128B swizzle) ----
+  /** d[64 x n] (+)= A[64 x 16] B[n x 16]^T, both K-major at these start addresses (SBO 1024). */
+  const wgmmaSS = (d: Float64Array, n: number, aStart: number, bStart: number, accumulate: boolean) => {
+    for (let m = 0; m < 64; m++)
+      for (let j = 0; j < n; j++) {
+        let acc = accumulate ? d[m * n + j] : 0;
+        for (let k = 0; k < 16; k++)
+          acc += ld(swizzle(aStart + (m % 8) * 128 + Math.floor(m / 8) * 1024 + 2 * k)) * ld(swizzle(bStart + (j % 8) * 128 + Math.floor(j / 8) * 1024 + 2 * k));
+        d[m * n + j] = acc;
+      }
+  };
+  /** d[64 x n] += A[64 x 16] (given) B[16 x n], B MN-major at bStart with this LBO (SBO 1024). */
+  const wgmmaRS = (d: Float64Array, n: number, A: Float64Array, bStart: number, lbo: number) => {
+    for (let m = 0; m < 64; m++)
+      for (let j = 0; j < n; j++) {
+        let acc = d[m * n + j];
+        for (let k = 0; k < 16; k++) acc += A[m * 16 + k] * ld(swizzle(bStart + 2 * (j % 64) + Math.floor(j / 64) * lbo + (k % 8) * 128 + Math.floor(k / 8) * 1024));
+        d[m * n + j] = acc;
+      }
+  };
+  // Register fragments of a warpgroup: thread t = 32 warp + lane, g = lane / 4, t4 = lane % 4.
+  const accRow = (t: number, e: number) => 16 * (t >> 5) + ((t & 31) >> 2) + 8 * (e >> 1);
+  const accCol = (t: number, i: number, e: number) => 8 * i + 2 * (t & 3) + (e & 1);
+  /** The full 64 x n matrix a wgmma leaves, scattered into each thread's accumulator registers. */
+  const scatter = (d: Float64Array, n: number, regs: Float64Array[]) => {
+    for (let t = 0; t < 128; t++) for (let i = 0; i < n / 8; i++) for (let e = 0; e < 4; e++) regs[t][4 * i + e] = d[accRow(t, e) * n + accCol(t, i, e)];
+  };
+  const gatherAcc = (regs: Float64Array[], n: number) => {
+    const d = new Float64Array(64 * n);
+    for (let t = 0; t < 128; t++) for (let i = 0; i < n / 8; i++) for (let e = 0; e < 4; e++) d[accRow(t, e) * n + accCol(t, i, e)] = regs[t][4 * i + e];
+    return d;
+  };
+  /** The A operand of k-step kk from the threads' packed P registers: reg r, half h = row g + 8 (r & 1), column 2 t4 + h + 8 (r >> 1). */
+  const aFromRegs = (pf: number[][][], kk: number) => {
+    const A = new Float64Array(64 * 16).fill(NaN);
+    for (let t = 0; t < 128; t++)
+      for (let r = 0; r < 4; r++)
+        for (let h = 0; h < 2; h++) A[(16 * (t >> 5) + ((t & 31) >> 2) + 8 * (r & 1)) * 16 + 2 * (t & 3) + h + 8 * (r >> 1)] = pf[t][kk][2 * r + h];
+    expect(A.every((v) => !Number.isNaN(v)), 'the fragments cover the A operand').toBe(true);
+    return A;
+  };
+
+  // ---- the consumers ----
+  for (let cw = 0; cw < 2; cw++) {
+    // Q rows cw*64 .. +63 into the swizzled panels, as the kernel's stores.
+    for (let i = 0; i < 64 * (HD / 8); i++) {
+      const rl = cw * 64 + Math.floor(i / (HD / 8)), chunk = i % (HD / 8), r = r0 + rl;
+      const addr = (chunk >> 3) * (BM * 128) + rl * 128 + (((chunk & 7) ^ (rl & 7)) << 4);
+      for (let e = 0; e < 8; e++) st(addr + 2 * e, r < rows ? a.q[(q0 + Math.floor(r / G)) * H * HD + (kvh * G + (r % G)) * HD + chunk * 8 + e] : 0);
+    }
+  }
+  const state = [0, 1].map((cw) => ({
+    o: Array.from({ length: 128 }, () => new Float64Array(HD / 2)),
+    s: Array.from({ length: 128 }, () => new Float64Array(64)),
+    pf: Array.from({ length: 128 }, () => Array.from({ length: KT / 16 }, () => new Array<number>(8).fill(NaN))),
+    m: Array.from({ length: 128 }, () => [-Infinity, -Infinity]),
+    l: Array.from({ length: 128 }, () => [0, 0]),
+    alpha: Array.from({ length: 128 }, () => [1, 1]),
+    cw,
+  }));
+  type State = (typeof state)[number];
+  const scaleLog2 = a.scale * LOG2E;
+  const pos = (cw: number, t: number, e: number) => ctx - qLen + Math.floor((r0 + cw * 64 + accRow(t, e)) / G);
+
+  const issueQk = (S: State, stage: number) => {
+    const d = new Float64Array(64 * 128);
+    const kBase = Q_BYTES + stage * STAGE_BYTES, qBase = S.cw * 64 * 128;
+    for (let kk = 0; kk < HD / 16; kk++) {
+      const pn = kk >> 2, off = 32 * (kk % 4);
+      wgmmaSS(d, 128, qBase + pn * BM * 128 + off, kBase + pn * KT * 128 + off, kk > 0);
+    }
+    scatter(d, 128, S.s);
+  };
+  const issuePv = (S: State, stage: number) => {
+    const vBase = Q_BYTES + stage * STAGE_BYTES + TILE_BYTES;
+    const d = gatherAcc(S.o, HD);
+    for (let kk = 0; kk < KT / 16; kk++) wgmmaRS(d, HD, aFromRegs(S.pf, kk), vBase + kk * 16 * 128, KT * 128);
+    scatter(d, HD, S.o);
+  };
+  const zeroVTail = (stage: number, from: number) => {
+    const sV = Q_BYTES + stage * STAGE_BYTES + TILE_BYTES;
+    for (let i = 0; i < (KT - from) * PANELS * 8; i++) {
+      const row = from + Math.floor(i / (PANELS * 8)), rest = i % (PANELS * 8);
+      for (let e = 0; e < 8; e++) st(sV + (rest >> 3) * KT * 128 + row * 128 + (rest & 7) * 16 + 2 * e, 0);
+    }
+  };
+  const waitV = (j: number) => {
+    const from = ctx - (jLo + j) * KT;
+    if (from < KT) zeroVTail(j % STAGES, from);
+  };
+  const scores = (S: State, j: number) => {
+    const key0 = (jLo + j) * KT;
+    const mx: number[][] = [];
+    for (let t = 0; t < 128; t++) {
+      const [pA, pB] = [pos(S.cw, t, 0), pos(S.cw, t, 2)];
+      const whole = key0 + KT <= ctx && (!a.causal || key0 + KT - 1 <= pA) && (a.window <= 0 || key0 > pB - a.window);
+      const m = [-Infinity, -Infinity];
+      for (let i = 0; i < 64; i++) {
+        let v = S.s[t][i] * scaleLog2;
+        if (!whole) {
+          const key = key0 + 8 * (i >> 2) + 2 * (t & 3) + (i & 1);
+          const p = i & 2 ? pB : pA;
+          const ok = key < ctx && (!a.causal || key <= p) && (a.window <= 0 || key > p - a.window);
+          v = ok ? v : -Infinity;
+        }
+        S.s[t][i] = v;
+        m[(i >> 1) & 1] = Math.max(m[(i >> 1) & 1], v);
+      }
+      mx.push(m);
+    }
+    for (let t = 0; t < 128; t++) {
+      const quad = [t ^ 0, t ^ 1, t ^ 2, t ^ 3].map((u) => mx[u]);
+      for (const h of [0, 1]) {
+        const rowMax = Math.max(...quad.map((m) => m[h]));
+        const nw = Math.max(S.m[t][h], rowMax);
+        const base = nw === -Infinity ? 0 : nw;
+        S.alpha[t][h] = 2 ** (S.m[t][h] - base);
+        S.m[t][h] = nw;
+        S.l[t][h] *= S.alpha[t][h];
+        for (let i = 0; i < 64; i++)
+          if (((i >> 1) & 1) === h) {
+            S.s[t][i] = 2 ** (S.s[t][i] - base);
+            S.l[t][h] += S.s[t][i];
+          }
+      }
+    }
+  };
+  const finish = (S: State) => {
+    for (let t = 0; t < 128; t++) {
+      for (let i = 0; i < HD / 2; i++) S.o[t][i] *= S.alpha[t][(i >> 1) & 1];
+      for (let kk = 0; kk < KT / 16; kk++) for (let x = 0; x < 8; x++) S.pf[t][kk][x] = a.round(S.s[t][8 * kk + x]);
+    }
+  };
+
+  // The loop, both consumers in their turn (the protocol is model-checked elsewhere; here the
+  // order of the data: tile j's K and V are in stage j % 2 until tile j + 2 reuses it).
+  load(0);
+  if (nTiles > 1) load(1);
+  for (const S of state) {
+    issueQk(S, 0);
+    scores(S, 0);
+    finish(S);
+  }
+  for (let j = 1; j < nTiles; j++) {
+    const stg = j % STAGES, prev = (j - 1) % STAGES;
+    waitV(j - 1);
+    for (const S of state) {
+      // Both groups read the operands as issued: S_j from K_j, O += P_{j-1} V_{j-1}.
+      issueQk(S, stg);
+      issuePv(S, prev);
+      scores(S, j);
+      finish(S);
+    }
+    if (j + 1 < nTiles) load(j + 1); // into the stage tile j - 1 freed
+  }
+  waitV(nTiles - 1);
+  for (const S of state) issuePv(S, (nTiles - 1) % STAGES);
+
+  // ---- the epilogue: row sums across the quad, O / l as bf16 ----
+  for (const S of state)
+    for (let t = 0; t < 128; t++) {
+      const quad = [t ^ 0, t ^ 1, t ^ 2, t ^ 3];
+      for (const half of [0, 1]) {
+        const r = r0 + S.cw * 64 + accRow(t, 2 * half);
+        if (r >= rows) continue;
+        const l = quad.reduce((sum, u) => sum + S.l[u][half], 0);
+        const inv = l > 0 ? 1 / l : 0;
+        const dst = (q0 + Math.floor(r / G)) * H * HD + (kvh * G + (r % G)) * HD + 2 * (t & 3);
+        for (let i = 0; i < HD / 8; i++) {
+          a.out[dst + 8 * i] = a.round(S.o[t][4 * i + 2 * half] * inv);
+          a.out[dst + 8 * i + 1] = a.round(S.o[t][4 * i + 2 * half + 1] * inv);
+        }
+      }
+    }
+}
+
+const CASES: Array<[string, Case]> = [
+  ['hd128 GQA 4, lengths off the tiles', { heads: 8, kvHeads: 2, hd: 128, bs: 16, seqs: [[300, 300], [77, 77], [1, 1]] }],
+  ['after cached prefixes, hd64, bs 8', { heads: 4, kvHeads: 4, hd: 64, bs: 8, seqs: [[200, 70], [129, 1], [300, 130]] }],
+  ['sliding window 100, GQA 8, bs 32', { heads: 16, kvHeads: 2, hd: 128, bs: 32, seqs: [[400, 150], [64, 64]], window: 100 }],
+  ['not causal, hd64, bs 256', { heads: 4, kvHeads: 2, hd: 64, bs: 256, seqs: [[300, 300], [50, 20]], causal: false }],
+  ['GQA 3, hd64', { heads: 6, kvHeads: 2, hd: 64, bs: 16, seqs: [[97, 97], [33, 10]] }],
+  // A window over a tile (200 > 128): some tiles are whole for one row and cut for the next.
+  ['sliding window 200, one long sequence', { heads: 2, kvHeads: 2, hd: 64, bs: 16, seqs: [[400, 400]], window: 200 }],
+];
+
+describe('kernels/attention_sm90.cu transcribed (JavaScript model of its data movement and arithmetic)', () => {
+  CASES.forEach(([name, c], k) => {
+    it(`${name}: equals the float64 reference to rounding noise with P and the output unrounded`, () => {
+      const { got, want } = runCase(c, 1 + k, true);
+      let worst = 0;
+      for (let i = 0; i < got.length; i++) {
+        expect(Number.isNaN(got[i]), `element ${i} never written or NaN`).toBe(false);
+        worst = Math.max(worst, Math.abs(got[i] - want.value[i]) / (1 + Math.abs(want.value[i])));
+      }
+      expect(worst).toBeLessThan(1e-6); // f32 output storage; one key wrongly in or out is ~1e-3
+    });
+  });
+
+  it('with the kernel\'s bf16 P and output, within the conformance suite\'s bf16 tolerance', () => {
+    const { got, want } = runCase(CASES[0][1], 1, false);
+    let worst = 0;
+    for (let i = 0; i < got.length; i++) worst = Math.max(worst, Math.abs(got[i] - want.value[i]) / (2e-2 * Math.max(1, want.scale ? want.scale[i] : 1) + 2e-2 * Math.abs(want.value[i])));
+    expect(worst).toBeLessThan(1);
+    expect(worst).toBeGreaterThan(0); // the roundings are there
+  });
+});
