@@ -14,19 +14,12 @@
  * layout probes (tests/cuda/sm90_probe.test.ts) do that on a Hopper GPU.
  */
 import { describe, expect, it } from 'vitest';
-import { f32ToBf16Bits } from '../../src/util/dtype.js';
 import * as ref from '../conformance/reference.js';
 import { mulberry32 } from '../helpers/random.js';
+import { Smem, accRow, bf16, gatherAcc, scatter, wgmmaRS, wgmmaSS } from './sm90_model.js';
 
 const BM = 128, KT = 128, STAGES = 2;
 const LOG2E = 1.4426950408889634;
-
-const bf16 = (x: number): number => {
-  const bits = f32ToBf16Bits(x);
-  return new Float32Array(new Uint32Array([bits << 16]).buffer)[0];
-};
-/** The 128-byte swizzle on a shared-memory byte address: 16-byte chunk bits [4, 7) ^= row bits [7, 10). */
-const swizzle = (addr: number): number => addr ^ (((addr >> 7) & 7) << 4);
 
 interface Case {
   heads: number;
@@ -119,11 +112,8 @@ function block(a: BlockArgs): void {
   const { b, kvh, H, KV, HD, bs } = a;
   const PANELS = HD / 64;
   const Q_BYTES = BM * HD * 2, TILE_BYTES = KT * HD * 2, STAGE_BYTES = 2 * TILE_BYTES;
-  const smem = new Float32Array((Q_BYTES + STAGES * STAGE_BYTES) / 2).fill(NaN); // one bf16 per 2 bytes
-  const ld = (addr: number) => smem[addr >> 1];
-  const st = (addr: number, v: number) => {
-    smem[addr >> 1] = v;
-  };
+  const smem = new Smem(Q_BYTES + STAGES * STAGE_BYTES);
+  const st = (addr: number, v: number) => smem.st(addr, v);
   const G = H / KV;
   const q0 = a.queryStart[b], qLen = a.queryStart[b + 1] - q0, ctx = a.contextLens[b];
   const rows = qLen * G;
@@ -139,15 +129,9 @@ function block(a: BlockArgs): void {
   // ---- the producer: block-table lookups and TMA boxes of {64, 1, ch} ----
   const log2bs = Math.log2(bs), ch = Math.min(bs, KT), chunks = KT / ch, lastCol = (ctx - 1) >> log2bs;
   const tokens = 2 * a.N * bs;
-  const tma3d = (dst: number, c0: number, c1: number, c2: number) => {
-    expect(dst % 1024, 'a box lands on a swizzle atom').toBe(0);
-    for (let r = 0; r < ch; r++)
-      for (let c = 0; c < 64; c++) {
-        const t = c2 + r;
-        const v = t >= 0 && t < tokens ? a.cache[(t * KV + c1) * HD + c0 + c] : 0;
-        st(swizzle(dst + r * 128 + 2 * c), v);
-      }
-  };
+  // Box {64, 1, ch} of the pool seen as [2 N bs, KV, hd] at (c0, c1, c2): ch tokens of one head.
+  const tma3d = (dst: number, c0: number, c1: number, c2: number) =>
+    smem.box(dst, ch, (r, c) => (c2 + r >= 0 && c2 + r < tokens ? a.cache[((c2 + r) * KV + c1) * HD + c0 + c] : 0));
   const load = (j: number) => {
     const s = j % STAGES, tok0 = (jLo + j) * KT;
     const coords = Array.from({ length: chunks }, (_, lane) => {
@@ -161,38 +145,7 @@ function block(a: BlockArgs): void {
     for (let c = 0; c < chunks; c++) for (let pn = 0; pn < PANELS; pn++) tma3d(sV + pn * KT * 128 + c * ch * 128, pn * 64, kvh, a.N * bs + coords[c]);
   };
 
-  // ---- wgmma, reading shared memory through descriptors (PTX canonical layouts, 128B swizzle) ----
-  /** d[64 x n] (+)= A[64 x 16] B[n x 16]^T, both K-major at these start addresses (SBO 1024). */
-  const wgmmaSS = (d: Float64Array, n: number, aStart: number, bStart: number, accumulate: boolean) => {
-    for (let m = 0; m < 64; m++)
-      for (let j = 0; j < n; j++) {
-        let acc = accumulate ? d[m * n + j] : 0;
-        for (let k = 0; k < 16; k++)
-          acc += ld(swizzle(aStart + (m % 8) * 128 + Math.floor(m / 8) * 1024 + 2 * k)) * ld(swizzle(bStart + (j % 8) * 128 + Math.floor(j / 8) * 1024 + 2 * k));
-        d[m * n + j] = acc;
-      }
-  };
-  /** d[64 x n] += A[64 x 16] (given) B[16 x n], B MN-major at bStart with this LBO (SBO 1024). */
-  const wgmmaRS = (d: Float64Array, n: number, A: Float64Array, bStart: number, lbo: number) => {
-    for (let m = 0; m < 64; m++)
-      for (let j = 0; j < n; j++) {
-        let acc = d[m * n + j];
-        for (let k = 0; k < 16; k++) acc += A[m * 16 + k] * ld(swizzle(bStart + 2 * (j % 64) + Math.floor(j / 64) * lbo + (k % 8) * 128 + Math.floor(k / 8) * 1024));
-        d[m * n + j] = acc;
-      }
-  };
-  // Register fragments of a warpgroup: thread t = 32 warp + lane, g = lane / 4, t4 = lane % 4.
-  const accRow = (t: number, e: number) => 16 * (t >> 5) + ((t & 31) >> 2) + 8 * (e >> 1);
-  const accCol = (t: number, i: number, e: number) => 8 * i + 2 * (t & 3) + (e & 1);
-  /** The full 64 x n matrix a wgmma leaves, scattered into each thread's accumulator registers. */
-  const scatter = (d: Float64Array, n: number, regs: Float64Array[]) => {
-    for (let t = 0; t < 128; t++) for (let i = 0; i < n / 8; i++) for (let e = 0; e < 4; e++) regs[t][4 * i + e] = d[accRow(t, e) * n + accCol(t, i, e)];
-  };
-  const gatherAcc = (regs: Float64Array[], n: number) => {
-    const d = new Float64Array(64 * n);
-    for (let t = 0; t < 128; t++) for (let i = 0; i < n / 8; i++) for (let e = 0; e < 4; e++) d[accRow(t, e) * n + accCol(t, i, e)] = regs[t][4 * i + e];
-    return d;
-  };
+  // ---- wgmma operands from registers ----
   /** The A operand of k-step kk from the threads' packed P registers: reg r, half h = row g + 8 (r & 1), column 2 t4 + h + 8 (r >> 1). */
   const aFromRegs = (pf: number[][][], kk: number) => {
     const A = new Float64Array(64 * 16).fill(NaN);
@@ -230,14 +183,14 @@ function block(a: BlockArgs): void {
     const kBase = Q_BYTES + stage * STAGE_BYTES, qBase = S.cw * 64 * 128;
     for (let kk = 0; kk < HD / 16; kk++) {
       const pn = kk >> 2, off = 32 * (kk % 4);
-      wgmmaSS(d, 128, qBase + pn * BM * 128 + off, kBase + pn * KT * 128 + off, kk > 0);
+      wgmmaSS(smem, d, 128, qBase + pn * BM * 128 + off, kBase + pn * KT * 128 + off, kk > 0);
     }
     scatter(d, 128, S.s);
   };
   const issuePv = (S: State, stage: number) => {
     const vBase = Q_BYTES + stage * STAGE_BYTES + TILE_BYTES;
     const d = gatherAcc(S.o, HD);
-    for (let kk = 0; kk < KT / 16; kk++) wgmmaRS(d, HD, aFromRegs(S.pf, kk), vBase + kk * 16 * 128, KT * 128);
+    for (let kk = 0; kk < KT / 16; kk++) wgmmaRS(smem, d, HD, aFromRegs(S.pf, kk), vBase + kk * 16 * 128, KT * 128);
     scatter(d, HD, S.o);
   };
   const zeroVTail = (stage: number, from: number) => {
