@@ -332,6 +332,27 @@ export function describeChoices(c: KernelChoices): string {
 
 // ---- running on the GPU ----
 
+/**
+ * Relative error between two bf16 [rows, width] device outputs over their first and last rows (up
+ * to 128 each: the tile edges are there), every column: the correctness check beside each timing.
+ */
+function edgeRowsError(backend: { readBuffer(dst: ArrayBufferView, src: bigint): void }, ours: bigint, theirs: bigint, rows: number, width: number): number {
+  const rowSets = rows <= 256 ? [[0, rows]] : [[0, 128], [rows - 128, rows]];
+  const total = rowSets.reduce((sum, [r0, r1]) => sum + (r1 - r0) * width, 0);
+  const oursBits = new Uint16Array(total), theirsBits = new Uint16Array(total);
+  let at = 0;
+  for (const [r0, r1] of rowSets) {
+    const n = (r1 - r0) * width, offset = BigInt(2 * r0 * width);
+    backend.readBuffer(oursBits.subarray(at, at + n), ours + offset);
+    backend.readBuffer(theirsBits.subarray(at, at + n), theirs + offset);
+    at += n;
+  }
+  const a = new Float32Array(total), b = new Float32Array(total);
+  bf16ToF32(oursBits, a);
+  bf16ToF32(theirsBits, b);
+  return relativeError(a, b);
+}
+
 export async function benchKernels(argv: string[]): Promise<number> {
   const { values } = parse(
     argv,
@@ -484,24 +505,10 @@ export async function benchKernels(argv: string[]): Promise<number> {
             const speedup = bt.medianMs / t.medianMs;
             Object.assign(record, { cublasLt: { ...bt, ...rates(c, bt.medianMs, ceilings) }, speedupVsCublasLt: Number(speedup.toFixed(3)) });
             line += ` ${speedup.toFixed(2).padStart(7)}x`;
-            // Correctness beside speed: ours against cuBLASLt on the same inputs, over the first and
-            // last rows (up to 128 each: the tile edges in M are there), every column.
+            // Correctness beside speed: ours against cuBLASLt on the same inputs.
             prepared[0].poison();
             prepared[0].enqueue();
-            const rowSets = g.m <= 256 ? [[0, g.m]] : [[0, 128], [g.m - 128, g.m]];
-            const total = rowSets.reduce((sum, [r0, r1]) => sum + (r1 - r0) * g.n, 0);
-            const oursBits = new Uint16Array(total), theirsBits = new Uint16Array(total);
-            let at = 0;
-            for (const [r0, r1] of rowSets) {
-              const n = (r1 - r0) * g.n, offset = BigInt(2 * r0 * g.n);
-              backend.readBuffer(oursBits.subarray(at, at + n), prepared[0].outputs[0].ptr + offset);
-              backend.readBuffer(theirsBits.subarray(at, at + n), ys[0] + offset);
-              at += n;
-            }
-            const ours = new Float32Array(total), theirs = new Float32Array(total);
-            bf16ToF32(oursBits, ours);
-            bf16ToF32(theirsBits, theirs);
-            const err = relativeError(ours, theirs);
+            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ys[0], g.m, g.n);
             record.relativeErrorVsCublasLt = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH ${err.toExponential(2)}`;
           } catch (err) {
@@ -521,8 +528,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
             record.speedupVsBase = Number(speedup.toFixed(3));
             line += ` ${speedup.toFixed(2).padStart(7)}x`;
           }
-          // Correctness beside speed: this rung against the base on the same inputs (same seeds),
-          // over the first and last rows (up to 128 each), every column.
+          // Correctness beside speed: this rung against the base on the same inputs (same seeds).
           const ref = backend.prepareOp(
             c.op,
             b.attrs,
@@ -535,21 +541,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
             prepared[0].enqueue();
             ref.poison();
             ref.enqueue();
-            const rows = c.outputShapes[0][0], w = b.rowWidth;
-            const rowSets = rows <= 256 ? [[0, rows]] : [[0, 128], [rows - 128, rows]];
-            const total = rowSets.reduce((sum, [r0, r1]) => sum + (r1 - r0) * w, 0);
-            const oursBits = new Uint16Array(total), theirsBits = new Uint16Array(total);
-            let at = 0;
-            for (const [r0, r1] of rowSets) {
-              const n = (r1 - r0) * w, offset = BigInt(2 * r0 * w);
-              backend.readBuffer(oursBits.subarray(at, at + n), prepared[0].outputs[0].ptr + offset);
-              backend.readBuffer(theirsBits.subarray(at, at + n), ref.outputs[0].ptr + offset);
-              at += n;
-            }
-            const ours = new Float32Array(total), theirs = new Float32Array(total);
-            bf16ToF32(oursBits, ours);
-            bf16ToF32(theirsBits, theirs);
-            const err = relativeError(ours, theirs);
+            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ref.outputs[0].ptr, c.outputShapes[0][0], b.rowWidth);
             record.relativeErrorVsBase = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH vs ${b.name}: ${err.toExponential(2)}`;
           } finally {

@@ -19,39 +19,9 @@
  */
 import { describe, expect, it } from 'vitest';
 import { mulberry32 } from '../helpers/random.js';
+import { MBarrier } from './mbarrier_model.js';
 
 const STAGES = 2;
-
-class MBarrier {
-  phase = 0;
-  pending: number;
-  tx = 0;
-  constructor(readonly count: number) {
-    this.pending = count;
-  }
-  done(parity: number): boolean {
-    return (this.phase & 1) !== parity;
-  }
-  private maybeComplete(): void {
-    if (this.pending === 0 && this.tx === 0) {
-      this.phase++;
-      this.pending = this.count;
-    }
-  }
-  arrive(): void {
-    if (this.pending <= 0) throw new Error('arrive past the expected count');
-    this.pending--;
-    this.maybeComplete();
-  }
-  arriveExpectTx(bytes: number): void {
-    this.tx += bytes;
-    this.arrive();
-  }
-  completeTx(bytes: number): void {
-    this.tx -= bytes;
-    this.maybeComplete();
-  }
-}
 
 /** A named barrier of `count` arrivals (bar.sync waits for its generation to complete; bar.arrive does not). */
 class NamedBarrier {
