@@ -42,6 +42,7 @@ import type { Attrs, AttrValue } from '../../src/graph/ir.js';
 import { OPS, outputShapes, type OpName } from '../../src/graph/ops.js';
 import { ropeInvFreq } from '../../src/graph/rope.js';
 import { bf16ToF32, f32ToBf16 } from '../../src/util/dtype.js';
+import { pagedLayout } from '../helpers/paged.js';
 import * as ref from './reference.js';
 
 // ---------------------------------------------------------------- seed, random data
@@ -700,26 +701,14 @@ for (const c of ([
     name: c.name,
     prepare(g) {
       const { heads, kvHeads, hd, bs, seqs } = c;
-      const need = seqs.map(([ctx]) => Math.ceil(ctx / bs));
-      const width = Math.max(...need) + 1; // one unused entry (0) past the longest
-      const blocks = need.reduce((a, b) => a + b, 0) + 3; // a few blocks nobody owns
-      const perm = g.distinct(blocks, blocks);
-      const tables = new Int32Array(seqs.length * width);
-      let next = 0;
-      seqs.forEach((_, b) => {
-        for (let i = 0; i < need[b]; i++) tables[b * width + i] = perm[next++];
-      });
-      const queryStart = [0];
-      for (const [, q] of seqs) queryStart.push(queryStart[queryStart.length - 1] + q);
-      const tokens = queryStart[seqs.length];
-      const contextLens = seqs.map(([ctx]) => ctx);
+      const { blocks, width, tables, queryStart, contextLens, tokens, slot } = pagedLayout(seqs, bs, (n) => g.distinct(n, n));
       const positions: number[] = [];
       const slotMapping: number[] = [];
       seqs.forEach(([ctx, q], b) => {
         for (let i = 0; i < q; i++) {
           const p = ctx - q + i;
           positions.push(p);
-          slotMapping.push(tables[b * width + Math.floor(p / bs)] * bs + (p % bs));
+          slotMapping.push(slot(b, p));
         }
       });
       const shape = [2, blocks, bs, kvHeads, hd];

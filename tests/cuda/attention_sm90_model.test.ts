@@ -15,6 +15,7 @@
  */
 import { describe, expect, it } from 'vitest';
 import * as ref from '../conformance/reference.js';
+import { pagedLayout } from '../helpers/paged.js';
 import { mulberry32 } from '../helpers/random.js';
 import { Smem, accRow, bf16, gatherAcc, scatter, wgmmaRS, wgmmaSS } from './sm90_model.js';
 
@@ -40,32 +41,22 @@ function runCase(c: Case, seed: number, exact: boolean) {
   const rnd = mulberry32(seed);
   const { heads: H, kvHeads: KV, hd: HD, bs, seqs } = c;
   const G = H / KV;
-  const need = seqs.map(([ctx]) => Math.ceil(ctx / bs));
-  const width = Math.max(...need) + 1;
-  const N = need.reduce((a, b) => a + b, 0) + 3;
-  const perm = Array.from({ length: N }, (_, i) => i);
-  for (let i = N - 1; i > 0; i--) {
-    const j = Math.floor(rnd() * (i + 1));
-    [perm[i], perm[j]] = [perm[j], perm[i]];
-  }
-  const tables = new Int32Array(seqs.length * width);
-  let next = 0;
-  seqs.forEach((_, b) => {
-    for (let i = 0; i < need[b]; i++) tables[b * width + i] = perm[next++];
-  });
-  const queryStart = [0];
-  for (const [, q] of seqs) queryStart.push(queryStart[queryStart.length - 1] + q);
-  const T = queryStart[seqs.length];
-  const contextLens = seqs.map(([ctx]) => ctx);
+  const shuffled = (n: number) => {
+    const perm = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(rnd() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    return perm;
+  };
+  const { blocks: N, width, tables, queryStart, contextLens, tokens: T, slot } = pagedLayout(seqs, bs, shuffled);
   const shape = [2, N, bs, KV, HD];
   // The slots of each context random, every other slot NaN: cache memory past a context may hold
   // anything, and nothing of it may reach an output (0 * NaN is NaN on the tensor cores too).
   const cache = new Float32Array(2 * N * bs * KV * HD).fill(NaN);
   seqs.forEach(([ctx], b) => {
-    for (let p = 0; p < ctx; p++) {
-      const slot = tables[b * width + Math.floor(p / bs)] * bs + (p % bs);
-      for (let half = 0; half < 2; half++) for (let i = 0; i < KV * HD; i++) cache[((half * N * bs + slot) * KV) * HD + i] = bf16(rnd() * 4 - 2);
-    }
+    for (let p = 0; p < ctx; p++)
+      for (let half = 0; half < 2; half++) for (let i = 0; i < KV * HD; i++) cache[(half * N * bs + slot(b, p)) * KV * HD + i] = bf16(rnd() * 4 - 2);
   });
   const q = Float32Array.from({ length: T * H * HD }, () => bf16(rnd() * 4 - 2));
   const scale = 1 / Math.sqrt(HD);
