@@ -13,11 +13,16 @@
  * What it cannot check is that the hardware reads descriptors as the PTX manual describes; the
  * layout probes (tests/cuda/sm90_probe.test.ts) do that on a Hopper GPU.
  */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as ref from '../conformance/reference.js';
 import { pagedLayout } from '../helpers/paged.js';
 import { mulberry32 } from '../helpers/random.js';
 import { Smem, accRow, bf16, gatherAcc, scatter, wgmmaRS, wgmmaSS } from './sm90_model.js';
+
+const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/attention_sm90.cu'), 'utf8');
+const SM90_HEADER = readFileSync(path.join(import.meta.dirname, '../../kernels/sm90.cuh'), 'utf8');
 
 const BM = 128, KT = 128, STAGES = 2;
 const LOG2E = 1.4426950408889634;
@@ -292,6 +297,30 @@ const CASES: Array<[string, Case]> = [
 ];
 
 describe('kernels/attention_sm90.cu transcribed (JavaScript model of its data movement and arithmetic)', () => {
+  it('is a transcription of the current source: the same constants and the lines the model follows', () => {
+    for (const line of [
+      'constexpr int BM = 128;',
+      'constexpr int KT = 128;',
+      'constexpr int STAGES = 2;',
+      'const int lo = p.window > 0 ? max(0, posFirst - p.window + 1) : 0;',
+      'const int hi = p.causal ? min(ctx, posLast + 1) : ctx;',
+      'coord = table[min(tok >> p.blockSizeLog2, lastCol)] * bs + (tok & (bs - 1));',
+      'tma_load_3d(sK + pn * KT * 128 + c * ch * 128, &tmKV, &kFull[s], pn * 64, kvh, t);',
+      'tma_load_3d(sV + pn * KT * 128 + c * ch * 128, &tmKV, &vFull[s], pn * 64, kvh, p.vOffset + t);',
+      '*reinterpret_cast<uint4*>(sQ + (chunk / 8) * (BM * 128) + rl * 128 + (((chunk % 8) ^ (rl % 8)) << 4)) = v;',
+      'wgmma_ss_m64n128k16(s, desc_kmajor(qBase + pn * BM * 128) + off, desc_kmajor(kBase + pn * KT * 128) + off, kk > 0 ? 1 : 0);',
+      'wgmma_rs_tb(o, pf[kk], desc_mnmajor(vBase + kk * 16 * 128, KT * 128));',
+      '*reinterpret_cast<uint4*>(sV + (rest / 8) * KT * 128 + row * 128 + (rest % 8) * 16) = make_uint4(0, 0, 0, 0);',
+      'const bool whole = key0 + KT <= ctx && (!p.causal || key0 + KT - 1 <= posA) && (p.window <= 0 || key0 > posB - p.window);',
+      'const bool ok = key < ctx && (!p.causal || key <= pos) && (p.window <= 0 || key > pos - p.window);',
+      'for (int r = 0; r < 4; r++) pf[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);',
+    ])
+      expect(SOURCE, line).toContain(line);
+    // The descriptors the model reads through: SBO 1024 for both, LBO the panel distance for V.
+    expect(SM90_HEADER).toContain('return ((uint64_t)(smem_u32(p) & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);');
+    expect(SM90_HEADER).toContain('return ((uint64_t)(smem_u32(p) & 0x3FFFF) >> 4) | ((uint64_t)(panelBytes >> 4) << 16) | ((1024ull >> 4) << 32) | (1ull << 62);');
+  });
+
   CASES.forEach(([name, c], k) => {
     it(`${name}: equals the float64 reference to rounding noise with P and the output unrounded`, () => {
       const { got, want } = runCase(c, 1 + k, true);

@@ -7,9 +7,13 @@
  * the host, exactly (f32 output, no rounding but f64 sums). The mbarrier protocol is checked in
  * sm90_pipeline.test.ts; what the hardware does with the descriptors, by the layout probes.
  */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { mulberry32 } from '../helpers/random.js';
 import { Smem, accCol, accRow, bf16, scatter, wgmmaSS } from './sm90_model.js';
+
+const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm_sm90.cu'), 'utf8');
 
 // kernels/gemm_sm90.cu's constants.
 const BM = 128, BN = 256, BK = 64, GROUP_M = 8;
@@ -76,6 +80,24 @@ function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, 
 }
 
 describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movement)', () => {
+  it('is a transcription of the current source: the same constants and the lines the model follows', () => {
+    for (const line of [
+      'constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4;',
+      'constexpr int GROUP_M = 8;',
+      'tm = first + (t % per_group) % rows;',
+      'tn = (t % per_group) / rows;',
+      'tma_load_2d(a, &tmX, &full[stage], kt * BK, tm * BM);',
+      'tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, tn * BN);',
+      'const uint8_t* a = smem + stage * STAGE_BYTES + cw * 64 * 128;',
+      'const uint64_t da = desc_kmajor(a), db0 = desc_kmajor(b), db1 = desc_kmajor(b + 128 * 128);',
+      'wgmma_ss_m64n128k16(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);',
+      'wgmma_ss_m64n128k16(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);',
+      'const int row0 = tm * BM + cw * 64 + warp * 16 + lane / 4;',
+      'const int col = tn * BN + h * 128 + i * 8 + 2 * (lane % 4);',
+    ])
+      expect(SOURCE, line).toContain(line);
+  });
+
   it('the persistent order visits every tile once, GROUP_M row tiles at a time', () => {
     for (const [tilesM, tilesN] of [[1, 1], [3, 5], [8, 2], [9, 4], [17, 3], [64, 501]]) {
       const seen = new Set<string>();

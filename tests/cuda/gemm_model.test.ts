@@ -1,0 +1,220 @@
+/**
+ * kernels/gemm.cu (the mma.sync tile kernel every matmul runs by default) transcribed: a
+ * JavaScript model that moves the data as the kernel does and multiplies with the fragments of
+ * mma.sync m16n8k16 as the PTX manual lays them out, checked exactly against the host product
+ * (f32 output: f64 sums here, no rounding but the inputs'). It covers the block order (groups of
+ * GROUP_M row tiles), each thread's cp.async chunks (rows per pass, the XOR swizzle of 64-byte
+ * rows, zero-fill past R, N and K), the STAGES-deep ring (every iteration reads the k-tile it
+ * expects, and no load lands in the stage being read), ldmatrix.x4 row addresses per lane
+ * (lane_a_offset, lane_b_offset) and the registers they fill, the warp tiles, split-K with its
+ * reduce, bias, and the masked stores, for each of the four tile configurations the launcher
+ * picks from (ops/gemm.ts). What the hardware does is for the GPU tier of the conformance suite.
+ */
+import { readFileSync } from 'node:fs';
+import path from 'node:path';
+import { describe, expect, it } from 'vitest';
+import { mulberry32 } from '../helpers/random.js';
+import { bf16 } from './sm90_model.js';
+
+const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
+
+// kernels/gemm.cu's constants and helpers.
+const BK = 32, ROW_BYTES = BK * 2, ROW_CHUNKS = BK / 8, GROUP_M = 8;
+const tileOffset = (r: number, c: number) => r * ROW_BYTES + ((c ^ ((r >> 1) & 3)) << 4);
+const laneAOffset = (lane: number, kk: number) => tileOffset(lane & 15, kk * 2 + (lane >> 4));
+const laneBOffset = (lane: number, kk: number) => tileOffset((lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1));
+function blockTile(pid: number, tilesM: number, tilesN: number): [number, number] {
+  const span = GROUP_M * tilesN, group = Math.floor(pid / span), firstM = group * GROUP_M;
+  const groupM = Math.min(tilesM - firstM, GROUP_M), local = pid - group * span;
+  return [firstM + (local % groupM), Math.floor(local / groupM)];
+}
+
+/** The TS_GEMM_ENTRY configurations: [BM, BN, WARPS_M, WARPS_N, STAGES]. */
+const CONFIGS: Record<string, [number, number, number, number, number]> = {
+  '16x128': [16, 128, 1, 4, 4],
+  '32x128': [32, 128, 1, 4, 4],
+  '64x128': [64, 128, 2, 2, 4],
+  '128x128': [128, 128, 2, 4, 3],
+};
+
+/** ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; lane l receives (row l / 4, columns 2 (l % 4), +1) of each. */
+function ldmatrixX4(smem: Float64Array, addr: number[]): number[][][] {
+  return Array.from({ length: 32 }, (_, lane) =>
+    [0, 1, 2, 3].map((i) => {
+      const row = addr[8 * i + (lane >> 2)];
+      return [smem[(row + 4 * (lane & 3)) >> 1], smem[(row + 4 * (lane & 3) + 2) >> 1]];
+    }),
+  );
+}
+
+/**
+ * mma.sync m16n8k16 row.col over a warp: a[lane] = 4 registers of 2 (a0: row g, k 2t + h; a1: row
+ * g + 8; a2: k + 8; a3: both), b0/b1[lane] = 2 values (k 2t + h and 8 + 2t + h, column g), c[lane] =
+ * 4 accumulators (row g / g + 8, column 2t + h).
+ */
+function mma(c: number[][], a: number[][][], b0: number[][], b1: number[][]): void {
+  const A = Array.from({ length: 16 }, () => new Array<number>(16).fill(NaN));
+  const B = Array.from({ length: 16 }, () => new Array<number>(8).fill(NaN));
+  for (let lane = 0; lane < 32; lane++) {
+    const g = lane >> 2, t = lane & 3;
+    for (let h = 0; h < 2; h++) {
+      A[g][2 * t + h] = a[lane][0][h];
+      A[g + 8][2 * t + h] = a[lane][1][h];
+      A[g][8 + 2 * t + h] = a[lane][2][h];
+      A[g + 8][8 + 2 * t + h] = a[lane][3][h];
+      B[2 * t + h][g] = b0[lane][h];
+      B[8 + 2 * t + h][g] = b1[lane][h];
+    }
+  }
+  for (let lane = 0; lane < 32; lane++) {
+    const g = lane >> 2, t = lane & 3;
+    for (let e = 0; e < 4; e++) {
+      const row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+      let s = c[lane][e];
+      for (let k = 0; k < 16; k++) s += A[row][k] * B[k][col];
+      c[lane][e] = s;
+    }
+  }
+}
+
+/** One launch of ts_gemm_<config>_f32 over grid (tiles, 1, splits), then the reduce when splits > 1. */
+function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float32Array | null, R: number, N: number, K: number, kTilesPerSplit: number): Float64Array {
+  const [BM, BN, WARPS_M, WARPS_N, STAGES] = CONFIGS[config];
+  const THREADS = WARPS_M * WARPS_N * 32, WTM = BM / WARPS_M, WTN = BN / WARPS_N, MT = WTM / 16, NT = WTN / 8;
+  const A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
+  const ROWS_PER_PASS = THREADS / ROW_CHUNKS;
+  const A_PASSES = Math.ceil(BM / ROWS_PER_PASS), B_PASSES = Math.ceil(BN / ROWS_PER_PASS);
+  const tilesM = Math.ceil(R / BM), tilesN = Math.ceil(N / BN), kTiles = Math.ceil(K / BK);
+  const splits = Math.ceil(kTiles / kTilesPerSplit);
+  const out = new Float64Array(splits * R * N).fill(NaN); // y, or the split partials ws[splits, R, N]
+  for (let z = 0; z < splits; z++)
+    for (let pid = 0; pid < tilesM * tilesN; pid++) {
+      const [tm, tn] = blockTile(pid, tilesM, tilesN);
+      const m0 = tm * BM, n0 = tn * BN;
+      const ktBegin = z * kTilesPerSplit, ktEnd = Math.min(kTiles, ktBegin + kTilesPerSplit), nK = Math.max(0, ktEnd - ktBegin);
+      const smem = new Float64Array((STAGES * STAGE_BYTES) / 2).fill(NaN);
+      const holds = new Array<number>(STAGES).fill(-1); // the k-tile each stage holds
+      let reading = -1;
+      const loadTile = (stage: number, kt: number) => {
+        if (stage === reading) throw new Error(`k-tile ${kt} loads into stage ${stage} while it is read`);
+        holds[stage] = kt;
+        for (let tid = 0; tid < THREADS; tid++) {
+          const ldRow = Math.floor(tid / ROW_CHUNKS), ldK = (tid % ROW_CHUNKS) * 8;
+          const base = stage * STAGE_BYTES + tileOffset(ldRow, tid % ROW_CHUNKS);
+          const k0 = kt * BK, kOk = k0 + ldK < K;
+          const copy = (dst: number, ok: boolean, src: Float32Array, row: number) => {
+            for (let e = 0; e < 8; e++) smem[(dst >> 1) + e] = ok ? src[row * K + k0 + ldK + e] : 0;
+          };
+          for (let p = 0; p < A_PASSES; p++) {
+            const row = ldRow + p * ROWS_PER_PASS;
+            if (BM % ROWS_PER_PASS === 0 || row < BM) copy(base + p * ROWS_PER_PASS * ROW_BYTES, kOk && m0 + row < R, x, m0 + row);
+          }
+          for (let p = 0; p < B_PASSES; p++) {
+            const row = ldRow + p * ROWS_PER_PASS;
+            if (BN % ROWS_PER_PASS === 0 || row < BN) copy(base + A_BYTES + p * ROWS_PER_PASS * ROW_BYTES, kOk && n0 + row < N, w, n0 + row);
+          }
+        }
+      };
+      const acc = Array.from({ length: WARPS_M * WARPS_N }, () => Array.from({ length: MT }, () => Array.from({ length: NT }, () => Array.from({ length: 32 }, () => [0, 0, 0, 0]))));
+      for (let s = 0; s < STAGES - 1; s++) if (s < nK) loadTile(s, ktBegin + s);
+      let readStage = 0, writeStage = STAGES - 1;
+      for (let t = 0; t < nK; t++) {
+        reading = readStage;
+        if (t + STAGES - 1 < nK) loadTile(writeStage, ktBegin + t + STAGES - 1);
+        expect(holds[readStage], `iteration ${t} reads stage ${readStage}`).toBe(ktBegin + t);
+        const base = readStage * STAGE_BYTES;
+        for (let warp = 0; warp < WARPS_M * WARPS_N; warp++) {
+          const wm = Math.floor(warp / WARPS_N), wn = warp % WARPS_N;
+          for (let kk = 0; kk < 2; kk++) {
+            const aOff = (lane: number) => wm * WTM * ROW_BYTES + laneAOffset(lane, kk);
+            const bOff = (lane: number) => A_BYTES + wn * WTN * ROW_BYTES + laneBOffset(lane, kk);
+            const a = Array.from({ length: MT }, (_, mi) => ldmatrixX4(smem, Array.from({ length: 32 }, (_, l) => base + aOff(l) + mi * 16 * ROW_BYTES)));
+            const b = Array.from({ length: NT / 2 }, (_, nj) => ldmatrixX4(smem, Array.from({ length: 32 }, (_, l) => base + bOff(l) + nj * 16 * ROW_BYTES)));
+            for (let mi = 0; mi < MT; mi++)
+              for (let ni = 0; ni < NT; ni++) {
+                const frag = b[ni >> 1];
+                mma(acc[warp][mi][ni], a[mi], frag.map((r) => r[(ni & 1) * 2]), frag.map((r) => r[(ni & 1) * 2 + 1]));
+              }
+          }
+        }
+        readStage = readStage === STAGES - 1 ? 0 : readStage + 1;
+        writeStage = writeStage === STAGES - 1 ? 0 : writeStage + 1;
+      }
+      // The epilogue (bias only without split-K: the partials go to the reduce without it).
+      const withBias = splits === 1 ? bias : null;
+      for (let warp = 0; warp < WARPS_M * WARPS_N; warp++) {
+        const wm = Math.floor(warp / WARPS_N), wn = warp % WARPS_N;
+        for (let lane = 0; lane < 32; lane++) {
+          const g = lane >> 2, tg = lane & 3;
+          for (let ni = 0; ni < NT; ni++) {
+            const col = n0 + wn * WTN + ni * 8 + tg * 2;
+            if (col >= N) continue;
+            for (let mi = 0; mi < MT; mi++)
+              for (let h = 0; h < 2; h++) {
+                const row = m0 + wm * WTM + mi * 16 + g + h * 8;
+                if (row >= R) continue;
+                const at = z * R * N + row * N + col;
+                if (!Number.isNaN(out[at])) throw new Error(`y[${row}, ${col}] written twice`);
+                out[at] = acc[warp][mi][ni][lane][2 * h] + (withBias ? withBias[col] : 0);
+                if (col + 1 < N) out[at + 1] = acc[warp][mi][ni][lane][2 * h + 1] + (withBias ? withBias[col + 1] : 0);
+              }
+          }
+        }
+      }
+    }
+  if (splits === 1) return out;
+  // ts_gemm_splitk_reduce: y = sum over z of ws[z] (+ bias), splits in order.
+  const y = new Float64Array(R * N);
+  for (let i = 0; i < R * N; i++) {
+    let s = 0;
+    for (let z = 0; z < splits; z++) s += out[z * R * N + i];
+    y[i] = s + (bias ? bias[i % N] : 0);
+  }
+  return y;
+}
+
+describe('kernels/gemm.cu transcribed (JavaScript model of its data movement and mma.sync fragments)', () => {
+  it('is a transcription of the current source: the same constants, configurations and address arithmetic', () => {
+    for (const line of [
+      'constexpr int BK = 32;',
+      'constexpr int GROUP_M = 8;',
+      'return static_cast<uint32_t>(r * ROW_BYTES + ((c ^ ((r >> 1) & 3)) << 4));',
+      'return tile_offset(lane & 15, kk * 2 + (lane >> 4));',
+      'return tile_offset((lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1));',
+      'const uint32_t ld_dst = tile_offset(ld_row, tid % ROW_CHUNKS);',
+      'mma_bf16(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);',
+      'const int row = m0 + wm * WTM + mi * 16 + g + h * 8;',
+      'int read_stage = 0, write_stage = STAGES - 1;',
+    ])
+      expect(SOURCE, line).toContain(line);
+    const entries = [...SOURCE.matchAll(/^TS_GEMM_ENTRY\(ts_gemm_(\d+x\d+)_f32, float, (\d+), (\d+), (\d+), (\d+), (\d+), \d+\)/gm)].map((m) => [m[1], m.slice(2, 7).map(Number)]);
+    expect(Object.fromEntries(entries)).toEqual(CONFIGS);
+  });
+
+  const shapes: Array<[string, number, number, number, boolean, number]> = [
+    // [config, R, N, K, bias, k-tiles per split]
+    ['16x128', 1, 40, 32, false, 1],
+    ['16x128', 13, 130, 200, true, 2],
+    ['32x128', 29, 257, 96, true, 100],
+    ['64x128', 70, 136, 264, false, 3],
+    ['128x128', 130, 129, 72, true, 100],
+    ['128x128', 200, 300, 520, false, 5],
+  ];
+  for (const [config, R, N, K, withBias, perSplit] of shapes)
+    it(`${config}: R ${R}, N ${N}, K ${K}${withBias ? ', bias' : ''}${Math.ceil(K / BK / perSplit) > 1 ? `, ${Math.ceil(K / BK / perSplit)}-way split-K` : ''}: every element equals the product`, () => {
+      const rnd = mulberry32(R * 31 + N * 7 + K);
+      const x = Float32Array.from({ length: R * K }, () => bf16(rnd() * 2 - 1));
+      const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 2 - 1));
+      const bias = withBias ? Float32Array.from({ length: N }, () => bf16(rnd() * 2 - 1)) : null;
+      const y = gemmModel(config, x, w, bias, R, N, K, perSplit);
+      let worst = 0;
+      for (let r = 0; r < R; r++)
+        for (let c = 0; c < N; c++) {
+          let want = bias ? bias[c] : 0;
+          for (let k = 0; k < K; k++) want += x[r * K + k] * w[c * K + k];
+          expect(Number.isNaN(y[r * N + c]), `y[${r}, ${c}]`).toBe(false);
+          worst = Math.max(worst, Math.abs(y[r * N + c] - want));
+        }
+      expect(worst).toBeLessThan(1e-9);
+    });
+});
