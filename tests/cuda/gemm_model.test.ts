@@ -14,6 +14,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { mulberry32 } from '../helpers/random.js';
+import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
 import { bf16 } from './sm90_model.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
@@ -37,46 +38,6 @@ const CONFIGS: Record<string, [number, number, number, number, number]> = {
   '128x128': [128, 128, 2, 4, 3],
 };
 
-/** ldmatrix.x4: lanes 8i..8i+7 give the row addresses of matrix i; lane l receives (row l / 4, columns 2 (l % 4), +1) of each. */
-function ldmatrixX4(smem: Float64Array, addr: number[]): number[][][] {
-  return Array.from({ length: 32 }, (_, lane) =>
-    [0, 1, 2, 3].map((i) => {
-      const row = addr[8 * i + (lane >> 2)];
-      return [smem[(row + 4 * (lane & 3)) >> 1], smem[(row + 4 * (lane & 3) + 2) >> 1]];
-    }),
-  );
-}
-
-/**
- * mma.sync m16n8k16 row.col over a warp: a[lane] = 4 registers of 2 (a0: row g, k 2t + h; a1: row
- * g + 8; a2: k + 8; a3: both), b0/b1[lane] = 2 values (k 2t + h and 8 + 2t + h, column g), c[lane] =
- * 4 accumulators (row g / g + 8, column 2t + h).
- */
-function mma(c: number[][], a: number[][][], b0: number[][], b1: number[][]): void {
-  const A = Array.from({ length: 16 }, () => new Array<number>(16).fill(NaN));
-  const B = Array.from({ length: 16 }, () => new Array<number>(8).fill(NaN));
-  for (let lane = 0; lane < 32; lane++) {
-    const g = lane >> 2, t = lane & 3;
-    for (let h = 0; h < 2; h++) {
-      A[g][2 * t + h] = a[lane][0][h];
-      A[g + 8][2 * t + h] = a[lane][1][h];
-      A[g][8 + 2 * t + h] = a[lane][2][h];
-      A[g + 8][8 + 2 * t + h] = a[lane][3][h];
-      B[2 * t + h][g] = b0[lane][h];
-      B[8 + 2 * t + h][g] = b1[lane][h];
-    }
-  }
-  for (let lane = 0; lane < 32; lane++) {
-    const g = lane >> 2, t = lane & 3;
-    for (let e = 0; e < 4; e++) {
-      const row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
-      let s = c[lane][e];
-      for (let k = 0; k < 16; k++) s += A[row][k] * B[k][col];
-      c[lane][e] = s;
-    }
-  }
-}
-
 /** One launch of ts_gemm_<config>_f32 over grid (tiles, 1, splits), then the reduce when splits > 1. */
 function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float32Array | null, R: number, N: number, K: number, kTilesPerSplit: number): Float64Array {
   const [BM, BN, WARPS_M, WARPS_N, STAGES] = CONFIGS[config];
@@ -93,6 +54,7 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
       const m0 = tm * BM, n0 = tn * BN;
       const ktBegin = z * kTilesPerSplit, ktEnd = Math.min(kTiles, ktBegin + kTilesPerSplit), nK = Math.max(0, ktEnd - ktBegin);
       const smem = new Float64Array((STAGES * STAGE_BYTES) / 2).fill(NaN);
+      const read = (addr: number) => smem[addr >> 1];
       const holds = new Array<number>(STAGES).fill(-1); // the k-tile each stage holds
       let reading = -1;
       const loadTile = (stage: number, kt: number) => {
@@ -128,12 +90,12 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
           for (let kk = 0; kk < 2; kk++) {
             const aOff = (lane: number) => wm * WTM * ROW_BYTES + laneAOffset(lane, kk);
             const bOff = (lane: number) => A_BYTES + wn * WTN * ROW_BYTES + laneBOffset(lane, kk);
-            const a = Array.from({ length: MT }, (_, mi) => ldmatrixX4(smem, Array.from({ length: 32 }, (_, l) => base + aOff(l) + mi * 16 * ROW_BYTES)));
-            const b = Array.from({ length: NT / 2 }, (_, nj) => ldmatrixX4(smem, Array.from({ length: 32 }, (_, l) => base + bOff(l) + nj * 16 * ROW_BYTES)));
+            const a = Array.from({ length: MT }, (_, mi) => ldmatrixX4(read, Array.from({ length: 32 }, (_, l) => base + aOff(l) + mi * 16 * ROW_BYTES)));
+            const b = Array.from({ length: NT / 2 }, (_, nj) => ldmatrixX4(read, Array.from({ length: 32 }, (_, l) => base + bOff(l) + nj * 16 * ROW_BYTES)));
             for (let mi = 0; mi < MT; mi++)
               for (let ni = 0; ni < NT; ni++) {
                 const frag = b[ni >> 1];
-                mma(acc[warp][mi][ni], a[mi], frag.map((r) => r[(ni & 1) * 2]), frag.map((r) => r[(ni & 1) * 2 + 1]));
+                mmaM16n8k16(acc[warp][mi][ni], a[mi], frag.map((r) => r[(ni & 1) * 2]), frag.map((r) => r[(ni & 1) * 2 + 1]));
               }
           }
         }
