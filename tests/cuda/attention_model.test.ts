@@ -15,7 +15,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { DECODE_VARIANTS, PREFILL_VARIANTS, planAttention } from '../../src/backend/cuda/ops/attention.js';
 import * as ref from '../conformance/reference.js';
-import { pagedLayout } from '../helpers/paged.js';
+import { pagedLayout, poolWithNaNOutside, shuffledBlocks } from '../helpers/paged.js';
 import { mulberry32 } from '../helpers/random.js';
 import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
 import { bf16 } from './sm90_model.js';
@@ -301,20 +301,9 @@ interface Case {
 
 function run(c: Case, seed: number) {
   const rnd = mulberry32(seed);
-  const shuffled = (n: number) => {
-    const perm = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) {
-      const j = Math.floor(rnd() * (i + 1));
-      [perm[i], perm[j]] = [perm[j], perm[i]];
-    }
-    return perm;
-  };
   const { heads: H, kvHeads: KV, hd, bs, seqs } = c;
-  const L = pagedLayout(seqs, bs, shuffled);
-  const cache = new Float32Array(2 * L.blocks * bs * KV * hd).fill(NaN);
-  seqs.forEach(([ctx], b) => {
-    for (let p = 0; p < ctx; p++) for (let half = 0; half < 2; half++) for (let i = 0; i < KV * hd; i++) cache[(half * L.blocks * bs + L.slot(b, p)) * KV * hd + i] = bf16(rnd() * 4 - 2);
-  });
+  const L = pagedLayout(seqs, bs, shuffledBlocks(rnd));
+  const cache = poolWithNaNOutside(L, bs, KV, hd, () => bf16(rnd() * 4 - 2));
   const q = Float32Array.from({ length: L.tokens * H * hd }, () => bf16(rnd() * 4 - 2));
   const a: Inputs = { q, cache, N: L.blocks, bs, H, KV, hd, queryStart: L.queryStart, contextLens: L.contextLens, tables: L.tables, width: L.width, scale: 1 / Math.sqrt(hd), window: c.window ?? 0, causal: c.causal ?? true };
   const plan = planAttention({

@@ -17,7 +17,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import * as ref from '../conformance/reference.js';
-import { pagedLayout } from '../helpers/paged.js';
+import { pagedLayout, poolWithNaNOutside, shuffledBlocks } from '../helpers/paged.js';
 import { mulberry32 } from '../helpers/random.js';
 import { Smem, accRow, bf16, gatherAcc, scatter, wgmmaRS, wgmmaSS } from './sm90_model.js';
 
@@ -46,23 +46,10 @@ function runCase(c: Case, seed: number, exact: boolean) {
   const rnd = mulberry32(seed);
   const { heads: H, kvHeads: KV, hd: HD, bs, seqs } = c;
   const G = H / KV;
-  const shuffled = (n: number) => {
-    const perm = Array.from({ length: n }, (_, i) => i);
-    for (let i = n - 1; i > 0; i--) {
-      const j = Math.floor(rnd() * (i + 1));
-      [perm[i], perm[j]] = [perm[j], perm[i]];
-    }
-    return perm;
-  };
-  const { blocks: N, width, tables, queryStart, contextLens, tokens: T, slot } = pagedLayout(seqs, bs, shuffled);
+  const layout = pagedLayout(seqs, bs, shuffledBlocks(rnd));
+  const { blocks: N, width, tables, queryStart, contextLens, tokens: T } = layout;
   const shape = [2, N, bs, KV, HD];
-  // The slots of each context random, every other slot NaN: cache memory past a context may hold
-  // anything, and nothing of it may reach an output (0 * NaN is NaN on the tensor cores too).
-  const cache = new Float32Array(2 * N * bs * KV * HD).fill(NaN);
-  seqs.forEach(([ctx], b) => {
-    for (let p = 0; p < ctx; p++)
-      for (let half = 0; half < 2; half++) for (let i = 0; i < KV * HD; i++) cache[(half * N * bs + slot(b, p)) * KV * HD + i] = bf16(rnd() * 4 - 2);
-  });
+  const cache = poolWithNaNOutside(layout, bs, KV, HD, () => bf16(rnd() * 4 - 2));
   const q = Float32Array.from({ length: T * H * HD }, () => bf16(rnd() * 4 - 2));
   const scale = 1 / Math.sqrt(HD);
   const window = c.window ?? 0;

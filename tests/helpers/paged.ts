@@ -40,3 +40,29 @@ export function pagedLayout(seqs: ReadonlyArray<readonly [number, number]>, bloc
     slot: (b, p) => tables[b * width + Math.floor(p / blockSize)] * blockSize + (p % blockSize),
   };
 }
+
+/** A shuffled order of n blocks from `random` (a [0, 1) generator), for pagedLayout. */
+export function shuffledBlocks(random: () => number): (n: number) => number[] {
+  return (n) => {
+    const perm = Array.from({ length: n }, (_, i) => i);
+    for (let i = n - 1; i > 0; i--) {
+      const j = Math.floor(random() * (i + 1));
+      [perm[i], perm[j]] = [perm[j], perm[i]];
+    }
+    return perm;
+  };
+}
+
+/**
+ * A KV pool [2, blocks, blockSize, kvHeads, headDim] whose slots inside each sequence's context hold
+ * `value()` and every other slot NaN: pool memory past a context may hold anything, and nothing of
+ * it may reach an attention output (0 * NaN is NaN on tensor cores too).
+ */
+export function poolWithNaNOutside(layout: PagedLayout, blockSize: number, kvHeads: number, headDim: number, value: () => number): Float32Array {
+  const row = kvHeads * headDim;
+  const cache = new Float32Array(2 * layout.blocks * blockSize * row).fill(NaN);
+  layout.contextLens.forEach((ctx, b) => {
+    for (let p = 0; p < ctx; p++) for (let half = 0; half < 2; half++) for (let i = 0; i < row; i++) cache[(half * layout.blocks * blockSize + layout.slot(b, p)) * row + i] = value();
+  });
+  return cache;
+}
