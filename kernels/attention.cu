@@ -46,7 +46,7 @@
 //   reads it (prefill: each of ceil(qLen*G/BM) row tiles re-reads its range; decode: once),
 //   + with S > 1, 2 * 4 * S*T*H*(hd+2) (partials written and read back).
 // FLOPs: 4*hd per (row, head, attended key) (QK^T and PV), plus masked work on diagonal tiles.
-#include "common.cuh"
+#include "mma.cuh"
 
 namespace ts_attn {
 
@@ -55,41 +55,9 @@ using ts::bf16;
 constexpr unsigned FULL = 0xffffffffu;
 constexpr float LOG2E = 1.4426950408889634f;
 
-TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// 16 bytes global -> shared, asynchronously; bytes < 16 fill the rest with zeros (0: all zero,
-// nothing read).
-TS_DEVICE void cp_async16(uint32_t dst, const void* src, int bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
-}
-TS_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-TS_DEVICE void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
-// Four 8x8 b16 matrices; lanes 8i..8i+7 give the row addresses of matrix i.
-TS_DEVICE void ldsm_x4(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-TS_DEVICE void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr));
-}
-
-// c[16x8] += a[16x16] b[16x8]; bf16 operands, f32 accumulators.
-TS_DEVICE void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-TS_DEVICE uint32_t pack_bf16x2(float lo, float hi) {
-  const ts::bf16x2 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
+using ts::pack_bf16x2;
+using ts::smem_u32;
+using namespace ts::mma;
 
 template <int HD, int WM, int WN, int KW, bool QREG>
 struct Config {
@@ -231,7 +199,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
   if constexpr (QREG && BM > KT) {
     load_q(qs_tile);
     cp_async_commit();
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
 #pragma unroll
     for (int ks = 0; ks < HD / 16; ks++)
@@ -244,7 +212,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
     if (num_tiles > 0) load_kv(ks_tile, k_base, kv_begin);
     cp_async_commit();
     if constexpr (QREG) {
-      cp_async_wait_all();
+      cp_async_wait<0>();
       __syncthreads();
 #pragma unroll
       for (int ks = 0; ks < HD / 16; ks++)
@@ -262,7 +230,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
 
   for (int tile = 0; tile < num_tiles; tile++) {
     const int j0 = kv_begin + tile * KT;
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();  // K(tile) visible; every warp done with V(tile - 1)
     load_kv(vs_tile, v_base, j0);
     cp_async_commit();
@@ -345,7 +313,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
       }
     }
 
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();  // V(tile) visible; every warp done with K(tile)
     if (tile + 1 < num_tiles) load_kv(ks_tile, k_base, j0 + KT);
     cp_async_commit();
@@ -375,7 +343,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
       }
     }
   }
-  cp_async_wait_all();
+  cp_async_wait<0>();
   __syncthreads();  // the tiles' memory becomes the epilogue's
 
   // ---- epilogue: merge the WN warps' states of each row, normalise or write partials ----

@@ -274,7 +274,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
 #pragma unroll
     for (int kk = 0; kk < KT / 16; kk++)
 #pragma unroll
-      for (int r = 0; r < 4; r++) pf[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+      for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   };
 
   // Tile 0: S_0 alone. Tiles 1..n-1: S_j and O += P_{j-1} V_{j-1} as one group. Then the last PV.

@@ -20,6 +20,15 @@ struct alignas(16) bf16x8 {
 TS_DEVICE float to_f32(bf16 x) { return __bfloat162float(x); }
 TS_DEVICE bf16 to_bf16(float x) { return __float2bfloat16_rn(x); }
 
+// Two floats as one register of two bf16 (lo in the low half), as mma and wgmma operands take them.
+TS_DEVICE uint32_t pack_bf16x2(float lo, float hi) {
+  const bf16x2 v = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&v);
+}
+
+// A shared-memory pointer as the 32-bit address PTX's shared-space instructions take.
+TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+
 TS_DEVICE void unpack(const bf16x8& p, float out[8]) {
 #pragma unroll
   for (int i = 0; i < 4; i++) {

@@ -41,7 +41,7 @@
 // 1002 tiles; prefill runs 128x128 without splits from R = 65 for gate/up and lm_head and from R = 513
 // for N = 4096 (64x128 below that; R = 8192: 2048 to 64128 tiles).
 // Dynamic shared memory stays <= 48 KiB: no cuFuncSetAttribute needed.
-#include "common.cuh"
+#include "mma.cuh"
 
 namespace ts_gemm {
 
@@ -83,33 +83,8 @@ __host__ __device__ inline void block_tile(int pid, int tiles_m, int tiles_n, in
   tn = local / group_m;
 }
 
-TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
-
-// 16-byte global -> shared copy; src_bytes = 0 writes 16 zero bytes and reads nothing.
-TS_DEVICE void cp_async16(uint32_t dst, const void* src, int src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(__cvta_generic_to_global(src)), "r"(src_bytes)
-               : "memory");
-}
-TS_DEVICE void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int PENDING>
-TS_DEVICE void cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" ::"n"(PENDING) : "memory");
-}
-
-TS_DEVICE void ldmatrix_x4(uint32_t (&r)[4], uint32_t addr) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-// c += a · b for one 16 x 8 x 16 tile: a = A fragment (4 regs), b0/b1 = B fragment.
-TS_DEVICE void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
+using ts::smem_u32;
+using namespace ts::mma;
 
 TS_DEVICE void store1(bf16* p, float v) { *p = ts::to_bf16(v); }
 TS_DEVICE void store1(float* p, float v) { *p = v; }
@@ -221,9 +196,9 @@ TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, cons
       uint32_t a[MT][4];
       uint32_t b[NT / 2][4];
 #pragma unroll
-      for (int mi = 0; mi < MT; mi++) ldmatrix_x4(a[mi], base + a_frag_off[kk] + mi * 16 * ROW_BYTES);
+      for (int mi = 0; mi < MT; mi++) ldsm_x4(base + a_frag_off[kk] + mi * 16 * ROW_BYTES, a[mi][0], a[mi][1], a[mi][2], a[mi][3]);
 #pragma unroll
-      for (int nj = 0; nj < NT / 2; nj++) ldmatrix_x4(b[nj], base + b_frag_off[kk] + nj * 16 * ROW_BYTES);
+      for (int nj = 0; nj < NT / 2; nj++) ldsm_x4(base + b_frag_off[kk] + nj * 16 * ROW_BYTES, b[nj][0], b[nj][1], b[nj][2], b[nj][3]);
 #pragma unroll
       for (int mi = 0; mi < MT; mi++)
 #pragma unroll

@@ -259,24 +259,31 @@ TS_DEVICE void hist_add(Smem& s, int bin, u64 w, int i, bool trackMin) {
 
 // ---- passes over the row ----------------------------------------------------------------------
 
-// Sum of q over the candidates of `cut`.
-TS_DEVICE u64 mass_sum(const float* row, int V, u64 cut, const Mass& m, Smem& s) {
+// One pass over a row of V logits: each thread loads UNROLL elements (i = base + u NT + tid; `fill`
+// past V) before it processes them, so UNROLL loads are in flight per thread. f(l, i) runs for
+// every u, i in range or not: warp-collective bodies need every lane, the others check i < V.
+template <typename F>
+TS_DEVICE void row_pass(const float* row, int V, float fill, F&& f) {
   const int tid = threadIdx.x;
-  u64 acc = 0;
 #pragma unroll 1
   for (int base = 0; base < V; base += NT * UNROLL) {
     float l[UNROLL];
 #pragma unroll
     for (int u = 0; u < UNROLL; u++) {
       const int i = base + u * NT + tid;
-      l[u] = i < V ? row[i] : 0.f;
+      l[u] = i < V ? row[i] : fill;
     }
 #pragma unroll
-    for (int u = 0; u < UNROLL; u++) {
-      const int i = base + u * NT + tid;
-      if (i < V && okey(fkey(l[u]), i) >= cut) acc += m(l[u]);
-    }
+    for (int u = 0; u < UNROLL; u++) f(l[u], base + u * NT + tid);
   }
+}
+
+// Sum of q over the candidates of `cut`.
+TS_DEVICE u64 mass_sum(const float* row, int V, u64 cut, const Mass& m, Smem& s) {
+  u64 acc = 0;
+  row_pass(row, V, 0.f, [&](float l, int i) {
+    if (i < V && okey(fkey(l), i) >= cut) acc += m(l);
+  });
   return block_all(acc, OpAdd(), 0ull, s.redU64);
 }
 
@@ -374,29 +381,18 @@ TS_DEVICE Sel radix_select(const float* row, int V, u64 cut, u64 T, const Mass& 
       s.minId[tid] = FULL;
     }
     __syncthreads();
-#pragma unroll 1
-    for (int base = 0; base < V; base += NT * UNROLL) {
-      float l[UNROLL];
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int i = base + u * NT + tid;
-        l[u] = i < V ? row[i] : 0.f;
-      }
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int i = base + u * NT + tid;
-        int b = -1;
-        u64 w = 0;
-        if (i < V) {
-          const u32 f = fkey(l[u]);
-          if ((f & pmask) == prefix && okey(f, i) >= cut) {
-            b = static_cast<int>((f >> shift) & 255u);
-            w = MASS ? m(l[u]) : 1ull;
-          }
+    row_pass(row, V, 0.f, [&](float l, int i) {
+      int b = -1;
+      u64 w = 0;
+      if (i < V) {
+        const u32 f = fkey(l);
+        if ((f & pmask) == prefix && okey(f, i) >= cut) {
+          b = static_cast<int>((f >> shift) & 255u);
+          w = MASS ? m(l) : 1ull;
         }
-        hist_add<MASS>(s, b, w, i, last);
       }
-    }
+      hist_add<MASS>(s, b, w, i, last);  // every lane: it is warp-collective
+    });
     __syncthreads();
     if (warp == 0) {
       // Lane L holds bins 255 - 8L .. 248 - 8L (descending), so lanes run in the host's order.
@@ -641,24 +637,12 @@ TS_DEVICE int row_draw(const float* row, int V, float mx, u64 maxKey, bool trunc
   if (P->minP > 0.0) {
     const u64 qmin = static_cast<u64>(ceil(P->minP * 4398046511104.0));
     u32 fmin = FULL;
-    const int tid = threadIdx.x;
-#pragma unroll 1
-    for (int base = 0; base < V; base += NT * UNROLL) {
-      float l[UNROLL];
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int i = base + u * NT + tid;
-        l[u] = i < V ? row[i] : 0.f;
+    row_pass(row, V, 0.f, [&](float l, int i) {
+      if (i < V) {
+        const u32 f = fkey(l);
+        if (f < fmin && okey(f, i) >= cutK && m(l) >= qmin) fmin = f;
       }
-#pragma unroll
-      for (int u = 0; u < UNROLL; u++) {
-        const int i = base + u * NT + tid;
-        if (i < V) {
-          const u32 f = fkey(l[u]);
-          if (f < fmin && okey(f, i) >= cutK && m(l[u]) >= qmin) fmin = f;
-        }
-      }
-    }
+    });
     fmin = block_all(fmin, OpMin(), FULL, s.redU32);
     // None passes (minP > 1 only): the host keeps its first candidate.
     const u64 cutM = fmin == FULL ? maxKey : (static_cast<u64>(fmin) << 32);
@@ -730,23 +714,12 @@ extern "C" __global__ void __launch_bounds__(ts_sampling::NT, 1)
 
   // Max pass: the largest order key is the argmax (ties to the lowest id).
   u64 best = 0;
-#pragma unroll 1
-  for (int base = 0; base < V; base += NT * UNROLL) {
-    float l[UNROLL];
-#pragma unroll
-    for (int u = 0; u < UNROLL; u++) {
-      const int i = base + u * NT + tid;
-      l[u] = i < V ? row[i] : 0.f;
+  row_pass(row, V, 0.f, [&](float l, int i) {
+    if (i < V) {
+      const u64 o = okey(fkey(l), i);
+      if (o > best) best = o;
     }
-#pragma unroll
-    for (int u = 0; u < UNROLL; u++) {
-      const int i = base + u * NT + tid;
-      if (i < V) {
-        const u64 o = okey(fkey(l[u]), i);
-        if (o > best) best = o;
-      }
-    }
-  }
+  });
   best = block_all(best, OpMax(), 0ull, s.redU64);
   const float mx = fval(okey_f(best));
   int tok = okey_id(best);
@@ -787,23 +760,13 @@ extern "C" __global__ void __launch_bounds__(ts_sampling::NT, 1)
     if (V <= CAP) {
       for (int i = tid; i < V; i += NT) part += exp(__dsub_rn(static_cast<double>(row[i]), mxd));
     } else {
-      float acc = 0.f, comp = 0.f;  // Kahan
-#pragma unroll 1
-      for (int base = 0; base < V; base += NT * UNROLL) {
-        float l[UNROLL];
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-          const int i = base + u * NT + tid;
-          l[u] = i < V ? row[i] : -INFINITY;
-        }
-#pragma unroll
-        for (int u = 0; u < UNROLL; u++) {
-          const float y = __expf(l[u] - mx) - comp;
-          const float t = acc + y;
-          comp = (t - acc) - y;
-          acc = t;
-        }
-      }
+      float acc = 0.f, comp = 0.f;  // Kahan; past V the fill -inf adds exp(-inf) = 0
+      row_pass(row, V, -INFINITY, [&](float l, int) {
+        const float y = __expf(l - mx) - comp;
+        const float t = acc + y;
+        comp = (t - acc) - y;
+        acc = t;
+      });
       part = static_cast<double>(acc) - static_cast<double>(comp);
     }
     const double lse = __dadd_rn(mxd, log(block_all(part, OpAdd(), 0.0, s.redD)));

@@ -12,7 +12,7 @@
 namespace ts {
 namespace sm90 {
 
-TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
+using ts::smem_u32;
 
 // ---- mbarriers (PTX: a phase completes when its pending arrivals and transaction bytes reach 0)
 
@@ -140,11 +140,6 @@ TS_DEVICE void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t desc
 #undef TS_F8
 #undef TS_D32
 #undef TS_D64
-
-TS_DEVICE uint32_t pack_bf16(float lo, float hi) {
-  const bf16x2 v = __floats2bfloat162_rn(lo, hi);
-  return *reinterpret_cast<const uint32_t*>(&v);
-}
 
 }  // namespace sm90
 }  // namespace ts

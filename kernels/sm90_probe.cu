@@ -77,8 +77,8 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* _
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = 16 * warp + lane / 4, c = 2 * (lane % 4);
   auto at = [&](int r, int col) { return ts::to_f32(p[r * 16 + col]); };
-  uint32_t a[1][4] = {{pack_bf16(at(g, c), at(g, c + 1)), pack_bf16(at(g + 8, c), at(g + 8, c + 1)), pack_bf16(at(g, c + 8), at(g, c + 9)),
-                       pack_bf16(at(g + 8, c + 8), at(g + 8, c + 9))}};
+  uint32_t a[1][4] = {{ts::pack_bf16x2(at(g, c), at(g, c + 1)), ts::pack_bf16x2(at(g + 8, c), at(g + 8, c + 1)), ts::pack_bf16x2(at(g, c + 8), at(g, c + 9)),
+                       ts::pack_bf16x2(at(g + 8, c + 8), at(g + 8, c + 9))}};
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) d[i] = 0.f;

@@ -300,7 +300,7 @@ describe('kernels/attention_sm90.cu transcribed (JavaScript model of its data mo
       '*reinterpret_cast<uint4*>(sV + (rest / 8) * KT * 128 + row * 128 + (rest % 8) * 16) = make_uint4(0, 0, 0, 0);',
       'const bool whole = key0 + KT <= ctx && (!p.causal || key0 + KT - 1 <= posA) && (p.window <= 0 || key0 > posB - p.window);',
       'const bool ok = key < ctx && (!p.causal || key <= pos) && (p.window <= 0 || key > pos - p.window);',
-      'for (int r = 0; r < 4; r++) pf[kk][r] = pack_bf16(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);',
+      'for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);',
     ])
       expect(SOURCE, line).toContain(line);
     // The descriptors the model reads through: SBO 1024 for both, LBO the panel distance for V.

@@ -22,6 +22,7 @@ import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { chooseAttention, chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
 import { CUDA_OPS } from './ops/index.js';
 import { ATTENTION_VARIANTS } from './ops/attention.js';
+import { GEMM_VARIANTS } from './ops/gemm.js';
 import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
 import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
@@ -562,10 +563,7 @@ export class CudaBackend implements Backend {
       const dims = [...shape].reverse();
       const strideBytes: number[] = [];
       for (let i = 1, stride = elementBytes; i < dims.length; i++) strideBytes.push((stride *= dims[i - 1]));
-      map =
-        shape.length === 2
-          ? this.driver.encodeTensorMap2d({ dtype: t.dtype, address: t.ptr, rows: shape[0], cols: shape[1], rowStrideBytes: strideBytes[0], boxRows: box[0], boxCols: box[1], swizzle })
-          : this.driver.encodeTensorMap({ dtype: t.dtype, address: t.ptr, dims, strideBytes, box: [...box].reverse(), swizzle });
+      map = this.driver.encodeTensorMap({ dtype: t.dtype, address: t.ptr, dims, strideBytes, box: [...box].reverse(), swizzle });
       if (this.tensorMaps.size >= TENSOR_MAP_CACHE_ENTRIES) this.tensorMaps.delete(this.tensorMaps.keys().next().value!);
       this.tensorMaps.set(key, map);
     }
@@ -994,7 +992,7 @@ function padDecode(batch: StepBatch, rows: number, width: number): StepBatch {
  */
 function checkVariantEnv(): void {
   const known: Array<[string, readonly string[]]> = [
-    ['TESSERA_GEMM', ['auto', 'tiles', 'gemv', 'sm90']],
+    ['TESSERA_GEMM', ['auto', ...GEMM_VARIANTS]],
     ['TESSERA_ATTENTION', ['auto', ...ATTENTION_VARIANTS]],
   ];
   for (const [name, values] of known) {

@@ -125,6 +125,8 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 
 export type GemmVariant = 'tiles' | 'gemv' | 'sm90';
+/** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -132,15 +134,8 @@ export const GEMV_MAX_R = [1, 2, 4, 8] as const;
 export const GEMV_ROWS = 4;
 export const GEMV_THREADS = 256;
 
-const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
-  ['y', 'ptr'],
-  ['x', 'ptr'],
-  ['w', 'ptr'],
-  ['bias', 'ptr'],
-  ['R', 'i32'],
-  ['N', 'i32'],
-  ['K', 'i32'],
-];
+/** The tile kernel's parameters without kTilesPerSplit (a GEMV block covers all of K). */
+const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = GEMM_PARAMS.slice(0, -1);
 
 /** ts_gemv_r<maxR>_<y dtype>. */
 export const GEMV_KERNELS = Object.fromEntries(
@@ -154,7 +149,7 @@ export const GEMV_KERNELS = Object.fromEntries(
  * GPU benchmark has measured it faster (docs/perf/gemm.md).
  */
 export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM, major = 9): GemmVariant {
-  if (asked !== undefined && asked !== 'auto' && asked !== 'tiles' && asked !== 'gemv' && asked !== 'sm90')
+  if (asked !== undefined && asked !== 'auto' && !GEMM_VARIANTS.includes(asked as GemmVariant))
     throw new Error(`gemm variant must be auto, tiles, gemv or sm90, not ${String(asked)}`);
   if (asked === 'gemv' && R <= GEMV_MAX_R[GEMV_MAX_R.length - 1]) return 'gemv';
   if (asked === 'sm90' && major === 9) return 'sm90';
