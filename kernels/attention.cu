@@ -3,8 +3,8 @@
 //
 // Shapes (T query rows, B sequences, H heads, KV kv heads, G = H / KV, hd = headDim, N cache
 // blocks of bs tokens, S splits):
-//   q           [T, H*hd] bf16          out       [T, H*hd] bf16
-//   cache       [2, N, bs, KV, hd] bf16 (k half, then v half at N*bs*KV*hd elements)
+//   q           [T, H*hd] T             out       [T, H*hd] T   (T: bf16 or fp16, the entry's suffix)
+//   cache       [2, N, bs, KV, hd] T (k half, then v half at N*bs*KV*hd elements)
 //   queryStart  [B+1] i32   contextLens [B] i32   blockTables [B, W] i32
 //   partO       [S, T, H, hd] f32       partML    [S, T, H] float2 (max in log2 units, sum)
 // Sequence b owns rows queryStart[b] .. queryStart[b+1]; row i of b sits at position
@@ -17,7 +17,7 @@
 //   kv-head group share every K/V tile the block loads (GQA packing, as in FlashInfer).
 //   K/V tiles of KT tokens are gathered through the block table with cp.async (16-byte
 //   chunks, zero-filled past the range) into padded shared memory; QK^T and PV run on tensor
-//   cores (mma.sync m16n8k16 bf16 -> f32, operands by ldmatrix), online softmax in f32 (exp2
+//   cores (mma.sync m16n8k16 T -> f32, operands by ldmatrix), online softmax in f32 (exp2
 //   domain), masking by absolute position. K of tile j+1 loads during PV of tile j and V of
 //   tile j during QK^T of tile j (FlashAttention-2's single-buffer overlap).
 //   Warps are laid out WM x WN: WM warps split the packed rows (16 each), WN warps split each
@@ -26,19 +26,19 @@
 //
 // Variants (extern "C" entries; hd is a runtime multiple of 8 up to the bucket, the bucket
 // being the smallest of 16, 32, 64, 128, 256 that holds it):
-//   ts_attention_prefill_hd{16,32,64,128}_bf16: WM=4 WN=1, BM=64 rows, KT=64 tokens, 128 threads,
+//   ts_attention_prefill_hd{16,32,64,128}_T: WM=4 WN=1, BM=64 rows, KT=64 tokens, 128 threads,
 //     Q fragments in registers. Prefill and mixed steps; grid (ceil(maxQueryLen*G/BM), KV, B),
 //     numSplits = 1: writes out directly. Blocks past their sequence's rows exit.
-//   ts_attention_prefill_hd256_bf16: WM=2 WN=1, BM=32, KT=16, 64 threads, Q read from shared
+//   ts_attention_prefill_hd256_T: WM=2 WN=1, BM=32, KT=16, 64 threads, Q read from shared
 //     memory each tile (to stay within 48 KiB and without spills).
-//   ts_attention_decode_hd{16,32,64,128}_bf16: WM=1 WN=4, BM=16 (the G heads of one token),
+//   ts_attention_decode_hd{16,32,64,128}_T: WM=1 WN=4, BM=16 (the G heads of one token),
 //     KT=64 (16 per warp), 128 threads, Q in registers.
-//   ts_attention_decode_hd256_bf16: WM=1 WN=2, BM=16, KT=32, 64 threads, Q in shared memory.
+//   ts_attention_decode_hd256_T: WM=1 WN=2, BM=16, KT=32, 64 threads, Q in shared memory.
 //     Decode steps (every qLen = 1); grid (ceil(G/16) * S, KV, B), blockIdx.x = mTile * S + split.
 //     With S > 1 each split covers splitLen tokens of the sequence's range (the last one runs
 //     to its end) and writes its unnormalised f32 accumulator, running max and sum to partO /
-//     partML; ts_attention_combine_bf16 then merges the S partials per (row, head).
-//   ts_attention_combine_bf16: one warp per (sequence, head), looping over the sequence's rows.
+//     partML; ts_attention_combine_T then merges the S partials per (row, head).
+//   ts_attention_combine_T: one warp per (sequence, head), looping over the sequence's rows.
 //   Scratch for S > 1: S * T * H * (hd + 2) * 4 bytes (partO, then partML).
 // All shared memory is static and at most 48 KiB (no cuFuncSetAttribute needed).
 //
@@ -50,12 +50,9 @@
 
 namespace ts_attn {
 
-using ts::bf16;
-
 constexpr unsigned FULL = 0xffffffffu;
 constexpr float LOG2E = 1.4426950408889634f;
 
-using ts::pack_bf16x2;
 using ts::smem_u32;
 using namespace ts::mma;
 
@@ -66,7 +63,7 @@ struct Config {
   static constexpr int BM = 16 * WM;       // packed rows per block
   static constexpr int KT = KW * WN;       // tokens per K/V tile
   static constexpr int NT = 32 * WM * WN;  // threads
-  static constexpr int LD = HD + 8;        // bf16 row stride in shared memory (16-byte pad: no ldmatrix conflicts)
+  static constexpr int LD = HD + 8;        // 16-bit row stride in shared memory (16-byte pad: no ldmatrix conflicts)
   static constexpr int HDC = HD / 8;       // 16-byte chunks per row
   static constexpr int OLD = HD + 4;       // f32 row stride of the epilogue's accumulator
   static_assert(NT % HDC == 0, "the loaders give each thread one fixed chunk column");
@@ -81,9 +78,9 @@ struct Config {
   static_assert(SMEM_BYTES <= 48 * 1024, "static shared memory is limited to 48 KiB");
 };
 
-template <int HD, int WM, int WN, int KW, bool QREG>
-TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o, float2* __restrict__ part_ml,
-                              const bf16* __restrict__ q, const bf16* __restrict__ cache,
+template <int HD, int WM, int WN, int KW, bool QREG, class T>
+TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, float2* __restrict__ part_ml,
+                              const T* __restrict__ q, const T* __restrict__ cache,
                               const int32_t* __restrict__ query_start, const int32_t* __restrict__ context_lens,
                               const int32_t* __restrict__ block_tables, int num_tokens, int num_heads, int num_kv_heads,
                               int head_dim, int num_cache_blocks, int block_size_log2, int block_table_width, float scale,
@@ -135,25 +132,25 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
   const int ch_pad = ((hd + 15) >> 4) << 1;  // chunks up to the next multiple of 16 dims (zero-filled past hd)
   const int64_t slot_stride = static_cast<int64_t>(num_kv_heads) * hd;
   const int64_t q_stride = static_cast<int64_t>(num_heads) * hd;
-  const bf16* k_base = cache + static_cast<int64_t>(kvh) * hd;
-  const bf16* v_base = k_base + (static_cast<int64_t>(num_cache_blocks) << block_size_log2) * slot_stride;
+  const T* k_base = cache + static_cast<int64_t>(kvh) * hd;
+  const T* v_base = k_base + (static_cast<int64_t>(num_cache_blocks) << block_size_log2) * slot_stride;
   const int32_t* table = block_tables + static_cast<int64_t>(b) * block_table_width;
   const int bs_mask = (1 << block_size_log2) - 1;
 
-  bf16* const ks_tile = reinterpret_cast<bf16*>(smem);
-  bf16* const vs_tile = ks_tile + KT * LD;
-  bf16* const qs_tile = QREG ? (BM <= KT ? vs_tile : ks_tile) : ks_tile + 2 * KT * LD;
+  T* const ks_tile = reinterpret_cast<T*>(smem);
+  T* const vs_tile = ks_tile + KT * LD;
+  T* const qs_tile = QREG ? (BM <= KT ? vs_tile : ks_tile) : ks_tile + 2 * KT * LD;
 
   // Loaders: thread tid copies chunk column ld_c of rows ld_r, ld_r + RS, ...
   const int ld_c = tid % HDC, ld_r = tid / HDC;
-  auto load_kv = [&](bf16* dst, const bf16* base, int j0) {
+  auto load_kv = [&](T* dst, const T* base, int j0) {
     if (ld_c >= ch_pad) return;
 #pragma unroll
     for (int k = 0; k < (KT + RS - 1) / RS; k++) {
       const int lr = ld_r + k * RS;
       if (lr >= KT) break;
       const int j = j0 + lr;
-      const bf16* src = base;
+      const T* src = base;
       int bytes = 0;
       if (j < kv_end && ld_c < hdc) {
         const int bi = j >> block_size_log2;
@@ -169,14 +166,14 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
       cp_async16(smem_u32(dst + lr * LD + ld_c * 8), src, bytes);
     }
   };
-  auto load_q = [&](bf16* dst) {
+  auto load_q = [&](T* dst) {
     if (ld_c >= ch_pad) return;
 #pragma unroll
     for (int k = 0; k < (BM + RS - 1) / RS; k++) {
       const int lr = ld_r + k * RS;
       if (lr >= BM) break;
       const int r = row_base + lr;
-      const bf16* src = q;
+      const T* src = q;
       int bytes = 0;
       if (r < row_end && ld_c < hdc) {
         const int i = r / G, h = kvh * G + r % G;
@@ -258,8 +255,8 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
             const int col = ks * 16 + ((lane >> 3) & 1) * 8;
             uint32_t b0, b1, b2, b3;
             ldsm_x4(smem_u32(ks_tile + tok * LD + col), b0, b1, b2, b3);
-            mma_bf16(s[2 * np], a, b0, b1);
-            mma_bf16(s[2 * np + 1], a, b2, b3);
+            mma<T>(s[2 * np], a, b0, b1);
+            mma<T>(s[2 * np + 1], a, b2, b3);
           }
         }
       }
@@ -323,10 +320,10 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
       for (int kk = 0; kk < KW / 16; kk++) {
         // P's accumulator layout for tokens [16 kk, 16 kk + 16) is the A layout of a k16 step.
         uint32_t a[4];
-        a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
-        a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
-        a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
-        a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+        a[0] = ts::pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+        a[1] = ts::pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+        a[2] = ts::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+        a[3] = ts::pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
 #pragma unroll
         for (int dp = 0; dp < HD / 16; dp++) {
           if (dp * 16 < hd) {
@@ -336,8 +333,8 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
             const int col = dp * 16 + (lane >> 4) * 8;
             uint32_t b0, b1, b2, b3;
             ldsm_x4_t(smem_u32(vs_tile + tok * LD + col), b0, b1, b2, b3);
-            mma_bf16(o[2 * dp], a, b0, b1);
-            mma_bf16(o[2 * dp + 1], a, b2, b3);
+            mma<T>(o[2 * dp], a, b0, b1);
+            mma<T>(o[2 * dp + 1], a, b2, b3);
           }
         }
       }
@@ -423,7 +420,7 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
     if (num_splits == 1) {
       const float L = row_ml[lr].y, inv = L > 0.f ? 1.f / L : 0.f;
       const float v[8] = {x0.x * inv, x0.y * inv, x0.z * inv, x0.w * inv, x1.x * inv, x1.y * inv, x1.z * inv, x1.w * inv};
-      *reinterpret_cast<ts::bf16x8*>(out + tok * q_stride + h * hd + c * 8) = ts::pack(v);
+      *reinterpret_cast<ts::vec8<T>*>(out + tok * q_stride + h * hd + c * 8) = ts::pack<T>(v);
     } else {
       float4* dst = reinterpret_cast<float4*>(part_o + ((static_cast<int64_t>(split) * num_tokens + tok) * num_heads + h) * hd + c * 8);
       dst[0] = x0;
@@ -443,14 +440,15 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
 
 }  // namespace ts_attn
 
-// Every attention entry has this parameter list (see the header for the shapes).
-#define TS_ATTENTION_ENTRY(NAME, HD, WM, WN, KW, QREG)                                                                  \
+// Every attention entry has this parameter list (see the header for the shapes); one entry per
+// (variant, storage type T): ..._bf16 and ..._f16.
+#define TS_ATTENTION_ENTRY(NAME, T, HD, WM, WN, KW, QREG)                                                               \
   extern "C" __global__ void __launch_bounds__(32 * (WM) * (WN)) NAME(                                                 \
-      ts::bf16* __restrict__ out,                  /* [T, H*hd] */                                                     \
+      T* __restrict__ out,                         /* [T, H*hd] */                                                     \
       float* __restrict__ part_o,                  /* [S, T, H, hd] f32, S > 1 only */                                 \
       float2* __restrict__ part_ml,                /* [S, T, H] (max log2, sum), S > 1 only */                         \
-      const ts::bf16* __restrict__ q,              /* [T, H*hd] */                                                     \
-      const ts::bf16* __restrict__ cache,          /* [2, N, bs, KV, hd] */                                            \
+      const T* __restrict__ q,                     /* [T, H*hd] */                                                     \
+      const T* __restrict__ cache,                 /* [2, N, bs, KV, hd] */                                            \
       const int32_t* __restrict__ query_start,     /* [B+1] */                                                         \
       const int32_t* __restrict__ context_lens,    /* [B] */                                                           \
       const int32_t* __restrict__ block_tables,    /* [B, W] */                                                        \
@@ -461,30 +459,35 @@ TS_DEVICE void attention_body(bf16* __restrict__ out, float* __restrict__ part_o
                                                   num_cache_blocks, block_size_log2, block_table_width, scale, window, \
                                                   num_splits, split_len, causal);                                      \
   }
+#define TS_ATTENTION_ENTRIES(NAME, HD, WM, WN, KW, QREG)          \
+  TS_ATTENTION_ENTRY(NAME##_bf16, ts::bf16, HD, WM, WN, KW, QREG) \
+  TS_ATTENTION_ENTRY(NAME##_f16, ts::f16, HD, WM, WN, KW, QREG)
 
-TS_ATTENTION_ENTRY(ts_attention_prefill_hd16_bf16, 16, 4, 1, 64, true)
-TS_ATTENTION_ENTRY(ts_attention_prefill_hd32_bf16, 32, 4, 1, 64, true)
-TS_ATTENTION_ENTRY(ts_attention_prefill_hd64_bf16, 64, 4, 1, 64, true)
-TS_ATTENTION_ENTRY(ts_attention_prefill_hd128_bf16, 128, 4, 1, 64, true)
-TS_ATTENTION_ENTRY(ts_attention_prefill_hd256_bf16, 256, 2, 1, 16, false)
-TS_ATTENTION_ENTRY(ts_attention_decode_hd16_bf16, 16, 1, 4, 16, true)
-TS_ATTENTION_ENTRY(ts_attention_decode_hd32_bf16, 32, 1, 4, 16, true)
-TS_ATTENTION_ENTRY(ts_attention_decode_hd64_bf16, 64, 1, 4, 16, true)
-TS_ATTENTION_ENTRY(ts_attention_decode_hd128_bf16, 128, 1, 4, 16, true)
-TS_ATTENTION_ENTRY(ts_attention_decode_hd256_bf16, 256, 1, 2, 16, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd16, 16, 4, 1, 64, true)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd32, 32, 4, 1, 64, true)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd64, 64, 4, 1, 64, true)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd128, 128, 4, 1, 64, true)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd256, 256, 2, 1, 16, false)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd16, 16, 1, 4, 16, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd32, 32, 1, 4, 16, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd64, 64, 1, 4, 16, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd128, 128, 1, 4, 16, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd256, 256, 1, 2, 16, false)
 
 #undef TS_ATTENTION_ENTRY
+#undef TS_ATTENTION_ENTRIES
 
 // Merges S split partials: out[t, h] = sum_s w_s partO[s, t, h] / sum_s w_s l_s with
 // w_s = exp2(m_s - max_s m_s); splits that saw no key (m_s = -inf) are skipped.
 // One warp per (sequence, head), 4 warps per block; the warp walks the sequence's rows.
 // Bytes: 4*S*T*H*(hd+2) read + 2*T*H*hd written; FLOPs: 2*S*T*H*hd.
-extern "C" __global__ void __launch_bounds__(128) ts_attention_combine_bf16(
-    ts::bf16* __restrict__ out,               // [T, H*hd]
-    const float* __restrict__ part_o,         // [S, T, H, hd]
-    const float2* __restrict__ part_ml,       // [S, T, H]
-    const int32_t* __restrict__ query_start,  // [B+1]
-    int num_seqs, int num_tokens, int num_heads, int head_dim, int num_splits) {
+namespace ts_attn {
+template <class T>
+TS_DEVICE void combine(T* __restrict__ out,               // [T, H*hd]
+                       const float* __restrict__ part_o,  // [S, T, H, hd]
+                       const float2* __restrict__ part_ml,  // [S, T, H]
+                       const int32_t* __restrict__ query_start,  // [B+1]
+                       int num_seqs, int num_tokens, int num_heads, int head_dim, int num_splits) {
   const int gw = blockIdx.x * 4 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
   if (gw >= num_seqs * num_heads) return;  // whole warp
   const int b = gw / num_heads, h = gw % num_heads;
@@ -516,7 +519,19 @@ extern "C" __global__ void __launch_bounds__(128) ts_attention_combine_bf16(
       }
 #pragma unroll
       for (int i = 0; i < 8; i++) acc[i] *= inv;
-      *reinterpret_cast<ts::bf16x8*>(out + th * head_dim + c * 8) = ts::pack(acc);
+      *reinterpret_cast<ts::vec8<T>*>(out + th * head_dim + c * 8) = ts::pack<T>(acc);
     }
   }
 }
+}  // namespace ts_attn
+
+#define TS_COMBINE_ENTRY(T, SUFFIX)                                                                                   \
+  extern "C" __global__ void __launch_bounds__(128)                                                                   \
+      ts_attention_combine_##SUFFIX(T* __restrict__ out, const float* __restrict__ part_o,                            \
+                                    const float2* __restrict__ part_ml, const int32_t* __restrict__ query_start,       \
+                                    int num_seqs, int num_tokens, int num_heads, int head_dim, int num_splits) {      \
+    ts_attn::combine(out, part_o, part_ml, query_start, num_seqs, num_tokens, num_heads, head_dim, num_splits);        \
+  }
+TS_COMBINE_ENTRY(ts::bf16, bf16)
+TS_COMBINE_ENTRY(ts::f16, f16)
+#undef TS_COMBINE_ENTRY

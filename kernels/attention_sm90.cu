@@ -11,9 +11,9 @@
 // out piece by piece; its numbers are there.
 //
 // Shapes (T query rows, B sequences, H heads, KV kv heads, G = H / KV, hd = HD, N cache blocks of
-// bs tokens):
-//   q [T, H*hd] bf16 (plain 16-byte loads: Q is read once per block), out [T, H*hd] bf16,
-//   cache [2, N, bs, KV, hd] bf16 through the tensor map tmKV: a 3-D view {hd, KV, 2*N*bs}
+// bs tokens; T the storage type, bf16 or fp16):
+//   q [T, H*hd] T (plain 16-byte loads: Q is read once per block), out [T, H*hd] T,
+//   cache [2, N, bs, KV, hd] T through the tensor map tmKV: a 3-D view {hd, KV, 2*N*bs}
 //   (innermost first; strides hd*2 and KV*hd*2 bytes), box {64, 1, CH} with CH = min(bs, KT),
 //   128-byte swizzle. K of token t of cache block n is at {d, kvh, n*bs + t}, V at
 //   {d, kvh, vOffset + n*bs + t} with vOffset = N*bs.
@@ -36,14 +36,14 @@
 //    runs the online softmax of S_j (f32, exp2 with the scale's log2 folded in, masking by
 //    absolute position) while the other consumer's group runs: the two take turns issuing
 //    through named barriers 3 and 4 (FlashAttention-3's ping-pong schedule). After the last
-//    tile: the last PV, the row sums across each quad, O / l stored as bf16.
+//    tile: the last PV, the row sums across each quad, O / l stored as T.
 //    Row tiles run longest first (blockIdx.x counts down the causal diagonal), so the last wave
 //    holds the shortest blocks.
 // Rows past their sequence's query compute on zero Q and are not stored. Keys past the context
 // (a tile's tail) are masked; V rows past the context are zeroed in shared memory before PV, as
 // those cache slots may hold anything and 0 * NaN is NaN on the tensor cores too.
 //
-// Shared memory (1024-byte aligned): Q 128 x hd, then STAGES x (K KT x hd, V KT x hd), bf16 in
+// Shared memory (1024-byte aligned): Q 128 x hd, then STAGES x (K KT x hd, V KT x hd), T in
 // 128-byte-swizzled panels of 64 columns (16-byte chunk c of row r at chunk c ^ (r % 8)), then the
 // mbarriers. hd 128: 32 + 2 x 64 KiB = 160 KiB (+ 1 KiB alignment slack); hd 64: 80 KiB.
 //
@@ -75,9 +75,10 @@ using namespace ts::sm90;
 
 constexpr float LOG2E = 1.4426950408889634f;
 
+template <class T>
 struct Params {
-  ts::bf16* out;
-  const ts::bf16* q;
+  T* out;
+  const T* q;
   const int* queryStart;
   const int* contextLens;
   const int* blockTables;
@@ -86,8 +87,8 @@ struct Params {
   int window, causal;
 };
 
-template <int HD, bool OVERLAP>
-__device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p) {
+template <int HD, bool OVERLAP, class T>
+__device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params<T>& p) {
   using L = Layout<HD>;
   extern __shared__ uint8_t raw[];
   uint8_t* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
@@ -212,13 +213,13 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk++) {
       const int pn = kk / 4, off = 2 * (kk % 4);  // 16 columns = 32 bytes = 2 descriptor units
-      wgmma_ss_m64n128k16(s, desc_kmajor(qBase + pn * BM * 128) + off, desc_kmajor(kBase + pn * KT * 128) + off, kk > 0 ? 1 : 0);
+      wgmma_ss_m64n128k16<T>(s, desc_kmajor(qBase + pn * BM * 128) + off, desc_kmajor(kBase + pn * KT * 128) + off, kk > 0 ? 1 : 0);
     }
   };
   auto issue_pv = [&](int stage) {
     const uint8_t* vBase = smem + L::Q_BYTES + stage * L::STAGE_BYTES + L::TILE_BYTES;
 #pragma unroll
-    for (int kk = 0; kk < KT / 16; kk++) wgmma_rs_tb(o, pf[kk], desc_mnmajor(vBase + kk * 16 * 128, KT * 128));
+    for (int kk = 0; kk < KT / 16; kk++) wgmma_rs_tb<T>(o, pf[kk], desc_mnmajor(vBase + kk * 16 * 128, KT * 128));
   };
   // V of tile j has landed; rows past the context zeroed.
   auto wait_v = [&](int j) {
@@ -274,7 +275,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
 #pragma unroll
     for (int kk = 0; kk < KT / 16; kk++)
 #pragma unroll
-      for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
+      for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);
   };
 
   // Tile 0: S_0 alone. Tiles 1..n-1: S_j and O += P_{j-1} V_{j-1} as one group. Then the last PV.
@@ -348,10 +349,10 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
     const int r = half ? rB : rA;
     if (r >= rows) continue;
     const float inv = half ? invB : invA;
-    ts::bf16* dst = p.out + (size_t)(q0 + r / G) * rowStride + (size_t)(kvh * G + r % G) * HD + 2 * t4;
+    T* dst = p.out + (size_t)(q0 + r / G) * rowStride + (size_t)(kvh * G + r % G) * HD + 2 * t4;
 #pragma unroll
     for (int i = 0; i < HD / 8; i++)
-      *reinterpret_cast<ts::bf16x2*>(dst + 8 * i) = __floats2bfloat162_rn(o[4 * i + 2 * half] * inv, o[4 * i + 2 * half + 1] * inv);
+      *reinterpret_cast<ts::pair_t<T>*>(dst + 8 * i) = ts::pair_from_f32<T>(o[4 * i + 2 * half] * inv, o[4 * i + 2 * half + 1] * inv);
   }
 }
 
@@ -359,30 +360,34 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params& p
 
 }  // namespace ts_attn90
 
-// One entry per head dim. Parameters, in order (ops/attention.ts: ATTENTION_SM90_PARAMS). Built for
-// every architecture (one fatbin); only the sm_90a code has a body: elsewhere the launcher never
-// picks it and the entry traps.
-#define TS_ATTN_SM90_ENTRY(NAME, HD, OVERLAP)                                                                                      \
+// One entry per (rung, head dim, storage type T: _bf16 or _f16). Parameters, in order
+// (ops/attention.ts: ATTENTION_SM90_PARAMS). Built for every architecture (one fatbin); only the
+// sm_90a code has a body: elsewhere the launcher never picks it and the entry traps.
+#define TS_ATTN_SM90_ENTRY(NAME, T, HD, OVERLAP)                                                                                \
   extern "C" __global__ void __launch_bounds__(ts_attn90::THREADS, 1)                                                      \
       NAME(const __grid_constant__ CUtensorMap tmKV, /* cache viewed {hd, KV, 2 N bs}: box {64, 1, min(bs, 128)}, 128B swizzle */ \
-           ts::bf16* __restrict__ out, const ts::bf16* __restrict__ q, const int* __restrict__ queryStart,                  \
+           T* __restrict__ out, const T* __restrict__ q, const int* __restrict__ queryStart,                                \
            const int* __restrict__ contextLens, const int* __restrict__ blockTables, int numHeads, int numKvHeads,           \
            int blockSizeLog2, int blockTableWidth, int vOffset, float scale, int window, int causal) {                      \
-    TS_ATTN_SM90_BODY(HD, OVERLAP)                                                                                               \
+    TS_ATTN_SM90_BODY(T, HD, OVERLAP)                                                                                        \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_ATTN_SM90_BODY(HD, OVERLAP)                                                                                           \
-  ts_attn90::prefill<HD, OVERLAP>(tmKV, ts_attn90::Params{out, q, queryStart, contextLens, blockTables, numHeads, numKvHeads, blockSizeLog2, \
-                                                 blockTableWidth, vOffset, scale, window, causal});
+#define TS_ATTN_SM90_BODY(T, HD, OVERLAP)                                                                                       \
+  ts_attn90::prefill<HD, OVERLAP>(tmKV, ts_attn90::Params<T>{out, q, queryStart, contextLens, blockTables, numHeads, numKvHeads, \
+                                                             blockSizeLog2, blockTableWidth, vOffset, scale, window, causal});
 #else
-#define TS_ATTN_SM90_BODY(HD, OVERLAP) __trap();
+#define TS_ATTN_SM90_BODY(T, HD, OVERLAP) __trap();
 #endif
+#define TS_ATTN_SM90_ENTRIES(NAME, HD, OVERLAP)         \
+  TS_ATTN_SM90_ENTRY(NAME##_bf16, ts::bf16, HD, OVERLAP) \
+  TS_ATTN_SM90_ENTRY(NAME##_f16, ts::f16, HD, OVERLAP)
 
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd64_bf16, 64, false)
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90_hd128_bf16, 128, false)
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90o_hd64_bf16, 64, true)
-TS_ATTN_SM90_ENTRY(ts_attention_prefill_sm90o_hd128_bf16, 128, true)
+TS_ATTN_SM90_ENTRIES(ts_attention_prefill_sm90_hd64, 64, false)
+TS_ATTN_SM90_ENTRIES(ts_attention_prefill_sm90_hd128, 128, false)
+TS_ATTN_SM90_ENTRIES(ts_attention_prefill_sm90o_hd64, 64, true)
+TS_ATTN_SM90_ENTRIES(ts_attention_prefill_sm90o_hd128, 128, true)
 
 #undef TS_ATTN_SM90_ENTRY
+#undef TS_ATTN_SM90_ENTRIES
 #undef TS_ATTN_SM90_BODY

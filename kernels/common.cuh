@@ -1,5 +1,7 @@
 // Shared device helpers for Tessera's kernels: storage types, 16-byte vector access, warp and
-// block reductions. Storage is bf16 (or fp16); arithmetic and accumulation are f32.
+// block reductions. Storage is bf16 or fp16 (every kernel that reads or writes it is a template
+// on the storage type T, with one entry per type: `_bf16` and `_f16`); arithmetic and
+// accumulation are f32.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
@@ -11,37 +13,75 @@ namespace ts {
 
 using bf16 = __nv_bfloat16;
 using bf16x2 = __nv_bfloat162;
+using f16 = __half;
+using f16x2 = __half2;
 
-// 8 bf16 values: one 16-byte load or store.
-struct alignas(16) bf16x8 {
-  bf16x2 v[4];
+// A storage type's pair (two values in one 32-bit register, lo in the low half).
+template <class T>
+struct pair_of;
+template <>
+struct pair_of<bf16> {
+  using type = bf16x2;
 };
+template <>
+struct pair_of<f16> {
+  using type = f16x2;
+};
+template <class T>
+using pair_t = typename pair_of<T>::type;
+
+// 8 values of a 16-bit storage type: one 16-byte load or store.
+template <class T>
+struct alignas(16) vec8 {
+  pair_t<T> v[4];
+};
+using bf16x8 = vec8<bf16>;
 
 TS_DEVICE float to_f32(bf16 x) { return __bfloat162float(x); }
-TS_DEVICE bf16 to_bf16(float x) { return __float2bfloat16_rn(x); }
+TS_DEVICE float to_f32(f16 x) { return __half2float(x); }
+TS_DEVICE float2 to_f32x2(bf16x2 x) { return __bfloat1622float2(x); }
+TS_DEVICE float2 to_f32x2(f16x2 x) { return __half22float2(x); }
 
-// Two floats as one register of two bf16 (lo in the low half), as mma and wgmma operands take them.
-TS_DEVICE uint32_t pack_bf16x2(float lo, float hi) {
-  const bf16x2 v = __floats2bfloat162_rn(lo, hi);
+// f32 -> storage type T, rounded to nearest even (f16 saturates to +-inf past 65504, as a cast does).
+template <class T>
+TS_DEVICE T from_f32(float x);
+template <>
+TS_DEVICE bf16 from_f32<bf16>(float x) { return __float2bfloat16_rn(x); }
+template <>
+TS_DEVICE f16 from_f32<f16>(float x) { return __float2half_rn(x); }
+
+template <class T>
+TS_DEVICE pair_t<T> pair_from_f32(float lo, float hi);
+template <>
+TS_DEVICE bf16x2 pair_from_f32<bf16>(float lo, float hi) { return __floats2bfloat162_rn(lo, hi); }
+template <>
+TS_DEVICE f16x2 pair_from_f32<f16>(float lo, float hi) { return __floats2half2_rn(lo, hi); }
+
+// Two floats as one register of two T (lo in the low half), as mma and wgmma operands take them.
+template <class T>
+TS_DEVICE uint32_t pack2(float lo, float hi) {
+  const pair_t<T> v = pair_from_f32<T>(lo, hi);
   return *reinterpret_cast<const uint32_t*>(&v);
 }
 
 // A shared-memory pointer as the 32-bit address PTX's shared-space instructions take.
 TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
-TS_DEVICE void unpack(const bf16x8& p, float out[8]) {
+template <class T>
+TS_DEVICE void unpack(const vec8<T>& p, float out[8]) {
 #pragma unroll
   for (int i = 0; i < 4; i++) {
-    float2 f = __bfloat1622float2(p.v[i]);
+    float2 f = to_f32x2(p.v[i]);
     out[2 * i] = f.x;
     out[2 * i + 1] = f.y;
   }
 }
 
-TS_DEVICE bf16x8 pack(const float in[8]) {
-  bf16x8 p;
+template <class T = bf16>
+TS_DEVICE vec8<T> pack(const float in[8]) {
+  vec8<T> p;
 #pragma unroll
-  for (int i = 0; i < 4; i++) p.v[i] = __floats2bfloat162_rn(in[2 * i], in[2 * i + 1]);
+  for (int i = 0; i < 4; i++) p.v[i] = pair_from_f32<T>(in[2 * i], in[2 * i + 1]);
   return p;
 }
 

@@ -1,16 +1,17 @@
 // Elementwise kernels (src/backend/cpu/kernels/elementwise.ts and fused.ts are the reference):
-//   ts_add_bf16         y = a + b, same shape                  a, b, y: [n]
-//   ts_mul_bf16         y = a * b, same shape                  a, b, y: [n]
-//   ts_add_bias_bf16    y[r, c] = a[r, c] + b[c]               a, y: [rows, cols]; b: [cols]
-//   ts_act_bf16         y = act(x)                             x, y: [n]
-//   ts_act_mul_bf16     y[r, c] = act(gu[r, c]) * gu[r, cols + c]   gu: [rows, 2 cols]; y: [rows, cols]
-//   ts_slice_cols_bf16  y[r, c] = x[r, start + c]              x: [rows, cols]; y: [rows, count]
+// (each as _bf16 and _f16: T, the storage type)
+//   ts_add_T            y = a + b, same shape                  a, b, y: [n]
+//   ts_mul_T            y = a * b, same shape                  a, b, y: [n]
+//   ts_add_bias_T       y[r, c] = a[r, c] + b[c]               a, y: [rows, cols]; b: [cols]
+//   ts_act_T            y = act(x)                             x, y: [n]
+//   ts_act_mul_T        y[r, c] = act(gu[r, c]) * gu[r, cols + c]   gu: [rows, 2 cols]; y: [rows, cols]
+//   ts_slice_cols_T     y[r, c] = x[r, start + c]              x: [rows, cols]; y: [rows, count]
 // act: 0 silu x sigmoid(x); 1 gelu 0.5 x (1 + erf(x / sqrt 2)), as 0.5 x erfc(-x / sqrt 2) so the
 //   negative tail keeps its relative accuracy; 2 gelu_tanh 0.5 x (1 + tanh(u)), as x sigmoid(2u)
 //   (the same function, without tanh.approx's absolute error where 1 + tanh(u) is small).
 // Bytes: 2 bytes per element read per input and 2 written (act_mul: 4 read, 2 written per output
 // element; the bias once per row from L1/L2). FLOPs: 1 per element (add, mul), ~10-20 (act).
-// Arithmetic in f32, one rounding to bf16 per output.
+// Arithmetic in f32, one rounding to T per output.
 // Variants: `vec` 1 = 16-byte vectors (the host checks widths and 16-byte aligned pointers; the flat
 // kernels handle n % 8 with a scalar tail), 0 = scalar loads for any width or alignment. Flat
 // kernels are grid-stride loops; the row kernels run a 2-D grid (x over columns, y over rows) with
@@ -19,9 +20,6 @@
 #include "common.cuh"
 
 namespace ts_ew {
-
-using ts::bf16;
-using ts::bf16x8;
 
 enum Act { kSilu = 0, kGeluErf = 1, kGeluTanh = 2 };
 
@@ -48,12 +46,18 @@ struct Unary {
   TS_DEVICE float operator()(float a, float) const { return act<ACT>(a); }
 };
 
-TS_DEVICE bf16x8 load8(const bf16* p) { return *reinterpret_cast<const bf16x8*>(p); }
-TS_DEVICE void store8(bf16* p, const bf16x8& v) { *reinterpret_cast<bf16x8*>(p) = v; }
+template <class T>
+TS_DEVICE ts::vec8<T> load8(const T* p) {
+  return *reinterpret_cast<const ts::vec8<T>*>(p);
+}
+template <class T>
+TS_DEVICE void store8(T* p, const ts::vec8<T>& v) {
+  *reinterpret_cast<ts::vec8<T>*>(p) = v;
+}
 
 // y[i] = f(a[i], b[i]) for i < n (b unused, and may be null, for unary f).
-template <bool BINARY, class F>
-TS_DEVICE void flat(bf16* y, const bf16* a, const bf16* b, unsigned long long n, int vec, F f) {
+template <bool BINARY, class T, class F>
+TS_DEVICE void flat(T* y, const T* a, const T* b, unsigned long long n, int vec, F f) {
   const unsigned long long stride = static_cast<unsigned long long>(gridDim.x) * blockDim.x;
   const unsigned long long tid = static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const unsigned long long nv = vec ? n / 8 : 0;
@@ -63,10 +67,10 @@ TS_DEVICE void flat(bf16* y, const bf16* a, const bf16* b, unsigned long long n,
     if (BINARY) ts::unpack(load8(b + 8 * i), z);
 #pragma unroll
     for (int e = 0; e < 8; e++) x[e] = f(x[e], z[e]);
-    store8(y + 8 * i, ts::pack(x));
+    store8(y + 8 * i, ts::pack<T>(x));
   }
   for (unsigned long long i = nv * 8 + tid; i < n; i += stride)
-    y[i] = ts::to_bf16(f(ts::to_f32(a[i]), BINARY ? ts::to_f32(b[i]) : 0.f));
+    y[i] = ts::from_f32<T>(f(ts::to_f32(a[i]), BINARY ? ts::to_f32(b[i]) : 0.f));
 }
 
 // The rows handled by this thread: r = first, first + step, ... < rows; units c likewise.
@@ -75,13 +79,13 @@ TS_DEVICE void flat(bf16* y, const bf16* a, const bf16* b, unsigned long long n,
 #define TS_EW_COLS(c, units) \
   for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < (units); c += gridDim.x * blockDim.x)
 
-template <int ACT>
-TS_DEVICE void act_mul(bf16* y, const bf16* gu, int rows, int cols, int vec) {
+template <int ACT, class T>
+TS_DEVICE void act_mul(T* y, const T* gu, int rows, int cols, int vec) {
   const int units = vec ? cols / 8 : cols;
   TS_EW_ROWS(r, rows) {
-    const bf16* g = gu + static_cast<int64_t>(r) * 2 * cols;
-    const bf16* u = g + cols;
-    bf16* o = y + static_cast<int64_t>(r) * cols;
+    const T* g = gu + static_cast<int64_t>(r) * 2 * cols;
+    const T* u = g + cols;
+    T* o = y + static_cast<int64_t>(r) * cols;
     TS_EW_COLS(c, units) {
       if (vec) {
         float gv[8], uv[8];
@@ -89,83 +93,98 @@ TS_DEVICE void act_mul(bf16* y, const bf16* gu, int rows, int cols, int vec) {
         ts::unpack(load8(u + 8 * c), uv);
 #pragma unroll
         for (int e = 0; e < 8; e++) gv[e] = act<ACT>(gv[e]) * uv[e];
-        store8(o + 8 * c, ts::pack(gv));
+        store8(o + 8 * c, ts::pack<T>(gv));
       } else {
-        o[c] = ts::to_bf16(act<ACT>(ts::to_f32(g[c])) * ts::to_f32(u[c]));
+        o[c] = ts::from_f32<T>(act<ACT>(ts::to_f32(g[c])) * ts::to_f32(u[c]));
       }
     }
   }
 }
 
-}  // namespace ts_ew
-
-// y, a, b: [n] bf16.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_add_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* b, unsigned long long n, int vec) {
-  ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Add{});
-}
-
-// y, a, b: [n] bf16.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_mul_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* b, unsigned long long n, int vec) {
-  ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Mul{});
-}
-
-// y, x: [n] bf16; act 0 silu, 1 gelu (erf), 2 gelu_tanh.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_act_bf16(ts::bf16* y, const ts::bf16* x, unsigned long long n, int act, int vec) {
+template <class T>
+TS_DEVICE void act(T* y, const T* x, unsigned long long n, int act, int vec) {
   switch (act) {
-    case ts_ew::kSilu: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kSilu>{}); break;
-    case ts_ew::kGeluTanh: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kGeluTanh>{}); break;
-    default: ts_ew::flat<false>(y, x, nullptr, n, vec, ts_ew::Unary<ts_ew::kGeluErf>{}); break;
+    case kSilu: flat<false>(y, x, static_cast<const T*>(nullptr), n, vec, Unary<kSilu>{}); break;
+    case kGeluTanh: flat<false>(y, x, static_cast<const T*>(nullptr), n, vec, Unary<kGeluTanh>{}); break;
+    default: flat<false>(y, x, static_cast<const T*>(nullptr), n, vec, Unary<kGeluErf>{}); break;
   }
 }
 
-// y, a: [rows, cols] bf16; b: [cols] bf16. vec: cols % 8 == 0.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_add_bias_bf16(ts::bf16* y, const ts::bf16* a, const ts::bf16* __restrict__ b, int rows, int cols, int vec) {
+template <class T>
+TS_DEVICE void add_bias(T* y, const T* a, const T* __restrict__ b, int rows, int cols, int vec) {
   const int units = vec ? cols / 8 : cols;
   TS_EW_ROWS(r, rows) {
     const int64_t base = static_cast<int64_t>(r) * cols;
     TS_EW_COLS(c, units) {
       if (vec) {
         float x[8], z[8];
-        ts::unpack(ts_ew::load8(a + base + 8 * c), x);
-        ts::unpack(ts_ew::load8(b + 8 * c), z);
+        ts::unpack(load8(a + base + 8 * c), x);
+        ts::unpack(load8(b + 8 * c), z);
 #pragma unroll
         for (int e = 0; e < 8; e++) x[e] += z[e];
-        ts_ew::store8(y + base + 8 * c, ts::pack(x));
+        store8(y + base + 8 * c, ts::pack<T>(x));
       } else {
-        y[base + c] = ts::to_bf16(ts::to_f32(a[base + c]) + ts::to_f32(b[c]));
+        y[base + c] = ts::from_f32<T>(ts::to_f32(a[base + c]) + ts::to_f32(b[c]));
       }
     }
   }
 }
 
-// y: [rows, cols] bf16; gu: [rows, 2 cols] bf16 (gate | up). vec: cols % 8 == 0.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_act_mul_bf16(ts::bf16* y, const ts::bf16* gu, int rows, int cols, int act, int vec) {
+template <class T>
+TS_DEVICE void act_mul_any(T* y, const T* gu, int rows, int cols, int act, int vec) {
   switch (act) {
-    case ts_ew::kSilu: ts_ew::act_mul<ts_ew::kSilu>(y, gu, rows, cols, vec); break;
-    case ts_ew::kGeluTanh: ts_ew::act_mul<ts_ew::kGeluTanh>(y, gu, rows, cols, vec); break;
-    default: ts_ew::act_mul<ts_ew::kGeluErf>(y, gu, rows, cols, vec); break;
+    case kSilu: act_mul<kSilu>(y, gu, rows, cols, vec); break;
+    case kGeluTanh: act_mul<kGeluTanh>(y, gu, rows, cols, vec); break;
+    default: act_mul<kGeluErf>(y, gu, rows, cols, vec); break;
   }
 }
 
-// y: [rows, count] bf16; x: [rows, cols] bf16. vec: cols, start and count % 8 == 0.
-extern "C" __global__ void __launch_bounds__(256)
-    ts_slice_cols_bf16(ts::bf16* __restrict__ y, const ts::bf16* __restrict__ x, int rows, int cols, int start, int count,
-                       int vec) {
+template <class T>
+TS_DEVICE void slice_cols(T* __restrict__ y, const T* __restrict__ x, int rows, int cols, int start, int count, int vec) {
   const int units = vec ? count / 8 : count;
   TS_EW_ROWS(r, rows) {
-    const ts::bf16* src = x + static_cast<int64_t>(r) * cols + start;
-    ts::bf16* dst = y + static_cast<int64_t>(r) * count;
+    const T* src = x + static_cast<int64_t>(r) * cols + start;
+    T* dst = y + static_cast<int64_t>(r) * count;
     TS_EW_COLS(c, units) {
-      if (vec) ts_ew::store8(dst + 8 * c, ts_ew::load8(src + 8 * c));
+      if (vec) store8(dst + 8 * c, load8(src + 8 * c));
       else dst[c] = src[c];
     }
   }
 }
+
+}  // namespace ts_ew
+
+// T: the storage type (bf16 or fp16), one entry per type.
+//   add, mul: y, a, b [n] T          act: y, x [n] T; act 0 silu, 1 gelu (erf), 2 gelu_tanh
+//   add_bias: y, a [rows, cols] T; b [cols] T; vec: cols % 8 == 0
+//   act_mul: y [rows, cols] T; gu [rows, 2 cols] T (gate | up); vec: cols % 8 == 0
+//   slice_cols: y [rows, count] T; x [rows, cols] T; vec: cols, start and count % 8 == 0
+#define TS_EW_ENTRIES(T, SUFFIX)                                                                                             \
+  extern "C" __global__ void __launch_bounds__(256)                                                                          \
+      ts_add_##SUFFIX(T* y, const T* a, const T* b, unsigned long long n, int vec) {                                         \
+    ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Add{});                                                                        \
+  }                                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256)                                                                          \
+      ts_mul_##SUFFIX(T* y, const T* a, const T* b, unsigned long long n, int vec) {                                         \
+    ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Mul{});                                                                        \
+  }                                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256) ts_act_##SUFFIX(T* y, const T* x, unsigned long long n, int act, int vec) { \
+    ts_ew::act(y, x, n, act, vec);                                                                                           \
+  }                                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256)                                                                          \
+      ts_add_bias_##SUFFIX(T* y, const T* a, const T* __restrict__ b, int rows, int cols, int vec) {                         \
+    ts_ew::add_bias(y, a, b, rows, cols, vec);                                                                               \
+  }                                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256) ts_act_mul_##SUFFIX(T* y, const T* gu, int rows, int cols, int act, int vec) { \
+    ts_ew::act_mul_any(y, gu, rows, cols, act, vec);                                                                         \
+  }                                                                                                                          \
+  extern "C" __global__ void __launch_bounds__(256)                                                                          \
+      ts_slice_cols_##SUFFIX(T* __restrict__ y, const T* __restrict__ x, int rows, int cols, int start, int count, int vec) { \
+    ts_ew::slice_cols(y, x, rows, cols, start, count, vec);                                                                  \
+  }
+
+TS_EW_ENTRIES(ts::bf16, bf16)
+TS_EW_ENTRIES(ts::f16, f16)
 
 #undef TS_EW_ROWS
 #undef TS_EW_COLS

@@ -1,11 +1,11 @@
-// GEMM, the `matmul` op: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]), bf16 operands, f32 accumulation,
-// output bf16 (projections) or f32 (the logits). Tensor cores through mma.sync m16n8k16 (sm_80 and
-// later: the same code on Ampere and Hopper).
+// GEMM, the `matmul` op: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]), operands of storage type T
+// (bf16 or fp16), f32 accumulation, output T (projections) or f32 (the logits). Tensor cores
+// through mma.sync m16n8k16 (sm_80 and later: the same code on Ampere and Hopper).
 //
-//   x:    [R, K] bf16, row-major (activations: R = T tokens or S logit rows)
-//   w:    [N, K] bf16, nn.Linear layout; row n of w is column n of the mma's "col" B operand as is
-//   bias: [N] bf16 or null
-//   y:    [R, N] bf16 or f32 (the entry's suffix is y's dtype)
+//   x:    [R, K] T, row-major (activations: R = T tokens or S logit rows)
+//   w:    [N, K] T, nn.Linear layout; row n of w is column n of the mma's "col" B operand as is
+//   bias: [N] T or null
+//   y:    [R, N] T or f32 (entries ts_gemm_<tile>_<T>: y T; ts_gemm_<tile>_<T>_f32: y f32)
 // Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
 // src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
 // bounds-checked on store.
@@ -26,15 +26,15 @@
 // wave touches only ~8 row tiles of x. blockIdx.z is the K split.
 //
 // Variants (the launcher picks one from R, N, K and the SM count: gemmPlan in ops/gemm.ts):
-//   ts_gemm_16x128_{bf16,f32}    R <= 16 (decode):       4 warps (1 x 4), warp tile 16 x 32, 4 stages, 36 KiB
-//   ts_gemm_32x128_{bf16,f32}    16 < R <= 32 (decode):  4 warps (1 x 4), warp tile 32 x 32, 4 stages, 40 KiB
-//   ts_gemm_64x128_{bf16,f32}    32 < R <= 64, and R > 64 when 128 x 128 tiles would be fewer than the SMs
+//   ts_gemm_16x128_*             R <= 16 (decode):       4 warps (1 x 4), warp tile 16 x 32, 4 stages, 36 KiB
+//   ts_gemm_32x128_*             16 < R <= 32 (decode):  4 warps (1 x 4), warp tile 32 x 32, 4 stages, 40 KiB
+//   ts_gemm_64x128_*             32 < R <= 64, and R > 64 when 128 x 128 tiles would be fewer than the SMs
 //                                                         4 warps (2 x 2), warp tile 32 x 64, 4 stages, 48 KiB
-//   ts_gemm_128x128_{bf16,f32}   prefill: R > 64 with ceil(R / 128) ceil(N / 128) >= SMs
+//   ts_gemm_128x128_*            prefill: R > 64 with ceil(R / 128) ceil(N / 128) >= SMs
 //                                                         8 warps (2 x 4), warp tile 64 x 32, 3 stages, 48 KiB
-//   ts_gemm_splitk_reduce_{bf16,f32}   y = sum over z of ws[z] (+ bias). When the tiles are fewer than the
+//   ts_gemm_splitk_reduce_*      y = sum over z of ws[z] (+ bias). When the tiles are fewer than the
 //                                SMs (twice the SMs for the 16- and 32-row tiles), K is split over blockIdx.z
-//                                (up to 8 ways, >= 4 k-tiles each): the f32 entry of the tile config writes
+//                                (up to 8 ways, >= 4 k-tiles each): the _f32 entry of the tile config writes
 //                                partials ws[splits, R, N] without bias and this kernel finishes.
 // Llama-3-8B (K = 4096, down K = 14336) on 132 SMs: decode R = 1 runs 16x128 with QKV N = 6144 as 48
 // tiles x 6 splits, O and down N = 4096 as 32 x 8, gate/up N = 28672 as 224 x 2, lm_head N = 128256 as
@@ -45,14 +45,12 @@
 
 namespace ts_gemm {
 
-using ts::bf16;
-
 constexpr int BK = 32;              // K elements per stage
 constexpr int ROW_BYTES = BK * 2;   // one tile row in shared memory: 4 chunks of 16 bytes
 constexpr int ROW_CHUNKS = BK / 8;  // 16-byte chunks per tile row
 constexpr int GROUP_M = 8;          // row tiles per rasterization group
 
-// Byte offset of 16-byte chunk c (0..3) of row r in a [rows][BK] bf16 tile (XOR swizzle).
+// Byte offset of 16-byte chunk c (0..3) of row r in a [rows][BK] 16-bit tile (XOR swizzle).
 __host__ __device__ constexpr uint32_t tile_offset(int r, int c) {
   return static_cast<uint32_t>(r * ROW_BYTES + ((c ^ ((r >> 1) & 3)) << 4));
 }
@@ -86,17 +84,22 @@ __host__ __device__ inline void block_tile(int pid, int tiles_m, int tiles_n, in
 using ts::smem_u32;
 using namespace ts::mma;
 
-TS_DEVICE void store1(bf16* p, float v) { *p = ts::to_bf16(v); }
+template <class T>
+TS_DEVICE void store1(T* p, float v) {
+  *p = ts::from_f32<T>(v);
+}
 TS_DEVICE void store1(float* p, float v) { *p = v; }
-// Two adjacent columns; p is 4-byte (bf16) or 8-byte (f32) aligned.
-TS_DEVICE void store2(bf16* p, float v0, float v1) { *reinterpret_cast<ts::bf16x2*>(p) = __floats2bfloat162_rn(v0, v1); }
+// Two adjacent columns; p is 4-byte (16-bit T) or 8-byte (f32) aligned.
+template <class T>
+TS_DEVICE void store2(T* p, float v0, float v1) {
+  *reinterpret_cast<ts::pair_t<T>*>(p) = ts::pair_from_f32<T>(v0, v1);
+}
 TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 
 // One block of the GEMM. y is offset by blockIdx.z * R * N (split-K partials; gridDim.z == 1 else);
 // the block covers k-tiles [blockIdx.z * k_tiles_per_split, + k_tiles_per_split) clamped to K.
-template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, typename OutT>
-TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, const bf16* __restrict__ w,
-                          const bf16* __restrict__ bias, int R, int N, int K, int k_tiles_per_split) {
+template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
+TS_DEVICE void gemm_block(OutT* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, int R, int N, int K, int k_tiles_per_split) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -128,8 +131,8 @@ TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, cons
   constexpr int A_PASSES = (BM + ROWS_PER_PASS - 1) / ROWS_PER_PASS, B_PASSES = (BN + ROWS_PER_PASS - 1) / ROWS_PER_PASS;
   const int ld_row = tid / ROW_CHUNKS, ld_k = (tid % ROW_CHUNKS) * 8;
   const uint32_t ld_dst = tile_offset(ld_row, tid % ROW_CHUNKS);
-  const bf16* a_src = x + static_cast<int64_t>(m0 + ld_row) * K + ld_k;  // only read when in bounds
-  const bf16* b_src = w + static_cast<int64_t>(n0 + ld_row) * K + ld_k;
+  const T* a_src = x + static_cast<int64_t>(m0 + ld_row) * K + ld_k;  // only read when in bounds
+  const T* b_src = w + static_cast<int64_t>(n0 + ld_row) * K + ld_k;
   const int64_t pass_stride = static_cast<int64_t>(ROWS_PER_PASS) * K;
 
   // Issues the copies of k-tile kt into `stage` (no commit).
@@ -202,7 +205,7 @@ TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, cons
 #pragma unroll
       for (int mi = 0; mi < MT; mi++)
 #pragma unroll
-        for (int ni = 0; ni < NT; ni++) mma_bf16(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);
+        for (int ni = 0; ni < NT; ni++) mma<T>(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);
     }
     read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
     write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
@@ -242,8 +245,8 @@ TS_DEVICE void gemm_block(OutT* __restrict__ y, const bf16* __restrict__ x, cons
 }
 
 // y[r, n] = sum over z of ws[z, r, n] (+ bias[n]), splits summed in order.
-template <typename OutT>
-TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws, const bf16* __restrict__ bias, int R, int N,
+template <class T, typename OutT>
+TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws, const T* __restrict__ bias, int R, int N,
                              int splits) {
   const int64_t total = static_cast<int64_t>(R) * N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -257,39 +260,41 @@ TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws,
 
 }  // namespace ts_gemm
 
-// One entry per (tile config, output dtype). Parameters, in order (ops/gemm.ts: GEMM_PARAMS):
-#define TS_GEMM_ENTRY(NAME, OUT_T, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                   \
+// One entry per (tile config, storage type T, output dtype): ts_gemm_<BM>x<BN>_<T> writes T,
+// ts_gemm_<BM>x<BN>_<T>_f32 writes f32 (the logits, and split-K partials). Parameters, in order
+// (ops/gemm.ts: GEMM_PARAMS):
+#define TS_GEMM_ENTRY(NAME, T, OUT_T, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                \
   extern "C" __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)                                   \
-      NAME(OUT_T* __restrict__ y,            /* [R, N] OUT_T, or [splits, R, N] f32 split-K partials */               \
-           const ts::bf16* __restrict__ x,    /* [R, K] bf16 */                                                       \
-           const ts::bf16* __restrict__ w,    /* [N, K] bf16 */                                                       \
-           const ts::bf16* __restrict__ bias, /* [N] bf16, or null */                                                 \
+      NAME(OUT_T* __restrict__ y,       /* [R, N] OUT_T, or [splits, R, N] f32 split-K partials */                    \
+           const T* __restrict__ x,     /* [R, K] */                                                                  \
+           const T* __restrict__ w,     /* [N, K] */                                                                  \
+           const T* __restrict__ bias,  /* [N], or null */                                                            \
            int R, int N, int K, int k_tiles_per_split /* k-tiles (of 32) per blockIdx.z */) {                         \
-    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, OUT_T>(y, x, w, bias, R, N, K, k_tiles_per_split);        \
+    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, R, N, K, k_tiles_per_split);     \
   }
+#define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
+  TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \
+  TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16_f32, ts::bf16, float, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)              \
+  TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_f16, ts::f16, ts::f16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                  \
+  TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_f16_f32, ts::f16, float, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)
 
-TS_GEMM_ENTRY(ts_gemm_16x128_bf16, ts::bf16, 16, 128, 1, 4, 4, 4)
-TS_GEMM_ENTRY(ts_gemm_16x128_f32, float, 16, 128, 1, 4, 4, 4)
-TS_GEMM_ENTRY(ts_gemm_32x128_bf16, ts::bf16, 32, 128, 1, 4, 4, 4)
-TS_GEMM_ENTRY(ts_gemm_32x128_f32, float, 32, 128, 1, 4, 4, 4)
-TS_GEMM_ENTRY(ts_gemm_64x128_bf16, ts::bf16, 64, 128, 2, 2, 4, 3)
-TS_GEMM_ENTRY(ts_gemm_64x128_f32, float, 64, 128, 2, 2, 4, 3)
-TS_GEMM_ENTRY(ts_gemm_128x128_bf16, ts::bf16, 128, 128, 2, 4, 3, 2)
-TS_GEMM_ENTRY(ts_gemm_128x128_f32, float, 128, 128, 2, 4, 3, 2)
+TS_GEMM_ENTRIES(16, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRIES(32, 128, 1, 4, 4, 4)
+TS_GEMM_ENTRIES(64, 128, 2, 2, 4, 3)
+TS_GEMM_ENTRIES(128, 128, 2, 4, 3, 2)
 
 #undef TS_GEMM_ENTRY
+#undef TS_GEMM_ENTRIES
 
 // Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias). Grid-stride over R * N elements.
-extern "C" __global__ void ts_gemm_splitk_reduce_bf16(ts::bf16* __restrict__ y,           // [R, N] bf16
-                                                      const float* __restrict__ ws,        // [splits, R, N] f32
-                                                      const ts::bf16* __restrict__ bias,   // [N] bf16, or null
-                                                      int R, int N, int splits) {
-  ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);
-}
-
-extern "C" __global__ void ts_gemm_splitk_reduce_f32(float* __restrict__ y,               // [R, N] f32
-                                                     const float* __restrict__ ws,        // [splits, R, N] f32
-                                                     const ts::bf16* __restrict__ bias,   // [N] bf16, or null
-                                                     int R, int N, int splits) {
-  ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);
-}
+//   y: [R, N] T (ts_gemm_splitk_reduce_<T>) or f32 (..._<T>_f32); ws: [splits, R, N] f32; bias: [N] T, or null
+#define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                   \
+  extern "C" __global__ void NAME(OUT_T* __restrict__ y, const float* __restrict__ ws, const T* __restrict__ bias, int R, \
+                                  int N, int splits) {                                                                    \
+    ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);                                                                    \
+  }
+TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16, ts::bf16, ts::bf16)
+TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16_f32, ts::bf16, float)
+TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_f16, ts::f16, ts::f16)
+TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_f16_f32, ts::f16, float)
+#undef TS_REDUCE_ENTRY

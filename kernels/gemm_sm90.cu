@@ -1,5 +1,5 @@
-// Hopper GEMM (sm_90a) for the `matmul` op: y[M, N] = x[M, K] · w[N, K]^T (+ bias[N]), bf16 in, f32
-// accumulate, y bf16 or f32. Same operands as kernels/gemm.cu; a third variant beside its tile
+// Hopper GEMM (sm_90a) for the `matmul` op: y[M, N] = x[M, K] · w[N, K]^T (+ bias[N]), T in (bf16 or
+// fp16: ts_gemm_sm90_<T>, and ts_gemm_sm90_<T>_f32 for y f32), f32 accumulate, y T or f32. Same operands as kernels/gemm.cu; a third variant beside its tile
 // kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
 //
 // Why: mma.sync issues from one warp at a time with operands through registers, which caps it
@@ -7,9 +7,9 @@
 // (TMA) loads them and the warpgroup MMA (wgmma) reads them asynchronously, so the issuing warps
 // keep only accumulators.
 //
-//   x: [M, K] bf16 row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
-//   w: [N, K] bf16 row-major, through tmW (box 256 rows x 64 columns, 128-byte swizzle)
-//   bias: [N] bf16 or null; y: [M, N] bf16 or f32, row-major
+//   x: [M, K] T row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
+//   w: [N, K] T row-major, through tmW (box 256 rows x 64 columns, 128-byte swizzle)
+//   bias: [N] T or null; y: [M, N] T or f32, row-major
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
 // rows and columns read as zeros, so tile edges need no code in the main loop.
 //
@@ -26,7 +26,7 @@
 // Epilogue: each consumer thread adds the bias and stores its accumulator fragments straight to
 // y (pairs of columns where they are aligned), masked at M and N.
 //
-// Shared layout (128-byte swizzle, as TMA writes it and wgmma reads it): a tile row is 64 bf16 =
+// Shared layout (128-byte swizzle, as TMA writes it and wgmma reads it): a tile row is 64 values =
 // 128 bytes; 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8 rows make a 1024-byte atom,
 // which is the descriptors' stride byte offset. Every stage's buffers start on 1024 bytes.
 //
@@ -49,13 +49,14 @@ constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 
 using namespace ts::sm90;
 
-TS_DEVICE void store2(ts::bf16* y, int row, int col, int N, float v0, float v1) {
-  ts::bf16* p = y + (size_t)row * N + col;
+template <class T>
+TS_DEVICE void store2(T* y, int row, int col, int N, float v0, float v1) {
+  T* p = y + (size_t)row * N + col;
   if (col + 1 < N && (N % 2) == 0) {
-    *reinterpret_cast<ts::bf16x2*>(p) = __floats2bfloat162_rn(v0, v1);
+    *reinterpret_cast<ts::pair_t<T>*>(p) = ts::pair_from_f32<T>(v0, v1);
   } else {
-    p[0] = ts::to_bf16(v0);
-    if (col + 1 < N) p[1] = ts::to_bf16(v1);
+    p[0] = ts::from_f32<T>(v0);
+    if (col + 1 < N) p[1] = ts::from_f32<T>(v1);
   }
 }
 
@@ -78,8 +79,8 @@ TS_DEVICE void tile_coords(int t, int tilesM, int tilesN, int& tm, int& tn) {
   tn = (t % per_group) / rows;
 }
 
-template <typename OUT_T>
-__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* __restrict__ y, const ts::bf16* __restrict__ bias, int M, int N,
+template <class T, typename OUT_T>
+__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* __restrict__ y, const T* __restrict__ bias, int M, int N,
                                      int K) {
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
@@ -141,10 +142,10 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BK / 16; kk++) {
-        // 16 bf16 of K = 32 bytes = 2 descriptor units further along each swizzled row.
+        // 16 values of K = 32 bytes = 2 descriptor units further along each swizzled row.
         const int accumulate = (kt > 0 || kk > 0) ? 1 : 0;
-        wgmma_ss_m64n128k16(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
-        wgmma_ss_m64n128k16(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16<T>(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
       }
       wgmma_commit();
       // Keep this k-tile's group in flight; the previous one has now completed: free its stage.
@@ -185,27 +186,29 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 }  // namespace ts_sm90
 
-// One entry per y dtype. Parameters, in order (ops/gemm.ts: GEMM_SM90_PARAMS). Built for every
-// architecture (one fatbin); only the sm_90a code has a body: elsewhere the launcher never picks it
-// and the entry traps.
-#define TS_GEMM_SM90_ENTRY(NAME, OUT_T)                                                                                        \
+// One entry per (storage type T, y dtype). Parameters, in order (ops/gemm.ts: GEMM_SM90_PARAMS).
+// Built for every architecture (one fatbin); only the sm_90a code has a body: elsewhere the
+// launcher never picks it and the entry traps.
+#define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T)                                                                                     \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
-      NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] bf16: box 128 x 64, 128-byte swizzle */                          \
-           const __grid_constant__ CUtensorMap tmW, /* w [N, K] bf16: box 256 x 64, 128-byte swizzle */                          \
+      NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
+           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box 256 x 64, 128-byte swizzle */                             \
            OUT_T* __restrict__ y,                   /* [M, N] */                                                                \
-           const ts::bf16* __restrict__ bias,       /* [N] bf16, or null */                                                     \
+           const T* __restrict__ bias,              /* [N], or null */                                                          \
            int M, int N, int K) {                                                                                               \
-    TS_GEMM_SM90_BODY(OUT_T)                                                                                                    \
+    TS_GEMM_SM90_BODY(T, OUT_T)                                                                                                 \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(OUT_T) ts_sm90::gemm<OUT_T>(tmX, tmW, y, bias, M, N, K);
+#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, M, N, K);
 #else
-#define TS_GEMM_SM90_BODY(OUT_T) __trap();
+#define TS_GEMM_SM90_BODY(T, OUT_T) __trap();
 #endif
 
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f32, float)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16_f32, ts::bf16, float)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16, ts::f16, ts::f16)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16_f32, ts::f16, float)
 
 #undef TS_GEMM_SM90_ENTRY
 #undef TS_GEMM_SM90_BODY

@@ -1,5 +1,5 @@
 // GEMV path of the `matmul` op for decode: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]) for R <= 8,
-// bf16 operands, f32 accumulation, y bf16 or f32. Same operands and layout as kernels/gemm.cu.
+// bf16 or fp16 operands (T), f32 accumulation, y T or f32. Same operands and layout as kernels/gemm.cu.
 //
 // Why a second kernel: at R <= 8 the product is a stream of the weights (2 N K bytes) with a few
 // FLOPs per byte, so what counts is keeping enough loads in flight to run HBM at full rate, not
@@ -7,14 +7,14 @@
 // split-K (a second launch and a pass over f32 partials) to put enough blocks on the SMs; here
 // every block owns 4 rows of w outright and its 8 warps split K among themselves.
 //
-//   x:    [R, K] bf16 row-major; R <= MAXR (the entry's r1, r2, r4 or r8), K % 8 == 0
-//   w:    [N, K] bf16 (nn.Linear layout)
-//   bias: [N] bf16 or null
-//   y:    [R, N] bf16 or f32
+//   x:    [R, K] T row-major; R <= MAXR (the entry's r1, r2, r4 or r8), K % 8 == 0
+//   w:    [N, K] T (nn.Linear layout)
+//   bias: [N] T or null
+//   y:    [R, N] T or f32
 // Every pointer 16-byte aligned (the launcher checks).
 //
 // Block: 256 threads (8 warps) for ROWS = 4 consecutive rows of w, n0 = 4 blockIdx.x. K is cut
-// into steps of 256 elements (32 lanes x 8 bf16 = one 512-byte run of a row); warp v takes steps
+// into steps of 256 elements (32 lanes x 8 values = one 512-byte run of a row); warp v takes steps
 // v, v + 8, ..., so the 8 warps read 4 KiB of each row side by side. Per step a lane loads 16
 // bytes of each of the 4 rows (streaming loads: w is read once) and 16 bytes of each of the R
 // rows of x (read-only path: x is small and every block reads it, so it stays in L1/L2), and
@@ -34,28 +34,31 @@ constexpr int WARPS = THREADS / 32;
 constexpr int ROWS = 4;    // rows of w per block
 constexpr int STEP = 256;  // K elements a warp covers per step
 
-TS_DEVICE ts::bf16x8 load_stream(const ts::bf16* p) {
+template <class T>
+TS_DEVICE ts::vec8<T> load_stream(const T* p) {
   // Streaming (evict-first) load: each weight is read once per product.
   const uint4 v = __ldcs(reinterpret_cast<const uint4*>(p));
-  return *reinterpret_cast<const ts::bf16x8*>(&v);
+  return *reinterpret_cast<const ts::vec8<T>*>(&v);
 }
 
-TS_DEVICE ts::bf16x8 load_cached(const ts::bf16* p) {
+template <class T>
+TS_DEVICE ts::vec8<T> load_cached(const T* p) {
   const uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
-  return *reinterpret_cast<const ts::bf16x8*>(&v);
+  return *reinterpret_cast<const ts::vec8<T>*>(&v);
 }
 
-TS_DEVICE void store(ts::bf16* p, float v) { *p = ts::to_bf16(v); }
+TS_DEVICE void store(ts::bf16* p, float v) { *p = ts::from_f32<ts::bf16>(v); }
+TS_DEVICE void store(ts::f16* p, float v) { *p = ts::from_f32<ts::f16>(v); }
 TS_DEVICE void store(float* p, float v) { *p = v; }
 
-template <int MAXR, typename OUT_T>
-__device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const ts::bf16* __restrict__ x, const ts::bf16* __restrict__ w,
-                                           const ts::bf16* __restrict__ bias, int R, int N, int K) {
+template <int MAXR, class T, typename OUT_T>
+__device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w,
+                                           const T* __restrict__ bias, int R, int N, int K) {
   __shared__ float part[WARPS][MAXR * ROWS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n0 = blockIdx.x * ROWS;
   // Rows of w past N read row N - 1 instead (in bounds, never stored): no branch in the loads.
-  const ts::bf16* wrow[ROWS];
+  const T* wrow[ROWS];
 #pragma unroll
   for (int j = 0; j < ROWS; j++) wrow[j] = w + (size_t)min(n0 + j, N - 1) * K;
 
@@ -66,7 +69,7 @@ __device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const ts::bf16
     for (int j = 0; j < ROWS; j++) acc[r][j] = 0.f;
 
   // Rows of x past R read row R - 1 instead (never stored): the loop has no branch on R.
-  const ts::bf16* xrow[MAXR];
+  const T* xrow[MAXR];
 #pragma unroll
   for (int r = 0; r < MAXR; r++) xrow[r] = x + (size_t)min(r, R - 1) * K;
 
@@ -89,7 +92,7 @@ __device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const ts::bf16
   int s = warp;
   for (; s + WARPS < full; s += 2 * WARPS) {
     const int k0 = s * STEP + lane * 8, k1 = k0 + WARPS * STEP;
-    ts::bf16x8 w0[ROWS], w1[ROWS];
+    ts::vec8<T> w0[ROWS], w1[ROWS];
 #pragma unroll
     for (int j = 0; j < ROWS; j++) w0[j] = load_stream(wrow[j] + k0);
 #pragma unroll
@@ -135,24 +138,27 @@ __device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const ts::bf16
 
 }  // namespace ts_gemv
 
-// One entry per (largest R, y dtype). Parameters, in order (ops/gemm.ts: GEMV_PARAMS):
-#define TS_GEMV_ENTRY(NAME, MAXR, OUT_T)                                                                      \
+// One entry per (largest R, storage type T, y dtype): ts_gemv_r<MAXR>_<T>, y T, and
+// ts_gemv_r<MAXR>_<T>_f32, y f32. Parameters, in order (ops/gemm.ts: GEMV_PARAMS):
+#define TS_GEMV_ENTRY(NAME, MAXR, T, OUT_T)                                                                   \
   extern "C" __global__ void __launch_bounds__(ts_gemv::THREADS)                                            \
-      NAME(OUT_T* __restrict__ y,            /* [R, N] */                                                   \
-           const ts::bf16* __restrict__ x,    /* [R, K] bf16, R <= MAXR */                                  \
-           const ts::bf16* __restrict__ w,    /* [N, K] bf16 */                                             \
-           const ts::bf16* __restrict__ bias, /* [N] bf16, or null */                                       \
+      NAME(OUT_T* __restrict__ y,       /* [R, N] */                                                        \
+           const T* __restrict__ x,     /* [R, K], R <= MAXR */                                             \
+           const T* __restrict__ w,     /* [N, K] */                                                        \
+           const T* __restrict__ bias,  /* [N], or null */                                                  \
            int R, int N, int K) {                                                                           \
-    ts_gemv::gemv_block<MAXR, OUT_T>(y, x, w, bias, R, N, K);                                               \
+    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, R, N, K);                                            \
   }
+#define TS_GEMV_ENTRIES(MAXR)                                                  \
+  TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16, MAXR, ts::bf16, ts::bf16)              \
+  TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16_f32, MAXR, ts::bf16, float)             \
+  TS_GEMV_ENTRY(ts_gemv_r##MAXR##_f16, MAXR, ts::f16, ts::f16)                 \
+  TS_GEMV_ENTRY(ts_gemv_r##MAXR##_f16_f32, MAXR, ts::f16, float)
 
-TS_GEMV_ENTRY(ts_gemv_r1_bf16, 1, ts::bf16)
-TS_GEMV_ENTRY(ts_gemv_r1_f32, 1, float)
-TS_GEMV_ENTRY(ts_gemv_r2_bf16, 2, ts::bf16)
-TS_GEMV_ENTRY(ts_gemv_r2_f32, 2, float)
-TS_GEMV_ENTRY(ts_gemv_r4_bf16, 4, ts::bf16)
-TS_GEMV_ENTRY(ts_gemv_r4_f32, 4, float)
-TS_GEMV_ENTRY(ts_gemv_r8_bf16, 8, ts::bf16)
-TS_GEMV_ENTRY(ts_gemv_r8_f32, 8, float)
+TS_GEMV_ENTRIES(1)
+TS_GEMV_ENTRIES(2)
+TS_GEMV_ENTRIES(4)
+TS_GEMV_ENTRIES(8)
 
 #undef TS_GEMV_ENTRY
+#undef TS_GEMV_ENTRIES

@@ -1,6 +1,6 @@
 // Ampere warp-level building blocks shared by the mma.sync kernels (kernels/gemm.cu,
 // kernels/attention.cu): 16-byte cp.async with zero fill, ldmatrix (plain and transposed) and
-// mma.sync m16n8k16 bf16 -> f32. Fragment layouts: the PTX manual's, as tests/cuda/mma_model.ts
+// mma.sync m16n8k16 bf16 or fp16 -> f32. Fragment layouts: the PTX manual's, as tests/cuda/mma_model.ts
 // emulates them.
 #pragma once
 #include "common.cuh"
@@ -34,9 +34,18 @@ TS_DEVICE void ldsm_x4_t(uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2
                : "r"(addr));
 }
 
-// c[16x8] += a[16x16] b[16x8]; bf16 operands, f32 accumulators.
-TS_DEVICE void mma_bf16(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+// c[16x8] += a[16x16] b[16x8]; operands of storage type T (bf16 or fp16), f32 accumulators.
+template <class T>
+TS_DEVICE void mma(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+TS_DEVICE void mma<bf16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+TS_DEVICE void mma<f16>(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
       : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }

@@ -1,15 +1,16 @@
 // Row normalizations (src/backend/cpu/kernels/norm.ts is the reference):
-//   ts_rmsnorm_bf16        y = x / sqrt(mean(x^2) + eps) * w over each group of G = len(w) elements
+// Each entry comes as _bf16 and _f16 (T, the storage type).
+//   ts_rmsnorm_T           y = x / sqrt(mean(x^2) + eps) * w over each group of G = len(w) elements
 //                          (G = N for the hidden state, G = headDim for Qwen3's per-head q/k norm)
-//   ts_layernorm_bf16      y = (x - mean) / sqrt(var + eps) * w + b (biased variance, two passes)
-//   ts_add_rmsnorm_bf16    sum = residual + delta (stored as bf16; sum may be the same pointer as
+//   ts_layernorm_T         y = (x - mean) / sqrt(var + eps) * w + b (biased variance, two passes)
+//   ts_add_rmsnorm_T       sum = residual + delta (stored as T; sum may be the same pointer as
 //                          residual), y = rmsnorm(sum) of the f32 sum, as the reference computes it
-//   ts_add_layernorm_bf16  sum as above, y = layernorm(sum)
+//   ts_add_layernorm_T     sum as above, y = layernorm(sum)
 // A group of G contiguous elements is one "row" here: x[R, N] with w[G] is x[R N / G, G].
-// Shapes: x, residual, delta, sum, y [rows, width] bf16; w, b [width] bf16; width = G.
+// Shapes: x, residual, delta, sum, y [rows, width] T; w, b [width] T; width = G; T = bf16 or fp16.
 // Bytes per element: rmsnorm/layernorm 2 read + 2 written; add_* 4 read + 4 written; the weights
 // (and bias) once per row from L1/L2. FLOPs per element: ~4 (rms), ~7 (layer), +1 for add_*.
-// Sums and arithmetic in f32; one rounding to bf16 per output (y, and the stored sum of add_*).
+// Sums and arithmetic in f32; one rounding to T per output (y, and the stored sum of add_*).
 //
 // Variants, chosen by the host (src/backend/cuda/ops/norm.ts) through two parameters:
 //   lanes  0: one block per row (block_sum); 1..32 (power of two): a team of `lanes` consecutive
@@ -25,16 +26,14 @@
 
 namespace ts_norm {
 
-using ts::bf16;
-using ts::bf16x8;
-
+template <class T>
 struct Args {
-  bf16* y;
-  bf16* sum;           // add_*: where residual + delta goes (may equal x)
-  const bf16* x;       // the input, or the residual for add_*
-  const bf16* delta;   // add_* only
-  const bf16* w;
-  const bf16* b;       // layernorm only
+  T* y;
+  T* sum;           // add_*: where residual + delta goes (may equal x)
+  const T* x;       // the input, or the residual for add_*
+  const T* delta;   // add_* only
+  const T* w;
+  const T* b;       // layernorm only
   int rows;
   int width;
   float eps;
@@ -55,8 +54,8 @@ TS_DEVICE float team_sum(float x, int lanes, float* scratch) {
   }
 }
 
-template <bool BLOCK>
-TS_DEVICE void place(const Args& a, int& row, int& lane, int& lanes) {
+template <bool BLOCK, class T>
+TS_DEVICE void place(const Args<T>& a, int& row, int& lane, int& lanes) {
   if (BLOCK) {
     row = blockIdx.x;
     lane = threadIdx.x;
@@ -68,16 +67,16 @@ TS_DEVICE void place(const Args& a, int& row, int& lane, int& lanes) {
   }
 }
 
-// The row in registers: K vectors per thread, vector j = lane + k * lanes; packed bf16 for the
+// The row in registers: K vectors per thread, vector j = lane + k * lanes; packed T for the
 // plain norms, f32 for add_* (the norm is of the exact f32 sum, as in the reference).
-template <int K, bool BLOCK, bool ADD, bool LAYER>
-TS_DEVICE void rows_vec(const Args& a, float* scratch) {
+template <int K, bool BLOCK, bool ADD, bool LAYER, class T>
+TS_DEVICE void rows_vec(const Args<T>& a, float* scratch) {
   int row, lane, lanes;
   place<BLOCK>(a, row, lane, lanes);
   const bool valid = row < a.rows;
   const int nvec = a.width >> 3;
   const int64_t base = static_cast<int64_t>(row) * a.width;
-  bf16x8 v[K];     // plain norms
+  ts::vec8<T> v[K];     // plain norms
   float s[K][8];   // add_*
   float s1 = 0.f;
 #pragma unroll
@@ -87,13 +86,13 @@ TS_DEVICE void rows_vec(const Args& a, float* scratch) {
       float f[8];
       if constexpr (ADD) {
         float d[8];
-        ts::unpack(*reinterpret_cast<const bf16x8*>(a.x + base + 8 * j), f);
-        ts::unpack(*reinterpret_cast<const bf16x8*>(a.delta + base + 8 * j), d);
+        ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(a.x + base + 8 * j), f);
+        ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(a.delta + base + 8 * j), d);
 #pragma unroll
         for (int e = 0; e < 8; e++) s[k][e] = f[e] += d[e];
-        *reinterpret_cast<bf16x8*>(a.sum + base + 8 * j) = ts::pack(f);
+        *reinterpret_cast<ts::vec8<T>*>(a.sum + base + 8 * j) = ts::pack<T>(f);
       } else {
-        v[k] = *reinterpret_cast<const bf16x8*>(a.x + base + 8 * j);
+        v[k] = *reinterpret_cast<const ts::vec8<T>*>(a.x + base + 8 * j);
         ts::unpack(v[k], f);
       }
 #pragma unroll
@@ -137,25 +136,25 @@ TS_DEVICE void rows_vec(const Args& a, float* scratch) {
       } else {
         ts::unpack(v[k], f);
       }
-      ts::unpack(*reinterpret_cast<const bf16x8*>(a.w + 8 * j), w);
+      ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(a.w + 8 * j), w);
       if (LAYER) {
         float b[8];
-        ts::unpack(*reinterpret_cast<const bf16x8*>(a.b + 8 * j), b);
+        ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(a.b + 8 * j), b);
 #pragma unroll
         for (int e = 0; e < 8; e++) o[e] = (f[e] - mean) * rstd * w[e] + b[e];
       } else {
 #pragma unroll
         for (int e = 0; e < 8; e++) o[e] = f[e] * rstd * w[e];
       }
-      *reinterpret_cast<bf16x8*>(a.y + base + 8 * j) = ts::pack(o);
+      *reinterpret_cast<ts::vec8<T>*>(a.y + base + 8 * j) = ts::pack<T>(o);
     }
   }
 }
 
 // Any width: element i = lane + k * lanes, re-read from the inputs per pass (add_*: r + d again, in
 // f32); the sum is written in the last pass, after every read of the residual it may overwrite.
-template <bool BLOCK, bool ADD, bool LAYER>
-TS_DEVICE void rows_scalar(const Args& a, float* scratch) {
+template <bool BLOCK, bool ADD, bool LAYER, class T>
+TS_DEVICE void rows_scalar(const Args<T>& a, float* scratch) {
   int row, lane, lanes;
   place<BLOCK>(a, row, lane, lanes);
   const bool valid = row < a.rows;
@@ -192,16 +191,16 @@ TS_DEVICE void rows_scalar(const Args& a, float* scratch) {
   if (valid) {
     for (int i = lane; i < a.width; i += lanes) {
       const float f = load(i);
-      if (ADD) a.sum[base + i] = ts::to_bf16(f);
+      if (ADD) a.sum[base + i] = ts::from_f32<T>(f);
       float o = (f - mean) * rstd * ts::to_f32(a.w[i]);
       if (LAYER) o += ts::to_f32(a.b[i]);
-      a.y[base + i] = ts::to_bf16(o);
+      a.y[base + i] = ts::from_f32<T>(o);
     }
   }
 }
 
-template <bool ADD, bool LAYER>
-TS_DEVICE void dispatch(const Args& a, int vecs) {
+template <bool ADD, bool LAYER, class T>
+TS_DEVICE void dispatch(const Args<T>& a, int vecs) {
   __shared__ float scratch[32];
   if (a.lanes == 0) {
     switch (vecs) {
@@ -222,35 +221,32 @@ TS_DEVICE void dispatch(const Args& a, int vecs) {
 
 }  // namespace ts_norm
 
-// y, x: [rows, width] bf16 (rows = R N / G, width = G); w: [width] bf16.
-extern "C" __global__ void __launch_bounds__(512)
-    ts_rmsnorm_bf16(ts::bf16* y, const ts::bf16* x, const ts::bf16* __restrict__ w, int rows, int width, float eps,
-                    int lanes, int vecs) {
-  const ts_norm::Args a = {y, nullptr, x, nullptr, w, nullptr, rows, width, eps, lanes};
-  ts_norm::dispatch<false, false>(a, vecs);
-}
+// y, x: [rows, width] T (rows = R N / G, width = G); w, b: [width] T; sum, residual, delta:
+// [rows, width] T (sum may be residual).
+#define TS_NORM_ENTRIES(T, SUFFIX)                                                                                          \
+  extern "C" __global__ void __launch_bounds__(512)                                                                         \
+      ts_rmsnorm_##SUFFIX(T* y, const T* x, const T* __restrict__ w, int rows, int width, float eps, int lanes, int vecs) { \
+    const ts_norm::Args<T> a = {y, nullptr, x, nullptr, w, nullptr, rows, width, eps, lanes};                               \
+    ts_norm::dispatch<false, false>(a, vecs);                                                                               \
+  }                                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(512)                                                                         \
+      ts_layernorm_##SUFFIX(T* y, const T* x, const T* __restrict__ w, const T* __restrict__ b, int rows, int width,        \
+                            float eps, int lanes, int vecs) {                                                               \
+    const ts_norm::Args<T> a = {y, nullptr, x, nullptr, w, b, rows, width, eps, lanes};                                     \
+    ts_norm::dispatch<false, true>(a, vecs);                                                                                \
+  }                                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(512)                                                                         \
+      ts_add_rmsnorm_##SUFFIX(T* sum, T* y, const T* residual, const T* delta, const T* __restrict__ w, int rows,           \
+                              int width, float eps, int lanes, int vecs) {                                                  \
+    const ts_norm::Args<T> a = {y, sum, residual, delta, w, nullptr, rows, width, eps, lanes};                              \
+    ts_norm::dispatch<true, false>(a, vecs);                                                                                \
+  }                                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(512)                                                                         \
+      ts_add_layernorm_##SUFFIX(T* sum, T* y, const T* residual, const T* delta, const T* __restrict__ w,                   \
+                                const T* __restrict__ b, int rows, int width, float eps, int lanes, int vecs) {             \
+    const ts_norm::Args<T> a = {y, sum, residual, delta, w, b, rows, width, eps, lanes};                                    \
+    ts_norm::dispatch<true, true>(a, vecs);                                                                                 \
+  }
 
-// y, x: [rows, width] bf16; w, b: [width] bf16.
-extern "C" __global__ void __launch_bounds__(512)
-    ts_layernorm_bf16(ts::bf16* y, const ts::bf16* x, const ts::bf16* __restrict__ w, const ts::bf16* __restrict__ b,
-                      int rows, int width, float eps, int lanes, int vecs) {
-  const ts_norm::Args a = {y, nullptr, x, nullptr, w, b, rows, width, eps, lanes};
-  ts_norm::dispatch<false, true>(a, vecs);
-}
-
-// sum, y, residual, delta: [rows, width] bf16 (sum may be residual); w: [width] bf16.
-extern "C" __global__ void __launch_bounds__(512)
-    ts_add_rmsnorm_bf16(ts::bf16* sum, ts::bf16* y, const ts::bf16* residual, const ts::bf16* delta,
-                        const ts::bf16* __restrict__ w, int rows, int width, float eps, int lanes, int vecs) {
-  const ts_norm::Args a = {y, sum, residual, delta, w, nullptr, rows, width, eps, lanes};
-  ts_norm::dispatch<true, false>(a, vecs);
-}
-
-// sum, y, residual, delta: [rows, width] bf16 (sum may be residual); w, b: [width] bf16.
-extern "C" __global__ void __launch_bounds__(512)
-    ts_add_layernorm_bf16(ts::bf16* sum, ts::bf16* y, const ts::bf16* residual, const ts::bf16* delta,
-                          const ts::bf16* __restrict__ w, const ts::bf16* __restrict__ b, int rows, int width, float eps,
-                          int lanes, int vecs) {
-  const ts_norm::Args a = {y, sum, residual, delta, w, b, rows, width, eps, lanes};
-  ts_norm::dispatch<true, true>(a, vecs);
-}
+TS_NORM_ENTRIES(ts::bf16, bf16)
+TS_NORM_ENTRIES(ts::f16, f16)

@@ -66,13 +66,13 @@ TS_DEVICE void fence_async_shared() { asm volatile("fence.proxy.async.shared::ct
 // 8 rows of 128 bytes make a 1024-byte atom). Addresses and offsets in 16-byte units; swizzle mode
 // 1 (128 B) in bits 62-63.
 
-// K-major operand: rows of 64 bf16 along K; stride byte offset 1024 (the next 8 rows), leading
+// K-major operand: rows of 64 16-bit values along K; stride byte offset 1024 (the next 8 rows), leading
 // byte offset unused by this swizzle (1).
 TS_DEVICE uint64_t desc_kmajor(const void* p) {
   return ((uint64_t)(smem_u32(p) & 0x3FFFF) >> 4) | (1ull << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
 }
 
-// MN-major operand (B with imm-trans-b = 1): rows of 64 bf16 along N, one row per k; leading byte
+// MN-major operand (B with imm-trans-b = 1): rows of 64 16-bit values along N, one row per k; leading byte
 // offset = the distance between 64-wide N panels, stride byte offset 1024 (the next 8 k).
 TS_DEVICE uint64_t desc_mnmajor(const void* p, uint32_t panelBytes) {
   return ((uint64_t)(smem_u32(p) & 0x3FFFF) >> 4) | ((uint64_t)(panelBytes >> 4) << 16) | ((1024ull >> 4) << 32) | (1ull << 62);
@@ -107,36 +107,66 @@ TS_DEVICE void fence_regs(uint32_t (&r)[N][4]) {
   TS_D32 ", %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, " \
          "%56, %57, %58, %59, %60, %61, %62, %63"
 
+// The wgmma forms below are templates on the operands' storage type T (bf16 or fp16); the
+// instruction differs only in its type suffix.
+#define TS_WGMMA_SPECIALIZE(FN, PARAMS, BODY) \
+  template <>                                 \
+  TS_DEVICE void FN<bf16> PARAMS {            \
+    BODY("bf16")                              \
+  }                                           \
+  template <>                                 \
+  TS_DEVICE void FN<f16> PARAMS {             \
+    BODY("f16")                               \
+  }
+
 // d (64 x 128 f32 fragment of the warpgroup) (+)= A (64 x 16, descA) * B (16 x 128, descB), both
 // K-major; accumulate = 0 overwrites d. Fragment element 4i + e of a thread: row 16 warp + lane / 4
 // (+ 8 for e >= 2), column 8i + 2 (lane % 4) (+ 1 for odd e).
-TS_DEVICE void wgmma_ss_m64n128k16(float (&d)[64], uint64_t descA, uint64_t descB, int accumulate) {
-  asm volatile(
-      "{\n"
-      ".reg .pred acc;\n"
-      "setp.ne.b32 acc, %66, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" TS_D64 "}, %64, %65, acc, 1, 1, 0, 0;\n"
-      "}\n"
-      : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24), TS_F8(d, 32), TS_F8(d, 40), TS_F8(d, 48), TS_F8(d, 56)
+template <class T>
+TS_DEVICE void wgmma_ss_m64n128k16(float (&d)[64], uint64_t descA, uint64_t descB, int accumulate);
+#define TS_WGMMA_SS_128(TYPE)                                                                                \
+  asm volatile(                                                                                              \
+      "{\n"                                                                                                  \
+      ".reg .pred acc;\n"                                                                                    \
+      "setp.ne.b32 acc, %66, 0;\n"                                                                           \
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " {" TS_D64 "}, %64, %65, acc, 1, 1, 0, 0;\n" \
+      "}\n"                                                                                                  \
+      : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24), TS_F8(d, 32), TS_F8(d, 40), TS_F8(d, 48), TS_F8(d, 56) \
       : "l"(descA), "l"(descB), "r"(accumulate));
-}
+TS_WGMMA_SPECIALIZE(wgmma_ss_m64n128k16, (float (&d)[64], uint64_t descA, uint64_t descB, int accumulate), TS_WGMMA_SS_128)
 
-// d (64 x N f32) += A (64 x 16 bf16 from registers: the m64nNk16 A fragment, four bf16 pairs:
-// rows g and g + 8 of the warp's 16, columns 2 t4 and 8 + 2 t4) * B (16 x N, MN-major, descB).
-TS_DEVICE void wgmma_rs_m64n128k16_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t descB) {
-  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" TS_D64 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n"
-               : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24), TS_F8(d, 32), TS_F8(d, 40), TS_F8(d, 48), TS_F8(d, 56)
+// d (64 x N f32) += A (64 x 16 T from registers: the m64nNk16 A fragment, four T pairs: rows g
+// and g + 8 of the warp's 16, columns 2 t4 and 8 + 2 t4) * B (16 x N, MN-major, descB).
+template <class T>
+TS_DEVICE void wgmma_rs_m64n128k16_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t descB);
+#define TS_WGMMA_RS_128(TYPE)                                                                                                   \
+  asm volatile("wgmma.mma_async.sync.aligned.m64n128k16.f32." TYPE "." TYPE " {" TS_D64 "}, {%64, %65, %66, %67}, %68, 1, 1, 1, 1;\n" \
+               : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24), TS_F8(d, 32), TS_F8(d, 40), TS_F8(d, 48), TS_F8(d, 56)     \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB));
-}
-TS_DEVICE void wgmma_rs_m64n64k16_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t descB) {
-  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {" TS_D32 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"
-               : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24)
+TS_WGMMA_SPECIALIZE(wgmma_rs_m64n128k16_tb, (float (&d)[64], const uint32_t (&a)[4], uint64_t descB), TS_WGMMA_RS_128)
+
+template <class T>
+TS_DEVICE void wgmma_rs_m64n64k16_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t descB);
+#define TS_WGMMA_RS_64(TYPE)                                                                                                    \
+  asm volatile("wgmma.mma_async.sync.aligned.m64n64k16.f32." TYPE "." TYPE " {" TS_D32 "}, {%32, %33, %34, %35}, %36, 1, 1, 1, 1;\n"  \
+               : TS_F8(d, 0), TS_F8(d, 8), TS_F8(d, 16), TS_F8(d, 24)                                                         \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(descB));
-}
+TS_WGMMA_SPECIALIZE(wgmma_rs_m64n64k16_tb, (float (&d)[32], const uint32_t (&a)[4], uint64_t descB), TS_WGMMA_RS_64)
+
 // By accumulator size, for code templated on the head dim.
-TS_DEVICE void wgmma_rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t descB) { wgmma_rs_m64n128k16_tb(d, a, descB); }
-TS_DEVICE void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t descB) { wgmma_rs_m64n64k16_tb(d, a, descB); }
+template <class T>
+TS_DEVICE void wgmma_rs_tb(float (&d)[64], const uint32_t (&a)[4], uint64_t descB) {
+  wgmma_rs_m64n128k16_tb<T>(d, a, descB);
+}
+template <class T>
+TS_DEVICE void wgmma_rs_tb(float (&d)[32], const uint32_t (&a)[4], uint64_t descB) {
+  wgmma_rs_m64n64k16_tb<T>(d, a, descB);
+}
 
+#undef TS_WGMMA_SPECIALIZE
+#undef TS_WGMMA_SS_128
+#undef TS_WGMMA_RS_128
+#undef TS_WGMMA_RS_64
 #undef TS_F8
 #undef TS_D32
 #undef TS_D64

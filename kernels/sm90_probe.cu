@@ -10,6 +10,8 @@
 //     v MN-major (rows of 128 bytes along N, one per k; two 64-wide panels 16 rows apart), through
 //     imm-trans-b (kernels/attention_sm90.cu's PV).
 // Inputs bf16 row-major in global memory; 128 threads; shared memory static (48 KiB at most).
+// The fp16 forms of the same instructions read the same layouts (the PTX manual gives one for
+// every 16-bit type), so the bf16 probes stand for both.
 #include "sm90.cuh"
 
 namespace ts_probe90 {
@@ -55,7 +57,7 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_qk_bf16(float* _
 #pragma unroll
   for (int kk = 0; kk < 8; kk++) {
     const int pn = kk / 4, off = 2 * (kk % 4);
-    wgmma_ss_m64n128k16(d, desc_kmajor(sq + pn * 64 * 128) + off, desc_kmajor(sk + pn * 128 * 128) + off, kk > 0 ? 1 : 0);
+    wgmma_ss_m64n128k16<ts::bf16>(d, desc_kmajor(sq + pn * 64 * 128) + off, desc_kmajor(sk + pn * 128 * 128) + off, kk > 0 ? 1 : 0);
   }
   wgmma_commit();
   wgmma_wait<0>();
@@ -77,15 +79,15 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* _
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int g = 16 * warp + lane / 4, c = 2 * (lane % 4);
   auto at = [&](int r, int col) { return ts::to_f32(p[r * 16 + col]); };
-  uint32_t a[1][4] = {{ts::pack_bf16x2(at(g, c), at(g, c + 1)), ts::pack_bf16x2(at(g + 8, c), at(g + 8, c + 1)), ts::pack_bf16x2(at(g, c + 8), at(g, c + 9)),
-                       ts::pack_bf16x2(at(g + 8, c + 8), at(g + 8, c + 9))}};
+  uint32_t a[1][4] = {{ts::pack2<ts::bf16>(at(g, c), at(g, c + 1)), ts::pack2<ts::bf16>(at(g + 8, c), at(g + 8, c + 1)), ts::pack2<ts::bf16>(at(g, c + 8), at(g, c + 9)),
+                       ts::pack2<ts::bf16>(at(g + 8, c + 8), at(g + 8, c + 9))}};
   float d[64];
 #pragma unroll
   for (int i = 0; i < 64; i++) d[i] = 0.f;
   fence_regs(d);
   fence_regs(a);
   wgmma_fence();
-  wgmma_rs_m64n128k16_tb(d, a[0], desc_mnmajor(sv, 16 * 128));
+  wgmma_rs_m64n128k16_tb<ts::bf16>(d, a[0], desc_mnmajor(sv, 16 * 128));
   wgmma_commit();
   wgmma_wait<0>();
   fence_regs(d);

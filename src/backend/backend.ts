@@ -42,6 +42,11 @@ export interface LoadLimits {
   maxNumSeqs: number;
   maxModelLen: number;
   kvBlockSize: number;
+  /**
+   * The 16-bit type a GPU backend keeps weights, activations and the KV cache in (default bf16;
+   * f16 for checkpoints made in float16). The CPU backend computes in f32 whatever this says.
+   */
+  storage?: 'bf16' | 'f16';
 }
 
 /** A tensor on the host, for running single ops (the conformance suite). */

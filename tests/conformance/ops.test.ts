@@ -6,8 +6,8 @@
  *
  * Inputs are fresh random data each run, from a seed taken from the clock and printed (set
  * TESSERA_CONFORMANCE_SEED to replay a run; every failure message names the seed and the case).
- * Floats are rounded to the backend's storage precision (bf16 on CUDA) before the reference sees
- * them, so the reference computes exactly what the backend was given. KV caches start random, so
+ * Floats are rounded to the backend's storage precision (bf16 on CUDA, and fp16 in the CUDA tier
+ * that runs every op's fp16 entries) before the reference sees them, so the reference computes exactly what the backend was given. KV caches start random, so
  * a token written to the wrong slot, or a slot written that should not be, shows.
  *
  * Every element of every output is checked, and no output may be NaN: the CUDA backend poisons
@@ -18,6 +18,7 @@
  * Tolerance of an element with reference value y:  |got - y| <= atol * max(1, s) + rtol * |y|
  *   f32 storage (CPU):  atol = 1e-4, rtol = 1e-4
  *   bf16 storage (CUDA): atol = 2e-2, rtol = 2e-2
+ *   fp16 storage (CUDA): atol = 3e-3, rtol = 3e-3 (fp16 has 3 more mantissa bits: 8x finer)
  * s = 1 for elementwise ops, gathers and norms (their error is relative to the value: the rtol
  * term, with atol for values near zero). For reductions, s is the magnitude the rounding error
  * of a sum grows with, not the size of the result, which cancellation can make arbitrarily small:
@@ -41,7 +42,7 @@ import type { RopeScaling } from '../../src/formats/hf_config.js';
 import type { Attrs, AttrValue } from '../../src/graph/ir.js';
 import { OPS, outputShapes, type OpName } from '../../src/graph/ops.js';
 import { ropeInvFreq } from '../../src/graph/rope.js';
-import { bf16ToF32, f32ToBf16 } from '../../src/util/dtype.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../src/util/dtype.js';
 import { pagedLayout } from '../helpers/paged.js';
 import * as ref from './reference.js';
 
@@ -57,7 +58,7 @@ function hash32(s: string): number {
   return h >>> 0;
 }
 
-type Storage = 'f32' | 'bf16';
+type Storage = 'f32' | 'bf16' | 'f16';
 
 /** Random data for one case (mulberry32), floats rounded to the backend's storage type. */
 class Gen {
@@ -98,6 +99,9 @@ class Gen {
     if (this.storage === 'bf16') {
       f32ToBf16(this.one, this.oneBits);
       bf16ToF32(this.oneBits, this.one);
+    } else if (this.storage === 'f16') {
+      f32ToF16(this.one, this.oneBits);
+      f16ToF32(this.oneBits, this.one);
     }
     return this.one[0];
   }
@@ -777,6 +781,7 @@ interface Tolerance {
 const TOLERANCE: Record<Storage, Tolerance> = {
   f32: { atol: 1e-4, rtol: 1e-4 },
   bf16: { atol: 2e-2, rtol: 2e-2 },
+  f16: { atol: 3e-3, rtol: 3e-3 },
 };
 
 function unravel(i: number, shape: readonly number[]): string {
@@ -834,23 +839,25 @@ interface Tier {
   /** Why the tier is skipped, or null when it runs. */
   skip: string | null;
   create: () => Backend;
+  /** Attrs every runOp of the tier gets besides the case's (the CUDA backend's storageDtype). */
+  attrs?: Attrs;
 }
 
-async function cudaTier(): Promise<Tier> {
-  const base = { name: 'cuda' as const, storage: 'bf16' as const };
+async function cudaTier(storage: 'bf16' | 'f16'): Promise<Tier> {
+  const base = { name: 'cuda' as const, storage, ...(storage === 'f16' ? { attrs: { storageDtype: 'f16' } } : {}) };
   try {
     const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
     const probe = CudaBackend.probe();
-    if (probe.ok) return { ...base, title: `cuda (bf16): ${probe.reason}`, skip: null, create: () => CudaBackend.create() };
-    return { ...base, title: `cuda (bf16) tier skipped: ${probe.reason}`, skip: probe.reason, create: () => CudaBackend.create() };
+    if (probe.ok) return { ...base, title: `cuda (${storage}): ${probe.reason}`, skip: null, create: () => CudaBackend.create() };
+    return { ...base, title: `cuda (${storage}) tier skipped: ${probe.reason}`, skip: probe.reason, create: () => CudaBackend.create() };
   } catch (err) {
     const reason = `the CUDA backend could not be loaded: ${(err as Error).message.split('\n')[0]}`;
-    return { ...base, title: `cuda (bf16) tier skipped: ${reason}`, skip: reason, create: () => { throw new Error(reason); } };
+    return { ...base, title: `cuda (${storage}) tier skipped: ${reason}`, skip: reason, create: () => { throw new Error(reason); } };
   }
 }
 
-const TIERS: Tier[] = [{ name: 'cpu', storage: 'f32', title: 'cpu (f32)', skip: null, create: () => new CpuBackend() }, await cudaTier()];
-for (const t of TIERS) if (t.skip) console.log(`[conformance] ${t.name} tier skipped: ${t.skip}`);
+const TIERS: Tier[] = [{ name: 'cpu', storage: 'f32', title: 'cpu (f32)', skip: null, create: () => new CpuBackend() }, await cudaTier('bf16'), await cudaTier('f16')];
+for (const t of TIERS) if (t.skip) console.log(`[conformance] ${t.name} (${t.storage}) tier skipped: ${t.skip}`);
 
 const OP_ORDER = Object.keys(OPS) as OpName[];
 
@@ -868,7 +875,7 @@ for (const tier of TIERS) {
       await backend?.dispose();
       const lines = OP_ORDER.filter((op) => stats.has(op)).map((op) => {
         const s = stats.get(op)!;
-        return `[conformance ${tier.name}] ${op.padEnd(14)} ${String(s.cases).padStart(3)} cases, worst error ${s.worst.toFixed(4)} of tolerance (${s.where})`;
+        return `[conformance ${tier.name} ${tier.storage}] ${op.padEnd(14)} ${String(s.cases).padStart(3)} cases, worst error ${s.worst.toFixed(4)} of tolerance (${s.where})`;
       });
       console.log(lines.join('\n'));
     });
@@ -882,7 +889,7 @@ for (const tier of TIERS) {
           it(c.name, async () => {
             const seed = hash32(`${BASE_SEED}|${c.op}|${c.name}`);
             const p = c.prepare(new Gen(seed, tier.storage));
-            const context = `${tier.name} ${c.op} [${c.name}] ${p.what}; seed ${BASE_SEED} (TESSERA_CONFORMANCE_SEED=${BASE_SEED})`;
+            const context = `${tier.name} (${tier.storage}) ${c.op} [${c.name}] ${p.what}; seed ${BASE_SEED} (TESSERA_CONFORMANCE_SEED=${BASE_SEED})`;
             const shapes = outputShapes(OPS[c.op], p.inputs.map((t) => t.shape), p.attrs) as number[][];
             expect(shapes, `${context}: output shapes from ops.ts`).toEqual(p.expect.map((e) => e.shape));
             // The backend may update a state input in place: give it copies.
@@ -893,7 +900,7 @@ for (const tier of TIERS) {
               outputs = [inputs[0], normed];
               CPU_KERNELS[c.op]({ inputs, output: outputs[0], outputs, attrs: p.attrs, step: p.step });
             } else {
-              outputs = await backend.runOp(c.op, p.attrs, inputs, shapes, p.step);
+              outputs = await backend.runOp(c.op, tier.attrs ? { ...p.attrs, ...tier.attrs } : p.attrs, inputs, shapes, p.step);
             }
             expect(outputs.length, `${context}: number of outputs`).toBe(p.expect.length);
             let worst = 0;

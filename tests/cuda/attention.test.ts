@@ -43,6 +43,9 @@ interface RunOptions {
   computeMajor?: number;
   /** The measured table's answer (CudaOpContext.attentionChoice). */
   choice?: 'tiles' | 'sm90' | 'sm90o' | null;
+  /** q, cache and output's storage type (default bf16); `outDtype` overrides the output's. */
+  dtype?: 'bf16' | 'f16';
+  outDtype?: 'bf16' | 'f16';
 }
 
 function run(opts: RunOptions) {
@@ -52,13 +55,13 @@ function run(opts: RunOptions) {
   const { T, B, H, KV, hd } = opts;
   const ctx: CudaOpContext = {
     inputs: [
-      tensor([T, H * hd], 'bf16', 0x1000n),
-      tensor(opts.cacheShape ?? [2, 64, opts.blockSize ?? 16, KV, hd], 'bf16', 0x2000n),
+      tensor([T, H * hd], opts.dtype ?? 'bf16', 0x1000n),
+      tensor(opts.cacheShape ?? [2, 64, opts.blockSize ?? 16, KV, hd], opts.dtype ?? 'bf16', 0x2000n),
       tensor([B + 1], 'i32', 0x3000n),
       tensor([B], 'i32', 0x4000n),
       tensor([B, 8], 'i32', 0x5000n),
     ],
-    outputs: [tensor([T, H * hd], 'bf16', 0x6000n)],
+    outputs: [tensor([T, H * hd], opts.outDtype ?? opts.dtype ?? 'bf16', 0x6000n)],
     attrs: { numHeads: H, numKvHeads: KV, headDim: hd, scale: 1 / Math.sqrt(hd), slidingWindow: opts.window ?? null, ...opts.attrs } as Attrs,
     step: { numTokens: T, numSeqs: B, numLogitRows: B, blockTableWidth: 8, maxContextLen: opts.maxContextLen, maxQueryLen: opts.maxQueryLen },
     device: { ...fakeDevice(opts.sms ?? 132), computeCapability: [opts.computeMajor ?? 9, 0] },
@@ -86,8 +89,8 @@ function run(opts: RunOptions) {
 
 describe('attention variants', () => {
   it('match the TS_ATTENTION_ENTRY lines of kernels/attention.cu', () => {
-    const entries = [...SOURCE.matchAll(/^TS_ATTENTION_ENTRY\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => ({
-      name: m[1],
+    const entries = [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => ({
+      name: `${m[1]}_bf16`,
       hd: +m[2],
       rows: 16 * +m[3],
       tileTokens: +m[5] * +m[4],
@@ -95,7 +98,11 @@ describe('attention variants', () => {
     }));
     const variants = [...PREFILL_VARIANTS, ...DECODE_VARIANTS].map((v) => ({ name: v.decl.name, hd: v.headDimBucket, rows: v.rows, tileTokens: v.tileTokens, threads: v.threads }));
     expect(variants).toEqual(entries);
-    expect(SOURCE).toContain(`void __launch_bounds__(128) ${ATTENTION_COMBINE.name}(`);
+    // Each variant line makes the bf16 and the fp16 entry; the combine kernel comes as both too.
+    expect(SOURCE).toMatch(/#define TS_ATTENTION_ENTRIES\(NAME, [^)]*\)\s*\\\s*TS_ATTENTION_ENTRY\(NAME##_bf16, ts::bf16,[^\n]*\n\s*TS_ATTENTION_ENTRY\(NAME##_f16, ts::f16,/);
+    expect(ATTENTION_COMBINE.name).toBe('ts_attention_combine_bf16');
+    expect(SOURCE).toContain('TS_COMBINE_ENTRY(ts::bf16, bf16)\nTS_COMBINE_ENTRY(ts::f16, f16)');
+    expect(SOURCE).toContain('ts_attention_combine_##SUFFIX(');
     expect(new Set(DECLS.map((d) => d.name)).size).toBe(DECLS.length);
   });
 });
@@ -122,6 +129,18 @@ describe('attention launcher', () => {
     expect(run({ T: 5, B: 1, H: 2, KV: 1, hd: 80, maxContextLen: 5, maxQueryLen: 5 }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_bf16');
     expect(run({ T: 5, B: 1, H: 2, KV: 1, hd: 256, maxContextLen: 5, maxQueryLen: 5 }).launches[0].decl.name).toBe('ts_attention_prefill_hd256_bf16');
     expect(run({ T: 2, B: 2, H: 2, KV: 1, hd: 40, maxContextLen: 5, maxQueryLen: 1 }).launches[0].decl.name).toBe('ts_attention_decode_hd64_bf16');
+  });
+
+  it('runs the fp16 entries for an fp16 cache: prefill, decode with its combine, the Hopper rungs; a mix is refused', () => {
+    const f16 = { dtype: 'f16' as const };
+    expect(run({ T: 5, B: 1, H: 2, KV: 1, hd: 80, maxContextLen: 5, maxQueryLen: 5, ...f16 }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_f16');
+    const decode = run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, ...f16 }).launches;
+    expect(decode.map((l) => l.decl.name)).toEqual(['ts_attention_decode_hd128_f16', 'ts_attention_combine_f16']);
+    const llama = { T: 1000, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 700, maxQueryLen: 600, ...f16 };
+    const sm90 = run({ ...llama, attrs: { attentionVariant: 'sm90o' } });
+    expect(sm90.launches[0].decl.name).toBe('ts_attention_prefill_sm90o_hd128_f16');
+    expect(sm90.maps[0].t.dtype).toBe('f16');
+    expect(() => run({ ...llama, outDtype: 'bf16' })).toThrow(/attention: output \[1000, 4096\] is bf16, but the other operands are f16/);
   });
 
   it('splits a long decode context when the batch would not fill the GPU, then combines', () => {
@@ -189,7 +208,8 @@ describe('Hopper prefill attention (kernels/attention_sm90.cu) launcher', () => 
   const llama = { T: 1000, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 700, maxQueryLen: 600 };
 
   it('declares the entries and geometry of the source', () => {
-    const entries = [...SM90_SOURCE.matchAll(/^TS_ATTN_SM90_ENTRY\((\w+), (\d+), (true|false)\)/gm)].map((m) => [m[1], +m[2], m[3] === 'true']);
+    const entries = [...SM90_SOURCE.matchAll(/^TS_ATTN_SM90_ENTRIES\((\w+), (\d+), (true|false)\)/gm)].map((m) => [`${m[1]}_bf16`, +m[2], m[3] === 'true']);
+    expect(SM90_SOURCE).toMatch(/#define TS_ATTN_SM90_ENTRIES\(NAME, HD, OVERLAP\)\s*\\\s*TS_ATTN_SM90_ENTRY\(NAME##_bf16, ts::bf16, HD, OVERLAP\)\s*\\\s*TS_ATTN_SM90_ENTRY\(NAME##_f16, ts::f16, HD, OVERLAP\)/);
     expect(entries).toEqual((['sm90', 'sm90o'] as const).flatMap((v) => ATTENTION_SM90.headDims.map((hd) => [ATTENTION_SM90_KERNELS[v][hd].name, hd, v === 'sm90o'])));
     expect(SM90_SOURCE).toContain(`constexpr int BM = ${ATTENTION_SM90.rows};`);
     expect(SM90_SOURCE).toContain(`constexpr int KT = ${ATTENTION_SM90.tileTokens};`);

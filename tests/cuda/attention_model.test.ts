@@ -25,7 +25,7 @@ const LOG2E = 1.4426950408889634;
 
 /** The template arguments of each entry: [HD, WM, WN, KW, QREG]. */
 const ENTRIES = new Map(
-  [...SOURCE.matchAll(/^TS_ATTENTION_ENTRY\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => [m[1], { HD: +m[2], WM: +m[3], WN: +m[4], KW: +m[5], QREG: m[6] === 'true' }]),
+  [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => [`${m[1]}_bf16`, { HD: +m[2], WM: +m[3], WN: +m[4], KW: +m[5], QREG: m[6] === 'true' }]),
 );
 
 interface Inputs {
@@ -353,9 +353,9 @@ describe('kernels/attention.cu transcribed (JavaScript model of its data movemen
       'const int col = dp * 16 + (lane >> 4) * 8;',
       'ldsm_x4_t(smem_u32(vs_tile + tok * LD + col), b0, b1, b2, b3);',
       'const bool ok = e < 2 ? (j >= lo0 && j < hi0) : (j >= lo1 && j < hi1);',
-      'a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);',
-      'a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);',
-      'bf16* const qs_tile = QREG ? (BM <= KT ? vs_tile : ks_tile) : ks_tile + 2 * KT * LD;',
+      'a[1] = ts::pack2<T>(s[2 * kk][2], s[2 * kk][3]);',
+      'a[2] = ts::pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);',
+      'T* const qs_tile = QREG ? (BM <= KT ? vs_tile : ks_tile) : ks_tile + 2 * KT * LD;',
     ])
       expect(SOURCE, line).toContain(line);
   });

@@ -295,12 +295,12 @@ describe('kernels/attention_sm90.cu transcribed (JavaScript model of its data mo
       'tma_load_3d(sK + pn * KT * 128 + c * ch * 128, &tmKV, &kFull[s], pn * 64, kvh, t);',
       'tma_load_3d(sV + pn * KT * 128 + c * ch * 128, &tmKV, &vFull[s], pn * 64, kvh, p.vOffset + t);',
       '*reinterpret_cast<uint4*>(sQ + (chunk / 8) * (BM * 128) + rl * 128 + (((chunk % 8) ^ (rl % 8)) << 4)) = v;',
-      'wgmma_ss_m64n128k16(s, desc_kmajor(qBase + pn * BM * 128) + off, desc_kmajor(kBase + pn * KT * 128) + off, kk > 0 ? 1 : 0);',
-      'wgmma_rs_tb(o, pf[kk], desc_mnmajor(vBase + kk * 16 * 128, KT * 128));',
+      'wgmma_ss_m64n128k16<T>(s, desc_kmajor(qBase + pn * BM * 128) + off, desc_kmajor(kBase + pn * KT * 128) + off, kk > 0 ? 1 : 0);',
+      'wgmma_rs_tb<T>(o, pf[kk], desc_mnmajor(vBase + kk * 16 * 128, KT * 128));',
       '*reinterpret_cast<uint4*>(sV + (rest / 8) * KT * 128 + row * 128 + (rest % 8) * 16) = make_uint4(0, 0, 0, 0);',
       'const bool whole = key0 + KT <= ctx && (!p.causal || key0 + KT - 1 <= posA) && (p.window <= 0 || key0 > posB - p.window);',
       'const bool ok = key < ctx && (!p.causal || key <= pos) && (p.window <= 0 || key > pos - p.window);',
-      'for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack_bf16x2(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);',
+      'for (int r = 0; r < 4; r++) pf[kk][r] = ts::pack2<T>(s[8 * kk + 2 * r], s[8 * kk + 2 * r + 1]);',
     ])
       expect(SOURCE, line).toContain(line);
     // The descriptors the model reads through: SBO 1024 for both, LBO the panel distance for V.

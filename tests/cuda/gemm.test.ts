@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Attrs } from '../../src/graph/ir.js';
-import { packArgs } from '../../src/backend/cuda/kernel_decl.js';
+import { forStorage, packArgs, withStorageTwins } from '../../src/backend/cuda/kernel_decl.js';
 import {
   DECLS,
   GEMM_BK,
@@ -28,17 +28,37 @@ const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.c
 const GEMV_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
 const SM90_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm_sm90.cu'), 'utf8');
 
+/**
+ * The entry names a kernel file's per-configuration macro makes: each `PER_CONFIG(a, b, ...)` line
+ * expanded through the `NAME_PREFIX##A##x##B##_suffix`-style names of its definition (the
+ * preprocessor's pasting, for the names only).
+ */
+function macroEntryNames(source: string, perConfig: string, params: string[]): string[] {
+  const def = new RegExp(`#define ${perConfig}\\(([^)]*)\\)((?:.*\\\\\n)*.*)`).exec(source);
+  if (!def) throw new Error(`no #define ${perConfig}`);
+  const formal = def[1].split(',').map((x) => x.trim());
+  const templates = [...def[2].matchAll(/\b(ts_\w*(?:##\w+)+\w*)/g)].map((m) => m[1]);
+  const names: string[] = [];
+  for (const line of source.matchAll(new RegExp(`^${perConfig}\\(([^)]*)\\)`, 'gm'))) {
+    const actual = line[1].split(',').map((x) => x.trim());
+    for (const t of templates) names.push(t.split('##').map((part) => (formal.includes(part) ? actual[formal.indexOf(part)] : part)).join(''));
+  }
+  expect(formal.slice(0, params.length)).toEqual(params);
+  return names;
+}
 
-function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f32'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
+
+function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
   const { R, N, K } = opts;
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
   const scratch: number[] = [];
-  const inputs = [tensor([R, K], 'bf16', p.x), tensor([N, K], 'bf16', p.w)];
-  if (opts.bias) inputs.push(tensor([N], 'bf16', p.b));
+  const st = opts.storage ?? 'bf16';
+  const inputs = [tensor([R, K], st, p.x), tensor([N, K], st, p.w)];
+  if (opts.bias) inputs.push(tensor([N], st, p.b));
   const ctx: CudaOpContext = {
     inputs,
-    outputs: [tensor([R, N], opts.out ?? 'bf16', p.y)],
+    outputs: [tensor([R, N], opts.out ?? st, p.y)],
     attrs: opts.attrs ?? {},
     step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
     device: fakeDevice(opts.sms ?? 132),
@@ -72,22 +92,29 @@ const LLAMA3_8B: Array<[string, number, number]> = [
 ];
 
 describe('gemm tile table', () => {
-  it('matches the TS_GEMM_ENTRY lines of kernels/gemm.cu', () => {
-    const found = [...SOURCE.matchAll(/^TS_GEMM_ENTRY\((ts_gemm_\w+), [\w:]+, (\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)/gm)];
-    expect(found.length).toBe(2 * Object.keys(GEMM_TILES).length);
-    for (const [, name, bm, bn, wm, wn, stages] of found) {
-      const tile = Object.values(GEMM_TILES).find((t) => name.startsWith(`ts_gemm_${t.name}_`));
-      expect(tile, name).toBeDefined();
-      expect([tile!.bm, tile!.bn, tile!.warps, tile!.stages]).toEqual([+bm, +bn, +wm * +wn, +stages]);
+  it('matches the TS_GEMM_ENTRIES lines of kernels/gemm.cu', () => {
+    const found = [...SOURCE.matchAll(/^TS_GEMM_ENTRIES\((\d+), (\d+), (\d+), (\d+), (\d+), (\d+)\)/gm)];
+    expect(found.length).toBe(Object.keys(GEMM_TILES).length);
+    for (const [, bm, bn, wm, wn, stages] of found) {
+      const tile = GEMM_TILES[`${bm}x${bn}` as GemmTileName];
+      expect(tile, `${bm}x${bn}`).toBeDefined();
+      expect([tile.bm, tile.bn, tile.warps, tile.stages]).toEqual([+bm, +bn, +wm * +wn, +stages]);
     }
     expect(SOURCE).toContain(`constexpr int BK = ${GEMM_BK};`);
   });
 
-  it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct', () => {
+  it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct, and each one\'s fp16 twin', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
     expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2);
-    for (const d of DECLS) expect(d.name.startsWith('ts_gemv_') ? GEMV_SOURCE : d.name.startsWith('ts_gemm_sm90') ? SM90_SOURCE : SOURCE).toMatch(new RegExp(`\\b${d.name}\\b`));
+    // Every entry the sources make, bf16 and fp16: exactly the declarations and their twins.
+    const sourceNames = [
+      ...macroEntryNames(SOURCE, 'TS_GEMM_ENTRIES', ['BM', 'BN']),
+      ...[...SOURCE.matchAll(/^TS_REDUCE_ENTRY\((\w+),/gm)].map((m) => m[1]),
+      ...macroEntryNames(GEMV_SOURCE, 'TS_GEMV_ENTRIES', ['MAXR']),
+      ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90_ENTRY\((\w+),/gm)].map((m) => m[1]),
+    ];
+    expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
     expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
     expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'splits:i32']);
   });
@@ -207,7 +234,7 @@ describe('matmul launcher', () => {
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
     const { launches } = run({ R: 1, N: 128256, K: 4096, out: 'f32' });
-    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f32']);
+    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_bf16_f32']);
     expect(launches[0].args.bias).toBe(0n);
     expect(launches[0].launch.sharedBytes).toBe(GEMM_TILES['16x128'].sharedBytes);
   });
@@ -215,13 +242,24 @@ describe('matmul launcher', () => {
   it.each(['bf16', 'f32'] as const)('splits K into f32 partials in scratch, then reduces with the bias into %s', (out) => {
     const { launches, scratch } = run({ R: 1, N: 4096, K: 4096, bias: true, out });
     expect(scratch).toEqual([8 * 4096 * 4]);
-    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f32', `ts_gemm_splitk_reduce_${out}`]);
+    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_bf16_f32', out === 'f32' ? 'ts_gemm_splitk_reduce_bf16_f32' : 'ts_gemm_splitk_reduce_bf16']);
     const [gemm, reduce] = launches;
     expect(gemm.launch.grid).toEqual([32, 1, 8]);
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
     expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, R: 1, N: 4096, splits: 8 });
     expect(reduce.launch.block).toEqual([256, 1, 1]);
     expect(reduce.launch.grid).toEqual([16, 1, 1]);
+  });
+
+  it('runs the fp16 entries for fp16 operands: tiles, split-K and its reduce, GEMV, the Hopper kernel', () => {
+    expect(run({ R: 8192, N: 4096, K: 4096, bias: true, storage: 'f16' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_f16']);
+    expect(run({ R: 1, N: 4096, K: 4096, bias: true, storage: 'f16' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16']);
+    expect(run({ R: 1, N: 4096, K: 4096, storage: 'f16', out: 'f32' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16_f32']);
+    expect(run({ R: 2, N: 64, K: 64, storage: 'f16', attrs: { gemmVariant: 'gemv' } }).launches.map((l) => l.decl.name)).toEqual(['ts_gemv_r2_f16']);
+    expect(forStorage(GEMM_KERNELS['64x128'].bf16, 'f16').name).toBe('ts_gemm_64x128_f16');
+    expect(forStorage(GEMM_KERNELS['64x128'].bf16, 'bf16')).toBe(GEMM_KERNELS['64x128'].bf16);
+    // One storage type for x, w and bias; y is it or f32.
+    expect(() => run({ R: 2, N: 8, K: 32, storage: 'f16', out: 'bf16' })).toThrow(/matmul: y must be f16 or f32/);
   });
 
   it('launches nothing for zero rows or zero columns', () => {
@@ -261,7 +299,13 @@ describe('matmul launcher', () => {
     expect(() => matmul(ctx)).toThrow(/matmul: x and w disagree on K/);
     ctx = base();
     ctx.inputs[0] = tensor([2, 32], 'f32', 0x1000n);
-    expect(() => matmul(ctx)).toThrow(/matmul: x and w must be bf16/);
+    expect(() => matmul(ctx)).toThrow(/matmul: x and w must both be bf16 or both f16/);
+    ctx = base();
+    ctx.inputs[1] = tensor([8, 32], 'f16', 0x2000n);
+    expect(() => matmul(ctx)).toThrow(/matmul: x and w must both be bf16 or both f16/);
+    ctx = base();
+    ctx.inputs.push(tensor([8], 'f16', 0x3000n));
+    expect(() => matmul(ctx)).toThrow(/matmul: bias \[8\] is f16, but the other operands are bf16/);
     ctx = base();
     ctx.inputs.push(tensor([7], 'bf16', 0x3000n));
     expect(() => matmul(ctx)).toThrow(/matmul: bias must be \[8\] bf16/);

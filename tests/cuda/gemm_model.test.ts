@@ -30,7 +30,7 @@ function blockTile(pid: number, tilesM: number, tilesN: number): [number, number
   return [firstM + (local % groupM), Math.floor(local / groupM)];
 }
 
-/** The TS_GEMM_ENTRY configurations: [BM, BN, WARPS_M, WARPS_N, STAGES]. */
+/** The TS_GEMM_ENTRIES configurations: [BM, BN, WARPS_M, WARPS_N, STAGES]. */
 const CONFIGS: Record<string, [number, number, number, number, number]> = {
   '16x128': [16, 128, 1, 4, 4],
   '32x128': [32, 128, 1, 4, 4],
@@ -144,12 +144,12 @@ describe('kernels/gemm.cu transcribed (JavaScript model of its data movement and
       'return tile_offset(lane & 15, kk * 2 + (lane >> 4));',
       'return tile_offset((lane & 7) + ((lane >> 4) << 3), kk * 2 + ((lane >> 3) & 1));',
       'const uint32_t ld_dst = tile_offset(ld_row, tid % ROW_CHUNKS);',
-      'mma_bf16(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);',
+      'mma<T>(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);',
       'const int row = m0 + wm * WTM + mi * 16 + g + h * 8;',
       'int read_stage = 0, write_stage = STAGES - 1;',
     ])
       expect(SOURCE, line).toContain(line);
-    const entries = [...SOURCE.matchAll(/^TS_GEMM_ENTRY\(ts_gemm_(\d+x\d+)_f32, float, (\d+), (\d+), (\d+), (\d+), (\d+), \d+\)/gm)].map((m) => [m[1], m.slice(2, 7).map(Number)]);
+    const entries = [...SOURCE.matchAll(/^TS_GEMM_ENTRIES\(((\d+), (\d+)), (\d+), (\d+), (\d+), \d+\)/gm)].map((m) => [m[1].replace(', ', 'x'), m.slice(2, 7).map(Number)]);
     expect(Object.fromEntries(entries)).toEqual(CONFIGS);
   });
 

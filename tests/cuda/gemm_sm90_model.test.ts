@@ -90,8 +90,8 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, tn * BN);',
       'const uint8_t* a = smem + stage * STAGE_BYTES + cw * 64 * 128;',
       'const uint64_t da = desc_kmajor(a), db0 = desc_kmajor(b), db1 = desc_kmajor(b + 128 * 128);',
-      'wgmma_ss_m64n128k16(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);',
-      'wgmma_ss_m64n128k16(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);',
+      'wgmma_ss_m64n128k16<T>(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);',
+      'wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);',
       'const int row0 = tm * BM + cw * 64 + warp * 16 + lane / 4;',
       'const int col = tn * BN + h * 128 + i * 8 + 2 * (lane % 4);',
     ])

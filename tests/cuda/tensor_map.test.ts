@@ -236,7 +236,7 @@ describe.skipIf(!mockPath)('the CUDA backend\'s tensor map cache (stand-in libcu
       expect(backend.tensorMap2d(t, [32, 64], '128B')).not.toBe(first);
       expect(backend.tensorMap2d(t, [64, 32], '64B')).not.toBe(first);
       expect(backend.tensorMap2d(t, [64, 64], '128B')).toBe(first);
-      expect(() => backend.tensorMap2d({ ptr, shape: [64, 128], dtype: 'i32' }, [64, 64], '128B')).toThrow('tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [64, 128] i32');
+      expect(() => backend.tensorMap2d({ ptr, shape: [64, 128], dtype: 'i32' }, [64, 64], '128B')).toThrow('tensorMap2d: a tensor map needs a 2-D bf16, f16 or f32 matrix, not [64, 128] i32');
       expect(() => backend.tensorMap2d({ ...t, shape: [2, 32, 128] }, [64, 64], '128B')).toThrow('not [2, 32, 128] bf16');
 
       // A reshaped view: [2, 4, 16, 2, 64] (a small KV pool) as [128 tokens, 2 kv heads, 64].
@@ -252,7 +252,7 @@ describe.skipIf(!mockPath)('the CUDA backend\'s tensor map cache (stand-in libcu
       expect(backend.tensorMap(pool, [128, 2, 64], [16, 1, 64], '128B')).toBe(view);
       expect(backend.tensorMap(pool, [128, 2, 64], [8, 1, 64], '128B')).not.toBe(view);
       expect(() => backend.tensorMap(pool, [100, 2, 64], [16, 1, 64], '128B')).toThrow('tensorMap: view [100, 2, 64] with box [16, 1, 64] does not reshape [2, 4, 16, 2, 64] bf16');
-      expect(() => backend.tensorMap({ ...pool, dtype: 'i32' }, [128, 2, 64], [16, 1, 64], '128B')).toThrow('needs a bf16 or f32 tensor');
+      expect(() => backend.tensorMap({ ...pool, dtype: 'i32' }, [128, 2, 64], [16, 1, 64], '128B')).toThrow('needs a bf16, f16 or f32 tensor');
       backend.freeBuffer(ptr);
     } finally {
       await backend.dispose();

@@ -1,7 +1,7 @@
 /**
  * The CUDA backend: runs a Program with Tessera's kernels (dist/kernels/tessera.fatbin) through
- * the driver API. Weights live on the device in bf16 (uploaded once, or made there for synthetic
- * checkpoints); activations in one arena planned by lowering; the logits in an f32 buffer of
+ * the driver API. Weights live on the device in the storage type, bf16 or fp16 (LoadLimits.storage;
+ * uploaded once, or made there for synthetic checkpoints), as do the activations and the KV cache; activations in one arena planned by lowering; the logits in an f32 buffer of
  * their own; the KV pool in one allocation sized after everything else. Each step uploads its
  * inputs in one copy. Decode steps are padded to a batch-size and context bucket and replayed from
  * a CUDA graph captured on the bucket's second use (the first runs eagerly, which also sizes the
@@ -13,19 +13,19 @@ import { TesseraError } from '../../errors.js';
 import type { Attrs } from '../../graph/ir.js';
 import { OPS, type OpName } from '../../graph/ops.js';
 import type { Operand, Program } from '../../graph/program.js';
-import { bf16ToF32, f32ToBf16 } from '../../util/dtype.js';
+import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../util/dtype.js';
 import { median } from '../../util/stats.js';
 import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
 import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle, type TensorMapSwizzle } from './driver.js';
-import { packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
+import { forStorage, packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { chooseAttention, chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
 import { CUDA_OPS } from './ops/index.js';
 import { ATTENTION_VARIANTS } from './ops/attention.js';
 import { GEMM_VARIANTS } from './ops/gemm.js';
-import type { CudaOpContext, DeviceStep, DeviceTensor, Launch } from './ops/types.js';
+import { elementBytes, type CudaOpContext, type DeviceStep, type DeviceTensor, type Launch, type StorageDType } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
-import { FILL_BF16, FILL_UNIFORM_BF16, TRANSPOSE_BF16 } from './ops/transform.js';
+import { FILL, FILL_UNIFORM, TRANSPOSE } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
 function fatbinPath(): string {
@@ -34,8 +34,18 @@ function fatbinPath(): string {
   return fileURLToPath(new URL(rel, here));
 }
 
-const BF16_NAN_PAIR = 0x7fc07fc0;
-const F32_NAN = 0x7fc00000;
+/** A quiet NaN in every element of a 32-bit word, per dtype (for poisoning outputs before a launch). */
+const NAN_WORD: Record<DeviceTensor['dtype'], number> = { bf16: 0x7fc07fc0, f16: 0x7e007e00, f32: 0x7fc00000, i32: 0x7fc00000 };
+
+/** f32 host data as the storage type's 16-bit patterns, and back. */
+function toStorage(dtype: StorageDType, data: Float32Array): Uint16Array {
+  const bits = new Uint16Array(data.length);
+  (dtype === 'f16' ? f32ToF16 : f32ToBf16)(data, bits);
+  return bits;
+}
+function fromStorage(dtype: StorageDType, bits: Uint16Array, out: Float32Array): void {
+  (dtype === 'f16' ? f16ToF32 : bf16ToF32)(bits, out);
+}
 /** Tensor maps kept (oldest dropped first): eager steps of ever new token counts would add entries forever. */
 const TENSOR_MAP_CACHE_ENTRIES = 4096;
 /** Batch sizes decode graphs are captured for (padded up to the next). */
@@ -46,7 +56,7 @@ interface Allocation {
   bytes: number;
 }
 
-/** An input of prepareOp: host data, or a bf16 tensor filled on the device with uniform values in [-bound, bound). */
+/** An input of prepareOp: host data, or a tensor of the storage type filled on the device with uniform values in [-bound, bound). */
 export type OpInput = HostTensor | { shape: number[]; uniform: { seed: number; bound: number } };
 
 /** One op's device tensors and how to run it (CudaBackend.prepareOp). */
@@ -103,6 +113,8 @@ export class CudaBackend implements Backend {
   private readonly tensorMaps = new Map<string, Uint8Array>();
   private readonly graphs = new Map<string, Handle | 'eager-once'>();
   private weightBytes = 0;
+  /** The storage type of weights, activations and the KV cache (LoadLimits.storage). */
+  private storage: StorageDType = 'bf16';
   /** Events around each step while steps are timed, and the last step's device time. */
   private stepEvents: [Handle, Handle] | null = null;
   private stepMs: number | null = null;
@@ -243,6 +255,7 @@ export class CudaBackend implements Backend {
   async load(program: Program, source: WeightSource, limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void> {
     this.program = program;
     this.limits = limits;
+    this.storage = limits.storage ?? 'bf16';
     const numel = (shape: number[]) => shape.reduce((a, d) => a * d, 1);
     const used = new Set<string>();
     for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
@@ -262,15 +275,12 @@ export class CudaBackend implements Backend {
       this.driver.currentOp = `loading ${w.name}`;
       const n = numel(w.shape);
       const ptr = this.alloc(2 * n);
-      const tensor: DeviceTensor = { ptr, shape: w.shape, dtype: 'bf16' };
+      const tensor: DeviceTensor = { ptr, shape: w.shape, dtype: this.storage };
       if ('tensor' in w.source) {
         const recipe = source.recipe?.(w.source.tensor) ?? null;
         if (recipe) this.fillOnDevice(tensor, recipe);
         else {
-          const host = await source.readF32(w.source.tensor);
-          const bf16 = new Uint16Array(host.length);
-          f32ToBf16(host, bf16);
-          this.driver.copyToDevice(ptr, bf16);
+          this.driver.copyToDevice(ptr, toStorage(this.storage, await source.readF32(w.source.tensor)));
         }
         loadedBytes += 2 * n;
         onProgress?.({ loadedBytes, totalBytes: totalTensorBytes, name: w.name });
@@ -299,8 +309,9 @@ export class CudaBackend implements Backend {
   private fillOnDevice(t: DeviceTensor, recipe: { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number }): void {
     const n = t.shape.reduce((a, d) => a * d, 1);
     const launch = { grid: [Math.min(Math.ceil(n / 256), 65535), 1, 1], block: [256, 1, 1] } as Launch;
-    if (recipe.kind === 'ones') this.launchDecl(FILL_BF16, launch, { out: t.ptr, n: BigInt(n), value: 1 });
-    else this.launchDecl(FILL_UNIFORM_BF16, launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
+    const dtype = t.dtype as StorageDType;
+    if (recipe.kind === 'ones') this.launchDecl(forStorage(FILL, dtype), launch, { out: t.ptr, n: BigInt(n), value: 1 });
+    else this.launchDecl(forStorage(FILL_UNIFORM, dtype), launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
   }
 
   /** transpose by kernel; slice_rows and concat_rows by device copies. */
@@ -309,7 +320,7 @@ export class CudaBackend implements Backend {
     switch (op) {
       case 'transpose': {
         const [rows, cols] = inputs[0].shape;
-        this.launchDecl(TRANSPOSE_BF16, { grid: [Math.ceil(cols / 32), Math.ceil(rows / 32), 1], block: [32, 8, 1] }, { out: out.ptr, input: inputs[0].ptr, rows, cols });
+        this.launchDecl(forStorage(TRANSPOSE, out.dtype as StorageDType), { grid: [Math.ceil(cols / 32), Math.ceil(rows / 32), 1], block: [32, 8, 1] }, { out: out.ptr, input: inputs[0].ptr, rows, cols });
         return;
       }
       case 'slice_rows': {
@@ -383,7 +394,7 @@ export class CudaBackend implements Backend {
     let offset = 0n;
     for (const st of program.states) {
       const shape = [2, numBlocks, st.blockSize, st.numKvHeads, st.headDim];
-      this.kv.set(st.name, { ptr: this.kvPool + offset, shape, dtype: 'bf16' });
+      this.kv.set(st.name, { ptr: this.kvPool + offset, shape, dtype: this.storage });
       offset += BigInt(2 * shape.reduce((a, d) => a * d, 1));
     }
   }
@@ -501,7 +512,7 @@ export class CudaBackend implements Backend {
           const b = buffers.get(o.id)!;
           const shape = [rowsOf(b.rows), b.cols];
           if (o.id === program.logits.id) return { ptr: this.logits, shape, dtype: 'f32' };
-          return { ptr: this.arena + BigInt(2 * b.offset), shape, dtype: 'bf16' };
+          return { ptr: this.arena + BigInt(2 * b.offset), shape, dtype: this.storage };
         }
       }
     };
@@ -533,7 +544,7 @@ export class CudaBackend implements Backend {
   }
 
   /**
-   * A TMA tensor map of a row-major 2-D bf16/f32 tensor (what launchers get as
+   * A TMA tensor map of a row-major 2-D bf16/f16/f32 tensor (what launchers get as
    * CudaOpContext.tensorMap2d), cached by all it encodes: pointer, shape, dtype, box and swizzle.
    * A map is a function of its key alone, so an entry cannot be stale: a tensor freed (by a
    * PreparedOp's dispose, say) and another allocated at the same address gets a cached map only
@@ -542,12 +553,12 @@ export class CudaBackend implements Backend {
    * The bytes returned are shared: pass them to a launch, do not modify them.
    */
   tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: TensorMapSwizzle): Uint8Array {
-    if (t.shape.length !== 2 || t.dtype === 'i32') throw new Error(`tensorMap2d: a tensor map needs a 2-D bf16 or f32 matrix, not [${t.shape.join(', ')}] ${t.dtype}`);
+    if (t.shape.length !== 2 || t.dtype === 'i32') throw new Error(`tensorMap2d: a tensor map needs a 2-D bf16, f16 or f32 matrix, not [${t.shape.join(', ')}] ${t.dtype}`);
     return this.tensorMap(t, t.shape, box, swizzle);
   }
 
   /**
-   * A TMA tensor map of a bf16/f32 tensor seen as the row-major `shape` (outermost first; the
+   * A TMA tensor map of a bf16/f16/f32 tensor seen as the row-major `shape` (outermost first; the
    * same number of elements as the tensor: a reshape, as the KV pool [2, N, bs, KV, hd] is seen
    * as [2 N bs, KV, hd]), with a box given outermost first too. Cached as tensorMap2d's maps are.
    */
@@ -555,14 +566,13 @@ export class CudaBackend implements Backend {
     const key = `${t.ptr}:${t.shape.join('x')}:${t.dtype}:${shape.join('x')}:${box.join('x')}:${swizzle}`;
     let map = this.tensorMaps.get(key);
     if (!map) {
-      if (t.dtype === 'i32') throw new Error(`tensorMap: a tensor map needs a bf16 or f32 tensor, not [${t.shape.join(', ')}] ${t.dtype}`);
+      if (t.dtype === 'i32') throw new Error(`tensorMap: a tensor map needs a bf16, f16 or f32 tensor, not [${t.shape.join(', ')}] ${t.dtype}`);
       const count = (s: readonly number[]) => s.reduce((a, b) => a * b, 1);
       if (count(shape) !== count(t.shape) || shape.length !== box.length)
         throw new Error(`tensorMap: view [${shape.join(', ')}] with box [${box.join(', ')}] does not reshape [${t.shape.join(', ')}] ${t.dtype}`);
-      const elementBytes = t.dtype === 'bf16' ? 2 : 4;
       const dims = [...shape].reverse();
       const strideBytes: number[] = [];
-      for (let i = 1, stride = elementBytes; i < dims.length; i++) strideBytes.push((stride *= dims[i - 1]));
+      for (let i = 1, stride = elementBytes(t.dtype); i < dims.length; i++) strideBytes.push((stride *= dims[i - 1]));
       map = this.driver.encodeTensorMap({ dtype: t.dtype, address: t.ptr, dims, strideBytes, box: [...box].reverse(), swizzle });
       if (this.tensorMaps.size >= TENSOR_MAP_CACHE_ENTRIES) this.tensorMaps.delete(this.tensorMaps.keys().next().value!);
       this.tensorMaps.set(key, map);
@@ -764,21 +774,23 @@ export class CudaBackend implements Backend {
   /**
    * One op outside any Program, its tensors on the device until dispose(): for the conformance
    * suite (runOp) and the kernel benchmark, which enqueues it many times. Float inputs are stored
-   * as bf16 (or filled on the device with uniform random values); outputs are bf16 unless
-   * attrs.outputDtype is 'f32'; a state output is its state input, updated in place.
+   * in the storage type, bf16 or attrs.storageDtype 'f16' (or filled on the device with uniform
+   * random values); outputs are of the storage type unless attrs.outputDtype is 'f32'; a state
+   * output is its state input, updated in place.
    */
   prepareOp(op: OpName, attrs: Attrs, inputs: readonly OpInput[], outputShapes: number[][], step: StepBatch): PreparedOp {
     const spec = OPS[op];
     const launcher = CUDA_OPS[op];
     if (!launcher) throw new Error(`${op} runs at load time on the CUDA backend, not as a step op`);
     const temps: DevPtr[] = [];
+    const storage: StorageDType = attrs.storageDtype === 'f16' ? 'f16' : 'bf16';
     const tensor = (shape: number[], dtype: DeviceTensor['dtype']): DeviceTensor => {
-      const bytes = (dtype === 'bf16' ? 2 : 4) * shape.reduce((a, d) => a * d, 1);
+      const bytes = elementBytes(dtype) * shape.reduce((a, d) => a * d, 1);
       const ptr = this.alloc(Math.max(bytes, 4));
       temps.push(ptr);
       return { ptr, shape, dtype };
     };
-    const bytesOf = (t: DeviceTensor) => (t.dtype === 'bf16' ? 2 : 4) * t.shape.reduce((a, d) => a * d, 1);
+    const bytesOf = (t: DeviceTensor) => elementBytes(t.dtype) * t.shape.reduce((a, d) => a * d, 1);
     let released = false;
     const release = () => {
       if (released) return;
@@ -788,7 +800,7 @@ export class CudaBackend implements Backend {
     try {
       const devInputs = inputs.map((t): DeviceTensor => {
         if ('uniform' in t) {
-          const d = tensor(t.shape, 'bf16');
+          const d = tensor(t.shape, storage);
           this.fillOnDevice(d, { kind: 'uniform', ...t.uniform });
           return d;
         }
@@ -797,16 +809,14 @@ export class CudaBackend implements Backend {
           this.driver.copyToDevice(d.ptr, t.data);
           return d;
         }
-        const bits = new Uint16Array(t.data.length);
-        f32ToBf16(t.data, bits);
-        const d = tensor(t.shape, 'bf16');
-        this.driver.copyToDevice(d.ptr, bits);
+        const d = tensor(t.shape, storage);
+        this.driver.copyToDevice(d.ptr, toStorage(storage, t.data));
         return d;
       });
       const stateIndex = inputs.findIndex((t) => t.shape.length === 5);
       const devOutputs = outputShapes.map((shape, i): DeviceTensor => {
         if (spec.stateOutputs?.includes(i)) return devInputs[stateIndex];
-        return tensor(shape, attrs.outputDtype === 'f32' ? 'f32' : 'bf16');
+        return tensor(shape, attrs.outputDtype === 'f32' ? 'f32' : storage);
       });
       const { maxContextLen, maxQueryLen } = stepExtent(step);
       const devStep: DeviceStep = { numTokens: step.numTokens, numSeqs: step.numSeqs, numLogitRows: step.numLogitRows, blockTableWidth: step.blockTableWidth, maxContextLen, maxQueryLen };
@@ -822,7 +832,7 @@ export class CudaBackend implements Backend {
           this.driver.currentOp = null;
         },
         poison: () => {
-          for (const t of fresh) this.driver.memset32Async(t.ptr, t.dtype === 'f32' ? F32_NAN : BF16_NAN_PAIR, Math.ceil(bytesOf(t) / 4), this.stream);
+          for (const t of fresh) this.driver.memset32Async(t.ptr, NAN_WORD[t.dtype], Math.ceil(bytesOf(t) / 4), this.stream);
         },
         download: () => {
           this.driver.synchronize(this.stream);
@@ -833,7 +843,7 @@ export class CudaBackend implements Backend {
             else {
               const bits = new Uint16Array(n);
               this.driver.copyToHost(bits, t.ptr);
-              bf16ToF32(bits, out);
+              fromStorage(t.dtype as StorageDType, bits, out);
             }
             return { data: out, shape: t.shape };
           });

@@ -17,6 +17,31 @@ export interface KernelDecl {
 }
 
 /**
+ * Kernels that read or write the 16-bit storage type have one entry per type, named alike but
+ * for the type: `ts_rmsnorm_bf16` / `ts_rmsnorm_f16`, `ts_gemm_64x128_bf16_f32` /
+ * `ts_gemm_64x128_f16_f32`. Declarations name the bf16 entry; this gives the entry for `dtype`
+ * (the same declaration for bf16, and for a kernel without a storage type).
+ */
+export function forStorage(decl: KernelDecl, dtype: 'bf16' | 'f16'): KernelDecl {
+  if (dtype === 'bf16' || !/_bf16(_|$)/.test(decl.name)) return decl;
+  let twin = fp16Twins.get(decl);
+  if (!twin) {
+    twin = { name: decl.name.replace(/_bf16(_|$)/, '_f16$1'), params: decl.params };
+    fp16Twins.set(decl, twin);
+  }
+  return twin;
+}
+const fp16Twins = new WeakMap<KernelDecl, KernelDecl>();
+
+/** The declarations with each storage-typed one's fp16 twin beside it (for the check against the PTX). */
+export function withStorageTwins(decls: readonly KernelDecl[]): KernelDecl[] {
+  return decls.flatMap((d) => {
+    const twin = forStorage(d, 'f16');
+    return twin === d ? [d] : [d, twin];
+  });
+}
+
+/**
  * How each parameter type appears in PTX (`int` is .u32, pointers are .u64), as
  * tools/build_kernels.mjs writes it: a CUtensorMap is `.param .align 128 .b8 name[128]`.
  */

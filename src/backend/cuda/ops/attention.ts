@@ -1,17 +1,18 @@
 /**
  * attention: paged attention over one layer's KV cache (kernels/attention.cu).
  *
- * inputs: q [T, H*hd] bf16, cache [2, N, bs, KV, hd] bf16, queryStart [B+1] i32, contextLens [B] i32,
- * blockTables [B, W] i32; output [T, H*hd] bf16. attrs: numHeads, numKvHeads, headDim, scale,
+ * inputs: q [T, H*hd], cache [2, N, bs, KV, hd], queryStart [B+1] i32, contextLens [B] i32,
+ * blockTables [B, W] i32; output [T, H*hd]. q, cache and output share the storage type (bf16 or
+ * f16), which picks each kernel's _bf16 or _f16 entry. attrs: numHeads, numKvHeads, headDim, scale,
  * slidingWindow (null or W), causal (default true; false: every row sees the whole context).
  *
  * Two regimes, one kernel template (a block per sequence x kv head x tile of packed
  * (token, head-in-group) rows x KV split), one variant per head-dim bucket:
- *  - prefill / mixed (maxQueryLen > 1): ts_attention_prefill_hd*_bf16, 64 packed rows per
+ *  - prefill / mixed (maxQueryLen > 1): ts_attention_prefill_hd*, 64 packed rows per
  *    block (32 for hd 256), no split, writes the output directly;
- *  - decode (maxQueryLen = 1): ts_attention_decode_hd*_bf16, 16 packed rows per block (the
+ *  - decode (maxQueryLen = 1): ts_attention_decode_hd*, 16 packed rows per block (the
  *    group's heads), the context split into numSplits chunks of splitLen tokens when
- *    sequences x kv heads alone would not fill the GPU; then ts_attention_combine_bf16 merges
+ *    sequences x kv heads alone would not fill the GPU; then ts_attention_combine merges
  *    the partials.
  * Scratch (only when numSplits > 1): numSplits * T * H * (hd + 2) * 4 bytes: partO
  * [S, T, H, hd] f32, then partML [S, T, H] (max, sum) f32 pairs.
@@ -22,7 +23,8 @@
  * TESSERA_ATTENTION) or chosen by the GPU's measured table, and where it applies
  * (sm90AttentionRefusal says why not).
  */
-import type { KernelDecl } from '../kernel_decl.js';
+import { forStorage, type KernelDecl } from '../kernel_decl.js';
+import { storageOf } from './elementwise.js';
 import type { CudaOp, DeviceTensor } from './types.js';
 import { ceilDiv } from './types.js';
 
@@ -120,7 +122,7 @@ export type AttentionVariantName = 'tiles' | 'sm90' | 'sm90o';
 export const ATTENTION_VARIANTS: readonly AttentionVariantName[] = ['tiles', 'sm90', 'sm90o'];
 
 /**
- * ts_attention_prefill_<sm90|sm90o>_hd<64|128>_bf16: the Hopper kernel with the two warpgroups'
+ * ts_attention_prefill_<sm90|sm90o>_hd<64|128>_<bf16|f16>: the Hopper kernel with the two warpgroups'
  * ping-pong (sm90), and with each warpgroup's softmax also overlapped with its own previous PV
  * (sm90o). Two rungs of the ladder, both runnable, so each step's gain stays measurable.
  */
@@ -281,10 +283,15 @@ export const attention: CudaOp = (ctx) => {
   const causal = ctx.attrs.causal ?? true;
   if (typeof causal !== 'boolean') throw new Error(`attention: attr causal must be a boolean, got ${String(causal)}`);
 
-  expect(q.dtype === 'bf16' && q.shape.length === 2 && q.shape[1] === H * hd, `q must be bf16 [T, ${H} * ${hd}]`, q);
+  const dtype = storageOf('attention', [
+    ['q', q],
+    ['cache', cache],
+    ['output', out],
+  ]);
+  expect(q.shape.length === 2 && q.shape[1] === H * hd, `q must be [T, ${H} * ${hd}]`, q);
   const T = q.shape[0];
-  expect(out.dtype === 'bf16' && out.shape.length === 2 && out.shape[0] === T && out.shape[1] === H * hd, `output must be bf16 [${T}, ${H * hd}]`, out);
-  expect(cache.dtype === 'bf16' && cache.shape.length === 5 && cache.shape[0] === 2 && cache.shape[3] === KV && cache.shape[4] === hd, `cache must be bf16 [2, blocks, blockSize, ${KV}, ${hd}]`, cache);
+  expect(out.shape.length === 2 && out.shape[0] === T && out.shape[1] === H * hd, `output must be [${T}, ${H * hd}]`, out);
+  expect(cache.shape.length === 5 && cache.shape[0] === 2 && cache.shape[3] === KV && cache.shape[4] === hd, `cache must be [2, blocks, blockSize, ${KV}, ${hd}]`, cache);
   const numCacheBlocks = cache.shape[1], blockSize = cache.shape[2];
   const blockSizeLog2 = Math.log2(blockSize);
   expect(Number.isInteger(blockSizeLog2) && blockSize >= 1 && blockSize <= 1024, 'cache block size must be a power of two', cache);
@@ -316,7 +323,7 @@ export const attention: CudaOp = (ctx) => {
     // The pool [2, N, bs, KV, hd] seen as [2 N bs, KV, hd]: one box = min(bs, 128) tokens of one kv head, 64 columns.
     const tmKV = ctx.tensorMap(cache, [2 * numCacheBlocks * blockSize, KV, hd], [Math.min(blockSize, ATTENTION_SM90.tileTokens), 1, 64], '128B');
     expect(q.ptr % 16n === 0n && out.ptr % 16n === 0n, 'q and the output must be 16-byte aligned', q);
-    ctx.launch(ATTENTION_SM90_KERNELS[chosen][hd], { grid: [ceilDiv(ctx.step.maxQueryLen * G, ATTENTION_SM90.rows), KV, B], block: [ATTENTION_SM90.threads, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(hd) }, {
+    ctx.launch(forStorage(ATTENTION_SM90_KERNELS[chosen][hd], dtype), { grid: [ceilDiv(ctx.step.maxQueryLen * G, ATTENTION_SM90.rows), KV, B], block: [ATTENTION_SM90.threads, 1, 1], sharedBytes: ATTENTION_SM90.sharedBytes(hd) }, {
       tmKV,
       out: out.ptr,
       q: q.ptr,
@@ -340,7 +347,7 @@ export const attention: CudaOp = (ctx) => {
     partO = ctx.scratch(plan.scratchBytes);
     partML = partO + BigInt(plan.partMLOffset);
   }
-  ctx.launch(plan.variant.decl, { grid: plan.grid, block: plan.block }, {
+  ctx.launch(forStorage(plan.variant.decl, dtype), { grid: plan.grid, block: plan.block }, {
     out: out.ptr,
     partO,
     partML,
@@ -363,7 +370,7 @@ export const attention: CudaOp = (ctx) => {
     causal: causal ? 1 : 0,
   });
   if (plan.numSplits > 1) {
-    ctx.launch(ATTENTION_COMBINE, { grid: [ceilDiv(B * H, COMBINE_WARPS), 1, 1], block: [32 * COMBINE_WARPS, 1, 1] }, {
+    ctx.launch(forStorage(ATTENTION_COMBINE, dtype), { grid: [ceilDiv(B * H, COMBINE_WARPS), 1, 1], block: [32 * COMBINE_WARPS, 1, 1] }, {
       out: out.ptr,
       partO,
       partML,

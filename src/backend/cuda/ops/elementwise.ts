@@ -3,9 +3,9 @@
  * other memory-bound launchers (norm.ts, rope_kv.ts) share: element counts, alignment, dtypes.
  */
 import type { DevPtr } from '../driver.js';
-import type { KernelDecl } from '../kernel_decl.js';
-import type { CudaOp, CudaOpContext, DeviceDType, DeviceTensor } from './types.js';
-import { ceilDiv } from './types.js';
+import { forStorage, type KernelDecl } from '../kernel_decl.js';
+import type { CudaOp, CudaOpContext, DeviceDType, DeviceTensor, StorageDType } from './types.js';
+import { ceilDiv, isStorage } from './types.js';
 
 // ---- shared helpers ----
 
@@ -23,7 +23,7 @@ export function roundUp(n: number, m: number): number {
   return ceilDiv(n, m) * m;
 }
 
-/** Every pointer 16-byte aligned (the vector paths' bf16x8 accesses). */
+/** Every pointer 16-byte aligned (the vector paths' 8-element accesses). */
 export function aligned16(...ptrs: DevPtr[]): boolean {
   return ptrs.every((p) => BigInt(p) % 16n === 0n);
 }
@@ -34,6 +34,22 @@ export function fmtShape(t: DeviceTensor): string {
 
 export function expectDType(op: string, what: string, t: DeviceTensor, dtype: DeviceDType): void {
   if (t.dtype !== dtype) throw new Error(`${op}: ${what} ${fmtShape(t)} is ${t.dtype}, expected ${dtype}`);
+}
+
+/**
+ * The storage type (bf16 or fp16) the given operands share, which picks the kernel's entry
+ * (kernel_decl.forStorage); an operand of another dtype, or a mix, is a launcher bug.
+ */
+export function storageOf(op: string, operands: ReadonlyArray<readonly [what: string, t: DeviceTensor | null | undefined]>): StorageDType {
+  let dtype: StorageDType | null = null;
+  for (const [what, t] of operands) {
+    if (!t) continue;
+    if (!isStorage(t.dtype)) throw new Error(`${op}: ${what} ${fmtShape(t)} is ${t.dtype}, expected bf16 or f16`);
+    if (dtype && t.dtype !== dtype) throw new Error(`${op}: ${what} ${fmtShape(t)} is ${t.dtype}, but the other operands are ${dtype}`);
+    dtype = t.dtype;
+  }
+  if (!dtype) throw new Error(`${op}: no operand gives the storage type`);
+  return dtype;
 }
 
 /** Blocks for a grid-stride loop over `items` with 256-thread blocks: enough to fill the device. */
@@ -134,9 +150,8 @@ function actCode(op: string, act: unknown): number {
 
 function flat(ctx: CudaOpContext, op: string, decl: KernelDecl, y: DeviceTensor, ins: DeviceTensor[], extra: Record<string, number>): void {
   const n = numel(y.shape);
-  expectDType(op, 'output', y, 'bf16');
+  const dtype = storageOf(op, [['output', y], ...ins.map((t) => ['input', t] as const)]);
   for (const t of ins) {
-    expectDType(op, 'input', t, 'bf16');
     if (numel(t.shape) !== n) throw new Error(`${op}: input ${fmtShape(t)} does not match output ${fmtShape(y)}`);
   }
   if (n === 0) return;
@@ -148,7 +163,7 @@ function flat(ctx: CudaOpContext, op: string, decl: KernelDecl, y: DeviceTensor,
   } else {
     args.x = ins[0].ptr;
   }
-  ctx.launch(decl, { grid: [flatGrid(ctx, vec ? ceilDiv(n, 8) : n), 1, 1], block: [256, 1, 1] }, args);
+  ctx.launch(forStorage(decl, dtype), { grid: [flatGrid(ctx, vec ? ceilDiv(n, 8) : n), 1, 1], block: [256, 1, 1] }, args);
 }
 
 /** add(a[R, N], b[R, N]) or add(a[R, N], b[N]) with b broadcast over rows (a bias). */
@@ -156,15 +171,17 @@ export const add: CudaOp = (ctx) => {
   const [a, b] = ctx.inputs, y = ctx.outputs[0];
   if (b.shape.length === 1 && a.shape.length > 1) {
     const cols = b.shape[0];
-    expectDType('add', 'a', a, 'bf16');
-    expectDType('add', 'bias', b, 'bf16');
-    expectDType('add', 'output', y, 'bf16');
+    const dtype = storageOf('add', [
+      ['a', a],
+      ['bias', b],
+      ['output', y],
+    ]);
     if (a.shape[a.shape.length - 1] !== cols || numel(y.shape) !== numel(a.shape))
       throw new Error(`add: bias ${fmtShape(b)} does not broadcast over ${fmtShape(a)} -> ${fmtShape(y)}`);
     const rows = numel(a.shape) / cols;
     if (rows === 0 || cols === 0) return;
     const vec = cols % 8 === 0 && aligned16(y.ptr, a.ptr, b.ptr) ? 1 : 0;
-    ctx.launch(ADD_BIAS, plan2d(rows, vec ? cols / 8 : cols), { y: y.ptr, a: a.ptr, b: b.ptr, rows, cols, vec });
+    ctx.launch(forStorage(ADD_BIAS, dtype), plan2d(rows, vec ? cols / 8 : cols), { y: y.ptr, a: a.ptr, b: b.ptr, rows, cols, vec });
     return;
   }
   flat(ctx, 'add', ADD, y, [a, b], {});
@@ -183,22 +200,26 @@ export const gelu: CudaOp = (ctx) =>
 /** act_mul(gateUp[R, 2I]) -> act(gateUp[:, :I]) * gateUp[:, I:]: [R, I]; attrs.act silu, gelu, gelu_tanh */
 export const actMul: CudaOp = (ctx) => {
   const gu = ctx.inputs[0], y = ctx.outputs[0];
-  expectDType('act_mul', 'gateUp', gu, 'bf16');
-  expectDType('act_mul', 'output', y, 'bf16');
+  const dtype = storageOf('act_mul', [
+    ['gateUp', gu],
+    ['output', y],
+  ]);
   const act = actCode('act_mul', ctx.attrs.act);
   if (gu.shape.length !== 2 || y.shape.length !== 2 || gu.shape[0] !== y.shape[0] || gu.shape[1] !== 2 * y.shape[1])
     throw new Error(`act_mul: gateUp ${fmtShape(gu)} does not match output ${fmtShape(y)}`);
   const [rows, cols] = y.shape;
   if (rows === 0 || cols === 0) return;
   const vec = cols % 8 === 0 && aligned16(y.ptr, gu.ptr) ? 1 : 0;
-  ctx.launch(ACT_MUL, plan2d(rows, vec ? cols / 8 : cols), { y: y.ptr, gateUp: gu.ptr, rows, cols, act, vec });
+  ctx.launch(forStorage(ACT_MUL, dtype), plan2d(rows, vec ? cols / 8 : cols), { y: y.ptr, gateUp: gu.ptr, rows, cols, act, vec });
 };
 
 /** slice_cols(x[R, C]) -> x[:, start : start + count] */
 export const sliceCols: CudaOp = (ctx) => {
   const x = ctx.inputs[0], y = ctx.outputs[0];
-  expectDType('slice_cols', 'input', x, 'bf16');
-  expectDType('slice_cols', 'output', y, 'bf16');
+  const dtype = storageOf('slice_cols', [
+    ['input', x],
+    ['output', y],
+  ]);
   const start = ctx.attrs.start as number, count = ctx.attrs.count as number;
   if (x.shape.length !== 2 || y.shape.length !== 2) throw new Error(`slice_cols: expects 2-D tensors, got ${fmtShape(x)} -> ${fmtShape(y)}`);
   const [rows, cols] = x.shape;
@@ -206,7 +227,7 @@ export const sliceCols: CudaOp = (ctx) => {
     throw new Error(`slice_cols: columns [${start}, ${start + count}) of ${fmtShape(x)} do not make ${fmtShape(y)}`);
   if (rows === 0 || count === 0) return;
   const vec = cols % 8 === 0 && start % 8 === 0 && count % 8 === 0 && aligned16(y.ptr, x.ptr) ? 1 : 0;
-  ctx.launch(SLICE_COLS, plan2d(rows, vec ? count / 8 : count), { y: y.ptr, x: x.ptr, rows, cols, start, count, vec });
+  ctx.launch(forStorage(SLICE_COLS, dtype), plan2d(rows, vec ? count / 8 : count), { y: y.ptr, x: x.ptr, rows, cols, start, count, vec });
 };
 
 export const DECLS = [ADD, MUL, ADD_BIAS, ACT, ACT_MUL, SLICE_COLS];

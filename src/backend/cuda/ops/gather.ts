@@ -1,5 +1,6 @@
-/** embedding and gather_rows: one kernel, ts_gather_rows_bf16 (kernels/embedding.cu). */
-import type { KernelDecl } from '../kernel_decl.js';
+/** embedding and gather_rows: one kernel, ts_gather_rows_<bf16|f16> (kernels/embedding.cu). */
+import { forStorage, type KernelDecl } from '../kernel_decl.js';
+import { storageOf } from './elementwise.js';
 import type { CudaOp, CudaOpContext } from './types.js';
 
 export const GATHER_ROWS: KernelDecl = {
@@ -19,7 +20,11 @@ function gather(ctx: CudaOpContext, idsIndex: number, tableIndex: number): void 
   const numRows = out.shape[0], width = out.shape[1];
   if (numRows === 0) return;
   if (width % 8 !== 0) throw new Error(`gather: width ${width} is not a multiple of 8`);
-  ctx.launch(GATHER_ROWS, { grid: [numRows, 1, 1], block: [Math.min(256, Math.max(32, width / 8)), 1, 1] }, {
+  const dtype = storageOf('gather', [
+    ['table', table],
+    ['output', out],
+  ]);
+  ctx.launch(forStorage(GATHER_ROWS, dtype), { grid: [numRows, 1, 1], block: [Math.min(256, Math.max(32, width / 8)), 1, 1] }, {
     out: out.ptr,
     ids: ids.ptr,
     table: table.ptr,

@@ -1,16 +1,24 @@
 /**
  * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), on tensor cores:
- * kernels/gemm.cu. One kernel per tile configuration and output dtype (bf16 for projections, f32
- * for the logits), picked from R, N and the SM count by gemmPlan; when the tiles alone would
+ * kernels/gemm.cu. x, w and bias share the storage type (bf16 or f16). One kernel per tile
+ * configuration, storage type and output dtype (the storage type for projections, f32 for the
+ * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
  * leave most SMs idle (decode, or few row tiles with a long K) K is split over blockIdx.z, the
  * splits write f32 partials to scratch and ts_gemm_splitk_reduce_* adds them up with the bias.
  */
-import type { KernelDecl, ParamType } from '../kernel_decl.js';
+import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
+import { storageOf } from './elementwise.js';
 import type { CudaOp, DeviceTensor } from './types.js';
 import { ceilDiv } from './types.js';
 
 export type GemmTileName = '16x128' | '32x128' | '64x128' | '128x128';
+/** y's dtype: the storage type (the table's `bf16` entry, forStorage for f16) or f32. */
 export type GemmOutDType = 'bf16' | 'f32';
+
+/** The entry name's tail for y's dtype: `_bf16` (y in the storage type) or `_bf16_f32`. */
+function outSuffix(d: GemmOutDType): string {
+  return d === 'f32' ? 'bf16_f32' : 'bf16';
+}
 
 export interface GemmTile {
   name: GemmTileName;
@@ -22,7 +30,7 @@ export interface GemmTile {
   bk: number;
   warps: number;
   stages: number;
-  /** Dynamic shared memory: stages * (bm + bn) * bk bf16. */
+  /** Dynamic shared memory: stages * (bm + bn) * bk 16-bit values. */
   sharedBytes: number;
 }
 
@@ -128,7 +136,7 @@ export type GemmVariant = 'tiles' | 'gemv' | 'sm90';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
 export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90'];
 
-/** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR and y dtype). */
+/** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
 /** Rows of w per GEMV block, and its threads. */
 export const GEMV_ROWS = 4;
@@ -137,9 +145,9 @@ export const GEMV_THREADS = 256;
 /** The tile kernel's parameters without kTilesPerSplit (a GEMV block covers all of K). */
 const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = GEMM_PARAMS.slice(0, -1);
 
-/** ts_gemv_r<maxR>_<y dtype>. */
+/** ts_gemv_r<maxR>_bf16 and ts_gemv_r<maxR>_bf16_f32. */
 export const GEMV_KERNELS = Object.fromEntries(
-  GEMV_MAX_R.map((m) => [m, Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemv_r${m}_${d}`, params: GEMV_PARAMS } satisfies KernelDecl]))]),
+  GEMV_MAX_R.map((m) => [m, Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemv_r${m}_${outSuffix(d)}`, params: GEMV_PARAMS } satisfies KernelDecl]))]),
 ) as Record<(typeof GEMV_MAX_R)[number], Record<GemmOutDType, KernelDecl>>;
 
 /**
@@ -169,10 +177,10 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['K', 'i32'],
 ];
 
-/** ts_gemm_sm90_<y dtype>. */
+/** ts_gemm_sm90_bf16 and ts_gemm_sm90_bf16_f32. */
 export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_sm90_bf16', params: GEMM_SM90_PARAMS },
-  f32: { name: 'ts_gemm_sm90_f32', params: GEMM_SM90_PARAMS },
+  f32: { name: 'ts_gemm_sm90_bf16_f32', params: GEMM_SM90_PARAMS },
 };
 
 /** Persistent grid: one block per SM at most, one per tile at least. */
@@ -181,18 +189,18 @@ export function gemmSm90Grid(R: number, N: number, multiprocessors: number): num
   return Math.max(1, Math.min(tiles, multiprocessors));
 }
 
-/** ts_gemm_<tile>_<y dtype>: one per tile configuration and output dtype. */
+/** ts_gemm_<tile>_bf16 and ts_gemm_<tile>_bf16_f32: one per tile configuration and output dtype. */
 export const GEMM_KERNELS = Object.fromEntries(
   Object.keys(GEMM_TILES).map((name) => [
     name,
-    Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemm_${name}_${d}`, params: GEMM_PARAMS } satisfies KernelDecl])),
+    Object.fromEntries(OUT_DTYPES.map((d) => [d, { name: `ts_gemm_${name}_${outSuffix(d)}`, params: GEMM_PARAMS } satisfies KernelDecl])),
   ]),
 ) as Record<GemmTileName, Record<GemmOutDType, KernelDecl>>;
 
-/** ts_gemm_splitk_reduce_<y dtype>: y = sum of the split partials (+ bias). */
+/** ts_gemm_splitk_reduce_bf16 and ..._bf16_f32: y = sum of the split partials (+ bias). */
 export const GEMM_SPLITK_REDUCE: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_splitk_reduce_bf16', params: REDUCE_PARAMS },
-  f32: { name: 'ts_gemm_splitk_reduce_f32', params: REDUCE_PARAMS },
+  f32: { name: 'ts_gemm_splitk_reduce_bf16_f32', params: REDUCE_PARAMS },
 };
 
 const REDUCE_BLOCK = 256;
@@ -201,7 +209,7 @@ function fmt(t: DeviceTensor | undefined): string {
   return t ? `[${t.shape.join(', ')}] ${t.dtype}` : 'missing';
 }
 
-/** matmul(x[R, K] bf16, w[N, K] bf16 (, bias[N] bf16)) -> y[R, N] bf16 | f32 */
+/** matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N], all of one storage type T but y, which may be f32 */
 export const matmul: CudaOp = (ctx) => {
   const [x, w, bias] = ctx.inputs;
   const y = ctx.outputs[0];
@@ -213,16 +221,22 @@ export const matmul: CudaOp = (ctx) => {
   if (x.shape.length !== 2 || w.shape.length !== 2) fail('x and w must be matrices');
   const [R, K] = x.shape, N = w.shape[0];
   if (w.shape[1] !== K) fail(`x and w disagree on K`);
-  if (x.dtype !== 'bf16' || w.dtype !== 'bf16') fail('x and w must be bf16');
-  if (bias && (bias.dtype !== 'bf16' || bias.shape.length !== 1 || bias.shape[0] !== N)) fail(`bias must be [${N}] bf16`);
-  if (y.dtype !== 'bf16' && y.dtype !== 'f32') fail('y must be bf16 or f32');
+  if (x.dtype !== w.dtype || (x.dtype !== 'bf16' && x.dtype !== 'f16')) fail('x and w must both be bf16 or both f16');
+  const dtype = storageOf('matmul', [
+    ['x', x],
+    ['w', w],
+    ['bias', bias],
+  ]);
+  if (bias && (bias.shape.length !== 1 || bias.shape[0] !== N)) fail(`bias must be [${N}] ${dtype}`);
+  if (y.dtype !== dtype && y.dtype !== 'f32') fail(`y must be ${dtype} or f32`);
   if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== N) fail(`y must be [${R}, ${N}]`);
   if (K % 8 !== 0) fail(`K = ${K} is not a multiple of 8`);
   if (R === 0 || N === 0) return;
   for (const [name, t] of [['x', x], ['w', w], ['y', y], ['bias', bias]] as const) {
     if (t && t.ptr % 16n !== 0n) fail(`${name} is not 16-byte aligned (0x${t.ptr.toString(16)})`);
   }
-  const outDType: GemmOutDType = y.dtype;
+  const outDType: GemmOutDType = y.dtype === 'f32' ? 'f32' : 'bf16';
+  const entry = (d: KernelDecl) => forStorage(d, dtype);
   const biasPtr = bias ? bias.ptr : 0n;
   // Asked for (the conformance suite, the benchmark, TESSERA_GEMM), else measured on this GPU
   // model (kernels/choices), else the default.
@@ -230,28 +244,28 @@ export const matmul: CudaOp = (ctx) => {
   const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
-    ctx.launch(GEMV_KERNELS[maxR][outDType], { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });
+    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });
     return;
   }
   if (variant === 'sm90') {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
     const launch = { grid: [gemmSm90Grid(R, N, ctx.device.multiprocessors), 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
-    ctx.launch(GEMM_SM90_KERNELS[outDType], launch, { tmX, tmW, y: y.ptr, bias: biasPtr, M: R, N, K });
+    ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, M: R, N, K });
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
   const decls = GEMM_KERNELS[plan.tile.name];
   if (plan.splits === 1) {
-    ctx.launch(decls[outDType], launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+    ctx.launch(entry(decls[outDType]), launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
     return;
   }
   const ws = ctx.scratch(plan.workspaceBytes);
   if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
-  ctx.launch(decls.f32, launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+  ctx.launch(entry(decls.f32), launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
   const reduceBlocks = Math.max(1, Math.min(ceilDiv(R * N, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
-  ctx.launch(GEMM_SPLITK_REDUCE[outDType], { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, {
+  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, {
     y: y.ptr,
     ws,
     bias: biasPtr,

@@ -4,7 +4,7 @@
  */
 import { SM90_PROBE_DECLS } from '../sm90_probe.js';
 import type { OpName } from '../../../graph/ops.js';
-import type { KernelDecl } from '../kernel_decl.js';
+import { withStorageTwins, type KernelDecl } from '../kernel_decl.js';
 import * as attention from './attention.js';
 import * as elementwise from './elementwise.js';
 import * as gather from './gather.js';
@@ -37,15 +37,8 @@ export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> 
   rope_kv_write: ropeKv.ropeKvWrite,
 };
 
-/** Every kernel the host can launch, for the check against the compiled PTX. */
+/** Every kernel the host can launch (each storage-typed one for bf16 and fp16), for the check against the compiled PTX. */
 export const ALL_DECLS: KernelDecl[] = [
   ...SM90_PROBE_DECLS,
-  ...gather.DECLS,
-  ...gemm.DECLS,
-  ...attention.DECLS,
-  ...norm.DECLS,
-  ...elementwise.DECLS,
-  ...ropeKv.DECLS,
-  ...sampling.DECLS,
-  ...transform.DECLS,
+  ...withStorageTwins([...gather.DECLS, ...gemm.DECLS, ...attention.DECLS, ...norm.DECLS, ...elementwise.DECLS, ...ropeKv.DECLS, ...sampling.DECLS, ...transform.DECLS]),
 ];

@@ -2,10 +2,10 @@
  * rmsnorm, layernorm, add_rmsnorm, add_layernorm: kernels/norm.cu. A group of G = len(w)
  * contiguous elements is one kernel row: x[R, N] with w[G] runs as [R N / G, G].
  */
-import type { KernelDecl } from '../kernel_decl.js';
+import { forStorage, type KernelDecl } from '../kernel_decl.js';
 import type { CudaOp, CudaOpContext, DeviceTensor } from './types.js';
 import { ceilDiv } from './types.js';
-import { aligned16, expectDType, fmtShape, nextPow2, numel, roundUp } from './elementwise.js';
+import { aligned16, fmtShape, nextPow2, numel, roundUp, storageOf } from './elementwise.js';
 
 export const RMSNORM: KernelDecl = {
   name: 'ts_rmsnorm_bf16',
@@ -127,7 +127,7 @@ function runNorm(ctx: CudaOpContext, op: string, add: boolean, layer: boolean): 
     ['sum', sum],
     ['output', y],
   ];
-  for (const [what, t] of tensors) if (t) expectDType(op, what, t, 'bf16');
+  const dtype = storageOf(op, tensors);
   const total = numel(x.shape);
   const width = w.shape.length === 1 ? w.shape[0] : 0;
   const cols = x.shape[x.shape.length - 1];
@@ -142,10 +142,10 @@ function runNorm(ctx: CudaOpContext, op: string, add: boolean, layer: boolean): 
   const eps = ctx.attrs.eps as number;
   const common = { w: w.ptr, rows, width, eps, lanes: plan.lanes, vecs: plan.vecs };
   const launch = { grid: [plan.grid, 1, 1] as [number, number, number], block: [plan.block, 1, 1] as [number, number, number] };
-  if (add && layer) ctx.launch(ADD_LAYERNORM, launch, { sum: sum!.ptr, y: y.ptr, residual: x.ptr, delta: delta!.ptr, b: b!.ptr, ...common });
-  else if (add) ctx.launch(ADD_RMSNORM, launch, { sum: sum!.ptr, y: y.ptr, residual: x.ptr, delta: delta!.ptr, ...common });
-  else if (layer) ctx.launch(LAYERNORM, launch, { y: y.ptr, x: x.ptr, b: b!.ptr, ...common });
-  else ctx.launch(RMSNORM, launch, { y: y.ptr, x: x.ptr, ...common });
+  if (add && layer) ctx.launch(forStorage(ADD_LAYERNORM, dtype), launch, { sum: sum!.ptr, y: y.ptr, residual: x.ptr, delta: delta!.ptr, b: b!.ptr, ...common });
+  else if (add) ctx.launch(forStorage(ADD_RMSNORM, dtype), launch, { sum: sum!.ptr, y: y.ptr, residual: x.ptr, delta: delta!.ptr, ...common });
+  else if (layer) ctx.launch(forStorage(LAYERNORM, dtype), launch, { y: y.ptr, x: x.ptr, b: b!.ptr, ...common });
+  else ctx.launch(forStorage(RMSNORM, dtype), launch, { y: y.ptr, x: x.ptr, ...common });
 }
 
 /** rmsnorm(x[R, N], w[G]), G divides N */

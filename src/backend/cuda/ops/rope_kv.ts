@@ -6,10 +6,10 @@
 import type { Attrs } from '../../../graph/ir.js';
 import { ropeAttrs, ropeInvFreq } from '../../../graph/rope.js';
 import type { DevPtr } from '../driver.js';
-import type { KernelDecl } from '../kernel_decl.js';
+import { forStorage, type KernelDecl } from '../kernel_decl.js';
 import type { CudaOp, CudaOpContext, DeviceTensor } from './types.js';
 import { ceilDiv } from './types.js';
-import { aligned16, expectDType, fmtShape, nextPow2, roundUp } from './elementwise.js';
+import { aligned16, expectDType, fmtShape, nextPow2, roundUp, storageOf } from './elementwise.js';
 
 export const ROPE: KernelDecl = {
   name: 'ts_rope_bf16',
@@ -98,7 +98,6 @@ function cacheHalves(op: string, cache: DeviceTensor, kvHeads: number, headDim: 
   const s = cache.shape;
   if (s.length !== 5 || s[0] !== 2 || s[3] !== kvHeads || s[4] !== headDim)
     throw new Error(`${op}: cache ${fmtShape(cache)} is not [2, numBlocks, blockSize, ${kvHeads}, ${headDim}]`);
-  expectDType(op, 'cache', cache, 'bf16');
   const numSlots = s[1] * s[2];
   if (numSlots > 0x7fffffff) throw new Error(`${op}: cache ${fmtShape(cache)} has more than 2^31 slots`);
   const k = BigInt(cache.ptr);
@@ -109,8 +108,10 @@ function cacheHalves(op: string, cache: DeviceTensor, kvHeads: number, headDim: 
 export const rope: CudaOp = (ctx) => {
   const [x, positions] = ctx.inputs, y = ctx.outputs[0];
   const heads = ctx.attrs.numHeads as number, hd = ctx.attrs.headDim as number;
-  expectDType('rope', 'x', x, 'bf16');
-  expectDType('rope', 'output', y, 'bf16');
+  const dtype = storageOf('rope', [
+    ['x', x],
+    ['output', y],
+  ]);
   expectDType('rope', 'positions', positions, 'i32');
   const T = x.shape[0];
   if (x.shape.length !== 2 || x.shape[1] !== heads * hd || y.shape[0] !== T || y.shape[1] !== heads * hd || positions.shape[0] < T)
@@ -119,7 +120,7 @@ export const rope: CudaOp = (ctx) => {
   if (T === 0 || heads === 0) return;
   const plan = planRope(heads, hd, freq.rotaryDim, aligned16(x.ptr, y.ptr));
   ctx.launch(
-    ROPE,
+    forStorage(ROPE, dtype),
     { grid: [T, 1, 1], block: [plan.block, 1, 1], sharedBytes: plan.sharedBytes },
     { y: y.ptr, x: x.ptr, positions: positions.ptr, invFreq: freq.ptr, numHeads: heads, headDim: hd, rotaryDim: freq.rotaryDim, lanes: plan.lanes, vec: plan.vec },
   );
@@ -129,8 +130,11 @@ export const rope: CudaOp = (ctx) => {
 export const kvWrite: CudaOp = (ctx) => {
   const [k, v, cache, slots] = ctx.inputs;
   if (ctx.outputs[0].ptr !== cache.ptr) throw new Error('kv_write must update its cache in place');
-  expectDType('kv_write', 'k', k, 'bf16');
-  expectDType('kv_write', 'v', v, 'bf16');
+  const dtype = storageOf('kv_write', [
+    ['k', k],
+    ['v', v],
+    ['cache', cache],
+  ]);
   expectDType('kv_write', 'slots', slots, 'i32');
   const kvHeads = cache.shape[3], hd = cache.shape[4];
   const { k: cacheK, v: cacheV, numSlots } = cacheHalves('kv_write', cache, kvHeads, hd);
@@ -140,7 +144,7 @@ export const kvWrite: CudaOp = (ctx) => {
   if (T === 0 || width === 0) return;
   const vec = width % 8 === 0 && aligned16(k.ptr, v.ptr, cacheK, cacheV) ? 1 : 0;
   const block = Math.min(256, roundUp(vec ? width / 8 : width, 32));
-  ctx.launch(KV_WRITE, { grid: [T, 1, 1], block: [block, 1, 1] }, { cacheK, cacheV, k: k.ptr, v: v.ptr, slots: slots.ptr, width, numSlots, vec });
+  ctx.launch(forStorage(KV_WRITE, dtype), { grid: [T, 1, 1], block: [block, 1, 1] }, { cacheK, cacheV, k: k.ptr, v: v.ptr, slots: slots.ptr, width, numSlots, vec });
 };
 
 /**
@@ -158,12 +162,15 @@ export const ropeKvWrite: CudaOp = (ctx) => {
   const qNorm = norm ? ctx.inputs[4] : null, kNorm = norm ? ctx.inputs[5] : null;
   if (norm && (!qNorm || !kNorm || qNorm.shape[0] !== hd || kNorm.shape[0] !== hd))
     throw new Error(`${op}: q/k norm weights must be [${hd}], got ${qNorm ? fmtShape(qNorm) : 'none'} and ${kNorm ? fmtShape(kNorm) : 'none'}`);
-  expectDType(op, 'qkv', qkv, 'bf16');
-  expectDType(op, 'q', q, 'bf16');
+  const dtype = storageOf(op, [
+    ['qkv', qkv],
+    ['q', q],
+    ['cache', cache],
+    ['qNorm', qNorm],
+    ['kNorm', kNorm],
+  ]);
   expectDType(op, 'positions', positions, 'i32');
   expectDType(op, 'slots', slots, 'i32');
-  if (qNorm) expectDType(op, 'qNorm', qNorm, 'bf16');
-  if (kNorm) expectDType(op, 'kNorm', kNorm, 'bf16');
   const { k: cacheK, v: cacheV, numSlots } = cacheHalves(op, cache, kvHeads, hd);
   const T = qkv.shape[0];
   if (qkv.shape.length !== 2 || qkv.shape[1] !== (heads + 2 * kvHeads) * hd || q.shape[0] !== T || q.shape[1] !== heads * hd || positions.shape[0] < T || slots.shape[0] < T)
@@ -173,7 +180,7 @@ export const ropeKvWrite: CudaOp = (ctx) => {
   const ptrs = [q.ptr, qkv.ptr, cacheK, cacheV, ...(norm ? [qNorm!.ptr, kNorm!.ptr] : [])];
   const plan = planRope(heads + 2 * kvHeads, hd, freq.rotaryDim, aligned16(...ptrs));
   ctx.launch(
-    ROPE_KV_WRITE,
+    forStorage(ROPE_KV_WRITE, dtype),
     { grid: [T, 1, 1], block: [plan.block, 1, 1], sharedBytes: plan.sharedBytes },
     {
       q: q.ptr,

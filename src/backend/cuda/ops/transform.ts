@@ -1,7 +1,7 @@
-/** Load-time kernels (kernels/transform.cu): weights made or rearranged on the device once. */
+/** Load-time kernels (kernels/transform.cu): weights made or rearranged on the device once, in the storage type (kernel_decl.forStorage). */
 import type { KernelDecl } from '../kernel_decl.js';
 
-export const FILL_UNIFORM_BF16: KernelDecl = {
+export const FILL_UNIFORM: KernelDecl = {
   name: 'ts_fill_uniform_bf16',
   params: [
     ['out', 'ptr'],
@@ -12,7 +12,7 @@ export const FILL_UNIFORM_BF16: KernelDecl = {
   ],
 };
 
-export const FILL_BF16: KernelDecl = {
+export const FILL: KernelDecl = {
   name: 'ts_fill_bf16',
   params: [
     ['out', 'ptr'],
@@ -21,7 +21,7 @@ export const FILL_BF16: KernelDecl = {
   ],
 };
 
-export const TRANSPOSE_BF16: KernelDecl = {
+export const TRANSPOSE: KernelDecl = {
   name: 'ts_transpose_bf16',
   params: [
     ['out', 'ptr'],
@@ -31,4 +31,4 @@ export const TRANSPOSE_BF16: KernelDecl = {
   ],
 };
 
-export const DECLS = [FILL_UNIFORM_BF16, FILL_BF16, TRANSPOSE_BF16];
+export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE];

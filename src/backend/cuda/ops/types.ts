@@ -7,7 +7,22 @@ import type { Attrs } from '../../../graph/ir.js';
 import type { DevPtr, DeviceProperties } from '../driver.js';
 import type { ArgValue, KernelDecl } from '../kernel_decl.js';
 
-export type DeviceDType = 'bf16' | 'f32' | 'i32';
+export type DeviceDType = 'bf16' | 'f16' | 'f32' | 'i32';
+
+/**
+ * The 16-bit type weights, activations and the KV cache are stored in on the device: bf16, or
+ * fp16 for checkpoints made in it (CudaBackend's `dtype`). Arithmetic is f32 either way.
+ */
+export type StorageDType = 'bf16' | 'f16';
+
+export function isStorage(dtype: DeviceDType): dtype is StorageDType {
+  return dtype === 'bf16' || dtype === 'f16';
+}
+
+/** Bytes of one element. */
+export function elementBytes(dtype: DeviceDType): number {
+  return dtype === 'bf16' || dtype === 'f16' ? 2 : 4;
+}
 
 export interface DeviceTensor {
   ptr: DevPtr;
@@ -50,9 +65,9 @@ export interface CudaOpContext {
   constant(key: string, make: () => Float32Array): DevPtr;
   /** Device scratch of at least `bytes`, valid during this call only. */
   scratch(bytes: number): DevPtr;
-  /** A TMA tensor map of a row-major bf16/f32 matrix tensor (made once per distinct tensor, box and swizzle, then reused). */
+  /** A TMA tensor map of a row-major bf16/f16/f32 matrix tensor (made once per distinct tensor, box and swizzle, then reused). */
   tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: 'none' | '32B' | '64B' | '128B'): Uint8Array;
-  /** A TMA tensor map of a bf16/f32 tensor seen as the row-major `shape` (a reshape; outermost first), box outermost first. */
+  /** A TMA tensor map of a bf16/f16/f32 tensor seen as the row-major `shape` (a reshape; outermost first), box outermost first. */
   tensorMap(t: DeviceTensor, shape: readonly number[], box: readonly number[], swizzle: 'none' | '32B' | '64B' | '128B'): Uint8Array;
 }
 
