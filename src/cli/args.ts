@@ -14,6 +14,7 @@ export const MODEL_OPTIONS = {
   'max-model-len': { type: 'string' },
   'kv-cache-memory': { type: 'string' },
   'gpu-memory-utilization': { type: 'string' },
+  dtype: { type: 'string' },
   'no-fuse': { type: 'boolean' },
   'no-prefix-caching': { type: 'boolean' },
   'host-sampling': { type: 'boolean' },
@@ -75,6 +76,16 @@ export function bytesFlag(values: Values, flag: string): number | undefined {
   return Math.floor(Number(m[1]) * scale[(m[2] ?? 'b').toLowerCase()]);
 }
 
+/** --dtype auto|bfloat16|float16 (also bf16, fp16, half, as the common spellings). */
+function dtypeFlag(values: Values): 'auto' | 'bfloat16' | 'float16' | undefined {
+  const raw = values.dtype as string | undefined;
+  if (raw === undefined) return undefined;
+  const names: Record<string, 'auto' | 'bfloat16' | 'float16'> = { auto: 'auto', bfloat16: 'bfloat16', bf16: 'bfloat16', float16: 'float16', fp16: 'float16', half: 'float16' };
+  const dtype = names[raw.toLowerCase()];
+  if (!dtype) throw new TesseraError(`--dtype must be auto, bfloat16 or float16, not "${raw}".`, 'invalid_input');
+  return dtype;
+}
+
 export function modelOptions(values: Values): { dir: string | undefined; opts: TesseraOptions } {
   const device = (values.device as string | undefined) ?? 'auto';
   if (!['auto', 'cpu', 'cuda'].includes(device)) throw new TesseraError(`--device must be auto, cpu or cuda, not "${device}".`, 'invalid_input');
@@ -88,6 +99,7 @@ export function modelOptions(values: Values): { dir: string | undefined; opts: T
       maxModelLen: numberFlag(values, 'max-model-len', true),
       kvCacheBytes: bytesFlag(values, 'kv-cache-memory'),
       gpuMemoryUtilization: fractionFlag(values, 'gpu-memory-utilization'),
+      dtype: dtypeFlag(values),
       fuse: values['no-fuse'] !== true,
       prefixCaching: values['no-prefix-caching'] !== true,
       deviceSampling: values['host-sampling'] !== true,
@@ -135,6 +147,8 @@ export const MODEL_HELP = `Model and engine:
       --kv-block-size N          tokens per KV-cache block (default 16)
       --kv-cache-memory SIZE     memory for the KV cache, e.g. 512MiB
       --gpu-memory-utilization X share of GPU memory for weights, activations and KV (default 0.9)
+      --dtype auto|bfloat16|float16  GPU storage type (default auto: float16 for float16
+                                 checkpoints, else bfloat16); the CPU computes in float32
       --no-fuse                  run the graph unfused (for comparison)
       --no-prefix-caching        recompute shared prompt prefixes (for comparison)
       --host-sampling            sample on the host even on a GPU (for comparison)`;

@@ -36,6 +36,7 @@ export async function info(argv: string[]): Promise<number> {
     ['norm', `${c.norm}, eps ${c.normEps}`],
     ['vocabulary', `${c.vocabSize}${c.tieWordEmbeddings ? ', tied embeddings' : ''}`],
     ['device', i.device],
+    ['compute dtype', i.computeDtype],
     ['weights', formatBytes(i.memory.weightBytes)],
     ['KV cache', `${formatBytes(i.kvBytesPerToken)} per token; ${i.kvCacheBlocks} blocks of ${i.kvBlockSize} = ${formatBytes(i.memory.kvCacheBytes)}`],
     ['activations', `${formatBytes(i.memory.activationBytes)} arena for ${i.maxNumBatchedTokens} tokens per step`],

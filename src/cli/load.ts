@@ -22,7 +22,7 @@ export async function loadForCli(dir: string | undefined, opts: TesseraOptions, 
     console.error(
       `tessera: ${i.config.hfArchitecture} ${(i.numParameters / 1e6).toFixed(1)}M params from ${i.dir}, ` +
         `${formatBytes(i.storedBytes)} loaded in ${seconds}s on ${i.deviceReason}\n` +
-        `tessera: memory: weights ${formatBytes(m.weightBytes)}, activations ${formatBytes(m.activationBytes)}, ` +
+        `tessera: memory (${i.computeDtype}): weights ${formatBytes(m.weightBytes)}, activations ${formatBytes(m.activationBytes)}, ` +
         `KV cache ${formatBytes(m.kvCacheBytes)} (${i.kvCacheBlocks} blocks of ${i.kvBlockSize} tokens)`,
     );
   };

@@ -38,7 +38,15 @@ export interface EngineOptions {
   gpuMemoryUtilization?: number;
   /** Sample on the device when the backend can (default true); false samples on the host. */
   deviceSampling?: boolean;
+  /**
+   * The 16-bit type a GPU keeps weights, activations and the KV cache in: auto (default) is
+   * float16 for a float16 checkpoint and bfloat16 otherwise. The CPU computes in float32 always.
+   */
+  dtype?: 'auto' | 'bfloat16' | 'float16';
 }
+
+/** What --dtype takes. */
+export const DTYPE_CHOICES = ['auto', 'bfloat16', 'float16'] as const;
 
 export interface ModelInfo {
   dir: string;
@@ -54,6 +62,8 @@ export interface ModelInfo {
   /** Bytes of the weights as stored in the checkpoint. */
   storedBytes: number;
   memory: MemoryReport;
+  /** What the device computes in: float32 on the CPU; on a GPU the storage type (f32 accumulation). */
+  computeDtype: string;
   kvCacheBlocks: number;
   kvBlockSize: number;
   kvBytesPerToken: number;
@@ -71,6 +81,7 @@ export interface BuiltEngine {
 }
 
 interface EngineSettings {
+  storage: 'bf16' | 'f16';
   kvBlockSize: number;
   maxLogitRows: number;
   maxNumSeqs: number;
@@ -85,7 +96,7 @@ export async function buildEngine(dir: string, opts: EngineOptions, eosTokenIds:
     const { backend, reason } = await selectBackend(opts.device ?? 'auto');
     const settings = engineSettings(ckpt.config, opts);
     const runner = prepareRunner(ckpt, backend, settings, opts);
-    await runner.load({ maxNumSeqs: settings.maxNumSeqs, maxModelLen: settings.maxModelLen, kvBlockSize: settings.kvBlockSize }, onProgress);
+    await runner.load({ maxNumSeqs: settings.maxNumSeqs, maxModelLen: settings.maxModelLen, kvBlockSize: settings.kvBlockSize, storage: settings.storage }, onProgress);
     const numBlocks = kvCacheBlocks(runner, settings, opts, (full) => backend.kvCacheBudget({ requestedBytes: opts.kvCacheBytes, memoryUtilization: opts.gpuMemoryUtilization, fullBytes: full }));
     backend.allocateKvCache(numBlocks);
     const blocks = new BlockManager(numBlocks, settings.kvBlockSize, { prefixCaching: opts.prefixCaching ?? true, cacheSalt: isSynthetic(dir) ? dir : path.resolve(dir) });
@@ -127,7 +138,10 @@ function engineSettings(config: ModelConfig, opts: EngineOptions): EngineSetting
   if (maxModelLen > config.maxPositions)
     throw new TesseraError(`--max-model-len ${maxModelLen} exceeds the model's max_position_embeddings (${config.maxPositions}).`, 'invalid_input');
   const maxNumSeqs = positiveInt(opts.maxNumSeqs, 32, '--max-num-seqs');
+  const dtype = opts.dtype ?? 'auto';
+  if (!DTYPE_CHOICES.includes(dtype)) throw new TesseraError(`--dtype must be ${DTYPE_CHOICES.join(', ')}, not "${String(dtype)}".`, 'invalid_input');
   return {
+    storage: dtype === 'float16' || (dtype === 'auto' && config.dtype === 'float16') ? 'f16' : 'bf16',
     kvBlockSize: positiveInt(opts.kvBlockSize, 16, '--kv-block-size'),
     maxNumSeqs,
     maxLogitRows: positiveInt(opts.maxLogitRows, maxNumSeqs, 'maxLogitRows'),
@@ -180,6 +194,7 @@ function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceR
     dtypes,
     storedBytes: runner.weights.storedBytes,
     memory: { weightBytes: bytes * weightElems, activationBytes: bytes * program.arenaSize, kvCacheBytes: numBlocks * bytesPerBlock },
+    computeDtype: runner.backend.name === 'cpu' ? 'float32' : s.storage === 'f16' ? 'float16' : 'bfloat16',
     kvCacheBlocks: numBlocks,
     kvBlockSize: s.kvBlockSize,
     kvBytesPerToken: bytesPerBlock / s.kvBlockSize,

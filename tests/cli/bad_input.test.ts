@@ -232,6 +232,7 @@ const FLAG_CASES: Case[] = [
   { name: '--top-p 0', args: () => ['--top-p', '0'], expect: () => ['--top-p', /greater than 0/, /got 0/] },
   { name: '--max-tokens 0', args: () => ['--max-tokens', '0'], expect: () => ['--max-tokens', />= 1/, /got 0/] },
   { name: '--device tpu', args: () => ['--device', 'tpu'], expect: () => ['--device', '"tpu"', /auto, cpu or cuda/] },
+  { name: '--dtype float32', args: () => ['--dtype', 'float32'], expect: () => ['--dtype', /auto, bfloat16 or float16/, '"float32"'] },
   // Where CUDA works, --device cuda is no mistake.
   ...(CUDA.ok ? [] : [{ name: '--device cuda', args: () => ['--device', 'cuda'], expect: () => [/^CUDA is not available|needs 8\.0|kernels are not built/] }]),
   {

@@ -243,6 +243,6 @@ describe('loading report', () => {
   it('says the bytes of each part: weights, activations and the KV cache', async () => {
     const r = await runCli(['generate', 'In the beginning', '--max-tokens', '2', '--device', 'cpu', '--kv-cache-memory', '2MiB']);
     expect(r.code).toBe(0);
-    expect(r.stderr).toMatch(/^tessera: memory: weights 12\.3 MiB, activations [\d.]+ [KM]iB, KV cache 2\.00 MiB \(32 blocks of 16 tokens\)$/m);
+    expect(r.stderr).toMatch(/^tessera: memory \(float32\): weights 12\.3 MiB, activations [\d.]+ [KM]iB, KV cache 2\.00 MiB \(32 blocks of 16 tokens\)$/m);
   });
 });

@@ -9,7 +9,7 @@ import koffi from 'koffi';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CudaError, loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
 import { packArgs, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
-import { buildMock } from './mock/mock.js';
+import { buildMock, setLaunchHook } from './mock/mock.js';
 
 const mockPath = buildMock();
 if (!mockPath) console.log('cuda driver bridge: skipped: no C compiler to build the stand-in libcuda');
@@ -123,6 +123,59 @@ describe.skipIf(!mockPath)('CUDA backend bookkeeping (stand-in libcuda, kernels 
         await llm.close();
       }
     } finally {
+      if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
+      else process.env.TESSERA_LIBCUDA = saved;
+    }
+  });
+});
+
+describe.skipIf(!mockPath)('the storage type on the CUDA backend (stand-in libcuda)', () => {
+  it('--dtype float16 (and auto for a float16 checkpoint) runs every kernel\'s fp16 entry; bfloat16 the bf16 one', async () => {
+    const { existsSync, mkdtempSync, cpSync, readFileSync, writeFileSync, rmSync } = await import('node:fs');
+    const os = await import('node:os');
+    if (!existsSync(path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin'))) return;
+    const saved = process.env.TESSERA_LIBCUDA;
+    process.env.TESSERA_LIBCUDA = mockPath!;
+    const { Tessera, DEMO_MODEL_DIR } = await import('../../src/llm.js');
+    // The demo model as a float16 checkpoint would declare itself (the weights stay as stored).
+    const f16Dir = mkdtempSync(path.join(os.tmpdir(), 'tessera-f16-'));
+    cpSync(DEMO_MODEL_DIR, f16Dir, { recursive: true });
+    const config = JSON.parse(readFileSync(path.join(f16Dir, 'config.json'), 'utf8'));
+    writeFileSync(path.join(f16Dir, 'config.json'), JSON.stringify({ ...config, torch_dtype: 'float16' }));
+    const run = async (model: string | undefined, dtype: 'auto' | 'bfloat16' | 'float16') => {
+      const names = new Set<string>();
+      const unhook = setLaunchHook(mockPath!, (l) => names.add(l.name));
+      let computeDtype = '';
+      try {
+        const llm = await Tessera.load(model, { device: 'cuda', maxNumSeqs: 2, dtype });
+        computeDtype = llm.info.computeDtype;
+        await llm.complete('In the beginning', { temperature: 0, maxTokens: 3, ignoreEos: true });
+        await llm.close();
+      } finally {
+        unhook();
+      }
+      return { names: [...names], computeDtype };
+    };
+    try {
+      for (const [model, dtype, want] of [
+        [undefined, 'float16', 'f16'],
+        [f16Dir, 'auto', 'f16'],
+        ['synthetic:tiny-4k', 'float16', 'f16'],
+        [f16Dir, 'bfloat16', 'bf16'],
+        [undefined, 'auto', 'bf16'],
+      ] as const) {
+        const { names, computeDtype } = await run(model, dtype);
+        const label = `${model ?? 'demo'} --dtype ${dtype}`;
+        expect(computeDtype, label).toBe(want === 'f16' ? 'float16' : 'bfloat16');
+        // Every launch but sampling (f32 logits) names the storage type, and only that one.
+        const typed = names.filter((n) => !n.startsWith('ts_sample_'));
+        expect(typed.length, label).toBeGreaterThan(4);
+        for (const n of typed) expect(n, label).toMatch(want === 'f16' ? /_f16(_f32)?$/ : /_bf16(_f32)?$/);
+        expect(names.some((n) => n.startsWith('ts_gemm_') || n.startsWith('ts_gemv_')), label).toBe(true);
+        expect(names.some((n) => n.startsWith('ts_attention_')), label).toBe(true);
+      }
+    } finally {
+      rmSync(f16Dir, { recursive: true, force: true });
       if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
       else process.env.TESSERA_LIBCUDA = saved;
     }

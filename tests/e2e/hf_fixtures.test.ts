@@ -1,7 +1,8 @@
 /**
  * Tiny random checkpoints of every architecture against Hugging Face transformers
  * (tools/make_hf_fixtures.py, run where transformers is installed): the same greedy tokens on
- * every backend present, and prompt logits within tolerance (f32 on the CPU, bf16 on CUDA).
+ * every backend present, and prompt logits within tolerance (f32 on the CPU, bf16 on CUDA; CUDA
+ * runs again with --dtype float16, the kernels' fp16 entries, within the same bound).
  * Skipped, with a line saying so, while the fixtures have not been made.
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
@@ -15,14 +16,14 @@ const ROOT = path.join(import.meta.dirname, '../fixtures/hf');
 const fixtures = existsSync(ROOT) ? readdirSync(ROOT).filter((d) => existsSync(path.join(ROOT, d, 'reference.json'))) : [];
 if (fixtures.length === 0) console.log('hf fixtures: skipped: tests/fixtures/hf has none yet (python3 tools/make_hf_fixtures.py, where transformers is installed)');
 const cuda = CudaBackend.probe();
-const devices: Array<'cpu' | 'cuda'> = cuda.ok ? ['cpu', 'cuda'] : ['cpu'];
+const devices: Array<'cpu' | 'cuda' | 'cuda float16'> = cuda.ok ? ['cpu', 'cuda', 'cuda float16'] : ['cpu'];
 if (!cuda.ok) console.log(`hf fixtures: CUDA tier skipped: ${cuda.reason}`);
 
 describe.skipIf(fixtures.length === 0).each(devices)('%s vs transformers', (device) => {
   for (const name of fixtures) {
     it(`${name}: prompt logits and greedy tokens`, async () => {
       const ref = JSON.parse(readFileSync(path.join(ROOT, name, 'reference.json'), 'utf8')) as { prompt_ids: number[]; greedy_ids: number[]; prompt_logits: number[][] };
-      const llm = await Tessera.load(path.join(ROOT, name), { device, maxLogitRows: 128, kvBlockSize: 4 });
+      const llm = await Tessera.load(path.join(ROOT, name), { device: device === 'cpu' ? 'cpu' : 'cuda', ...(device === 'cuda float16' ? { dtype: 'float16' as const } : {}), maxLogitRows: 128, kvBlockSize: 4 });
       try {
         const logits = await new SequenceDriver(llm, ref.prompt_ids).prefill();
         const vocab = ref.prompt_logits[0].length;

@@ -1,7 +1,8 @@
 /**
- * The demo model on the CUDA backend (bf16 weights and activations, f32 accumulation) against
- * its PyTorch reference (f32): logits at every prompt position and at each decode step fed the
- * reference's own tokens, within a bf16 tolerance; greedy tokens through the engine equal to the
+ * The demo model on the CUDA backend (bf16 weights and activations, f32 accumulation; and again
+ * with --dtype float16, the kernels' fp16 entries) against its PyTorch reference (f32): logits at
+ * every prompt position and at each decode step fed the reference's own tokens, within a bf16
+ * tolerance (fp16 is finer, so the same bound holds); greedy tokens through the engine equal to the
  * reference's up to the first step where the reference's two best logits are closer than that
  * tolerance (past a near tie, bf16 may rightly pick the other); and sampling on the device giving
  * the same tokens as sampling on the host, for seeded random requests batched together.
@@ -36,11 +37,12 @@ function rowError(got: Float32Array, ref: Float32Array): { err: number; tol: num
   return { err, tol: BF16_REL * (1 + scale), gap: best - second };
 }
 
-describe.skipIf(!cuda.ok)('demo model on CUDA (bf16) vs its PyTorch reference', () => {
+describe.skipIf(!cuda.ok).each(['bfloat16', 'float16'] as const)('demo model on CUDA (%s) vs its PyTorch reference', (dtype) => {
   let llm: Tessera;
   let ref: SafetensorsFile;
   beforeAll(async () => {
-    llm = await Tessera.load(DEMO_MODEL_DIR, { device: 'cuda', kvBlockSize: 16, maxNumSeqs: 8, maxLogitRows: 256 });
+    llm = await Tessera.load(DEMO_MODEL_DIR, { device: 'cuda', dtype, kvBlockSize: 16, maxNumSeqs: 8, maxLogitRows: 256 });
+    expect(llm.info.computeDtype).toBe(dtype);
     ref = await SafetensorsFile.open(path.join(FIXTURES, 'golden.safetensors'));
   });
   afterAll(async () => {
@@ -74,7 +76,7 @@ describe.skipIf(!cuda.ok)('demo model on CUDA (bf16) vs its PyTorch reference', 
   }
 
   it('samples the same tokens on the device as on the host, for seeded requests batched together', async () => {
-    const host = await Tessera.load(DEMO_MODEL_DIR, { device: 'cuda', kvBlockSize: 16, maxNumSeqs: 8, deviceSampling: false });
+    const host = await Tessera.load(DEMO_MODEL_DIR, { device: 'cuda', dtype, kvBlockSize: 16, maxNumSeqs: 8, deviceSampling: false });
     try {
       expect(llm.engine.deviceSampling).toBe(true);
       expect(host.engine.deviceSampling).toBe(false);
