@@ -5,7 +5,8 @@ Families (all on fresh random data, bf16 unless the device lacks it):
 
   ceilings           device-to-device copy of 1 GiB (bytes read + written per second) and the best
                      large bf16 matrix product (torch.matmul at gemm.ceiling, NN and NT layouts);
-  gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M;
+  gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M (and in float16
+                     for the gemm.f16 cases, on a GPU);
   attention_prefill  F.scaled_dot_product_attention on [B, H, S, D] with GQA, under each SDPA
                      backend (flash, efficient, cudnn, math) and an explicit matmul/softmax version;
   attention_decode   the same with one query per sequence over a contiguous (not paged) KV cache;
@@ -555,22 +556,32 @@ def gemm_cases(b: Bench, shapes: dict):
         for m in g["m"]:
             yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"]},
                    lambda p=p, m=m: run_gemm(b, p, m))
+    # The fp16 cases (gemm.f16): the same product with float16 operands, where the device has it.
+    f16 = g.get("f16")
+    if f16 and b.cuda:
+        for p in g["projections"]:
+            if p["model"] not in f16["models"]:
+                continue
+            for m in f16["m"]:
+                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "dtype": "float16"},
+                       lambda p=p, m=m: run_gemm(b, p, m, torch.float16))
 
 
-def run_gemm(b: Bench, p: dict, m: int) -> dict:
+def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
     n, k = p["n"], p["k"]
-    e = b.esize
+    dtype = dtype or b.dtype
+    e = torch.empty((), dtype=dtype).element_size()
     flops = 2 * m * n * k
     nbytes = e * (m * k + n * k + m * n)
     rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k,
-           "dtype": str(b.dtype).replace("torch.", ""), "op": "F.linear(x[M,K], w[N,K]) = x w^T",
+           "dtype": str(dtype).replace("torch.", ""), "op": "F.linear(x[M,K], w[N,K]) = x w^T",
            "flops": flops, "bytes": nbytes, "bytes_formula": f"e*(M*K + N*K + M*N), e={e}"}
 
     def body():
         sets_n = b.sets_for(nbytes, e * (m * k + n * k))
         rec["method"] = b.method(sets_n)
         # Unit-variance outputs: x ~ N(0, 1), w ~ N(0, 1/K).
-        sets = [(b.randn((m, k)), b.randn((n, k), 1 / math.sqrt(k))) for _ in range(sets_n)]
+        sets = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype)) for _ in range(sets_n)]
         rows = min(m, 64)  # the reference covers the first rows only: enough to catch a wrong result
         x0, w0 = sets[0]
         refs = [F.linear(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype))]

@@ -21,7 +21,7 @@ import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } f
 import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
 import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
-import { bf16ToF32 } from '../util/dtype.js';
+import { bf16ToF32, f16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
 import { numberFlag, parse } from './args.js';
 
@@ -50,7 +50,13 @@ cut short (a timeout, a kernel fault) keeps what it measured.`;
 // ---- the case list (pure: tested without a GPU) ----
 
 export interface KernelShapes {
-  gemm: { m: number[]; projections: Array<{ model: string; name: string; n: number; k: number }>; ceiling: { m: number; n: number; k: number } };
+  gemm: {
+    m: number[];
+    projections: Array<{ model: string; name: string; n: number; k: number }>;
+    ceiling: { m: number; n: number; k: number };
+    /** The fp16 cases: these models' projections at these M (bf16 runs every case). */
+    f16?: { models: string[]; m: number[] };
+  };
   attention: {
     prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
     decode: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; context: number }>;
@@ -78,6 +84,8 @@ export interface KernelCase {
   unsupported?: string;
   /** GEMM only: cuBLASLt's shape. */
   gemm?: { m: number; n: number; k: number };
+  /** The storage type of the inputs and output (default bf16; f16 runs the kernels' fp16 entries). */
+  dtype?: 'bf16' | 'f16';
   /**
    * A rung of a kernel ladder without an outside baseline in this process (attention): the case
    * it is checked against on the same inputs (its name; run earlier in the list, with the attrs
@@ -136,25 +144,29 @@ function pagedTables(seqs: number, context: number, blockSize: number): { tables
 export function expandCases(shapes: KernelShapes, families: readonly Family[], filter = ''): KernelCase[] {
   const cases: KernelCase[] = [];
   if (families.includes('gemm'))
-    for (const p of shapes.gemm.projections)
-      for (const m of shapes.gemm.m) {
-        // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
-        // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
-        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
-        for (const variant of variants)
-          cases.push({
-            family: 'gemm',
-            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${variant === 'tiles' ? '' : ` ${variant}`}`,
-            op: 'matmul',
-            attrs: { gemmVariant: variant },
-            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
-            outputShapes: [[m, p.n]],
-            step: rowsStep(m),
-            flops: 2 * m * p.n * p.k,
-            bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
-            gemm: { m, n: p.n, k: p.k },
-          });
-      }
+    for (const dtype of ['bf16', 'f16'] as const)
+      for (const p of shapes.gemm.projections)
+        for (const m of shapes.gemm.m) {
+          const f16 = shapes.gemm.f16;
+          if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
+          // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
+          // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
+          const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
+          for (const variant of variants)
+            cases.push({
+              family: 'gemm',
+              name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${dtype === 'f16' ? ' f16' : ''}${variant === 'tiles' ? '' : ` ${variant}`}`,
+              op: 'matmul',
+              attrs: dtype === 'f16' ? { gemmVariant: variant, storageDtype: 'f16' } : { gemmVariant: variant },
+              dtype,
+              inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+              outputShapes: [[m, p.n]],
+              step: rowsStep(m),
+              flops: 2 * m * p.n * p.k,
+              bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
+              gemm: { m, n: p.n, k: p.k },
+            });
+        }
   if (families.includes('attention')) {
     const bs = shapes.attention.kvBlockSize;
     for (const a of shapes.attention.prefill) {
@@ -333,10 +345,11 @@ export function describeChoices(c: KernelChoices): string {
 // ---- running on the GPU ----
 
 /**
- * Relative error between two bf16 [rows, width] device outputs over their first and last rows (up
- * to 128 each: the tile edges are there), every column: the correctness check beside each timing.
+ * Relative error between two bf16 (or f16) [rows, width] device outputs over their first and last
+ * rows (up to 128 each: the tile edges are there), every column: the correctness check beside
+ * each timing.
  */
-function edgeRowsError(backend: { readBuffer(dst: ArrayBufferView, src: bigint): void }, ours: bigint, theirs: bigint, rows: number, width: number): number {
+function edgeRowsError(backend: { readBuffer(dst: ArrayBufferView, src: bigint): void }, ours: bigint, theirs: bigint, rows: number, width: number, dtype: 'bf16' | 'f16' = 'bf16'): number {
   const rowSets = rows <= 256 ? [[0, rows]] : [[0, 128], [rows - 128, rows]];
   const total = rowSets.reduce((sum, [r0, r1]) => sum + (r1 - r0) * width, 0);
   const oursBits = new Uint16Array(total), theirsBits = new Uint16Array(total);
@@ -348,8 +361,9 @@ function edgeRowsError(backend: { readBuffer(dst: ArrayBufferView, src: bigint):
     at += n;
   }
   const a = new Float32Array(total), b = new Float32Array(total);
-  bf16ToF32(oursBits, a);
-  bf16ToF32(theirsBits, b);
+  const widen = dtype === 'f16' ? f16ToF32 : bf16ToF32;
+  widen(oursBits, a);
+  widen(theirsBits, b);
   return relativeError(a, b);
 }
 
@@ -498,7 +512,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
           const ys = prepared.map(() => backend.allocBuffer(2 * g.m * g.n));
           let plan: ReturnType<typeof lt.plan> | null = null;
           try {
-            plan = lt.plan({ ...g, in: 'bf16', out: 'bf16' }, wsBytes, 1);
+            const dt = c.dtype ?? 'bf16';
+            plan = lt.plan({ ...g, in: dt, out: dt }, wsBytes, 1);
             const p = plan;
             const lms = backend.timeOnStream((i) => lt.matmul(p, ys[i % sets], prepared[i % sets].inputs[0].ptr, prepared[i % sets].inputs[1].ptr, workspace, backend.streamHandle), warmup, runs);
             const bt = timing(lms);
@@ -508,7 +523,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
             // Correctness beside speed: ours against cuBLASLt on the same inputs.
             prepared[0].poison();
             prepared[0].enqueue();
-            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ys[0], g.m, g.n);
+            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ys[0], g.m, g.n, c.dtype);
             record.relativeErrorVsCublasLt = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH ${err.toExponential(2)}`;
           } catch (err) {
@@ -541,7 +556,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
             prepared[0].enqueue();
             ref.poison();
             ref.enqueue();
-            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ref.outputs[0].ptr, c.outputShapes[0][0], b.rowWidth);
+            const err = edgeRowsError(backend, prepared[0].outputs[0].ptr, ref.outputs[0].ptr, c.outputShapes[0][0], b.rowWidth, c.dtype);
             record.relativeErrorVsBase = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH vs ${b.name}: ${err.toExponential(2)}`;
           } finally {

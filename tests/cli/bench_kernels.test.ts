@@ -19,9 +19,18 @@ describe('bench kernels: the cases', () => {
   const cases = expandCases(shapes, ['gemm', 'attention', 'memory']);
 
   it('covers every projection at every M, every attention case and every memory-bound op', () => {
-    const gemm = cases.filter((c) => c.family === 'gemm');
+    const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16');
     // Every M with the tile kernel and the Hopper kernel, and M <= 8 with the GEMV as well.
     expect(gemm.length).toBe(shapes.gemm.projections.length * (2 * shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
+    // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
+    const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
+    const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;
+    expect(f16.length).toBe(f16Projections * (2 * shapes.gemm.f16!.m.length + shapes.gemm.f16!.m.filter((m) => m <= 8).length));
+    for (const c of f16) {
+      expect(c.attrs.storageDtype, c.name).toBe('f16');
+      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90)?$/);
+    }
+    expect(f16.map((c) => c.name)).toContain('gemm llama-3-8b qkv M8192 N6144 K4096 f16 sm90');
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
     // Every prefill case three times (the mma.sync kernel, then the two Hopper rungs checked against it).
@@ -45,6 +54,9 @@ describe('bench kernels: the cases', () => {
       'gemm llama-3-70b lm_head M1 N128256 K8192',
       'gemm llama-3-70b lm_head M1 N128256 K8192 gemv',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 f16',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 f16 gemv',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90',
     ]);
   });
 
