@@ -143,30 +143,7 @@ function pagedTables(seqs: number, context: number, blockSize: number): { tables
 
 export function expandCases(shapes: KernelShapes, families: readonly Family[], filter = ''): KernelCase[] {
   const cases: KernelCase[] = [];
-  if (families.includes('gemm'))
-    for (const dtype of ['bf16', 'f16'] as const)
-      for (const p of shapes.gemm.projections)
-        for (const m of shapes.gemm.m) {
-          const f16 = shapes.gemm.f16;
-          if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
-          // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
-          // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
-          const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
-          for (const variant of variants)
-            cases.push({
-              family: 'gemm',
-              name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${dtype === 'f16' ? ' f16' : ''}${variant === 'tiles' ? '' : ` ${variant}`}`,
-              op: 'matmul',
-              attrs: dtype === 'f16' ? { gemmVariant: variant, storageDtype: 'f16' } : { gemmVariant: variant },
-              dtype,
-              inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
-              outputShapes: [[m, p.n]],
-              step: rowsStep(m),
-              flops: 2 * m * p.n * p.k,
-              bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
-              gemm: { m, n: p.n, k: p.k },
-            });
-        }
+  if (families.includes('gemm')) cases.push(...gemmCases(shapes, 'bf16'));
   if (families.includes('attention')) {
     const bs = shapes.attention.kvBlockSize;
     for (const a of shapes.attention.prefill) {
@@ -236,7 +213,37 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
           if (c) cases.push(c);
         }
   }
+  // The fp16 GEMM cases last: a run cut short by its time limit loses them before any bf16 case.
+  if (families.includes('gemm')) cases.push(...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
+}
+
+/** The GEMM cases in one storage type: every projection x M in bf16; gemm.f16's subset in fp16. */
+function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
+  const cases: KernelCase[] = [];
+  const f16 = shapes.gemm.f16;
+  for (const p of shapes.gemm.projections)
+    for (const m of shapes.gemm.m) {
+      if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
+      // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
+      // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
+      const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
+      for (const variant of variants)
+        cases.push({
+          family: 'gemm',
+          name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${dtype === 'f16' ? ' f16' : ''}${variant === 'tiles' ? '' : ` ${variant}`}`,
+          op: 'matmul',
+          attrs: dtype === 'f16' ? { gemmVariant: variant, storageDtype: 'f16' } : { gemmVariant: variant },
+          dtype,
+          inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+          outputShapes: [[m, p.n]],
+          step: rowsStep(m),
+          flops: 2 * m * p.n * p.k,
+          bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
+          gemm: { m, n: p.n, k: p.k },
+        });
+    }
+  return cases;
 }
 
 function memoryCase(op: string, r: number, h: number, rope: KernelShapes['memoryBound']['rope']): KernelCase | null {

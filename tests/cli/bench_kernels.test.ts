@@ -31,6 +31,8 @@ describe('bench kernels: the cases', () => {
       expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90)?$/);
     }
     expect(f16.map((c) => c.name)).toContain('gemm llama-3-8b qkv M8192 N6144 K4096 f16 sm90');
+    // Last in the run, so that a run cut short by its time limit loses them before any bf16 case.
+    expect(cases.findIndex((c) => c.dtype === 'f16')).toBe(cases.length - f16.length);
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
     // Every prefill case three times (the mma.sync kernel, then the two Hopper rungs checked against it).
