@@ -27,9 +27,11 @@ if (probe.error || probe.status !== 0) {
 mkdirSync(buildDir, { recursive: true });
 mkdirSync(distDir, { recursive: true });
 
+// --threads 0: the four architectures compile in parallel (ptxas's report is printed per
+// architecture, whole, so the parse below reads the same as a serial build's).
 const gencode = ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a === 'sm_80' ? '[sm_80,compute_80]' : a}`]);
 const t0 = Date.now();
-const fatbin = spawnSync(nvcc, [...FLAGS, '-fatbin', ...gencode, '-Xptxas', '-v', src, '-o', path.join(distDir, 'tessera.fatbin')], { encoding: 'utf8', cwd: root });
+const fatbin = spawnSync(nvcc, [...FLAGS, '--threads', '0', '-fatbin', ...gencode, '-Xptxas', '-v', src, '-o', path.join(distDir, 'tessera.fatbin')], { encoding: 'utf8', cwd: root });
 if (fatbin.status !== 0) {
   process.stderr.write(fatbin.stderr);
   console.error('build:kernels: nvcc failed.');
