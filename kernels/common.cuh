@@ -35,7 +35,6 @@ template <class T>
 struct alignas(16) vec8 {
   pair_t<T> v[4];
 };
-using bf16x8 = vec8<bf16>;
 
 TS_DEVICE float to_f32(bf16 x) { return __bfloat162float(x); }
 TS_DEVICE float to_f32(f16 x) { return __half2float(x); }
@@ -77,7 +76,7 @@ TS_DEVICE void unpack(const vec8<T>& p, float out[8]) {
   }
 }
 
-template <class T = bf16>
+template <class T>
 TS_DEVICE vec8<T> pack(const float in[8]) {
   vec8<T> p;
 #pragma unroll
