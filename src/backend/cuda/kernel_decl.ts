@@ -23,10 +23,11 @@ export interface KernelDecl {
  * (the same declaration for bf16, and for a kernel without a storage type).
  */
 export function forStorage(decl: KernelDecl, dtype: 'bf16' | 'f16'): KernelDecl {
-  if (dtype === 'bf16' || !/_bf16(_|$)/.test(decl.name)) return decl;
+  if (dtype === 'bf16') return decl;
+  // Made once per declaration (a launch asks for it every step): the twin, or decl itself.
   let twin = fp16Twins.get(decl);
   if (!twin) {
-    twin = { name: decl.name.replace(/_bf16(_|$)/, '_f16$1'), params: decl.params };
+    twin = /_bf16(_|$)/.test(decl.name) ? { name: decl.name.replace(/_bf16(_|$)/, '_f16$1'), params: decl.params } : decl;
     fp16Twins.set(decl, twin);
   }
   return twin;
