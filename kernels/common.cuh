@@ -41,6 +41,12 @@ TS_DEVICE float to_f32(f16 x) { return __half2float(x); }
 TS_DEVICE float2 to_f32x2(bf16x2 x) { return __bfloat1622float2(x); }
 TS_DEVICE float2 to_f32x2(f16x2 x) { return __half22float2(x); }
 
+// Two adjacent values of T at p (4-byte aligned) as floats.
+template <class T>
+TS_DEVICE float2 load2_f32(const T* p) {
+  return to_f32x2(*reinterpret_cast<const pair_t<T>*>(p));
+}
+
 // f32 -> storage type T, rounded to nearest even (f16 saturates to +-inf past 65504, as a cast does).
 template <class T>
 TS_DEVICE T from_f32(float x);

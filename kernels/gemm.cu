@@ -1,16 +1,19 @@
-// GEMM, the `matmul` op: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]), operands of storage type T
-// (bf16 or fp16), f32 accumulation, output T (projections) or f32 (the logits). Tensor cores
-// through mma.sync m16n8k16 (sm_80 and later: the same code on Ampere and Hopper).
+// GEMM, the `matmul` and `matmul_add` ops: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]) (+ res[R, N]),
+// operands of storage type T (bf16 or fp16), f32 accumulation, output T (projections) or f32 (the
+// logits). Tensor cores through mma.sync m16n8k16 (sm_80 and later: the same code on Ampere and Hopper).
 //
 //   x:    [R, K] T, row-major (activations: R = T tokens or S logit rows)
 //   w:    [N, K] T, nn.Linear layout; row n of w is column n of the mma's "col" B operand as is
 //   bias: [N] T or null
+//   res:  [R, N] T or null: the residual stream, added in the epilogue (matmul_add); it may be y
+//         itself (the sum written in place): each element is read by the thread that then writes
+//         it, so res and y carry no __restrict__
 //   y:    [R, N] T or f32 (entries ts_gemm_<tile>_<T>: y T; ts_gemm_<tile>_<T>_f32: y f32)
 // Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
 // src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
 // bounds-checked on store.
 //
-// FLOPs: 2 R N K. Bytes from DRAM at least 2 R K + 2 N K + 2 N + R N (2 | 4); through L2 x is read
+// FLOPs: 2 R N K. Bytes from DRAM at least 2 R K + 2 N K + 2 N + R N (2 | 4) (+ 2 R N for res); through L2 x is read
 // ceil(N / BN) times and w ceil(R / BM) times. Split-K adds 4 R N splits bytes written and read back.
 //
 // Block: a BM x BN tile of y; BK = 32 per stage. Global -> shared with 16-byte cp.async.cg in a
@@ -18,8 +21,8 @@
 // a (BM / WARPS_M) x (BN / WARPS_N) sub-tile of f32 accumulators. Shared rows are 64 bytes (4
 // chunks of 16 B); chunk c of row r lives at chunk c ^ ((r >> 1) & 3), so the 8 row addresses of
 // each ldmatrix phase hit 8 different 16-byte bank groups (no conflicts), and so do cp.async writes.
-// Epilogue: + bias, convert, store straight from the accumulator fragments (pairs of columns when N
-// is even, single elements otherwise), rows >= R and columns >= N masked.
+// Epilogue: + bias, + res, convert, store straight from the accumulator fragments (pairs of columns
+// when N is even, single elements otherwise), rows >= R and columns >= N masked.
 //
 // Block order: blockIdx.x is the tile index in groups of GROUP_M = 8 row tiles; inside a group the
 // row tile varies fastest, so consecutive blocks read the same weight tile (it stays in L2) and a
@@ -32,10 +35,10 @@
 //                                                         4 warps (2 x 2), warp tile 32 x 64, 4 stages, 48 KiB
 //   ts_gemm_128x128_*            prefill: R > 64 with ceil(R / 128) ceil(N / 128) >= SMs
 //                                                         8 warps (2 x 4), warp tile 64 x 32, 3 stages, 48 KiB
-//   ts_gemm_splitk_reduce_*      y = sum over z of ws[z] (+ bias). When the tiles are fewer than the
+//   ts_gemm_splitk_reduce_*      y = sum over z of ws[z] (+ bias) (+ res). When the tiles are fewer than the
 //                                SMs (twice the SMs for the 16- and 32-row tiles), K is split over blockIdx.z
 //                                (up to 8 ways, >= 4 k-tiles each): the _f32 entry of the tile config writes
-//                                partials ws[splits, R, N] without bias and this kernel finishes.
+//                                partials ws[splits, R, N] without bias or res and this kernel finishes.
 // Llama-3-8B (K = 4096, down K = 14336) on 132 SMs: decode R = 1 runs 16x128 with QKV N = 6144 as 48
 // tiles x 6 splits, O and down N = 4096 as 32 x 8, gate/up N = 28672 as 224 x 2, lm_head N = 128256 as
 // 1002 tiles; prefill runs 128x128 without splits from R = 65 for gate/up and lm_head and from R = 513
@@ -99,7 +102,8 @@ TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>
 // One block of the GEMM. y is offset by blockIdx.z * R * N (split-K partials; gridDim.z == 1 else);
 // the block covers k-tiles [blockIdx.z * k_tiles_per_split, + k_tiles_per_split) clamped to K.
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
-TS_DEVICE void gemm_block(OutT* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, int R, int N, int K, int k_tiles_per_split) {
+TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, int R, int N, int K,
+                          int k_tiles_per_split) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -231,22 +235,31 @@ TS_DEVICE void gemm_block(OutT* __restrict__ y, const T* __restrict__ x, const T
       for (int h = 0; h < 2; h++) {
         const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
         if (row >= R) continue;
-        const float v0 = acc[mi][ni][2 * h] + bias0, v1 = acc[mi][ni][2 * h + 1] + bias1;
-        OutT* p = y + static_cast<int64_t>(row) * N + col;
+        float v0 = acc[mi][ni][2 * h] + bias0, v1 = acc[mi][ni][2 * h + 1] + bias1;
+        const int64_t at = static_cast<int64_t>(row) * N + col;
         if (pairs) {
-          store2(p, v0, v1);
+          if (res != nullptr) {
+            const float2 r = ts::load2_f32(res + at);
+            v0 += r.x;
+            v1 += r.y;
+          }
+          store2(y + at, v0, v1);
         } else {
-          store1(p, v0);
-          if (has1) store1(p + 1, v1);
+          if (res != nullptr) v0 += ts::to_f32(res[at]);
+          store1(y + at, v0);
+          if (has1) {
+            if (res != nullptr) v1 += ts::to_f32(res[at + 1]);
+            store1(y + at + 1, v1);
+          }
         }
       }
     }
   }
 }
 
-// y[r, n] = sum over z of ws[z, r, n] (+ bias[n]), splits summed in order.
+// y[r, n] = sum over z of ws[z, r, n] (+ bias[n]) (+ res[r, n]), splits summed in order; res may be y.
 template <class T, typename OutT>
-TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws, const T* __restrict__ bias, int R, int N,
+TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, int N,
                              int splits) {
   const int64_t total = static_cast<int64_t>(R) * N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
@@ -254,6 +267,7 @@ TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws,
     float s = 0.f;
     for (int z = 0; z < splits; z++) s += ws[z * total + i];
     if (bias != nullptr) s += ts::to_f32(bias[i % N]);
+    if (res != nullptr) s += ts::to_f32(res[i]);
     store1(y + i, s);
   }
 }
@@ -265,12 +279,13 @@ TS_DEVICE void splitk_reduce(OutT* __restrict__ y, const float* __restrict__ ws,
 // (ops/gemm.ts: GEMM_PARAMS):
 #define TS_GEMM_ENTRY(NAME, T, OUT_T, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                \
   extern "C" __global__ void __launch_bounds__(WARPS_M* WARPS_N * 32, MIN_BLOCKS)                                   \
-      NAME(OUT_T* __restrict__ y,       /* [R, N] OUT_T, or [splits, R, N] f32 split-K partials */                    \
+      NAME(OUT_T* y,                    /* [R, N] OUT_T, or [splits, R, N] f32 split-K partials; may be res */        \
            const T* __restrict__ x,     /* [R, K] */                                                                  \
            const T* __restrict__ w,     /* [N, K] */                                                                  \
            const T* __restrict__ bias,  /* [N], or null */                                                            \
+           const T* res,                /* [R, N] added in the epilogue, or null */                                   \
            int R, int N, int K, int k_tiles_per_split /* k-tiles (of 32) per blockIdx.z */) {                         \
-    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, R, N, K, k_tiles_per_split);     \
+    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, R, N, K, k_tiles_per_split);\
   }
 #define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
   TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \
@@ -286,12 +301,13 @@ TS_GEMM_ENTRIES(128, 128, 2, 4, 3, 2)
 #undef TS_GEMM_ENTRY
 #undef TS_GEMM_ENTRIES
 
-// Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias). Grid-stride over R * N elements.
-//   y: [R, N] T (ts_gemm_splitk_reduce_<T>) or f32 (..._<T>_f32); ws: [splits, R, N] f32; bias: [N] T, or null
-#define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                   \
-  extern "C" __global__ void NAME(OUT_T* __restrict__ y, const float* __restrict__ ws, const T* __restrict__ bias, int R, \
-                                  int N, int splits) {                                                                    \
-    ts_gemm::splitk_reduce(y, ws, bias, R, N, splits);                                                                    \
+// Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias) (+ res). Grid-stride over R * N elements.
+//   y: [R, N] T (ts_gemm_splitk_reduce_<T>) or f32 (..._<T>_f32), may be res; ws: [splits, R, N] f32;
+//   bias: [N] T, or null; res: [R, N] T, or null
+#define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                     \
+  extern "C" __global__ void NAME(OUT_T* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, \
+                                  int N, int splits) {                                                                      \
+    ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits);                                                                 \
   }
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16, ts::bf16, ts::bf16)
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16_f32, ts::bf16, float)

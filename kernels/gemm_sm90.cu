@@ -1,4 +1,5 @@
-// Hopper GEMM (sm_90a) for the `matmul` op: y[M, N] = x[M, K] · w[N, K]^T (+ bias[N]), T in (bf16 or
+// Hopper GEMM (sm_90a) for the `matmul` and `matmul_add` ops: y[M, N] = x[M, K] · w[N, K]^T
+// (+ bias[N]) (+ res[M, N]), T in (bf16 or
 // fp16: ts_gemm_sm90_<T>, and ts_gemm_sm90_<T>_f32 for y f32), f32 accumulate, y T or f32. Same operands as kernels/gemm.cu; a third variant beside its tile
 // kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
 //
@@ -9,7 +10,8 @@
 //
 //   x: [M, K] T row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
 //   w: [N, K] T row-major, through tmW (box 256 rows x 64 columns, 128-byte swizzle)
-//   bias: [N] T or null; y: [M, N] T or f32, row-major
+//   bias: [N] T or null; res: [M, N] T or null (may be y: each element is read by the thread that
+//   writes it); y: [M, N] T or f32, row-major
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
 // rows and columns read as zeros, so tile edges need no code in the main loop.
 //
@@ -23,14 +25,14 @@
 //    k-tile, 4 k-steps of two wgmma m64n128k16 (columns 0-127 and 128-255), 128 f32 accumulators a
 //    thread. One k-tile's wgmma group stays in flight while the next is issued; a stage is
 //    released to the producer once the group that read it has completed.
-// Epilogue: each consumer thread adds the bias and stores its accumulator fragments straight to
-// y (pairs of columns where they are aligned), masked at M and N.
+// Epilogue: each consumer thread adds the bias and the residual and stores its accumulator
+// fragments straight to y (pairs of columns where they are aligned), masked at M and N.
 //
 // Shared layout (128-byte swizzle, as TMA writes it and wgmma reads it): a tile row is 64 values =
 // 128 bytes; 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8 rows make a 1024-byte atom,
 // which is the descriptors' stride byte offset. Every stage's buffers start on 1024 bytes.
 //
-// FLOPs 2 M N K; bytes at least 2 (M K + N K) + (2 | 4) M N. Shared memory: 4 stages x 48 KiB +
+// FLOPs 2 M N K; bytes at least 2 (M K + N K) + (2 | 4) M N (+ 2 M N for res). Shared memory: 4 stages x 48 KiB +
 // 1 KiB of alignment slack + barriers; one block per SM.
 #include "sm90.cuh"
 
@@ -49,24 +51,33 @@ constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
 
 using namespace ts::sm90;
 
+TS_DEVICE void put(ts::bf16* p, float v) { *p = ts::from_f32<ts::bf16>(v); }
+TS_DEVICE void put(ts::f16* p, float v) { *p = ts::from_f32<ts::f16>(v); }
+TS_DEVICE void put(float* p, float v) { *p = v; }
 template <class T>
-TS_DEVICE void store2(T* y, int row, int col, int N, float v0, float v1) {
-  T* p = y + (size_t)row * N + col;
-  if (col + 1 < N && (N % 2) == 0) {
-    *reinterpret_cast<ts::pair_t<T>*>(p) = ts::pair_from_f32<T>(v0, v1);
-  } else {
-    p[0] = ts::from_f32<T>(v0);
-    if (col + 1 < N) p[1] = ts::from_f32<T>(v1);
-  }
+TS_DEVICE void put2(T* p, float v0, float v1) {
+  *reinterpret_cast<ts::pair_t<T>*>(p) = ts::pair_from_f32<T>(v0, v1);
 }
+TS_DEVICE void put2(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 
-TS_DEVICE void store2(float* y, int row, int col, int N, float v0, float v1) {
-  float* p = y + (size_t)row * N + col;
+// y[row, col] and [row, col + 1] (where col + 1 < N) = v0, v1 (+ res there), as one pair when aligned.
+template <class T, typename OUT_T>
+TS_DEVICE void store2(OUT_T* y, const T* res, int row, int col, int N, float v0, float v1) {
+  const size_t at = (size_t)row * N + col;
   if (col + 1 < N && (N % 2) == 0) {
-    *reinterpret_cast<float2*>(p) = make_float2(v0, v1);
+    if (res) {
+      const float2 r = ts::load2_f32(res + at);
+      v0 += r.x;
+      v1 += r.y;
+    }
+    put2(y + at, v0, v1);
   } else {
-    p[0] = v0;
-    if (col + 1 < N) p[1] = v1;
+    if (res) v0 += ts::to_f32(res[at]);
+    put(y + at, v0);
+    if (col + 1 < N) {
+      if (res) v1 += ts::to_f32(res[at + 1]);
+      put(y + at + 1, v1);
+    }
   }
 }
 
@@ -80,8 +91,8 @@ TS_DEVICE void tile_coords(int t, int tilesM, int tilesN, int& tm, int& tn) {
 }
 
 template <class T, typename OUT_T>
-__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* __restrict__ y, const T* __restrict__ bias, int M, int N,
-                                     int K) {
+__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, int M,
+                                     int N, int K) {
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
   uint8_t* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
@@ -176,8 +187,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
           b0 = ts::to_f32(bias[col]);
           if (col + 1 < N) b1 = ts::to_f32(bias[col + 1]);
         }
-        if (row0 < M) store2(y, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
-        if (row0 + 8 < M) store2(y, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
+        if (row0 < M) store2(y, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
+        if (row0 + 8 < M) store2(y, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
       }
   }
 }
@@ -193,14 +204,15 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
            const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box 256 x 64, 128-byte swizzle */                             \
-           OUT_T* __restrict__ y,                   /* [M, N] */                                                                \
+           OUT_T* y,                                /* [M, N], may be res */                                                    \
            const T* __restrict__ bias,              /* [N], or null */                                                          \
+           const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
            int M, int N, int K) {                                                                                               \
     TS_GEMM_SM90_BODY(T, OUT_T)                                                                                                 \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, M, N, K);
+#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, res, M, N, K);
 #else
 #define TS_GEMM_SM90_BODY(T, OUT_T) __trap();
 #endif

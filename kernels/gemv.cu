@@ -1,4 +1,5 @@
-// GEMV path of the `matmul` op for decode: y[R, N] = x[R, K] · w[N, K]^T (+ bias[N]) for R <= 8,
+// GEMV path of the `matmul` and `matmul_add` ops for decode: y[R, N] = x[R, K] · w[N, K]^T
+// (+ bias[N]) (+ res[R, N]) for R <= 8,
 // bf16 or fp16 operands (T), f32 accumulation, y T or f32. Same operands and layout as kernels/gemm.cu.
 //
 // Why a second kernel: at R <= 8 the product is a stream of the weights (2 N K bytes) with a few
@@ -10,6 +11,7 @@
 //   x:    [R, K] T row-major; R <= MAXR (the entry's r1, r2, r4 or r8), K % 8 == 0
 //   w:    [N, K] T (nn.Linear layout)
 //   bias: [N] T or null
+//   res:  [R, N] T or null, added before the store; may be y (read and written by one thread)
 //   y:    [R, N] T or f32
 // Every pointer 16-byte aligned (the launcher checks).
 //
@@ -21,7 +23,7 @@
 // accumulates R x 4 dot products in f32. Two steps go together so 8 independent 16-byte weight
 // loads per lane, 32 KiB per block, are in flight before the first FMA. Then each warp reduces its
 // lanes with shuffles, the 8 warps' partials meet in shared memory, and R x 4 threads add the
-// bias and store. Rows past R or N read the last valid row (in bounds) and are never stored.
+// bias and the residual and store. Rows past R or N read the last valid row (in bounds) and are never stored.
 //
 // Bytes: 2 N K (w) + 2 R K per block from L2 (x) + R N (2 | 4) (y). FLOPs: 2 R N K.
 // Grid: ceil(N / 4) blocks: 1024 for N = 4096, 32,064 for Llama-3's lm_head.
@@ -52,8 +54,8 @@ TS_DEVICE void store(ts::f16* p, float v) { *p = ts::from_f32<ts::f16>(v); }
 TS_DEVICE void store(float* p, float v) { *p = v; }
 
 template <int MAXR, class T, typename OUT_T>
-__device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const T* __restrict__ x, const T* __restrict__ w,
-                                           const T* __restrict__ bias, int R, int N, int K) {
+__device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, const T* __restrict__ w,
+                                           const T* __restrict__ bias, const T* res, int R, int N, int K) {
   __shared__ float part[WARPS][MAXR * ROWS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n0 = blockIdx.x * ROWS;
@@ -131,6 +133,7 @@ __device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const T* __res
 #pragma unroll
       for (int v = 0; v < WARPS; v++) sum += part[v][threadIdx.x];
       if (bias) sum += ts::to_f32(bias[n]);
+      if (res) sum += ts::to_f32(res[(size_t)r * N + n]);
       store(y + (size_t)r * N + n, sum);
     }
   }
@@ -142,12 +145,13 @@ __device__ __forceinline__ void gemv_block(OUT_T* __restrict__ y, const T* __res
 // ts_gemv_r<MAXR>_<T>_f32, y f32. Parameters, in order (ops/gemm.ts: GEMV_PARAMS):
 #define TS_GEMV_ENTRY(NAME, MAXR, T, OUT_T)                                                                   \
   extern "C" __global__ void __launch_bounds__(ts_gemv::THREADS)                                            \
-      NAME(OUT_T* __restrict__ y,       /* [R, N] */                                                        \
+      NAME(OUT_T* y,                    /* [R, N], may be res */                                            \
            const T* __restrict__ x,     /* [R, K], R <= MAXR */                                             \
            const T* __restrict__ w,     /* [N, K] */                                                        \
            const T* __restrict__ bias,  /* [N], or null */                                                  \
+           const T* res,                /* [R, N] added before the store, or null */                        \
            int R, int N, int K) {                                                                           \
-    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, R, N, K);                                            \
+    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K);                                       \
   }
 #define TS_GEMV_ENTRIES(MAXR)                                                  \
   TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16, MAXR, ts::bf16, ts::bf16)              \

@@ -8,8 +8,9 @@
  *   load     weight-layout transforms, evaluated once when weights load, never per step
  *   compute  per-step work on activations
  *   state    updates the paged KV cache and returns it
- * The model builders emit only the unfused ops; the fused ones (matmul with bias, slice_cols,
- * add_rmsnorm, add_layernorm, act_mul, rope_kv_write) come from the passes in graph/passes.
+ * The model builders emit only the unfused ops; the fused ones (matmul with bias, matmul_add,
+ * slice_cols, add_rmsnorm, add_layernorm, act_mul, rope_kv_write) come from the passes in
+ * graph/passes.
  */
 import type { Attrs, DType, Dim } from './ir.js';
 
@@ -252,6 +253,21 @@ const SPECS = {
   },
 
   // ---- fused ops, made by the passes ----
+  matmul_add: {
+    category: 'compute',
+    fused: true,
+    doc: 'x[R, K], w[N, K], residual[R, N] (, b[N]) -> x w^T (+ b) + residual: [R, N], the residual read in the GEMM epilogue and overwritten in place',
+    inplace: [[0, 2]],
+    shape(inputs) {
+      need(inputs.length === 3 || inputs.length === 4, `expects 3 or 4 inputs, got ${inputs.length}`);
+      const [r, k] = matrix(inputs[0], 'x');
+      const [n, k2] = matrix(inputs[1], 'w');
+      need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+      sameShape(inputs[2], [r, n], 'residual and x w^T');
+      if (inputs.length === 4) need(inputs[3].length === 1 && inputs[3][0] === n, `bias ${fmt(inputs[3])} does not match N = ${n}`);
+      return [r, n];
+    },
+  },
   add_rmsnorm: {
     category: 'compute',
     fused: true,

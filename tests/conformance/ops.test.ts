@@ -168,9 +168,10 @@ interface Case {
   /** Load-time ops: the CPU tier only (the CUDA backend runs them at load, not through runOp). */
   loadTime?: boolean;
   /**
-   * Runs the CPU kernel with output 0 aliasing input 0 (the residual), as the memory planner
-   * lays out add_rmsnorm / add_layernorm: runOp always gives fresh outputs, so this goes to the
-   * kernel directly and runs on the CPU tier only.
+   * Runs the CPU kernel with its in-place output aliasing the input it overwrites (OPS[op].inplace:
+   * the residual of add_rmsnorm, add_layernorm and matmul_add), as the memory planner lays them
+   * out: runOp always gives fresh outputs, so this goes to the kernel directly and runs on the CPU
+   * tier only.
    */
   aliasSum?: boolean;
   prepare(g: Gen): Prepared;
@@ -347,6 +348,46 @@ for (const [r, k, n, bias, f32Out, variant] of [
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],
         what: `x ${fmt([r, k])} w ${fmt([n, k])}${b ? ` b [${n}]` : ''}${f32Out ? ' outputDtype f32' : ''}${variant ? ` variant ${variant}` : ''}`,
+      };
+    },
+  });
+}
+
+// ---- matmul_add: the residual in the GEMM epilogue
+
+// [R, K, N, bias, variant, aliased]: each GEMM path's epilogue (the tile kernel without and with
+// split-K, whose reduce adds the residual; the GEMV; the Hopper kernel), odd N (single-element
+// stores), and on the CPU tier the sum written over the residual as the planner lays it out.
+for (const [r, k, n, bias, variant, alias] of [
+  [1, 32, 8, false],
+  [3, 72, 24, true],
+  [130, 256, 264, false],
+  [1, 1024, 520, true],
+  [17, 1024, 37, false],
+  [300, 64, 5640, true],
+  [1, 4104, 37, true, 'gemv'],
+  [5, 520, 262, false, 'gemv'],
+  [130, 72, 264, true, 'sm90'],
+  [257, 200, 37, false, 'sm90'],
+  [3, 264, 24, true, undefined, true],
+  [130, 256, 264, false, undefined, true],
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90')?, boolean?]>) {
+  add({
+    op: 'matmul_add',
+    name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,
+    aliasSum: alias,
+    prepare(g) {
+      const x = g.act(r * k), w = g.weights(n * k, k), res = g.act(r * n), b = bias ? g.bias(n) : null;
+      const inputs = [f(x, [r, k]), f(w, [n, k]), f(res, [r, n])];
+      if (b) inputs.push(f(b, [n]));
+      const y = ref.matmul(x, w, b, r, k, n);
+      for (let i = 0; i < r * n; i++) y.value[i] += res[i];
+      return {
+        attrs: (variant ? { gemmVariant: variant } : {}) as Attrs,
+        inputs,
+        step: plainStep(r),
+        expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],
+        what: `x ${fmt([r, k])} w ${fmt([n, k])} residual ${fmt([r, n])}${b ? ` b [${n}]` : ''}${variant ? ` variant ${variant}` : ''}${alias ? ' (sum written over the residual)' : ''}`,
       };
     },
   });
@@ -896,8 +937,8 @@ for (const tier of TIERS) {
             const inputs = p.inputs.map((t): HostTensor => ({ data: t.data.slice(), shape: [...t.shape] }));
             let outputs: HostTensor[];
             if (c.aliasSum) {
-              const normed: HostTensor = { data: new Float32Array(numel(shapes[1])).fill(NaN), shape: shapes[1] };
-              outputs = [inputs[0], normed];
+              const [[o, i]] = OPS[c.op].inplace!;
+              outputs = shapes.map((sh, k): HostTensor => (k === o ? inputs[i] : { data: new Float32Array(numel(sh)).fill(NaN), shape: sh }));
               CPU_KERNELS[c.op]({ inputs, output: outputs[0], outputs, attrs: p.attrs, step: p.step });
             } else {
               outputs = await backend.runOp(c.op, tier.attrs ? { ...p.attrs, ...tier.attrs } : p.attrs, inputs, shapes, p.step);

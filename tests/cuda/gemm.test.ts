@@ -19,6 +19,7 @@ import {
   GEMM_TILES,
   gemmPlan,
   matmul,
+  matmulAdd,
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
 import type { CudaOpContext } from '../../src/backend/cuda/ops/types.js';
@@ -48,13 +49,18 @@ function macroEntryNames(source: string, perConfig: string, params: string[]): s
 }
 
 
-function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws', bigint>> }) {
+/**
+ * One matmul launch (matmul_add with `res`: the residual at p.res, which defaults to y's buffer,
+ * the in-place sum the planner makes).
+ */
+function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws' | 'res', bigint>> }) {
   const { R, N, K } = opts;
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
   const scratch: number[] = [];
   const st = opts.storage ?? 'bf16';
   const inputs = [tensor([R, K], st, p.x), tensor([N, K], st, p.w)];
+  if (opts.res) inputs.push(tensor([R, N], st, p.res ?? p.y));
   if (opts.bias) inputs.push(tensor([N], st, p.b));
   const ctx: CudaOpContext = {
     inputs,
@@ -64,7 +70,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
     device: fakeDevice(opts.sms ?? 132),
     launch: (decl, launch, args) => {
       // Every declared argument given, nothing else (what the backend's packArgs enforces).
-      packArgs(new DataView(new ArrayBuffer(256)), decl, args);
+      packArgs(new DataView(new ArrayBuffer(4096)), decl, args);
       launches.push({ decl, launch, args });
     },
     constant: () => 0n,
@@ -72,14 +78,15 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; out?: 'bf1
       scratch.push(bytes);
       return p.ws;
     },
-    tensorMap2d: () => {
-      throw new Error('no tensor maps expected');
+    tensorMap2d: (t) => {
+      if (opts.attrs?.gemmVariant !== 'sm90') throw new Error('no tensor maps expected');
+      return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
     tensorMap: () => {
       throw new Error('no tensor maps expected');
     },
   };
-  matmul(ctx);
+  (opts.res ? matmulAdd : matmul)(ctx);
   return { launches, scratch };
 }
 
@@ -115,8 +122,8 @@ describe('gemm tile table', () => {
       ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
-    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
-    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'R:i32', 'N:i32', 'splits:i32']);
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
+    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32']);
   });
 
   it('keeps every config within 48 KiB of dynamic shared memory', () => {
@@ -229,7 +236,7 @@ describe('matmul launcher', () => {
     const [l] = launches;
     expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
     expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
-    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
   });
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
@@ -245,8 +252,8 @@ describe('matmul launcher', () => {
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_bf16_f32', out === 'f32' ? 'ts_gemm_splitk_reduce_bf16_f32' : 'ts_gemm_splitk_reduce_bf16']);
     const [gemm, reduce] = launches;
     expect(gemm.launch.grid).toEqual([32, 1, 8]);
-    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
-    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, R: 1, N: 4096, splits: 8 });
+    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8 });
     expect(reduce.launch.block).toEqual([256, 1, 1]);
     expect(reduce.launch.grid).toEqual([16, 1, 1]);
   });
@@ -318,6 +325,53 @@ describe('matmul launcher', () => {
   });
 });
 
+describe('matmul_add launcher (the residual in the epilogue)', () => {
+  it('passes the residual to the tile kernel, in place of y', () => {
+    const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true });
+    expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0x4000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+  });
+
+  it('adds it in the split-K reduce, not in the partials, after the bias', () => {
+    const { launches } = run({ R: 1, N: 4096, K: 4096, res: true, bias: true, ptrs: { res: 0x8000n } });
+    const [gemm, reduce] = launches;
+    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n });
+    expect(reduce.decl.name).toBe('ts_gemm_splitk_reduce_bf16');
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x8000n, R: 1, N: 4096, splits: 8 });
+  });
+
+  it('passes it to the GEMV and the Hopper kernel, in both storage types', () => {
+    const gemv = run({ R: 2, N: 64, K: 64, res: true, storage: 'f16', attrs: { gemmVariant: 'gemv' } }).launches;
+    expect(gemv.map((l) => l.decl.name)).toEqual(['ts_gemv_r2_f16']);
+    expect(gemv[0].args).toMatchObject({ y: 0x4000n, res: 0x4000n, bias: 0n });
+    const sm90 = run({ R: 300, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90' } }).launches;
+    expect(sm90.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16']);
+    expect(sm90[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 300, N: 4096, K: 4096 });
+  });
+
+  it('refuses an f32 y, a residual of another shape or type, and one that overlaps y without being it', () => {
+    expect(() => run({ R: 2, N: 8, K: 32, res: true, out: 'f32' })).toThrow(/matmul_add: y must be bf16 \(x \[2, 32\] bf16, w \[8, 32\] bf16, res \[2, 8\] bf16, y \[2, 8\] f32\)/);
+    expect(() => run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x4010n } })).toThrow(/matmul_add: y overlaps res without being it/);
+    expect(run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x4020n } }).launches).toHaveLength(1); // 2 x 8 x 2 bytes: just past y
+    expect(() => run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x5008n } })).toThrow(/matmul_add: res is not 16-byte aligned/);
+    const ctx = (res: ReturnType<typeof tensor>): CudaOpContext =>
+      ({
+        inputs: [tensor([2, 32], 'bf16', 0x1000n), tensor([8, 32], 'bf16', 0x2000n), res],
+        outputs: [tensor([2, 8], 'bf16', 0x4000n)],
+        attrs: {},
+        device: { multiprocessors: 132, computeCapability: [9, 0] },
+        launch: () => {},
+        scratch: () => 0x100000n,
+        constant: () => 0n,
+      }) as unknown as CudaOpContext;
+    expect(() => matmulAdd(ctx(tensor([2, 9], 'bf16', 0x4000n)))).toThrow(/matmul_add: res must be \[2, 8\] bf16/);
+    expect(() => matmulAdd(ctx(tensor([2, 8], 'f16', 0x4000n)))).toThrow(/matmul_add: res \[2, 8\] is f16, but the other operands are bf16/);
+    const short = ctx(tensor([2, 8], 'bf16', 0x4000n));
+    short.inputs.pop();
+    expect(() => matmulAdd(short)).toThrow(/matmul_add: expects 3 or 4 inputs, got 2/);
+  });
+});
+
 describe('the GEMV variant', () => {
   it('runs only where asked and where it applies (R <= 8); the default stays the tile kernel', async () => {
     const { gemmVariant } = await import('../../src/backend/cuda/ops/gemm.js');
@@ -353,7 +407,7 @@ describe('the GEMV variant', () => {
       expect(launches[0].decl.name).toBe(GEMV_KERNELS[maxR].f32.name);
       expect(launches[0].launch.grid).toEqual([Math.ceil(N / 4), 1, 1]);
       expect(launches[0].launch.block).toEqual([256, 1, 1]);
-      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, R, N, K: 64 });
+      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64 });
     }
   });
 });

@@ -7,7 +7,8 @@
  * rows, zero-fill past R, N and K), the STAGES-deep ring (every iteration reads the k-tile it
  * expects, and no load lands in the stage being read), ldmatrix.x4 row addresses per lane
  * (lane_a_offset, lane_b_offset) and the registers they fill, the warp tiles, split-K with its
- * reduce, bias, and the masked stores, for each of the four tile configurations the launcher
+ * reduce, bias, the residual read in place of y (matmul_add), and the masked stores, for each of
+ * the four tile configurations the launcher
  * picks from (ops/gemm.ts). What the hardware does is for the GPU tier of the conformance suite.
  */
 import { readFileSync } from 'node:fs';
@@ -38,8 +39,12 @@ const CONFIGS: Record<string, [number, number, number, number, number]> = {
   '128x128': [128, 128, 2, 4, 3],
 };
 
-/** One launch of ts_gemm_<config>_f32 over grid (tiles, 1, splits), then the reduce when splits > 1. */
-function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float32Array | null, R: number, N: number, K: number, kTilesPerSplit: number): Float64Array {
+/**
+ * One launch of ts_gemm_<config>_f32 over grid (tiles, 1, splits), then the reduce when splits > 1.
+ * With `res`, y starts as the residual and the kernel that writes y (the tile kernel, or the reduce
+ * after a split) reads each element of it just before writing it: the in-place matmul_add.
+ */
+function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, R: number, N: number, K: number, kTilesPerSplit: number): Float64Array {
   const [BM, BN, WARPS_M, WARPS_N, STAGES] = CONFIGS[config];
   const THREADS = WARPS_M * WARPS_N * 32, WTM = BM / WARPS_M, WTN = BN / WARPS_N, MT = WTM / 16, NT = WTN / 8;
   const A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
@@ -48,6 +53,8 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
   const tilesM = Math.ceil(R / BM), tilesN = Math.ceil(N / BN), kTiles = Math.ceil(K / BK);
   const splits = Math.ceil(kTiles / kTilesPerSplit);
   const out = new Float64Array(splits * R * N).fill(NaN); // y, or the split partials ws[splits, R, N]
+  if (splits === 1 && res) out.set(res); // y is the residual's buffer
+  const written = new Uint8Array(splits * R * N);
   for (let z = 0; z < splits; z++)
     for (let pid = 0; pid < tilesM * tilesN; pid++) {
       const [tm, tn] = blockTile(pid, tilesM, tilesN);
@@ -102,8 +109,9 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
         readStage = readStage === STAGES - 1 ? 0 : readStage + 1;
         writeStage = writeStage === STAGES - 1 ? 0 : writeStage + 1;
       }
-      // The epilogue (bias only without split-K: the partials go to the reduce without it).
+      // The epilogue (bias and residual only without split-K: the partials go to the reduce without them).
       const withBias = splits === 1 ? bias : null;
+      const withRes = splits === 1 && res !== null;
       for (let warp = 0; warp < WARPS_M * WARPS_N; warp++) {
         const wm = Math.floor(warp / WARPS_N), wn = warp % WARPS_N;
         for (let lane = 0; lane < 32; lane++) {
@@ -116,21 +124,23 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
                 const row = m0 + wm * WTM + mi * 16 + g + h * 8;
                 if (row >= R) continue;
                 const at = z * R * N + row * N + col;
-                if (!Number.isNaN(out[at])) throw new Error(`y[${row}, ${col}] written twice`);
-                out[at] = acc[warp][mi][ni][lane][2 * h] + (withBias ? withBias[col] : 0);
-                if (col + 1 < N) out[at + 1] = acc[warp][mi][ni][lane][2 * h + 1] + (withBias ? withBias[col + 1] : 0);
+                for (let e = 0; e < (col + 1 < N ? 2 : 1); e++) {
+                  if (written[at + e]) throw new Error(`y[${row}, ${col + e}] written twice`);
+                  written[at + e] = 1;
+                  out[at + e] = acc[warp][mi][ni][lane][2 * h + e] + (withBias ? withBias[col + e] : 0) + (withRes ? out[at + e] : 0);
+                }
               }
           }
         }
       }
     }
   if (splits === 1) return out;
-  // ts_gemm_splitk_reduce: y = sum over z of ws[z] (+ bias), splits in order.
-  const y = new Float64Array(R * N);
+  // ts_gemm_splitk_reduce: y = sum over z of ws[z] (+ bias) (+ res, y's own buffer), splits in order.
+  const y = res ? Float64Array.from(res) : new Float64Array(R * N);
   for (let i = 0; i < R * N; i++) {
     let s = 0;
     for (let z = 0; z < splits; z++) s += out[z * R * N + i];
-    y[i] = s + (bias ? bias[i % N] : 0);
+    y[i] = s + (bias ? bias[i % N] : 0) + (res ? y[i] : 0);
   }
   return y;
 }
@@ -147,32 +157,38 @@ describe('kernels/gemm.cu transcribed (JavaScript model of its data movement and
       'mma<T>(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);',
       'const int row = m0 + wm * WTM + mi * 16 + g + h * 8;',
       'int read_stage = 0, write_stage = STAGES - 1;',
+      'const int64_t at = static_cast<int64_t>(row) * N + col;',
+      'const float2 r = ts::load2_f32(res + at);',
+      'store2(y + at, v0, v1);',
+      'if (res != nullptr) s += ts::to_f32(res[i]);',
     ])
       expect(SOURCE, line).toContain(line);
     const entries = [...SOURCE.matchAll(/^TS_GEMM_ENTRIES\(((\d+), (\d+)), (\d+), (\d+), (\d+), \d+\)/gm)].map((m) => [m[1].replace(', ', 'x'), m.slice(2, 7).map(Number)]);
     expect(Object.fromEntries(entries)).toEqual(CONFIGS);
   });
 
-  const shapes: Array<[string, number, number, number, boolean, number]> = [
-    // [config, R, N, K, bias, k-tiles per split]
-    ['16x128', 1, 40, 32, false, 1],
-    ['16x128', 13, 130, 200, true, 2],
-    ['32x128', 29, 257, 96, true, 100],
-    ['64x128', 70, 136, 264, false, 3],
-    ['128x128', 130, 129, 72, true, 100],
-    ['128x128', 200, 300, 520, false, 5],
+  const shapes: Array<[string, number, number, number, boolean, number, boolean]> = [
+    // [config, R, N, K, bias, k-tiles per split, residual]
+    ['16x128', 1, 40, 32, false, 1, false],
+    ['16x128', 13, 130, 200, true, 2, true],
+    ['32x128', 29, 257, 96, true, 100, false],
+    ['32x128', 29, 257, 96, false, 100, true],
+    ['64x128', 70, 136, 264, false, 3, false],
+    ['128x128', 130, 129, 72, true, 100, true],
+    ['128x128', 200, 300, 520, false, 5, false],
   ];
-  for (const [config, R, N, K, withBias, perSplit] of shapes)
-    it(`${config}: R ${R}, N ${N}, K ${K}${withBias ? ', bias' : ''}${Math.ceil(K / BK / perSplit) > 1 ? `, ${Math.ceil(K / BK / perSplit)}-way split-K` : ''}: every element equals the product`, () => {
-      const rnd = mulberry32(R * 31 + N * 7 + K);
+  for (const [config, R, N, K, withBias, perSplit, withRes] of shapes)
+    it(`${config}: R ${R}, N ${N}, K ${K}${withBias ? ', bias' : ''}${withRes ? ', residual in place' : ''}${Math.ceil(K / BK / perSplit) > 1 ? `, ${Math.ceil(K / BK / perSplit)}-way split-K` : ''}: every element equals the product`, () => {
+      const rnd = mulberry32(R * 31 + N * 7 + K + (withRes ? 1 : 0));
       const x = Float32Array.from({ length: R * K }, () => bf16(rnd() * 2 - 1));
       const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 2 - 1));
       const bias = withBias ? Float32Array.from({ length: N }, () => bf16(rnd() * 2 - 1)) : null;
-      const y = gemmModel(config, x, w, bias, R, N, K, perSplit);
+      const res = withRes ? Float32Array.from({ length: R * N }, () => bf16(rnd() * 8 - 4)) : null;
+      const y = gemmModel(config, x, w, bias, res, R, N, K, perSplit);
       let worst = 0;
       for (let r = 0; r < R; r++)
         for (let c = 0; c < N; c++) {
-          let want = bias ? bias[c] : 0;
+          let want = (bias ? bias[c] : 0) + (res ? res[r * N + c] : 0);
           for (let k = 0; k < K; k++) want += x[r * K + k] * w[c * K + k];
           expect(Number.isNaN(y[r * N + c]), `y[${r}, ${c}]`).toBe(false);
           worst = Math.max(worst, Math.abs(y[r * N + c] - want));

@@ -3,7 +3,7 @@
  * (the persistent tile order grouped by GROUP_M, the TMA boxes of x [128 x 64] and w [256 x 64]
  * at (k tile, row tile) with zeros out of range, each consumer's 64 rows, the two 128-column
  * halves of the w box, the k-steps as +32 bytes on the descriptors' start addresses, the
- * accumulator fragments, the bias and the masked stores) and checks it against the product on
+ * accumulator fragments, the bias, the residual read in place of y, and the masked stores) and checks it against the product on
  * the host, exactly (f32 output, no rounding but f64 sums). The mbarrier protocol is checked in
  * sm90_pipeline.test.ts; what the hardware does with the descriptors, by the layout probes.
  */
@@ -27,9 +27,13 @@ function tileCoords(t: number, tilesM: number, tilesN: number): [number, number]
   return [first + ((t % perGroup) % rows), Math.floor((t % perGroup) / rows)];
 }
 
-/** The kernel over a grid of `grid` persistent blocks: y[M, N] = x[M, K] w[N, K]^T (+ bias). */
-function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, M: number, N: number, K: number, grid: number): Float64Array {
-  const y = new Float64Array(M * N).fill(NaN);
+/**
+ * The kernel over a grid of `grid` persistent blocks: y[M, N] = x[M, K] w[N, K]^T (+ bias) (+ res),
+ * with y the residual's own buffer when there is one (matmul_add in place).
+ */
+function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, M: number, N: number, K: number, grid: number): Float64Array {
+  const y = res ? Float64Array.from(res) : new Float64Array(M * N).fill(NaN);
+  const written = new Uint8Array(M * N);
   const tilesM = Math.ceil(M / BM), tilesN = Math.ceil(N / BN), tiles = tilesM * tilesN;
   const kTiles = Math.ceil(K / BK);
   for (let blockIdx = 0; blockIdx < grid; blockIdx++)
@@ -66,9 +70,12 @@ function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, 
               const b0 = bias ? bias[col] : 0, b1 = bias && col + 1 < N ? bias[col + 1] : 0;
               const store = (row: number, v0: number, v1: number) => {
                 if (row >= M) return;
-                if (!Number.isNaN(y[row * N + col])) throw new Error(`y[${row}, ${col}] written twice`);
-                y[row * N + col] = v0 + b0;
-                if (col + 1 < N) y[row * N + col + 1] = v1 + b1;
+                const at = row * N + col;
+                for (const [e, v] of (col + 1 < N ? [[0, v0 + b0], [1, v1 + b1]] : [[0, v0 + b0]]) as Array<[number, number]>) {
+                  if (written[at + e]) throw new Error(`y[${row}, ${col + e}] written twice`);
+                  written[at + e] = 1;
+                  y[at + e] = v + (res ? y[at + e] : 0);
+                }
               };
               store(row0, regs[h][thread][4 * i], regs[h][thread][4 * i + 1]);
               store(row0 + 8, regs[h][thread][4 * i + 2], regs[h][thread][4 * i + 3]);
@@ -94,6 +101,8 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);',
       'const int row0 = tm * BM + cw * 64 + warp * 16 + lane / 4;',
       'const int col = tn * BN + h * 128 + i * 8 + 2 * (lane % 4);',
+      'if (row0 < M) store2(y, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);',
+      'const float2 r = ts::load2_f32(res + at);',
     ])
       expect(SOURCE, line).toContain(line);
   });
@@ -117,22 +126,24 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
     }
   });
 
-  for (const [M, N, K, withBias, grid] of [
-    [1, 64, 8, false, 1],
-    [130, 72, 136, true, 3],
-    [257, 300, 200, true, 2],
-    [128, 256, 64, false, 1],
-  ] as Array<[number, number, number, boolean, number]>)
-    it(`M ${M}, N ${N}, K ${K}${withBias ? ', bias' : ''}, ${grid} persistent block(s): every element equals the product`, () => {
+  for (const [M, N, K, withBias, grid, withRes] of [
+    [1, 64, 8, false, 1, false],
+    [130, 72, 136, true, 3, false],
+    [257, 300, 200, true, 2, true],
+    [128, 256, 64, false, 1, false],
+    [70, 257, 64, false, 2, true],
+  ] as Array<[number, number, number, boolean, number, boolean]>)
+    it(`M ${M}, N ${N}, K ${K}${withBias ? ', bias' : ''}${withRes ? ', residual in place' : ''}, ${grid} persistent block(s): every element equals the product`, () => {
       const rnd = mulberry32(M * 7 + N * 13 + K);
       const x = Float32Array.from({ length: M * K }, () => bf16(rnd() * 2 - 1));
       const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 2 - 1));
       const bias = withBias ? Float32Array.from({ length: N }, () => bf16(rnd() * 2 - 1)) : null;
-      const y = gemmModel(x, w, bias, M, N, K, grid);
+      const res = withRes ? Float32Array.from({ length: M * N }, () => bf16(rnd() * 8 - 4)) : null;
+      const y = gemmModel(x, w, bias, res, M, N, K, grid);
       let worst = 0;
       for (let r = 0; r < M; r++)
         for (let c = 0; c < N; c++) {
-          let want = bias ? bias[c] : 0;
+          let want = (bias ? bias[c] : 0) + (res ? res[r * N + c] : 0);
           for (let k = 0; k < K; k++) want += x[r * K + k] * w[c * K + k];
           expect(Number.isNaN(y[r * N + c]), `y[${r}, ${c}] never written`).toBe(false);
           worst = Math.max(worst, Math.abs(y[r * N + c] - want));

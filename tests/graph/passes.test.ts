@@ -16,6 +16,7 @@ import { runPass, type Pass, type Rule } from '../../src/graph/passes/rewrite.js
 import { foldBias } from '../../src/graph/passes/rules/fold_bias.js';
 import { fuseActMul } from '../../src/graph/passes/rules/fuse_act_mul.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from '../../src/graph/passes/rules/fuse_add_norm.js';
+import { fuseMatmulAdd } from '../../src/graph/passes/rules/fuse_matmul_add.js';
 import { fuseRopeKvWrite } from '../../src/graph/passes/rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from '../../src/graph/passes/rules/identity.js';
 import { mergeSiblings } from '../../src/graph/passes/rules/merge_siblings.js';
@@ -658,6 +659,72 @@ describe('fuse_act_mul', () => {
 
 // ---- fuse_add_rmsnorm / fuse_add_layernorm ----
 
+describe('fuse_matmul_add', () => {
+  /** h = embed; d = matmul(silu(h), w (, b)); s = add(h, d) (or add(d, h)); the stream reads s on. */
+  function residual(opts: { swap?: boolean; bias?: boolean } = {}) {
+    const { b, g, x: h } = start();
+    const a = b.op('silu', [h], {}, 'l0.act');
+    const mmInputs = [a, b.weight('l0.o.weight', [8, 8])];
+    if (opts.bias) mmInputs.push(b.weight('l0.o.bias', [8]));
+    const d = b.op('matmul', mmInputs, {}, 'l0.o');
+    const s = b.op('add', opts.swap ? [d, h] : [h, d], {}, 'l0.residual');
+    const n = b.op('rmsnorm', [s, b.weight('l0.norm.weight', [8])], { eps: 1e-5 }, 'l0.norm');
+    const s2 = b.op('add', [s, b.op('matmul', [n, b.weight('l0.up.weight', [8, 8])], {}, 'l0.up')], {}, 'l0.residual2');
+    b.output(s2);
+    return { b, g, h, a, d, s, s2 };
+  }
+
+  for (const swap of [false, true])
+    it(`add(${swap ? 'matmul(a, w), h' : 'h, matmul(a, w)'}) -> matmul_add(a, w, h): the matmul's label and layer, the add's order and name, the sum in h's buffer`, () => {
+      const { g, h, a, s } = residual({ swap });
+      const add = producer(g, s);
+      expect(runKeepingResults(g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 2 });
+      expect(ops(g)).toEqual(['embedding', 'silu', 'matmul_add', 'rmsnorm', 'matmul_add']);
+      const [fused, second] = liveOf(g, 'matmul_add');
+      expect(fused.inputs.map((v) => g.value(v).name)).toEqual([g.value(a).name, 'l0.o.weight', g.value(h).name]);
+      expect([fused.label, fused.layer, fused.order]).toEqual(['l0.o', 0, add.order]);
+      expect(g.value(fused.outputs[0])).toMatchObject({ name: 'l0.residual', shape: ['T', 8] });
+      expect(second.inputs[2]).toBe(fused.outputs[0]);
+      // The planner writes each sum over the residual it reads (h's last use is the first GEMM).
+      const program = lower(g, { maxTokens: T, maxLogitRows: T });
+      const offset = new Map(program.activations.map((buf) => [buf.id, buf.offset]));
+      expect(offset.get(fused.outputs[0])).toBe(offset.get(h));
+      expect(offset.get(second.outputs[0])).toBe(offset.get(h));
+    });
+
+  it('carries the bias: matmul(a, w, b) -> matmul_add(a, w, h, b), bias first, then the residual', () => {
+    const { g } = residual({ bias: true });
+    expect(runKeepingResults(g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 2 });
+    const [fused] = liveOf(g, 'matmul_add');
+    expect(fused.inputs.slice(1).map((v) => g.value(v).name)).toEqual(['l0.o.weight', 'embed', 'l0.o.bias']);
+  });
+
+  it('not when the matmul output has another reader, or is a graph output', () => {
+    const other = residual();
+    other.b.output(other.b.op('silu', [other.d], {}, 'l0.other'));
+    expect(run(other.g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 1 }); // the second add only
+    expect(producer(other.g, other.s).op).toBe('add');
+    const out = residual();
+    out.b.output(out.d);
+    expect(run(out.g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 1 });
+    expect(producer(out.g, out.s).op).toBe('add');
+  });
+
+  it('not over a bias broadcast (fold_bias takes those), nor a sum of two plain activations', () => {
+    const { b, g, x } = start();
+    const y = b.op('matmul', [x, b.weight('w', [4, 8])], {}, 'l0.proj');
+    b.output(b.op('add', [y, b.weight('b', [4])], {}, 'l0.proj+bias'));
+    b.output(b.op('add', [x, b.op('silu', [x], {}, 'l0.act')], {}, 'l0.sum'));
+    expect(run(g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 0 });
+  });
+
+  it('runs before fuse_add_norm in the default passes: the residual add goes to the GEMM, the norm stays plain', () => {
+    const { g } = residual();
+    const { graph } = optimize(g);
+    expect(graph.schedule().map((n) => n.op)).toEqual(['embedding', 'silu', 'matmul_add', 'rmsnorm', 'matmul_add']);
+  });
+});
+
 describe('fuse_add_norm', () => {
   function residual(kind: 'rmsnorm' | 'layernorm', opts: { normWeight?: number; biasAdd?: boolean } = {}) {
     const { b, g, x: h } = start();
@@ -901,12 +968,13 @@ describe('runPass, optimize and prune', () => {
     });
   });
 
-  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, fuse, in that order', () => {
+  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, residual adds into GEMMs, fuse, in that order', () => {
     expect(DEFAULT_PASSES.map((p) => [p.name, p.rules.map((r) => r.name)])).toEqual([
       ['fold_bias', ['fold_bias']],
       ['merge_siblings', ['merge_sibling_matmuls']],
       ['simplify', ['full_slice', 'concat_of_slices', 'double_transpose']],
       ['sink_gather', ['sink_gather']],
+      ['fuse_residual', ['fuse_matmul_add']],
       ['fuse', ['fuse_act_mul', 'fuse_add_rmsnorm', 'fuse_add_layernorm', 'fuse_rope_kv_write']],
     ]);
     for (const p of DEFAULT_PASSES) for (const r of p.rules) expect(OPS[r.root], r.name).toBeDefined();
@@ -974,14 +1042,16 @@ describe('runPass, optimize and prune', () => {
 const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record<string, number>>> = {
   // 2 layers: q/k/v and gate/up merged per layer; the logits gather up through layer 1's residual
   // add, down_proj, mul, silu, the two gate/up slices, gate_up, post-attention norm, residual add
-  // and o_proj (10), stopping at attention; per layer one act_mul and one rope_kv_write; add +
-  // norm: post_attention_layernorm of both layers, input_layernorm of layer 1, and the final norm.
+  // and o_proj (10), stopping at attention; the 4 residual adds (after o_proj and down_proj of
+  // each layer) into the GEMM epilogues, so no add is left for a norm; per layer one act_mul and
+  // one rope_kv_write.
   llama: {
     fold_bias: { fold_bias: 0 },
     merge_siblings: { merge_sibling_matmuls: 4 },
     simplify: { full_slice: 0, concat_of_slices: 0, double_transpose: 0 },
     sink_gather: { sink_gather: 10 },
-    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 4, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    fuse_residual: { fuse_matmul_add: 4 },
+    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
   },
   // + the q, k, v biases of 2 layers folded.
   qwen2: {
@@ -989,24 +1059,26 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     merge_siblings: { merge_sibling_matmuls: 4 },
     simplify: { full_slice: 0, concat_of_slices: 0, double_transpose: 0 },
     sink_gather: { sink_gather: 10 },
-    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 4, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    fuse_residual: { fuse_matmul_add: 4 },
+    fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
   },
   // 6 biases per layer; only q/k/v are siblings; their weight and bias slices re-merge; the
   // logits gather up through layer 1's residual add, mlp.c_proj, gelu, c_fc, ln_2, residual add
-  // and attn.c_proj (7); every layernorm reads a sum (layer 0's ln_1 the wte + wpe embedding sum,
-  // ln_f the last residual).
+  // and attn.c_proj (7); the 4 residual adds into the c_proj GEMMs' epilogues (after the bias);
+  // layer 0's ln_1 reads the wte + wpe embedding sum, the one add left for a norm.
   gpt2: {
     fold_bias: { fold_bias: 12 },
     merge_siblings: { merge_sibling_matmuls: 2 },
     simplify: { full_slice: 0, concat_of_slices: 4, double_transpose: 0 },
     sink_gather: { sink_gather: 7 },
-    fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 5, fuse_rope_kv_write: 2 },
+    fuse_residual: { fuse_matmul_add: 4 },
+    fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 1, fuse_rope_kv_write: 2 },
   },
 };
 
 const LLAMA_FUSED: GraphSummary = {
-  kernelsPerStep: 23, // embed; 9 in layer 0; layer 1's 9 + the two row gathers after attention; final add + norm, lm_head
-  layerKernels: { rmsnorm: 1, matmul: 4, rope_kv_write: 1, attention: 1, add_rmsnorm: 1, act_mul: 1 },
+  kernelsPerStep: 23, // embed; 9 in layer 0; layer 1's 9 + the two row gathers after attention; final norm, lm_head
+  layerKernels: { rmsnorm: 2, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, act_mul: 1 },
   loadTimeOps: 4, // the q/k/v and gate/up weight concats of 2 layers
 };
 const LLAMA_UNFUSED: GraphSummary = {
@@ -1015,8 +1087,8 @@ const LLAMA_UNFUSED: GraphSummary = {
   loadTimeOps: 0,
 };
 const GPT2_FUSED: GraphSummary = {
-  kernelsPerStep: 24, // wte, wpe; 9 in layer 0; 9 + the two row gathers in layer 1; final add + ln_f, lm_head
-  layerKernels: { add_layernorm: 2, matmul: 4, rope_kv_write: 1, attention: 1, gelu: 1 },
+  kernelsPerStep: 24, // wte, wpe; 9 in layer 0; 9 + the two row gathers in layer 1; ln_f, lm_head
+  layerKernels: { add_layernorm: 1, layernorm: 1, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, gelu: 1 },
   loadTimeOps: 8, // one transpose per Conv1D weight: c_attn, c_proj, c_fc, mlp.c_proj
 };
 const GPT2_UNFUSED: GraphSummary = {
@@ -1068,20 +1140,21 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
     const step = fused.schedule().filter((n) => !isLoad(fused, n));
     const layer = (l: number) => countOps(step.filter((n) => n.layer === l));
     expect(layer(0)).toEqual(SUMMARIES[variant].fused.layerKernels);
-    // Layer 1's input norm reads layer 0's last residual sum: fused there too. After its attention
-    // layer 1 runs on the logits rows: the attention output and the residual are gathered.
+    // Layer 1's input norm reads layer 0's last residual sum, which down_proj (mlp.c_proj) wrote in
+    // its epilogue. After its attention layer 1 runs on the logits rows: the attention output and
+    // the residual are gathered.
     expect(layer(1)).toEqual(
       gpt2
-        ? { ...SUMMARIES[variant].fused.layerKernels, gather_rows: 2 }
-        : { matmul: 4, rope_kv_write: 1, attention: 1, add_rmsnorm: 2, act_mul: 1, gather_rows: 2 },
+        ? { layernorm: 2, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, gelu: 1, gather_rows: 2 }
+        : { ...SUMMARIES[variant].fused.layerKernels, gather_rows: 2 },
     );
-    // The last residual add meets the final norm: one fused kernel.
+    // The last residual sum comes from the last GEMM's epilogue: the final norm alone.
     expect(countOps(step.filter((n) => n.layer === null))).toEqual(
-      gpt2 ? { embedding: 2, add_layernorm: 1, matmul: 1 } : { embedding: 1, add_rmsnorm: 1, matmul: 1 },
+      gpt2 ? { embedding: 2, layernorm: 1, matmul: 1 } : { embedding: 1, rmsnorm: 1, matmul: 1 },
     );
     const gathers = step.filter((n) => n.op === 'gather_rows');
     expect(gathers.map((n) => fused.value(n.inputs[1]).name)).toEqual(['logitsIndices', 'logitsIndices']);
-    expect(gathers.map((n) => producer(fused, n.inputs[0]).op).sort()).toEqual([gpt2 ? 'add_layernorm' : 'add_rmsnorm', 'attention']);
+    expect(gathers.map((n) => producer(fused, n.inputs[0]).op).sort()).toEqual(['attention', 'matmul_add']);
     // Everything after them is computed on the S logits rows only.
     const after = step.slice(step.indexOf(gathers[gathers.length - 1]) + 1);
     expect(after.length).toBeGreaterThan(5);
@@ -1107,8 +1180,15 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
         const w = producer(fused, cAttn.inputs[1]);
         expect([w.op, name(w.inputs[0]), name(cAttn.inputs[2])]).toEqual(['transpose', `${p}.attn.c_attn.weight`, `${p}.attn.c_attn.bias`]);
       }
-      // Every layer matmul carries its bias; the lm_head has none.
-      expect(of('matmul').map((n) => n.inputs.length)).toEqual([3, 3, 3, 3, 3, 3, 3, 3, 2]);
+      // Every layer matmul carries its bias; the lm_head has none. c_proj and mlp.c_proj add the
+      // residual after their bias: x, w, residual, bias.
+      expect(of('matmul').map((n) => n.inputs.length)).toEqual([3, 3, 3, 3, 2]);
+      expect(of('matmul_add').map((n) => [n.label, n.inputs.length, name(n.inputs[3])])).toEqual(
+        [0, 1].flatMap((l) => [
+          [`transformer.h.${l}.attn.c_proj`, 4, `transformer.h.${l}.attn.c_proj.bias`],
+          [`transformer.h.${l}.mlp.c_proj`, 4, `transformer.h.${l}.mlp.c_proj.bias`],
+        ]),
+      );
       expect(of('gelu').map((n) => n.attrs)).toEqual(Array(2).fill({ approximate: variant === 'gpt2' ? 'tanh' : 'none' }));
       expect(of('act_mul')).toEqual([]);
       expect(of('mul')).toEqual([]);
@@ -1136,14 +1216,22 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
       const qkv = of('matmul').filter((n) => n.label.endsWith('q_proj+k_proj+v_proj'));
       expect(qkv.map((n) => n.inputs.length)).toEqual(variant === 'qwen2' ? [3, 3] : [2, 2]);
       if (variant === 'qwen2') expect(qkv.map((n) => name(n.inputs[2]))).toEqual([0, 1].map((l) => `model.layers.${l}.self_attn.q_proj+k_proj+v_proj.bias`));
-      // The first input_layernorm reads the embedding, so it stays a plain rmsnorm.
-      expect(of('rmsnorm').map((n) => n.label)).toEqual(['model.layers.0.input_layernorm']);
-      expect(of('add_rmsnorm').map((n) => n.label)).toEqual([
+      // Every residual sum comes from an o_proj or down_proj epilogue, in place of the residual
+      // stream; each norm reads it as a plain rmsnorm.
+      expect(of('rmsnorm').map((n) => n.label)).toEqual([
+        'model.layers.0.input_layernorm',
         'model.layers.0.post_attention_layernorm',
         'model.layers.1.input_layernorm',
         'model.layers.1.post_attention_layernorm',
         'model.norm',
       ]);
+      expect(of('add_rmsnorm')).toEqual([]);
+      expect(of('matmul_add').map((n) => [n.label, n.inputs.length])).toEqual(
+        [0, 1].flatMap((l) => [
+          [`model.layers.${l}.self_attn.o_proj`, 3],
+          [`model.layers.${l}.mlp.down_proj`, 3],
+        ]),
+      );
     }
   });
 

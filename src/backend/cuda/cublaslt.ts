@@ -7,7 +7,7 @@
  * row-major [R,C] matrix reads as its C x R transpose, so we ask it for y^T (N x M) = w x^T:
  * A = w as K x N (ld K) with TRANSA = T, B = x as K x M (ld K) with TRANSB = N, C = D = y as
  * N x M (ld N); cuBLASLt's m, n, k are our N, M, K. Accumulation and scaling are f32, alpha = 1,
- * beta = 0, with host scalars (the default pointer mode).
+ * beta = 0 (1 with a C matrix: y = x w^T + c), with host scalars (the default pointer mode).
  */
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
@@ -218,6 +218,7 @@ export class CublasLt {
   // Host scalars, read by cublasLtMatmul before it returns.
   private readonly alpha = new Float32Array([1]);
   private readonly beta = new Float32Array([0]);
+  private readonly one = new Float32Array([1]);
 
   constructor(lib: koffi.IKoffiLib, libraryPath: string) {
     // koffi's type names are global: declare the handle types once per process.
@@ -315,8 +316,12 @@ export class CublasLt {
     }
   }
 
-  /** Enqueues y = x w^T on `stream` with the plan's algorithm `algo` (0 = the heuristic's first). */
-  matmul(plan: LtPlan, y: DevPtr, x: DevPtr, w: DevPtr, workspace: DevPtr, stream: Handle, algo = 0): void {
+  /**
+   * Enqueues y = x w^T on `stream` with the plan's algorithm `algo` (0 = the heuristic's first);
+   * with `c` (a [M, N] matrix of y's type), y = x w^T + c: cuBLASLt's C with beta = 1, how a
+   * residual add rides in its epilogue.
+   */
+  matmul(plan: LtPlan, y: DevPtr, x: DevPtr, w: DevPtr, workspace: DevPtr, stream: Handle, algo = 0, c: DevPtr | null = null): void {
     const handle = this.requireHandle();
     const state = this.plans.get(plan);
     if (!state) throw new Error(`cuBLASLt matmul: the plan for ${describeShape(plan.shape)} was destroyed or is not from this instance`);
@@ -324,7 +329,7 @@ export class CublasLt {
     const [a, b, cd] = state.layouts;
     this.check(
       'cublasLtMatmul',
-      this.fn.cublasLtMatmul(handle, state.desc, this.alpha, w, a, x, b, this.beta, y, cd, y, cd, state.algos[algo], workspace, plan.workspaceBytes, stream),
+      this.fn.cublasLtMatmul(handle, state.desc, this.alpha, w, a, x, b, c === null ? this.beta : this.one, c ?? y, cd, y, cd, state.algos[algo], workspace, plan.workspaceBytes, stream),
       state.text,
     );
   }

@@ -5,7 +5,9 @@
  *   simplify         identity ops left behind (GPT-2's c_attn split and re-merged)
  *   sink_gather      the logits gather up through the row-wise ops after the last attention
  *                    (before fuse, so the final residual add meets the final norm)
- *   fuse             act * mul, residual add + norm, q/k norm + RoPE + KV write
+ *   fuse_residual    residual adds of a GEMM's output into its epilogue (before fuse, which would
+ *                    take them into add + norm: the epilogue moves 8 bytes per element, not 10)
+ *   fuse             act * mul, the residual adds left + norm, q/k norm + RoPE + KV write
  *   prune            drops what the rewrites made unreachable
  */
 import type { Graph } from '../ir.js';
@@ -13,6 +15,7 @@ import { prune } from './prune.js';
 import { runPass, type Pass, type PassReport } from './rewrite.js';
 import { foldBias } from './rules/fold_bias.js';
 import { fuseActMul } from './rules/fuse_act_mul.js';
+import { fuseMatmulAdd } from './rules/fuse_matmul_add.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
 import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from './rules/identity.js';
@@ -24,6 +27,7 @@ export const DEFAULT_PASSES: Pass[] = [
   { name: 'merge_siblings', rules: [mergeSiblings] },
   { name: 'simplify', rules: [fullSlice, concatOfSlices, doubleTranspose] },
   { name: 'sink_gather', rules: [sinkGather] },
+  { name: 'fuse_residual', rules: [fuseMatmulAdd] },
   { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
 ];
 

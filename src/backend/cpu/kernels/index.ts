@@ -5,7 +5,7 @@ import { attention, kvWrite } from './attention.js';
 import { add, gelu, mul, silu } from './elementwise.js';
 import { embedding, gatherRows } from './gather.js';
 import { actMul, ropeKvWrite, sliceCols } from './fused.js';
-import { matmul } from './matmul.js';
+import { matmul, matmulAdd } from './matmul.js';
 import { addLayernorm, addRmsnorm, layernorm, rmsnorm } from './norm.js';
 import { rope } from './rope.js';
 import { concatRows, sliceRows, transpose } from './transforms.js';
@@ -26,6 +26,7 @@ export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   kv_write: kvWrite,
   attention,
   gather_rows: gatherRows,
+  matmul_add: matmulAdd,
   slice_cols: sliceCols,
   add_rmsnorm: addRmsnorm,
   add_layernorm: addLayernorm,

@@ -1,5 +1,8 @@
 /**
  * matmul: x[R, K] (f32), w[N, K] (nn.Linear layout) (, b[N]) -> y[R, N] = x w^T (+ b).
+ * matmul_add: x, w, residual[R, N] (, b[N]) -> x w^T (+ b) + residual; y may be residual's buffer
+ * (the planner computes it in place): each element of the residual is read just before the same
+ * element of y is written.
  * Both operands are read along K contiguously. Four rows of x share each loaded weight, and
  * four independent partial sums per row keep the floating-point pipeline busy: about 4x the
  * naive loop in V8 at decode (R = 1) and more at prefill.
@@ -8,17 +11,20 @@ import type { KernelArgs } from '../tensor.js';
 import { f32 } from '../tensor.js';
 
 export function matmul({ inputs: [xt, wt, bt], output }: KernelArgs): void {
-  const y = f32(output);
-  const rows = xt.shape[0], n = wt.shape[0];
-  matmulF32(f32(xt), f32(wt), y, rows, n, xt.shape[1]);
-  if (bt) {
-    const b = f32(bt);
-    for (let r = 0; r < rows; r++) for (let j = 0; j < n; j++) y[r * n + j] += b[j];
-  }
+  matmulF32(f32(xt), f32(wt), f32(output), xt.shape[0], wt.shape[0], xt.shape[1], bt ? f32(bt) : null);
 }
 
-export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, rows: number, n: number, k: number): void {
+export function matmulAdd({ inputs: [xt, wt, rt, bt], output }: KernelArgs): void {
+  matmulF32(f32(xt), f32(wt), f32(output), xt.shape[0], wt.shape[0], xt.shape[1], bt ? f32(bt) : null, f32(rt));
+}
+
+/** y = x w^T (+ bias) (+ res), the sum of each element in that order; res may be y. */
+export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, rows: number, n: number, k: number, bias: Float32Array | null = null, res: Float32Array | null = null): void {
   const k4 = k & ~3;
+  const store = (i: number, j: number, s: number): void => {
+    if (bias) s += bias[j];
+    y[i] = res ? s + res[i] : s;
+  };
   let r = 0;
   for (; r + 4 <= rows; r += 4) {
     const x0 = r * k, x1 = x0 + k, x2 = x1 + k, x3 = x2 + k;
@@ -32,10 +38,10 @@ export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, row
         s2 += x[x2 + i] * wv;
         s3 += x[x3 + i] * wv;
       }
-      y[r * n + j] = s0;
-      y[(r + 1) * n + j] = s1;
-      y[(r + 2) * n + j] = s2;
-      y[(r + 3) * n + j] = s3;
+      store(r * n + j, j, s0);
+      store((r + 1) * n + j, j, s1);
+      store((r + 2) * n + j, j, s2);
+      store((r + 3) * n + j, j, s3);
     }
   }
   for (; r < rows; r++) {
@@ -51,7 +57,7 @@ export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, row
         d += x[xr + i + 3] * w[wj + i + 3];
       }
       for (; i < k; i++) a += x[xr + i] * w[wj + i];
-      y[r * n + j] = a + b + c + d;
+      store(r * n + j, j, a + b + c + d);
     }
   }
 }

@@ -1,15 +1,18 @@
 /**
- * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), on tensor cores:
- * kernels/gemm.cu. x, w and bias share the storage type (bf16 or f16). One kernel per tile
+ * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), and
+ * matmul_add(x, w, res[R, N] (, bias)) -> x w^T (+ bias) + res with y in res's place, on tensor
+ * cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res epilogue).
+ * x, w, bias and res share the storage type (bf16 or f16). One kernel per tile
  * configuration, storage type and output dtype (the storage type for projections, f32 for the
  * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
  * leave most SMs idle (decode, or few row tiles with a long K) K is split over blockIdx.z, the
- * splits write f32 partials to scratch and ts_gemm_splitk_reduce_* adds them up with the bias.
+ * splits write f32 partials to scratch and ts_gemm_splitk_reduce_* adds them up with the bias
+ * and the residual.
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
 import { storageOf } from './elementwise.js';
-import type { CudaOp, DeviceTensor } from './types.js';
-import { ceilDiv } from './types.js';
+import type { CudaOp, CudaOpContext, DeviceTensor } from './types.js';
+import { ceilDiv, elementBytes } from './types.js';
 
 export type GemmTileName = '16x128' | '32x128' | '64x128' | '128x128';
 /** y's dtype: the storage type (the table's `bf16` entry, forStorage for f16) or f32. */
@@ -115,6 +118,7 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['x', 'ptr'],
   ['w', 'ptr'],
   ['bias', 'ptr'],
+  ['res', 'ptr'],
   ['R', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
@@ -125,6 +129,7 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
   ['ws', 'ptr'],
   ['bias', 'ptr'],
+  ['res', 'ptr'],
   ['R', 'i32'],
   ['N', 'i32'],
   ['splits', 'i32'],
@@ -172,6 +177,7 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['tmW', 'tmap'],
   ['y', 'ptr'],
   ['bias', 'ptr'],
+  ['res', 'ptr'],
   ['M', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
@@ -197,7 +203,7 @@ export const GEMM_KERNELS = Object.fromEntries(
   ]),
 ) as Record<GemmTileName, Record<GemmOutDType, KernelDecl>>;
 
-/** ts_gemm_splitk_reduce_bf16 and ..._bf16_f32: y = sum of the split partials (+ bias). */
+/** ts_gemm_splitk_reduce_bf16 and ..._bf16_f32: y = sum of the split partials (+ bias) (+ res). */
 export const GEMM_SPLITK_REDUCE: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_splitk_reduce_bf16', params: REDUCE_PARAMS },
   f32: { name: 'ts_gemm_splitk_reduce_bf16_f32', params: REDUCE_PARAMS },
@@ -211,69 +217,93 @@ function fmt(t: DeviceTensor | undefined): string {
 
 /** matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N], all of one storage type T but y, which may be f32 */
 export const matmul: CudaOp = (ctx) => {
+  if (ctx.inputs.length !== 2 && ctx.inputs.length !== 3) throw new Error(`matmul: expects 2 or 3 inputs, got ${ctx.inputs.length}`);
   const [x, w, bias] = ctx.inputs;
+  gemm(ctx, 'matmul', x, w, bias, undefined);
+};
+
+/** matmul_add(x[R, K], w[N, K], res[R, N] (, bias[N])) -> y[R, N] = x w^T (+ bias) + res, all of one storage type; y may be res */
+export const matmulAdd: CudaOp = (ctx) => {
+  if (ctx.inputs.length !== 3 && ctx.inputs.length !== 4) throw new Error(`matmul_add: expects 3 or 4 inputs, got ${ctx.inputs.length}`);
+  const [x, w, res, bias] = ctx.inputs;
+  gemm(ctx, 'matmul_add', x, w, bias, res);
+};
+
+function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor | undefined, w: DeviceTensor | undefined, bias: DeviceTensor | undefined, res: DeviceTensor | undefined): void {
   const y = ctx.outputs[0];
   function fail(why: string): never {
-    throw new Error(`matmul: ${why} (x ${fmt(x)}, w ${fmt(w)}${bias ? `, bias ${fmt(bias)}` : ''}, y ${fmt(y)})`);
+    throw new Error(`${op}: ${why} (x ${fmt(x)}, w ${fmt(w)}${res ? `, res ${fmt(res)}` : ''}${bias ? `, bias ${fmt(bias)}` : ''}, y ${fmt(y)})`);
   }
-  if (ctx.inputs.length !== 2 && ctx.inputs.length !== 3) fail(`expects 2 or 3 inputs, got ${ctx.inputs.length}`);
-  if (!x || !w || !y) fail('missing operand');
+  if (!x || !w || !y || (op === 'matmul_add' && !res)) fail('missing operand');
   if (x.shape.length !== 2 || w.shape.length !== 2) fail('x and w must be matrices');
   const [R, K] = x.shape, N = w.shape[0];
   if (w.shape[1] !== K) fail(`x and w disagree on K`);
   if (x.dtype !== w.dtype || (x.dtype !== 'bf16' && x.dtype !== 'f16')) fail('x and w must both be bf16 or both f16');
-  const dtype = storageOf('matmul', [
+  const dtype = storageOf(op, [
     ['x', x],
     ['w', w],
     ['bias', bias],
+    ['res', res],
   ]);
   if (bias && (bias.shape.length !== 1 || bias.shape[0] !== N)) fail(`bias must be [${N}] ${dtype}`);
-  if (y.dtype !== dtype && y.dtype !== 'f32') fail(`y must be ${dtype} or f32`);
+  if (res && (res.shape.length !== 2 || res.shape[0] !== R || res.shape[1] !== N)) fail(`res must be [${R}, ${N}] ${dtype}`);
+  if (y.dtype !== dtype && (y.dtype !== 'f32' || res)) fail(res ? `y must be ${dtype}` : `y must be ${dtype} or f32`);
   if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== N) fail(`y must be [${R}, ${N}]`);
   if (K % 8 !== 0) fail(`K = ${K} is not a multiple of 8`);
   if (R === 0 || N === 0) return;
-  for (const [name, t] of [['x', x], ['w', w], ['y', y], ['bias', bias]] as const) {
+  for (const [name, t] of [['x', x], ['w', w], ['y', y], ['bias', bias], ['res', res]] as const) {
     if (t && t.ptr % 16n !== 0n) fail(`${name} is not 16-byte aligned (0x${t.ptr.toString(16)})`);
   }
+  // y may be res itself (the planner's in-place sum: each element is read before it is written,
+  // by the same thread), not a shifted view of it.
+  if (res && res.ptr !== y.ptr && overlaps(res, y)) fail('y overlaps res without being it');
   const outDType: GemmOutDType = y.dtype === 'f32' ? 'f32' : 'bf16';
   const entry = (d: KernelDecl) => forStorage(d, dtype);
   const biasPtr = bias ? bias.ptr : 0n;
+  const resPtr = res ? res.ptr : 0n;
   // Asked for (the conformance suite, the benchmark, TESSERA_GEMM), else measured on this GPU
   // model (kernels/choices), else the default.
   const env = process.env.TESSERA_GEMM === 'auto' ? undefined : process.env.TESSERA_GEMM;
   const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
-    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K });
+    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K });
     return;
   }
   if (variant === 'sm90') {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
     const launch = { grid: [gemmSm90Grid(R, N, ctx.device.multiprocessors), 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
-    ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, M: R, N, K });
+    ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K });
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
   const decls = GEMM_KERNELS[plan.tile.name];
   if (plan.splits === 1) {
-    ctx.launch(entry(decls[outDType]), launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+    ctx.launch(entry(decls[outDType]), launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
     return;
   }
   const ws = ctx.scratch(plan.workspaceBytes);
   if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
-  ctx.launch(entry(decls.f32), launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+  ctx.launch(entry(decls.f32), launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, res: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
   const reduceBlocks = Math.max(1, Math.min(ceilDiv(R * N, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
   ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, {
     y: y.ptr,
     ws,
     bias: biasPtr,
+    res: resPtr,
     R,
     N,
     splits: plan.splits,
   });
-};
+}
+
+/** Whether two tensors' byte ranges meet. */
+function overlaps(a: DeviceTensor, b: DeviceTensor): boolean {
+  const end = (t: DeviceTensor) => t.ptr + BigInt(t.shape.reduce((p, d) => p * d, 1) * elementBytes(t.dtype));
+  return a.ptr < end(b) && b.ptr < end(a);
+}
 
 export const DECLS: KernelDecl[] = [
   ...Object.values(GEMM_KERNELS).flatMap((byDType) => OUT_DTYPES.map((d) => byDType[d])),

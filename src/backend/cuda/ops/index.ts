@@ -21,6 +21,7 @@ export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> 
   embedding: gather.embedding,
   gather_rows: gather.gatherRows,
   matmul: gemm.matmul,
+  matmul_add: gemm.matmulAdd,
   attention: attention.attention,
   rmsnorm: norm.rmsnorm,
   layernorm: norm.layernorm,
