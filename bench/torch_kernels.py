@@ -6,7 +6,8 @@ Families (all on fresh random data, bf16 unless the device lacks it):
   ceilings           device-to-device copy of 1 GiB (bytes read + written per second) and the best
                      large bf16 matrix product (torch.matmul at gemm.ceiling, NN and NT layouts);
   gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M (and in float16
-                     for the gemm.f16 cases, on a GPU);
+                     for the gemm.f16 cases, on a GPU); for the gemm.residual cases x w^T + r as
+                     torch.addmm (r as the GEMM's C) and as F.linear then add;
   attention_prefill  F.scaled_dot_product_attention on [B, H, S, D] with GQA, under each SDPA
                      backend (flash, efficient, cudnn, math) and an explicit matmul/softmax version;
   attention_decode   the same with one query per sequence over a contiguous (not paged) KV cache;
@@ -565,6 +566,15 @@ def gemm_cases(b: Bench, shapes: dict):
             for m in f16["m"]:
                 yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "dtype": "float16"},
                        lambda p=p, m=m: run_gemm(b, p, m, torch.float16))
+    # The residual cases (gemm.residual): y = x w^T + r, as Tessera's matmul_add computes it.
+    res = g.get("residual")
+    if res:
+        for p in g["projections"]:
+            if p["model"] not in res["models"] or p["name"] not in res["names"]:
+                continue
+            for m in res["m"]:
+                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "residual": True},
+                       lambda p=p, m=m: run_gemm_residual(b, p, m))
 
 
 def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
@@ -594,6 +604,51 @@ def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
         return r
 
     rec["variants"] = {"linear": b.guard(body)}
+    return finish(rec)
+
+
+def run_gemm_residual(b: Bench, p: dict, m: int) -> dict:
+    """y = x w^T + r two ways: torch.addmm (the residual as the GEMM's C, beta = 1, one call) and
+    F.linear followed by an add (two kernels, the product written and read back)."""
+    n, k = p["n"], p["k"]
+    dtype = b.dtype
+    e = torch.empty((), dtype=dtype).element_size()
+    flops = 2 * m * n * k
+    nbytes = e * (m * k + n * k + 2 * m * n)
+    rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k, "residual": True,
+           "dtype": str(dtype).replace("torch.", ""), "op": "x[M,K] w[N,K]^T + r[M,N]",
+           "flops": flops, "bytes": nbytes, "bytes_formula": f"e*(M*K + N*K + 2*M*N), e={e}"}
+    state = {}
+
+    def make_sets():
+        if "sets" not in state:
+            sets_n = b.sets_for(nbytes, e * (m * k + n * k + m * n))
+            state["n"] = sets_n
+            state["sets"] = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype),
+                              b.randn((m, n), dtype=dtype)) for _ in range(sets_n)]
+            rows = min(m, 64)
+            x0, w0, r0 = state["sets"][0]
+            state["rows"] = rows
+            state["refs"] = [F.linear(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype)) + r0[:rows].to(b.ref_dtype)]
+        return state
+
+    def variant(fn):
+        def body():
+            st = make_sets()
+            r = b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
+            r["method"] = b.method(st["n"])
+            tflops = flops / (r["ms"] * 1e-3) / 1e12
+            gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
+            r.update(tflops=sig(tflops), gb_s=sig(gb_s),
+                     pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
+            return r
+        return body
+
+    rec["variants"] = {
+        "addmm": b.guard(variant(lambda x, w, r: torch.addmm(r, x, w.t()))),
+        "linear_add": b.guard(variant(lambda x, w, r: F.linear(x, w) + r)),
+    }
+    state.clear()
     return finish(rec)
 
 

@@ -56,6 +56,11 @@ export interface KernelShapes {
     ceiling: { m: number; n: number; k: number };
     /** The fp16 cases: these models' projections at these M (bf16 runs every case). */
     f16?: { models: string[]; m: number[] };
+    /**
+     * matmul_add cases (the residual add in the GEMM epilogue): these projections of these models
+     * at these M, beside cuBLASLt with the residual as C (beta = 1).
+     */
+    residual?: { models: string[]; names: string[]; m: number[] };
   };
   attention: {
     prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
@@ -82,8 +87,8 @@ export interface KernelCase {
   bytes: number;
   /** Why this case is not run, when Tessera has no kernel for it. */
   unsupported?: string;
-  /** GEMM only: cuBLASLt's shape. */
-  gemm?: { m: number; n: number; k: number };
+  /** GEMM only: cuBLASLt's shape; with residual, input 2 is its C (y = x w^T + C). */
+  gemm?: { m: number; n: number; k: number; residual?: boolean };
   /** The storage type of the inputs and output (default bf16; f16 runs the kernels' fp16 entries). */
   dtype?: 'bf16' | 'f16';
   /**
@@ -243,6 +248,30 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
           gemm: { m, n: p.n, k: p.k },
         });
     }
+  // The residual add in the epilogue: what matmul_add costs over matmul at the same shape (its case
+  // above), and the bytes it saves against add_rmsnorm (the memory family's add_rmsnorm and rmsnorm
+  // cases at the hidden size).
+  const res = shapes.gemm.residual;
+  if (dtype === 'bf16' && res)
+    for (const p of shapes.gemm.projections)
+      for (const m of res.m) {
+        if (!res.models.includes(p.model) || !res.names.includes(p.name)) continue;
+        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
+        for (const variant of variants)
+          cases.push({
+            family: 'gemm',
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +res${variant === 'tiles' ? '' : ` ${variant}`}`,
+            op: 'matmul_add',
+            attrs: { gemmVariant: variant },
+            dtype,
+            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }, { shape: [m, p.n], bound: 1 }],
+            outputShapes: [[m, p.n]],
+            step: rowsStep(m),
+            flops: 2 * m * p.n * p.k,
+            bytes: 2 * (m * p.k + p.n * p.k + 2 * m * p.n),
+            gemm: { m, n: p.n, k: p.k, residual: true },
+          });
+      }
   return cases;
 }
 
@@ -522,7 +551,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
             const dt = c.dtype ?? 'bf16';
             plan = lt.plan({ ...g, in: dt, out: dt }, wsBytes, 1);
             const p = plan;
-            const lms = backend.timeOnStream((i) => lt.matmul(p, ys[i % sets], prepared[i % sets].inputs[0].ptr, prepared[i % sets].inputs[1].ptr, workspace, backend.streamHandle), warmup, runs);
+            const cOf = (i: number) => (g.residual ? prepared[i % sets].inputs[2].ptr : null);
+            const lms = backend.timeOnStream((i) => lt.matmul(p, ys[i % sets], prepared[i % sets].inputs[0].ptr, prepared[i % sets].inputs[1].ptr, workspace, backend.streamHandle, 0, cOf(i)), warmup, runs);
             const bt = timing(lms);
             const speedup = bt.medianMs / t.medianMs;
             Object.assign(record, { cublasLt: { ...bt, ...rates(c, bt.medianMs, ceilings) }, speedupVsCublasLt: Number(speedup.toFixed(3)) });

@@ -19,9 +19,25 @@ describe('bench kernels: the cases', () => {
   const cases = expandCases(shapes, ['gemm', 'attention', 'memory']);
 
   it('covers every projection at every M, every attention case and every memory-bound op', () => {
-    const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16');
+    const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul');
     // Every M with the tile kernel and the Hopper kernel, and M <= 8 with the GEMV as well.
     expect(gemm.length).toBe(shapes.gemm.projections.length * (2 * shapes.gemm.m.length + shapes.gemm.m.filter((m) => m <= 8).length));
+    // The residual epilogue: gemm.residual's projections at its M, the same ladder, cuBLASLt given
+    // the residual as C; 2 bytes more per output element read than the plain product.
+    const res = shapes.gemm.residual!;
+    const withRes = cases.filter((c) => c.op === 'matmul_add');
+    const resProjections = shapes.gemm.projections.filter((p) => res.models.includes(p.model) && res.names.includes(p.name));
+    expect(resProjections.map((p) => p.name)).toEqual(['o', 'down']);
+    expect(withRes.length).toBe(resProjections.length * (2 * res.m.length + res.m.filter((m) => m <= 8).length));
+    for (const c of withRes) {
+      expect(c.name, c.name).toMatch(/ K\d+ \+res( gemv| sm90)?$/);
+      expect(c.gemm!.residual).toBe(true);
+      expect(c.inputs[2]).toEqual({ shape: [c.gemm!.m, c.gemm!.n], bound: 1 });
+      const plain = cases.find((p) => p.op === 'matmul' && p.name === c.name.replace(' +res', ''))!;
+      expect(c.bytes - plain.bytes, c.name).toBe(2 * c.gemm!.m * c.gemm!.n);
+      expect(c.flops).toBe(plain.flops);
+    }
+    expect(withRes.map((c) => c.name)).toContain('gemm llama-3-8b down M8192 N4096 K14336 +res sm90');
     // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
     const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
     const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;

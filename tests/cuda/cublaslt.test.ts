@@ -173,6 +173,34 @@ describe.skipIf(!ltPath || !cudaPath)('cuBLASLt bridge (stand-in libcublasLt)', 
     });
   }
 
+  it('adds a C matrix with beta = 1 when given one (a residual in the epilogue), C read, y written', () => {
+    const shape: LtGemmShape = { m: 3, n: 9, k: 24, in: 'bf16', out: 'bf16' };
+    const rand = random(77);
+    const x = randomHalves(3 * 24, 'bf16', rand), w = randomHalves(9 * 24, 'bf16', rand), c = randomHalves(3 * 9, 'bf16', rand);
+    const ptr = { x: driver.malloc(x.bits.byteLength), w: driver.malloc(w.bits.byteLength), c: driver.malloc(c.bits.byteLength), y: driver.malloc(3 * 9 * 2), ws: driver.malloc(1 << 16) };
+    driver.copyToDevice(ptr.x, x.bits);
+    driver.copyToDevice(ptr.w, w.bits);
+    driver.copyToDevice(ptr.c, c.bits);
+    driver.memset32Async(ptr.y, 0x7fc07fc0, Math.ceil((3 * 9 * 2) / 4), stream);
+    const plan = lt.plan(shape, 1 << 16);
+    lt.matmul(plan, ptr.y, ptr.x, ptr.w, ptr.ws, stream, 0, ptr.c);
+    driver.synchronize(stream);
+    const bits = new Uint16Array(27), y = new Float32Array(27);
+    driver.copyToHost(bits, ptr.y);
+    bf16ToF32(bits, y);
+    const ref = new Float64Array(27);
+    for (let i = 0; i < 3; i++)
+      for (let j = 0; j < 9; j++) {
+        let s = c.values[i * 9 + j];
+        for (let p = 0; p < 24; p++) s += x.values[i * 24 + p] * w.values[j * 24 + p];
+        ref[i * 9 + j] = s;
+      }
+    expect(relativeError(y, ref)).toBeLessThan(1e-2);
+    expect(last()).toMatchObject({ c: Number(ptr.c), d: Number(ptr.y), alpha: 1, beta: 1 });
+    lt.destroy(plan);
+    for (const p of Object.values(ptr)) driver.free(p);
+  });
+
   it('asks for several algorithms, skips failed results, and runs the one chosen by index', () => {
     const shape: LtGemmShape = { m: 2, n: 8, k: 16, in: 'bf16', out: 'f32' };
     setAlgos(4, 0b0010);
