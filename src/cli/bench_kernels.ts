@@ -371,6 +371,42 @@ export function rates(c: Pick<KernelCase, 'flops' | 'bytes'>, ms: number, ceilin
   };
 }
 
+/** The residual epilogue against the add + norm fusion it replaces, at one GEMM shape and variant. */
+export interface ResidualComparison {
+  /** The GEMM case without the residual (its name without " +res"). */
+  gemm: string;
+  m: number;
+  hidden: number;
+  /** matmul_add + rmsnorm: the graph the passes make. */
+  epilogueMs: number;
+  /** matmul + add_rmsnorm: the graph without fuse_residual. */
+  separateMs: number;
+  /** separateMs / epilogueMs: above 1 the residual epilogue is the right default. */
+  speedup: number;
+}
+
+/**
+ * For every `+res` GEMM case whose output width is a hidden size the memory family ran at the
+ * same rows: the time of matmul_add + rmsnorm against matmul + add_rmsnorm, all four measured in
+ * this run. This is the decision fuse_residual takes before fuse_add_norm (docs/perf/gemm.md).
+ */
+export function residualComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): ResidualComparison[] {
+  const ms = new Map<string, number>();
+  for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
+  const out: ResidualComparison[] = [];
+  for (const [name, resMs] of ms) {
+    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90)?$/.exec(name);
+    if (!m) continue;
+    const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
+    const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`), addNorm = ms.get(`add_rmsnorm R${rows} H${hidden}`);
+    if (plain === undefined || norm === undefined || addNorm === undefined) continue;
+    const epilogueMs = resMs + norm, separateMs = plain + addNorm;
+    const r5 = (x: number) => Number(x.toFixed(5));
+    out.push({ gemm, m: rows, hidden, epilogueMs: r5(epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / epilogueMs).toFixed(3)) });
+  }
+  return out;
+}
+
 /** One line: the GEMM variant per M and the prefill attention variant per head dim. */
 export function describeChoices(c: KernelChoices): string {
   const gemm = c.gemm.map((e) => `M ${e.m} ${e.variant}`).join(', ');
@@ -512,6 +548,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       },
       shapes: shapesPath,
       results,
+      residualEpilogue: residualComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
     });
     if (!values.json) console.log(`${'case'.padEnd(58)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'%copy'.padStart(6)} ${'%gemm'.padStart(6)} ${'vs base'.padStart(8)}`);
     const major = Number(String(device.computeCapability).split('.')[0]);
@@ -613,6 +650,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
     }
     backend.freeBuffer(workspace);
     const report = makeReport(true);
+    for (const c of report.residualEpilogue)
+      log(`residual epilogue, ${c.gemm}: matmul_add + rmsnorm ${c.epilogueMs.toFixed(4)} ms, matmul + add_rmsnorm ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
     if (values['write-choices']) {

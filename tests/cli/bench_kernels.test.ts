@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HostTensor } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/backend.js';
-import { defaultShapesPath, expandCases, rates, relativeError, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
+import { defaultShapesPath, expandCases, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
 import { OPS, outputShapes } from '../../src/graph/ops.js';
 
 const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
@@ -125,6 +125,41 @@ describe('bench kernels: the cases', () => {
     expect(r.percentOfGemm).toBe(62.5);
     expect(r.floorMs).toBe(1.25);
     expect(relativeError(Float32Array.of(1, 2, 3), Float32Array.of(1, 2, 3))).toBe(0);
+  });
+});
+
+describe('bench kernels: the residual epilogue against add + norm, from one run', () => {
+  const t = (name: string, medianMs: number) => ({ name, tessera: { medianMs } });
+
+  it('adds matmul_add + rmsnorm and matmul + add_rmsnorm at the same rows and hidden size, per variant', () => {
+    const got = residualComparisons([
+      t('gemm llama-3-8b o M256 N4096 K4096', 0.03),
+      t('gemm llama-3-8b o M256 N4096 K4096 +res', 0.031),
+      t('gemm llama-3-8b o M256 N4096 K4096 sm90', 0.02),
+      t('gemm llama-3-8b o M256 N4096 K4096 +res sm90', 0.0205),
+      t('rmsnorm R256 H4096', 0.004),
+      t('add_rmsnorm R256 H4096', 0.006),
+      // No norm cases at 16 rows: no comparison there.
+      t('gemm llama-3-8b o M16 N4096 K4096', 0.02),
+      t('gemm llama-3-8b o M16 N4096 K4096 +res', 0.02),
+      { name: 'gemm llama-3-8b o M4096 N4096 K4096 +res' }, // skipped or failed: no timing
+    ]);
+    expect(got).toEqual([
+      { gemm: 'gemm llama-3-8b o M256 N4096 K4096', m: 256, hidden: 4096, epilogueMs: 0.035, separateMs: 0.036, speedup: 1.029 },
+      { gemm: 'gemm llama-3-8b o M256 N4096 K4096 sm90', m: 256, hidden: 4096, epilogueMs: 0.0245, separateMs: 0.026, speedup: 1.061 },
+    ]);
+  });
+
+  it('the shapes pair every +res case at 256 and 4096 rows with norm cases of its hidden size', () => {
+    const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
+    const names = expandCases(shapes, ['gemm', 'memory']).map((c) => c.name);
+    const fake = names.map((name) => t(name, 1));
+    const pairs = residualComparisons(fake);
+    // o and down at M 256 and 4096, each variant (tiles and sm90).
+    expect(pairs.map((p) => p.gemm).sort()).toEqual(
+      ['o', 'down'].flatMap((p) => [256, 4096].flatMap((m) => [`gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336}`, `gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336} sm90`])).sort(),
+    );
+    expect(pairs.every((p) => p.speedup === 1)).toBe(true);
   });
 });
 
