@@ -218,8 +218,9 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
           if (c) cases.push(c);
         }
   }
-  // The fp16 GEMM cases last: a run cut short by its time limit loses them before any bf16 case.
-  if (families.includes('gemm')) cases.push(...gemmCases(shapes, 'f16'));
+  // Then the residual epilogue's cases (after the memory family, whose norm cases its comparison
+  // needs), and the fp16 GEMM cases last: a run cut short by its time limit loses these first.
+  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
 
@@ -248,11 +249,19 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
           gemm: { m, n: p.n, k: p.k },
         });
     }
-  // The residual add in the epilogue: what matmul_add costs over matmul at the same shape (its case
-  // above), and the bytes it saves against add_rmsnorm (the memory family's add_rmsnorm and rmsnorm
-  // cases at the hidden size).
+  return cases;
+}
+
+/**
+ * The residual add in the epilogue (bf16): what matmul_add costs over matmul at the same shape,
+ * and what it saves against add_rmsnorm (residualComparisons, with the memory family's rmsnorm
+ * and add_rmsnorm cases at the hidden size).
+ */
+function residualCases(shapes: KernelShapes): KernelCase[] {
+  const cases: KernelCase[] = [];
   const res = shapes.gemm.residual;
-  if (dtype === 'bf16' && res)
+  const dtype = 'bf16';
+  if (res)
     for (const p of shapes.gemm.projections)
       for (const m of res.m) {
         if (!res.models.includes(p.model) || !res.names.includes(p.name)) continue;

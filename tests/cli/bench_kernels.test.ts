@@ -38,6 +38,10 @@ describe('bench kernels: the cases', () => {
       expect(c.flops).toBe(plain.flops);
     }
     expect(withRes.map((c) => c.name)).toContain('gemm llama-3-8b down M8192 N4096 K14336 +res sm90');
+    // After every memory-bound case (the comparison needs them), before the fp16 ones.
+    const firstRes = cases.indexOf(withRes[0]);
+    expect(cases.slice(firstRes, firstRes + withRes.length)).toEqual(withRes);
+    expect(Math.max(...cases.map((c, i) => (c.family === 'memory' ? i : -1)))).toBeLessThan(firstRes);
     // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
     const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
     const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;
