@@ -327,9 +327,10 @@ describe('matmul launcher', () => {
 
 describe('matmul_add launcher (the residual in the epilogue)', () => {
   it('passes the residual to the tile kernel, in place of y', () => {
-    const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true });
+    // x far from y: the launcher refuses a y that overlaps the x it reads.
+    const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true, ptrs: { x: 1n << 32n } });
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0x4000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
   });
 
   it('adds it in the split-K reduce, not in the partials, after the bias', () => {
@@ -344,7 +345,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     const gemv = run({ R: 2, N: 64, K: 64, res: true, storage: 'f16', attrs: { gemmVariant: 'gemv' } }).launches;
     expect(gemv.map((l) => l.decl.name)).toEqual(['ts_gemv_r2_f16']);
     expect(gemv[0].args).toMatchObject({ y: 0x4000n, res: 0x4000n, bias: 0n });
-    const sm90 = run({ R: 300, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90' } }).launches;
+    const sm90 = run({ R: 300, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90' }, ptrs: { x: 1n << 32n } }).launches;
     expect(sm90.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16']);
     expect(sm90[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 300, N: 4096, K: 4096 });
   });
@@ -354,6 +355,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(() => run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x4010n } })).toThrow(/matmul_add: y overlaps res without being it/);
     expect(run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x4020n } }).launches).toHaveLength(1); // 2 x 8 x 2 bytes: just past y
     expect(() => run({ R: 2, N: 8, K: 32, res: true, ptrs: { res: 0x5008n } })).toThrow(/matmul_add: res is not 16-byte aligned/);
+    expect(() => run({ R: 2, N: 8, K: 8, res: true, ptrs: { x: 0x4000n } })).toThrow(/matmul_add: y overlaps x, which the GEMM still reads/);
     const ctx = (res: ReturnType<typeof tensor>): CudaOpContext =>
       ({
         inputs: [tensor([2, 32], 'bf16', 0x1000n), tensor([8, 32], 'bf16', 0x2000n), res],

@@ -718,6 +718,13 @@ describe('fuse_matmul_add', () => {
     expect(run(g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 0 });
   });
 
+  it("not when the residual is the GEMM's own x (the sum would overwrite x while the GEMM reads it)", () => {
+    const { b, g, x } = start();
+    b.output(b.op('add', [x, b.op('matmul', [x, b.weight('w', [8, 8])], {}, 'l0.proj')], {}, 'l0.sum'));
+    expect(run(g, fuseMatmulAdd)).toEqual({ fuse_matmul_add: 0 });
+    expect(ops(g)).toEqual(['embedding', 'matmul', 'add']);
+  });
+
   it('runs before fuse_add_norm in the default passes: the residual add goes to the GEMM, the norm stays plain', () => {
     const { g } = residual();
     const { graph } = optimize(g);

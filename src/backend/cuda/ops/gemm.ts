@@ -257,6 +257,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
   // y may be res itself (the planner's in-place sum: each element is read before it is written,
   // by the same thread), not a shifted view of it.
   if (res && res.ptr !== y.ptr && overlaps(res, y)) fail('y overlaps res without being it');
+  if (res && overlaps(x, y)) fail('y overlaps x, which the GEMM still reads while y is written');
   const outDType: GemmOutDType = y.dtype === 'f32' ? 'f32' : 'bf16';
   const entry = (d: KernelDecl) => forStorage(d, dtype);
   const biasPtr = bias ? bias.ptr : 0n;
