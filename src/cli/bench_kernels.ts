@@ -42,10 +42,20 @@ measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a 
                                  runs the measured fastest GEMM variant per M)
       --choices-from FILE        with --write-choices: derive them from a saved report instead
                                  of running (no GPU needed)
+      --time-limit SECONDS       start no case after this many seconds: the report says which
+                                 cases were left (the GPU run's budget, tools/gpu/run.sh)
+      --resume FILE              go on from a report a run left incomplete (its ceilings and
+                                 results are kept; the cases it has are not run again, nor any
+                                 case of a kernel that faulted or hung in it); with --out FILE
+                                 the same file, rewritten as it goes
       --json                     print the JSON report instead of the table
 
-With --out the report is rewritten after every case ("complete": false until the last), so a run
-cut short (a timeout, a kernel fault) keeps what it measured.`;
+With --out the report is rewritten after every case ("complete": false until the last, "running"
+naming the case in progress), so a run cut short (a timeout, a hang) keeps what it measured. A
+kernel fault ends the run at once, since the CUDA context cannot be used after one: the report
+names the case ("stopped", "faults") and the exit status is 3; --resume then goes on past it.
+The cases run in order of what they tell: Llama-3-8B's GEMMs, attention, the memory-bound ops,
+then the larger model's GEMMs, the residual epilogue and fp16.`;
 
 // ---- the case list (pure: tested without a GPU) ----
 
@@ -148,7 +158,12 @@ function pagedTables(seqs: number, context: number, blockSize: number): { tables
 
 export function expandCases(shapes: KernelShapes, families: readonly Family[], filter = ''): KernelCase[] {
   const cases: KernelCase[] = [];
-  if (families.includes('gemm')) cases.push(...gemmCases(shapes, 'bf16'));
+  // The first model's GEMMs first, the other models' after the memory family: a run cut by its
+  // time limit has then measured every family at one model's shapes.
+  const firstModel = shapes.gemm.projections[0]?.model;
+  const gemm = families.includes('gemm') ? gemmCases(shapes, 'bf16') : [];
+  const isFirst = (c: KernelCase) => c.name.startsWith(`gemm ${firstModel} `);
+  cases.push(...gemm.filter(isFirst));
   if (families.includes('attention')) {
     const bs = shapes.attention.kvBlockSize;
     for (const a of shapes.attention.prefill) {
@@ -218,8 +233,10 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
           if (c) cases.push(c);
         }
   }
-  // Then the residual epilogue's cases (after the memory family, whose norm cases its comparison
-  // needs), and the fp16 GEMM cases last: a run cut short by its time limit loses these first.
+  // Then the other models' GEMMs, the residual epilogue's cases (after the memory family, whose
+  // norm cases its comparison needs), and the fp16 GEMM cases last: a run cut short by its time
+  // limit loses these first.
+  cases.push(...gemm.filter((c) => !isFirst(c)));
   if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
@@ -416,6 +433,71 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
   return out;
 }
 
+/**
+ * The kernel a case runs, as far as a fault goes: its op and variant ("matmul sm90", "attention
+ * sm90o", "rmsnorm default"), and the storage type. After a case of it faults or hangs, a resumed
+ * run skips the rest of its cases rather than losing its process again on each.
+ */
+export function rungOf(c: Pick<KernelCase, 'op' | 'attrs' | 'dtype'>): string {
+  const variant = c.attrs.gemmVariant ?? c.attrs.attentionVariant ?? 'default';
+  return `${c.op} ${String(variant)}${c.dtype === 'f16' ? ' f16' : ''}`;
+}
+
+/** A kernel fault or hang recorded in a report: the case, its rung, what the driver said. */
+export interface Fault {
+  case: string;
+  rung: string;
+  error: string;
+}
+
+/** What a resumed run takes from the report it goes on from. */
+export interface Resume {
+  ceilings: { copyGBs: number; gemmTFLOPs: number | null; gemmShape: { m: number; n: number; k: number } | null };
+  results: Array<Record<string, unknown>>;
+  faults: Fault[];
+  /** Names of the cases not to run again: every case with a result. */
+  done: Set<string>;
+  /** Rungs that faulted or hung, and the case where. */
+  faultedRungs: Map<string, string>;
+  deviceName: string;
+  resumedFrom: Array<Record<string, unknown>>;
+}
+
+/**
+ * Reads a report to go on from. A case the report says was running (its process was stopped
+ * mid-case: a hang, or the time limit of the process around it) is recorded as unfinished, a
+ * fault of its rung. Throws a sentence naming the file when it is not a report.
+ */
+export function resumeFrom(file: string, text: string, cases: readonly KernelCase[]): Resume {
+  let r: Record<string, unknown>;
+  try {
+    r = JSON.parse(text);
+  } catch (err) {
+    throw new TesseraError(`${file}: ${(err as Error).message.split('\n')[0]}`, 'invalid_input');
+  }
+  const ceilings = r?.ceilings as Resume['ceilings'] | undefined;
+  if (!r || typeof r !== 'object' || !Array.isArray(r.results) || !r.device || !ceilings || typeof ceilings.copyGBs !== 'number')
+    throw new TesseraError(`${file} is not a tessera bench kernels report (no device, ceilings or results); --resume needs the report of an earlier run.`, 'invalid_input');
+  const byName = new Map(cases.map((c) => [c.name, c]));
+  const results = (r.results as Array<Record<string, unknown>>).slice();
+  const faults = Array.isArray(r.faults) ? (r.faults as Fault[]).slice() : [];
+  if (typeof r.running === 'string' && !results.some((x) => x.name === r.running)) {
+    const c = byName.get(r.running);
+    const error = 'did not finish: its process was stopped while it ran (a hang, or the time limit of the process around it)';
+    results.push({ family: c?.family ?? 'unknown', name: r.running, error, unfinished: true });
+    faults.push({ case: r.running, rung: c ? rungOf(c) : r.running, error });
+  }
+  return {
+    ceilings,
+    results,
+    faults,
+    done: new Set(results.map((x) => String(x.name))),
+    faultedRungs: new Map(faults.map((f) => [f.rung, f.case])),
+    deviceName: String((r.device as Record<string, unknown>).name),
+    resumedFrom: [...(Array.isArray(r.resumedFrom) ? (r.resumedFrom as Array<Record<string, unknown>>) : []), { file, date: r.date, results: (r.results as unknown[]).length, stopped: r.stopped ?? null }],
+  };
+}
+
 /** One line: the GEMM variant per M and the prefill attention variant per head dim. */
 export function describeChoices(c: KernelChoices): string {
   const gemm = c.gemm.map((e) => `M ${e.m} ${e.variant}`).join(', ');
@@ -461,6 +543,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
       shapes: { type: 'string' },
       out: { type: 'string' },
       'write-choices': { type: 'string' },
+      'time-limit': { type: 'string' },
+      resume: { type: 'string' },
       json: { type: 'boolean' },
     },
     'bench kernels',
@@ -504,8 +588,23 @@ export async function benchKernels(argv: string[]): Promise<number> {
   }
   const exclude = values.exclude as string | undefined;
   const cases = expandCases(shapes, families, (values.filter as string | undefined) ?? '').filter((c) => !exclude || !c.name.includes(exclude));
+  const timeLimitS = numberFlag(values, 'time-limit');
+  if (timeLimitS !== undefined && !(timeLimitS >= 0)) throw new TesseraError(`--time-limit takes seconds, 0 or more, not ${timeLimitS}.`, 'invalid_input');
+  let resume: Resume | null = null;
+  if (values.resume) {
+    const file = values.resume as string;
+    let text: string;
+    try {
+      text = readFileSync(file, 'utf8');
+    } catch (err) {
+      throw new TesseraError(`--resume ${file}: ${(err as Error).message.split('\n')[0]}`, 'invalid_input');
+    }
+    resume = resumeFrom(file, text, cases);
+  }
+  const t0 = performance.now();
 
   const { CudaBackend } = await import('../backend/cuda/backend.js');
+  const { CudaError } = await import('../backend/cuda/driver.js');
   const probe = CudaBackend.probe(0);
   if (!probe.ok) throw new TesseraError(`tessera bench kernels needs a CUDA GPU: ${probe.reason}`, 'device');
   const backend = CudaBackend.create(0);
@@ -515,35 +614,51 @@ export async function benchKernels(argv: string[]): Promise<number> {
   const log = (line: string) => {
     if (!values.json) console.log(line);
   };
+  /** Set when a kernel faulted: the context is gone, so nothing is freed or run after it. */
+  let lost: InstanceType<typeof CudaError> | null = null;
   try {
     const device = backend.profiler.device();
+    if (resume && resume.deviceName !== device.name) throw new TesseraError(`--resume ${String(values.resume)} was measured on ${resume.deviceName}, not this ${device.name}; start a new report.`, 'invalid_input');
     const l2 = Number(device.l2CacheBytes) || 50 * 2 ** 20;
     log(`${device.name}, driver ${device.driver}, SM ${device.smClockMHz} MHz, memory ${device.memoryClockMHz} MHz; median of ${runs} runs after ${warmup} warm-up`);
-    const copyBytesPerS = backend.profiler.copyBandwidth(2 ** 30, runs);
-    log(`copy bandwidth ${(copyBytesPerS / 1e9).toFixed(0)} GB/s (1 GiB device to device, read + write)`);
     const wsBytes = 32 * 2 ** 20;
     const workspace = backend.allocBuffer(wsBytes);
-    let gemmCeiling: { flopsPerS: number; shape: { m: number; n: number; k: number }; algo: number } | null = null;
-    if (lt) {
-      const { m, n, k } = shapes.gemm.ceiling;
-      const c = backend.prepareOp('matmul', {}, [{ shape: [m, k], uniform: { seed: 1, bound: 1 } }, { shape: [n, k], uniform: { seed: 2, bound: 0.02 } }], [[m, n]], rowsStep(m));
-      const plan = lt.plan({ m, n, k, in: 'bf16', out: 'bf16' }, wsBytes, 8);
-      try {
-        for (let algo = 0; algo < plan.algoCount; algo++) {
-          const ms = median(backend.timeOnStream(() => lt.matmul(plan, c.outputs[0].ptr, c.inputs[0].ptr, c.inputs[1].ptr, workspace, backend.streamHandle, algo), warmup, runs));
-          const flopsPerS = (2 * m * n * k) / (ms / 1000);
-          if (!gemmCeiling || flopsPerS > gemmCeiling.flopsPerS) gemmCeiling = { flopsPerS, shape: { m, n, k }, algo };
+    let copyBytesPerS: number;
+    let gemmCeiling: { flopsPerS: number; shape: { m: number; n: number; k: number }; algo?: number } | null = null;
+    if (resume) {
+      // The ceilings of the run this one goes on from, so every figure in the report has one base.
+      copyBytesPerS = resume.ceilings.copyGBs * 1e9;
+      if (resume.ceilings.gemmTFLOPs !== null && resume.ceilings.gemmShape) gemmCeiling = { flopsPerS: resume.ceilings.gemmTFLOPs * 1e12, shape: resume.ceilings.gemmShape };
+      log(`resuming ${String(values.resume)}: ${resume.done.size} cases done${resume.faults.length ? `; not run again: ${resume.faults.map((f) => `${f.rung} (faulted in ${f.case})`).join(', ')}` : ''}`);
+      log(`copy bandwidth ${(copyBytesPerS / 1e9).toFixed(0)} GB/s, GEMM ceiling ${gemmCeiling ? (gemmCeiling.flopsPerS / 1e12).toFixed(0) : '-'} TFLOP/s (from that run)`);
+    } else {
+      copyBytesPerS = backend.profiler.copyBandwidth(2 ** 30, runs);
+      log(`copy bandwidth ${(copyBytesPerS / 1e9).toFixed(0)} GB/s (1 GiB device to device, read + write)`);
+      if (lt) {
+        const { m, n, k } = shapes.gemm.ceiling;
+        const c = backend.prepareOp('matmul', {}, [{ shape: [m, k], uniform: { seed: 1, bound: 1 } }, { shape: [n, k], uniform: { seed: 2, bound: 0.02 } }], [[m, n]], rowsStep(m));
+        const plan = lt.plan({ m, n, k, in: 'bf16', out: 'bf16' }, wsBytes, 8);
+        try {
+          for (let algo = 0; algo < plan.algoCount; algo++) {
+            const ms = median(backend.timeOnStream(() => lt.matmul(plan, c.outputs[0].ptr, c.inputs[0].ptr, c.inputs[1].ptr, workspace, backend.streamHandle, algo), warmup, runs));
+            const flopsPerS = (2 * m * n * k) / (ms / 1000);
+            if (!gemmCeiling || flopsPerS > gemmCeiling.flopsPerS) gemmCeiling = { flopsPerS, shape: { m, n, k }, algo };
+          }
+        } finally {
+          lt.destroy(plan);
+          c.dispose();
         }
-      } finally {
-        lt.destroy(plan);
-        c.dispose();
-      }
-      log(`GEMM ceiling ${(gemmCeiling!.flopsPerS / 1e12).toFixed(0)} TFLOP/s (cuBLASLt ${m}x${n}x${k} bf16, best of ${plan.algoCount} algorithms)`);
-    } else log(`GEMM ceiling and baseline: skipped (${(ltLoaded as { reason: string }).reason})`);
+        log(`GEMM ceiling ${(gemmCeiling!.flopsPerS / 1e12).toFixed(0)} TFLOP/s (cuBLASLt ${m}x${n}x${k} bf16, best of ${plan.algoCount} algorithms)`);
+      } else log(`GEMM ceiling and baseline: skipped (${(ltLoaded as { reason: string }).reason})`);
+    }
     const ceilings = { copyBytesPerS, gemmFlopsPerS: gemmCeiling?.flopsPerS ?? null };
     const budget = Math.min(8 * 2 ** 30, backend.memInfo().freeBytes / 4);
 
-    const results: Array<Record<string, unknown>> = [];
+    const results: Array<Record<string, unknown>> = resume ? resume.results.slice() : [];
+    const faults: Fault[] = resume ? resume.faults.slice() : [];
+    const faultedRungs = new Map(resume?.faultedRungs ?? []);
+    let running: string | null = null;
+    let stopped: string | null = null;
     const makeReport = (complete: boolean) => ({
       complete,
       date: new Date().toISOString(),
@@ -556,14 +671,32 @@ export async function benchKernels(argv: string[]): Promise<number> {
         gemmShape: gemmCeiling?.shape ?? null,
       },
       shapes: shapesPath,
+      running,
+      stopped,
+      faults,
+      ...(resume ? { resumedFrom: resume.resumedFrom } : {}),
       results,
       residualEpilogue: residualComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
     });
+    const save = async (complete = false) => {
+      if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(complete), null, 1) + '\n');
+    };
     if (!values.json) console.log(`${'case'.padEnd(58)} ${'ms'.padStart(9)} ${'TFLOP/s'.padStart(8)} ${'GB/s'.padStart(7)} ${'%copy'.padStart(6)} ${'%gemm'.padStart(6)} ${'vs base'.padStart(8)}`);
     const major = Number(String(device.computeCapability).split('.')[0]);
     /** Each measured case's median, for the ladder rungs that compare with an earlier case. */
     const medians = new Map<string, number>();
-    for (const c of cases) {
+    for (const r of results) {
+      const t = r.tessera as { medianMs?: number } | undefined;
+      if (typeof t?.medianMs === 'number') medians.set(String(r.name), t.medianMs);
+    }
+    const todo = cases.filter((c) => !resume?.done.has(c.name));
+    for (const [index, c] of todo.entries()) {
+      if (timeLimitS !== undefined && (performance.now() - t0) / 1000 > timeLimitS) {
+        stopped = `--time-limit ${timeLimitS} s reached; ${todo.length - index} cases not run, from "${c.name}" on`;
+        break;
+      }
+      const faultedIn = faultedRungs.get(rungOf(c));
+      if (!c.unsupported && faultedIn !== undefined) c.unsupported = `not run: its kernel (${rungOf(c)}) faulted or hung in "${faultedIn}"`;
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (!c.unsupported && (c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o') && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
@@ -571,18 +704,22 @@ export async function benchKernels(argv: string[]): Promise<number> {
         log(`${c.name.padEnd(58)} skipped: ${c.unsupported}`);
         continue;
       }
+      running = c.name;
+      await save();
       const record: Record<string, unknown> = { family: c.family, name: c.name, flops: c.flops, bytes: c.bytes };
       const sets = rotationSets(c.bytes, l2, budget);
-      const prepared = Array.from({ length: sets }, (_, s) =>
-        backend.prepareOp(
-          c.op,
-          c.attrs,
-          c.inputs.map((t, i) => ('bound' in t ? { shape: t.shape, uniform: { seed: 1000 * s + i + 1, bound: t.bound } } : t)),
-          c.outputShapes,
-          c.step,
-        ),
-      );
+      const prepared: ReturnType<typeof backend.prepareOp>[] = [];
       try {
+        for (let s = 0; s < sets; s++)
+          prepared.push(
+            backend.prepareOp(
+              c.op,
+              c.attrs,
+              c.inputs.map((t, i) => ('bound' in t ? { shape: t.shape, uniform: { seed: 1000 * s + i + 1, bound: t.bound } } : t)),
+              c.outputShapes,
+              c.step,
+            ),
+          );
         const ms = backend.timeOnStream((i) => prepared[i % sets].enqueue(), warmup, runs);
         const t = timing(ms);
         Object.assign(record, { sets, tessera: { ...t, ...rates(c, t.medianMs, ceilings) } });
@@ -610,12 +747,15 @@ export async function benchKernels(argv: string[]): Promise<number> {
             record.relativeErrorVsCublasLt = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH ${err.toExponential(2)}`;
           } catch (err) {
+            if (err instanceof CudaError && err.contextLost) throw err;
             // cuBLASLt refusing a shape is its failure, not ours: say so and go on.
             record.cublasLtError = (err as Error).message;
             line += `  cuBLASLt: ${(err as Error).message}`;
           } finally {
-            if (plan) lt.destroy(plan);
-            for (const y of ys) backend.freeBuffer(y);
+            if (!lost) {
+              if (plan) lt.destroy(plan);
+              for (const y of ys) backend.freeBuffer(y);
+            }
           }
         }
         if (c.ladderBase) {
@@ -643,22 +783,31 @@ export async function benchKernels(argv: string[]): Promise<number> {
             record.relativeErrorVsBase = Number(err.toExponential(3));
             if (!(err < 1e-2)) line += `  MISMATCH vs ${b.name}: ${err.toExponential(2)}`;
           } finally {
-            ref.dispose();
+            if (!lost) ref.dispose();
           }
         }
         medians.set(c.name, t.medianMs);
         log(line);
       } catch (err) {
         record.error = (err as Error).message;
+        if (err instanceof CudaError && err.contextLost) {
+          lost = err;
+          record.contextLost = true;
+          faults.push({ case: c.name, rung: rungOf(c), error: err.message });
+          stopped = `a kernel fault in "${c.name}" (${err.statusName}): the CUDA context cannot be used after one; ${todo.length - index - 1} cases not run (--resume goes on past it)`;
+        }
         log(`${c.name.padEnd(58)} error: ${(err as Error).message}`);
       } finally {
-        for (const p of prepared) p.dispose();
+        if (!lost) for (const p of prepared) p.dispose();
       }
       results.push(record);
-      if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(false), null, 1) + '\n');
+      running = null;
+      await save();
+      if (lost) break;
     }
-    backend.freeBuffer(workspace);
-    const report = makeReport(true);
+    if (stopped) log(`stopped: ${stopped}`);
+    if (!lost) backend.freeBuffer(workspace);
+    const report = makeReport(stopped === null);
     for (const c of report.residualEpilogue)
       log(`residual epilogue, ${c.gemm}: matmul_add + rmsnorm ${c.epilogueMs.toFixed(4)} ms, matmul + add_rmsnorm ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     const text = JSON.stringify(report, null, 1) + '\n';
@@ -670,10 +819,14 @@ export async function benchKernels(argv: string[]): Promise<number> {
       log(`wrote ${file}: ${describeChoices(choices)}`);
     }
     if (values.json) process.stdout.write(text);
+    if (lost) return 3;
     const mismatch = (e: unknown) => typeof e === 'number' && !(e < 1e-2);
     return results.some((r) => r.error || mismatch(r.relativeErrorVsCublasLt) || mismatch(r.relativeErrorVsBase)) ? 1 : 0;
   } finally {
-    lt?.dispose();
-    await backend.dispose();
+    // After a fault every driver call fails the same way: leave the teardown to the process's exit.
+    if (!lost) {
+      lt?.dispose();
+      await backend.dispose();
+    }
   }
 }

@@ -42,6 +42,13 @@ describe('bench kernels: the cases', () => {
     const firstRes = cases.indexOf(withRes[0]);
     expect(cases.slice(firstRes, firstRes + withRes.length)).toEqual(withRes);
     expect(Math.max(...cases.map((c, i) => (c.family === 'memory' ? i : -1)))).toBeLessThan(firstRes);
+    // Llama-3-8B's plain GEMMs come first, then attention and the memory-bound ops, then the
+    // 70B GEMMs: a run cut by its time limit has every family at one model's shapes.
+    const rank = (c: (typeof cases)[number]) =>
+      c.family === 'gemm' && c.op === 'matmul' && c.dtype === 'bf16' ? (c.name.startsWith('gemm llama-3-8b ') ? 0 : 3) : c.family === 'attention' ? 1 : c.family === 'memory' ? 2 : 4;
+    const ranks = cases.map(rank);
+    expect(ranks).toEqual([...ranks].sort((a, b) => a - b));
+    expect(new Set(ranks)).toEqual(new Set([0, 1, 2, 3, 4]));
     // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
     const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
     const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;

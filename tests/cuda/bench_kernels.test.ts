@@ -5,7 +5,7 @@
  * checks the plumbing, and that the correctness check beside the timing catches a GEMM that
  * wrote nothing (the run exits 1); the figures themselves need a GPU.
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -18,6 +18,152 @@ const ltPath = cudaPath ? buildLtMock() : null;
 const fatbin = path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin');
 const skip = !cudaPath || !ltPath ? 'no C compiler to build the stand-in libraries' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null;
 if (skip) console.log(`tessera bench kernels (stand-ins): skipped: ${skip}`);
+
+const tessera = path.join(import.meta.dirname, '../../bin/tessera.js');
+
+/** A small case list: two M of one projection (every GEMM variant), a prefill pair, one decode, two memory ops. */
+const SMALL: KernelShapes = {
+  gemm: { m: [1, 3], projections: [{ model: 'toy', name: 'proj', n: 40, k: 32 }], ceiling: { m: 32, n: 32, k: 32 } },
+  attention: {
+    prefill: [
+      { heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 20, causal: true },
+      { heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 20, causal: false },
+    ],
+    decode: [{ heads: 4, kvHeads: 1, headDim: 128, batch: 2, context: 40 }],
+    kvBlockSize: 16,
+  },
+  memoryBound: { rows: [4], hidden: [256], ops: ['add_rmsnorm', 'silu_mul'], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
+};
+
+type Report = {
+  complete: boolean;
+  running: string | null;
+  stopped: string | null;
+  faults: Array<{ case: string; rung: string; error: string }>;
+  resumedFrom?: Array<{ file: string; results: number; stopped: string | null }>;
+  ceilings: { copyGBs: number };
+  results: Array<{ name: string; skipped?: string; error?: string; contextLost?: boolean; unfinished?: boolean; tessera?: { medianMs: number } }>;
+};
+
+function benchDir(): { dir: string; shapes: string; out: string } {
+  const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-'));
+  writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(SMALL));
+  return { dir, shapes: path.join(dir, 'shapes.json'), out: path.join(dir, 'report.json') };
+}
+
+function bench(args: string[], env: Record<string, string> = {}) {
+  return spawnSync(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', ...args], {
+    env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, ...env },
+    encoding: 'utf8',
+  });
+}
+
+const ALL_SMALL = [
+  'gemm toy proj M1 N40 K32',
+  'gemm toy proj M1 N40 K32 gemv',
+  'gemm toy proj M1 N40 K32 sm90',
+  'gemm toy proj M3 N40 K32',
+  'gemm toy proj M3 N40 K32 gemv',
+  'gemm toy proj M3 N40 K32 sm90',
+  'attention prefill B1 S20 H4 KV2 hd64 causal',
+  'attention prefill B1 S20 H4 KV2 hd64 causal sm90',
+  'attention prefill B1 S20 H4 KV2 hd64 causal sm90o',
+  'attention prefill B1 S20 H4 KV2 hd64 full',
+  'attention prefill B1 S20 H4 KV2 hd64 full sm90',
+  'attention prefill B1 S20 H4 KV2 hd64 full sm90o',
+  'attention decode B2 ctx40 H4 KV1 hd128',
+  'add_rmsnorm R4 H256',
+  'silu_mul R4 H256',
+];
+
+describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults, hangs, time limits (stand-in libcuda)', () => {
+  it('stops at a kernel fault, naming the case (exit 3), and --resume goes on past it without that kernel', () => {
+    const { out, shapes } = benchDir();
+    const r = bench(['--shapes', shapes, '--out', out], { MOCK_FAULT_KERNEL: 'ts_gemm_sm90' });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(3);
+    expect(r.stdout).toContain('stopped: a kernel fault in "gemm toy proj M1 N40 K32 sm90" (CUDA_ERROR_ILLEGAL_ADDRESS)');
+    const first = JSON.parse(readFileSync(out, 'utf8')) as Report;
+    expect(first.complete).toBe(false);
+    expect(first.running).toBeNull();
+    expect(first.results.map((x) => x.name)).toEqual(ALL_SMALL.slice(0, 3));
+    expect(first.results[2]).toMatchObject({ contextLost: true });
+    expect(first.results[2].error).toContain('CUDA_ERROR_ILLEGAL_ADDRESS (700)');
+    expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[2].error }]);
+    expect(first.stopped).toContain('12 cases not run');
+
+    // Without the fault staged, from the same report: the rest, but not the sm90 GEMM again.
+    const again = bench(['--shapes', shapes, '--out', out, '--resume', out]);
+    expect(again.stderr).toBe('');
+    expect(again.stdout).toContain('resuming');
+    expect(again.stdout).toContain('not run again: matmul sm90 (faulted in gemm toy proj M1 N40 K32 sm90)');
+    const second = JSON.parse(readFileSync(out, 'utf8')) as Report;
+    expect(second.complete).toBe(true);
+    expect(second.stopped).toBeNull();
+    expect(second.ceilings).toEqual(first.ceilings);
+    expect(second.resumedFrom).toEqual([expect.objectContaining({ file: out, results: 3, stopped: first.stopped })]);
+    expect(second.results.map((x) => x.name)).toEqual(ALL_SMALL);
+    const sm90 = second.results.find((x) => x.name === 'gemm toy proj M3 N40 K32 sm90')!;
+    expect(sm90.skipped).toBe('not run: its kernel (matmul sm90) faulted or hung in "gemm toy proj M1 N40 K32 sm90"');
+    for (const x of second.results.slice(3)) if (x !== sm90) expect(x.tessera?.medianMs, x.name).toBe(1.5);
+  });
+
+  it('a hang leaves the case it was in as "running"; --resume records it unfinished and skips its kernel', async () => {
+    const { out, shapes } = benchDir();
+    const child = spawn(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--shapes', shapes, '--out', out], {
+      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_HANG_KERNEL: 'ts_attention_prefill_sm90o' },
+      stdio: 'ignore',
+    });
+    const exited = new Promise((resolve) => child.on('exit', resolve));
+    const hung = 'attention prefill B1 S20 H4 KV2 hd64 causal sm90o';
+    const deadline = Date.now() + 30_000;
+    let seen: Report | null = null;
+    while (Date.now() < deadline) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      try {
+        seen = JSON.parse(readFileSync(out, 'utf8')) as Report;
+      } catch {
+        continue; // not written yet, or caught mid-write
+      }
+      if (seen.running === hung) break;
+    }
+    child.kill('SIGKILL'); // what timeout -s KILL does to it on the GPU machine
+    await exited;
+    expect(seen?.running).toBe(hung);
+
+    const r = bench(['--shapes', shapes, '--out', out, '--resume', out]);
+    expect(r.stderr).toBe('');
+    const report = JSON.parse(readFileSync(out, 'utf8')) as Report;
+    expect(report.complete).toBe(true);
+    expect(report.results.map((x) => x.name)).toEqual(ALL_SMALL);
+    const unfinished = report.results.find((x) => x.name === hung)!;
+    expect(unfinished.unfinished).toBe(true);
+    expect(unfinished.error).toMatch(/^did not finish/);
+    expect(report.faults).toEqual([{ case: hung, rung: 'attention sm90o', error: unfinished.error }]);
+    expect(report.results.find((x) => x.name === 'attention prefill B1 S20 H4 KV2 hd64 full sm90o')!.skipped).toContain('faulted or hung in');
+    expect(report.results.find((x) => x.name === 'attention prefill B1 S20 H4 KV2 hd64 full sm90')!.tessera?.medianMs).toBe(1.5);
+    expect(r.status).toBe(1); // the hang is a failure of the run
+  });
+
+  it('--time-limit starts no case past it and says which were left; --resume refuses a file that is not a report', () => {
+    const { out, shapes, dir } = benchDir();
+    const r = bench(['--shapes', shapes, '--out', out, '--time-limit', '0']);
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    const report = JSON.parse(readFileSync(out, 'utf8')) as Report;
+    expect(report.complete).toBe(false);
+    expect(report.results).toEqual([]);
+    expect(report.stopped).toBe(`--time-limit 0 s reached; ${ALL_SMALL.length} cases not run, from "gemm toy proj M1 N40 K32" on`);
+
+    writeFileSync(path.join(dir, 'other.json'), '{"results": []}');
+    const bad = bench(['--shapes', shapes, '--resume', path.join(dir, 'other.json')]);
+    expect(bad.status).toBe(1);
+    expect(bad.stderr.trim()).toBe(`tessera: ${path.join(dir, 'other.json')} is not a tessera bench kernels report (no device, ceilings or results); --resume needs the report of an earlier run.`);
+    const negative = bench(['--shapes', shapes, '--time-limit=-5']);
+    expect(negative.status).toBe(1);
+    expect(negative.stderr.trim()).toBe('tessera: --time-limit takes seconds, 0 or more, not -5.');
+  });
+});
 
 describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libcublasLt)', () => {
   it('measures the ceilings, runs every case beside cuBLASLt and reports a GEMM that wrote nothing', () => {

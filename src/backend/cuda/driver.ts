@@ -13,6 +13,15 @@ export type DevPtr = bigint;
 /** Opaque driver handles (CUcontext, CUmodule, CUfunction, CUstream, CUevent, CUgraph, CUgraphExec). */
 export type Handle = unknown;
 
+/**
+ * Statuses after which the context is unusable: every later call in the process returns the
+ * same error (cuda.h: a kernel fault or a device-side assert; "the process must be terminated
+ * and relaunched"). ILLEGAL_ADDRESS, LAUNCH_TIMEOUT, ASSERT, HARDWARE_STACK_ERROR,
+ * ILLEGAL_INSTRUCTION, MISALIGNED_ADDRESS, INVALID_ADDRESS_SPACE, INVALID_PC, LAUNCH_FAILED,
+ * TENSOR_MEMORY_LEAK.
+ */
+const CONTEXT_LOST = new Set([700, 702, 710, 714, 715, 716, 717, 718, 719, 721]);
+
 export class CudaError extends TesseraError {
   constructor(
     readonly call: string,
@@ -22,6 +31,11 @@ export class CudaError extends TesseraError {
   ) {
     super(`CUDA ${call} failed with ${statusName} (${status})${op ? ` while running ${op}` : ''}.`, 'device');
     this.name = 'CudaError';
+  }
+
+  /** True for a kernel fault: nothing more can run in this process (CONTEXT_LOST). */
+  get contextLost(): boolean {
+    return CONTEXT_LOST.has(this.status);
   }
 }
 

@@ -1,10 +1,15 @@
 /* A stand-in for libcuda.so with the driver entry points Tessera binds, for testing the FFI
  * bridge on machines without a GPU: "device" memory is host memory, copies are memcpy, and a
  * launch records the kernel name, geometry and packed argument bytes for the test to read, then
- * calls the test's launch hook if it set one (a JavaScript model of the kernel can run there). */
+ * calls the test's launch hook if it set one (a JavaScript model of the kernel can run there).
+ * A kernel fault and a hang can be staged through the environment: the first launch of a kernel
+ * whose name contains MOCK_FAULT_KERNEL fails with CUDA_ERROR_ILLEGAL_ADDRESS (700), and from
+ * then on every launch, copy, free and synchronization fails the same way, as a real context
+ * does after a fault; a launch of a kernel whose name contains MOCK_HANG_KERNEL never returns. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef int CUresult;
 static char last_name[128];
@@ -14,6 +19,8 @@ static size_t last_args_size;
 static int launches, graph_launches, capturing, allocs;
 typedef void (*launch_hook_t)(const char *name, unsigned grid_x);
 static launch_hook_t launch_hook;
+static int sticky; /* the status every call returns after a staged fault */
+#define STICKY do { if (sticky) return sticky; } while (0)
 
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -39,14 +46,14 @@ CUresult cuCtxSetCurrent(void *ctx) { (void)ctx; return 0; }
 CUresult cuCtxSynchronize(void) { return 0; }
 CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = (size_t)70 << 30; *t = (size_t)80 << 30; return 0; }
 CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; allocs++; return 0; }
-CUresult cuMemFree_v2(uint64_t p) { free((void *)(uintptr_t)p); return 0; }
+CUresult cuMemFree_v2(uint64_t p) { STICKY; free((void *)(uintptr_t)p); return 0; }
 CUresult cuMemAllocHost_v2(void **p, size_t b) { *p = calloc(1, b ? b : 1); if (*p) allocs++; return *p ? 0 : 2; }
 CUresult cuMemFreeHost(void *p) { free(p); return 0; }
-CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { memcpy((void *)(uintptr_t)d, s, b); return 0; }
-CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
+CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { STICKY; memcpy((void *)(uintptr_t)d, s, b); return 0; }
+CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { STICKY; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
 CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t b, void *st) { (void)st; return cuMemcpyHtoD_v2(d, s, b); }
 CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t b, void *st) { (void)st; return cuMemcpyDtoH_v2(d, s, b); }
-CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t b, void *st) { (void)st; memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, b); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t b, void *st) { (void)st; STICKY; memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, b); return 0; }
 CUresult cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void *st) { (void)st; uint32_t *p = (uint32_t *)(uintptr_t)d; for (size_t i = 0; i < n; i++) p[i] = v; return 0; }
 CUresult cuModuleLoadData(void **m, const void *image) { (void)image; *m = (void *)0x2; return 0; }
 CUresult cuModuleUnload(void *m) { (void)m; return 0; }
@@ -55,6 +62,7 @@ CUresult cuFuncSetAttribute(void *f, int a, int v) { (void)f; (void)a; (void)v; 
 CUresult cuFuncGetAttribute(int *v, int a, void *f) { (void)a; (void)f; *v = 0; return 0; }
 CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void *st, void **params, void **extra) {
   (void)st;
+  STICKY;
   if (params || !extra || extra[0] != (void *)1 || extra[2] != (void *)2 || extra[4] != (void *)0) return 1;
   strncpy(last_name, (const char *)f, sizeof last_name - 1);
   unsigned g[7] = {gx, gy, gz, bx, by, bz, smem};
@@ -63,17 +71,20 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
   launches++;
+  const char *fault = getenv("MOCK_FAULT_KERNEL"), *hang = getenv("MOCK_HANG_KERNEL");
+  if (fault && *fault && strstr(last_name, fault)) return sticky = 700;
+  if (hang && *hang && strstr(last_name, hang)) for (;;) pause();
   if (launch_hook && !capturing) launch_hook(last_name, gx);
   return 0;
 }
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; *s = (void *)0x3; return 0; }
-CUresult cuStreamSynchronize(void *s) { (void)s; return 0; }
+CUresult cuStreamSynchronize(void *s) { (void)s; STICKY; return 0; }
 CUresult cuStreamDestroy_v2(void *s) { (void)s; return 0; }
 CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; *e = (void *)0x4; return 0; }
-CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; return 0; }
-CUresult cuEventSynchronize(void *e) { (void)e; return 0; }
-CUresult cuEventElapsedTime(float *ms, void *a, void *b) { (void)a; (void)b; *ms = 1.5f; return 0; }
-CUresult cuEventDestroy_v2(void *e) { (void)e; return 0; }
+CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; STICKY; return 0; }
+CUresult cuEventSynchronize(void *e) { (void)e; STICKY; return 0; }
+CUresult cuEventElapsedTime(float *ms, void *a, void *b) { (void)a; (void)b; STICKY; *ms = 1.5f; return 0; }
+CUresult cuEventDestroy_v2(void *e) { (void)e; STICKY; return 0; }
 CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = 1; return 0; }
 CUresult cuStreamEndCapture(void *s, void **g) { (void)s; capturing = 0; *g = (void *)0x5; return 0; }
 CUresult cuGraphInstantiateWithFlags(void **e, void *g, uint64_t f) { (void)g; (void)f; *e = (void *)0x6; return 0; }
@@ -119,7 +130,10 @@ int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
   return tmap.calls;
 }
 #endif
-CUresult cuGetErrorName(int status, const char **name) { *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : "CUDA_ERROR_UNKNOWN"; return 0; }
+CUresult cuGetErrorName(int status, const char **name) {
+  *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS" : "CUDA_ERROR_UNKNOWN";
+  return 0;
+}
 
 /* For the test. */
 int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
