@@ -16,7 +16,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
-import type { OpName } from '../graph/ops.js';
+import { OPS, type OpName } from '../graph/ops.js';
 import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
 import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
 import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
@@ -33,6 +33,8 @@ measured in the same run, and our GEMM against cuBLASLt shape by shape (needs a 
       --family LIST              gemm, attention, memory (comma-separated; default all)
       --filter TEXT              only cases whose name contains TEXT
       --exclude TEXT             leave out cases whose name contains TEXT
+      --skip-kernels LIST        leave out the cases of these kernels, comma-separated as
+                                 "op variant" ("matmul sm90,attention sm90o"; bf16 and fp16)
       --runs N                   timed runs per case, at least 20 (default 30)
       --warmup N                 untimed runs first (default 5)
       --shapes FILE              case list (default bench/kernel_shapes.json)
@@ -544,6 +546,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       out: { type: 'string' },
       'write-choices': { type: 'string' },
       'time-limit': { type: 'string' },
+      'skip-kernels': { type: 'string' },
       resume: { type: 'string' },
       json: { type: 'boolean' },
     },
@@ -588,6 +591,15 @@ export async function benchKernels(argv: string[]): Promise<number> {
   }
   const exclude = values.exclude as string | undefined;
   const cases = expandCases(shapes, families, (values.filter as string | undefined) ?? '').filter((c) => !exclude || !c.name.includes(exclude));
+  const skipKernels = new Set(((values['skip-kernels'] as string | undefined) ?? '').split(',').map((k) => k.trim().replace(/\s+/g, ' ')).filter((k) => k));
+  // Any op of the IR with a variant the launchers know: a list made for the full case list (the
+  // GPU run's) also holds for a smaller one.
+  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90o'];
+  for (const k of skipKernels) {
+    const [op, variant, ...rest] = k.split(' ');
+    if (!(op in OPS) || !variants.includes(variant) || rest.length > 0)
+      throw new TesseraError(`--skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of ${variants.join(', ')}), not "${k}".`, 'invalid_input');
+  }
   const timeLimitS = numberFlag(values, 'time-limit');
   if (timeLimitS !== undefined && !(timeLimitS >= 0)) throw new TesseraError(`--time-limit takes seconds, 0 or more, not ${timeLimitS}.`, 'invalid_input');
   let resume: Resume | null = null;
@@ -695,6 +707,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
         stopped = `--time-limit ${timeLimitS} s reached; ${todo.length - index} cases not run, from "${c.name}" on`;
         break;
       }
+      if (!c.unsupported && skipKernels.has(rungOf({ ...c, dtype: 'bf16' }))) c.unsupported = `left out (--skip-kernels ${rungOf({ ...c, dtype: 'bf16' })})`;
       const faultedIn = faultedRungs.get(rungOf(c));
       if (!c.unsupported && faultedIn !== undefined) c.unsupported = `not run: its kernel (${rungOf(c)}) faulted or hung in "${faultedIn}"`;
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;

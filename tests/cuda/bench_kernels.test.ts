@@ -92,6 +92,15 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[2].error }]);
     expect(first.stopped).toContain('12 cases not run');
 
+    // Left out by name: both Hopper attention rungs and the GEMV, in bf16 (and fp16, were there any).
+    const { out: out2 } = benchDir();
+    const left = bench(['--shapes', shapes, '--out', out2, '--skip-kernels', 'attention sm90, attention  sm90o,matmul gemv']);
+    expect(left.stderr).toBe('');
+    const skipped = (JSON.parse(readFileSync(out2, 'utf8')) as Report).results.filter((x) => x.skipped).map((x) => [x.name, x.skipped]);
+    expect(skipped).toEqual(
+      ALL_SMALL.filter((n) => n.endsWith(' gemv') || (n.startsWith('attention') && / sm90o?$/.test(n))).map((n) => [n, `left out (--skip-kernels ${n.startsWith('gemm') ? 'matmul gemv' : `attention ${n.split(' ').pop()}`})`]),
+    );
+
     // Without the fault staged, from the same report: the rest, but not the sm90 GEMM again.
     const again = bench(['--shapes', shapes, '--out', out, '--resume', out]);
     expect(again.stderr).toBe('');
@@ -162,6 +171,9 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     const negative = bench(['--shapes', shapes, '--time-limit=-5']);
     expect(negative.status).toBe(1);
     expect(negative.stderr.trim()).toBe('tessera: --time-limit takes seconds, 0 or more, not -5.');
+    const typo = bench(['--shapes', shapes, '--skip-kernels', 'matmul sm90,attention sm91']);
+    expect(typo.status).toBe(1);
+    expect(typo.stderr.trim()).toBe('tessera: --skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of default, tiles, gemv, sm90, sm90o), not "attention sm91".');
   });
 });
 

@@ -5,17 +5,21 @@
 #
 # Stages, in order of what they tell (STAGES picks and orders them; default all):
 #   tests    the CUDA tiers of the conformance suite (bf16, fp16), device sampling and the demo
-#            model against its PyTorch reference: every kernel but the Hopper ones
+#            model against its PyTorch reference: every kernel but the Hopper ones; after a
+#            kernel fault (which ends the process's CUDA context: the suite skips the rest and
+#            logs the op in faults.tsv) it runs again without that op, while time is left
 #   probes   the sm90 layout probes (one wgmma per descriptor kind, no pipeline)
 #   sm90     the Hopper GEMM and attention conformance cases (apart: a hang there is cut by its
-#            own timeout, and a fault does not take the other results with it)
+#            own timeout, and a fault does not take the other results with it), again past a
+#            fault as above
 #   e2e      tiny checkpoints of every architecture and transformers' logits for them
 #            (tools/make_hf_fixtures.py), then tests/e2e on CUDA and the CPU
 #   bench    tessera bench on synthetic:llama-3-8b (decode, prefill 512 and 2048, the host's
 #            share, % of copy bandwidth) and on the demo model, with the default kernels
 #   kernels  tessera bench kernels: every kernel beside cuBLASLt and the ceilings measured in
 #            the same run; the run goes on past a kernel fault or hang (--resume) while time is
-#            left; the sm90 kernels are left out when the sm90 stage failed; then the choices
+#            left; a Hopper kernel that failed the sm90 stage is left out (--skip-kernels; all
+#            of them when that stage hung); then the choices
 #   tuned    tessera bench on synthetic:llama-3-8b again, with the choices the kernels stage made
 #   torch    bench/torch_kernels.py: PyTorch on the same cases (attention and the memory-bound
 #            ops first: cuBLASLt, which torch.matmul calls, is already in the kernels stage)
@@ -79,14 +83,45 @@ else
   echo "kernels: the carried build (dist/kernels/tessera.fatbin, $(stat -c %s dist/kernels/tessera.fatbin) bytes)" > "$R/build.txt"
 fi
 [ -f build/kernels/resources.json ] && cp build/kernels/resources.json "$R/resources.json"
-# The CPU tier of the conformance suite is CI's; here only the GPU tiers run.
-not_cpu='^(?!cpu \(f32\))'
-sm90_ok=1
+export TESSERA_FAULT_LOG="$R/faults.tsv"
+faults() { if [ -f "$TESSERA_FAULT_LOG" ]; then wc -l < "$TESSERA_FAULT_LOG"; else echo 0; fi; }
+# conformance NAME CAP MIN REST FILE...: vitest over FILE... for the tests whose full name matches
+# REST, never the CPU tier (CI's); after a kernel fault, again without the ops that faulted so
+# far, while new faults come and time is left. Returns the last run's status.
+conformance() {
+  local name=$1 cap=$2 min=$3 rest=$4 excl="" seen rc ops
+  shift 4
+  while :; do
+    seen=$(faults)
+    stage "$name" "$cap" "$min" npx vitest run "$@" -t "^(?!cpu \(f32\))${excl}${rest}"
+    rc=$?
+    (($(faults) > seen)) || return $rc
+    ops=$(cut -f2 "$TESSERA_FAULT_LOG" | sort -u | paste -sd'|')
+    excl="(?!.* (${ops}) )"
+    note "$name: again without ${ops//|/, } (a kernel fault there lost the CUDA context)"
+  done
+}
+# The Hopper kernels the sm90 stage failed, as bench kernels names them ("matmul sm90"): every
+# failing case's op, and sm90o where the case name says so.
+sm90_failed() {
+  sed 's/\x1b\[[0-9;]*m//g' "$R/sm90.txt" | grep -E '^ *FAIL .* > .* > .*sm90' |
+    awk -F' > ' '{ print $(NF-1), ($NF ~ /sm90o/ ? "sm90o" : "sm90") }' | sort -u | paste -sd,
+}
+skip_kernels=""
 for s in $stages; do
   case $s in
-    tests) stage tests 240 30 npx vitest run tests/conformance tests/golden/demo_cuda.test.ts -t "${not_cpu}(?!.*sm90)" ;;
+    tests) conformance tests 240 30 '(?!.*sm90)' tests/conformance tests/golden/demo_cuda.test.ts ;;
     probes) stage probes 60 15 npx vitest run tests/cuda/sm90_probe.test.ts ;;
-    sm90) stage sm90 150 20 npx vitest run tests/conformance -t "${not_cpu}.*sm90" || sm90_ok=0 ;;
+    sm90)
+      conformance sm90 150 20 '.*sm90' tests/conformance
+      rc=$?
+      if ((rc == 124 || rc == 137 || rc == 99)); then
+        skip_kernels="matmul sm90,matmul_add sm90,attention sm90,attention sm90o"
+      elif ((rc != 0)); then
+        skip_kernels=$(sm90_failed)
+        [ -n "$skip_kernels" ] || skip_kernels="matmul sm90,matmul_add sm90,attention sm90,attention sm90o"
+      fi
+      ;;
     e2e)
       stage e2e 150 40 bash -c 'python3 tools/make_hf_fixtures.py --out tests/fixtures/hf && tar -czf "$0/hf_fixtures.tgz" tests/fixtures/hf && npx vitest run tests/e2e' "$R"
       ;;
@@ -99,7 +134,7 @@ for s in $stages; do
       # Past a fault (exit 3) or a hang (killed: 124, 137) the run resumes from its report while
       # time is left, leaving out the kernel that faulted; the tuned and torch stages keep 150 s.
       exclude=()
-      [ "$sm90_ok" = 0 ] && exclude=(--exclude sm90) && note "kernels: the sm90 kernels left out (the sm90 stage failed)"
+      [ -n "$skip_kernels" ] && exclude=(--skip-kernels "$skip_kernels") && note "kernels: left out, as the sm90 stage failed them: ${skip_kernels}"
       resume=()
       while :; do
         cap=$(($(left) - 150))
