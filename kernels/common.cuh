@@ -30,10 +30,13 @@ struct pair_of<f16> {
 template <class T>
 using pair_t = typename pair_of<T>::type;
 
-// 8 values of a 16-bit storage type: one 16-byte load or store.
+// 8 values of a 16-bit storage type: one 16-byte load or store. Held as a uint4 so that a copy
+// through a vec8 pointer is one 128-bit access (ld/st.global.v4): a struct of four bf16x2/half2,
+// whose copy operations are user-defined, is copied member by member as four 32-bit accesses.
+// raw.x holds values 0 and 1 (0 in the low half), raw.y 2 and 3, and so on.
 template <class T>
 struct alignas(16) vec8 {
-  pair_t<T> v[4];
+  uint4 raw;
 };
 
 TS_DEVICE float to_f32(bf16 x) { return __bfloat162float(x); }
@@ -72,21 +75,41 @@ TS_DEVICE uint32_t pack2(float lo, float hi) {
 // A shared-memory pointer as the 32-bit address PTX's shared-space instructions take.
 TS_DEVICE uint32_t smem_u32(const void* p) { return static_cast<uint32_t>(__cvta_generic_to_shared(p)); }
 
+// Two values of T packed in a 32-bit word (lo in the low half) as floats, exactly, from the bits
+// (no address taken of a local: that can put it on the stack).
 template <class T>
-TS_DEVICE void unpack(const vec8<T>& p, float out[8]) {
-#pragma unroll
-  for (int i = 0; i < 4; i++) {
-    float2 f = to_f32x2(p.v[i]);
-    out[2 * i] = f.x;
-    out[2 * i + 1] = f.y;
-  }
+TS_DEVICE float2 word_f32x2(uint32_t w);
+template <>
+TS_DEVICE float2 word_f32x2<bf16>(uint32_t w) {
+  return make_float2(__uint_as_float(w << 16), __uint_as_float(w & 0xffff0000u));
+}
+template <>
+TS_DEVICE float2 word_f32x2<f16>(uint32_t w) {
+  return make_float2(__half2float(__ushort_as_half(static_cast<unsigned short>(w & 0xffffu))), __half2float(__ushort_as_half(static_cast<unsigned short>(w >> 16))));
+}
+
+// By value: unpacking from a pointer (`unpack(*reinterpret_cast<const vec8<T>*>(p), f)`) then
+// copies the 16 bytes in one load before the conversions.
+template <class T>
+TS_DEVICE void unpack(const vec8<T> p, float out[8]) {
+  const float2 a = word_f32x2<T>(p.raw.x), b = word_f32x2<T>(p.raw.y), c = word_f32x2<T>(p.raw.z), d = word_f32x2<T>(p.raw.w);
+  out[0] = a.x, out[1] = a.y, out[2] = b.x, out[3] = b.y;
+  out[4] = c.x, out[5] = c.y, out[6] = d.x, out[7] = d.y;
+}
+
+TS_DEVICE uint32_t bits16(bf16 v) { return __bfloat16_as_ushort(v); }
+TS_DEVICE uint32_t bits16(f16 v) { return __half_as_ushort(v); }
+
+// Two floats rounded to T as one word (lo in the low half), from the bits.
+template <class T>
+TS_DEVICE uint32_t word_of(float lo, float hi) {
+  return bits16(from_f32<T>(lo)) | (bits16(from_f32<T>(hi)) << 16);
 }
 
 template <class T>
 TS_DEVICE vec8<T> pack(const float in[8]) {
   vec8<T> p;
-#pragma unroll
-  for (int i = 0; i < 4; i++) p.v[i] = pair_from_f32<T>(in[2 * i], in[2 * i + 1]);
+  p.raw = make_uint4(word_of<T>(in[0], in[1]), word_of<T>(in[2], in[3]), word_of<T>(in[4], in[5]), word_of<T>(in[6], in[7]));
   return p;
 }
 

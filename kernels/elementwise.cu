@@ -62,11 +62,18 @@ TS_DEVICE void flat(T* y, const T* a, const T* b, unsigned long long n, int vec,
   const unsigned long long tid = static_cast<unsigned long long>(blockIdx.x) * blockDim.x + threadIdx.x;
   const unsigned long long nv = vec ? n / 8 : 0;
   for (unsigned long long i = tid; i < nv; i += stride) {
-    float x[8], z[8] = {};
+    float x[8], z[8];
     ts::unpack(load8(a + 8 * i), x);
-    if (BINARY) ts::unpack(load8(b + 8 * i), z);
+    if constexpr (BINARY) {
+      ts::unpack(load8(b + 8 * i), z);
 #pragma unroll
-    for (int e = 0; e < 8; e++) x[e] = f(x[e], z[e]);
+      for (int e = 0; e < 8; e++) x[e] = f(x[e], z[e]);
+    } else {
+      // Four at a time: with all eight of the erf GELU's erfcf unrolled, ptxas (CUDA 13, sm_86
+      // and sm_89) spills a register around them; four keep everything in registers.
+#pragma unroll 4
+      for (int e = 0; e < 8; e++) x[e] = f(x[e], 0.f);
+    }
     store8(y + 8 * i, ts::pack<T>(x));
   }
   for (unsigned long long i = nv * 8 + tid; i < n; i += stride)

@@ -30,6 +30,23 @@ describe.skipIf(!built)('CUDA kernel declarations vs PTX', () => {
     });
   }
 
+  it('the memory-bound kernels move their vectors in single 16-byte accesses', () => {
+    // A vec8 copied as four bf16x2/half2 pairs compiles to four 32-bit accesses (ld.global.v2.u16,
+    // st.global.u32) for each 16-byte vector: four times the memory instructions of the one
+    // ld/st.global.v4 these kernels are written for (kernels/common.cuh, vec8).
+    const ptx = readFileSync(path.join(BUILD, 'tessera.ptx'), 'utf8');
+    const bodies = new Map<string, string>();
+    for (const m of ptx.matchAll(/^\.visible \.entry (\w+)\(([\s\S]*?)^\}/gm)) bodies.set(m[1], m[2]);
+    const names = [...bodies.keys()].filter((n) => /^ts_(rmsnorm|layernorm|add_rmsnorm|add_layernorm|add|mul|act|act_mul|add_bias|slice_cols|gather_rows|rope|kv_write|rope_kv_write)_(bf16|f16)$/.test(n));
+    expect(names.length).toBe(28);
+    const split: string[] = [];
+    for (const n of names) {
+      const body = bodies.get(n)!;
+      if (!/ld\.global(\.nc)?\.v4\./.test(body) || !/st\.global\.v4\./.test(body) || /ld\.global(\.nc)?\.v2\.u16|st\.global\.u32/.test(body)) split.push(n);
+    }
+    expect(split).toEqual([]);
+  });
+
   it('no kernel spills or uses a stack frame on any architecture', () => {
     const bad: string[] = [];
     for (const [kernel, byArch] of Object.entries(report.kernels as Record<string, Record<string, { stackBytes: number; spillStoreBytes: number; spillLoadBytes: number }>>))
