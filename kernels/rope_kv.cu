@@ -5,7 +5,9 @@
 //   ts_kv_write_T          cache_k[slots[t]] = k[t], cache_v[slots[t]] = v[t]  (slot < 0: skipped)
 //   ts_rope_kv_write_T     qkv[t] = (q heads | k heads | v heads): q[t, h] = rope(norm?(q head h)),
 //                          cache_k[slots[t], h] = rope(norm?(k head h)), cache_v[slots[t], h] = v head h
-//                          (q is written for every token; k and v only where 0 <= slot < numSlots)
+//                          (q is written for every token; k and v only where 0 <= slot < numSlots:
+//                          -1 is the runner's padding; a slot past the pool, which the CPU reference
+//                          refuses, is skipped here rather than written out of bounds)
 // rope: rotate-half on the first rotaryDim dims of a head, pairs (i, i + rotaryDim/2):
 //   (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), angle = f32(position * inv_freq[i]); the dims past
 //   rotaryDim pass through. cos and sin of the f32 angle are evaluated in double (Cody-Waite

@@ -111,7 +111,9 @@ export class SyntheticWeights {
   recipe(name: string): { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number } {
     const info = this.tensors.get(name);
     if (!info) throw new TesseraError(`${this.spec} has no tensor "${name}".`, 'invalid_checkpoint');
-    return info.shape.length === 1 ? { kind: 'ones' } : { kind: 'uniform', seed: nameSeed(name), bound: 0.02 * Math.sqrt(3) };
+    // The bound as an f32: the device fill multiplies in f32, so the host's copy (readF32) must too
+    // for both to round to the same bf16 values.
+    return info.shape.length === 1 ? { kind: 'ones' } : { kind: 'uniform', seed: nameSeed(name), bound: Math.fround(0.02 * Math.sqrt(3)) };
   }
 
   async readF32(name: string, dst?: Float32Array): Promise<Float32Array> {

@@ -410,6 +410,9 @@ for (const [r, n, broadcast] of [
   [65, 264, true],
   [130, 8, true],
   [1, 520, true],
+  // Widths off the 16-byte vectors: the flat kernel's scalar tail, the row kernel's scalar path.
+  [3, 7, false],
+  [5, 12, true],
 ] as Array<[number, number, boolean]>) {
   add({
     op: 'add',
@@ -438,7 +441,7 @@ for (const [r, n] of [[1, 8], [3, 24], [17, 264], [130, 520]]) {
   });
 }
 
-for (const [r, n, range] of [[1, 8, 2], [17, 264, 2], [65, 520, 2], [130, 24, 12]]) {
+for (const [r, n, range] of [[1, 8, 2], [17, 264, 2], [65, 520, 2], [130, 24, 12], [1, 7, 2]]) {
   add({
     op: 'silu',
     name: `${r}x${n} U(+-${range})`,
@@ -450,7 +453,7 @@ for (const [r, n, range] of [[1, 8, 2], [17, 264, 2], [65, 520, 2], [130, 24, 12
 }
 
 for (const approximate of ['none', 'tanh'] as const) {
-  for (const [r, n, range] of [[1, 8, 2], [17, 264, 2], [130, 520, 2], [3, 24, 8]]) {
+  for (const [r, n, range] of [[1, 8, 2], [17, 264, 2], [130, 520, 2], [3, 24, 8], [1, 7, 2]]) {
     add({
       op: 'gelu',
       name: `${approximate} ${r}x${n} U(+-${range})`,
@@ -469,7 +472,7 @@ for (const approximate of ['none', 'tanh'] as const) {
 }
 
 for (const act of ['silu', 'gelu', 'gelu_tanh'] as const) {
-  for (const [r, inner] of [[1, 8], [17, 264], [65, 520], [130, 24]]) {
+  for (const [r, inner] of [[1, 8], [17, 264], [65, 520], [130, 24], [3, 7], [1, 12]]) {
     add({
       op: 'act_mul',
       name: `${act} ${r}x2*${inner}`,
@@ -516,6 +519,14 @@ for (const [r, n, group, eps] of [
   [3, 1024, 128, 1e-6],
   [5, 16, 8, 1e-6],
   [130, 96, 32, 1e-6],
+  // Model widths: one block per row (block_sum) from 1032 on, 16-byte vectors up to 16384; past
+  // that, and for widths that are not multiples of 8, the scalar path (team and block forms).
+  [2, 4096, 4096, 1e-5],
+  [3, 1032, 1032, 1e-6],
+  [2, 16384, 16384, 1e-5],
+  [2, 16392, 16392, 1e-5],
+  [3, 36, 12, 1e-6],
+  [3, 100, 100, 1e-6],
 ]) {
   add({
     op: 'rmsnorm',
@@ -533,7 +544,7 @@ for (const [r, n, group, eps] of [
   });
 }
 
-for (const [r, n, offset] of [[1, 8, 0], [3, 24, 0], [17, 264, 0], [130, 520, 0], [65, 72, 4]]) {
+for (const [r, n, offset] of [[1, 8, 0], [3, 24, 0], [17, 264, 0], [130, 520, 0], [65, 72, 4], [2, 2048, 4], [2, 1100, 0]]) {
   add({
     op: 'layernorm',
     name: `${r}x${n}${offset ? ` mean ${offset}` : ''}`,
@@ -557,6 +568,8 @@ for (const kind of ['rmsnorm', 'layernorm'] as const) {
     [17, 264, false],
     [65, 520, false],
     [130, 24, false],
+    [2, 4096, false],
+    [2, 1100, false],
     [3, 264, true],
     [130, 520, true],
   ] as Array<[number, number, boolean]>) {

@@ -308,6 +308,7 @@ export class CudaBackend implements Backend {
 
   private fillOnDevice(t: DeviceTensor, recipe: { kind: 'ones' } | { kind: 'uniform'; seed: number; bound: number }): void {
     const n = t.shape.reduce((a, d) => a * d, 1);
+    if (n === 0) return;
     const launch = { grid: [Math.min(Math.ceil(n / 256), 65535), 1, 1], block: [256, 1, 1] } as Launch;
     const dtype = t.dtype as StorageDType;
     if (recipe.kind === 'ones') this.launchDecl(forStorage(FILL, dtype), launch, { out: t.ptr, n: BigInt(n), value: 1 });
@@ -320,6 +321,9 @@ export class CudaBackend implements Backend {
     switch (op) {
       case 'transpose': {
         const [rows, cols] = inputs[0].shape;
+        if (rows === 0 || cols === 0) return;
+        // 32-row tiles over grid.y (at most 65535 of them).
+        if (Math.ceil(rows / 32) > 65535) throw new TesseraError(`transpose: ${rows} rows is more than the kernel's grid takes (${65535 * 32}).`, 'invalid_checkpoint');
         this.launchDecl(forStorage(TRANSPOSE, out.dtype as StorageDType), { grid: [Math.ceil(cols / 32), Math.ceil(rows / 32), 1], block: [32, 8, 1] }, { out: out.ptr, input: inputs[0].ptr, rows, cols });
         return;
       }

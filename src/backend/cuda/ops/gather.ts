@@ -1,6 +1,6 @@
 /** embedding and gather_rows: one kernel, ts_gather_rows_<bf16|f16> (kernels/embedding.cu). */
 import { forStorage, type KernelDecl } from '../kernel_decl.js';
-import { storageOf } from './elementwise.js';
+import { aligned16, storageOf } from './elementwise.js';
 import type { CudaOp, CudaOpContext } from './types.js';
 
 export const GATHER_ROWS: KernelDecl = {
@@ -20,6 +20,9 @@ function gather(ctx: CudaOpContext, idsIndex: number, tableIndex: number): void 
   const numRows = out.shape[0], width = out.shape[1];
   if (numRows === 0) return;
   if (width % 8 !== 0) throw new Error(`gather: width ${width} is not a multiple of 8`);
+  if (table.shape[1] !== width) throw new Error(`gather: the table's rows are ${table.shape[1]} wide, the output's ${width}`);
+  // The kernel moves rows in 16-byte vectors only (kernels/embedding.cu).
+  if (!aligned16(out.ptr, table.ptr)) throw new Error('gather: the table and the output must be 16-byte aligned');
   const dtype = storageOf('gather', [
     ['table', table],
     ['output', out],
