@@ -2,7 +2,7 @@
 // (src/sampling/sampler.ts sampleToken; the host side and the parameter layout are in
 // src/backend/cuda/ops/sampling.ts). Only token ids (and logprobs when asked) go back to the host.
 //
-//   ts_sample_f32   one block of NT = 512 threads per row; grid = [S]; 36.5 KiB static shared memory
+//   ts_sample_f32   one block of NT = 512 threads per row; grid = [S]; 35.75 KiB static shared memory
 //
 // Shapes:
 //   logits          f32 [S, V] row-major, V < 2^22; OVERWRITTEN with the penalized logits (like
@@ -23,6 +23,7 @@
 //     prompt+output ids (l > 0 ? l / p : l * p), then presence + frequency * count over the output
 //     ids; each result rounded once to f32 and stored back into the row. Bit-exact.
 //  2. max pass: the largest (logit, -id), i.e. the argmax with ties to the lowest id, and the max.
+//     A NaN logit (a numerically broken model) is stored back as -inf here, as the host treats it.
 //     Temperature 0 (or a row whose max is not finite) takes the argmax and stops here.
 //  3. the draw, u = (philox4x32_10(key = (seedLo, seedHi), counter = (counter, stream, 0, 0)).x >> 8)
 //     / 2^24, over the candidates in the host's order. Order: key(i) = (fkey(l_i) << 32) | ~i, a
@@ -712,10 +713,13 @@ extern "C" __global__ void __launch_bounds__(ts_sampling::NT, 1)
 
   apply_penalties(row, V, P, ids, counts);
 
-  // Max pass: the largest order key is the argmax (ties to the lowest id).
+  // Max pass: the largest order key is the argmax (ties to the lowest id). A NaN becomes -inf in
+  // the row (a bit test: fast math may drop l != l); the block_all barrier below orders that
+  // store before every later pass reads the row.
   u64 best = 0;
   row_pass(row, V, 0.f, [&](float l, int i) {
     if (i < V) {
+      if ((__float_as_uint(l) & 0x7fffffffu) > 0x7f800000u) row[i] = l = -INFINITY;
       const u64 o = okey(fkey(l), i);
       if (o > best) best = o;
     }

@@ -70,7 +70,8 @@ function topLogprobs(logits: Float32Array, lse: number, n: number): TokenLogprob
       const entry = { tokenId: i, logprob: logits[i] - lse };
       let j = top.length;
       top.push(entry);
-      while (j > 0 && top[j - 1].logprob < entry.logprob) {
+      // By logit (the same order as the logprob, and defined when lse is not: a +inf logit).
+      while (j > 0 && logits[top[j - 1].tokenId] < logits[i]) {
         top[j] = top[j - 1];
         j--;
       }
@@ -84,6 +85,9 @@ function topLogprobs(logits: Float32Array, lse: number, n: number): TokenLogprob
 /** Samples one token. `logits` is scratch: it is modified. */
 export function sampleToken(logits: Float32Array, ctx: SampleContext): SampleResult {
   const p = ctx.params;
+  // A NaN logit (a numerically broken model) counts as -inf: never drawn unless every logit is,
+  // and out of the softmax. The device sampler does the same.
+  for (let i = 0; i < logits.length; i++) if (logits[i] !== logits[i]) logits[i] = -Infinity;
   applyPenalties(logits, ctx);
   let result: SampleResult;
   if (p.temperature === 0) {
@@ -108,6 +112,9 @@ function drawTruncated(logits: Float32Array, p: SamplingParams, u: number): numb
   const invT = 1 / p.temperature;
   let max = -Infinity;
   for (let i = 0; i < v; i++) if (logits[i] > max) max = logits[i];
+  // +inf present (its mass would be inf - inf) or every logit -inf: no distribution to draw from;
+  // the argmax, as at temperature 0.
+  if (!Number.isFinite(max)) return argmax(logits);
 
   let ids: number[];
   if (p.topK > 0 && p.topK < v) {

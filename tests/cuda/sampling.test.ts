@@ -38,8 +38,6 @@ function compareRandom(seed: number, cases: number, vocabs: readonly number[], c
     const V = pick(rnd, vocabs);
     const logits = randomLogits(rnd, V);
     const row = randomRow(rnd, V);
-    // Degenerate rows (every logit -inf) differ by design; keep one finite logit.
-    if (!logits.some((x) => Number.isFinite(x))) logits[0] = 0;
     const host = sampleToken(Float32Array.from(logits), row);
     const { results, traces } = modelSample([{ logits, row }], cap);
     const p = row.params;
@@ -252,6 +250,28 @@ describe('device sampling: the kernel algorithm (JavaScript model) equals sample
         const host = sampleToken(Float32Array.from(logits), row);
         expectSame(modelSample([{ logits: Float32Array.from(logits), row }]).results[0], host, `${JSON.stringify(given)} counter ${counter}`);
       }
+  });
+
+  it('on rows with NaN, +inf or only -inf logits: NaN counts as -inf; a non-finite max takes the argmax', () => {
+    const base = [0.5, 2, 1, -1, 0.25, 0.1, -3];
+    const rows: Array<[string, number[], number]> = [
+      ['a NaN', [0.5, 2, 1, -1, 0.25, NaN, 0.1], 1],
+      ['NaN first', [NaN, 2, 1, -1, 0.25, 0.1, -3], 1],
+      ['+inf', [0.5, 2, Infinity, -1, 0.25, 0.1, Infinity], 2],
+      ['all -inf', base.map(() => -Infinity), 0],
+      ['all NaN', base.map(() => NaN), 0],
+      ['-inf and NaN', [-Infinity, NaN, -Infinity, NaN, -Infinity, -Infinity, NaN], 0],
+    ];
+    for (const [what, logits, greedy] of rows)
+      for (const given of [{ temperature: 0 }, { temperature: 1 }, { temperature: 1, topK: 3 }, { temperature: 0.7, topP: 0.5, minP: 0.1 }] as Partial<SamplingParams>[])
+        for (let counter = 0; counter < 40; counter++) {
+          const row: SamplingRow = { params: resolveSamplingParams({ ...given, logprobs: 2 }), seed: 7, stream: 0, counter, tokenIds: [1, 5], outputCounts: new Map([[5, 1]]) };
+          const host = sampleToken(Float32Array.from(logits), row);
+          // Only the first row's finite logits can be drawn; the others have no distribution.
+          if (what !== 'a NaN' && what !== 'NaN first') expect(host.tokenId, `${what} ${JSON.stringify(given)}`).toBe(greedy);
+          expect(host.tokenId === 5 && what === 'a NaN', 'a NaN is never drawn').toBe(false);
+          for (const cap of [LIST_CAP, 2]) expectSame(modelSample([{ logits: Float32Array.from(logits), row }], cap).results[0], host, `${what} ${JSON.stringify(given)} counter ${counter} cap ${cap}`);
+        }
   });
 
   it('on random rows with ties, LIST path (V <= CAP, or top-k <= CAP)', () => {

@@ -302,6 +302,7 @@ export function modelKernel(logits: Float32Array, V: number, packed: PackedSampl
     }
   let best = 0n;
   for (let i = 0; i < V; i++) {
+    if (Number.isNaN(row[i])) row[i] = -Infinity; // as the kernel's max pass stores it
     const o = okey(fkey(row[i]), i);
     if (o > best) best = o;
   }
