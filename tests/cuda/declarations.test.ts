@@ -47,6 +47,27 @@ describe.skipIf(!built)('CUDA kernel declarations vs PTX', () => {
     expect(split).toEqual([]);
   });
 
+  it('the Hopper kernels hand registers between warpgroups within what ptxas gave their entry', () => {
+    // setmaxnreg.inc waits until the block's pool has the registers: the pool is the entry's count
+    // times its threads, and a pool smaller than the producer's setmaxnreg.dec target plus the
+    // consumers' inc targets would hang the kernel rather than fail it. One producer warpgroup
+    // and two consumers of 128 threads each (THREADS = 384 in both files).
+    const sm90 = report.kernels as Record<string, Record<string, { registers: number }>>;
+    for (const [file, prefix] of [
+      ['gemm_sm90.cu', 'ts_gemm_sm90_'],
+      ['attention_sm90.cu', 'ts_attention_prefill_sm90'],
+    ]) {
+      const src = readFileSync(path.join(import.meta.dirname, '../../kernels', file), 'utf8');
+      expect(src, file).toMatch(/constexpr int THREADS = 384;/);
+      const dec = Number(/setmaxnreg\.dec\.sync\.aligned\.u32 (\d+);/.exec(src)![1]);
+      const inc = Number(/setmaxnreg\.inc\.sync\.aligned\.u32 (\d+);/.exec(src)![1]);
+      for (const n of [dec, inc]) expect(n % 8 === 0 && n >= 24 && n <= 256, `${file}: setmaxnreg ${n}`).toBe(true);
+      const entries = Object.keys(sm90).filter((k) => k.startsWith(prefix));
+      expect(entries.length, file).toBeGreaterThan(0);
+      for (const k of entries) expect(sm90[k].sm_90a.registers * 384, `${k}: ${sm90[k].sm_90a.registers} registers x 384 threads`).toBeGreaterThanOrEqual(128 * dec + 256 * inc);
+    }
+  });
+
   it('no kernel spills or uses a stack frame on any architecture', () => {
     const bad: string[] = [];
     for (const [kernel, byArch] of Object.entries(report.kernels as Record<string, Record<string, { stackBytes: number; spillStoreBytes: number; spillLoadBytes: number }>>))

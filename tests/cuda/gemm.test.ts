@@ -278,6 +278,9 @@ describe('matmul launcher', () => {
     const { launches } = run({ R: 3, N: 8, K: 0, bias: true });
     expect(launches).toHaveLength(1);
     expect(launches[0].args).toMatchObject({ K: 0, kTilesPerSplit: 1 });
+    // Asked for the Hopper kernel too: it has no k-tile to load (its tensor maps need K >= 1).
+    const sm90 = run({ R: 3, N: 8, K: 0, bias: true, attrs: { gemmVariant: 'sm90' } });
+    expect(sm90.launches.map((l) => l.decl.name)).toEqual([launches[0].decl.name]);
   });
 
   it('rejects what the kernels do not handle, naming the op and the shapes', () => {

@@ -271,7 +271,8 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K });
     return;
   }
-  if (variant === 'sm90') {
+  // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
+  if (variant === 'sm90' && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
     const launch = { grid: [gemmSm90Grid(R, N, ctx.device.multiprocessors), 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
