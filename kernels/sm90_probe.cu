@@ -6,9 +6,12 @@
 //   ts_sm90_probe_qk_bf16: s[64, 128] f32 = q[64, 128] k[128, 128]^T, both K-major in 128-byte
 //     swizzled panels of 64 columns (kernels/attention_sm90.cu's QK^T, kernels/gemm_sm90.cu's
 //     operands): 8 wgmma m64n128k16 steps over two panels.
-//   ts_sm90_probe_pv_bf16: o[64, 128] f32 = p[64, 16] v[16, 128]: p as the register A fragment,
-//     v MN-major (rows of 128 bytes along N, one per k; two 64-wide panels 16 rows apart), through
-//     imm-trans-b (kernels/attention_sm90.cu's PV).
+//   ts_sm90_probe_pv_bf16: o[64, 128] f32 = p[64, 128] v[128, 128]: p as the register A fragment,
+//     v MN-major (rows of 128 bytes along N, one per key; two 64-wide panels 128 rows apart),
+//     through imm-trans-b, in 8 k16 steps whose descriptors start 16 rows (2048 bytes) apart:
+//     kernels/attention_sm90.cu's PV at head dim 128, its tile of 128 keys and its descriptors.
+//   ts_sm90_probe_pv64_bf16: o[64, 64] f32 = p[64, 128] v[128, 64]: the same at head dim 64 (one
+//     panel, wgmma m64n64k16).
 // Inputs bf16 row-major in global memory; 128 threads; shared memory static (48 KiB at most).
 // The fp16 forms of the same instructions read the same layouts (the PTX manual gives one for
 // every 16-bit type), so the bf16 probes stand for both.
@@ -20,23 +23,63 @@ namespace ts_probe90 {
 
 using namespace ts::sm90;
 
-// Row r (of `rows`) of a row-major [rows, 128] bf16 matrix into two swizzled 64-column panels.
-TS_DEVICE void to_panels(uint8_t* dst, const ts::bf16* src, int rows) {
-  for (int i = threadIdx.x; i < rows * 16; i += blockDim.x) {
-    const int r = i / 16, chunk = i % 16;
-    const uint4 v = *reinterpret_cast<const uint4*>(src + (size_t)r * 128 + chunk * 8);
+// Row r (of `rows`) of a row-major [rows, cols] bf16 matrix (cols 64 or 128) into swizzled
+// 64-column panels, `rows` rows apart.
+TS_DEVICE void to_panels(uint8_t* dst, const ts::bf16* src, int rows, int cols = 128) {
+  const int chunks = cols / 8;
+  for (int i = threadIdx.x; i < rows * chunks; i += blockDim.x) {
+    const int r = i / chunks, chunk = i % chunks;
+    const uint4 v = *reinterpret_cast<const uint4*>(src + (size_t)r * cols + chunk * 8);
     *reinterpret_cast<uint4*>(dst + (chunk / 8) * rows * 128 + r * 128 + (((chunk % 8) ^ (r % 8)) << 4)) = v;
   }
 }
 
-// Fragment element 4i + e: row 16 warp + lane / 4 (+ 8 for e >= 2), column 8i + 2 (lane % 4) (+1).
-TS_DEVICE void store_fragment(float* out, const float (&d)[64]) {
+// Fragment element 4i + e of an [64, N] accumulator (N = 2 * size of d): row 16 warp + lane / 4
+// (+ 8 for e >= 2), column 8i + 2 (lane % 4) (+1).
+template <int SIZE>
+TS_DEVICE void store_fragment(float* out, const float (&d)[SIZE]) {
+  constexpr int N = 2 * SIZE;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int row = 16 * warp + lane / 4;
 #pragma unroll
-  for (int i = 0; i < 16; i++)
+  for (int i = 0; i < SIZE / 4; i++)
 #pragma unroll
-    for (int e = 0; e < 4; e++) out[(size_t)(row + (e >= 2 ? 8 : 0)) * 128 + 8 * i + 2 * (lane % 4) + (e & 1)] = d[4 * i + e];
+    for (int e = 0; e < 4; e++) out[(size_t)(row + (e >= 2 ? 8 : 0)) * N + 8 * i + 2 * (lane % 4) + (e & 1)] = d[4 * i + e];
+}
+
+// o[64, 2 SIZE] = p[64, 128] v[128, 2 SIZE]: attention_sm90.cu's issue_pv on a tile of 128 keys.
+template <int SIZE>
+TS_DEVICE void pv_probe(float* o, const ts::bf16* p, const ts::bf16* v, uint8_t* sv) {
+  constexpr int KEYS = 128;
+  to_panels(sv, v, KEYS, 2 * SIZE);
+  fence_async_shared();
+  __syncthreads();
+  // The A fragment of k-step kk, rows g and g + 8 of this warp's 16: columns 16 kk + 2 t4 (+1)
+  // and 16 kk + 8 + 2 t4 (+1), as the kernel packs its S accumulator.
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int g = 16 * warp + lane / 4, c = 2 * (lane % 4);
+  auto at = [&](int r, int col) { return ts::to_f32(p[r * KEYS + col]); };
+  uint32_t a[KEYS / 16][4];
+#pragma unroll
+  for (int kk = 0; kk < KEYS / 16; kk++) {
+    const int c0 = 16 * kk + c;
+    a[kk][0] = ts::pack2<ts::bf16>(at(g, c0), at(g, c0 + 1));
+    a[kk][1] = ts::pack2<ts::bf16>(at(g + 8, c0), at(g + 8, c0 + 1));
+    a[kk][2] = ts::pack2<ts::bf16>(at(g, c0 + 8), at(g, c0 + 9));
+    a[kk][3] = ts::pack2<ts::bf16>(at(g + 8, c0 + 8), at(g + 8, c0 + 9));
+  }
+  float d[SIZE];
+#pragma unroll
+  for (int i = 0; i < SIZE; i++) d[i] = 0.f;
+  fence_regs(d);
+  fence_regs(a);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < KEYS / 16; kk++) wgmma_rs_tb<ts::bf16>(d, a[kk], desc_mnmajor(sv + kk * 16 * 128, KEYS * 128));
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_regs(d);
+  store_fragment(o, d);
 }
 
 #endif
@@ -70,28 +113,17 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_qk_bf16(float* _
 
 extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* __restrict__ o, const ts::bf16* __restrict__ p, const ts::bf16* __restrict__ v) {
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  using namespace ts::sm90;
-  __shared__ __align__(1024) uint8_t sv[16 * 256];
-  ts_probe90::to_panels(sv, v, 16);
-  fence_async_shared();
-  __syncthreads();
-  // The A fragment of rows g and g + 8 of this warp's 16: columns 2 t4 (+1) and 8 + 2 t4 (+1).
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int g = 16 * warp + lane / 4, c = 2 * (lane % 4);
-  auto at = [&](int r, int col) { return ts::to_f32(p[r * 16 + col]); };
-  uint32_t a[1][4] = {{ts::pack2<ts::bf16>(at(g, c), at(g, c + 1)), ts::pack2<ts::bf16>(at(g + 8, c), at(g + 8, c + 1)), ts::pack2<ts::bf16>(at(g, c + 8), at(g, c + 9)),
-                       ts::pack2<ts::bf16>(at(g + 8, c + 8), at(g + 8, c + 9))}};
-  float d[64];
-#pragma unroll
-  for (int i = 0; i < 64; i++) d[i] = 0.f;
-  fence_regs(d);
-  fence_regs(a);
-  wgmma_fence();
-  wgmma_rs_m64n128k16_tb<ts::bf16>(d, a[0], desc_mnmajor(sv, 16 * 128));
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_regs(d);
-  ts_probe90::store_fragment(o, d);
+  __shared__ __align__(1024) uint8_t sv[128 * 256];
+  ts_probe90::pv_probe<64>(o, p, v, sv);
+#else
+  __trap();
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv64_bf16(float* __restrict__ o, const ts::bf16* __restrict__ p, const ts::bf16* __restrict__ v) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __shared__ __align__(1024) uint8_t sv[128 * 128];
+  ts_probe90::pv_probe<32>(o, p, v, sv);
 #else
   __trap();
 #endif

@@ -34,7 +34,7 @@ describe.skipIf(gpuSkip !== null)('sm90 layout probes on the GPU', () => {
         return;
       }
       const random = mulberry32(Date.now() >>> 0);
-      for (const kind of ['qk', 'pv'] as const)
+      for (const kind of ['qk', 'pv', 'pv64'] as const)
         for (let run = 0; run < 3; run++) {
           const r = runSm90Probe(backend, kind, random);
           expect(r.firstBad, `${kind}: ${JSON.stringify(r)}`).toBeNull();
@@ -76,7 +76,7 @@ describe.skipIf(standInSkip !== null)('sm90 layout probes: the harness (stand-in
       const backend = CudaBackend.create();
       try {
         const random = mulberry32(7);
-        for (const kind of ['qk', 'pv'] as const) {
+        for (const kind of ['qk', 'pv', 'pv64'] as const) {
           let remove = setLaunchHook(mockPath!, productHook(driver, false));
           const good = runSm90Probe(backend, kind, random);
           remove();

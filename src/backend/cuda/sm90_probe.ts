@@ -11,17 +11,22 @@ import type { KernelDecl } from './kernel_decl.js';
 import type { DevPtr } from './driver.js';
 import type { Launch } from './ops/types.js';
 
-export type Sm90Probe = 'qk' | 'pv';
+export type Sm90Probe = 'qk' | 'pv' | 'pv64';
 
-/** Rows and inner size of each probe's product: out[64, 128] = a[64, k] b (qk: b is [128, k] used transposed; pv: b is [k, 128]). */
+/**
+ * Each probe's product: out[m, n] = a[m, k] b (qk: b is [n, k] used transposed; pv, pv64: b is
+ * [k, n], the attention's P V over a tile of 128 keys at head dim 128 and 64).
+ */
 export const SM90_PROBE_SHAPES: Record<Sm90Probe, { m: number; n: number; k: number }> = {
   qk: { m: 64, n: 128, k: 128 },
-  pv: { m: 64, n: 128, k: 16 },
+  pv: { m: 64, n: 128, k: 128 },
+  pv64: { m: 64, n: 64, k: 128 },
 };
 
 export const SM90_PROBES: Record<Sm90Probe, KernelDecl> = {
   qk: { name: 'ts_sm90_probe_qk_bf16', params: [['s', 'ptr'], ['q', 'ptr'], ['k', 'ptr']] },
   pv: { name: 'ts_sm90_probe_pv_bf16', params: [['o', 'ptr'], ['p', 'ptr'], ['v', 'ptr']] },
+  pv64: { name: 'ts_sm90_probe_pv64_bf16', params: [['o', 'ptr'], ['p', 'ptr'], ['v', 'ptr']] },
 };
 
 export const SM90_PROBE_DECLS: KernelDecl[] = Object.values(SM90_PROBES);
