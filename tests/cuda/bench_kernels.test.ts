@@ -32,7 +32,7 @@ const SMALL: KernelShapes = {
     decode: [{ heads: 4, kvHeads: 1, headDim: 128, batch: 2, context: 40 }],
     kvBlockSize: 16,
   },
-  memoryBound: { rows: [4], hidden: [256], ops: ['add_rmsnorm', 'silu_mul'], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
+  memoryBound: { rows: [4], hidden: [256], ops: ['add_rmsnorm', 'silu_mul', 'rope_kv_write'], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
 };
 
 type Report = {
@@ -74,6 +74,7 @@ const ALL_SMALL = [
   'attention decode B2 ctx40 H4 KV1 hd128',
   'add_rmsnorm R4 H256',
   'silu_mul R4 H256',
+  'rope_kv_write R4 H4 KV2 hd64',
 ];
 
 describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults, hangs, time limits (stand-in libcuda)', () => {
@@ -90,7 +91,7 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(first.results[2]).toMatchObject({ contextLost: true });
     expect(first.results[2].error).toContain('CUDA_ERROR_ILLEGAL_ADDRESS (700)');
     expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[2].error }]);
-    expect(first.stopped).toContain('12 cases not run');
+    expect(first.stopped).toContain('13 cases not run');
 
     // Left out by name: both Hopper attention rungs and the GEMV, in bf16 (and fp16, were there any).
     const { out: out2 } = benchDir();
@@ -179,25 +180,8 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
 
 describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libcublasLt)', () => {
   it('measures the ceilings, runs every case beside cuBLASLt and reports a GEMM that wrote nothing', () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-'));
-    const shapes: KernelShapes = {
-      gemm: { m: [1, 3], projections: [{ model: 'toy', name: 'proj', n: 40, k: 32 }], ceiling: { m: 32, n: 32, k: 32 } },
-      attention: {
-        prefill: [
-          { heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 20, causal: true },
-          { heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 20, causal: false },
-        ],
-        decode: [{ heads: 4, kvHeads: 1, headDim: 128, batch: 2, context: 40 }],
-        kvBlockSize: 16,
-      },
-      memoryBound: { rows: [4], hidden: [256], ops: ['add_rmsnorm', 'silu_mul', 'rope_kv_write'], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
-    };
-    writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
-    const out = path.join(dir, 'report.json');
-    const r = spawnSync(process.execPath, [path.join(import.meta.dirname, '../../bin/tessera.js'), 'bench', 'kernels', '--shapes', path.join(dir, 'shapes.json'), '--runs', '20', '--out', out], {
-      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath! },
-      encoding: 'utf8',
-    });
+    const { shapes, out } = benchDir();
+    const r = bench(['--shapes', shapes, '--out', out]);
     expect(r.stderr).toBe('');
     expect(r.status).toBe(1);
     expect(r.stdout).toMatch(/^Mock GPU, driver 13\.0/);
@@ -212,24 +196,7 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     type Result = { name: string; skipped?: string; error?: string; sets?: number; tessera?: { medianMs: number }; cublasLt?: { medianMs: number }; speedupVsCublasLt?: number; relativeErrorVsCublasLt?: number | null };
     const results = report.results as Result[];
     const byName = new Map(results.map((x) => [x.name, x]));
-    expect([...byName.keys()]).toEqual([
-      'gemm toy proj M1 N40 K32',
-      'gemm toy proj M1 N40 K32 gemv',
-      'gemm toy proj M1 N40 K32 sm90',
-      'gemm toy proj M3 N40 K32',
-      'gemm toy proj M3 N40 K32 gemv',
-      'gemm toy proj M3 N40 K32 sm90',
-      'attention prefill B1 S20 H4 KV2 hd64 causal',
-      'attention prefill B1 S20 H4 KV2 hd64 causal sm90',
-      'attention prefill B1 S20 H4 KV2 hd64 causal sm90o',
-      'attention prefill B1 S20 H4 KV2 hd64 full',
-      'attention prefill B1 S20 H4 KV2 hd64 full sm90',
-      'attention prefill B1 S20 H4 KV2 hd64 full sm90o',
-      'attention decode B2 ctx40 H4 KV1 hd128',
-      'add_rmsnorm R4 H256',
-      'silu_mul R4 H256',
-      'rope_kv_write R4 H4 KV2 hd64',
-    ]);
+    expect([...byName.keys()]).toEqual(ALL_SMALL);
     for (const x of results) {
       expect(x.error, x.name).toBeUndefined();
       expect(x.skipped, x.name).toBeUndefined();
