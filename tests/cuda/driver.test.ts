@@ -85,6 +85,19 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     expect(driver.elapsedMs(a, b)).toBeCloseTo(1.5, 5);
   });
 
+  it('holds a capture to the driver rules: an allocation or a synchronization inside it fails and invalidates it', () => {
+    // The stand-in enforces what CU_STREAM_CAPTURE_MODE_THREAD_LOCAL prohibits, so the backend's
+    // own captures (the decode graphs of the tests below) are checked against it.
+    const stream = driver.createStream();
+    driver.beginCapture(stream);
+    expect(() => driver.malloc(64)).toThrow('CUDA cuMemAlloc_v2 failed with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (900).');
+    expect(() => driver.synchronize(stream)).toThrow(/CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED/);
+    expect(() => driver.endCapture(stream)).toThrow(/cuStreamEndCapture failed with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED \(901\)/);
+    // A clean capture after it is fine.
+    driver.beginCapture(stream);
+    driver.destroyGraph(driver.endCapture(stream));
+  });
+
   it('a failing call throws a CudaError naming the call, the status and the op', () => {
     driver.currentOp = 'model.layers.0.attention';
     let err: unknown;

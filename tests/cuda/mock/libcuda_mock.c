@@ -5,7 +5,11 @@
  * A kernel fault and a hang can be staged through the environment: the first launch of a kernel
  * whose name contains MOCK_FAULT_KERNEL fails with CUDA_ERROR_ILLEGAL_ADDRESS (700), and from
  * then on every launch, copy, free and synchronization fails the same way, as a real context
- * does after a fault; a launch of a kernel whose name contains MOCK_HANG_KERNEL never returns. */
+ * does after a fault; a launch of a kernel whose name contains MOCK_HANG_KERNEL never returns.
+ * Stream capture is held to the driver's rules for CU_STREAM_CAPTURE_MODE_THREAD_LOCAL (the mode
+ * the backend captures in): an allocation, a free, a synchronous copy or a synchronization while
+ * capturing fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (900) and invalidates the capture,
+ * so cuStreamEndCapture then fails with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (901). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +25,8 @@ typedef void (*launch_hook_t)(const char *name, unsigned grid_x);
 static launch_hook_t launch_hook;
 static int sticky; /* the status every call returns after a staged fault */
 #define STICKY do { if (sticky) return sticky; } while (0)
+static int capture_invalid; /* an unsafe call was made during the capture in progress */
+#define NOT_CAPTURING do { if (capturing) { capture_invalid = 1; return 900; } } while (0)
 
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -43,19 +49,21 @@ CUresult cuDeviceTotalMem_v2(size_t *b, int dev) { (void)dev; *b = (size_t)80 <<
 CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev) { (void)dev; *ctx = (void *)0x1; return 0; }
 CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; return 0; }
 CUresult cuCtxSetCurrent(void *ctx) { (void)ctx; return 0; }
-CUresult cuCtxSynchronize(void) { return 0; }
+CUresult cuCtxSynchronize(void) { NOT_CAPTURING; return 0; }
 CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = (size_t)70 << 30; *t = (size_t)80 << 30; return 0; }
-CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; allocs++; return 0; }
-CUresult cuMemFree_v2(uint64_t p) { STICKY; free((void *)(uintptr_t)p); return 0; }
-CUresult cuMemAllocHost_v2(void **p, size_t b) { *p = calloc(1, b ? b : 1); if (*p) allocs++; return *p ? 0 : 2; }
-CUresult cuMemFreeHost(void *p) { free(p); return 0; }
-CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { STICKY; memcpy((void *)(uintptr_t)d, s, b); return 0; }
-CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { STICKY; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
-CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t b, void *st) { (void)st; return cuMemcpyHtoD_v2(d, s, b); }
-CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t b, void *st) { (void)st; return cuMemcpyDtoH_v2(d, s, b); }
+CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { NOT_CAPTURING; void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; allocs++; return 0; }
+CUresult cuMemFree_v2(uint64_t p) { STICKY; NOT_CAPTURING; free((void *)(uintptr_t)p); return 0; }
+CUresult cuMemAllocHost_v2(void **p, size_t b) { NOT_CAPTURING; *p = calloc(1, b ? b : 1); if (*p) allocs++; return *p ? 0 : 2; }
+CUresult cuMemFreeHost(void *p) { NOT_CAPTURING; free(p); return 0; }
+CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { STICKY; NOT_CAPTURING; memcpy((void *)(uintptr_t)d, s, b); return 0; }
+CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { STICKY; NOT_CAPTURING; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
+/* Async copies are legal while capturing (a real driver records them as graph nodes; this one
+ * copies at once). */
+CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t b, void *st) { (void)st; STICKY; memcpy((void *)(uintptr_t)d, s, b); return 0; }
+CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t b, void *st) { (void)st; STICKY; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
 CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t b, void *st) { (void)st; STICKY; memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, b); return 0; }
 CUresult cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void *st) { (void)st; uint32_t *p = (uint32_t *)(uintptr_t)d; for (size_t i = 0; i < n; i++) p[i] = v; return 0; }
-CUresult cuModuleLoadData(void **m, const void *image) { (void)image; *m = (void *)0x2; return 0; }
+CUresult cuModuleLoadData(void **m, const void *image) { (void)image; NOT_CAPTURING; *m = (void *)0x2; return 0; }
 CUresult cuModuleUnload(void *m) { (void)m; return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *name) { (void)m; *f = strdup(name); return 0; }
 CUresult cuFuncSetAttribute(void *f, int a, int v) { (void)f; (void)a; (void)v; return 0; }
@@ -78,15 +86,21 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   return 0;
 }
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; *s = (void *)0x3; return 0; }
-CUresult cuStreamSynchronize(void *s) { (void)s; STICKY; return 0; }
+CUresult cuStreamSynchronize(void *s) { (void)s; STICKY; NOT_CAPTURING; return 0; }
 CUresult cuStreamDestroy_v2(void *s) { (void)s; return 0; }
 CUresult cuEventCreate(void **e, unsigned flags) { (void)flags; *e = (void *)0x4; return 0; }
 CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; STICKY; return 0; }
-CUresult cuEventSynchronize(void *e) { (void)e; STICKY; return 0; }
+CUresult cuEventSynchronize(void *e) { (void)e; STICKY; NOT_CAPTURING; return 0; }
 CUresult cuEventElapsedTime(float *ms, void *a, void *b) { (void)a; (void)b; STICKY; *ms = 1.5f; return 0; }
 CUresult cuEventDestroy_v2(void *e) { (void)e; STICKY; return 0; }
-CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = 1; return 0; }
-CUresult cuStreamEndCapture(void *s, void **g) { (void)s; capturing = 0; *g = (void *)0x5; return 0; }
+CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = 1; capture_invalid = 0; return 0; }
+CUresult cuStreamEndCapture(void *s, void **g) {
+  (void)s;
+  capturing = 0;
+  if (capture_invalid) { *g = 0; return 901; }
+  *g = (void *)0x5;
+  return 0;
+}
 CUresult cuGraphInstantiateWithFlags(void **e, void *g, uint64_t f) { (void)g; (void)f; *e = (void *)0x6; return 0; }
 CUresult cuGraphLaunch(void *e, void *s) { (void)e; (void)s; graph_launches++; return 0; }
 CUresult cuGraphExecDestroy(void *e) { (void)e; return 0; }
@@ -131,7 +145,8 @@ int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
 }
 #endif
 CUresult cuGetErrorName(int status, const char **name) {
-  *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS" : "CUDA_ERROR_UNKNOWN";
+  *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS"
+        : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_UNKNOWN";
   return 0;
 }
 
