@@ -66,7 +66,6 @@ stage() {
   save "$name: exit $rc in $((SECONDS - s)) s (limit $t s) $(counts "$R/$name.txt")"
   return $rc
 }
-wants() { [[ " $stages " == *" $1 "* ]]; }
 
 {
   date -u +%FT%TZ
