@@ -97,19 +97,10 @@ TS_DEVICE void unpack(const vec8<T> p, float out[8]) {
   out[4] = c.x, out[5] = c.y, out[6] = d.x, out[7] = d.y;
 }
 
-TS_DEVICE uint32_t bits16(bf16 v) { return __bfloat16_as_ushort(v); }
-TS_DEVICE uint32_t bits16(f16 v) { return __half_as_ushort(v); }
-
-// Two floats rounded to T as one word (lo in the low half), from the bits.
-template <class T>
-TS_DEVICE uint32_t word_of(float lo, float hi) {
-  return bits16(from_f32<T>(lo)) | (bits16(from_f32<T>(hi)) << 16);
-}
-
 template <class T>
 TS_DEVICE vec8<T> pack(const float in[8]) {
   vec8<T> p;
-  p.raw = make_uint4(word_of<T>(in[0], in[1]), word_of<T>(in[2], in[3]), word_of<T>(in[4], in[5]), word_of<T>(in[6], in[7]));
+  p.raw = make_uint4(pack2<T>(in[0], in[1]), pack2<T>(in[2], in[3]), pack2<T>(in[4], in[5]), pack2<T>(in[6], in[7]));
   return p;
 }
 
