@@ -1,8 +1,10 @@
 /**
  * Op conformance: every op of the IR, run through Backend.runOp on every backend present, against
- * the float64 reference in ./reference.ts. The CPU tier always runs; the CUDA tier runs when
- * CudaBackend.probe() says a GPU is usable, and is skipped (with the reason in its title and on
- * the console) otherwise.
+ * the float64 reference in ./reference.ts. The CPU tier always runs. The CUDA tiers run on the
+ * GPU when CudaBackend.probe() finds one; without one they run on the kernel emulator
+ * (tests/cuda/emu: the kernels' own source compiled for the CPU, behind the stand-in libcuda, as
+ * an sm_80 device, so the sm_90a kernels are not among them), and are skipped, with the reason
+ * in their title and on the console, only where neither is possible. A tier's title says which.
  *
  * Inputs are fresh random data each run, from a seed taken from the clock and printed (set
  * TESSERA_CONFORMANCE_SEED to replay a run; every failure message names the seed and the case).
@@ -908,9 +910,10 @@ async function cudaTier(storage: 'bf16' | 'f16'): Promise<Tier> {
   const base = { name: 'cuda' as const, storage, ...(storage === 'f16' ? { attrs: { storageDtype: 'f16' } } : {}) };
   try {
     const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
-    const probe = CudaBackend.probe();
-    if (probe.ok) return { ...base, title: `cuda (${storage}): ${probe.reason}`, skip: null, create: () => CudaBackend.create() };
-    return { ...base, title: `cuda (${storage}) tier skipped: ${probe.reason}`, skip: probe.reason, create: () => CudaBackend.create() };
+    const { cudaTarget } = await import('../cuda/emu/target.js');
+    const target = cudaTarget();
+    if (!target.skip) return { ...base, title: `cuda (${storage}): ${target.title}`, skip: null, create: () => CudaBackend.create() };
+    return { ...base, title: `cuda (${storage}) tier skipped: ${target.skip}`, skip: target.skip, create: () => CudaBackend.create() };
   } catch (err) {
     const reason = `the CUDA backend could not be loaded: ${(err as Error).message.split('\n')[0]}`;
     return { ...base, title: `cuda (${storage}) tier skipped: ${reason}`, skip: reason, create: () => { throw new Error(reason); } };

@@ -4,9 +4,10 @@
  * min-p, penalties, logprobs), vocabularies from a few tokens to Llama-3's 128,256, through
  * CudaBackend.sampleLogits, the path the engine's executeSampled takes.
  *
- * Tiers: the GPU (the kernel itself; skipped, saying why, without one) and the stand-in libcuda,
- * whose launch hook runs the JavaScript model of the kernel (tests/cuda/sampling_model.ts) on the
- * uploaded buffers, which checks the packing, arguments and read-back here on any machine.
+ * Tiers: the kernel itself, on the GPU, or without one on the kernel emulator (tests/cuda/emu;
+ * skipped, saying why, where neither is possible), and the stand-in libcuda, whose launch hook
+ * runs the JavaScript model of the kernel (tests/cuda/sampling_model.ts) on the uploaded
+ * buffers, which checks the model against the host sampler.
  * Where the kernel's f32 ROW path (vocabularies over 2048 without a small top-k) meets a
  * threshold within ROW_NEAR of the host's own decision, a different token is allowed and counted.
  */
@@ -17,6 +18,7 @@ import type { CudaBackend } from '../../src/backend/cuda/backend.js';
 import { loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
 import { LIST_CAP, type SamplingRow } from '../../src/backend/cuda/ops/sampling.js';
 import { sampleToken } from '../../src/sampling/sampler.js';
+import { cudaTarget } from '../cuda/emu/target.js';
 import { buildMock, setLaunchHook } from '../cuda/mock/mock.js';
 import { samplingKernelHook, type SampledLaunch } from '../cuda/mock/sampling_hook.js';
 import { ROW_NEAR, expectSame, hostMargin, mulberry32, pick, randomLogits, randomRow } from '../cuda/sampling_cases.js';
@@ -32,26 +34,30 @@ interface Tier {
 
 const fatbin = path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin');
 const { CudaBackend: Cuda } = await import('../../src/backend/cuda/backend.js');
-const probe = Cuda.probe();
-const mockPath = probe.ok ? null : buildMock();
+const target = cudaTarget();
+const mockPath = target.skip === null && !target.emulated ? null : buildMock();
 
 const tiers: Tier[] = [
-  { name: 'cuda', skip: probe.ok ? null : probe.reason, vocabs: [7, 264, 2048, 2049, 32000, 151936, 128256], launches: 60 },
+  { name: target.emulated ? 'cuda (kernel emulator)' : 'cuda', skip: target.skip, vocabs: [7, 264, 2048, 2049, 32000, 151936, 128256], launches: target.emulated ? 30 : 60 },
   {
     name: 'stand-in libcuda (JavaScript model of the kernel)',
-    skip: probe.ok ? 'a GPU is present: its tier runs the kernel itself' : !mockPath ? 'no C compiler to build the stand-in libcuda' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null,
+    skip: target.skip === null && !target.emulated ? 'a GPU is present: its tier runs the kernel itself' : !mockPath ? 'no C compiler to build the stand-in libcuda' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null,
     vocabs: [7, 264, 3000],
     launches: 12,
     setup: () => {
-      const saved = process.env.TESSERA_LIBCUDA;
+      // This tier's own stand-in, without the emulator: the hook's model alone writes the outputs.
+      const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU };
       process.env.TESSERA_LIBCUDA = mockPath!;
+      delete process.env.MOCK_EMU;
       const driver = (loadDriver() as { driver: CudaDriver }).driver;
       const launches: SampledLaunch[] = [];
       const remove = setLaunchHook(mockPath!, samplingKernelHook(driver, launches));
       return () => {
         remove();
-        if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
-        else process.env.TESSERA_LIBCUDA = saved;
+        for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu]] as const) {
+          if (v === undefined) delete process.env[k];
+          else process.env[k] = v;
+        }
       };
     },
   },

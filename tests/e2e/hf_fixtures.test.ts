@@ -8,16 +8,18 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
-import { CudaBackend } from '../../src/backend/cuda/backend.js';
+import { cudaTarget } from '../cuda/emu/target.js';
 import { Tessera } from '../../src/llm.js';
 import { SequenceDriver } from '../helpers/forward.js';
 
 const ROOT = path.join(import.meta.dirname, '../fixtures/hf');
 const fixtures = existsSync(ROOT) ? readdirSync(ROOT).filter((d) => existsSync(path.join(ROOT, d, 'reference.json'))) : [];
 if (fixtures.length === 0) console.log('hf fixtures: skipped: tests/fixtures/hf has none yet (python3 tools/make_hf_fixtures.py, where transformers is installed)');
-const cuda = CudaBackend.probe();
-const devices: Array<'cpu' | 'cuda' | 'cuda float16'> = cuda.ok ? ['cpu', 'cuda', 'cuda float16'] : ['cpu'];
-if (!cuda.ok) console.log(`hf fixtures: CUDA tier skipped: ${cuda.reason}`);
+// On the GPU, or without one on the kernel emulator (tests/cuda/emu); only while there are fixtures.
+const cuda = fixtures.length > 0 ? cudaTarget() : { skip: 'no fixtures', emulated: false, title: '' };
+const devices: Array<'cpu' | 'cuda' | 'cuda float16'> = cuda.skip === null ? ['cpu', 'cuda', 'cuda float16'] : ['cpu'];
+if (cuda.skip && fixtures.length > 0) console.log(`hf fixtures: CUDA tier skipped: ${cuda.skip}`);
+if (cuda.emulated) console.log(`hf fixtures: CUDA tier on the ${cuda.title}`);
 
 describe.skipIf(fixtures.length === 0).each(devices)('%s vs transformers', (device) => {
   for (const name of fixtures) {

@@ -6,22 +6,25 @@
  * reference's up to the first step where the reference's two best logits are closer than that
  * tolerance (past a near tie, bf16 may rightly pick the other); and sampling on the device giving
  * the same tokens as sampling on the host, for seeded random requests batched together.
- * Skipped, with a line saying why, where there is no GPU.
+ * Without a GPU it runs on the kernel emulator (tests/cuda/emu: the kernels' own source on the
+ * CPU behind the stand-in libcuda, an sm_80 device), and is skipped, with a line saying why, only
+ * where neither is possible.
  */
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { CudaBackend } from '../../src/backend/cuda/backend.js';
 import type { SeqOutput } from '../../src/engine/engine.js';
 import { SafetensorsFile } from '../../src/formats/safetensors.js';
 import { DEMO_MODEL_DIR, Tessera } from '../../src/llm.js';
 import { resolveSamplingParams } from '../../src/sampling/params.js';
+import { cudaTarget } from '../cuda/emu/target.js';
 import { SequenceDriver } from '../helpers/forward.js';
 
 const FIXTURES = path.join(import.meta.dirname, '../fixtures/demo');
 const golden = JSON.parse(readFileSync(path.join(FIXTURES, 'golden.json'), 'utf8')) as { steps: number; cases: Array<{ name: string; prompt_ids: number[]; greedy_ids: number[] }> };
-const cuda = CudaBackend.probe();
-if (!cuda.ok) console.log(`demo model on CUDA: skipped: ${cuda.reason}`);
+const target = cudaTarget();
+if (target.skip) console.log(`demo model on CUDA: skipped: ${target.skip}`);
+else console.log(`demo model on CUDA: ${target.title}`);
 
 /** |cuda - ref| <= BF16_REL * (1 + max |ref| of the row): bf16 keeps 8 bits of mantissa. */
 const BF16_REL = 0.02;
@@ -37,7 +40,7 @@ function rowError(got: Float32Array, ref: Float32Array): { err: number; tol: num
   return { err, tol: BF16_REL * (1 + scale), gap: best - second };
 }
 
-describe.skipIf(!cuda.ok).each(['bfloat16', 'float16'] as const)('demo model on CUDA (%s) vs its PyTorch reference', (dtype) => {
+describe.skipIf(target.skip !== null).each(['bfloat16', 'float16'] as const)(`demo model on CUDA${target.emulated ? ' (kernel emulator)' : ''} (%s) vs its PyTorch reference`, (dtype) => {
   let llm: Tessera;
   let ref: SafetensorsFile;
   beforeAll(async () => {

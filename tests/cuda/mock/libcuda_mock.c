@@ -9,24 +9,73 @@
  * Stream capture is held to the driver's rules for CU_STREAM_CAPTURE_MODE_THREAD_LOCAL (the mode
  * the backend captures in): an allocation, a free, a synchronous copy or a synchronization while
  * capturing fails with CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED (900) and invalidates the capture,
- * so cuStreamEndCapture then fails with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (901). */
+ * so cuStreamEndCapture then fails with CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (901).
+ *
+ * With MOCK_EMU naming the kernel emulator (tests/cuda/emu, libtessera_emu.so), launches run:
+ * the emulator executes the kernel's own source, compiled for the CPU, on the stand-in's memory.
+ * A capture then records its launches, copies and fills as graph nodes, and a graph launch
+ * replays them, as a real driver's graph does. A launch the emulator fails (a deadlock, a bad
+ * shared address, an argument size that is not the kernel's) prints why, returns
+ * CUDA_ERROR_LAUNCH_FAILED (719), and, as on a device, every later call fails the same way.
+ * MOCK_CC=80 (or 86, 89, 90) sets the compute capability the device reports (default 9.0), with
+ * that architecture's SM count, shared memory and L2 size. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <stdio.h>
+#include <dlfcn.h>
 
 typedef int CUresult;
 static char last_name[128];
 static unsigned last_geom[7];
 static unsigned char last_args[4096];
 static size_t last_args_size;
-static int launches, graph_launches, capturing, allocs;
+static int launches, graph_launches, allocs;
+/* Capture is per thread (the backend captures in CU_STREAM_CAPTURE_MODE_THREAD_LOCAL; an engine
+ * in a worker thread launches while another thread may be capturing). */
+static _Thread_local int capturing;
 typedef void (*launch_hook_t)(const char *name, unsigned grid_x);
 static launch_hook_t launch_hook;
 static int sticky; /* the status every call returns after a staged fault */
 #define STICKY do { if (sticky) return sticky; } while (0)
-static int capture_invalid; /* an unsafe call was made during the capture in progress */
+static _Thread_local int capture_invalid; /* an unsafe call was made during the capture in progress */
 #define NOT_CAPTURING do { if (capturing) { capture_invalid = 1; return 900; } } while (0)
+
+/* The kernel emulator (MOCK_EMU), loaded at the first module load. */
+typedef int (*emu_launch_t)(const char *name, const unsigned *geom, const void *args, size_t args_size, char *err, size_t err_len);
+static emu_launch_t emu_launch;
+static char emu_error[1024];
+static void emu_load(void) {
+  const char *path = getenv("MOCK_EMU");
+  if (emu_launch || !path || !*path) return;
+  void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!h) { fprintf(stderr, "[stand-in libcuda] cannot load the kernel emulator %s: %s\n", path, dlerror()); return; }
+  emu_launch = (emu_launch_t)dlsym(h, "emu_launch");
+}
+
+/* Graph nodes recorded while capturing with the emulator loaded. */
+typedef struct { int kind; /* 0 launch, 1 copy, 2 fill32 */ char name[128]; unsigned geom[7]; unsigned char *args; size_t size; void *dst; const void *src; unsigned value; } Node;
+typedef struct { Node *nodes; int n, cap; } Graph;
+static _Thread_local Graph capture_nodes;
+static Node *add_node(Graph *g) {
+  if (g->n == g->cap) { g->cap = g->cap ? 2 * g->cap : 64; g->nodes = realloc(g->nodes, sizeof(Node) * g->cap); }
+  Node *n = &g->nodes[g->n++];
+  memset(n, 0, sizeof *n);
+  return n;
+}
+static void free_graph(Graph *g) {
+  for (int i = 0; i < g->n; i++) free(g->nodes[i].args);
+  free(g->nodes);
+  memset(g, 0, sizeof *g);
+}
+static int run_launch(const char *name, const unsigned *geom, const unsigned char *args, size_t size) {
+  if (emu_launch(name, geom, args, size, emu_error, sizeof emu_error) != 0) {
+    fprintf(stderr, "[kernel emulator] %s\n", emu_error);
+    return sticky = 719;
+  }
+  return 0;
+}
 
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
@@ -35,12 +84,15 @@ CUresult cuDeviceGet(int *d, int ordinal) { if (ordinal != 0) return 101; *d = 0
 CUresult cuDeviceGetName(char *name, int len, int dev) { (void)dev; strncpy(name, "Mock GPU", len); return 0; }
 CUresult cuDeviceGetAttribute(int *v, int attr, int dev) {
   (void)dev;
+  /* MOCK_CC: 80 (A100), 86 (A10), 89 (L4), default 90 (H100). */
+  const char *cc = getenv("MOCK_CC");
+  const int arch = cc && *cc ? atoi(cc) : 90;
   switch (attr) {
-    case 75: *v = 9; break;    /* compute capability major */
-    case 76: *v = 0; break;
-    case 16: *v = 132; break;  /* SMs */
-    case 97: *v = 232448; break;
-    case 38: *v = 50 << 20; break; /* L2 bytes */
+    case 75: *v = arch / 10; break;    /* compute capability major */
+    case 76: *v = arch % 10; break;
+    case 16: *v = arch == 80 ? 108 : arch == 86 ? 72 : arch == 89 ? 58 : 132; break;  /* SMs */
+    case 97: *v = arch == 80 ? 166912 : arch == 90 ? 232448 : 101376; break;          /* shared memory per block, opt-in */
+    case 38: *v = arch == 80 ? 40 << 20 : arch == 86 ? 6 << 20 : arch == 89 ? 48 << 20 : 50 << 20; break; /* L2 bytes */
     default: *v = 1;
   }
   return 0;
@@ -59,11 +111,24 @@ CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { STICKY; NOT_CAPT
 CUresult cuMemcpyDtoH_v2(void *d, uint64_t s, size_t b) { STICKY; NOT_CAPTURING; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
 /* Async copies are legal while capturing (a real driver records them as graph nodes; this one
  * copies at once). */
-CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t b, void *st) { (void)st; STICKY; memcpy((void *)(uintptr_t)d, s, b); return 0; }
-CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t b, void *st) { (void)st; STICKY; memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
-CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t b, void *st) { (void)st; STICKY; memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, b); return 0; }
-CUresult cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void *st) { (void)st; uint32_t *p = (uint32_t *)(uintptr_t)d; for (size_t i = 0; i < n; i++) p[i] = v; return 0; }
-CUresult cuModuleLoadData(void **m, const void *image) { (void)image; NOT_CAPTURING; *m = (void *)0x2; return 0; }
+/* With the emulator, a copy or fill while capturing becomes a graph node (the host side is read
+ * when the graph runs, as on a device). */
+static int record_copy(void *d, const void *s, size_t b) {
+  if (!(emu_launch && capturing)) return 0;
+  Node *n = add_node(&capture_nodes); n->kind = 1; n->dst = d; n->src = s; n->size = b;
+  return 1;
+}
+static void fill32(void *d, unsigned v, size_t n) { uint32_t *p = (uint32_t *)d; for (size_t i = 0; i < n; i++) p[i] = v; }
+CUresult cuMemcpyHtoDAsync_v2(uint64_t d, const void *s, size_t b, void *st) { (void)st; STICKY; if (!record_copy((void *)(uintptr_t)d, s, b)) memcpy((void *)(uintptr_t)d, s, b); return 0; }
+CUresult cuMemcpyDtoHAsync_v2(void *d, uint64_t s, size_t b, void *st) { (void)st; STICKY; if (!record_copy(d, (const void *)(uintptr_t)s, b)) memcpy(d, (const void *)(uintptr_t)s, b); return 0; }
+CUresult cuMemcpyDtoDAsync_v2(uint64_t d, uint64_t s, size_t b, void *st) { (void)st; STICKY; if (!record_copy((void *)(uintptr_t)d, (void *)(uintptr_t)s, b)) memmove((void *)(uintptr_t)d, (void *)(uintptr_t)s, b); return 0; }
+CUresult cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void *st) {
+  (void)st; STICKY;
+  if (emu_launch && capturing) { Node *x = add_node(&capture_nodes); x->kind = 2; x->dst = (void *)(uintptr_t)d; x->value = v; x->size = n; return 0; }
+  fill32((void *)(uintptr_t)d, v, n);
+  return 0;
+}
+CUresult cuModuleLoadData(void **m, const void *image) { (void)image; NOT_CAPTURING; emu_load(); *m = (void *)0x2; return 0; }
 CUresult cuModuleUnload(void *m) { (void)m; return 0; }
 CUresult cuModuleGetFunction(void **f, void *m, const char *name) { (void)m; *f = strdup(name); return 0; }
 CUresult cuFuncSetAttribute(void *f, int a, int v) { (void)f; (void)a; (void)v; return 0; }
@@ -79,9 +144,18 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
   launches++;
+  if (emu_launch && capturing) {
+    Node *n = add_node(&capture_nodes);
+    strncpy(n->name, last_name, sizeof n->name - 1);
+    memcpy(n->geom, g, sizeof g);
+    n->args = malloc(last_args_size ? last_args_size : 1);
+    memcpy(n->args, last_args, last_args_size);
+    n->size = last_args_size;
+  }
   const char *fault = getenv("MOCK_FAULT_KERNEL"), *hang = getenv("MOCK_HANG_KERNEL");
   if (fault && *fault && strstr(last_name, fault)) return sticky = 700;
   if (hang && *hang && strstr(last_name, hang)) for (;;) pause();
+  if (emu_launch && !capturing) { int rc = run_launch(last_name, g, last_args, last_args_size); if (rc) return rc; }
   if (launch_hook && !capturing) launch_hook(last_name, gx);
   return 0;
 }
@@ -93,18 +167,48 @@ CUresult cuEventRecord(void *e, void *s) { (void)e; (void)s; STICKY; return 0; }
 CUresult cuEventSynchronize(void *e) { (void)e; STICKY; NOT_CAPTURING; return 0; }
 CUresult cuEventElapsedTime(float *ms, void *a, void *b) { (void)a; (void)b; STICKY; *ms = 1.5f; return 0; }
 CUresult cuEventDestroy_v2(void *e) { (void)e; STICKY; return 0; }
-CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = 1; capture_invalid = 0; return 0; }
+CUresult cuStreamBeginCapture_v2(void *s, int mode) { (void)s; (void)mode; capturing = 1; capture_invalid = 0; free_graph(&capture_nodes); return 0; }
+/* Without the emulator a graph is a token (0x5, 0x6); with it, a Graph of recorded nodes. */
 CUresult cuStreamEndCapture(void *s, void **g) {
   (void)s;
   capturing = 0;
-  if (capture_invalid) { *g = 0; return 901; }
-  *g = (void *)0x5;
+  if (capture_invalid) { *g = 0; free_graph(&capture_nodes); return 901; }
+  if (!emu_launch) { *g = (void *)0x5; return 0; }
+  Graph *graph = malloc(sizeof *graph);
+  *graph = capture_nodes;
+  memset(&capture_nodes, 0, sizeof capture_nodes);
+  *g = graph;
   return 0;
 }
-CUresult cuGraphInstantiateWithFlags(void **e, void *g, uint64_t f) { (void)g; (void)f; *e = (void *)0x6; return 0; }
-CUresult cuGraphLaunch(void *e, void *s) { (void)e; (void)s; graph_launches++; return 0; }
-CUresult cuGraphExecDestroy(void *e) { (void)e; return 0; }
-CUresult cuGraphDestroy(void *g) { (void)g; return 0; }
+CUresult cuGraphInstantiateWithFlags(void **e, void *g, uint64_t f) {
+  (void)f;
+  if (!emu_launch) { *e = (void *)0x6; return 0; }
+  const Graph *src = g;
+  Graph *exec = calloc(1, sizeof *exec);
+  for (int i = 0; i < src->n; i++) {
+    Node *n = add_node(exec);
+    *n = src->nodes[i];
+    if (n->kind == 0) { n->args = malloc(n->size ? n->size : 1); memcpy(n->args, src->nodes[i].args, n->size); }
+  }
+  *e = exec;
+  return 0;
+}
+CUresult cuGraphLaunch(void *e, void *s) {
+  (void)s;
+  STICKY;
+  graph_launches++;
+  if (!emu_launch) return 0;
+  const Graph *exec = e;
+  for (int i = 0; i < exec->n; i++) {
+    const Node *n = &exec->nodes[i];
+    if (n->kind == 1) memmove(n->dst, n->src, n->size);
+    else if (n->kind == 2) fill32(n->dst, n->value, n->size);
+    else { int rc = run_launch(n->name, n->geom, n->args, n->size); if (rc) return rc; }
+  }
+  return 0;
+}
+CUresult cuGraphExecDestroy(void *e) { if (emu_launch && e) { free_graph(e); free(e); } return 0; }
+CUresult cuGraphDestroy(void *g) { if (emu_launch && g) { free_graph(g); free(g); } return 0; }
 #ifndef MOCK_NO_TENSOR_MAP
 /* Records its arguments and fills the map with them, as little-endian 64-bit words: the global
  * address, globalDim[0..1], globalStrides[0], boxDim[0..1], elementStrides[0..1], then dtype,
@@ -146,6 +250,7 @@ int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
 #endif
 CUresult cuGetErrorName(int status, const char **name) {
   *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS"
+        : status == 719 ? "CUDA_ERROR_LAUNCH_FAILED"
         : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_UNKNOWN";
   return 0;
 }
@@ -160,3 +265,6 @@ int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
 int mock_counts(int *l, int *g) { *l = launches; *g = graph_launches; return 0; }
 void mock_set_launch_hook(launch_hook_t hook) { launch_hook = hook; }
 int mock_allocs(void) { return allocs; }
+/* The emulator's last failure ("" if none), and whether it is loaded. */
+const char *mock_emu_error(void) { return emu_error; }
+int mock_emu_loaded(void) { return emu_launch != 0; }

@@ -1,0 +1,124 @@
+/**
+ * Builds the kernel emulator: Tessera's CUDA kernels (every family but the sm_90a ones, whose
+ * wgmma, TMA and mbarrier pipelines it does not model) compiled for the CPU with the C++ compiler
+ * against cuda_emu.h, plus the runtime, as one shared library that the stand-in libcuda runs
+ * launches on (MOCK_EMU). See README.md in this folder.
+ *
+ * The kernel sources are used as they are, with two mechanical changes made in a copy: mma.cuh is
+ * replaced by this folder's (the same functions over the emulated collectives, since inline PTX
+ * cannot run on the CPU), and the `__shared__` declarations are rewritten onto the emulator's
+ * shared window (rewriteShared). The library is cached by a hash of every input, so the test
+ * files that use it build it once.
+ */
+import { execFileSync, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { copyFileSync, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import path from 'node:path';
+
+const HERE = import.meta.dirname;
+const KERNELS = path.resolve(HERE, '../../../kernels');
+const CXX = process.env.CXX ?? 'g++';
+const FLAGS = ['-std=c++17', '-O2', '-g0', '-fPIC', '-mpopcnt', '-Wall', '-Wno-unknown-pragmas', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unused-but-set-variable', '-fno-strict-aliasing'];
+
+/** The kernel families the emulator runs: tessera.cu's includes without the sm_90a ones. */
+function families(): string[] {
+  const unit = readFileSync(path.join(KERNELS, 'tessera.cu'), 'utf8');
+  return [...unit.matchAll(/#include "(\w+\.cu)"/g)].map((m) => m[1]).filter((f) => !f.includes('sm90'));
+}
+
+/**
+ * The kernel sources' shared-memory declarations, rewritten onto the emulator's shared window:
+ * `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the dynamic part, and
+ * `__shared__ [__align__(n)] T name[dims];` a reference to a static slot the runtime gives that
+ * declaration for the launch (the same for every thread of every block). A declaration of
+ * another form is left as it is, and cuda_emu.h makes `__shared__` a compile error there.
+ */
+export function rewriteShared(source: string, firstId: number): { source: string; nextId: number } {
+  let id = firstId;
+  const out = source
+    .replace(/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:<> ]+?)\s+(\w+)\s*\[\s*\]\s*;/g, (_m, type: string, name: string) => `${type}* const ${name} = reinterpret_cast<${type}*>(::emu::dyn_smem);`)
+    .replace(/__shared__\s+(?:__align__\((\d+)\)\s+)?([\w:<>, ]+?)\s+(\w+)((?:\s*\[[^\]]+\])*)\s*;/g, (_m, align: string | undefined, type: string, name: string, dims: string) => {
+      const slot = `::emu::static_shared(${id++}, sizeof(${type}${dims}), ${align ?? 1} > alignof(${type}) ? ${align ?? 1} : alignof(${type}))`;
+      return dims ? `auto& ${name} = *reinterpret_cast<${type}(*)${dims}>(${slot});` : `${type}& ${name} = *reinterpret_cast<${type}*>(${slot});`;
+    });
+  return { source: out, nextId: id };
+}
+
+export interface EmulatorBuild {
+  /** The shared library, or null with the reason in `skip`. */
+  path: string | null;
+  skip: string | null;
+  /** The kernels it holds. */
+  kernels: string[];
+}
+
+let cached: EmulatorBuild | null = null;
+
+export function buildEmulator(): EmulatorBuild {
+  if (cached) return cached;
+  const none = (skip: string): EmulatorBuild => (cached = { path: null, skip, kernels: [] });
+  if (process.platform !== 'linux' || process.arch !== 'x64') return none(`the kernel emulator runs on x86-64 Linux (this is ${process.platform}/${process.arch})`);
+  const version = spawnSync(CXX, ['--version'], { encoding: 'utf8' });
+  if (version.error || version.status !== 0) return none(`no C++ compiler (${CXX}) to build the kernel emulator`);
+
+  const units = families();
+  const sources = new Map<string, string>();
+  for (const f of readdirSync(KERNELS)) if (/\.(cu|cuh)$/.test(f)) sources.set(f, readFileSync(path.join(KERNELS, f), 'utf8'));
+  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h'];
+  const hash = createHash('sha256');
+  hash.update(version.stdout).update(FLAGS.join(' ')).update(units.join(','));
+  for (const [f, s] of [...sources].sort()) hash.update(f).update(s);
+  for (const f of emuFiles) hash.update(f).update(readFileSync(path.join(HERE, f)));
+  hash.update(readFileSync(import.meta.filename));
+  const key = hash.digest('hex').slice(0, 16);
+  const dir = path.join(tmpdir(), `tessera-emu-${key}`);
+  const lib = path.join(dir, 'libtessera_emu.so');
+  const list = path.join(dir, 'kernels.txt');
+  if (existsSync(lib) && existsSync(list)) return (cached = { path: lib, skip: null, kernels: readFileSync(list, 'utf8').split('\n').filter(Boolean) });
+
+  const work = mkdtempSync(path.join(tmpdir(), 'tessera-emu-build-'));
+  try {
+    const src = path.join(work, 'src');
+    mkdirSync(src);
+    let id = 0;
+    for (const [f, s] of [...sources].sort()) {
+      if (f === 'mma.cuh') {
+        copyFileSync(path.join(HERE, 'mma.cuh'), path.join(src, f));
+        continue;
+      }
+      const r = rewriteShared(s, id);
+      id = r.nextId;
+      writeFileSync(path.join(src, f), r.source);
+    }
+    const include = ['-include', path.join(HERE, 'cuda_emu.h'), '-I', path.join(HERE, 'include'), '-I', src];
+    const all = path.join(src, 'emu_kernels.cpp');
+    writeFileSync(all, units.map((u) => `#include "${u}"\n`).join(''));
+    // The entries, from the preprocessed source (they are declared through macros).
+    const pre = execFileSync(CXX, [...FLAGS, ...include, '-x', 'c++', '-E', '-P', all], { encoding: 'utf8', maxBuffer: 256 << 20 });
+    const kernels = [...new Set([...pre.matchAll(/extern\s+"C"\s+void\s+(ts_\w+)\s*\(/g)].map((m) => m[1]))].sort();
+    if (kernels.length === 0) throw new Error('no kernel entries found in the preprocessed sources');
+    const registry =
+      `#include "emu_kernels.cpp"\n#include "${path.join(HERE, 'registry.h')}"\n` +
+      `const emu::Entry emu::ENTRIES[] = {\n${kernels.map((k) => `  EMU_ENTRY(${k}),\n`).join('')}};\n` +
+      `const int emu::N_ENTRIES = ${kernels.length};\n`;
+    writeFileSync(path.join(src, 'registry.cpp'), registry);
+    const objs: string[] = [];
+    for (const [name, file] of [['registry', path.join(src, 'registry.cpp')], ['runtime', path.join(HERE, 'runtime.cpp')]]) {
+      const obj = path.join(work, `${name}.o`);
+      const r = spawnSync(CXX, [...FLAGS, ...include, '-x', 'c++', '-c', file, '-o', obj], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      if (r.status !== 0) throw new Error(`${CXX} failed on ${name}:\n${r.stderr.slice(0, 20000)}`);
+      objs.push(obj);
+    }
+    const out = path.join(work, 'libtessera_emu.so');
+    execFileSync(CXX, ['-shared', '-o', out, ...objs, '-lpthread'], { stdio: 'pipe' });
+    mkdirSync(dir, { recursive: true });
+    writeFileSync(path.join(work, 'kernels.txt'), kernels.join('\n') + '\n');
+    // Rename into place: a concurrent build of the same key leaves one complete copy.
+    renameSync(out, lib);
+    renameSync(path.join(work, 'kernels.txt'), list);
+    return (cached = { path: lib, skip: null, kernels });
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+  }
+}
