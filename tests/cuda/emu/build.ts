@@ -31,25 +31,26 @@ function families(): string[] {
  * The kernel sources' shared-memory declarations, rewritten onto the emulator's shared window:
  * `extern __shared__ [__align__(n)] T name[];` becomes a pointer to the dynamic part, and
  * `__shared__ [__align__(n)] T name[dims];` a reference to a static slot the runtime gives that
- * declaration for the launch (the same for every thread of every block). A declaration of
+ * declaration for the launch (the same for every thread of every block; each template
+ * instantiation has its own id, kept in a function-local static). A declaration of
  * another form is left as it is, and cuda_emu.h makes `__shared__` a compile error there.
  */
-export function rewriteShared(source: string, firstId: number): { source: string; nextId: number } {
-  let id = firstId;
-  const out = source
+export function rewriteShared(source: string): string {
+  let n = 0;
+  return source
     .replace(/extern\s+__shared__\s+(?:__align__\(\d+\)\s+)?([\w:<> ]+?)\s+(\w+)\s*\[\s*\]\s*;/g, (_m, type: string, name: string) => `${type}* const ${name} = reinterpret_cast<${type}*>(::emu::dyn_smem);`)
     .replace(/__shared__\s+(?:__align__\((\d+)\)\s+)?([\w:<>, ]+?)\s+(\w+)((?:\s*\[[^\]]+\])*)\s*;/g, (_m, align: string | undefined, type: string, name: string, dims: string) => {
-      const slot = `::emu::static_shared(${id++}, sizeof(${type}${dims}), ${align ?? 1} > alignof(${type}) ? ${align ?? 1} : alignof(${type}))`;
-      return dims ? `auto& ${name} = *reinterpret_cast<${type}(*)${dims}>(${slot});` : `${type}& ${name} = *reinterpret_cast<${type}*>(${slot});`;
+      const id = `emu_shared_id_${n++}`;
+      const slot = `::emu::static_shared(${id}, sizeof(${type}${dims}), ${align ?? 1} > alignof(${type}) ? ${align ?? 1} : alignof(${type}))`;
+      return `static const int ${id} = ::emu::new_shared_id(); ` + (dims ? `auto& ${name} = *reinterpret_cast<${type}(*)${dims}>(${slot});` : `${type}& ${name} = *reinterpret_cast<${type}*>(${slot});`);
     });
-  return { source: out, nextId: id };
 }
 
 export interface EmulatorBuild {
   /** The shared library, or null with the reason in `skip`. */
   path: string | null;
   skip: string | null;
-  /** The kernels it holds. */
+  /** The kernels it holds (Tessera's, and its own ts_emu_selftest_* checks). */
   kernels: string[];
 }
 
@@ -65,7 +66,7 @@ export function buildEmulator(): EmulatorBuild {
   const units = families();
   const sources = new Map<string, string>();
   for (const f of readdirSync(KERNELS)) if (/\.(cu|cuh)$/.test(f)) sources.set(f, readFileSync(path.join(KERNELS, f), 'utf8'));
-  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h'];
+  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h', 'selftest.cu'];
   const hash = createHash('sha256');
   hash.update(version.stdout).update(FLAGS.join(' ')).update(units.join(','));
   for (const [f, s] of [...sources].sort()) hash.update(f).update(s);
@@ -81,19 +82,15 @@ export function buildEmulator(): EmulatorBuild {
   try {
     const src = path.join(work, 'src');
     mkdirSync(src);
-    let id = 0;
-    for (const [f, s] of [...sources].sort()) {
-      if (f === 'mma.cuh') {
-        copyFileSync(path.join(HERE, 'mma.cuh'), path.join(src, f));
-        continue;
-      }
-      const r = rewriteShared(s, id);
-      id = r.nextId;
-      writeFileSync(path.join(src, f), r.source);
+    for (const [f, s] of sources) {
+      if (f === 'mma.cuh') copyFileSync(path.join(HERE, 'mma.cuh'), path.join(src, f));
+      else writeFileSync(path.join(src, f), rewriteShared(s));
     }
+    // The emulator's own check kernels (selftest.cu) go in after Tessera's.
+    writeFileSync(path.join(src, 'emu_selftest.cu'), rewriteShared(readFileSync(path.join(HERE, 'selftest.cu'), 'utf8')));
     const include = ['-include', path.join(HERE, 'cuda_emu.h'), '-I', path.join(HERE, 'include'), '-I', src];
     const all = path.join(src, 'emu_kernels.cpp');
-    writeFileSync(all, units.map((u) => `#include "${u}"\n`).join(''));
+    writeFileSync(all, [...units, 'emu_selftest.cu'].map((u) => `#include "${u}"\n`).join(''));
     // The entries, from the preprocessed source (they are declared through macros).
     const pre = execFileSync(CXX, [...FLAGS, ...include, '-x', 'c++', '-E', '-P', all], { encoding: 'utf8', maxBuffer: 256 << 20 });
     const kernels = [...new Set([...pre.matchAll(/extern\s+"C"\s+void\s+(ts_\w+)\s*\(/g)].map((m) => m[1]))].sort();

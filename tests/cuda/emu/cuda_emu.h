@@ -14,6 +14,7 @@
 #include <string.h>
 #include <math.h>
 #include <type_traits>
+#include <limits>
 
 // ---- declaration specifiers ----
 #define __global__
@@ -57,8 +58,9 @@ struct Thread {
   // While waiting: the scheduler resumes it only once *wait_gen differs from wait_val.
   const volatile uint64_t* wait_gen;
   uint64_t wait_val;
+  uint32_t result[12];  // its words of the last collective it took part in
   // cp.async: copies issued since the last commit, then committed groups, oldest first.
-  struct Copy { void* dst; const void* src; int bytes; };
+  struct Copy { void* dst; const void* src; int bytes, src_bytes; };
   Copy* copies;         // ring of pending copies
   int n_copies;
   int group_end[64];    // for each committed group (oldest first), its end in copies
@@ -68,8 +70,14 @@ struct Thread {
 extern Thread* cur;
 extern dim3 block_idx, block_dim, grid_dim;
 extern unsigned char* const dyn_smem;  // the dynamic part of the shared window
+// A static __shared__ declaration's id: each template instantiation of a declaration takes its
+// own (the rewrite keeps it in a function-local static), as each has its own storage on the device.
+int new_shared_id();
 // The slot of static __shared__ declaration `id` for this launch (allocated on first use).
 void* static_shared(int id, size_t bytes, size_t align);
+struct Limits {
+  size_t dynamic_max, block_max;
+};
 
 // Suspends the current thread until the scheduler runs it again.
 void yield();
@@ -211,21 +219,35 @@ inline unsigned long long __float2ull_rn(float f) {
   if (r >= 18446744073709551616.f) return ~0ull;
   return static_cast<unsigned long long>(r);
 }
-inline int __float2int_rn(float f) { return static_cast<int>(nearbyintf(f)); }
-inline int __float2int_rz(float f) { return static_cast<int>(f); }
-inline unsigned __float2uint_rn(float f) { return static_cast<unsigned>(nearbyintf(f)); }
+// Float -> 32-bit integer conversions saturate, and NaN gives 0 (PTX cvt).
+template <class I>
+inline I emu_saturate(double r) {
+  if (r != r) return 0;
+  if (r <= static_cast<double>(std::numeric_limits<I>::min())) return std::numeric_limits<I>::min();
+  if (r >= static_cast<double>(std::numeric_limits<I>::max())) return std::numeric_limits<I>::max();
+  return static_cast<I>(r);
+}
+inline int __float2int_rn(float f) { return emu_saturate<int>(nearbyint(static_cast<double>(f))); }
+inline int __float2int_rz(float f) { return emu_saturate<int>(trunc(static_cast<double>(f))); }
+inline int __float2int_rd(float f) { return emu_saturate<int>(floor(static_cast<double>(f))); }
+inline int __float2int_ru(float f) { return emu_saturate<int>(ceil(static_cast<double>(f))); }
+inline unsigned __float2uint_rn(float f) { return emu_saturate<unsigned>(nearbyint(static_cast<double>(f))); }
+inline unsigned __float2uint_rz(float f) { return emu_saturate<unsigned>(trunc(static_cast<double>(f))); }
 inline float __int2float_rn(int x) { return static_cast<float>(x); }
 inline float __uint2float_rn(unsigned x) { return static_cast<float>(x); }
 
-// CUDA's overloaded device min/max (any arithmetic mix, as the usual conversions give).
+// CUDA's overloaded device min/max (any arithmetic mix, as the usual conversions give); the
+// floating-point ones are fmin/fmax (a NaN operand yields the other).
 template <class A, class B, class = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
 inline typename std::common_type<A, B>::type min(A a, B b) {
   typedef typename std::common_type<A, B>::type C;
+  if (std::is_floating_point<C>::value) return static_cast<C>(fmin(static_cast<C>(a), static_cast<C>(b)));
   return static_cast<C>(b) < static_cast<C>(a) ? static_cast<C>(b) : static_cast<C>(a);
 }
 template <class A, class B, class = typename std::enable_if<std::is_arithmetic<A>::value && std::is_arithmetic<B>::value>::type>
 inline typename std::common_type<A, B>::type max(A a, B b) {
   typedef typename std::common_type<A, B>::type C;
+  if (std::is_floating_point<C>::value) return static_cast<C>(fmax(static_cast<C>(a), static_cast<C>(b)));
   return static_cast<C>(a) < static_cast<C>(b) ? static_cast<C>(b) : static_cast<C>(a);
 }
 

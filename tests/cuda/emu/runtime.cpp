@@ -55,10 +55,12 @@ dim3 block_idx, block_dim, grid_dim;
 namespace {
 // The shared window: dynamic shared memory (up to 227 KiB, the most a block may have on sm_90),
 // then the static declarations' slots.
-constexpr size_t DYN_MAX = 227 * 1024, STATIC_MAX = 64 * 1024, MAX_STATIC_IDS = 256;
+constexpr size_t DYN_MAX = 227 * 1024, STATIC_MAX = 48 * 1024, MAX_STATIC_IDS = 4096;
 __attribute__((aligned(1024))) unsigned char window[DYN_MAX + STATIC_MAX];
 size_t static_used;
 uint32_t static_slot[MAX_STATIC_IDS];  // offset in the window + 1; 0: not allocated this launch
+int static_ids_used[MAX_STATIC_IDS], n_static_ids_used;
+int next_static_id;
 }  // namespace
 extern unsigned char* const dyn_smem = window;
 
@@ -68,13 +70,19 @@ constexpr size_t STACK_BYTES = 512 * 1024;
 constexpr int MAX_THREADS = 1024;
 constexpr int MAX_COPIES = 4096;
 
-struct Warp {
+// A collective in progress in a warp: the lanes of `mask` that have arrived, and their words.
+// Lanes of disjoint masks may hold collectives at the same time (sm_70+ lanes wait only for their
+// own mask), so a warp has a few.
+struct Rendezvous {
   int arrived;
-  uint64_t gen;
-  const char* what;
   unsigned mask;
+  const char* what;
   uint32_t in[32][12];
-  uint32_t out[32][12];
+};
+constexpr int SLOTS = 4;
+struct Warp {
+  Rendezvous slot[SLOTS];
+  uint64_t gen[SLOTS];  // bumped when the slot's collective completes
 };
 
 struct Block {
@@ -91,6 +99,7 @@ struct Block {
   const void* body_ctx;
   const char* kernel;
   size_t dyn_bytes;
+  Limits limits;
   char error[1024];
   bool failed;
   jmp_buf fail_jump;  // in the scheduler's context
@@ -188,37 +197,60 @@ void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, u
   const unsigned exists = count == 32 ? 0xffffffffu : (1u << count) - 1u;
   if (!((mask >> l) & 1u)) fail("%s: lane %u calls it with mask 0x%08x, which leaves it out", what, l, mask);
   if (mask & ~exists) fail("%s: mask 0x%08x names lanes the block does not have", what, mask);
-  if (w.arrived == 0) {
-    w.what = what;
-    w.mask = mask;
-  } else if (w.what != what || w.mask != mask) {
-    fail("%s (mask 0x%08x) met %s (mask 0x%08x) in the same warp: the lanes diverged", what, mask, w.what, w.mask);
+  // Join the collective of this mask in progress, or start one; a collective in progress whose
+  // mask overlaps this one but differs, or that is another operation, means the lanes diverged.
+  int s = -1, free_slot = -1;
+  for (int i = 0; i < SLOTS; i++) {
+    const Rendezvous& r = w.slot[i];
+    if (r.arrived == 0) {
+      if (free_slot < 0) free_slot = i;
+      continue;
+    }
+    if (r.mask == mask && r.what == what) s = i;
+    else if (r.mask & mask)
+      fail("%s (mask 0x%08x) met %s (mask 0x%08x) in the same warp: the lanes diverged", what, mask, r.what, r.mask);
   }
-  memcpy(w.in[l], in, sizeof(uint32_t) * n_in);
-  w.arrived++;
+  if (s < 0) {
+    if (free_slot < 0) fail("%s: more than %d collectives in progress in one warp", what, SLOTS);
+    s = free_slot;
+    w.slot[s].mask = mask;
+    w.slot[s].what = what;
+  }
+  Rendezvous& r = w.slot[s];
+  memcpy(r.in[l], in, sizeof(uint32_t) * n_in);
+  r.arrived++;
   B.progress++;
-  const uint64_t gen = w.gen;
-  if (w.arrived == __builtin_popcount(mask)) {
-    fn(w.in, w.out, mask, ctx);
-    w.arrived = 0;
-    w.gen++;
+  if (r.arrived == __builtin_popcount(mask)) {
+    // The last lane computes every lane's result into that thread's own storage, so that a later
+    // collective cannot overwrite a result before its lane has read it.
+    uint32_t results[32][12];
+    fn(r.in, results, mask, ctx);
+    for (unsigned i = 0; i < 32; i++)
+      if ((mask >> i) & 1u) memcpy(B.threads[first + i].result, results[i], sizeof results[i]);
+    r.arrived = 0;
+    w.gen[s]++;
   } else {
-    wait_for(&w.gen, gen, what);
+    wait_for(&w.gen[s], w.gen[s], what);
   }
-  memcpy(out, w.out[l], sizeof(uint32_t) * n_out);
+  memcpy(out, cur->result, sizeof(uint32_t) * n_out);
 }
 
 void shfl_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned lanes, const void* ctx) {
   const ShflCtx& c = *static_cast<const ShflCtx*>(ctx);
-  for (int l = 0; l < 32; l++) {
+  const unsigned w = static_cast<unsigned>(c.width);
+  if (w < 1 || w > 32 || (w & (w - 1)) != 0) fail("shuffle width %d is not a power of two in 1..32", c.width);
+  for (unsigned l = 0; l < 32; l++) {
     if (!((lanes >> l) & 1u)) continue;
-    const int arg = static_cast<int>(in[l][2]), w = c.width, base = l & ~(w - 1);
-    int src;
+    // PTX shfl: source j, valid when within the segment's bounds (unsigned lane arithmetic; an
+    // invalid source gives the lane its own value).
+    // The lane operand's low five bits count, as in PTX's b[4:0].
+    const unsigned b = in[l][2] & 31u, base = l & ~(w - 1), last = base + w - 1;
+    unsigned src;
     switch (c.kind) {
-      case SHFL_IDX: src = base + (arg & (w - 1)); break;
-      case SHFL_UP: src = l - arg < base ? l : l - arg; break;
-      case SHFL_DOWN: src = l + arg >= base + w ? l : l + arg; break;
-      default: src = (l ^ arg) >= base + w ? l : l ^ arg; break;
+      case SHFL_IDX: src = base | (b & (w - 1)); break;
+      case SHFL_UP: src = b > l || l - b < base ? l : l - b; break;
+      case SHFL_DOWN: src = l + b > last ? l : l + b; break;
+      default: src = (l ^ b) > last ? l : l ^ b; break;
     }
     if (!((lanes >> src) & 1u)) {
       // Reading a lane outside the mask is undefined on the device: poison it.
@@ -255,7 +287,8 @@ void vote_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned lanes,
     case RED_MIN_I32: r = static_cast<uint32_t>(imin); break;
     default: r = static_cast<uint32_t>(imax); break;
   }
-  for (int l = 0; l < 32; l++) out[l][0] = r;
+  for (int l = 0; l < 32; l++)
+    if ((lanes >> l) & 1u) out[l][0] = r;
 }
 
 uint32_t shared_addr(const void* p) {
@@ -272,24 +305,32 @@ void* shared_ptr(uint32_t addr, int bytes) {
   return window + addr;
 }
 
+int new_shared_id() { return next_static_id++; }
+
 void* static_shared(int id, size_t bytes, size_t align) {
   if (id < 0 || static_cast<size_t>(id) >= MAX_STATIC_IDS) fail("static __shared__ declaration %d: too many declarations", id);
   if (!static_slot[id]) {
     const size_t offset = (static_used + align - 1) & ~(align - 1);
-    if (offset + bytes > STATIC_MAX) fail("static __shared__ declarations need more than %zu bytes", STATIC_MAX);
+    if (offset + bytes > STATIC_MAX) fail("static __shared__ declarations need more than %zu bytes (the most a block may declare)", STATIC_MAX);
+    if (B.dyn_bytes + offset + bytes > B.limits.block_max)
+      fail("%zu bytes of static and %zu of dynamic shared memory exceed the %zu a block may have", offset + bytes, B.dyn_bytes, B.limits.block_max);
     static_used = offset + bytes;
     memset(window + DYN_MAX + offset, 0xff, bytes);  // this block's poison (later blocks: run_block)
     static_slot[id] = static_cast<uint32_t>(offset + 1);
+    static_ids_used[n_static_ids_used++] = id;
   }
   return window + DYN_MAX + static_slot[id] - 1;
 }
 
 void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
-  if (dst % 16 || reinterpret_cast<uintptr_t>(src) % 16) fail("cp.async: addresses must be 16-byte aligned (shared 0x%x, global %p)", dst, src);
+  if (dst % bytes || reinterpret_cast<uintptr_t>(src) % bytes) fail("cp.async: addresses must be %d-byte aligned (shared 0x%x, global %p)", bytes, dst, src);
   if (src_bytes < 0 || src_bytes > bytes) fail("cp.async: src-size %d is not in 0..%d", src_bytes, bytes);
   if (cur->n_copies == MAX_COPIES) fail("cp.async: more than %d copies in flight", MAX_COPIES);
-  cur->copies[cur->n_copies++] = Thread::Copy{shared_ptr(dst, bytes), src, src_bytes};
-  (void)bytes;
+  void* d = shared_ptr(dst, bytes);
+  // Until the wait that covers it, the destination holds nothing defined: poison, so that a read
+  // by any thread before then (a missing wait or barrier) shows.
+  memset(d, 0xff, static_cast<size_t>(bytes));
+  cur->copies[cur->n_copies++] = Thread::Copy{d, src, bytes, src_bytes};
 }
 
 void cp_async_commit() {
@@ -305,8 +346,8 @@ void cp_async_wait(int pending) {
   const int end = cur->group_end[land - 1];
   for (int i = 0; i < end; i++) {
     const Thread::Copy& c = cur->copies[i];
-    memset(c.dst, 0, 16);
-    if (c.bytes) memcpy(c.dst, c.src, c.bytes);
+    memset(c.dst, 0, static_cast<size_t>(c.bytes));
+    if (c.src_bytes) memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
   }
   memmove(cur->copies, cur->copies + end, sizeof(Thread::Copy) * (cur->n_copies - end));
   cur->n_copies -= end;
@@ -344,7 +385,8 @@ bool run_block() {
     t.copies = B.copy_rings[i];
     fiber_start(t, B.stacks[i]);
   }
-  for (int w = 0; w < (n + 31) / 32; w++) B.warps[w].arrived = 0;
+  for (int w = 0; w < (n + 31) / 32; w++)
+    for (int i = 0; i < SLOTS; i++) B.warps[w].slot[i].arrived = 0;
   B.live = n;
   B.bar_arrived = 0;
   // Rounds alternate direction, so that code relying on an order the device does not promise
@@ -421,17 +463,20 @@ double now() {
 }  // namespace
 
 // Runs body(ctx) as every thread of every block of the grid; 0, or -1 with the message in err.
-int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, void (*body)(const void*), const void* ctx, char* err, size_t err_len) {
+int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len) {
   pthread_mutex_lock(&launch_lock);
   const size_t threads = static_cast<size_t>(block.x) * block.y * block.z;
   int rc = 0;
-  if (threads == 0 || threads > MAX_THREADS || grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.y > 65535 || grid.z > 65535) {
+  // The device's launch limits (cuLaunchKernel refuses what breaks them).
+  if (threads == 0 || threads > MAX_THREADS || block.x > 1024 || block.y > 1024 || block.z > 64 || grid.x == 0 || grid.y == 0 || grid.z == 0 ||
+      grid.x > 2147483647u || grid.y > 65535 || grid.z > 65535) {
     snprintf(err, err_len, "%s: invalid launch geometry grid (%u,%u,%u) block (%u,%u,%u)", kernel, grid.x, grid.y, grid.z, block.x, block.y, block.z);
     pthread_mutex_unlock(&launch_lock);
     return -1;
   }
-  if (dyn_bytes > DYN_MAX) {
-    snprintf(err, err_len, "%s: %zu bytes of dynamic shared memory, more than a block may have (%zu)", kernel, dyn_bytes, DYN_MAX);
+  if (dyn_bytes > limits.dynamic_max || dyn_bytes > limits.block_max || dyn_bytes > DYN_MAX) {
+    snprintf(err, err_len, "%s: %zu bytes of dynamic shared memory, more than the function may launch with (%zu; a block may have %zu)", kernel, dyn_bytes,
+             limits.dynamic_max, limits.block_max);
     pthread_mutex_unlock(&launch_lock);
     return -1;
   }
@@ -440,8 +485,10 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, voi
   B.body_ctx = ctx;
   B.kernel = kernel;
   B.dyn_bytes = dyn_bytes;
+  B.limits = limits;
   static_used = 0;
-  memset(static_slot, 0, sizeof static_slot);
+  for (int i = 0; i < n_static_ids_used; i++) static_slot[static_ids_used[i]] = 0;
+  n_static_ids_used = 0;
   B.failed = false;
   B.error[0] = 0;
   grid_dim = grid;

@@ -55,7 +55,7 @@ static void emu_load(void) {
 }
 
 /* Graph nodes recorded while capturing with the emulator loaded. */
-typedef struct { int kind; /* 0 launch, 1 copy, 2 fill32 */ char name[128]; unsigned geom[7]; unsigned char *args; size_t size; void *dst; const void *src; unsigned value; } Node;
+typedef struct { int kind; /* 0 launch, 1 copy, 2 fill32 */ char name[128]; unsigned geom[9]; unsigned char *args; size_t size; void *dst; const void *src; unsigned value; } Node;
 typedef struct { Node *nodes; int n, cap; } Graph;
 static _Thread_local Graph capture_nodes;
 static Node *add_node(Graph *g) {
@@ -77,6 +77,11 @@ static int run_launch(const char *name, const unsigned *geom, const unsigned cha
   return 0;
 }
 
+/* MOCK_CC: the compute capability, as 80, 86, 89 or 90 (the default). */
+static int arch(void) { const char *cc = getenv("MOCK_CC"); return cc && *cc ? atoi(cc) : 90; }
+/* The most shared memory a block may have (opt-in), per architecture. */
+static int smem_optin(void) { int a = arch(); return a == 80 ? 166912 : a == 90 ? 232448 : 101376; }
+
 CUresult cuInit(unsigned flags) { (void)flags; return 0; }
 CUresult cuDriverGetVersion(int *v) { *v = 13000; return 0; }
 CUresult cuDeviceGetCount(int *n) { *n = 1; return 0; }
@@ -85,14 +90,13 @@ CUresult cuDeviceGetName(char *name, int len, int dev) { (void)dev; strncpy(name
 CUresult cuDeviceGetAttribute(int *v, int attr, int dev) {
   (void)dev;
   /* MOCK_CC: 80 (A100), 86 (A10), 89 (L4), default 90 (H100). */
-  const char *cc = getenv("MOCK_CC");
-  const int arch = cc && *cc ? atoi(cc) : 90;
+  const int a = arch();
   switch (attr) {
-    case 75: *v = arch / 10; break;    /* compute capability major */
-    case 76: *v = arch % 10; break;
-    case 16: *v = arch == 80 ? 108 : arch == 86 ? 72 : arch == 89 ? 58 : 132; break;  /* SMs */
-    case 97: *v = arch == 80 ? 166912 : arch == 90 ? 232448 : 101376; break;          /* shared memory per block, opt-in */
-    case 38: *v = arch == 80 ? 40 << 20 : arch == 86 ? 6 << 20 : arch == 89 ? 48 << 20 : 50 << 20; break; /* L2 bytes */
+    case 75: *v = a / 10; break;    /* compute capability major */
+    case 76: *v = a % 10; break;
+    case 16: *v = a == 80 ? 108 : a == 86 ? 72 : a == 89 ? 58 : 132; break;  /* SMs */
+    case 97: *v = smem_optin(); break;                                       /* shared memory per block, opt-in */
+    case 38: *v = a == 80 ? 40 << 20 : a == 86 ? 6 << 20 : a == 89 ? 48 << 20 : 50 << 20; break; /* L2 bytes */
     default: *v = 1;
   }
   return 0;
@@ -130,16 +134,34 @@ CUresult cuMemsetD32Async(uint64_t d, unsigned v, size_t n, void *st) {
 }
 CUresult cuModuleLoadData(void **m, const void *image) { (void)image; NOT_CAPTURING; emu_load(); *m = (void *)0x2; return 0; }
 CUresult cuModuleUnload(void *m) { (void)m; return 0; }
-CUresult cuModuleGetFunction(void **f, void *m, const char *name) { (void)m; *f = strdup(name); return 0; }
-CUresult cuFuncSetAttribute(void *f, int a, int v) { (void)f; (void)a; (void)v; return 0; }
+/* A function handle: its name first (a launch reads the handle as the name), then the dynamic
+ * shared memory it may use (CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, 8). */
+typedef struct { char name[128]; int max_dynamic_smem; } Function;
+CUresult cuModuleGetFunction(void **f, void *m, const char *name) {
+  (void)m;
+  Function *fn = calloc(1, sizeof *fn);
+  strncpy(fn->name, name, sizeof fn->name - 1);
+  *f = fn;
+  return 0;
+}
+CUresult cuFuncSetAttribute(void *f, int a, int v) {
+  if (a == 8) {
+    if (v < 0 || v > smem_optin()) return 1;
+    ((Function *)f)->max_dynamic_smem = v;
+  }
+  return 0;
+}
 CUresult cuFuncGetAttribute(int *v, int a, void *f) { (void)a; (void)f; *v = 0; return 0; }
 CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void *st, void **params, void **extra) {
   (void)st;
   STICKY;
   if (params || !extra || extra[0] != (void *)1 || extra[2] != (void *)2 || extra[4] != (void *)0) return 1;
   strncpy(last_name, (const char *)f, sizeof last_name - 1);
-  unsigned g[7] = {gx, gy, gz, bx, by, bz, smem};
-  memcpy(last_geom, g, sizeof g);
+  /* For the emulator: the geometry, then the dynamic shared memory this function may launch with
+   * (48 KiB unless raised through cuFuncSetAttribute) and the most a block may have in all. */
+  const int raised = ((const Function *)f)->max_dynamic_smem;
+  unsigned g[9] = {gx, gy, gz, bx, by, bz, smem, (unsigned)(raised > 49152 ? raised : 49152), (unsigned)smem_optin()};
+  memcpy(last_geom, g, sizeof last_geom);
   last_args_size = *(size_t *)extra[3];
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
@@ -268,3 +290,5 @@ int mock_allocs(void) { return allocs; }
 /* The emulator's last failure ("" if none), and whether it is loaded. */
 const char *mock_emu_error(void) { return emu_error; }
 int mock_emu_loaded(void) { return emu_launch != 0; }
+/* Forgets a staged or emulated fault, so that a test can go on after checking one. */
+void mock_clear_fault(void) { sticky = 0; emu_error[0] = 0; }

@@ -32,7 +32,7 @@ inline uint16_t f32_to_f16(float f) {
 inline float f16_to_f32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
   if (e == 0) return bits_f32(sign) + (sign ? -1.f : 1.f) * static_cast<float>(m) * 5.9604644775390625e-8f;
-  if (e == 31) return bits_f32(sign | 0x7f800000u | (m << 13));
+  if (e == 31) return bits_f32(sign | 0x7f800000u | (m ? 0x400000u | (m << 13) : 0u));  // a NaN stays quiet
   return bits_f32(sign | ((e + 112u) << 23) | (m << 13));
 }
 }  // namespace emu

@@ -1,0 +1,125 @@
+// Kernels that check the emulator itself (tests/cuda/emulator.test.ts); compiled into the
+// emulator only, never into Tessera's fatbin.
+#include "mma.cuh"
+
+namespace {
+constexpr unsigned FULL = 0xffffffffu;
+}
+
+// Eight collectives per thread: out[8 tid + k].
+extern "C" __global__ void ts_emu_selftest_collectives(int* out) {
+  const int tid = threadIdx.x;
+  int* o = out + 8 * tid;
+  o[0] = __shfl_sync(FULL, tid * 10, 5);
+  o[1] = __shfl_xor_sync(FULL, tid, 1);
+  o[2] = __shfl_up_sync(FULL, tid, 3);
+  o[3] = __shfl_down_sync(FULL, tid, 2, 8);
+  o[4] = __shfl_xor_sync(FULL, tid, 4, 4);
+  o[5] = static_cast<int>(__ballot_sync(FULL, tid % 3 == 0));
+  o[6] = static_cast<int>(__reduce_add_sync(FULL, static_cast<unsigned>(tid)));
+  o[7] = __any_sync(FULL, tid == 40);
+}
+
+// One warp. Lane l gives the ldmatrix row `rows[l]` (in 16-bit elements) of a 512-element tile
+// copied from `tile_in` to shared memory; ld_out[8 l ..] gets the four registers of ldmatrix.x4,
+// then of .x4.trans. With the fragments a[4 l ..], b[2 l ..], c[4 l ..], d[4 l ..] gets mma's.
+template <class T>
+__device__ void selftest_mma(uint32_t* ld_out, float* d, const uint16_t* tile_in, const int* rows, const uint32_t* a, const uint32_t* b, const float* c) {
+  __shared__ __align__(16) uint16_t tile[512];
+  const int l = threadIdx.x;
+  for (int i = l; i < 512; i += 32) tile[i] = tile_in[i];
+  __syncthreads();
+  uint32_t r[4];
+  ts::mma::ldsm_x4(ts::smem_u32(tile + rows[l]), r[0], r[1], r[2], r[3]);
+  for (int i = 0; i < 4; i++) ld_out[8 * l + i] = r[i];
+  ts::mma::ldsm_x4_t(ts::smem_u32(tile + rows[l]), r[0], r[1], r[2], r[3]);
+  for (int i = 0; i < 4; i++) ld_out[8 * l + 4 + i] = r[i];
+  float acc[4] = {c[4 * l], c[4 * l + 1], c[4 * l + 2], c[4 * l + 3]};
+  const uint32_t af[4] = {a[4 * l], a[4 * l + 1], a[4 * l + 2], a[4 * l + 3]};
+  ts::mma::mma<T>(acc, af, b[2 * l], b[2 * l + 1]);
+  for (int i = 0; i < 4; i++) d[4 * l + i] = acc[i];
+}
+extern "C" __global__ void ts_emu_selftest_mma_bf16(uint32_t* ld_out, float* d, const uint16_t* tile_in, const int* rows, const uint32_t* a, const uint32_t* b, const float* c) {
+  selftest_mma<ts::bf16>(ld_out, d, tile_in, rows, a, b, c);
+}
+extern "C" __global__ void ts_emu_selftest_mma_f16(uint32_t* ld_out, float* d, const uint16_t* tile_in, const int* rows, const uint32_t* a, const uint32_t* b, const float* c) {
+  selftest_mma<ts::f16>(ld_out, d, tile_in, rows, a, b, c);
+}
+
+// cp.async: two commit groups per thread (the second copies 8 of 16 bytes); out[5 t ..] reads
+// shared memory before any wait, after wait_group 1, and after wait_group 0.
+extern "C" __global__ void ts_emu_selftest_cp_async(float* out, const float* in) {
+  __shared__ __align__(16) float buf[2][128];
+  const int t = threadIdx.x;
+  ts::mma::cp_async16(ts::smem_u32(&buf[0][4 * t]), in + 4 * t, 16);
+  ts::mma::cp_async_commit();
+  ts::mma::cp_async16(ts::smem_u32(&buf[1][4 * t]), in + 128 + 4 * t, 8);
+  ts::mma::cp_async_commit();
+  out[5 * t] = buf[0][4 * t];  // nothing has landed: the poison
+  ts::mma::cp_async_wait<1>();
+  out[5 * t + 1] = buf[0][4 * t];  // group 0 has
+  out[5 * t + 2] = buf[1][4 * t];  // group 1 has not
+  ts::mma::cp_async_wait<0>();
+  out[5 * t + 3] = buf[1][4 * t];      // copied
+  out[5 * t + 4] = buf[1][4 * t + 3];  // zero-filled past src-size
+}
+
+// Thread 31 writes shared memory that every thread then reads, with or without a barrier between.
+extern "C" __global__ void ts_emu_selftest_barrier(int* out, int with_barrier) {
+  __shared__ int s;
+  if (threadIdx.x == 31) s = 7;
+  if (with_barrier) __syncthreads();
+  out[threadIdx.x] = s;
+}
+
+// Half the threads exit before a barrier the other half waits at.
+extern "C" __global__ void ts_emu_selftest_exit(int* out) {
+  if (threadIdx.x >= 16) return;
+  __syncthreads();
+  out[threadIdx.x] = 1;
+}
+
+// Faults the emulator must report.
+extern "C" __global__ void ts_emu_selftest_partial_shfl(int* out) {
+  if (threadIdx.x < 16) out[threadIdx.x] = __shfl_xor_sync(FULL, 1, 1);
+}
+extern "C" __global__ void ts_emu_selftest_diverged(int* out) {
+  if ((threadIdx.x & 31) < 16) out[0] = static_cast<int>(__ballot_sync(FULL, 1));
+  else out[1] = __any_sync(FULL, 1);
+}
+extern "C" __global__ void ts_emu_selftest_unaligned_ldsm(int* out) {
+  __shared__ __align__(16) uint16_t tile[512];
+  uint32_t r0, r1, r2, r3;
+  ts::mma::ldsm_x4(ts::smem_u32(tile + 8 * threadIdx.x + 1), r0, r1, r2, r3);
+  out[threadIdx.x] = static_cast<int>(r0 + r1 + r2 + r3);
+}
+
+// Odd and even lanes shuffle among themselves at the same time (disjoint masks: legal on sm_70+).
+extern "C" __global__ void ts_emu_selftest_disjoint(int* out) {
+  const int l = threadIdx.x;
+  if (l & 1) out[l] = __shfl_xor_sync(0xaaaaaaaau, l, 2);
+  else out[l] = __shfl_xor_sync(0x55555555u, l, 2);
+}
+
+// A full-warp ballot, then one over the low half: each lane keeps its own results.
+extern "C" __global__ void ts_emu_selftest_votes(unsigned* out) {
+  const int l = threadIdx.x;
+  const unsigned all = __ballot_sync(FULL, l % 4 == 0);
+  unsigned half = 0;
+  if (l < 16) half = __ballot_sync(0xffffu, 1);
+  out[2 * l] = all;
+  out[2 * l + 1] = half;
+}
+
+// Thread 1 reads what thread 0 copies with cp.async, after a barrier but before thread 0 waits
+// (the emulator's round after the barrier runs thread 1 first).
+extern "C" __global__ void ts_emu_selftest_cp_async_race(float* out, const float* in) {
+  __shared__ __align__(16) float buf[4];
+  if (threadIdx.x == 0) {
+    ts::mma::cp_async16(ts::smem_u32(buf), in, 16);
+    ts::mma::cp_async_commit();
+  }
+  __syncthreads();
+  if (threadIdx.x == 1) out[0] = buf[0];
+  if (threadIdx.x == 0) ts::mma::cp_async_wait<0>();
+}

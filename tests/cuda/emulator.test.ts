@@ -1,0 +1,227 @@
+/**
+ * The kernel emulator (tests/cuda/emu) checked on its own: it builds wherever there is a C++
+ * compiler and holds every kernel the CUDA backend declares but the sm_90a ones; its collectives,
+ * ldmatrix and mma agree with the JavaScript model of the PTX manual's fragments
+ * (mma_model.ts, written independently of it); cp.async lands at the wait that covers it; shared
+ * memory starts poisoned; and it reports the faults it is there to catch (a collective some lanes
+ * never reach, lanes meeting different collectives, a misaligned ldmatrix, arguments of the
+ * wrong size) as one sentence naming the kernel, block and thread.
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import koffi from 'koffi';
+import { loadDriver, type CudaDriver, type DevPtr, type Handle } from '../../src/backend/cuda/driver.js';
+import { packArgs, type ArgValue, type ParamType } from '../../src/backend/cuda/kernel_decl.js';
+import { ALL_DECLS } from '../../src/backend/cuda/ops/index.js';
+import { buildEmulator } from './emu/build.js';
+import { bf16ToF32, f16ToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/util/dtype.js';
+import { buildMock } from './mock/mock.js';
+import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
+
+const mockPath = buildMock();
+const emu = mockPath ? buildEmulator() : { path: null, skip: 'no C compiler', kernels: [] };
+const skip = !mockPath ? 'no C compiler to build the stand-in libcuda' : emu.skip;
+if (skip) console.log(`kernel emulator: skipped: ${skip}`);
+
+describe.skipIf(skip !== null)('kernel emulator', () => {
+  let driver: CudaDriver;
+  let module: Handle;
+  let stream: Handle;
+  let lib: koffi.IKoffiLib;
+  const allocations: DevPtr[] = [];
+  const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU, cc: process.env.MOCK_CC };
+
+  beforeAll(() => {
+    process.env.TESSERA_LIBCUDA = mockPath!;
+    process.env.MOCK_EMU = emu.path!;
+    process.env.MOCK_CC = '80';
+    const loaded = loadDriver();
+    if ('reason' in loaded) throw new Error(loaded.reason);
+    driver = loaded.driver;
+    driver.usePrimaryContext(0);
+    module = driver.loadModule(new Uint8Array(16));
+    stream = driver.createStream();
+    lib = koffi.load(mockPath!);
+  });
+  afterAll(() => {
+    for (const p of allocations) driver.free(p);
+    for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu], ['MOCK_CC', saved.cc]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  });
+
+  const upload = (data: ArrayBufferView): DevPtr => {
+    const p = driver.malloc(Math.max(data.byteLength, 16));
+    allocations.push(p);
+    driver.copyToDevice(p, data);
+    return p;
+  };
+  const download = <A extends Int32Array | Uint32Array | Float32Array>(out: A, p: DevPtr): A => {
+    driver.copyToHost(out, p);
+    return out;
+  };
+  const launch = (name: string, params: Array<[string, ParamType]>, args: Record<string, ArgValue>, threads: number, sharedBytes = 0) => {
+    const fn = driver.getFunction(module, name);
+    driver.launch(fn, [1, 1, 1], [threads, 1, 1], sharedBytes, stream, (view) => packArgs(view, { name, params }, args));
+    driver.synchronize(stream);
+  };
+  /** Runs a launch that must fail; returns the emulator's sentence and clears the fault. */
+  const failure = (fn: () => void): string => {
+    expect(fn).toThrow(/CUDA_ERROR_LAUNCH_FAILED/);
+    const message = lib.func('const char *mock_emu_error(void)')() as string;
+    lib.func('void mock_clear_fault(void)')();
+    return message;
+  };
+
+  it('holds every kernel the CUDA backend declares, but the sm_90a ones', () => {
+    const declared = ALL_DECLS.map((d) => d.name).filter((n) => !/sm90/.test(n));
+    const have = new Set(emu.kernels);
+    expect(declared.filter((n) => !have.has(n))).toEqual([]);
+    const f16 = declared.filter((n) => n.includes('_bf16')).map((n) => n.replace('_bf16', '_f16'));
+    expect(f16.filter((n) => !have.has(n))).toEqual([]);
+  });
+
+  it('computes shuffles (with widths), votes and reductions as the PTX manual does', () => {
+    const out = upload(new Int32Array(64 * 8).fill(-99));
+    launch('ts_emu_selftest_collectives', [['out', 'ptr']], { out }, 64);
+    const got = download(new Int32Array(64 * 8), out);
+    for (let t = 0; t < 64; t++) {
+      const wb = t & ~31, l = t & 31;
+      const seg = (w: number) => l & ~(w - 1);
+      let ballot = 0, sum = 0;
+      for (let i = 0; i < 32; i++) {
+        if ((wb + i) % 3 === 0) ballot |= 1 << i;
+        sum += wb + i;
+      }
+      const want = [
+        (wb + 5) * 10,
+        wb + (l ^ 1),
+        l >= 3 ? t - 3 : t,
+        l + 2 < seg(8) + 8 ? t + 2 : t,
+        (l ^ 4) < seg(4) + 4 ? wb + (l ^ 4) : t,
+        ballot | 0,
+        sum,
+        wb === 32 ? 1 : 0,
+      ];
+      expect([...got.subarray(8 * t, 8 * t + 8)], `thread ${t}`).toEqual(want);
+    }
+  });
+
+  for (const dtype of ['bf16', 'f16'] as const) {
+    it(`agrees with the JavaScript fragment model on ldmatrix (plain, .trans) and mma.m16n8k16 (${dtype})`, () => {
+      let seed = dtype === 'bf16' ? 7 : 11;
+      const rnd = () => ((seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32);
+      // 16-bit values of the storage type, as bits and as numbers.
+      const toBits = (x: number) => (dtype === 'bf16' ? f32ToBf16Bits(x) : f32ToF16Bits(x));
+      const one = new Float32Array(1);
+      const fromBits = (b: number) => ((dtype === 'bf16' ? bf16ToF32 : f16ToF32)(Uint16Array.of(b), one), one[0]);
+      const tile = Uint16Array.from({ length: 512 }, () => toBits(rnd() * 4 - 2));
+      const rowSlots = Array.from({ length: 63 }, (_, i) => 8 * i).sort(() => rnd() - 0.5);
+      const rows = Int32Array.from(rowSlots.slice(0, 32));
+      const aBits = Uint32Array.from({ length: 128 }, () => toBits(rnd() * 2 - 1) | (toBits(rnd() * 2 - 1) << 16));
+      const bBits = Uint32Array.from({ length: 64 }, () => toBits(rnd() * 2 - 1) | (toBits(rnd() * 2 - 1) << 16));
+      const c = Float32Array.from({ length: 128 }, () => rnd() * 8 - 4);
+      const ld = upload(new Uint32Array(256)), d = upload(new Float32Array(128));
+      launch(
+        `ts_emu_selftest_mma_${dtype}`,
+        [['ld_out', 'ptr'], ['d', 'ptr'], ['tile_in', 'ptr'], ['rows', 'ptr'], ['a', 'ptr'], ['b', 'ptr'], ['c', 'ptr']],
+        { ld_out: ld, d, tile_in: upload(tile), rows: upload(rows), a: upload(aBits), b: upload(bBits), c: upload(c) },
+        32,
+      );
+      const ldGot = download(new Uint32Array(256), ld), dGot = download(new Float32Array(128), d);
+      const read = (byte: number) => tile[byte / 2];
+      const addr = [...rows].map((r) => 2 * r);
+      for (const [trans, off] of [[false, 0], [true, 4]] as const) {
+        const want = ldmatrixX4(read, addr, trans);
+        for (let l = 0; l < 32; l++)
+          for (let i = 0; i < 4; i++) expect(ldGot[8 * l + off + i], `lane ${l} register ${i}${trans ? ' (.trans)' : ''}`).toBe((want[l][i][0] | (want[l][i][1] << 16)) >>> 0);
+      }
+      const pair = (w: number) => [fromBits(w & 0xffff), fromBits(w >>> 16)];
+      const acc = Array.from({ length: 32 }, (_, l) => [...c.subarray(4 * l, 4 * l + 4)]);
+      mmaM16n8k16(
+        acc,
+        Array.from({ length: 32 }, (_, l) => [0, 1, 2, 3].map((i) => pair(aBits[4 * l + i]))),
+        Array.from({ length: 32 }, (_, l) => pair(bBits[2 * l])),
+        Array.from({ length: 32 }, (_, l) => pair(bBits[2 * l + 1])),
+      );
+      for (let l = 0; l < 32; l++) for (let i = 0; i < 4; i++) expect(dGot[4 * l + i], `lane ${l} d${i}`).toBeCloseTo(acc[l][i], 4);
+    });
+  }
+
+  it('lands a cp.async only at the wait_group that covers its group, zero-filling past src-size', () => {
+    const input = Float32Array.from({ length: 256 }, (_, i) => i + 1);
+    const out = upload(new Float32Array(32 * 5));
+    launch('ts_emu_selftest_cp_async', [['out', 'ptr'], ['in', 'ptr']], { out, in: upload(input) }, 32);
+    const got = download(new Float32Array(32 * 5), out);
+    for (let t = 0; t < 32; t++) {
+      const [before, g0, g1Early, g1, filled] = got.subarray(5 * t, 5 * t + 5);
+      expect(before, `thread ${t}: read before any wait`).toBeNaN();
+      expect(g0).toBe(input[4 * t]);
+      expect(g1Early, `thread ${t}: group 1 read after wait_group 1`).toBeNaN();
+      expect(g1).toBe(input[128 + 4 * t]);
+      expect(filled).toBe(0);
+    }
+  });
+
+  it('runs collectives of disjoint masks in one warp at the same time, each lane keeping its result', () => {
+    const out = upload(new Int32Array(32));
+    launch('ts_emu_selftest_disjoint', [['out', 'ptr']], { out }, 32);
+    expect([...download(new Int32Array(32), out)]).toEqual(Array.from({ length: 32 }, (_, l) => l ^ 2));
+    const votes = upload(new Uint32Array(64));
+    launch('ts_emu_selftest_votes', [['out', 'ptr']], { out: votes }, 32);
+    const got = download(new Uint32Array(64), votes);
+    for (let l = 0; l < 32; l++) expect([got[2 * l], got[2 * l + 1]], `lane ${l}`).toEqual([0x11111111, l < 16 ? 0xffff : 0]);
+  });
+
+  it('poisons a cp.async destination until the issuing thread waits, so another thread reading it early sees NaN', () => {
+    const out = upload(new Float32Array(1));
+    launch('ts_emu_selftest_cp_async_race', [['out', 'ptr'], ['in', 'ptr']], { out, in: upload(Float32Array.of(1, 2, 3, 4)) }, 32);
+    expect(download(new Float32Array(1), out)[0]).toBeNaN();
+  });
+
+  it('starts shared memory poisoned, so a missing barrier shows; a barrier makes the write visible', () => {
+    const out = upload(new Int32Array(32));
+    launch('ts_emu_selftest_barrier', [['out', 'ptr'], ['with_barrier', 'i32']], { out, with_barrier: 0 }, 32);
+    const without = download(new Int32Array(32), out);
+    expect(without[0], 'thread 0 reads before thread 31 writes').toBe(-1);
+    launch('ts_emu_selftest_barrier', [['out', 'ptr'], ['with_barrier', 'i32']], { out, with_barrier: 1 }, 32);
+    expect([...download(new Int32Array(32), out)]).toEqual(new Array(32).fill(7));
+  });
+
+  it('counts exited threads as arrived at a barrier', () => {
+    const out = upload(new Int32Array(32));
+    launch('ts_emu_selftest_exit', [['out', 'ptr']], { out }, 32);
+    expect([...download(new Int32Array(32), out).subarray(0, 16)]).toEqual(new Array(16).fill(1));
+  });
+
+  it('reports a collective that some lanes of the mask never reach as a deadlock', () => {
+    const msg = failure(() => launch('ts_emu_selftest_partial_shfl', [['out', 'ptr']], { out: upload(new Int32Array(32)) }, 32));
+    expect(msg).toMatch(/^ts_emu_selftest_partial_shfl: block \(0,0,0\) deadlocked: thread 0 waits at __shfl_xor_sync;/);
+  });
+
+  it('reports lanes meeting different collectives', () => {
+    const msg = failure(() => launch('ts_emu_selftest_diverged', [['out', 'ptr']], { out: upload(new Int32Array(2)) }, 32));
+    expect(msg).toMatch(/^ts_emu_selftest_diverged: block \(0,0,0\) thread \(\d+,0,0\): (__any_sync|__ballot_sync) .* met (__ballot_sync|__any_sync) .*the lanes diverged/);
+  });
+
+  it('reports a misaligned ldmatrix row address', () => {
+    const msg = failure(() => launch('ts_emu_selftest_unaligned_ldsm', [['out', 'ptr']], { out: upload(new Int32Array(32)) }, 32));
+    expect(msg).toMatch(/ldmatrix\.x4: row address 0x[0-9a-f]+ is not 16-byte aligned/);
+  });
+
+  it('refuses dynamic shared memory past 48 KiB unless the function was allowed more, as the driver does', () => {
+    const msg = failure(() => launch('ts_emu_selftest_exit', [['out', 'ptr']], { out: upload(new Int32Array(32)) }, 32, 64 * 1024));
+    expect(msg).toBe('ts_emu_selftest_exit: 65536 bytes of dynamic shared memory, more than the function may launch with (49152; a block may have 166912)');
+    const fn = driver.getFunction(module, 'ts_emu_selftest_exit');
+    driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
+    const out = upload(new Int32Array(32));
+    driver.launch(fn, [1, 1, 1], [32, 1, 1], 64 * 1024, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_exit', params: [['out', 'ptr']] }, { out }));
+    driver.synchronize(stream);
+    expect(download(new Int32Array(32), out)[0]).toBe(1);
+  });
+
+  it('refuses a launch whose argument bytes are not the kernel\'s', () => {
+    const msg = failure(() => launch('ts_emu_selftest_exit', [['out', 'ptr'], ['extra', 'i32']], { out: upload(new Int32Array(32)), extra: 1 }, 32));
+    expect(msg).toBe('ts_emu_selftest_exit: the launch passed 12 bytes of arguments; the kernel takes 8');
+  });
+});
