@@ -17,9 +17,10 @@ import { bf16ToF32, f16ToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/util
 import { buildMock } from './mock/mock.js';
 import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
 
-const mockPath = buildMock();
+const off = process.env.TESSERA_EMULATOR === '0';
+const mockPath = off ? null : buildMock();
 const emu = mockPath ? buildEmulator() : { path: null, skip: 'no C compiler', kernels: [] };
-const skip = !mockPath ? 'no C compiler to build the stand-in libcuda' : emu.skip;
+const skip = off ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : !mockPath ? 'no C compiler to build the stand-in libcuda' : emu.skip;
 if (skip) console.log(`kernel emulator: skipped: ${skip}`);
 
 describe.skipIf(skip !== null)('kernel emulator', () => {

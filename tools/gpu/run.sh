@@ -46,8 +46,9 @@ save() {
 }
 # The test counts of a vitest log, or nothing.
 counts() { sed 's/\x1b\[[0-9;]*m//g' "$1" 2>/dev/null | grep -E '^ +Tests ' | tail -1 | tr -s ' ' | sed 's/^ //'; }
-# Plain logs: they are read as text once they come back.
-export NO_COLOR=1 FORCE_COLOR=0
+# Plain logs: they are read as text once they come back. The GPU runs the GPU tiers here: no
+# kernel emulator (tests/cuda/emu) is built, which would cost device time.
+export NO_COLOR=1 FORCE_COLOR=0 TESSERA_EMULATOR=0
 # stage NAME CAP MIN CMD...: runs CMD, its output in $R/NAME.txt, under a timeout of CAP or the
 # time left, whichever is less (then SIGKILL 5 s later: a process stuck in a driver call may not
 # answer SIGTERM); skipped, with status 99, when less than MIN seconds are left.
