@@ -2,8 +2,11 @@
  * The Hopper layout probes (kernels/sm90_probe.cu, src/backend/cuda/sm90_probe.ts): on a Hopper
  * GPU, each probe's single wgmma product against the float64 product of the same bf16 inputs, so
  * the descriptors and fragments of the sm90 attention and GEMM are checked on their own. Without
- * one, the stand-in libcuda runs the harness end to end (upload, launch, read back, compare) with a
- * launch hook that does the product, and a hook with a layout error shows the probe catches it.
+ * one, the same tier runs on the kernel emulator (tests/cuda/emu), whose wgmma models the layouts
+ * kernels/sm90.cuh documents: there it checks the probe kernels and the emulator agree, not the
+ * hardware. And the stand-in libcuda runs the harness end to end (upload, launch, read back,
+ * compare) with a launch hook that does the product, and a hook with a layout error shows the
+ * probe catches it.
  */
 import { existsSync } from 'node:fs';
 import path from 'node:path';
@@ -13,18 +16,20 @@ import { loadDriver } from '../../src/backend/cuda/driver.js';
 import { SM90_PROBES, SM90_PROBE_SHAPES, probeReference, runSm90Probe, type Sm90Probe } from '../../src/backend/cuda/sm90_probe.js';
 import { bf16ToF32 } from '../../src/util/dtype.js';
 import { mulberry32 } from '../helpers/random.js';
+import { cudaTarget } from './emu/target.js';
 import { buildMock, setLaunchHook, unpackArgs } from './mock/mock.js';
 
 const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
-const gpu = CudaBackend.probe();
+const target = cudaTarget();
+const gpu = target.skip === null && !target.emulated;
 const fatbin = path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin');
-const gpuSkip = !gpu.ok ? gpu.reason : null;
-const mockPath = gpu.ok ? null : buildMock();
-const standInSkip = gpu.ok ? 'a GPU is present: its tier runs the probes themselves' : !mockPath ? 'no C compiler to build the stand-in libcuda' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null;
+const gpuSkip = target.skip;
+const mockPath = gpu ? null : buildMock();
+const standInSkip = gpu ? 'a GPU is present: its tier runs the probes themselves' : !mockPath ? 'no C compiler to build the stand-in libcuda' : !existsSync(fatbin) ? 'the kernels are not built (npm run build:kernels needs nvcc)' : null;
 if (gpuSkip) console.log(`sm90 layout probes: GPU tier skipped: ${gpuSkip}`);
 if (standInSkip) console.log(`sm90 layout probes: stand-in tier skipped: ${standInSkip}`);
 
-describe.skipIf(gpuSkip !== null)('sm90 layout probes on the GPU', () => {
+describe.skipIf(gpuSkip !== null)(`sm90 layout probes on ${target.emulated ? 'the kernel emulator' : 'the GPU'}`, () => {
   it('match the float64 product on fresh random inputs (Hopper only)', async () => {
     const backend = CudaBackend.create();
     try {
@@ -69,8 +74,10 @@ function productHook(driver: CudaDriver, scramble: boolean) {
 
 describe.skipIf(standInSkip !== null)('sm90 layout probes: the harness (stand-in libcuda)', () => {
   it('uploads, launches one warpgroup, reads back and compares; a layout error is reported where it is', async () => {
-    const saved = process.env.TESSERA_LIBCUDA;
+    // This tier's own stand-in, without the emulator: the hooks alone write the outputs.
+    const saved = process.env.TESSERA_LIBCUDA, savedEmu = process.env.MOCK_EMU;
     process.env.TESSERA_LIBCUDA = mockPath!;
+    delete process.env.MOCK_EMU;
     try {
       const driver = (loadDriver() as { driver: CudaDriver }).driver;
       const backend = CudaBackend.create();
@@ -99,6 +106,7 @@ describe.skipIf(standInSkip !== null)('sm90 layout probes: the harness (stand-in
     } finally {
       if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
       else process.env.TESSERA_LIBCUDA = saved;
+      if (savedEmu !== undefined) process.env.MOCK_EMU = savedEmu;
     }
   });
 });

@@ -30,6 +30,12 @@ function withLibcuda<T>(lib: string, f: () => T): T {
 }
 
 const words = (map: Uint8Array) => [...new BigUint64Array(map.buffer, map.byteOffset, 16)];
+/** The stand-in's map (libcuda_mock.c's layout): address, the first two dims, the row stride, dtype. */
+const head = (map: Uint8Array) => {
+  const w = words(map);
+  return [w[0], w[1], w[2], w[6]];
+};
+const dtypeOf = (map: Uint8Array) => (words(map)[11] >> 20n) & 0xffn;
 
 describe.skipIf(!mockPath)('TMA tensor maps (stand-in libcuda)', () => {
   const loaded = withLibcuda(mockPath!, loadDriver);
@@ -65,7 +71,10 @@ describe.skipIf(!mockPath)('TMA tensor maps (stand-in libcuda)', () => {
     expect(map).toBeInstanceOf(Uint8Array);
     expect(map.byteLength).toBe(128);
     expect(map.buffer.byteLength).toBe(128);
-    expect(words(map)).toEqual([matrix, 4096n, 300n, 8192n, 64n, 64n, 1n, 1n, 9n, 0n, 3n, 2n, 0n, 2n, 0x4b434f4d50414d54n, BigInt(r.calls)]);
+    // The stand-in's layout (libcuda_mock.c): dims, strides, boxes at 12 bits each, then element
+    // strides at 4 bits each with dtype 9, interleave 0, swizzle 3, l2 2, OOB fill 0 and rank 2.
+    const packed = 1n | (1n << 4n) | (9n << 20n) | (3n << 32n) | (2n << 36n) | (2n << 44n);
+    expect(words(map)).toEqual([matrix, 4096n, 300n, 0n, 0n, 0n, 8192n, 0n, 0n, 0n, 64n | (64n << 12n), packed, 0n, 0n, 0x4b434f4d50414d54n, BigInt(r.calls)]);
     const again = driver.encodeTensorMap2d(base);
     expect(again).not.toBe(map);
     expect(words(map)[15]).toBe(BigInt(r.calls)); // not overwritten by the next call
@@ -224,15 +233,15 @@ describe.skipIf(!mockPath)('the CUDA backend\'s tensor map cache (stand-in libcu
       const n = calls();
       expect(backend.tensorMap2d({ ...t, shape: [64, 128] }, [64, 64], '128B')).toBe(first);
       expect(calls()).toBe(n); // a hit asks the driver nothing
-      expect(words(first).slice(0, 6)).toEqual([ptr, 128n, 64n, 256n, 64n, 64n]);
+      expect([...head(first), words(first)[10]]).toEqual([ptr, 128n, 64n, 256n, 64n | (64n << 12n)]); // and the box
 
       // Another shape at the same address (a freed tensor's memory reused) is another map.
       const shorter = backend.tensorMap2d({ ...t, shape: [32, 128] }, [64, 64], '128B');
       expect(shorter).not.toBe(first);
-      expect(words(shorter).slice(0, 4)).toEqual([ptr, 128n, 32n, 256n]);
+      expect(head(shorter)).toEqual([ptr, 128n, 32n, 256n]);
       const f32 = backend.tensorMap2d({ ...t, dtype: 'f32' }, [64, 32], '128B');
-      expect(words(f32).slice(0, 4)).toEqual([ptr, 128n, 64n, 512n]);
-      expect(words(f32)[8]).toBe(7n);
+      expect(head(f32)).toEqual([ptr, 128n, 64n, 512n]);
+      expect(dtypeOf(f32)).toBe(7n);
       expect(backend.tensorMap2d(t, [32, 64], '128B')).not.toBe(first);
       expect(backend.tensorMap2d(t, [64, 32], '64B')).not.toBe(first);
       expect(backend.tensorMap2d(t, [64, 64], '128B')).toBe(first);

@@ -1,13 +1,14 @@
 /**
- * Builds the kernel emulator: Tessera's CUDA kernels (every family but the sm_90a ones, whose
- * wgmma, TMA and mbarrier pipelines it does not model) compiled for the CPU with the C++ compiler
- * against cuda_emu.h, plus the runtime, as one shared library that the stand-in libcuda runs
- * launches on (MOCK_EMU). See README.md in this folder.
+ * Builds the kernel emulator: Tessera's CUDA kernels, every family, compiled for the CPU with the
+ * C++ compiler against cuda_emu.h (as sm_90a device code, so the Hopper kernels are in), plus
+ * the runtime, as one shared library that the stand-in libcuda runs launches on (MOCK_EMU). See
+ * README.md in this folder.
  *
- * The kernel sources are used as they are, with two mechanical changes made in a copy: mma.cuh is
- * replaced by this folder's (the same functions over the emulated collectives, since inline PTX
- * cannot run on the CPU), and the `__shared__` declarations are rewritten onto the emulator's
- * shared window (rewriteShared). The library is cached by a hash of every input, so the test
+ * The kernel sources are used as they are, with mechanical changes made in a copy: mma.cuh and
+ * sm90.cuh are replaced by this folder's (the same functions over the emulated collectives,
+ * barriers and copies, since inline PTX cannot run on the CPU), the two inline PTX statements
+ * left in the Hopper kernels become no-ops (rewriteInlinePtx), and the `__shared__`
+ * declarations are rewritten onto the emulator's shared window (rewriteShared). The library is cached by a hash of every input, so the test
  * files that use it build it once.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -19,12 +20,18 @@ import path from 'node:path';
 const HERE = import.meta.dirname;
 const KERNELS = path.resolve(HERE, '../../../kernels');
 const CXX = process.env.CXX ?? 'g++';
-const FLAGS = ['-std=c++17', '-O2', '-g0', '-fPIC', '-mpopcnt', '-Wall', '-Wno-unknown-pragmas', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unused-but-set-variable', '-fno-strict-aliasing'];
+// The kernels are compiled as sm_90a device code (their Hopper paths included).
+const FLAGS = ['-std=c++17', '-O2', '-g0', '-fPIC', '-mpopcnt', '-D__CUDA_ARCH__=900', '-D__CUDA_ARCH_FEAT_SM90_ALL', '-Wall', '-Wno-unknown-pragmas', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unused-but-set-variable', '-fno-strict-aliasing'];
 
-/** The kernel families the emulator runs: tessera.cu's includes without the sm_90a ones. */
+/** The kernel families: tessera.cu's includes. */
 function families(): string[] {
   const unit = readFileSync(path.join(KERNELS, 'tessera.cu'), 'utf8');
-  return [...unit.matchAll(/#include "(\w+\.cu)"/g)].map((m) => m[1]).filter((f) => !f.includes('sm90'));
+  return [...unit.matchAll(/#include "(\w+\.cu)"/g)].map((m) => m[1]);
+}
+
+/** The sm_90a kernels' own inline PTX, outside sm90.cuh: the mbarrier-init fence and setmaxnreg, which the emulator has no use for. */
+export function rewriteInlinePtx(source: string): string {
+  return source.replace(/asm volatile\("(?:fence\.mbarrier_init|setmaxnreg)[^"]*"\s*:::\s*"memory"\);/g, '((void)0); /* emulator: nothing to do */');
 }
 
 /**
@@ -66,7 +73,7 @@ export function buildEmulator(): EmulatorBuild {
   const units = families();
   const sources = new Map<string, string>();
   for (const f of readdirSync(KERNELS)) if (/\.(cu|cuh)$/.test(f)) sources.set(f, readFileSync(path.join(KERNELS, f), 'utf8'));
-  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h', 'selftest.cu'];
+  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'sm90.cuh', 'include/cuda.h', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h', 'selftest.cu'];
   const hash = createHash('sha256');
   hash.update(version.stdout).update(FLAGS.join(' ')).update(units.join(','));
   for (const [f, s] of [...sources].sort()) hash.update(f).update(s);
@@ -83,8 +90,8 @@ export function buildEmulator(): EmulatorBuild {
     const src = path.join(work, 'src');
     mkdirSync(src);
     for (const [f, s] of sources) {
-      if (f === 'mma.cuh') copyFileSync(path.join(HERE, 'mma.cuh'), path.join(src, f));
-      else writeFileSync(path.join(src, f), rewriteShared(s));
+      if (f === 'mma.cuh' || f === 'sm90.cuh') copyFileSync(path.join(HERE, f), path.join(src, f));
+      else writeFileSync(path.join(src, f), rewriteShared(rewriteInlinePtx(s)));
     }
     // The emulator's own check kernels (selftest.cu) go in after Tessera's.
     writeFileSync(path.join(src, 'emu_selftest.cu'), rewriteShared(readFileSync(path.join(HERE, 'selftest.cu'), 'utf8')));

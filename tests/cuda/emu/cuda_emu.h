@@ -28,6 +28,7 @@
 // fails to compile here rather than silently becoming per-thread.
 #define __shared__ __shared___declaration_not_rewritten_for_the_emulator
 #define __constant__ static
+#define __grid_constant__
 
 // ---- vector types ----
 struct alignas(4) uint1_ { unsigned x; };
@@ -98,6 +99,21 @@ void cp_async_commit();
 void cp_async_wait(int pending);
 
 inline uint32_t lane() { return cur->linear & 31u; }
+
+// ---- sm_90a (runtime.cpp): mbarriers and TMA, by shared address; named barriers; wgmma ----
+void mbar_init(uint32_t bar, uint32_t count);
+// Arrives, first adding `tx_bytes` to the transaction bytes the phase waits for.
+void mbar_arrive(uint32_t bar, uint32_t tx_bytes);
+void mbar_wait(uint32_t bar, uint32_t parity);
+// A TMA tile load (rank 2..5, coordinates innermost first) through the stand-in's tensor map.
+void tma_load(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank);
+void named_barrier(int id, int threads, bool wait);
+// One thread's part of a warpgroup's wgmma: d (n / 2 floats) (+)= A (64 x 16: from the
+// descriptor, or from `a`, the m64nNk16 register fragment) * B (16 x n from the descriptor,
+// K-major, or MN-major with trans_b).
+void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16);
+void wgmma_commit();
+void wgmma_wait(int pending);
 
 template <class T>
 inline void to_words(const T& v, uint32_t* w) {
@@ -260,6 +276,7 @@ template <class T>
 inline T __ldcg(const T* p) { return *p; }
 template <class T>
 inline void __stcs(T* p, T v) { *p = v; }
+[[noreturn]] inline void __trap() { emu::fail("__trap()"); }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 

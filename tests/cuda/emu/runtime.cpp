@@ -2,6 +2,7 @@
 // collectives, the shared window and cp.async, and emu_launch, which the stand-in libcuda calls
 // for a kernel launch when the emulator is loaded (tests/cuda/mock/libcuda_mock.c, MOCK_EMU).
 #include "cuda_emu.h"
+#include "emu_half_types.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -10,6 +11,7 @@
 #include <setjmp.h>
 #include <pthread.h>
 #include <time.h>
+#include <string_view>
 
 #if !defined(__x86_64__)
 #error "the kernel emulator's fiber switch is written for x86-64"
@@ -53,10 +55,12 @@ namespace emu {
 Thread* cur;
 dim3 block_idx, block_dim, grid_dim;
 namespace {
-// The shared window: dynamic shared memory (up to 227 KiB, the most a block may have on sm_90),
-// then the static declarations' slots.
+// The shared window: 227 KiB, the most a block may have (sm_90). Dynamic shared memory from the
+// bottom, the static declarations' slots from the top down (a launch's two must not meet: the
+// driver's limit on their sum), so every shared address is below 227 KiB, as on the device
+// (wgmma descriptors hold 18 bits of it).
 constexpr size_t DYN_MAX = 227 * 1024, STATIC_MAX = 48 * 1024, MAX_STATIC_IDS = 4096;
-__attribute__((aligned(1024))) unsigned char window[DYN_MAX + STATIC_MAX];
+__attribute__((aligned(1024))) unsigned char window[DYN_MAX];
 size_t static_used;
 uint32_t static_slot[MAX_STATIC_IDS];  // offset in the window + 1; 0: not allocated this launch
 int static_ids_used[MAX_STATIC_IDS], n_static_ids_used;
@@ -299,8 +303,8 @@ uint32_t shared_addr(const void* p) {
 
 void* shared_ptr(uint32_t addr, int bytes) {
   const size_t end = static_cast<size_t>(addr) + static_cast<size_t>(bytes);
-  const bool dynamic = addr < DYN_MAX;
-  if (dynamic ? end > B.dyn_bytes : end > DYN_MAX + static_used)
+  const bool dynamic = addr < DYN_MAX - static_used;
+  if (dynamic ? end > B.dyn_bytes : end > DYN_MAX)
     fail("shared address 0x%x (+%d bytes) is outside the block's shared memory (%zu dynamic bytes launched, %zu static)", addr, bytes, B.dyn_bytes, static_used);
   return window + addr;
 }
@@ -310,16 +314,18 @@ int new_shared_id() { return next_static_id++; }
 void* static_shared(int id, size_t bytes, size_t align) {
   if (id < 0 || static_cast<size_t>(id) >= MAX_STATIC_IDS) fail("static __shared__ declaration %d: too many declarations", id);
   if (!static_slot[id]) {
-    const size_t offset = (static_used + align - 1) & ~(align - 1);
-    if (offset + bytes > STATIC_MAX) fail("static __shared__ declarations need more than %zu bytes (the most a block may declare)", STATIC_MAX);
-    if (B.dyn_bytes + offset + bytes > B.limits.block_max)
-      fail("%zu bytes of static and %zu of dynamic shared memory exceed the %zu a block may have", offset + bytes, B.dyn_bytes, B.limits.block_max);
-    static_used = offset + bytes;
-    memset(window + DYN_MAX + offset, 0xff, bytes);  // this block's poison (later blocks: run_block)
-    static_slot[id] = static_cast<uint32_t>(offset + 1);
+    if (static_used + bytes + align > DYN_MAX) fail("static __shared__ declarations need more than the window has");
+    const size_t start = (DYN_MAX - static_used - bytes) & ~(align - 1);
+    const size_t used = DYN_MAX - start;
+    if (used > STATIC_MAX) fail("static __shared__ declarations need more than %zu bytes (the most a block may declare)", STATIC_MAX);
+    if (B.dyn_bytes + used > B.limits.block_max)
+      fail("%zu bytes of static and %zu of dynamic shared memory exceed the %zu a block may have", used, B.dyn_bytes, B.limits.block_max);
+    static_used = used;
+    memset(window + start, 0xff, bytes);  // this block's poison (later blocks: run_block)
+    static_slot[id] = static_cast<uint32_t>(start + 1);
     static_ids_used[n_static_ids_used++] = id;
   }
-  return window + DYN_MAX + static_slot[id] - 1;
+  return window + static_slot[id] - 1;
 }
 
 void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
@@ -355,6 +361,344 @@ void cp_async_wait(int pending) {
   cur->n_groups -= land;
 }
 
+// ---- sm_90a -----------------------------------------------------------------------------------
+
+namespace {
+
+// An mbarrier, by its shared address: the arrivals a phase expects, those still pending, the
+// transaction bytes outstanding, the parity of the phase in progress, and the TMA loads that
+// complete bytes on it, not landed yet.
+struct Tma {
+  uint32_t dst;
+  const uint64_t* map;
+  int coords[5], rank;
+};
+struct MBar {
+  uint32_t addr, count, pending, phase;
+  int64_t tx;
+  uint64_t gen;  // bumped on anything a waiter must look at again (a phase completing, a load queued)
+  Tma loads[64];
+  int n_loads;
+};
+constexpr int MAX_MBARS = 64;
+MBar mbars[MAX_MBARS];
+int n_mbars;
+
+struct NamedBarrier {
+  int arrived, count;
+  uint64_t gen;
+};
+NamedBarrier named[16];
+
+// A warpgroup's wgmma operations issued and not yet landed, oldest first.
+struct WgOp {
+  int n, group;  // group: -1 until committed
+  bool rs, accumulate, trans_b, bf16;
+  uint64_t desc_a, desc_b;
+  float* d[128];
+  uint32_t a[128][4];
+};
+// An accumulator in flight: a thread's register array that pending operations write. Its value
+// lives here while they run, in order; the registers hold NaN until the wait that lands the last
+// of them (reading them before is undefined on the device).
+struct Acc {
+  float* d;
+  int floats;
+  float val[64];
+};
+constexpr int MAX_WG_OPS = 40, MAX_WARPGROUPS = MAX_THREADS / 128, MAX_ACCS = 4;
+struct Warpgroup {
+  int arrived;
+  uint64_t gen;
+  const char* what;
+  WgOp ops[MAX_WG_OPS];
+  int n_ops;
+  int groups[64], n_groups;  // committed group ids not yet waited for, oldest first
+  int next_group;
+  Acc acc[128][MAX_ACCS];
+  int n_acc[128];
+};
+Warpgroup warpgroups[MAX_WARPGROUPS];
+
+MBar* find_mbar(uint32_t addr, const char* what) {
+  for (int i = 0; i < n_mbars; i++)
+    if (mbars[i].addr == addr) return &mbars[i];
+  fail("%s: shared address 0x%x is not an initialized mbarrier", what, addr);
+}
+
+uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
+
+void complete_if_done(MBar& m) {
+  if (m.pending == 0 && m.tx == 0) {
+    m.phase ^= 1u;
+    m.pending = m.count;
+    m.gen++;
+    B.progress++;
+  }
+}
+
+// Copies a TMA box into shared memory (the stand-in's tensor map encoding, libcuda_mock.c).
+int64_t tma_copy(const Tma& t, bool poison_only) {
+  const uint64_t* w = t.map;
+  if (w[14] != 0x4b434f4d50414d54ull) fail("TMA: the tensor map was not made by the stand-in libcuda's cuTensorMapEncodeTiled");
+  const int rank = static_cast<int>((w[11] >> 44) & 0xf), dtype = static_cast<int>((w[11] >> 20) & 0xff);
+  const int interleave = static_cast<int>((w[11] >> 28) & 0xf), swz = static_cast<int>((w[11] >> 32) & 0xf);
+  if (rank != t.rank) fail("TMA: a %dD load through a rank-%d tensor map", t.rank, rank);
+  if (interleave != 0) fail("TMA: interleaved layouts are not modelled");
+  const int elem = dtype == 6 || dtype == 9 ? 2 : dtype == 7 ? 4 : 0;
+  if (!elem) fail("TMA: data type %d is not modelled", dtype);
+  if (swz != 0 && swz != 3) fail("TMA: swizzle mode %d is not modelled (none and 128B are)", swz);
+  uint64_t dims[5], strides[5] = {static_cast<uint64_t>(elem), 0, 0, 0, 0};
+  int box[5];
+  int64_t bytes = elem;
+  for (int i = 0; i < rank; i++) {
+    dims[i] = w[1 + i];
+    if (i > 0) strides[i] = w[6 + i - 1];
+    box[i] = static_cast<int>((w[10] >> (12 * i)) & 0xfff);
+    if (((w[11] >> (4 * i)) & 0xf) != 1) fail("TMA: element strides other than 1 are not modelled");
+    bytes *= box[i];
+  }
+  if (t.dst % 128) fail("TMA: shared destination 0x%x is not 128-byte aligned", t.dst);
+  if (swz == 3 && box[0] * elem > 128) fail("TMA: a 128B-swizzled box row is %d bytes, more than 128", box[0] * elem);
+  unsigned char* base = static_cast<unsigned char*>(shared_ptr(t.dst, static_cast<int>(bytes)));
+  if (poison_only) {
+    memset(base, 0xff, static_cast<size_t>(bytes));
+    return bytes;
+  }
+  const unsigned char* g = reinterpret_cast<const unsigned char*>(w[0]);
+  int64_t n = bytes / elem;
+  for (int64_t i = 0; i < n; i++) {
+    int64_t rest = i, offset = 0;
+    bool inside = true;
+    for (int d = 0; d < rank; d++) {
+      const int64_t c = t.coords[d] + rest % box[d];
+      rest /= box[d];
+      if (c < 0 || static_cast<uint64_t>(c) >= dims[d]) inside = false;
+      else offset += c * static_cast<int64_t>(strides[d]);
+    }
+    const uint32_t logical = t.dst + static_cast<uint32_t>(i * elem);
+    unsigned char* out = window + (swz == 3 ? swizzle128(logical) : logical);
+    if (inside) memcpy(out, g + offset, static_cast<size_t>(elem));
+    else memset(out, 0, static_cast<size_t>(elem));  // out of bounds reads as zero
+  }
+  return bytes;
+}
+
+void land_loads(MBar& m) {
+  for (int i = 0; i < m.n_loads; i++) m.tx -= tma_copy(m.loads[i], false);
+  if (m.n_loads) {
+    m.n_loads = 0;
+    complete_if_done(m);
+  }
+}
+
+// Every thread of the caller's warpgroup meets here; the last to arrive runs `last(g)`.
+template <class F>
+void warpgroup_meet(const char* what, F last) {
+  if (B.n % 128) fail("%s: the block's %d threads are not whole warpgroups", what, B.n);
+  Warpgroup& g = warpgroups[cur->linear / 128];
+  if (g.arrived == 0) g.what = what;
+  else if (g.what != what) fail("%s met %s in the same warpgroup: its threads diverged", what, g.what);
+  g.arrived++;
+  B.progress++;
+  if (g.arrived == 128) {
+    last(g);
+    g.arrived = 0;
+    g.gen++;
+  } else {
+    wait_for(&g.gen, g.gen, what);
+  }
+}
+
+float elem16(const unsigned char* p, bool bf16) {
+  uint16_t h;
+  memcpy(&h, p, 2);
+  return bf16 ? bf16_to_f32(h) : f16_to_f32(h);
+}
+
+// A 16-bit operand element through a 128B-swizzled descriptor: rows of 64 values (128 bytes), 8
+// rows to a 1024-byte atom, SBO between atoms along the rows, LBO between 64-wide panels.
+float desc_elem(uint64_t desc, int row, int col, bool bf16) {
+  if ((desc >> 62) != 1) fail("wgmma: descriptor swizzle mode %u is not modelled (128B is)", static_cast<unsigned>(desc >> 62));
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4, lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4,
+                 sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
+  const uint32_t logical = start + (row / 8) * sbo + (row % 8) * 128 + (col / 64) * lbo + (col % 64) * 2;
+  return elem16(static_cast<const unsigned char*>(shared_ptr(swizzle128(logical), 2)), bf16);
+}
+
+Acc* find_acc(Warpgroup& g, int t, const float* d) {
+  for (int i = 0; i < g.n_acc[t]; i++)
+    if (g.acc[t][i].d == d) return &g.acc[t][i];
+  return nullptr;
+}
+
+void run_op(Warpgroup& g, WgOp& op) {
+  // A [64][16], B [16][n], read now (shared memory must still hold them: the wait covers them).
+  float A[64][16], Bm[16][128];
+  if (op.rs) {
+    for (int t = 0; t < 128; t++) {
+      const int w = t / 32, l = t % 32, r = 16 * w + l / 4, k = 2 * (l % 4);
+      for (int e = 0; e < 2; e++) {
+        const uint16_t* a = reinterpret_cast<const uint16_t*>(op.a[t]);
+        const auto f = [&](int i) { return op.bf16 ? bf16_to_f32(a[2 * i + e]) : f16_to_f32(a[2 * i + e]); };
+        A[r][k + e] = f(0), A[r + 8][k + e] = f(1), A[r][k + 8 + e] = f(2), A[r + 8][k + 8 + e] = f(3);
+      }
+    }
+  } else {
+    for (int m = 0; m < 64; m++)
+      for (int k = 0; k < 16; k++) A[m][k] = desc_elem(op.desc_a, m, k, op.bf16);  // K-major: row m
+  }
+  for (int k = 0; k < 16; k++)
+    for (int c = 0; c < op.n; c++) Bm[k][c] = op.trans_b ? desc_elem(op.desc_b, k, c, op.bf16) : desc_elem(op.desc_b, c, k, op.bf16);
+  for (int t = 0; t < 128; t++) {
+    const int w = t / 32, l = t % 32;
+    float* v = find_acc(g, t, op.d[t])->val;
+    for (int i = 0; i < op.n / 8; i++)
+      for (int e = 0; e < 4; e++) {
+        const int row = 16 * w + l / 4 + 8 * (e >> 1), col = 8 * i + 2 * (l % 4) + (e & 1), idx = 4 * i + e;
+        float acc = op.accumulate ? v[idx] : 0.f;
+        for (int k = 0; k < 16; k++) acc += A[row][k] * Bm[k][col];
+        v[idx] = acc;
+      }
+  }
+}
+
+}  // namespace
+
+void mbar_init(uint32_t bar, uint32_t count) {
+  if (bar % 8) fail("mbarrier.init: shared address 0x%x is not 8-byte aligned", bar);
+  if (count == 0 || count > (1u << 20) - 1) fail("mbarrier.init: count %u is not in 1..2^20-1", count);
+  MBar* m = nullptr;
+  for (int i = 0; i < n_mbars; i++)
+    if (mbars[i].addr == bar) m = &mbars[i];
+  if (!m) {
+    if (n_mbars == MAX_MBARS) fail("more than %d mbarriers in a block", MAX_MBARS);
+    m = &mbars[n_mbars++];
+  }
+  *m = MBar{};
+  m->addr = bar;
+  m->count = m->pending = count;
+  B.progress++;
+}
+
+void mbar_arrive(uint32_t bar, uint32_t tx_bytes) {
+  MBar& m = *find_mbar(bar, "mbarrier.arrive");
+  if (m.pending == 0) fail("mbarrier.arrive: more arrivals than the %u the phase expects", m.count);
+  m.tx += tx_bytes;
+  m.pending--;
+  B.progress++;
+  complete_if_done(m);
+}
+
+void mbar_wait(uint32_t bar, uint32_t parity) {
+  MBar& m = *find_mbar(bar, "mbarrier.try_wait.parity");
+  // The phase of this parity has completed once the phase in progress has the other parity.
+  while (m.phase == (parity & 1u)) {
+    land_loads(m);
+    if (m.phase != (parity & 1u)) break;
+    wait_for(&m.gen, m.gen, "mbarrier.try_wait.parity");
+  }
+}
+
+void tma_load(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank) {
+  MBar& m = *find_mbar(bar, "cp.async.bulk.tensor");
+  if (m.n_loads == 64) fail("cp.async.bulk.tensor: more than 64 loads in flight on one mbarrier");
+  Tma t{dst, map, {0, 0, 0, 0, 0}, rank};
+  for (int i = 0; i < rank; i++) t.coords[i] = coords[i];
+  // The destination holds nothing defined until the load completes: poison it; the data lands
+  // when a thread waits on the barrier (a read before that wait shows).
+  tma_copy(t, true);
+  m.loads[m.n_loads++] = t;
+  m.gen++;  // a waiter looks again: it lands the load
+  B.progress++;
+}
+
+void named_barrier(int id, int threads, bool wait) {
+  const char* what = wait ? "bar.sync" : "bar.arrive";
+  if (id < 1 || id > 15) fail("%s: barrier id %d is not in 1..15 (0 is __syncthreads')", what, id);
+  if (threads <= 0 || threads % 32 || threads > B.n) fail("%s %d: a thread count of %d is not a multiple of 32 within the block", what, id, threads);
+  NamedBarrier& b = named[id];
+  if (b.arrived == 0) b.count = threads;
+  else if (b.count != threads) fail("%s %d: thread counts %d and %d meet", what, id, b.count, threads);
+  b.arrived++;
+  B.progress++;
+  if (b.arrived == b.count) {
+    b.arrived = 0;
+    b.gen++;
+    return;
+  }
+  if (wait) wait_for(&b.gen, b.gen, what);
+}
+
+void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
+  Warpgroup& g = warpgroups[cur->linear / 128];
+  const int t = static_cast<int>(cur->linear % 128);
+  if (g.arrived == 0) {
+    if (g.n_ops == MAX_WG_OPS) fail("wgmma: more than %d operations in flight in a warpgroup", MAX_WG_OPS);
+    WgOp& op = g.ops[g.n_ops];
+    op.n = n, op.group = -1, op.rs = a != nullptr, op.accumulate = accumulate, op.trans_b = trans_b, op.bf16 = bf16;
+    op.desc_a = desc_a, op.desc_b = desc_b;
+  } else if (g.what == std::string_view("wgmma.mma_async")) {
+    const WgOp& op = g.ops[g.n_ops];
+    if (op.n != n || op.rs != (a != nullptr) || op.accumulate != accumulate || op.trans_b != trans_b || op.bf16 != bf16 || op.desc_a != desc_a || op.desc_b != desc_b)
+      fail("wgmma: the warpgroup's threads issued different operations (shape, operands or descriptors)");
+  }
+  WgOp& op = g.ops[g.n_ops];
+  op.d[t] = d;
+  if (a) memcpy(op.a[t], a, sizeof op.a[t]);
+  if (!find_acc(g, t, d)) {
+    // The first pending operation on these registers: their value goes in flight.
+    if (g.n_acc[t] == MAX_ACCS) fail("wgmma: more than %d accumulator arrays in flight in one thread", MAX_ACCS);
+    Acc& e = g.acc[t][g.n_acc[t]++];
+    e.d = d;
+    e.floats = n / 2;
+    memcpy(e.val, d, sizeof(float) * (n / 2));
+    for (int i = 0; i < n / 2; i++) d[i] = __builtin_nanf("");
+  } else if (find_acc(g, t, d)->floats != n / 2) {
+    fail("wgmma: accumulators of %d and %d floats at one address", find_acc(g, t, d)->floats, n / 2);
+  }
+  warpgroup_meet("wgmma.mma_async", [](Warpgroup& w) { w.n_ops++; });
+}
+
+void wgmma_commit() {
+  warpgroup_meet("wgmma.commit_group", [](Warpgroup& w) {
+    if (w.n_groups == 64) fail("wgmma.commit_group: more than 64 groups in flight");
+    const int id = w.next_group++;
+    for (int i = 0; i < w.n_ops; i++)
+      if (w.ops[i].group < 0) w.ops[i].group = id;
+    w.groups[w.n_groups++] = id;
+  });
+}
+
+void wgmma_wait(int pending) {
+  const int keep = pending;
+  warpgroup_meet("wgmma.wait_group", [keep](Warpgroup& w) {
+    int done = 0;
+    while (w.n_groups > keep) {
+      const int id = w.groups[0];
+      memmove(w.groups, w.groups + 1, sizeof(int) * (w.n_groups - 1));
+      w.n_groups--;
+      for (int i = done; i < w.n_ops && w.ops[i].group == id; i++, done++) run_op(w, w.ops[i]);
+    }
+    if (!done) return;
+    memmove(w.ops, w.ops + done, sizeof(WgOp) * (w.n_ops - done));
+    w.n_ops -= done;
+    // Accumulators no pending operation writes any more land in their registers.
+    for (int t = 0; t < 128; t++)
+      for (int i = 0; i < w.n_acc[t];) {
+        Acc& e = w.acc[t][i];
+        bool pending = false;
+        for (int j = 0; j < w.n_ops && !pending; j++) pending = w.ops[j].d[t] == e.d;
+        if (pending) {
+          i++;
+          continue;
+        }
+        memcpy(e.d, e.val, sizeof(float) * e.floats);
+        e = w.acc[t][--w.n_acc[t]];
+      }
+  });
+}
+
 namespace {
 
 // Runs one block to completion; false (B.error set) on a failure or a deadlock.
@@ -362,7 +706,7 @@ bool run_block() {
   const int n = B.n;
   // Poison what the block can see: 0xff bytes, NaN in every float view.
   memset(window, 0xff, B.dyn_bytes);
-  memset(window + DYN_MAX, 0xff, static_used);
+  memset(window + DYN_MAX - static_used, 0xff, static_used);
   for (int i = 0; i < n; i++) {
     Thread& t = B.threads[i];
     t.linear = static_cast<unsigned>(i);
@@ -387,6 +731,15 @@ bool run_block() {
   }
   for (int w = 0; w < (n + 31) / 32; w++)
     for (int i = 0; i < SLOTS; i++) B.warps[w].slot[i].arrived = 0;
+  n_mbars = 0;
+  memset(named, 0, sizeof named);
+  for (int w = 0; w < (n + 127) / 128; w++) {
+    warpgroups[w].arrived = 0;
+    warpgroups[w].n_ops = 0;
+    warpgroups[w].n_groups = 0;
+    warpgroups[w].next_group = 0;
+    memset(warpgroups[w].n_acc, 0, sizeof warpgroups[w].n_acc);
+  }
   B.live = n;
   B.bar_arrived = 0;
   // Rounds alternate direction, so that code relying on an order the device does not promise

@@ -1,11 +1,11 @@
 /**
  * The device the GPU tiers of the test suite run on: the GPU when CudaBackend.probe() finds one;
  * otherwise the kernel emulator behind the stand-in libcuda (README.md here), which runs every
- * non-sm_90a kernel's own source on the CPU through the real CUDA backend, so those tiers run on
- * every machine with a C++ compiler. The emulated device reports compute capability 8.0, so the
- * backend picks the mma.sync kernels the emulator has (TESSERA_EMULATOR_CC=86 or 89 makes it one
- * of those, with their SM counts and shared memory). TESSERA_EMULATOR=0 turns the emulator off
- * (the tiers then skip, saying why).
+ * kernel's own source on the CPU through the real CUDA backend, so those tiers run on every
+ * machine with a C++ compiler. The emulated device reports compute capability 9.0, so the
+ * backend picks the Hopper kernels where it would on an H100 (TESSERA_EMULATOR_CC=80, 86 or 89
+ * makes it one of those parts, with their SM counts and shared memory, and the mma.sync path).
+ * TESSERA_EMULATOR=0 turns the emulator off (the tiers then skip, saying why).
  *
  * Choosing the emulator sets TESSERA_LIBCUDA, MOCK_EMU and MOCK_CC in this process, so every
  * CudaBackend created after it (in this test file's process) is emulated.
@@ -42,8 +42,8 @@ export function cudaTarget(): CudaTarget {
   if (!emu.path) return off(emu.skip!);
   process.env.TESSERA_LIBCUDA = mock;
   process.env.MOCK_EMU = emu.path;
-  const cc = process.env.TESSERA_EMULATOR_CC ?? '80';
-  if (!['80', '86', '89'].includes(cc)) return off(`TESSERA_EMULATOR_CC=${cc}: the emulator is an sm_80, sm_86 or sm_89 device (it has no sm_90a kernels)`);
+  const cc = process.env.TESSERA_EMULATOR_CC ?? '90';
+  if (!['80', '86', '89', '90'].includes(cc)) return off(`TESSERA_EMULATOR_CC=${cc}: the emulator is an sm_80, sm_86, sm_89 or sm_90 device`);
   process.env.MOCK_CC = cc;
   const probe = CudaBackend.probe();
   if (!probe.ok) return off(`the emulated device is not usable: ${probe.reason}`);

@@ -232,10 +232,18 @@ CUresult cuGraphLaunch(void *e, void *s) {
 CUresult cuGraphExecDestroy(void *e) { if (emu_launch && e) { free_graph(e); free(e); } return 0; }
 CUresult cuGraphDestroy(void *g) { if (emu_launch && g) { free_graph(g); free(g); } return 0; }
 #ifndef MOCK_NO_TENSOR_MAP
-/* Records its arguments and fills the map with them, as little-endian 64-bit words: the global
- * address, globalDim[0..1], globalStrides[0], boxDim[0..1], elementStrides[0..1], then dtype,
- * interleave, swizzle, l2 promotion, OOB fill, rank, the bytes "TMAPMOCK" and the call count. Like
- * the driver, it rejects a null or unaligned address and a map that is not 64-byte aligned. */
+/* Records its arguments and fills the map with them, as little-endian 64-bit words (the layout
+ * the kernel emulator's TMA reads, tests/cuda/emu/runtime.cpp):
+ *   0      the global address
+ *   1..5   globalDim[0..4] (0 past the rank)
+ *   6..9   globalStrides[0..3]
+ *   10     boxDim[0..4], 12 bits each
+ *   11     elementStrides[0..4], 4 bits each (bits 0-19); dtype << 20 (8 bits); interleave << 28,
+ *          swizzle << 32, l2 promotion << 36, OOB fill << 40, rank << 44 (4 bits each)
+ *   12, 13 zero
+ *   14     the bytes "TMAPMOCK"
+ *   15     the call count
+ * Like the driver, it rejects a null or unaligned address and a map that is not 64-byte aligned. */
 static struct {
   int dtype, rank, interleave, swizzle, l2, oob, calls;
   uint64_t address, dims[5], strides[4];
@@ -252,8 +260,15 @@ CUresult cuTensorMapEncodeTiled(void *map, int dtype, unsigned rank, void *addre
     if (i < 4) tmap.strides[i] = i + 1 < rank ? strides[i] : 0;
   }
   tmap.calls++;
-  uint64_t words[16] = {tmap.address, tmap.dims[0], tmap.dims[1], tmap.strides[0], tmap.box[0], tmap.box[1], tmap.elem_strides[0], tmap.elem_strides[1],
-                        (uint64_t)dtype, (uint64_t)interleave, (uint64_t)swizzle, (uint64_t)l2, (uint64_t)oob, rank, 0x4b434f4d50414d54ull /* "TMAPMOCK" */, (uint64_t)tmap.calls};
+  uint64_t boxes = 0, packed = 0;
+  for (unsigned i = 0; i < 5; i++) {
+    boxes |= (uint64_t)(tmap.box[i] & 0xfff) << (12 * i);
+    packed |= (uint64_t)(tmap.elem_strides[i] & 0xf) << (4 * i);
+  }
+  packed |= ((uint64_t)(dtype & 0xff) << 20) | ((uint64_t)(interleave & 0xf) << 28) | ((uint64_t)(swizzle & 0xf) << 32) | ((uint64_t)(l2 & 0xf) << 36) |
+            ((uint64_t)(oob & 0xf) << 40) | ((uint64_t)rank << 44);
+  uint64_t words[16] = {tmap.address, tmap.dims[0], tmap.dims[1], tmap.dims[2], tmap.dims[3], tmap.dims[4], tmap.strides[0], tmap.strides[1],
+                        tmap.strides[2], tmap.strides[3], boxes, packed, 0, 0, 0x4b434f4d50414d54ull /* "TMAPMOCK" */, (uint64_t)tmap.calls};
   memcpy(map, words, sizeof words);
   return 0;
 }
