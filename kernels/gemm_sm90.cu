@@ -15,8 +15,13 @@
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
 // rows and columns read as zeros, so tile edges need no code in the main loop.
 //
-// Block: 384 threads, three warpgroups, one 128 x 256 tile of y at a time (persistent: grid = the
-// SMs, tiles taken in order, grouped by 8 along M so concurrent blocks share weight tiles in L2).
+// Block: 384 threads, three warpgroups, one work unit at a time (persistent: grid = the SMs, units
+// taken in order). A unit is a 128 x 256 tile of y and a range of K: with `splits` = 1 the whole
+// of K, and y written as above; with splits > 1 (the `sm90s` rung: too few tiles to fill the SMs,
+// ops/gemm.ts gemmSm90Plan) split s takes k-tiles [s kTilesPerSplit, (s + 1) kTilesPerSplit) and
+// writes its f32 partial to y + s M N (y is then the [splits, M, N] workspace, bias and res null),
+// which ts_gemm_splitk_reduce_* sums. Units run split-major: the tiles of one split first, grouped
+// by 8 along M so concurrent blocks share weight tiles in L2.
 //  - warpgroup 0, the producer: gives up registers (setmaxnreg 40) and one thread issues, per
 //    k-tile of 64, two TMA loads (x 128 x 64, w 256 x 64: 48 KiB) into a STAGES-deep ring of
 //    shared buffers, each stage guarded by a `full` mbarrier (transaction bytes) and an `empty`
@@ -90,9 +95,18 @@ TS_DEVICE void tile_coords(int t, int tilesM, int tilesN, int& tm, int& tn) {
   tn = (t % per_group) / rows;
 }
 
+// Work unit u -> its tile (tm, tn) and k-tile range [k0, k1).
+TS_DEVICE void unit_coords(int u, int tiles, int tilesM, int tilesN, int kTiles, int kTilesPerSplit, int& tm, int& tn, int& split, int& k0,
+                           int& k1) {
+  split = u / tiles;
+  tile_coords(u % tiles, tilesM, tilesN, tm, tn);
+  k0 = split * kTilesPerSplit;
+  k1 = min(kTiles, k0 + kTilesPerSplit);
+}
+
 template <class T, typename OUT_T>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, int M,
-                                     int N, int K) {
+                                     int N, int K, int splits, int kTilesPerSplit) {
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
   uint8_t* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
@@ -102,6 +116,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   const int wg = threadIdx.x / 128;
   const int tilesM = (M + BM - 1) / BM, tilesN = (N + BN - 1) / BN, tiles = tilesM * tilesN;
   const int kTiles = (K + BK - 1) / BK;
+  const int units = tiles * splits;  // the launcher's plan leaves no unit an empty k range
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
@@ -117,10 +132,10 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
     if (threadIdx.x != 0) return;
     int stage = 0;
     uint32_t phase = 0;
-    for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-      int tm, tn;
-      tile_coords(t, tilesM, tilesN, tm, tn);
-      for (int kt = 0; kt < kTiles; kt++) {
+    for (int u = blockIdx.x; u < units; u += gridDim.x) {
+      int tm, tn, split, k0, k1;
+      unit_coords(u, tiles, tilesM, tilesN, kTiles, kTilesPerSplit, tm, tn, split, k0, k1);
+      for (int kt = k0; kt < k1; kt++) {
         mbar_wait(&empty[stage], phase ^ 1);
         uint8_t* a = smem + stage * STAGE_BYTES;
         mbar_arrive_expect_tx(&full[stage], STAGE_BYTES);
@@ -141,11 +156,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   float acc[2][64];
   int stage = 0;
   uint32_t phase = 0;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-    int tm, tn;
-    tile_coords(t, tilesM, tilesN, tm, tn);
+  for (int u = blockIdx.x; u < units; u += gridDim.x) {
+    int tm, tn, split, k0, k1;
+    unit_coords(u, tiles, tilesM, tilesN, kTiles, kTilesPerSplit, tm, tn, split, k0, k1);
+    OUT_T* out = y + (size_t)split * M * N;  // split 0 (or no split): y itself
     int prev = -1;
-    for (int kt = 0; kt < kTiles; kt++) {
+    for (int kt = k0; kt < k1; kt++) {
       mbar_wait(&full[stage], phase);
       const uint8_t* a = smem + stage * STAGE_BYTES + cw * 64 * 128;
       const uint8_t* b = smem + stage * STAGE_BYTES + A_BYTES;
@@ -154,7 +170,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 #pragma unroll
       for (int kk = 0; kk < BK / 16; kk++) {
         // 16 values of K = 32 bytes = 2 descriptor units further along each swizzled row.
-        const int accumulate = (kt > 0 || kk > 0) ? 1 : 0;
+        const int accumulate = (kt > k0 || kk > 0) ? 1 : 0;
         wgmma_ss_m64n128k16<T>(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
         wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
       }
@@ -187,8 +203,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
           b0 = ts::to_f32(bias[col]);
           if (col + 1 < N) b1 = ts::to_f32(bias[col + 1]);
         }
-        if (row0 < M) store2(y, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
-        if (row0 + 8 < M) store2(y, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
+        if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
+        if (row0 + 8 < M) store2(out, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
       }
   }
 }
@@ -207,12 +223,15 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            OUT_T* y,                                /* [M, N], may be res */                                                    \
            const T* __restrict__ bias,              /* [N], or null */                                                          \
            const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
-           int M, int N, int K) {                                                                                               \
+           int M, int N, int K,                                                                                                 \
+           int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
+           int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
+  {                                                                                                                             \
     TS_GEMM_SM90_BODY(T, OUT_T)                                                                                                 \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, res, M, N, K);
+#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, res, M, N, K, splits, kTilesPerSplit);
 #else
 #define TS_GEMM_SM90_BODY(T, OUT_T) __trap();
 #endif

@@ -19,7 +19,7 @@ import type { Attrs } from '../graph/ir.js';
 import { OPS, type OpName } from '../graph/ops.js';
 import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
 import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
-import { GEMV_MAX_R, type GemmVariant } from '../backend/cuda/ops/gemm.js';
+import { GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32, f16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -251,8 +251,9 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
     for (const m of shapes.gemm.m) {
       if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
       // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
-      // (sm90 needs compute capability 9: benchKernels skips it elsewhere).
-      const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
+      // (sm90 and sm90s need compute capability 9: benchKernels skips them elsewhere, and sm90s
+      // where its plan does not split K, which is sm90's launch).
+      const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s'] : ['tiles', 'sm90', 'sm90s'];
       for (const variant of variants)
         cases.push({
           family: 'gemm',
@@ -284,7 +285,7 @@ function residualCases(shapes: KernelShapes): KernelCase[] {
     for (const p of shapes.gemm.projections)
       for (const m of res.m) {
         if (!res.models.includes(p.model) || !res.names.includes(p.name)) continue;
-        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90'] : ['tiles', 'sm90'];
+        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s'] : ['tiles', 'sm90', 'sm90s'];
         for (const variant of variants)
           cases.push({
             family: 'gemm',
@@ -423,7 +424,7 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
   for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
   const out: ResidualComparison[] = [];
   for (const [name, resMs] of ms) {
-    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90)?$/.exec(name);
+    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90s?)?$/.exec(name);
     if (!m) continue;
     const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
     const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`), addNorm = ms.get(`add_rmsnorm R${rows} H${hidden}`);
@@ -594,7 +595,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
   const skipKernels = new Set(((values['skip-kernels'] as string | undefined) ?? '').split(',').map((k) => k.trim().replace(/\s+/g, ' ')).filter((k) => k));
   // Any op of the IR with a variant the launchers know: a list made for the full case list (the
   // GPU run's) also holds for a smaller one.
-  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90o'];
+  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90s', 'sm90o'];
   for (const k of skipKernels) {
     const [op, variant, ...rest] = k.split(' ');
     if (!(op in OPS) || !variants.includes(variant) || rest.length > 0)
@@ -707,10 +708,17 @@ export async function benchKernels(argv: string[]): Promise<number> {
         stopped = `--time-limit ${timeLimitS} s reached; ${todo.length - index} cases not run, from "${c.name}" on`;
         break;
       }
-      if (!c.unsupported && skipKernels.has(rungOf({ ...c, dtype: 'bf16' }))) c.unsupported = `left out (--skip-kernels ${rungOf({ ...c, dtype: 'bf16' })})`;
-      const faultedIn = faultedRungs.get(rungOf(c));
-      if (!c.unsupported && faultedIn !== undefined) c.unsupported = `not run: its kernel (${rungOf(c)}) faulted or hung in "${faultedIn}"`;
-      if (!c.unsupported && c.attrs.gemmVariant === 'sm90' && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
+      // sm90s runs sm90's kernel: what leaves out or faulted one leaves out the other.
+      const rungs = (x: KernelCase) => (x.attrs.gemmVariant === 'sm90s' ? [rungOf(x), rungOf({ ...x, attrs: { ...x.attrs, gemmVariant: 'sm90' } })] : [rungOf(x)]);
+      const left = rungs({ ...c, dtype: 'bf16' }).find((r) => skipKernels.has(r));
+      if (!c.unsupported && left !== undefined) c.unsupported = `left out (--skip-kernels ${left})`;
+      const faulted = rungs(c).find((r) => faultedRungs.has(r));
+      if (!c.unsupported && faulted !== undefined) c.unsupported = `not run: its kernel (${faulted}) faulted or hung in "${faultedRungs.get(faulted)}"`;
+      if (!c.unsupported && (c.attrs.gemmVariant === 'sm90' || c.attrs.gemmVariant === 'sm90s') && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
+      if (!c.unsupported && c.attrs.gemmVariant === 'sm90s' && c.gemm) {
+        const g = c.gemm;
+        if (gemmSm90Plan(g.m, g.n, g.k, Number(device.multiprocessors), 2, !!g.residual).splits === 1) c.unsupported = SM90S_UNSPLIT;
+      }
       if (!c.unsupported && (c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o') && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
         results.push({ family: c.family, name: c.name, skipped: c.unsupported });

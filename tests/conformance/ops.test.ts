@@ -315,7 +315,9 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // [R, K, N, bias, f32 out, variant]. The GEMV (R <= 8) has its own cases: K below, at and past its
 // 256-element step and 4096-element pair of steps, N not a multiple of its 4 rows per block. The
 // Hopper kernel (sm90, on compute capability 9; the tile kernel elsewhere) too: M, N and K off its
-// 128 x 256 x 64 tiles, K under one k-tile, more tiles than SMs (its persistent loop).
+// 128 x 256 x 64 tiles, K under one k-tile, more tiles than SMs (its persistent loop). Its split-K
+// rung (sm90s) where the plan splits on an H100's 132 SMs (each case says how): a last split
+// shorter than the others, bias and f32 output through the reduce, one tile split 16 ways.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -342,7 +344,12 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [300, 200, 5640, false, false, 'sm90'],
   [1100, 64, 4100, true, false, 'sm90'],
   [17, 1032, 37, false, true, 'sm90'],
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90')?]>) {
+  [1, 4096, 256, false, false, 'sm90s'], // 1 tile x 16 splits of 4 k-tiles
+  [130, 1032, 264, true, true, 'sm90s'], // 4 tiles x 9 splits of 2 (17 k-tiles: the last has 1)
+  [17, 2056, 520, true, false, 'sm90s'], // 3 x 11 splits of 3 (33 k-tiles, the last of 3 a 8-wide one)
+  [257, 1544, 300, false, false, 'sm90s'], // 6 x 9 splits of 3 (25 k-tiles)
+  [300, 200, 5640, false, false, 'sm90s'], // no split: sm90's launch
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -378,9 +385,11 @@ for (const [r, k, n, bias, variant, alias] of [
   [5, 520, 262, false, 'gemv'],
   [130, 72, 264, true, 'sm90'],
   [257, 200, 37, false, 'sm90'],
+  [64, 2048, 200, true, 'sm90s'],
+  [130, 1032, 264, false, 'sm90s'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,

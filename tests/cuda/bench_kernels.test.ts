@@ -11,6 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { KernelShapes } from '../../src/cli/bench_kernels.js';
+import { SM90S_UNSPLIT } from '../../src/backend/cuda/ops/gemm.js';
 import { buildLtMock, buildMock } from './mock/mock.js';
 
 const cudaPath = buildMock();
@@ -62,9 +63,11 @@ const ALL_SMALL = [
   'gemm toy proj M1 N40 K32',
   'gemm toy proj M1 N40 K32 gemv',
   'gemm toy proj M1 N40 K32 sm90',
+  'gemm toy proj M1 N40 K32 sm90s',
   'gemm toy proj M3 N40 K32',
   'gemm toy proj M3 N40 K32 gemv',
   'gemm toy proj M3 N40 K32 sm90',
+  'gemm toy proj M3 N40 K32 sm90s',
   'attention prefill B1 S20 H4 KV2 hd64 causal',
   'attention prefill B1 S20 H4 KV2 hd64 causal sm90',
   'attention prefill B1 S20 H4 KV2 hd64 causal sm90o',
@@ -91,15 +94,19 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(first.results[2]).toMatchObject({ contextLost: true });
     expect(first.results[2].error).toContain('CUDA_ERROR_ILLEGAL_ADDRESS (700)');
     expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[2].error }]);
-    expect(first.stopped).toContain('13 cases not run');
+    expect(first.stopped).toContain(`${ALL_SMALL.length - 3} cases not run`);
 
     // Left out by name: both Hopper attention rungs and the GEMV, in bf16 (and fp16, were there any).
     const { out: out2 } = benchDir();
     const left = bench(['--shapes', shapes, '--out', out2, '--skip-kernels', 'attention sm90, attention  sm90o,matmul gemv']);
     expect(left.stderr).toBe('');
     const skipped = (JSON.parse(readFileSync(out2, 'utf8')) as Report).results.filter((x) => x.skipped).map((x) => [x.name, x.skipped]);
+    // (sm90s at K 32 does not split: the same launch as sm90, left out as such.)
     expect(skipped).toEqual(
-      ALL_SMALL.filter((n) => n.endsWith(' gemv') || (n.startsWith('attention') && / sm90o?$/.test(n))).map((n) => [n, `left out (--skip-kernels ${n.startsWith('gemm') ? 'matmul gemv' : `attention ${n.split(' ').pop()}`})`]),
+      ALL_SMALL.filter((n) => / (gemv|sm90s)$/.test(n) || (n.startsWith('attention') && / sm90o?$/.test(n))).map((n) => [
+        n,
+        n.endsWith(' sm90s') ? SM90S_UNSPLIT : `left out (--skip-kernels ${n.startsWith('gemm') ? 'matmul gemv' : `attention ${n.split(' ').pop()}`})`,
+      ]),
     );
 
     // Without the fault staged, from the same report: the rest, but not the sm90 GEMM again.
@@ -113,9 +120,11 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(second.ceilings).toEqual(first.ceilings);
     expect(second.resumedFrom).toEqual([expect.objectContaining({ file: out, results: 3, stopped: first.stopped })]);
     expect(second.results.map((x) => x.name)).toEqual(ALL_SMALL);
-    const sm90 = second.results.find((x) => x.name === 'gemm toy proj M3 N40 K32 sm90')!;
-    expect(sm90.skipped).toBe('not run: its kernel (matmul sm90) faulted or hung in "gemm toy proj M1 N40 K32 sm90"');
-    for (const x of second.results.slice(3)) if (x !== sm90) expect(x.tessera?.medianMs, x.name).toBe(1.5);
+    // The other sm90 case, and sm90s (the same kernel) at both M, are not run again.
+    const notAgain = second.results.filter((x) => / sm90s?$/.test(x.name) && x.name.startsWith('gemm') && x.name !== 'gemm toy proj M1 N40 K32 sm90');
+    expect(notAgain.map((x) => x.name)).toEqual(['gemm toy proj M1 N40 K32 sm90s', 'gemm toy proj M3 N40 K32 sm90', 'gemm toy proj M3 N40 K32 sm90s']);
+    for (const x of notAgain) expect(x.skipped, x.name).toBe('not run: its kernel (matmul sm90) faulted or hung in "gemm toy proj M1 N40 K32 sm90"');
+    for (const x of second.results.slice(3)) if (!notAgain.includes(x)) expect(x.tessera?.medianMs, x.name).toBe(1.5);
   });
 
   it('a hang leaves the case it was in as "running"; --resume records it unfinished and skips its kernel', async () => {
@@ -174,7 +183,7 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(negative.stderr.trim()).toBe('tessera: --time-limit takes seconds, 0 or more, not -5.');
     const typo = bench(['--shapes', shapes, '--skip-kernels', 'matmul sm90,attention sm91']);
     expect(typo.status).toBe(1);
-    expect(typo.stderr.trim()).toBe('tessera: --skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of default, tiles, gemv, sm90, sm90o), not "attention sm91".');
+    expect(typo.stderr.trim()).toBe('tessera: --skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of default, tiles, gemv, sm90, sm90s, sm90o), not "attention sm91".');
   });
 });
 
@@ -199,6 +208,10 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     expect([...byName.keys()]).toEqual(ALL_SMALL);
     for (const x of results) {
       expect(x.error, x.name).toBeUndefined();
+      if (x.name.endsWith(' sm90s')) {
+        expect(x.skipped, x.name).toBe(SM90S_UNSPLIT); // K 32: one k-tile, nothing to split
+        continue;
+      }
       expect(x.skipped, x.name).toBeUndefined();
       expect(x.tessera!.medianMs, x.name).toBe(1.5);
       expect(x.sets, x.name).toBe(16); // tiny inputs: the most sets, to read past the L2

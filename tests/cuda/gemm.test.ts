@@ -79,7 +79,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       return p.ws;
     },
     tensorMap2d: (t) => {
-      if (opts.attrs?.gemmVariant !== 'sm90') throw new Error('no tensor maps expected');
+      if (opts.attrs?.gemmVariant !== 'sm90' && opts.attrs?.gemmVariant !== 'sm90s') throw new Error('no tensor maps expected');
       return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
     tensorMap: () => {
@@ -350,7 +350,12 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(gemv[0].args).toMatchObject({ y: 0x4000n, res: 0x4000n, bias: 0n });
     const sm90 = run({ R: 300, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90' }, ptrs: { x: 1n << 32n } }).launches;
     expect(sm90.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16']);
-    expect(sm90[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 300, N: 4096, K: 4096 });
+    expect(sm90[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 300, N: 4096, K: 4096, splits: 1 });
+    // sm90s splitting K: the partials carry neither; the reduce adds both.
+    const sm90s = run({ R: 256, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90s' }, ptrs: { x: 1n << 32n } }).launches;
+    expect(sm90s.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16_f32', 'ts_gemm_splitk_reduce_bf16']);
+    expect(sm90s[0].args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, splits: 4 });
+    expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4 });
   });
 
   it('refuses an f32 y, a residual of another shape or type, and one that overlaps y without being it', () => {
@@ -385,8 +390,10 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv or sm90, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90 or sm90s, not fast');
     expect(gemmVariant(4096, 'sm90', 9)).toBe('sm90');
+    expect(gemmVariant(256, 'sm90s', 9)).toBe('sm90s');
+    expect(gemmVariant(256, 'sm90s', 8)).toBe('tiles');
     expect(gemmVariant(1, 'sm90', 9)).toBe('sm90');
     expect(gemmVariant(4096, 'sm90', 8)).toBe('tiles'); // Ampere and Ada: no wgmma
   });
@@ -401,6 +408,34 @@ describe('the GEMV variant', () => {
     expect(gemmSm90Grid(8192, 28672, 132)).toBe(132); // persistent: 64 x 112 tiles over 132 SMs
     expect(gemmSm90Grid(130, 264, 132)).toBe(4);
     expect(gemmSm90Grid(1, 1, 132)).toBe(1);
+  });
+
+  it('sm90s splits K where the tiles leave SMs idle, and only there (the cost model)', async () => {
+    const { gemmSm90Plan, GEMM_SM90_MAX_SPLITS, GEMM_MAX_WORKSPACE_BYTES } = await import('../../src/backend/cuda/ops/gemm.js');
+    const plan = (R: number, N: number, K: number, max?: number) => gemmSm90Plan(R, N, K, 132, 2, false, max);
+    // Llama-3-8B projections on an H100: decode and small prefill split; full waves do not.
+    expect(plan(1, 4096, 4096)).toMatchObject({ tiles: 16, splits: 5, kTilesPerSplit: 13, grid: 80 });
+    expect(plan(256, 4096, 4096)).toMatchObject({ tiles: 32, splits: 4, kTilesPerSplit: 16, grid: 128, workspaceBytes: 4 * 256 * 4096 * 4 });
+    expect(plan(256, 4096, 14336)).toMatchObject({ splits: 4, kTilesPerSplit: 56 });
+    for (const [R, N, K] of [[1024, 4096, 4096], [8192, 28672, 4096], [4096, 6144, 4096], [1, 128256, 4096]]) expect(plan(R, N, K).splits, `${R} ${N} ${K}`).toBe(1);
+    // The sm90 rung: never split, the same launch as before the split existed.
+    expect(plan(256, 4096, 4096, 1)).toMatchObject({ splits: 1, kTilesPerSplit: 64, grid: 32, workspaceBytes: 0 });
+    expect(plan(1, 8, 64)).toMatchObject({ splits: 1, kTilesPerSplit: 1 });
+    // Every shape: the splits cover every k-tile, none is empty, the workspace stays bounded, and
+    // the choice is no worse by the model than not splitting.
+    for (const R of [1, 7, 64, 129, 256, 1000, 4096])
+      for (const N of [8, 300, 4096, 28672])
+        for (const K of [8, 64, 520, 4096, 14336]) {
+          const p = plan(R, N, K), kTiles = Math.ceil(K / 64), what = `R ${R} N ${N} K ${K}`;
+          expect(p.splits, what).toBeGreaterThanOrEqual(1);
+          expect(p.splits, what).toBeLessThanOrEqual(GEMM_SM90_MAX_SPLITS);
+          expect(p.splits * p.kTilesPerSplit, what).toBeGreaterThanOrEqual(kTiles);
+          expect((p.splits - 1) * p.kTilesPerSplit, what).toBeLessThan(kTiles);
+          expect(p.workspaceBytes, what).toBe(p.splits > 1 ? p.splits * R * N * 4 : 0);
+          expect(p.workspaceBytes, what).toBeLessThanOrEqual(GEMM_MAX_WORKSPACE_BYTES);
+          expect(p.grid, what).toBe(Math.min(p.tiles * p.splits, 132));
+          expect(p.predictedUs, what).toBeLessThanOrEqual(plan(R, N, K, 1).predictedUs);
+        }
   });
 
   it('launches one 256-thread block per 4 rows of w, with the entry for the next R in 1, 2, 4, 8', async () => {

@@ -1,6 +1,7 @@
 /**
  * kernels/gemm_sm90.cu transcribed: a JavaScript model that moves the data as the kernel does
- * (the persistent tile order grouped by GROUP_M, the TMA boxes of x [128 x 64] and w [256 x 64]
+ * (the persistent order of work units, split-major, tiles grouped by GROUP_M; each unit's k range
+ * when K is split and its f32 partial, summed by the reduce with the bias and residual; the TMA boxes of x [128 x 64] and w [256 x 64]
  * at (k tile, row tile) with zeros out of range, each consumer's 64 rows, the two 128-column
  * halves of the w box, the k-steps as +32 bytes on the descriptors' start addresses, the
  * accumulator fragments, the bias, the residual read in place of y, and the masked stores) and checks it against the product on
@@ -28,19 +29,40 @@ function tileCoords(t: number, tilesM: number, tilesN: number): [number, number]
 }
 
 /**
- * The kernel over a grid of `grid` persistent blocks: y[M, N] = x[M, K] w[N, K]^T (+ bias) (+ res),
- * with y the residual's own buffer when there is one (matmul_add in place).
+ * The launch over a grid of `grid` persistent blocks: y[M, N] = x[M, K] w[N, K]^T (+ bias) (+ res),
+ * with y the residual's own buffer when there is one (matmul_add in place). With `splits` > 1 the
+ * kernel writes f32 partials [splits, M, N] (no bias, no residual) and the reduce sums them.
  */
-function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, M: number, N: number, K: number, grid: number): Float64Array {
-  const y = res ? Float64Array.from(res) : new Float64Array(M * N).fill(NaN);
-  const written = new Uint8Array(M * N);
+function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, M: number, N: number, K: number, grid: number, splits = 1, kTilesPerSplit = Math.ceil(K / BK)): Float64Array {
+  if (splits > 1) {
+    const ws = kernelModel(x, w, null, null, M, N, K, grid, splits, kTilesPerSplit);
+    const y = new Float64Array(M * N);
+    for (let i = 0; i < M * N; i++) {
+      let sum = 0;
+      for (let s = 0; s < splits; s++) sum += ws[s * M * N + i];
+      y[i] = sum + (bias ? bias[i % N] : 0) + (res ? res[i] : 0);
+    }
+    return y;
+  }
+  return kernelModel(x, w, bias, res, M, N, K, grid, 1, kTilesPerSplit);
+}
+
+/** The kernel alone: y, or with splits > 1 the workspace of partials, each split's slab at split M N. */
+function kernelModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, M: number, N: number, K: number, grid: number, splits: number, kTilesPerSplit: number): Float64Array {
+  const y = res ? Float64Array.from(res) : new Float64Array(splits * M * N).fill(NaN);
+  const written = new Uint8Array(splits * M * N);
   const tilesM = Math.ceil(M / BM), tilesN = Math.ceil(N / BN), tiles = tilesM * tilesN;
   const kTiles = Math.ceil(K / BK);
   for (let blockIdx = 0; blockIdx < grid; blockIdx++)
-    for (let t = blockIdx; t < tiles; t += grid) {
-      const [tm, tn] = tileCoords(t, tilesM, tilesN);
+    for (let u = blockIdx; u < tiles * splits; u += grid) {
+      // unit_coords
+      const split = Math.floor(u / tiles);
+      const [tm, tn] = tileCoords(u % tiles, tilesM, tilesN);
+      const k0 = split * kTilesPerSplit, k1 = Math.min(kTiles, k0 + kTilesPerSplit);
+      expect(k1 > k0, `unit ${u}: an empty k range`).toBe(true);
+      const out = split * M * N;
       const acc = [0, 1].map(() => [0, 1].map(() => new Float64Array(64 * 128))); // [consumer][half]
-      for (let kt = 0; kt < kTiles; kt++) {
+      for (let kt = k0; kt < k1; kt++) {
         // The producer: two boxes into one stage (x at (kt*BK, tm*BM), w at (kt*BK, tn*BN)).
         const smem = new Smem(A_BYTES + B_BYTES);
         smem.box(0, BM, (r, c) => (tm * BM + r < M && kt * BK + c < K ? x[(tm * BM + r) * K + kt * BK + c] : 0));
@@ -48,7 +70,7 @@ function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, 
         for (let cw = 0; cw < 2; cw++) {
           const a = cw * 64 * 128, b0 = A_BYTES, b1 = A_BYTES + 128 * 128;
           for (let kk = 0; kk < BK / 16; kk++) {
-            const accumulate = kt > 0 || kk > 0;
+            const accumulate = kt > k0 || kk > 0;
             wgmmaSS(smem, acc[cw][0], 128, a + 32 * kk, b0 + 32 * kk, accumulate);
             wgmmaSS(smem, acc[cw][1], 128, a + 32 * kk, b1 + 32 * kk, accumulate);
           }
@@ -70,7 +92,7 @@ function gemmModel(x: Float32Array, w: Float32Array, bias: Float32Array | null, 
               const b0 = bias ? bias[col] : 0, b1 = bias && col + 1 < N ? bias[col + 1] : 0;
               const store = (row: number, v0: number, v1: number) => {
                 if (row >= M) return;
-                const at = row * N + col;
+                const at = out + row * N + col;
                 for (const [e, v] of (col + 1 < N ? [[0, v0 + b0], [1, v1 + b1]] : [[0, v0 + b0]]) as Array<[number, number]>) {
                   if (written[at + e]) throw new Error(`y[${row}, ${col + e}] written twice`);
                   written[at + e] = 1;
@@ -92,6 +114,14 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4;',
       'constexpr int GROUP_M = 8;',
       'tm = first + (t % per_group) % rows;',
+      'split = u / tiles;',
+      'tile_coords(u % tiles, tilesM, tilesN, tm, tn);',
+      'k0 = split * kTilesPerSplit;',
+      'k1 = min(kTiles, k0 + kTilesPerSplit);',
+      'for (int u = blockIdx.x; u < units; u += gridDim.x) {',
+      'for (int kt = k0; kt < k1; kt++) {',
+      'const int accumulate = (kt > k0 || kk > 0) ? 1 : 0;',
+      'OUT_T* out = y + (size_t)split * M * N;  // split 0 (or no split): y itself',
       'tn = (t % per_group) / rows;',
       'tma_load_2d(a, &tmX, &full[stage], kt * BK, tm * BM);',
       'tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, tn * BN);',
@@ -101,7 +131,7 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);',
       'const int row0 = tm * BM + cw * 64 + warp * 16 + lane / 4;',
       'const int col = tn * BN + h * 128 + i * 8 + 2 * (lane % 4);',
-      'if (row0 < M) store2(y, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);',
+      'if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);',
       'const float2 r = ts::load2_f32(res + at);',
     ])
       expect(SOURCE, line).toContain(line);
@@ -126,20 +156,22 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
     }
   });
 
-  for (const [M, N, K, withBias, grid, withRes] of [
+  for (const [M, N, K, withBias, grid, withRes, splits, kps] of [
     [1, 64, 8, false, 1, false],
     [130, 72, 136, true, 3, false],
     [257, 300, 200, true, 2, true],
     [128, 256, 64, false, 1, false],
     [70, 257, 64, false, 2, true],
-  ] as Array<[number, number, number, boolean, number, boolean]>)
-    it(`M ${M}, N ${N}, K ${K}${withBias ? ', bias' : ''}${withRes ? ', residual in place' : ''}, ${grid} persistent block(s): every element equals the product`, () => {
+    [130, 72, 520, true, 5, true, 3, 3], // 9 k-tiles, 3 splits of 3; 6 tiles over 5 blocks
+    [1, 300, 456, false, 4, false, 4, 2], // 8 k-tiles (the last 8 wide), 4 splits of 2
+  ] as Array<[number, number, number, boolean, number, boolean, number?, number?]>)
+    it(`M ${M}, N ${N}, K ${K}${withBias ? ', bias' : ''}${withRes ? ', residual in place' : ''}, ${grid} persistent block(s)${splits ? `, K split ${splits} ways` : ''}: every element equals the product`, () => {
       const rnd = mulberry32(M * 7 + N * 13 + K);
       const x = Float32Array.from({ length: M * K }, () => bf16(rnd() * 2 - 1));
       const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 2 - 1));
       const bias = withBias ? Float32Array.from({ length: N }, () => bf16(rnd() * 2 - 1)) : null;
       const res = withRes ? Float32Array.from({ length: M * N }, () => bf16(rnd() * 8 - 4)) : null;
-      const y = gemmModel(x, w, bias, res, M, N, K, grid);
+      const y = gemmModel(x, w, bias, res, M, N, K, grid, splits, kps);
       let worst = 0;
       for (let r = 0; r < M; r++)
         for (let c = 0; c < N; c++) {

@@ -50,6 +50,42 @@ describe('kernel choices: the table', () => {
     expect(() => deriveChoices({ ...report, results: [gemm('o M1 N4096 K4096', 0.1, null)] }, 'r.json')).toThrow('r.json: no GEMM result that matched cuBLASLt');
   });
 
+  it('counts sm90s at sm90\'s time where the benchmark left it out as the same launch, and not where it failed', async () => {
+    const { SM90S_UNSPLIT } = await import('../../src/backend/cuda/ops/gemm.js');
+    const report = {
+      date: '2026-12-07T00:00:00Z',
+      device,
+      results: [
+        // M 256: sm90s splits both shapes and wins.
+        gemm('qkv M256 N6144 K4096', 0.06),
+        gemm('qkv M256 N6144 K4096 sm90', 0.05),
+        gemm('qkv M256 N6144 K4096 sm90s', 0.03),
+        gemm('o M256 N4096 K4096', 0.05),
+        gemm('o M256 N4096 K4096 sm90', 0.045),
+        gemm('o M256 N4096 K4096 sm90s', 0.02),
+        // M 1024: qkv does not split (sm90s is sm90's launch there); o's split is faster.
+        gemm('qkv M1024 N6144 K4096', 0.2),
+        gemm('qkv M1024 N6144 K4096 sm90', 0.1),
+        { family: 'gemm', name: 'gemm llama-3-8b qkv M1024 N6144 K4096 sm90s', skipped: SM90S_UNSPLIT },
+        gemm('o M1024 N4096 K4096', 0.15),
+        gemm('o M1024 N4096 K4096 sm90', 0.09),
+        gemm('o M1024 N4096 K4096 sm90s', 0.07),
+        // M 4096: sm90s's split of o did not match cuBLASLt, so it is no candidate at that M.
+        gemm('qkv M4096 N6144 K4096', 0.5),
+        gemm('qkv M4096 N6144 K4096 sm90', 0.3),
+        { family: 'gemm', name: 'gemm llama-3-8b qkv M4096 N6144 K4096 sm90s', skipped: SM90S_UNSPLIT },
+        gemm('o M4096 N4096 K4096', 0.35),
+        gemm('o M4096 N4096 K4096 sm90', 0.2),
+        gemm('o M4096 N4096 K4096 sm90s', 0.1, 0.5),
+      ],
+    };
+    expect(deriveChoices(report, 'r.json').gemm).toEqual([
+      { m: 256, variant: 'sm90s', ms: { tiles: 0.11, sm90: 0.095, sm90s: 0.05 } },
+      { m: 1024, variant: 'sm90s', ms: { tiles: 0.35, sm90: 0.19, sm90s: 0.17 } },
+      { m: 4096, variant: 'sm90', ms: { tiles: 0.85, sm90: 0.5 } },
+    ]);
+  });
+
   it('takes per head dim the prefill attention variant with the least summed time, sm90 only where it matched the mma.sync kernel', () => {
     const attn = (name: string, ms: number, err?: number | null): GemmResult => ({ family: 'attention', name: `attention prefill ${name}`, tessera: { medianMs: ms }, ...(err !== undefined ? { relativeErrorVsBase: err } : {}) });
     const report = {
@@ -149,7 +185,7 @@ describe.skipIf(!mockPath)('kernel choices: the CUDA backend follows its GPU\'s 
     process.env.TESSERA_LIBCUDA = mockPath!;
     try {
       for (const [name, value, sentence] of [
-        ['TESSERA_GEMM', 'fast', 'TESSERA_GEMM must be auto, tiles, gemv or sm90, not "fast".'],
+        ['TESSERA_GEMM', 'fast', 'TESSERA_GEMM must be auto, tiles, gemv, sm90 or sm90s, not "fast".'],
         ['TESSERA_ATTENTION', 'fa3', 'TESSERA_ATTENTION must be auto, tiles, sm90 or sm90o, not "fa3".'],
       ] as const) {
         delete process.env.TESSERA_GEMM;

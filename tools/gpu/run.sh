@@ -102,10 +102,11 @@ conformance() {
   done
 }
 # The Hopper kernels the sm90 stage failed, as bench kernels names them ("matmul sm90"): every
-# failing case's op, and sm90o where the case name says so.
+# failing case's op, and sm90o or sm90s where the case name says so (a failed sm90 leaves out
+# sm90s too: bench kernels runs the same kernel for both).
 sm90_failed() {
   sed 's/\x1b\[[0-9;]*m//g' "$R/sm90.txt" | grep -E '^ *FAIL .* > .* > .*sm90' |
-    awk -F' > ' '{ print $(NF-1), ($NF ~ /sm90o/ ? "sm90o" : "sm90") }' | sort -u | paste -sd,
+    awk -F' > ' '{ print $(NF-1), ($NF ~ /sm90o/ ? "sm90o" : $NF ~ /sm90s/ ? "sm90s" : "sm90") }' | sort -u | paste -sd,
 }
 skip_kernels=""
 for s in $stages; do

@@ -17,8 +17,10 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { SM90S_UNSPLIT } from './ops/gemm.js';
 
-export type GemmChoice = 'tiles' | 'gemv' | 'sm90';
+export type GemmChoice = 'tiles' | 'gemv' | 'sm90' | 'sm90s';
+const GEMM_CHOICES: readonly GemmChoice[] = ['tiles', 'gemv', 'sm90', 'sm90s'];
 export type AttentionChoice = 'tiles' | 'sm90' | 'sm90o';
 
 export interface KernelChoices {
@@ -57,8 +59,8 @@ export function loadChoices(gpu: string, computeCapability: string, dir = choice
   } catch (err) {
     return { choices: null, note: `${file} is not valid JSON (${(err as Error).message.split('\n')[0]}); defaults` };
   }
-  const ok = Array.isArray(choices.gemm) && choices.gemm.every((e, i, a) => Number.isInteger(e.m) && e.m >= 1 && ['tiles', 'gemv', 'sm90'].includes(e.variant) && (i === 0 || a[i - 1].m < e.m));
-  if (!ok) return { choices: null, note: `${file} does not hold an ascending gemm table of tiles, gemv and sm90; defaults` };
+  const ok = Array.isArray(choices.gemm) && choices.gemm.every((e, i, a) => Number.isInteger(e.m) && e.m >= 1 && GEMM_CHOICES.includes(e.variant) && (i === 0 || a[i - 1].m < e.m));
+  if (!ok) return { choices: null, note: `${file} does not hold an ascending gemm table of ${GEMM_CHOICES.join(', ')}; defaults` };
   const attentionOk = choices.attention === undefined || (Array.isArray(choices.attention) && choices.attention.every((e) => Number.isInteger(e.headDim) && ['tiles', 'sm90', 'sm90o'].includes(e.variant)));
   if (!attentionOk) return { choices: null, note: `${file} has an attention table that is not a list of head dims with tiles, sm90 or sm90o; defaults` };
   if (choices.computeCapability !== computeCapability) return { choices: null, note: `${file} was measured on compute capability ${choices.computeCapability}, not ${computeCapability}; defaults` };
@@ -102,20 +104,24 @@ export interface GemmResult {
  */
 export function deriveChoices(report: { date: string; device: Record<string, string | number>; results: GemmResult[] }, source: string): KernelChoices {
   const byM = new Map<number, Map<string, Map<GemmChoice, number>>>();
+  // sm90s left out where its plan does not split K: there it is sm90's launch, and takes its time.
+  const unsplit = new Set(report.results.filter((r) => r.family === 'gemm' && r.skipped === SM90S_UNSPLIT).map((r) => r.name.replace(/ sm90s$/, ' sm90')));
   for (const r of report.results) {
     if (r.family !== 'gemm' || !r.tessera || r.skipped || r.error) continue;
     if (!(typeof r.relativeErrorVsCublasLt === 'number' && r.relativeErrorVsCublasLt < 1e-2)) continue;
-    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90))?$/.exec(r.name);
+    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90s?))?$/.exec(r.name);
     if (!m) continue;
     const M = Number(m[2]), shape = `${m[1]} N${m[3]} K${m[4]}`, variant = (m[5] ?? 'tiles') as GemmChoice;
     const shapes = byM.get(M) ?? byM.set(M, new Map()).get(M)!;
-    (shapes.get(shape) ?? shapes.set(shape, new Map()).get(shape)!).set(variant, r.tessera.medianMs);
+    const times = shapes.get(shape) ?? shapes.set(shape, new Map()).get(shape)!;
+    times.set(variant, r.tessera.medianMs);
+    if (variant === 'sm90' && unsplit.has(r.name)) times.set('sm90s', r.tessera.medianMs);
   }
   const gemm: KernelChoices['gemm'] = [];
   for (const M of [...byM.keys()].sort((a, b) => a - b)) {
     const shapes = [...byM.get(M)!.values()];
     // Compare variants only over the shapes every candidate ran on.
-    const candidates = (['tiles', 'gemv', 'sm90'] as const).filter((v) => shapes.every((s) => s.has(v)));
+    const candidates = GEMM_CHOICES.filter((v) => shapes.every((s) => s.has(v)));
     if (candidates.length === 0) continue;
     const ms: Partial<Record<GemmChoice, number>> = {};
     for (const v of candidates) ms[v] = Number(shapes.reduce((sum, s) => sum + s.get(v)!, 0).toFixed(5));

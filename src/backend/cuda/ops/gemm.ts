@@ -137,9 +137,14 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
 
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 
-export type GemmVariant = 'tiles' | 'gemv' | 'sm90';
+/**
+ * The rungs: the mma.sync tile kernel (with its own split-K), the decode GEMV, the Hopper kernel
+ * over whole tiles (sm90), and the Hopper kernel with K split when its tiles would leave SMs idle
+ * (sm90s; the same entry, gemmSm90Plan).
+ */
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
-export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90'];
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -158,14 +163,14 @@ export const GEMV_KERNELS = Object.fromEntries(
 /**
  * The variant the matmul launcher runs for R rows on a GPU of compute capability `major`. Asked
  * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, sm90
- * on compute capability 9). The default is the tile kernel: another becomes the default where the
+ * and sm90s on compute capability 9). The default is the tile kernel: another becomes the default where the
  * GPU benchmark has measured it faster (docs/perf/gemm.md).
  */
 export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM, major = 9): GemmVariant {
   if (asked !== undefined && asked !== 'auto' && !GEMM_VARIANTS.includes(asked as GemmVariant))
-    throw new Error(`gemm variant must be auto, tiles, gemv or sm90, not ${String(asked)}`);
+    throw new Error(`gemm variant must be auto, tiles, gemv, sm90 or sm90s, not ${String(asked)}`);
   if (asked === 'gemv' && R <= GEMV_MAX_R[GEMV_MAX_R.length - 1]) return 'gemv';
-  if (asked === 'sm90' && major === 9) return 'sm90';
+  if ((asked === 'sm90' || asked === 'sm90s') && major === 9) return asked;
   return 'tiles';
 }
 
@@ -181,6 +186,8 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['M', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
+  ['splits', 'i32'],
+  ['kTilesPerSplit', 'i32'],
 ];
 
 /** ts_gemm_sm90_bf16 and ts_gemm_sm90_bf16_f32. */
@@ -189,10 +196,76 @@ export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
   f32: { name: 'ts_gemm_sm90_bf16_f32', params: GEMM_SM90_PARAMS },
 };
 
-/** Persistent grid: one block per SM at most, one per tile at least. */
-export function gemmSm90Grid(R: number, N: number, multiprocessors: number): number {
+/** Persistent grid: one block per SM at most, one per work unit at least. */
+export function gemmSm90Grid(R: number, N: number, multiprocessors: number, splits = 1): number {
   const tiles = ceilDiv(R, GEMM_SM90.bm) * ceilDiv(N, GEMM_SM90.bn);
-  return Math.max(1, Math.min(tiles, multiprocessors));
+  return Math.max(1, Math.min(tiles * splits, multiprocessors));
+}
+
+/**
+ * The cost model that picks sm90s's K split. Predictions, to be replaced by what the GPU run
+ * measures (docs/perf/gemm.md, v2c): a 128 x 256 x 64 k-tile takes an SM 0.75 µs when the tensor
+ * cores bound it (75% of H100's 989 TFLOP/s dense shared by 132 SMs; the tensor cores do the
+ * whole tile whatever M is), an SM's TMA pulls at most 100 GB/s from L2, HBM gives 3 TB/s (H100
+ * SXM's copy bandwidth is about 3.0) to the operands' unique bytes (tiles re-read through L2 are
+ * not counted), and a launch costs 3 µs.
+ */
+export const GEMM_SM90_COST = { kTileUs: 0.75, smBytesPerUs: 100e3, bytesPerUs: 3.0e6, launchUs: 3 } as const;
+/** Why the benchmark does not run sm90s at a shape: its plan does not split, so it is sm90's launch. */
+export const SM90S_UNSPLIT = 'same launch as sm90: the plan does not split K at this shape';
+/** sm90s splits K at most this many ways. */
+export const GEMM_SM90_MAX_SPLITS = 16;
+
+export interface GemmSm90Plan {
+  tiles: number;
+  /** K splits; 1 = y written by the kernel directly. */
+  splits: number;
+  /** k-tiles (of GEMM_SM90.bk) per split; every split has at least one. */
+  kTilesPerSplit: number;
+  /** f32 partials [splits, R, N]; 0 when splits == 1. */
+  workspaceBytes: number;
+  grid: number;
+  /** The cost model's estimate, µs (GEMM_SM90_COST). */
+  predictedUs: number;
+}
+
+/**
+ * How sm90s runs y[R, N] = x[R, K] w[N, K]^T (K >= 1) on `multiprocessors` SMs: the number of K
+ * splits (1 to GEMM_SM90_MAX_SPLITS, within GEMM_MAX_WORKSPACE_BYTES) that the cost model
+ * (GEMM_SM90_COST) predicts fastest. The main loop takes the longer of its rounds of units (each
+ * k-tile at the slower of the tensor cores and the SM's loads) and the operands' bytes from HBM;
+ * the units store y (f32 partials when split); a split adds the reduce: a launch, the partials
+ * read, y written (and res read). With splits fixed to 1 it is the sm90 rung's launch.
+ */
+export function gemmSm90Plan(R: number, N: number, K: number, multiprocessors: number, outBytes: number, withRes: boolean, maxSplits = GEMM_SM90_MAX_SPLITS): GemmSm90Plan {
+  const sms = Math.max(1, multiprocessors);
+  const c = GEMM_SM90_COST;
+  const tiles = ceilDiv(R, GEMM_SM90.bm) * ceilDiv(N, GEMM_SM90.bn);
+  const kTiles = Math.max(1, ceilDiv(K, GEMM_SM90.bk));
+  const stageBytes = (GEMM_SM90.bm + GEMM_SM90.bn) * GEMM_SM90.bk * 2;
+  const kTileUs = Math.max(c.kTileUs, stageBytes / c.smBytesPerUs);
+  const operandUs = (2 * (R * K + N * K)) / c.bytesPerUs;
+  const cost = (splits: number, kps: number): number => {
+    const main = Math.max(ceilDiv(tiles * splits, sms) * kps * kTileUs, operandUs);
+    const stores = (R * N * (splits > 1 ? 4 * splits : outBytes + (withRes ? 2 : 0))) / c.bytesPerUs;
+    const reduce = splits > 1 ? c.launchUs + (splits * R * N * 4 + R * N * (outBytes + (withRes ? 2 : 0))) / c.bytesPerUs : 0;
+    return main + stores + reduce;
+  };
+  let best = { splits: 1, kps: kTiles, us: cost(1, kTiles) };
+  for (let want = 2; want <= Math.min(maxSplits, kTiles); want++) {
+    const kps = ceilDiv(kTiles, want), splits = ceilDiv(kTiles, kps);
+    if (splits * R * N * 4 > GEMM_MAX_WORKSPACE_BYTES) break;
+    const us = cost(splits, kps);
+    if (us < best.us) best = { splits, kps, us };
+  }
+  return {
+    tiles,
+    splits: best.splits,
+    kTilesPerSplit: best.kps,
+    workspaceBytes: best.splits > 1 ? best.splits * R * N * 4 : 0,
+    grid: gemmSm90Grid(R, N, sms, best.splits),
+    predictedUs: best.us,
+  };
 }
 
 /** ts_gemm_<tile>_bf16 and ts_gemm_<tile>_bf16_f32: one per tile configuration and output dtype. */
@@ -272,11 +345,19 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
-  if (variant === 'sm90' && K > 0) {
+  if ((variant === 'sm90' || variant === 'sm90s') && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
-    const launch = { grid: [gemmSm90Grid(R, N, ctx.device.multiprocessors), 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
-    ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K });
+    const p = gemmSm90Plan(R, N, K, ctx.device.multiprocessors, elementBytes(y.dtype), !!res, variant === 'sm90s' ? GEMM_SM90_MAX_SPLITS : 1);
+    const launch = { grid: [p.grid, 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
+    if (p.splits === 1) {
+      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit });
+      return;
+    }
+    const ws = ctx.scratch(p.workspaceBytes);
+    if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
+    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit });
+    reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits);
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
@@ -289,16 +370,13 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
   const ws = ctx.scratch(plan.workspaceBytes);
   if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
   ctx.launch(entry(decls.f32), launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, res: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+  reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits);
+}
+
+/** y = the sum of the f32 partials ws [splits, R, N] (+ bias) (+ res). */
+function reduceSplits(ctx: CudaOpContext, entry: (d: KernelDecl) => KernelDecl, outDType: GemmOutDType, y: bigint, ws: bigint, bias: bigint, res: bigint, R: number, N: number, splits: number): void {
   const reduceBlocks = Math.max(1, Math.min(ceilDiv(R * N, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
-  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, {
-    y: y.ptr,
-    ws,
-    bias: biasPtr,
-    res: resPtr,
-    R,
-    N,
-    splits: plan.splits,
-  });
+  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, { y, ws, bias, res, R, N, splits });
 }
 
 /** Whether two tensors' byte ranges meet. */
