@@ -5,7 +5,8 @@
  * (mma_model.ts, written independently of it); cp.async lands at the wait that covers it; shared
  * memory starts poisoned; and it reports the faults it is there to catch (a collective some lanes
  * never reach, lanes meeting different collectives, a misaligned ldmatrix, arguments of the
- * wrong size) as one sentence naming the kernel, block and thread.
+ * wrong size, a global access outside every allocation) as one sentence naming the kernel, block
+ * and thread.
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import koffi from 'koffi';
@@ -220,6 +221,46 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     driver.launch(fn, [1, 1, 1], [32, 1, 1], 64 * 1024, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_exit', params: [['out', 'ptr']] }, { out }));
     driver.synchronize(stream);
     expect(download(new Int32Array(32), out)[0]).toBe(1);
+  });
+
+  describe('global memory: every allocation ends at an inaccessible page', () => {
+    const params: Array<[string, ParamType]> = [['out', 'ptr'], ['in', 'ptr'], ['at', 'i32'], ['who', 'i32'], ['write', 'i32']];
+    /** A fresh 1024-float allocation (4096 bytes: its end is the guard page's start). */
+    const fresh = () => upload(Float32Array.from({ length: 1024 }, (_, i) => i));
+    const illegal = (fn: () => void): string => {
+      expect(fn).toThrow(/CUDA_ERROR_ILLEGAL_ADDRESS/);
+      const message = lib.func('const char *mock_emu_error(void)')() as string;
+      lib.func('void mock_clear_fault(void)')();
+      return message;
+    };
+
+    it('reads and writes inside it as before', () => {
+      const inp = fresh(), out = upload(new Float32Array(64));
+      launch('ts_emu_selftest_global', params, { out, in: inp, at: 1023, who: 5, write: 0 }, 64);
+      expect(download(new Float32Array(64), out)[5]).toBe(1023);
+      launch('ts_emu_selftest_global', params, { out, in: inp, at: 1023, who: 5, write: 1 }, 64);
+      expect(download(new Float32Array(1024), inp)[1023]).toBe(1);
+    });
+
+    it('reports a read one element past the end as an illegal address, naming the thread and the allocation', () => {
+      const inp = fresh();
+      const msg = illegal(() => launch('ts_emu_selftest_global', params, { out: upload(new Float32Array(64)), in: inp, at: 1024, who: 37, write: 0 }, 64));
+      expect(msg).toBe(`ts_emu_selftest_global: block (0,0,0) thread (37,0,0): illegal address 0x${(inp + 4096n).toString(16)}: 0 bytes past the end of the 4096-byte allocation at 0x${inp.toString(16)}`);
+    });
+
+    it('reports a write before the start, and goes on launching after the fault is cleared', () => {
+      const inp = fresh();
+      const msg = illegal(() => launch('ts_emu_selftest_global', params, { out: upload(new Float32Array(64)), in: inp, at: -1, who: 0, write: 1 }, 64));
+      expect(msg).toMatch(/thread \(0,0,0\): illegal address 0x[0-9a-f]+: 4 bytes before the start of the 4096-byte allocation at 0x/);
+      const out = upload(new Float32Array(64));
+      launch('ts_emu_selftest_global', params, { out, in: inp, at: 7, who: 63, write: 0 }, 64);
+      expect(download(new Float32Array(64), out)[63]).toBe(7);
+    });
+
+    it('reports a null pointer', () => {
+      const msg = illegal(() => launch('ts_emu_selftest_global', params, { out: upload(new Float32Array(64)), in: 0n, at: 2, who: 1, write: 0 }, 64));
+      expect(msg).toBe('ts_emu_selftest_global: block (0,0,0) thread (1,0,0): illegal address 0x8: no allocation holds it');
+    });
   });
 
   it('refuses a launch whose argument bytes are not the kernel\'s', () => {

@@ -68,7 +68,7 @@ extern "C" __attribute__((visibility("default"))) int emu_launch(const char* nam
     }
     return e.launch(name, dim3{geom[0], geom[1], geom[2]}, dim3{geom[3], geom[4], geom[5]}, geom[6], emu::Limits{geom[7], geom[8]}, static_cast<const unsigned char*>(args), err, err_len);
   }
-  snprintf(err, err_len, "%s: not a kernel the emulator has (it runs every family but the sm_90a ones)", name);
+  snprintf(err, err_len, "%s: not a kernel the emulator has (it holds the entries of kernels/tessera.cu and its own self-checks)", name);
   return -1;
 }
 

@@ -10,6 +10,8 @@
 #include <sys/mman.h>
 #include <setjmp.h>
 #include <pthread.h>
+#include <signal.h>
+#include <ucontext.h>
 #include <time.h>
 #include <string_view>
 
@@ -106,6 +108,7 @@ struct Block {
   Limits limits;
   char error[1024];
   bool failed;
+  bool illegal;  // the failure was an access outside every allocation (CUDA_ERROR_ILLEGAL_ADDRESS)
   jmp_buf fail_jump;  // in the scheduler's context
 } B;
 
@@ -815,7 +818,79 @@ double now() {
 }
 }  // namespace
 
-// Runs body(ctx) as every thread of every block of the grid; 0, or -1 with the message in err.
+namespace {
+// Global memory faults. The stand-in libcuda guards every device allocation with inaccessible
+// pages, so a kernel's access past an allocation's end (or before its start), or through a null
+// or wild pointer, raises SIGSEGV in the fiber that made it. While a launch runs, the handler
+// takes such a fault in a fiber and makes the fiber continue in illegal_access() instead of
+// retrying the access: that records the failure as fail() does, and the launch returns -2
+// (CUDA_ERROR_ILLEGAL_ADDRESS). Any other SIGSEGV or SIGBUS goes to the handler that was there.
+int (*describe_address)(uint64_t, char*, size_t);
+struct sigaction old_segv, old_bus;
+pthread_t launch_thread;
+volatile uintptr_t fault_addr;
+volatile bool in_launch, in_illegal_access;
+unsigned char alt_stack[64 * 1024];
+
+[[noreturn]] void illegal_access() {
+  in_illegal_access = true;
+  char where[200] = "";
+  if (describe_address) describe_address(fault_addr, where, sizeof where);
+  B.illegal = true;
+  fail("illegal address 0x%llx: %s", static_cast<unsigned long long>(fault_addr), describe_address ? where : "outside the stand-in's memory");
+}
+
+void on_fault(int sig, siginfo_t* info, void* ctx) {
+  if (in_launch && cur && !in_illegal_access && pthread_equal(pthread_self(), launch_thread)) {
+    fault_addr = reinterpret_cast<uintptr_t>(info->si_addr);
+    auto* uc = static_cast<ucontext_t*>(ctx);
+    // Continue in illegal_access() on the fiber's own stack, below the red zone, as if called.
+    greg_t sp = uc->uc_mcontext.gregs[REG_RSP];
+    sp = ((sp - 256) & ~static_cast<greg_t>(15)) - 8;
+    uc->uc_mcontext.gregs[REG_RSP] = sp;
+    uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(&illegal_access);
+    return;
+  }
+  const struct sigaction& old = sig == SIGBUS ? old_bus : old_segv;
+  if (old.sa_flags & SA_SIGINFO) {
+    old.sa_sigaction(sig, info, ctx);
+  } else if (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN) {
+    // Restore the default and return: the access faults again, and the process ends as it would have.
+    signal(sig, SIG_DFL);
+  } else {
+    old.sa_handler(sig);
+  }
+}
+
+// Installs the fault handler (and an alternate stack for it) for one launch; restores both after.
+struct FaultGuard {
+  stack_t old_stack;
+  FaultGuard() {
+    stack_t st{};
+    st.ss_sp = alt_stack;
+    st.ss_size = sizeof alt_stack;
+    sigaltstack(&st, &old_stack);
+    struct sigaction sa{};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGSEGV, &sa, &old_segv);
+    sigaction(SIGBUS, &sa, &old_bus);
+    launch_thread = pthread_self();
+    in_illegal_access = false;
+    in_launch = true;
+  }
+  ~FaultGuard() {
+    in_launch = false;
+    sigaction(SIGSEGV, &old_segv, nullptr);
+    sigaction(SIGBUS, &old_bus, nullptr);
+    sigaltstack(&old_stack, nullptr);
+  }
+};
+}  // namespace
+
+// Runs body(ctx) as every thread of every block of the grid; 0, or -1 with the message in err
+// (-2: an access outside every allocation).
 int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len) {
   pthread_mutex_lock(&launch_lock);
   const size_t threads = static_cast<size_t>(block.x) * block.y * block.z;
@@ -843,22 +918,30 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
   for (int i = 0; i < n_static_ids_used; i++) static_slot[static_ids_used[i]] = 0;
   n_static_ids_used = 0;
   B.failed = false;
+  B.illegal = false;
   B.error[0] = 0;
   grid_dim = grid;
   block_dim = block;
   const double t0 = now();
-  for (unsigned z = 0; z < grid.z && rc == 0; z++)
-    for (unsigned y = 0; y < grid.y && rc == 0; y++)
-      for (unsigned x = 0; x < grid.x && rc == 0; x++) {
-        block_idx = dim3{x, y, z};
-        if (!run_block()) {
-          snprintf(err, err_len, "%s", B.error);
-          rc = -1;
+  {
+    FaultGuard guard;
+    for (unsigned z = 0; z < grid.z && rc == 0; z++)
+      for (unsigned y = 0; y < grid.y && rc == 0; y++)
+        for (unsigned x = 0; x < grid.x && rc == 0; x++) {
+          block_idx = dim3{x, y, z};
+          if (!run_block()) {
+            snprintf(err, err_len, "%s", B.error);
+            rc = B.illegal ? -2 : -1;
+          }
         }
-      }
+  }
   record(kernel, now() - t0, static_cast<long>(grid.x) * grid.y * grid.z);
   pthread_mutex_unlock(&launch_lock);
   return rc;
 }
 
 }  // namespace emu
+
+// The stand-in libcuda's account of an address (which allocation it missed, and by how much),
+// for the message of an illegal access.
+extern "C" __attribute__((visibility("default"))) void emu_set_describe_address(int (*fn)(uint64_t, char*, size_t)) { emu::describe_address = fn; }

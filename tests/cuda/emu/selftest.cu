@@ -123,3 +123,14 @@ extern "C" __global__ void ts_emu_selftest_cp_async_race(float* out, const float
   if (threadIdx.x == 1) out[0] = buf[0];
   if (threadIdx.x == 0) ts::mma::cp_async_wait<0>();
 }
+
+// Thread `who` of the block reads (write = 0) or writes in[at] (in has n floats); every thread
+// writes its own element of out. A read or write past the allocation's end faults.
+extern "C" __global__ void ts_emu_selftest_global(float* out, float* in, int at, int who, int write) {
+  float v = 0.f;
+  if (threadIdx.x == static_cast<unsigned>(who)) {
+    if (write) in[at] = 1.f;
+    else v = in[at];
+  }
+  out[threadIdx.x] = v;
+}

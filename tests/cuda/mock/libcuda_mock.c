@@ -18,13 +18,23 @@
  * shared address, an argument size that is not the kernel's) prints why, returns
  * CUDA_ERROR_LAUNCH_FAILED (719), and, as on a device, every later call fails the same way.
  * MOCK_CC=80 (or 86, 89, 90) sets the compute capability the device reports (default 9.0), with
- * that architecture's SM count, shared memory and L2 size. */
+ * that architecture's SM count, shared memory and L2 size.
+ *
+ * Device allocations are guarded: each ends where an inaccessible page begins and an inaccessible
+ * page lies before it, so an emulated kernel that reads or writes past either end faults. The size
+ * is rounded up to 16 bytes only (a device rounds to 256 or more, which hides short overruns),
+ * so pointers keep the alignment of a 16-byte vector access and an overrun of more than the last
+ * vector's tail faults. The emulator turns that fault
+ * into CUDA_ERROR_ILLEGAL_ADDRESS (700), sticky as on a device, and its message names the
+ * kernel, block, thread and the allocation the address missed (mock_describe_address). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <stdio.h>
 #include <dlfcn.h>
+#include <pthread.h>
+#include <sys/mman.h>
 
 typedef int CUresult;
 static char last_name[128];
@@ -46,12 +56,15 @@ static _Thread_local int capture_invalid; /* an unsafe call was made during the 
 typedef int (*emu_launch_t)(const char *name, const unsigned *geom, const void *args, size_t args_size, char *err, size_t err_len);
 static emu_launch_t emu_launch;
 static char emu_error[1024];
+int mock_describe_address(uint64_t addr, char *buf, size_t len);
 static void emu_load(void) {
   const char *path = getenv("MOCK_EMU");
   if (emu_launch || !path || !*path) return;
   void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!h) { fprintf(stderr, "[stand-in libcuda] cannot load the kernel emulator %s: %s\n", path, dlerror()); return; }
   emu_launch = (emu_launch_t)dlsym(h, "emu_launch");
+  void (*set_describe)(int (*)(uint64_t, char *, size_t)) = (void (*)(int (*)(uint64_t, char *, size_t)))dlsym(h, "emu_set_describe_address");
+  if (set_describe) set_describe(mock_describe_address);
 }
 
 /* Graph nodes recorded while capturing with the emulator loaded. */
@@ -69,10 +82,13 @@ static void free_graph(Graph *g) {
   free(g->nodes);
   memset(g, 0, sizeof *g);
 }
+/* The emulator returns -2 for an access outside every allocation: CUDA_ERROR_ILLEGAL_ADDRESS,
+ * as the device reports it; any other failure is CUDA_ERROR_LAUNCH_FAILED. */
 static int run_launch(const char *name, const unsigned *geom, const unsigned char *args, size_t size) {
-  if (emu_launch(name, geom, args, size, emu_error, sizeof emu_error) != 0) {
+  const int rc = emu_launch(name, geom, args, size, emu_error, sizeof emu_error);
+  if (rc != 0) {
     fprintf(stderr, "[kernel emulator] %s\n", emu_error);
-    return sticky = 719;
+    return sticky = rc == -2 ? 700 : 719;
   }
   return 0;
 }
@@ -107,8 +123,65 @@ CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; return 0; }
 CUresult cuCtxSetCurrent(void *ctx) { (void)ctx; return 0; }
 CUresult cuCtxSynchronize(void) { NOT_CAPTURING; return 0; }
 CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = (size_t)70 << 30; *t = (size_t)80 << 30; return 0; }
-CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { NOT_CAPTURING; void *m = calloc(1, b ? b : 1); if (!m) return 2; *p = (uint64_t)(uintptr_t)m; allocs++; return 0; }
-CUresult cuMemFree_v2(uint64_t p) { STICKY; NOT_CAPTURING; free((void *)(uintptr_t)p); return 0; }
+/* Guarded device allocations: [guard page][slack][size rounded up to 16][guard page]. */
+typedef struct { uint64_t ptr; size_t size, body; char *base; size_t span; } Alloc;
+static Alloc *alloc_table;
+static int n_alloc_table, cap_alloc_table;
+static pthread_mutex_t alloc_lock = PTHREAD_MUTEX_INITIALIZER;
+#define PAGE ((size_t)4096)
+static uint64_t guarded_alloc(size_t size) {
+  const size_t body = ((size ? size : 1) + 15) & ~(size_t)15;
+  const size_t span = ((body + PAGE - 1) & ~(PAGE - 1)) + 2 * PAGE;
+  char *base = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+  if (base == MAP_FAILED) return 0;
+  mprotect(base, PAGE, PROT_NONE);
+  mprotect(base + span - PAGE, PAGE, PROT_NONE);
+  const uint64_t ptr = (uint64_t)(uintptr_t)(base + span - PAGE - body);
+  pthread_mutex_lock(&alloc_lock);
+  if (n_alloc_table == cap_alloc_table) {
+    cap_alloc_table = cap_alloc_table ? 2 * cap_alloc_table : 256;
+    alloc_table = realloc(alloc_table, sizeof(Alloc) * cap_alloc_table);
+  }
+  alloc_table[n_alloc_table++] = (Alloc){ptr, size, body, base, span};
+  pthread_mutex_unlock(&alloc_lock);
+  return ptr;
+}
+static int guarded_free(uint64_t ptr) {
+  pthread_mutex_lock(&alloc_lock);
+  for (int i = 0; i < n_alloc_table; i++)
+    if (alloc_table[i].ptr == ptr) {
+      Alloc a = alloc_table[i];
+      alloc_table[i] = alloc_table[--n_alloc_table];
+      pthread_mutex_unlock(&alloc_lock);
+      munmap(a.base, a.span);
+      return 0;
+    }
+  pthread_mutex_unlock(&alloc_lock);
+  return 1; /* CUDA_ERROR_INVALID_VALUE: not an allocation */
+}
+/* Which allocation an address missed, in words: into buf; 1 when one is near (its guard pages or
+ * slack), 0 when the address is no allocation's. */
+int mock_describe_address(uint64_t addr, char *buf, size_t len) {
+  int found = 0;
+  pthread_mutex_lock(&alloc_lock);
+  for (int i = 0; i < n_alloc_table && !found; i++) {
+    const Alloc *a = &alloc_table[i];
+    const uint64_t lo = (uint64_t)(uintptr_t)a->base, hi = lo + a->span;
+    if (addr < lo || addr >= hi) continue;
+    found = 1;
+    if (addr >= a->ptr + a->size)
+      snprintf(buf, len, "%llu bytes past the end of the %zu-byte allocation at 0x%llx", (unsigned long long)(addr - a->ptr - a->size), a->size, (unsigned long long)a->ptr);
+    else if (addr < a->ptr)
+      snprintf(buf, len, "%llu bytes before the start of the %zu-byte allocation at 0x%llx", (unsigned long long)(a->ptr - addr), a->size, (unsigned long long)a->ptr);
+    else
+      snprintf(buf, len, "inside the %zu-byte allocation at 0x%llx", a->size, (unsigned long long)a->ptr);
+  }
+  pthread_mutex_unlock(&alloc_lock);
+  if (!found) snprintf(buf, len, "no allocation holds it");
+  return found;
+}
+CUresult cuMemAlloc_v2(uint64_t *p, size_t b) { NOT_CAPTURING; uint64_t m = guarded_alloc(b); if (!m) return 2; *p = m; allocs++; return 0; }
+CUresult cuMemFree_v2(uint64_t p) { STICKY; NOT_CAPTURING; return p ? guarded_free(p) : 0; }
 CUresult cuMemAllocHost_v2(void **p, size_t b) { NOT_CAPTURING; *p = calloc(1, b ? b : 1); if (*p) allocs++; return *p ? 0 : 2; }
 CUresult cuMemFreeHost(void *p) { NOT_CAPTURING; free(p); return 0; }
 CUresult cuMemcpyHtoD_v2(uint64_t d, const void *s, size_t b) { STICKY; NOT_CAPTURING; memcpy((void *)(uintptr_t)d, s, b); return 0; }
