@@ -337,6 +337,10 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [5, 520, 262, true, false, 'gemv'],
   [8, 8200, 13, true, true, 'gemv'],
   [8, 96, 4, false, false, 'gemv'],
+  [1, 520, 37, false, true, 'gemv'], // f32 y at each R bucket (1, 2, 4) and the storage type at 2
+  [2, 264, 9, true, false, 'gemv'],
+  [4, 1032, 13, false, true, 'gemv'],
+  [300, 64, 5640, true, true], // the large tile with f32 y
   [1, 64, 8, false, false, 'sm90'],
   [130, 72, 264, true, false, 'sm90'],
   [128, 256, 256, false, false, 'sm90'],
@@ -763,6 +767,11 @@ for (const c of ([
   { name: 'custom scale, GQA 4', heads: 8, kvHeads: 2, hd: 16, bs: 16, seqs: [[24, 24], [48, 3]], scale: 0.3 },
   { name: 'not causal, prefill', heads: 4, kvHeads: 2, hd: 64, bs: 16, seqs: [[77, 77], [5, 5]], causal: false },
   { name: 'not causal, after cached prefixes, GQA 8', heads: 16, kvHeads: 2, hd: 128, bs: 4, seqs: [[130, 33], [66, 1], [40, 40]], causal: false },
+  // Head dim 256 (Gemma's) has its own variants in both regimes (32-row prefill tiles of 16 keys,
+  // Q from shared memory); decode at hd 64 its own too, split over a long context.
+  { name: 'prefill hd256 after a cached prefix, GQA 2', heads: 4, kvHeads: 2, hd: 256, bs: 16, seqs: [[70, 37], [33, 33]] },
+  { name: 'decode hd256, split', heads: 4, kvHeads: 2, hd: 256, bs: 16, seqs: [[600, 1], [17, 1]] },
+  { name: 'decode hd64, long context, split', heads: 8, kvHeads: 8, hd: 64, bs: 16, seqs: [[2000, 1], [90, 1]] },
   // The Hopper prefill kernel: 128 packed rows and 128-key tiles, so lengths off both; TMA boxes of
   // min(bs, 128) tokens (bs 8 to 256); GQA ratios that do not divide 128; windows and non-causal.
   { name: 'sm90 prefill hd128 GQA 4, lengths off the tiles', heads: 8, kvHeads: 2, hd: 128, bs: 16, seqs: [[300, 300], [77, 77], [1, 1]], variant: 'sm90' },
