@@ -30,9 +30,12 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
   let stream: Handle;
   let lib: koffi.IKoffiLib;
   const allocations: DevPtr[] = [];
-  const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU, cc: process.env.MOCK_CC };
+  const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU, cc: process.env.MOCK_CC, schedule: process.env.TESSERA_EMU_SCHEDULE };
 
   beforeAll(() => {
+    // The plain schedule (ascending, then descending rounds), which the order-specific checks
+    // below are written for; the shuffled default has its own test.
+    process.env.TESSERA_EMU_SCHEDULE = '0';
     process.env.TESSERA_LIBCUDA = mockPath!;
     process.env.MOCK_EMU = emu.path!;
     process.env.MOCK_CC = '80';
@@ -46,7 +49,7 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
   });
   afterAll(() => {
     for (const p of allocations) driver.free(p);
-    for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu], ['MOCK_CC', saved.cc]] as const) {
+    for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu], ['MOCK_CC', saved.cc], ['TESSERA_EMU_SCHEDULE', saved.schedule]] as const) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }
@@ -189,6 +192,27 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     expect(without[0], 'thread 0 reads before thread 31 writes').toBe(-1);
     launch('ts_emu_selftest_barrier', [['out', 'ptr'], ['with_barrier', 'i32']], { out, with_barrier: 1 }, 32);
     expect([...download(new Int32Array(32), out)]).toEqual(new Array(32).fill(7));
+  });
+
+  it('shuffles the thread order every round by default: a missing barrier shows in some launches, not all, and a failure names its schedule', () => {
+    process.env.TESSERA_EMU_SCHEDULE = '7';
+    try {
+      const out = upload(new Int32Array(32));
+      const seen = new Set<number>();
+      for (let i = 0; i < 40; i++) {
+        launch('ts_emu_selftest_barrier', [['out', 'ptr'], ['with_barrier', 'i32']], { out, with_barrier: 0 }, 32);
+        seen.add(download(new Int32Array(32), out)[0]);
+      }
+      expect([...seen].sort((a, b) => a - b), 'thread 0 saw the poison in some launches and thread 31\'s write in others').toEqual([-1, 7]);
+      for (let i = 0; i < 5; i++) {
+        launch('ts_emu_selftest_barrier', [['out', 'ptr'], ['with_barrier', 'i32']], { out, with_barrier: 1 }, 32);
+        expect([...download(new Int32Array(32), out)]).toEqual(new Array(32).fill(7));
+      }
+      const msg = failure(() => launch('ts_emu_selftest_diverged', [['out', 'ptr']], { out: upload(new Int32Array(2)) }, 32));
+      expect(msg).toMatch(/the lanes diverged \(schedule 7, launch \d+ of this process\)$/);
+    } finally {
+      process.env.TESSERA_EMU_SCHEDULE = '0';
+    }
   });
 
   it('counts exited threads as arrived at a barrier', () => {

@@ -704,6 +704,41 @@ void wgmma_wait(int pending) {
 
 namespace {
 
+// The schedule: an xorshift64* stream seeded per launch from TESSERA_EMU_SCHEDULE (default 1)
+// and the launch's index in this process; each round shuffles the thread order from it.
+// TESSERA_EMU_SCHEDULE=0 restores the plain order (ascending, then descending, alternately).
+uint64_t schedule_state;
+uint64_t schedule_seed;
+bool schedule_plain;
+int order[MAX_THREADS];
+void schedule_begin(uint64_t launch_index) {
+  const char* e = getenv("TESSERA_EMU_SCHEDULE");
+  schedule_seed = e && *e ? strtoull(e, nullptr, 10) : 1;
+  schedule_plain = schedule_seed == 0;
+  schedule_state = (schedule_seed * 0x9E3779B97F4A7C15ull) ^ (launch_index + 1) * 0xD1B54A32D192ED03ull;
+  if (!schedule_state) schedule_state = 1;
+}
+uint64_t schedule_next() {
+  schedule_state ^= schedule_state >> 12;
+  schedule_state ^= schedule_state << 25;
+  schedule_state ^= schedule_state >> 27;
+  return schedule_state * 0x2545F4914F6CDD1Dull;
+}
+void schedule_order(int n, int round) {
+  if (schedule_plain) {
+    const bool down = round & 1;
+    for (int k = 0; k < n; k++) order[k] = down ? n - 1 - k : k;
+    return;
+  }
+  for (int k = 0; k < n; k++) order[k] = k;
+  for (int k = n - 1; k > 0; k--) {
+    const int j = static_cast<int>(schedule_next() % static_cast<uint64_t>(k + 1));
+    const int t = order[k];
+    order[k] = order[j];
+    order[j] = t;
+  }
+}
+
 // Runs one block to completion; false (B.error set) on a failure or a deadlock.
 bool run_block() {
   const int n = B.n;
@@ -745,12 +780,14 @@ bool run_block() {
   }
   B.live = n;
   B.bar_arrived = 0;
-  // Rounds alternate direction, so that code relying on an order the device does not promise
-  // (a missing barrier) meets a different interleaving.
+  // Each round visits the threads in a fresh pseudo-random order (schedule_order), so code relying
+  // on an order the device does not promise (a missing barrier, a producer assumed to run first)
+  // meets many interleavings across a test run, reproducibly.
   for (int round = 0; B.live > 0; round++) {
     const uint64_t before = B.progress;
+    schedule_order(n, round);
     for (int k = 0; k < n; k++) {
-      const int i = round & 1 ? n - 1 - k : k;
+      const int i = order[k];
       Thread& t = B.threads[i];
       if (t.done || (t.wait_gen && *t.wait_gen == t.wait_val)) continue;
       cur = &t;
@@ -937,6 +974,8 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
   B.error[0] = 0;
   grid_dim = grid;
   block_dim = block;
+  static uint64_t launches;
+  schedule_begin(launches++);
   const double t0 = now();
   {
     FaultGuard guard;
@@ -945,7 +984,9 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
         for (unsigned x = 0; x < grid.x && rc == 0; x++) {
           block_idx = dim3{x, y, z};
           if (!run_block()) {
-            snprintf(err, err_len, "%s", B.error);
+            // The schedule, to reproduce it: launches are counted per process.
+            if (schedule_plain) snprintf(err, err_len, "%s", B.error);
+            else snprintf(err, err_len, "%s (schedule %llu, launch %llu of this process)", B.error, static_cast<unsigned long long>(schedule_seed), static_cast<unsigned long long>(launches - 1));
             rc = B.illegal ? -2 : -1;
           }
         }
