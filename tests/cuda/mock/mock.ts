@@ -12,15 +12,21 @@ import path from 'node:path';
 import koffi from 'koffi';
 import { PARAM_LAYOUT, type KernelDecl } from '../../../src/backend/cuda/kernel_decl.js';
 
-/** Builds a stand-in library from its C source here; null (the caller skips, saying so) where there is no C compiler. */
+/**
+ * Builds a stand-in library from its C source here; null (the caller skips, saying so) where there
+ * is no C compiler. A compiler that rejects the source is an error, not a skip: the tiers that
+ * need the stand-in must not pass by skipping.
+ */
 function buildStandIn(name: 'libcuda_mock' | 'libcublaslt_mock', defines: string[] = []): string | null {
   if (process.platform !== 'linux') return null;
   const out = path.join(mkdtempSync(path.join(tmpdir(), `tessera-${name}-`)), `${name}.so`);
   try {
     execFileSync(process.env.CC ?? 'cc', ['-shared', '-fPIC', '-O1', ...defines.map((d) => `-D${d}`), '-o', out, path.join(import.meta.dirname, `${name}.c`)], { stdio: 'pipe' });
     return out;
-  } catch {
-    return null;
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: Buffer };
+    if (e.code === 'ENOENT') return null;
+    throw new Error(`the stand-in ${name}.c does not compile:\n${e.stderr?.toString() ?? e.message}`);
   }
 }
 
