@@ -707,6 +707,9 @@ namespace {
 // The schedule: an xorshift64* stream seeded per launch from TESSERA_EMU_SCHEDULE (default 1)
 // and the launch's index in this process; each round shuffles the thread order from it.
 // TESSERA_EMU_SCHEDULE=0 restores the plain order (ascending, then descending, alternately).
+// True while a kernel thread (a fiber) runs, false in the scheduler: the fault handler only
+// redirects a fiber.
+volatile bool in_fiber;
 uint64_t schedule_state;
 uint64_t schedule_seed;
 bool schedule_plain;
@@ -791,7 +794,9 @@ bool run_block() {
       Thread& t = B.threads[i];
       if (t.done || (t.wait_gen && *t.wait_gen == t.wait_val)) continue;
       cur = &t;
+      in_fiber = true;
       emu_switch(&B.sched_sp, t.sp);
+      in_fiber = false;
       if (B.failed) {
         cur = nullptr;
         return false;
@@ -893,7 +898,7 @@ unsigned char alt_stack[64 * 1024];
 }
 
 void on_fault(int sig, siginfo_t* info, void* ctx) {
-  if (in_launch && cur && !in_illegal_access && pthread_equal(pthread_self(), launch_thread)) {
+  if (in_launch && in_fiber && cur && !in_illegal_access && pthread_equal(pthread_self(), launch_thread)) {
     fault_addr = reinterpret_cast<uintptr_t>(info->si_addr);
     auto* uc = static_cast<ucontext_t*>(ctx);
     // Continue in illegal_access() on the fiber's own stack, below the red zone, as if called.
