@@ -12,6 +12,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { KernelShapes } from '../../src/cli/bench_kernels.js';
 import { SM90S_UNSPLIT } from '../../src/backend/cuda/ops/gemm.js';
+import { buildEmulator } from './emu/build.js';
 import { buildLtMock, buildMock } from './mock/mock.js';
 
 const cudaPath = buildMock();
@@ -228,4 +229,42 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     expect(rung.relativeErrorVsBase).toBeNull();
     expect(r.stdout).toContain('MISMATCH vs attention prefill B1 S20 H4 KV2 hd64 causal');
   });
+});
+
+// On the kernel emulator the kernels compute, so the benchmark's own checks meet real outputs:
+// every GEMM rung against cuBLASLt (the stand-in computes the product on the host), and the
+// Hopper attention rungs against the mma.sync kernel, as they will on a GPU. A false mismatch
+// there would keep a rung out of the measured choices.
+const emu = !skip && process.env.TESSERA_EMULATOR !== '0' ? buildEmulator() : null;
+const emuSkip = skip ?? (process.env.TESSERA_EMULATOR === '0' ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : emu!.skip);
+
+describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator (sm_90): the checks against cuBLASLt and the base rung', () => {
+  it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K) equal to cuBLASLt, and the Hopper attention rungs equal to the mma.sync kernel', () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-emu-'));
+    const shapes: KernelShapes = {
+      gemm: { m: [1, 130], projections: [{ model: 'toy', name: 'proj', n: 264, k: 1024 }], ceiling: { m: 64, n: 64, k: 64 } },
+      attention: { prefill: [{ heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 150, causal: true }], decode: [], kvBlockSize: 16 },
+      memoryBound: { rows: [], hidden: [], ops: [], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
+    };
+    writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
+    const out = path.join(dir, 'report.json');
+    const r = spawnSync(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--family', 'gemm,attention', '--exclude', ' f16', '--shapes', path.join(dir, 'shapes.json'), '--out', out], {
+      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_EMU: emu!.path!, MOCK_CC: '90' },
+      encoding: 'utf8',
+    });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    type Result = { name: string; skipped?: string; error?: string; relativeErrorVsCublasLt?: number | null; relativeErrorVsBase?: number | null };
+    const results = (JSON.parse(readFileSync(out, 'utf8')) as { results: Result[] }).results;
+    const gemm = results.filter((x) => x.name.startsWith('gemm'));
+    // M 1: tiles, gemv, sm90, sm90s; M 130: tiles, sm90, sm90s; the fp16 cases left out.
+    expect(gemm.map((x) => x.name.replace('gemm toy proj ', ''))).toEqual(['M1 N264 K1024', 'M1 N264 K1024 gemv', 'M1 N264 K1024 sm90', 'M1 N264 K1024 sm90s', 'M130 N264 K1024', 'M130 N264 K1024 sm90', 'M130 N264 K1024 sm90s']);
+    for (const x of gemm) {
+      expect(x.error ?? x.skipped, x.name).toBeUndefined(); // sm90s splits K at both M here
+      expect(x.relativeErrorVsCublasLt, x.name).toBeLessThan(1e-3);
+    }
+    const rungs = results.filter((x) => / sm90o?$/.test(x.name) && x.name.startsWith('attention'));
+    expect(rungs).toHaveLength(2);
+    for (const x of rungs) expect(x.relativeErrorVsBase, x.name).toBeLessThan(1e-2);
+  }, 180_000);
 });
