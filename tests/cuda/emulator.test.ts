@@ -281,6 +281,17 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
       expect(download(new Float32Array(64), out)[63]).toBe(7);
     });
 
+    it('reports a 16-byte vector access at an address that is not a multiple of 16 as a misaligned address', () => {
+      const params: Array<[string, ParamType]> = [['out', 'ptr'], ['in', 'ptr'], ['offset', 'i32']];
+      const inp = upload(Uint32Array.from({ length: 64 }, (_, i) => i)), out = upload(new Uint32Array(32));
+      launch('ts_emu_selftest_misaligned', params, { out, in: inp, offset: 32 }, 32);
+      expect(download(new Uint32Array(32), out)[3]).toBe(9); // word 8 + 1
+      expect(() => launch('ts_emu_selftest_misaligned', params, { out, in: inp, offset: 36 }, 32)).toThrow(/CUDA_ERROR_MISALIGNED_ADDRESS/);
+      const message = lib.func('const char *mock_emu_error(void)')() as string;
+      lib.func('void mock_clear_fault(void)')();
+      expect(message).toBe('ts_emu_selftest_misaligned: block (0,0,0) thread (3,0,0): misaligned address: a load or store through a pointer not aligned to its type\'s size (a 16-byte vector at an address not a multiple of 16)');
+    });
+
     it('reports a null pointer', () => {
       const msg = illegal(() => launch('ts_emu_selftest_global', params, { out: upload(new Float32Array(64)), in: 0n, at: 2, who: 1, write: 0 }, 64));
       expect(msg).toBe('ts_emu_selftest_global: block (0,0,0) thread (1,0,0): illegal address 0x8: no allocation holds it');

@@ -21,7 +21,7 @@ const HERE = import.meta.dirname;
 const KERNELS = path.resolve(HERE, '../../../kernels');
 const CXX = process.env.CXX ?? 'g++';
 // The kernels are compiled as sm_90a device code (their Hopper paths included).
-const FLAGS = ['-std=c++17', '-O2', '-g0', '-fPIC', '-mpopcnt', '-D__CUDA_ARCH__=900', '-D__CUDA_ARCH_FEAT_SM90_ALL', '-Wall', '-Wno-unknown-pragmas', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unused-but-set-variable', '-fno-strict-aliasing'];
+const FLAGS = ['-std=c++17', '-O2', '-g0', '-fPIC', '-mpopcnt', '-D__CUDA_ARCH__=900', '-D__CUDA_ARCH_FEAT_SM90_ALL', '-Wall', '-Wno-unknown-pragmas', '-Wno-unused-function', '-Wno-unused-variable', '-Wno-unused-but-set-variable', '-fno-strict-aliasing', '-fsanitize=alignment', '-fsanitize-undefined-trap-on-error'];
 
 /** The kernel families: tessera.cu's includes. */
 function families(): string[] {

@@ -108,7 +108,8 @@ struct Block {
   Limits limits;
   char error[1024];
   bool failed;
-  bool illegal;  // the failure was an access outside every allocation (CUDA_ERROR_ILLEGAL_ADDRESS)
+  bool illegal;     // the failure was an access outside every allocation (CUDA_ERROR_ILLEGAL_ADDRESS)
+  bool misaligned;  // ... a misaligned access (CUDA_ERROR_MISALIGNED_ADDRESS)
   jmp_buf fail_jump;  // in the scheduler's context
 } B;
 
@@ -881,9 +882,13 @@ namespace {
 // or wild pointer, raises SIGSEGV in the fiber that made it. While a launch runs, the handler
 // takes such a fault in a fiber and makes the fiber continue in illegal_access() instead of
 // retrying the access: that records the failure as fail() does, and the launch returns -2
-// (CUDA_ERROR_ILLEGAL_ADDRESS). Any other SIGSEGV or SIGBUS goes to the handler that was there.
+// (CUDA_ERROR_ILLEGAL_ADDRESS). The kernels are compiled with -fsanitize=alignment trapping
+// (tests/cuda/emu/build.ts): a load or store through a pointer misaligned for its type (a uint4 at
+// an address not a multiple of 16, as a GPU would refuse with CUDA_ERROR_MISALIGNED_ADDRESS)
+// raises SIGILL, taken the same way into misaligned_access() (-3). Any other SIGSEGV, SIGBUS or
+// SIGILL goes to the handler that was there.
 int (*describe_address)(uint64_t, char*, size_t);
-struct sigaction old_segv, old_bus;
+struct sigaction old_segv, old_bus, old_ill;
 pthread_t launch_thread;
 volatile uintptr_t fault_addr;
 volatile bool in_launch, in_illegal_access;
@@ -897,6 +902,12 @@ unsigned char alt_stack[64 * 1024];
   fail("illegal address 0x%llx: %s", static_cast<unsigned long long>(fault_addr), describe_address ? where : "outside the stand-in's memory");
 }
 
+[[noreturn]] void misaligned_access() {
+  in_illegal_access = true;
+  B.misaligned = true;
+  fail("misaligned address: a load or store through a pointer not aligned to its type's size (a 16-byte vector at an address not a multiple of 16)");
+}
+
 void on_fault(int sig, siginfo_t* info, void* ctx) {
   if (in_launch && in_fiber && cur && !in_illegal_access && pthread_equal(pthread_self(), launch_thread)) {
     fault_addr = reinterpret_cast<uintptr_t>(info->si_addr);
@@ -905,10 +916,10 @@ void on_fault(int sig, siginfo_t* info, void* ctx) {
     greg_t sp = uc->uc_mcontext.gregs[REG_RSP];
     sp = ((sp - 256) & ~static_cast<greg_t>(15)) - 8;
     uc->uc_mcontext.gregs[REG_RSP] = sp;
-    uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(&illegal_access);
+    uc->uc_mcontext.gregs[REG_RIP] = reinterpret_cast<greg_t>(sig == SIGILL ? &misaligned_access : &illegal_access);
     return;
   }
-  const struct sigaction& old = sig == SIGBUS ? old_bus : old_segv;
+  const struct sigaction& old = sig == SIGBUS ? old_bus : sig == SIGILL ? old_ill : old_segv;
   if (old.sa_flags & SA_SIGINFO) {
     old.sa_sigaction(sig, info, ctx);
   } else if (old.sa_handler == SIG_DFL || old.sa_handler == SIG_IGN) {
@@ -933,6 +944,7 @@ struct FaultGuard {
     sigemptyset(&sa.sa_mask);
     sigaction(SIGSEGV, &sa, &old_segv);
     sigaction(SIGBUS, &sa, &old_bus);
+    sigaction(SIGILL, &sa, &old_ill);
     launch_thread = pthread_self();
     in_illegal_access = false;
     in_launch = true;
@@ -941,6 +953,7 @@ struct FaultGuard {
     in_launch = false;
     sigaction(SIGSEGV, &old_segv, nullptr);
     sigaction(SIGBUS, &old_bus, nullptr);
+    sigaction(SIGILL, &old_ill, nullptr);
     sigaltstack(&old_stack, nullptr);
   }
 };
@@ -976,6 +989,7 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
   n_static_ids_used = 0;
   B.failed = false;
   B.illegal = false;
+  B.misaligned = false;
   B.error[0] = 0;
   grid_dim = grid;
   block_dim = block;
@@ -992,7 +1006,7 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
             // The schedule, to reproduce it: launches are counted per process.
             if (schedule_plain) snprintf(err, err_len, "%s", B.error);
             else snprintf(err, err_len, "%s (schedule %llu, launch %llu of this process)", B.error, static_cast<unsigned long long>(schedule_seed), static_cast<unsigned long long>(launches - 1));
-            rc = B.illegal ? -2 : -1;
+            rc = B.illegal ? -2 : B.misaligned ? -3 : -1;
           }
         }
   }

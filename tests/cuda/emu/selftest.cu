@@ -134,3 +134,11 @@ extern "C" __global__ void ts_emu_selftest_global(float* out, float* in, int at,
   }
   out[threadIdx.x] = v;
 }
+
+// Thread 3 loads a 16-byte vector from in + offset bytes (in is 16-byte aligned); every thread
+// writes its out element. An offset that is not a multiple of 16 is a misaligned access.
+extern "C" __global__ void ts_emu_selftest_misaligned(unsigned* out, const unsigned char* in, int offset) {
+  unsigned v = 0;
+  if (threadIdx.x == 3) v = reinterpret_cast<const uint4*>(in + offset)->y;
+  out[threadIdx.x] = v;
+}

@@ -82,13 +82,14 @@ static void free_graph(Graph *g) {
   free(g->nodes);
   memset(g, 0, sizeof *g);
 }
-/* The emulator returns -2 for an access outside every allocation: CUDA_ERROR_ILLEGAL_ADDRESS,
- * as the device reports it; any other failure is CUDA_ERROR_LAUNCH_FAILED. */
+/* The emulator returns -2 for an access outside every allocation (CUDA_ERROR_ILLEGAL_ADDRESS, as
+ * the device reports it), -3 for a misaligned vector access (CUDA_ERROR_MISALIGNED_ADDRESS); any
+ * other failure is CUDA_ERROR_LAUNCH_FAILED. */
 static int run_launch(const char *name, const unsigned *geom, const unsigned char *args, size_t size) {
   const int rc = emu_launch(name, geom, args, size, emu_error, sizeof emu_error);
   if (rc != 0) {
     fprintf(stderr, "[kernel emulator] %s\n", emu_error);
-    return sticky = rc == -2 ? 700 : 719;
+    return sticky = rc == -2 ? 700 : rc == -3 ? 716 : 719;
   }
   return 0;
 }
@@ -360,7 +361,7 @@ int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
 #endif
 CUresult cuGetErrorName(int status, const char **name) {
   *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS"
-        : status == 719 ? "CUDA_ERROR_LAUNCH_FAILED"
+        : status == 716 ? "CUDA_ERROR_MISALIGNED_ADDRESS" : status == 719 ? "CUDA_ERROR_LAUNCH_FAILED"
         : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_UNKNOWN";
   return 0;
 }
