@@ -70,9 +70,9 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     driver.launch(fn, [1, 1, 1], [threads, 1, 1], sharedBytes, stream, (view) => packArgs(view, { name, params }, args));
     driver.synchronize(stream);
   };
-  /** Runs a launch that must fail; returns the emulator's sentence and clears the fault. */
-  const failure = (fn: () => void): string => {
-    expect(fn).toThrow(/CUDA_ERROR_LAUNCH_FAILED/);
+  /** Runs a launch that must fail with `error`; returns the emulator's sentence and clears the fault. */
+  const failure = (fn: () => void, error = 'CUDA_ERROR_LAUNCH_FAILED'): string => {
+    expect(fn).toThrow(new RegExp(error));
     const message = lib.func('const char *mock_emu_error(void)')() as string;
     lib.func('void mock_clear_fault(void)')();
     return message;
@@ -251,12 +251,7 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     const params: Array<[string, ParamType]> = [['out', 'ptr'], ['in', 'ptr'], ['at', 'i32'], ['who', 'i32'], ['write', 'i32']];
     /** A fresh 1024-float allocation (4096 bytes: its end is the guard page's start). */
     const fresh = () => upload(Float32Array.from({ length: 1024 }, (_, i) => i));
-    const illegal = (fn: () => void): string => {
-      expect(fn).toThrow(/CUDA_ERROR_ILLEGAL_ADDRESS/);
-      const message = lib.func('const char *mock_emu_error(void)')() as string;
-      lib.func('void mock_clear_fault(void)')();
-      return message;
-    };
+    const illegal = (fn: () => void): string => failure(fn, 'CUDA_ERROR_ILLEGAL_ADDRESS');
 
     it('reads and writes inside it as before', () => {
       const inp = fresh(), out = upload(new Float32Array(64));
@@ -286,9 +281,7 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
       const inp = upload(Uint32Array.from({ length: 64 }, (_, i) => i)), out = upload(new Uint32Array(32));
       launch('ts_emu_selftest_misaligned', params, { out, in: inp, offset: 32 }, 32);
       expect(download(new Uint32Array(32), out)[3]).toBe(9); // word 8 + 1
-      expect(() => launch('ts_emu_selftest_misaligned', params, { out, in: inp, offset: 36 }, 32)).toThrow(/CUDA_ERROR_MISALIGNED_ADDRESS/);
-      const message = lib.func('const char *mock_emu_error(void)')() as string;
-      lib.func('void mock_clear_fault(void)')();
+      const message = failure(() => launch('ts_emu_selftest_misaligned', params, { out, in: inp, offset: 36 }, 32), 'CUDA_ERROR_MISALIGNED_ADDRESS');
       expect(message).toBe('ts_emu_selftest_misaligned: block (0,0,0) thread (3,0,0): misaligned address: a load or store through a pointer not aligned to its type\'s size (a 16-byte vector at an address not a multiple of 16)');
     });
 
