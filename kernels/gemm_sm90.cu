@@ -9,14 +9,15 @@
 // keep only accumulators.
 //
 //   x: [M, K] T row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
-//   w: [N, K] T row-major, through tmW (box 256 rows x 64 columns, 128-byte swizzle)
+//   w: [N, K] T row-major, through tmW (box BN rows x 64 columns, 128-byte swizzle: BN 256, or 128
+//      for the ping-pong entries)
 //   bias: [N] T or null; res: [M, N] T or null (may be y: each element is read by the thread that
 //   writes it); y: [M, N] T or f32, row-major
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
 // rows and columns read as zeros, so tile edges need no code in the main loop.
 //
-// Block: 384 threads, three warpgroups, one work unit at a time (persistent: grid = the SMs, units
-// taken in order). A unit is a 128 x 256 tile of y and a range of K: with `splits` = 1 the whole
+// Block: 384 threads, three warpgroups (persistent: grid = the SMs, units taken in order). A unit is
+// a 128 x BN tile of y and a range of K: with `splits` = 1 the whole
 // of K, and y written as above; with splits > 1 (the `sm90s` rung: too few tiles to fill the SMs,
 // ops/gemm.ts gemmSm90Plan) split s takes k-tiles [s kTilesPerSplit, (s + 1) kTilesPerSplit) and
 // writes its f32 partial to y + s M N (y is then the [splits, M, N] workspace, bias and res null),
@@ -26,10 +27,14 @@
 //    k-tile of 64, two TMA loads (x 128 x 64, w 256 x 64: 48 KiB) into a STAGES-deep ring of
 //    shared buffers, each stage guarded by a `full` mbarrier (transaction bytes) and an `empty`
 //    one (consumers' arrivals);
-//  - warpgroups 1 and 2, the consumers (setmaxnreg 232): rows 0-63 and 64-127 of the tile; per
-//    k-tile, 4 k-steps of two wgmma m64n128k16 (columns 0-127 and 128-255), 128 f32 accumulators a
-//    thread. One k-tile's wgmma group stays in flight while the next is issued; a stage is
-//    released to the producer once the group that read it has completed.
+//  - warpgroups 1 and 2, the consumers (setmaxnreg 232), on one of two schedules (Cfg below):
+//    cooperative (ts_gemm_sm90_*, BN 256): both on every unit, rows 0-63 and 64-127 of the tile, per
+//    k-tile 4 k-steps of two wgmma m64n128k16 (columns 0-127 and 128-255); ping-pong
+//    (ts_gemm_sm90p_*, BN 128): each on every other unit, the whole 128 x 128 tile as two
+//    m64n128k16 (rows 0-63 and 64-127), the main loops taking turns so that one consumer's
+//    epilogue runs while the other's wgmma keep the tensor cores busy. Either way 128 f32
+//    accumulators a thread; one k-tile's wgmma group stays in flight while the next is issued,
+//    and a stage is released to the producer once the group that read it has completed.
 // Epilogue: each consumer thread adds the bias and the residual and stores its accumulator
 // fragments straight to y (pairs of columns where they are aligned), masked at M and N.
 //
@@ -38,19 +43,34 @@
 // which is the descriptors' stride byte offset. Every stage's buffers start on 1024 bytes.
 //
 // FLOPs 2 M N K; bytes at least 2 (M K + N K) + (2 | 4) M N (+ 2 M N for res). Shared memory: 4 stages x 48 KiB +
-// 1 KiB of alignment slack + barriers; one block per SM.
+// 1 KiB of alignment slack + barriers (ping-pong: 6 stages x 32 KiB); one block per SM.
 #include "sm90.cuh"
 
 namespace ts_sm90 {
 
-constexpr int BM = 128, BN = 256, BK = 64, STAGES = 4;
+constexpr int BM = 128, BK = 64;
 constexpr int THREADS = 384;
 constexpr int GROUP_M = 8;
 constexpr int A_BYTES = BM * BK * 2;  // 16 KiB
-constexpr int B_BYTES = BN * BK * 2;  // 32 KiB
-constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-// Dynamic shared memory the launcher asks for (ops/gemm.ts: GEMM_SM90_SHARED_BYTES).
-constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+
+// The two schedules of the consumer warpgroups (the entries' PP flag):
+//  - cooperative (ts_gemm_sm90_*): both work on every unit, a 128 x 256 tile, rows 0-63 and
+//    64-127; 4 stages of x 128 x 64 and w 256 x 64 (48 KiB);
+//  - ping-pong (ts_gemm_sm90p_*): each takes every other unit of the block, a 128 x 128 tile of
+//    its own, and their main loops alternate, so one's epilogue runs under the other's main loop;
+//    6 stages of x 128 x 64 and w 128 x 64 (32 KiB).
+template <bool PP>
+struct Cfg {
+  static constexpr int BN = PP ? 128 : 256;
+  static constexpr int STAGES = PP ? 6 : 4;
+  static constexpr int B_BYTES = BN * BK * 2;
+  static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
+  // Dynamic shared memory the launcher asks for (ops/gemm.ts: GEMM_SM90 and GEMM_SM90P).
+  static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+};
+// Named barriers of the ping-pong order (0 is __syncthreads'): consumer c waits on ORDER_BAR + c
+// before its main loop, and the other consumer arrives on it after its own.
+constexpr int ORDER_BAR = 1;
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -104,9 +124,11 @@ TS_DEVICE void unit_coords(int u, int tiles, int tilesM, int tilesN, int kTiles,
   k1 = min(kTiles, k0 + kTilesPerSplit);
 }
 
-template <class T, typename OUT_T>
+template <class T, typename OUT_T, bool PP>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, int M,
                                      int N, int K, int splits, int kTilesPerSplit) {
+  using C = Cfg<PP>;
+  constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
   uint8_t* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
@@ -120,8 +142,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
-      mbar_init(&full[s], 1);         // the producer's arrive, plus the TMA bytes
-      mbar_init(&empty[s], 2 * 128);  // every consumer thread
+      mbar_init(&full[s], 1);                  // the producer's arrive, plus the TMA bytes
+      mbar_init(&empty[s], PP ? 128 : 2 * 128);  // every thread of the warpgroup(s) reading it
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
@@ -151,52 +173,67 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int cw = wg - 1;  // which 64 rows of the tile
+  const int cw = wg - 1;  // cooperative: which 64 rows of the tile; ping-pong: which units
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   float acc[2][64];
-  int stage = 0;
-  uint32_t phase = 0;
-  for (int u = blockIdx.x; u < units; u += gridDim.x) {
+  // The ring position of the block's next k-tile: both consumers walk every unit of the block, so
+  // in ping-pong each steps over the other's k-tiles.
+  int pos = 0;
+  int j = 0;  // the unit's index among the block's
+  for (int u = blockIdx.x; u < units; u += gridDim.x, j++) {
     int tm, tn, split, k0, k1;
     unit_coords(u, tiles, tilesM, tilesN, kTiles, kTilesPerSplit, tm, tn, split, k0, k1);
+    if (PP && (j & 1) != cw) {
+      pos += k1 - k0;
+      continue;
+    }
+    // Ping-pong: the main loops take turns. Not only for the overlap: the ring holds the other
+    // consumer's k-tiles between this one's, and a `full` barrier's parity names a phase only
+    // within one lap of the ring; waiting on a stage STAGES or more k-tiles ahead of the last one
+    // consumed would see an older phase of the same parity as completed.
+    if (PP && j > 0) named_sync(ORDER_BAR + cw, 256);
     OUT_T* out = y + (size_t)split * M * N;  // split 0 (or no split): y itself
     int prev = -1;
-    for (int kt = k0; kt < k1; kt++) {
-      mbar_wait(&full[stage], phase);
-      const uint8_t* a = smem + stage * STAGE_BYTES + cw * 64 * 128;
-      const uint8_t* b = smem + stage * STAGE_BYTES + A_BYTES;
-      const uint64_t da = desc_kmajor(a), db0 = desc_kmajor(b), db1 = desc_kmajor(b + 128 * 128);
+    for (int kt = k0; kt < k1; kt++, pos++) {
+      const int stage = pos % STAGES;
+      mbar_wait(&full[stage], (pos / STAGES) & 1);
+      const uint8_t* a = smem + stage * STAGE_BYTES;
+      const uint8_t* b = a + A_BYTES;
+      // Cooperative: this consumer's 64 rows against the two 128-column halves of w's tile.
+      // Ping-pong: rows 0-63 and 64-127 against the whole 128 columns.
+      const uint64_t da0 = desc_kmajor(PP ? a : a + cw * 64 * 128), da1 = desc_kmajor(PP ? a + 64 * 128 : a + cw * 64 * 128);
+      const uint64_t db0 = desc_kmajor(b), db1 = desc_kmajor(PP ? b : b + 128 * 128);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BK / 16; kk++) {
         // 16 values of K = 32 bytes = 2 descriptor units further along each swizzled row.
         const int accumulate = (kt > k0 || kk > 0) ? 1 : 0;
-        wgmma_ss_m64n128k16<T>(acc[0], da + 2 * kk, db0 + 2 * kk, accumulate);
-        wgmma_ss_m64n128k16<T>(acc[1], da + 2 * kk, db1 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16<T>(acc[0], da0 + 2 * kk, db0 + 2 * kk, accumulate);
+        wgmma_ss_m64n128k16<T>(acc[1], da1 + 2 * kk, db1 + 2 * kk, accumulate);
       }
       wgmma_commit();
       // Keep this k-tile's group in flight; the previous one has now completed: free its stage.
       wgmma_wait<1>();
       if (prev >= 0) mbar_arrive(&empty[prev]);
       prev = stage;
-      if (++stage == STAGES) {
-        stage = 0;
-        phase ^= 1;
-      }
     }
+    // Every k-tile of this unit has been waited for: the other consumer's main loop may start
+    // (its next unit follows this one in the ring), under this one's last group and epilogue.
+    if (PP && u + (int)gridDim.x < units) named_arrive(ORDER_BAR + (cw ^ 1), 256);
     wgmma_wait<0>();
     fence_regs(acc[0]);
     fence_regs(acc[1]);
     if (prev >= 0) mbar_arrive(&empty[prev]);
 
     // Fragment layout of m64nNk16 (f32): element 4i + e of a thread is row 16 warp + lane / 4
-    // (+ 8 for e >= 2), column 8 i + 2 (lane % 4) (+ 1 for odd e).
-    const int row0 = tm * BM + cw * 64 + warp * 16 + lane / 4;
+    // (+ 8 for e >= 2), column 8 i + 2 (lane % 4) (+ 1 for odd e). acc[h] is rows 64 h (ping-pong)
+    // or columns 128 h (cooperative) of the tile.
 #pragma unroll
-    for (int h = 0; h < 2; h++)
+    for (int h = 0; h < 2; h++) {
+      const int row0 = tm * BM + (PP ? h : cw) * 64 + warp * 16 + lane / 4;
 #pragma unroll
       for (int i = 0; i < 16; i++) {
-        const int col = tn * BN + h * 128 + i * 8 + 2 * (lane % 4);
+        const int col = tn * BN + (PP ? 0 : h * 128) + i * 8 + 2 * (lane % 4);
         if (col >= N) continue;
         float b0 = 0.f, b1 = 0.f;
         if (bias) {
@@ -206,6 +243,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
         if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
         if (row0 + 8 < M) store2(out, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
       }
+    }
   }
 }
 
@@ -213,13 +251,13 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 }  // namespace ts_sm90
 
-// One entry per (storage type T, y dtype). Parameters, in order (ops/gemm.ts: GEMM_SM90_PARAMS).
+// One entry per (schedule, storage type T, y dtype). Parameters, in order (ops/gemm.ts: GEMM_SM90_PARAMS).
 // Built for every architecture (one fatbin); only the sm_90a code has a body: elsewhere the
 // launcher never picks it and the entry traps.
-#define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T)                                                                                     \
+#define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T, PP)                                                                                     \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
-           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box 256 x 64, 128-byte swizzle */                             \
+           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN x 64, 128-byte swizzle */                              \
            OUT_T* y,                                /* [M, N], may be res */                                                    \
            const T* __restrict__ bias,              /* [N], or null */                                                          \
            const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
@@ -227,19 +265,23 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
   {                                                                                                                             \
-    TS_GEMM_SM90_BODY(T, OUT_T)                                                                                                 \
+    TS_GEMM_SM90_BODY(T, OUT_T, PP)                                                                                              \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(T, OUT_T) ts_sm90::gemm<T, OUT_T>(tmX, tmW, y, bias, res, M, N, K, splits, kTilesPerSplit);
+#define TS_GEMM_SM90_BODY(T, OUT_T, PP) ts_sm90::gemm<T, OUT_T, PP>(tmX, tmW, y, bias, res, M, N, K, splits, kTilesPerSplit);
 #else
-#define TS_GEMM_SM90_BODY(T, OUT_T) __trap();
+#define TS_GEMM_SM90_BODY(T, OUT_T, PP) __trap();
 #endif
 
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16_f32, ts::bf16, float)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16, ts::f16, ts::f16)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16_f32, ts::f16, float)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16, false)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16_f32, ts::bf16, float, false)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16, ts::f16, ts::f16, false)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16_f32, ts::f16, float, false)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16, ts::bf16, ts::bf16, true)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16_f32, ts::bf16, float, true)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16, ts::f16, ts::f16, true)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16_f32, ts::f16, float, true)
 
 #undef TS_GEMM_SM90_ENTRY
 #undef TS_GEMM_SM90_BODY

@@ -19,7 +19,7 @@ import type { Attrs } from '../graph/ir.js';
 import { OPS, type OpName } from '../graph/ops.js';
 import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
 import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
-import { GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
+import { GEMM_HOPPER_VARIANTS, GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32, f16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -243,6 +243,15 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
   return cases.filter((c) => c.name.includes(filter));
 }
 
+/**
+ * The GEMM rungs timed at M rows: the GEMV where it applies (M <= 8), the ping-pong Hopper kernel
+ * where it does not (its 128-row tiles are the cooperative kernel's; at M <= 8 the contest is
+ * between the GEMV and the split rungs).
+ */
+function gemmLadder(m: number): GemmVariant[] {
+  return m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s'] : ['tiles', 'sm90', 'sm90s', 'sm90p'];
+}
+
 /** The GEMM cases in one storage type: every projection x M in bf16; gemm.f16's subset in fp16. */
 function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
   const cases: KernelCase[] = [];
@@ -251,9 +260,9 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
     for (const m of shapes.gemm.m) {
       if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
       // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
-      // (sm90 and sm90s need compute capability 9: benchKernels skips them elsewhere, and sm90s
-      // where its plan does not split K, which is sm90's launch).
-      const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s'] : ['tiles', 'sm90', 'sm90s'];
+      // (sm90, sm90s and sm90p need compute capability 9: benchKernels skips them elsewhere, and
+      // sm90s where its plan does not split K, which is sm90's launch).
+      const variants = gemmLadder(m);
       for (const variant of variants)
         cases.push({
           family: 'gemm',
@@ -285,7 +294,7 @@ function residualCases(shapes: KernelShapes): KernelCase[] {
     for (const p of shapes.gemm.projections)
       for (const m of res.m) {
         if (!res.models.includes(p.model) || !res.names.includes(p.name)) continue;
-        const variants: GemmVariant[] = m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s'] : ['tiles', 'sm90', 'sm90s'];
+        const variants = gemmLadder(m);
         for (const variant of variants)
           cases.push({
             family: 'gemm',
@@ -424,7 +433,7 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
   for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
   const out: ResidualComparison[] = [];
   for (const [name, resMs] of ms) {
-    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90s?)?$/.exec(name);
+    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90[sp]?)?$/.exec(name);
     if (!m) continue;
     const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
     const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`), addNorm = ms.get(`add_rmsnorm R${rows} H${hidden}`);
@@ -595,7 +604,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
   const skipKernels = new Set(((values['skip-kernels'] as string | undefined) ?? '').split(',').map((k) => k.trim().replace(/\s+/g, ' ')).filter((k) => k));
   // Any op of the IR with a variant the launchers know: a list made for the full case list (the
   // GPU run's) also holds for a smaller one.
-  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90s', 'sm90o'];
+  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90o'];
   for (const k of skipKernels) {
     const [op, variant, ...rest] = k.split(' ');
     if (!(op in OPS) || !variants.includes(variant) || rest.length > 0)
@@ -714,7 +723,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       if (!c.unsupported && left !== undefined) c.unsupported = `left out (--skip-kernels ${left})`;
       const faulted = rungs(c).find((r) => faultedRungs.has(r));
       if (!c.unsupported && faulted !== undefined) c.unsupported = `not run: its kernel (${faulted}) faulted or hung in "${faultedRungs.get(faulted)}"`;
-      if (!c.unsupported && (c.attrs.gemmVariant === 'sm90' || c.attrs.gemmVariant === 'sm90s') && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
+      if (!c.unsupported && GEMM_HOPPER_VARIANTS.includes(c.attrs.gemmVariant as GemmVariant) && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90s' && c.gemm) {
         const g = c.gemm;
         if (gemmSm90Plan(g.m, g.n, g.k, Number(device.multiprocessors), 2, !!g.residual).splits === 1) c.unsupported = SM90S_UNSPLIT;

@@ -317,7 +317,10 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // Hopper kernel (sm90, on compute capability 9; the tile kernel elsewhere) too: M, N and K off its
 // 128 x 256 x 64 tiles, K under one k-tile, more tiles than SMs (its persistent loop). Its split-K
 // rung (sm90s) where the plan splits on an H100's 132 SMs (each case says how): a last split
-// shorter than the others, bias and f32 output through the reduce, one tile split 16 ways.
+// shorter than the others, bias and f32 output through the reduce, one tile split 16 ways. Its
+// ping-pong rung (sm90p, 128 x 128 tiles): one tile with one consumer idle, more k-tiles than its
+// 6-stage ring, and more tiles than twice the SMs, so that blocks alternate consumers over 2 and 3
+// units each with the ring lapped in between.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -353,7 +356,12 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [17, 2056, 520, true, false, 'sm90s'], // 3 x 11 splits of 3 (33 k-tiles, the last of 3 a 8-wide one)
   [257, 1544, 300, false, false, 'sm90s'], // 6 x 9 splits of 3 (25 k-tiles)
   [300, 200, 5640, false, false, 'sm90s'], // no split: sm90's launch
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s')?]>) {
+  [1, 64, 8, false, false, 'sm90p'],
+  [130, 72, 264, true, false, 'sm90p'],
+  [257, 8, 520, true, true, 'sm90p'],
+  [17, 1032, 37, false, true, 'sm90p'], // 17 k-tiles through 6 stages
+  [20, 456, 33800, true, false, 'sm90p'], // 265 tiles of 8 k-tiles on 132 SMs: block 0 takes 3
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -391,9 +399,11 @@ for (const [r, k, n, bias, variant, alias] of [
   [257, 200, 37, false, 'sm90'],
   [64, 2048, 200, true, 'sm90s'],
   [130, 1032, 264, false, 'sm90s'],
+  [130, 72, 264, true, 'sm90p'],
+  [257, 200, 37, false, 'sm90p'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,

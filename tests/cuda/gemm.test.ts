@@ -58,6 +58,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
   const scratch: number[] = [];
+  const boxes: string[] = [];
   const st = opts.storage ?? 'bf16';
   const inputs = [tensor([R, K], st, p.x), tensor([N, K], st, p.w)];
   if (opts.res) inputs.push(tensor([R, N], st, p.res ?? p.y));
@@ -78,8 +79,9 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       scratch.push(bytes);
       return p.ws;
     },
-    tensorMap2d: (t) => {
-      if (opts.attrs?.gemmVariant !== 'sm90' && opts.attrs?.gemmVariant !== 'sm90s') throw new Error('no tensor maps expected');
+    tensorMap2d: (t, box) => {
+      if (!['sm90', 'sm90s', 'sm90p'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
+      boxes.push([t === inputs[0] ? 'x' : 'w', ...box].join(' '));
       return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
     tensorMap: () => {
@@ -87,7 +89,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
     },
   };
   (opts.res ? matmulAdd : matmul)(ctx);
-  return { launches, scratch };
+  return { launches, scratch, boxes };
 }
 
 const LLAMA3_8B: Array<[string, number, number]> = [
@@ -113,7 +115,7 @@ describe('gemm tile table', () => {
   it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct, and each one\'s fp16 twin', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2);
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2);
     // Every entry the sources make, bf16 and fp16: exactly the declarations and their twins.
     const sourceNames = [
       ...macroEntryNames(SOURCE, 'TS_GEMM_ENTRIES', ['BM', 'BN']),
@@ -356,6 +358,13 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(sm90s.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16_f32', 'ts_gemm_splitk_reduce_bf16']);
     expect(sm90s[0].args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, splits: 4 });
     expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4 });
+    // sm90p: its own entries, 128 x 128 tiles (w's box 128 rows), a persistent grid over them.
+    const sm90p = run({ R: 1024, N: 4096, K: 4104, res: true, bias: true, storage: 'f16', attrs: { gemmVariant: 'sm90p' }, ptrs: { x: 1n << 32n } });
+    expect(sm90p.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90p_f16']);
+    expect(sm90p.launches[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 1024, N: 4096, K: 4104, splits: 1, kTilesPerSplit: 65 });
+    expect(sm90p.launches[0].launch).toEqual({ grid: [132, 1, 1], block: [384, 1, 1], sharedBytes: 6 * 32768 + 1024 + 96 });
+    expect(sm90p.boxes).toEqual(['x 128 64', 'w 128 64']);
+    expect(run({ R: 300, N: 4096, K: 64, attrs: { gemmVariant: 'sm90' } }).boxes).toEqual(['x 128 64', 'w 256 64']);
   });
 
   it('refuses an f32 y, a residual of another shape or type, and one that overlaps y without being it', () => {
@@ -390,7 +399,9 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90 or sm90s, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s or sm90p, not fast');
+    expect(gemmVariant(4096, 'sm90p', 9)).toBe('sm90p');
+    expect(gemmVariant(4096, 'sm90p', 8)).toBe('tiles');
     expect(gemmVariant(4096, 'sm90', 9)).toBe('sm90');
     expect(gemmVariant(256, 'sm90s', 9)).toBe('sm90s');
     expect(gemmVariant(256, 'sm90s', 8)).toBe('tiles');
@@ -399,12 +410,20 @@ describe('the GEMV variant', () => {
   });
 
   it('keeps the Hopper kernel\'s launch constants in step with kernels/gemm_sm90.cu', async () => {
-    const { GEMM_SM90, gemmSm90Grid } = await import('../../src/backend/cuda/ops/gemm.js');
+    const { GEMM_SM90, GEMM_SM90P, gemmSm90Grid } = await import('../../src/backend/cuda/ops/gemm.js');
     const num = (name: string) => Number(new RegExp(`\\b${name} = (\\d+)`).exec(SM90_SOURCE)![1]);
-    expect([GEMM_SM90.bm, GEMM_SM90.bn, GEMM_SM90.bk, GEMM_SM90.stages, GEMM_SM90.threads]).toEqual([num('BM'), num('BN'), num('BK'), num('STAGES'), num('THREADS')]);
-    // Four 48 KiB stages, 1 KiB of alignment slack, two barriers per stage: within Hopper's 227 KiB.
+    // Cfg<PP>: BN and STAGES as "PP ? ping-pong : cooperative".
+    const cfg = (name: string, pp: boolean) => Number(new RegExp(`\\b${name} = PP \\? (\\d+) : (\\d+)`).exec(SM90_SOURCE)![pp ? 1 : 2]);
+    expect([GEMM_SM90.bm, GEMM_SM90.bn, GEMM_SM90.bk, GEMM_SM90.stages, GEMM_SM90.threads]).toEqual([num('BM'), cfg('BN', false), num('BK'), cfg('STAGES', false), num('THREADS')]);
+    expect([GEMM_SM90P.bm, GEMM_SM90P.bn, GEMM_SM90P.bk, GEMM_SM90P.stages, GEMM_SM90P.threads]).toEqual([num('BM'), cfg('BN', true), num('BK'), cfg('STAGES', true), num('THREADS')]);
+    // Four 48 KiB stages (ping-pong: six of 32 KiB), 1 KiB of alignment slack, two barriers per
+    // stage: within Hopper's 227 KiB.
     expect(GEMM_SM90.sharedBytes).toBe(4 * 49152 + 1024 + 64);
+    expect(GEMM_SM90P.sharedBytes).toBe(6 * 32768 + 1024 + 96);
     expect(GEMM_SM90.sharedBytes).toBeLessThanOrEqual(227 * 1024);
+    expect(GEMM_SM90P.sharedBytes).toBeLessThanOrEqual(227 * 1024);
+    expect(gemmSm90Grid(1024, 4096, 132, 1, GEMM_SM90P.bn)).toBe(132); // 256 ping-pong tiles: two a block
+    expect(gemmSm90Grid(1024, 4096, 132)).toBe(128); // 128 cooperative tiles
     expect(gemmSm90Grid(8192, 28672, 132)).toBe(132); // persistent: 64 x 112 tiles over 132 SMs
     expect(gemmSm90Grid(130, 264, 132)).toBe(4);
     expect(gemmSm90Grid(1, 1, 132)).toBe(1);

@@ -17,10 +17,10 @@
 import { existsSync, readFileSync, readdirSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { SM90S_UNSPLIT } from './ops/gemm.js';
+import { GEMM_VARIANTS, SM90S_UNSPLIT, type GemmVariant } from './ops/gemm.js';
 
-export type GemmChoice = 'tiles' | 'gemv' | 'sm90' | 'sm90s';
-const GEMM_CHOICES: readonly GemmChoice[] = ['tiles', 'gemv', 'sm90', 'sm90s'];
+export type GemmChoice = GemmVariant;
+const GEMM_CHOICES: readonly GemmChoice[] = GEMM_VARIANTS;
 export type AttentionChoice = 'tiles' | 'sm90' | 'sm90o';
 
 export interface KernelChoices {
@@ -109,7 +109,7 @@ export function deriveChoices(report: { date: string; device: Record<string, str
   for (const r of report.results) {
     if (r.family !== 'gemm' || !r.tessera || r.skipped || r.error) continue;
     if (!(typeof r.relativeErrorVsCublasLt === 'number' && r.relativeErrorVsCublasLt < 1e-2)) continue;
-    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90s?))?$/.exec(r.name);
+    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90[sp]?))?$/.exec(r.name);
     if (!m) continue;
     const M = Number(m[2]), shape = `${m[1]} N${m[3]} K${m[4]}`, variant = (m[5] ?? 'tiles') as GemmChoice;
     const shapes = byM.get(M) ?? byM.set(M, new Map()).get(M)!;

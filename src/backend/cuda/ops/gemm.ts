@@ -139,12 +139,15 @@ const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 
 /**
  * The rungs: the mma.sync tile kernel (with its own split-K), the decode GEMV, the Hopper kernel
- * over whole tiles (sm90), and the Hopper kernel with K split when its tiles would leave SMs idle
- * (sm90s; the same entry, gemmSm90Plan).
+ * over whole tiles (sm90), the Hopper kernel with K split when its tiles would leave SMs idle
+ * (sm90s; the same entry, gemmSm90Plan), and the Hopper kernel with ping-pong consumers on
+ * 128 x 128 tiles (sm90p: one consumer's epilogue under the other's main loop).
  */
-export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s';
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
-export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s'];
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p'];
+/** The variants that need compute capability 9 (wgmma, TMA). */
+export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -162,20 +165,22 @@ export const GEMV_KERNELS = Object.fromEntries(
 
 /**
  * The variant the matmul launcher runs for R rows on a GPU of compute capability `major`. Asked
- * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, sm90
- * and sm90s on compute capability 9). The default is the tile kernel: another becomes the default where the
+ * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, sm90,
+ * sm90s and sm90p on compute capability 9). The default is the tile kernel: another becomes the default where the
  * GPU benchmark has measured it faster (docs/perf/gemm.md).
  */
 export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM, major = 9): GemmVariant {
   if (asked !== undefined && asked !== 'auto' && !GEMM_VARIANTS.includes(asked as GemmVariant))
-    throw new Error(`gemm variant must be auto, tiles, gemv, sm90 or sm90s, not ${String(asked)}`);
+    throw new Error(`gemm variant must be auto, ${GEMM_VARIANTS.slice(0, -1).join(', ')} or ${GEMM_VARIANTS[GEMM_VARIANTS.length - 1]}, not ${String(asked)}`);
   if (asked === 'gemv' && R <= GEMV_MAX_R[GEMV_MAX_R.length - 1]) return 'gemv';
-  if ((asked === 'sm90' || asked === 'sm90s') && major === 9) return asked;
+  if (GEMM_HOPPER_VARIANTS.includes(asked as GemmVariant) && major === 9) return asked as GemmVariant;
   return 'tiles';
 }
 
-/** kernels/gemm_sm90.cu's tile, threads and dynamic shared memory (keep in step with its constants). */
+/** kernels/gemm_sm90.cu's tile, threads and dynamic shared memory (keep in step with its Cfg<false>). */
 export const GEMM_SM90 = { bm: 128, bn: 256, bk: 64, stages: 4, threads: 384, sharedBytes: 4 * (128 + 256) * 64 * 2 + 1024 + 2 * 4 * 8 } as const;
+/** The ping-pong entries' (Cfg<true>): each consumer warpgroup a 128 x 128 tile, six 32 KiB stages. */
+export const GEMM_SM90P = { bm: 128, bn: 128, bk: 64, stages: 6, threads: 384, sharedBytes: 6 * (128 + 128) * 64 * 2 + 1024 + 2 * 6 * 8 } as const;
 
 const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['tmX', 'tmap'],
@@ -195,10 +200,18 @@ export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_sm90_bf16', params: GEMM_SM90_PARAMS },
   f32: { name: 'ts_gemm_sm90_bf16_f32', params: GEMM_SM90_PARAMS },
 };
+/** ts_gemm_sm90p_bf16 and ts_gemm_sm90p_bf16_f32: the ping-pong schedule, the same parameters. */
+export const GEMM_SM90P_KERNELS: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_sm90p_bf16', params: GEMM_SM90_PARAMS },
+  f32: { name: 'ts_gemm_sm90p_bf16_f32', params: GEMM_SM90_PARAMS },
+};
 
-/** Persistent grid: one block per SM at most, one per work unit at least. */
-export function gemmSm90Grid(R: number, N: number, multiprocessors: number, splits = 1): number {
-  const tiles = ceilDiv(R, GEMM_SM90.bm) * ceilDiv(N, GEMM_SM90.bn);
+/**
+ * Persistent grid: one block per SM at most, one per work unit at least (a ping-pong block runs
+ * two units at once only where there are more units than SMs).
+ */
+export function gemmSm90Grid(R: number, N: number, multiprocessors: number, splits = 1, bn: number = GEMM_SM90.bn): number {
+  const tiles = ceilDiv(R, GEMM_SM90.bm) * ceilDiv(N, bn);
   return Math.max(1, Math.min(tiles * splits, multiprocessors));
 }
 
@@ -345,6 +358,24 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
+  if (variant === 'sm90p' && K > 0) {
+    const tmX = ctx.tensorMap2d(x, [GEMM_SM90P.bm, GEMM_SM90P.bk], '128B');
+    const tmW = ctx.tensorMap2d(w, [GEMM_SM90P.bn, GEMM_SM90P.bk], '128B');
+    const grid = gemmSm90Grid(R, N, ctx.device.multiprocessors, 1, GEMM_SM90P.bn);
+    ctx.launch(entry(GEMM_SM90P_KERNELS[outDType]), { grid: [grid, 1, 1], block: [GEMM_SM90P.threads, 1, 1], sharedBytes: GEMM_SM90P.sharedBytes }, {
+      tmX,
+      tmW,
+      y: y.ptr,
+      bias: biasPtr,
+      res: resPtr,
+      M: R,
+      N,
+      K,
+      splits: 1,
+      kTilesPerSplit: ceilDiv(K, GEMM_SM90P.bk),
+    });
+    return;
+  }
   if ((variant === 'sm90' || variant === 'sm90s') && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
@@ -390,6 +421,8 @@ export const DECLS: KernelDecl[] = [
   ...GEMV_MAX_R.flatMap((m) => OUT_DTYPES.map((d) => GEMV_KERNELS[m][d])),
   GEMM_SM90_KERNELS.bf16,
   GEMM_SM90_KERNELS.f32,
+  GEMM_SM90P_KERNELS.bf16,
+  GEMM_SM90P_KERNELS.f32,
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];
