@@ -55,6 +55,20 @@ export interface HostTensor {
   shape: number[];
 }
 
+/** One op of a step as executeChecked ran it: its inputs as they were before it ran, and its outputs. */
+export interface CheckedCall {
+  /** The call's index in the Program, and its label (the graph node it came from). */
+  index: number;
+  label: string;
+  op: OpName;
+  attrs: Attrs;
+  /** On the host: floats widened to f32 from the device's storage type, step inputs as i32. */
+  inputs: HostTensor[];
+  outputs: HostTensor[];
+  /** Each output's type on the device ('bf16', 'f16', 'f32'). */
+  outputDtypes: string[];
+}
+
 export interface KvBudgetRequest {
   /** Bytes the caller asked for (--kv-cache-memory), if any. */
   requestedBytes?: number;
@@ -118,6 +132,13 @@ export interface Backend {
    * A backend without it has the engine sample execute()'s logits on the host.
    */
   executeSampled?(batch: StepBatch, rows: readonly SampleContext[]): Promise<SampleResult[]>;
+  /**
+   * Optional (a GPU backend): runs the step eagerly, one op at a time, stopping after each to hand
+   * `check` its inputs (as they were before it ran) and outputs on the host; returns the logits as
+   * execute does. For `tessera check`, which runs each op again on the CPU backend with the same
+   * inputs and compares.
+   */
+  executeChecked?(batch: StepBatch, check: (call: CheckedCall) => Promise<void>): Promise<Float32Array>;
   memory(): MemoryReport;
   readonly profiler: BackendProfiler;
   /**

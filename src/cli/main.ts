@@ -6,12 +6,13 @@
 import { isTesseraError } from '../errors.js';
 import { bench } from './bench.js';
 import { chat } from './chat.js';
+import { check } from './check.js';
 import { generate } from './generate.js';
 import { graph } from './graph.js';
 import { info } from './info.js';
 import { serve } from './serve.js';
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench, graph, serve };
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { generate, chat, info, bench, graph, serve, check };
 
 const USAGE = `Usage: tessera <command> [options]
 
@@ -22,6 +23,7 @@ Commands:
   bench               prefill and decode tokens/s
   graph               the graph before and after the fusion passes, kernels and memory
   serve               an OpenAI-compatible HTTP server (completions, chat, metrics)
+  check               the GPU backend against the CPU backend on a model, op by op
 
 Run tessera <command> --help for the options of each.`;
 

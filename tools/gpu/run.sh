@@ -13,7 +13,8 @@
 #            own timeout, and a fault does not take the other results with it), again past a
 #            fault as above
 #   e2e      tiny checkpoints of every architecture and transformers' logits for them
-#            (tools/make_hf_fixtures.py), then tests/e2e on CUDA and the CPU
+#            (tools/make_hf_fixtures.py), then tests/e2e on CUDA and the CPU, then tessera
+#            check's op-by-op report on the demo model (check_demo_*.json)
 #   bench    tessera bench on synthetic:llama-3-8b (decode, prefill 512 and 2048, the host's
 #            share, % of copy bandwidth) and on the demo model, with the default kernels
 #   kernels  tessera bench kernels: every kernel beside cuBLASLt and the ceilings measured in
@@ -124,7 +125,13 @@ for s in $stages; do
       fi
       ;;
     e2e)
-      stage e2e 150 40 bash -c 'python3 tools/make_hf_fixtures.py --out tests/fixtures/hf && tar -czf "$0/hf_fixtures.tgz" tests/fixtures/hf && npx vitest run tests/e2e' "$R"
+      # Then tessera check's report on the demo model (every op on the GPU against the CPU backend
+      # on its own inputs), bf16 and fp16, for the record; tests/e2e has already judged it.
+      stage e2e 150 40 bash -c 'python3 tools/make_hf_fixtures.py --out tests/fixtures/hf && tar -czf "$0/hf_fixtures.tgz" tests/fixtures/hf && npx vitest run tests/e2e
+        rc=$?
+        node bin/tessera.js check --json > "$0/check_demo_bf16.json"
+        node bin/tessera.js check --dtype float16 --json > "$0/check_demo_f16.json"
+        exit $rc' "$R"
       ;;
     bench)
       stage bench 150 60 bash -c '

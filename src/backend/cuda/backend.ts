@@ -16,7 +16,7 @@ import type { Operand, Program } from '../../graph/program.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../util/dtype.js';
 import { median } from '../../util/stats.js';
 import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
-import type { Backend, BackendProfiler, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
+import type { Backend, BackendProfiler, CheckedCall, HostTensor, KvBudgetRequest, LoadLimits, LoadProgress, MemoryReport, StepBatch, WeightSource } from '../backend.js';
 import { loadDriver, type CudaDriver, type DeviceProperties, type DevPtr, type Handle, type TensorMapSwizzle } from './driver.js';
 import { forStorage, packArgs, type ArgValue, type KernelDecl } from './kernel_decl.js';
 import { chooseAttention, chooseGemm, loadChoices, type KernelChoices } from './kernel_choices.js';
@@ -502,9 +502,74 @@ export class CudaBackend implements Backend {
   /** Enqueues every call of the Program for this step. */
   private enqueue(step: DeviceStep): void {
     const program = this.requireProgram();
+    const resolve = this.resolver(step);
+    this.scratchUsed = 0;
+    for (const call of program.calls) {
+      this.driver.currentOp = call.label;
+      const op = CUDA_OPS[call.op];
+      if (!op) throw new Error(`the CUDA backend has no kernel for ${call.op}`);
+      op(this.context(call.inputs.map(resolve), call.outputs.map(resolve), call.attrs, step));
+    }
+    this.driver.currentOp = null;
+  }
+
+  /**
+   * executeChecked: the step eagerly (no CUDA graph, no padding to a batch bucket), synchronizing
+   * after every op to download what it read and wrote. Slow by design: every input, weights and
+   * the layer's KV cache included, crosses to the host once per op.
+   */
+  async executeChecked(batch: StepBatch, check: (call: CheckedCall) => Promise<void>): Promise<Float32Array> {
+    const program = this.requireProgram();
+    if (batch.numTokens > program.maxTokens) throw new Error(`step has ${batch.numTokens} tokens; the program was planned for ${program.maxTokens}`);
+    const { maxContextLen, maxQueryLen } = stepExtent(batch);
+    const step: DeviceStep = { numTokens: batch.numTokens, numSeqs: batch.numSeqs, numLogitRows: batch.numLogitRows, blockTableWidth: batch.blockTableWidth, maxContextLen, maxQueryLen };
+    this.stageStep(batch, batch.blockTableWidth);
+    this.driver.copyToDeviceAsync(this.stepDevice, this.stepHost!.ptr, this.stepLayout.bytes, this.stream);
+    const resolve = this.resolver(step);
+    this.scratchUsed = 0;
+    for (const [index, call] of program.calls.entries()) {
+      const op = CUDA_OPS[call.op];
+      if (!op) throw new Error(`the CUDA backend has no kernel for ${call.op}`);
+      const inputs = call.inputs.map(resolve), outputs = call.outputs.map(resolve);
+      this.driver.synchronize(this.stream);
+      const before = inputs.map((t) => this.download(t));
+      this.driver.currentOp = call.label;
+      op(this.context(inputs, outputs, call.attrs, step));
+      this.driver.synchronize(this.stream);
+      this.driver.currentOp = null;
+      await check({ index, label: call.label, op: call.op, attrs: call.attrs, inputs: before, outputs: outputs.map((t) => this.download(t)), outputDtypes: outputs.map((t) => t.dtype) });
+    }
+    const vocab = program.vocabSize;
+    const logits = new Float32Array(batch.numLogitRows * vocab);
+    this.driver.copyToHost(logits, this.logits);
+    return logits;
+  }
+
+  /** A device tensor on the host (after the stream is synchronized): floats as f32, i32 as is. */
+  private download(t: DeviceTensor): HostTensor {
+    const n = t.shape.reduce((a, d) => a * d, 1);
+    if (t.dtype === 'i32') {
+      const out = new Int32Array(n);
+      if (n > 0) this.driver.copyToHost(out, t.ptr);
+      return { data: out, shape: [...t.shape] };
+    }
+    const out = new Float32Array(n);
+    if (n === 0) return { data: out, shape: [...t.shape] };
+    if (t.dtype === 'f32') this.driver.copyToHost(out, t.ptr);
+    else {
+      const bits = new Uint16Array(n);
+      this.driver.copyToHost(bits, t.ptr);
+      fromStorage(t.dtype, bits, out);
+    }
+    return { data: out, shape: [...t.shape] };
+  }
+
+  /** The device tensor of each Program operand for this step. */
+  private resolver(step: DeviceStep): (o: Operand) => DeviceTensor {
+    const program = this.requireProgram();
     const buffers = new Map(program.activations.map((b) => [b.id, b]));
     const rowsOf = (r: 'T' | 'S' | number) => (r === 'T' ? step.numTokens : r === 'S' ? step.numLogitRows : r);
-    const resolve = (o: Operand): DeviceTensor => {
+    return (o: Operand): DeviceTensor => {
       switch (o.kind) {
         case 'weight':
           return this.weights.get(o.name)!;
@@ -520,14 +585,6 @@ export class CudaBackend implements Backend {
         }
       }
     };
-    this.scratchUsed = 0;
-    for (const call of program.calls) {
-      this.driver.currentOp = call.label;
-      const op = CUDA_OPS[call.op];
-      if (!op) throw new Error(`the CUDA backend has no kernel for ${call.op}`);
-      op(this.context(call.inputs.map(resolve), call.outputs.map(resolve), call.attrs, step));
-    }
-    this.driver.currentOp = null;
   }
 
   private context(inputs: DeviceTensor[], outputs: DeviceTensor[], attrs: Attrs, step: DeviceStep): CudaOpContext {
