@@ -20,6 +20,8 @@ import { MODEL_HELP, MODEL_OPTIONS, modelOptions, numberFlag, parse } from './ar
 import { loadForCli } from './load.js';
 
 const DEFAULT_PROMPT = 'The quick brown fox jumps over the lazy dog.';
+/** The KV pool tessera check asks for unless --kv-cache-memory says otherwise. */
+const CHECK_KV_BYTES = 64 * 2 ** 20;
 
 /**
  * Largest error allowed, by the storage type on the GPU, of an element against its own magnitude
@@ -195,7 +197,9 @@ export async function check(argv: string[]): Promise<number> {
   const { dir, opts } = modelOptions(values);
   const prompt = positionals[0] ?? DEFAULT_PROMPT;
   if (opts.device === 'cpu') throw notOnGpu('cpu (asked for)');
-  const { llm, reportLoad } = await loadForCli(dir, { ...opts, device: opts.device ?? 'cuda' }, !!values.json);
+  // One sequence, and a small KV pool unless asked for more: each attention op downloads its
+  // layer's whole cache.
+  const { llm, reportLoad } = await loadForCli(dir, { ...opts, maxNumSeqs: opts.maxNumSeqs ?? 1, kvCacheBytes: opts.kvCacheBytes ?? CHECK_KV_BYTES }, !!values.json);
   try {
     if (!llm.runner.backend.executeChecked) throw notOnGpu(llm.info.deviceReason);
     const ids = llm.tokenizer.encode(prompt, { addSpecialTokens: true });
