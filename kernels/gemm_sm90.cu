@@ -53,24 +53,35 @@ constexpr int THREADS = 384;
 constexpr int GROUP_M = 8;
 constexpr int A_BYTES = BM * BK * 2;  // 16 KiB
 
-// The two schedules of the consumer warpgroups (the entries' PP flag):
-//  - cooperative (ts_gemm_sm90_*): both work on every unit, a 128 x 256 tile, rows 0-63 and
-//    64-127; 4 stages of x 128 x 64 and w 256 x 64 (48 KiB);
-//  - ping-pong (ts_gemm_sm90p_*): each takes every other unit of the block, a 128 x 128 tile of
-//    its own, and their main loops alternate, so one's epilogue runs under the other's main loop;
-//    6 stages of x 128 x 64 and w 128 x 64 (32 KiB).
-template <bool PP>
+// The schedules (the entries' SCHED):
+//  - COOP, cooperative (ts_gemm_sm90_*): both consumers work on every unit, a 128 x 256 tile, rows
+//    0-63 and 64-127; 4 stages of x 128 x 64 and w 256 x 64 (48 KiB);
+//  - PING, ping-pong (ts_gemm_sm90p_*): each consumer takes every other unit of the block, a 128 x
+//    128 tile of its own, and their main loops alternate, so one's epilogue runs under the other's
+//    main loop; 6 stages of x 128 x 64 and w 128 x 64 (32 KiB);
+//  - STREAMK, stream-K (ts_gemm_sm90k_*): COOP's tiles and consumers, but block b takes the k-tiles
+//    [b per, (b + 1) per) of the flattened (tile, k-tile) space, so every block has the same work
+//    whatever the tile count. A tile whose k-tiles fall to several blocks is finished by the last
+//    of them to arrive (below).
+enum Sched { COOP = 0, PING = 1, STREAMK = 2 };
+template <int SCHED>
 struct Cfg {
-  static constexpr int BN = PP ? 128 : 256;
-  static constexpr int STAGES = PP ? 6 : 4;
+  static constexpr int BN = SCHED == PING ? 128 : 256;
+  static constexpr int STAGES = SCHED == PING ? 6 : 4;
   static constexpr int B_BYTES = BN * BK * 2;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
-  // Dynamic shared memory the launcher asks for (ops/gemm.ts: GEMM_SM90 and GEMM_SM90P).
-  static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8;
+  // Dynamic shared memory the launcher asks for (ops/gemm.ts: GEMM_SM90, GEMM_SM90P): the stages,
+  // alignment slack, the full and empty barriers, and (STREAMK) the last-arrival flag.
+  static constexpr int SHARED_BYTES = STAGES * STAGE_BYTES + 1024 + 2 * STAGES * 8 + (SCHED == STREAMK ? 16 : 0);
 };
-// Named barriers of the ping-pong order (0 is __syncthreads'): consumer c waits on ORDER_BAR + c
-// before its main loop, and the other consumer arrives on it after its own.
-constexpr int ORDER_BAR = 1;
+// Named barriers (0 is __syncthreads'). PING: consumer c waits on ORDER_BAR + c before its main
+// loop, and the other consumer arrives on it after its own. STREAMK: the two consumers meet on
+// CONSUMERS_BAR around a partial tile's arrival.
+constexpr int ORDER_BAR = 1, CONSUMERS_BAR = 1;
+// STREAMK: a partial tile's f32 accumulators, in fragment order (float4 i of consumer thread c at
+// i * 256 + c, coalesced), two slots a block: 0 for the tile its range starts in, 1 for the one
+// it ends in.
+constexpr int SLOT_FLOATS = 256 * 128;
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 
@@ -115,54 +126,94 @@ TS_DEVICE void tile_coords(int t, int tilesM, int tilesN, int& tm, int& tn) {
   tn = (t % per_group) / rows;
 }
 
-// Work unit u -> its tile (tm, tn) and k-tile range [k0, k1).
-TS_DEVICE void unit_coords(int u, int tiles, int tilesM, int tilesN, int kTiles, int kTilesPerSplit, int& tm, int& tn, int& split, int& k0,
-                           int& k1) {
-  split = u / tiles;
-  tile_coords(u % tiles, tilesM, tilesN, tm, tn);
-  k0 = split * kTilesPerSplit;
-  k1 = min(kTiles, k0 + kTilesPerSplit);
-}
+// One piece of work: a tile (tm, tn) and its k-tiles [k0, k1), the K split it writes (COOP/PING
+// with splits > 1), and the tile's index in the persistent order.
+struct Work {
+  int tile, tm, tn, split, k0, k1;
+};
 
-template <class T, typename OUT_T, bool PP>
-__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, int M,
-                                     int N, int K, int splits, int kTilesPerSplit) {
-  using C = Cfg<PP>;
+// The block's work in order, the same walk for the producer and the consumers. COOP and PING: units
+// blockIdx.x, + gridDim.x, ...; a unit is a tile and a range of K, split-major. STREAMK: the
+// k-tiles [blockIdx.x per, (blockIdx.x + 1) per) of the tile-major (tile, k-tile) space, cut at
+// tile boundaries.
+template <int SCHED>
+struct Walk {
+  int tiles, tilesM, tilesN, kTiles, per, u;
+  long long it, end;
+  TS_DEVICE Walk(int tiles_, int tilesM_, int tilesN_, int kTiles_, int splits, int per_)
+      : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x) {
+    if (SCHED == STREAMK) {
+      it = (long long)blockIdx.x * per;
+      end = min((long long)tiles * kTiles, it + per);
+    } else {
+      it = 0;
+      end = (long long)tiles * splits;  // the units
+    }
+  }
+  // Whether next() has another piece of work to give.
+  TS_DEVICE bool more() const { return SCHED == STREAMK ? it < end : u < end; }
+  TS_DEVICE bool next(Work& w) {
+    if (!more()) return false;
+    if (SCHED == STREAMK) {
+      w.tile = (int)(it / kTiles);
+      w.k0 = (int)(it % kTiles);
+      w.k1 = (int)min((long long)kTiles, w.k0 + (end - it));
+      w.split = 0;
+      it += w.k1 - w.k0;
+    } else {
+      w.split = u / tiles;
+      w.tile = u % tiles;
+      w.k0 = w.split * per;
+      w.k1 = min(kTiles, w.k0 + per);
+      u += gridDim.x;
+    }
+    tile_coords(w.tile, tilesM, tilesN, w.tm, w.tn);
+    return true;
+  }
+};
+
+template <class T, typename OUT_T, int SCHED>
+__device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
+                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit) {
+  using C = Cfg<SCHED>;
+  constexpr bool PP = SCHED == PING;
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
   uint8_t* smem = raw + ((1024 - (smem_u32(raw) & 1023)) & 1023);
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + STAGES * STAGE_BYTES);
   uint64_t* empty = full + STAGES;
+  int* last_flag = reinterpret_cast<int*>(empty + STAGES);  // STREAMK
 
   const int wg = threadIdx.x / 128;
   const int tilesM = (M + BM - 1) / BM, tilesN = (N + BN - 1) / BN, tiles = tilesM * tilesN;
   const int kTiles = (K + BK - 1) / BK;
-  const int units = tiles * splits;  // the launcher's plan leaves no unit an empty k range
+  // The launcher's plan leaves no unit an empty k range (COOP/PING) and no block an empty range
+  // of k-tiles (STREAMK: kTilesPerSplit is the k-tiles per block).
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
-      mbar_init(&full[s], 1);                  // the producer's arrive, plus the TMA bytes
+      mbar_init(&full[s], 1);                    // the producer's arrive, plus the TMA bytes
       mbar_init(&empty[s], PP ? 128 : 2 * 128);  // every thread of the warpgroup(s) reading it
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
+  Walk<SCHED> walk(tiles, tilesM, tilesN, kTiles, splits, kTilesPerSplit);
+  Work w;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
     if (threadIdx.x != 0) return;
     int stage = 0;
     uint32_t phase = 0;
-    for (int u = blockIdx.x; u < units; u += gridDim.x) {
-      int tm, tn, split, k0, k1;
-      unit_coords(u, tiles, tilesM, tilesN, kTiles, kTilesPerSplit, tm, tn, split, k0, k1);
-      for (int kt = k0; kt < k1; kt++) {
+    while (walk.next(w)) {
+      for (int kt = w.k0; kt < w.k1; kt++) {
         mbar_wait(&empty[stage], phase ^ 1);
         uint8_t* a = smem + stage * STAGE_BYTES;
         mbar_arrive_expect_tx(&full[stage], STAGE_BYTES);
-        tma_load_2d(a, &tmX, &full[stage], kt * BK, tm * BM);
-        tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, tn * BN);
+        tma_load_2d(a, &tmX, &full[stage], kt * BK, w.tm * BM);
+        tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, w.tn * BN);
         if (++stage == STAGES) {
           stage = 0;
           phase ^= 1;
@@ -173,18 +224,16 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   }
 
   asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-  const int cw = wg - 1;  // cooperative: which 64 rows of the tile; ping-pong: which units
+  const int cw = wg - 1;  // COOP/STREAMK: which 64 rows of the tile; PING: which units
+  const int ct = threadIdx.x - 128;  // the consumer thread, 0-255
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   float acc[2][64];
-  // The ring position of the block's next k-tile: both consumers walk every unit of the block, so
-  // in ping-pong each steps over the other's k-tiles.
+  // The ring position of the block's next k-tile: both consumers walk all of the block's work,
+  // so in ping-pong each steps over the other's k-tiles.
   int pos = 0;
-  int j = 0;  // the unit's index among the block's
-  for (int u = blockIdx.x; u < units; u += gridDim.x, j++) {
-    int tm, tn, split, k0, k1;
-    unit_coords(u, tiles, tilesM, tilesN, kTiles, kTilesPerSplit, tm, tn, split, k0, k1);
+  for (int j = 0; walk.next(w); j++) {
     if (PP && (j & 1) != cw) {
-      pos += k1 - k0;
+      pos += w.k1 - w.k0;
       continue;
     }
     // Ping-pong: the main loops take turns. Not only for the overlap: the ring holds the other
@@ -192,22 +241,22 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
     // within one lap of the ring; waiting on a stage STAGES or more k-tiles ahead of the last one
     // consumed would see an older phase of the same parity as completed.
     if (PP && j > 0) named_sync(ORDER_BAR + cw, 256);
-    OUT_T* out = y + (size_t)split * M * N;  // split 0 (or no split): y itself
+    OUT_T* out = y + (size_t)w.split * M * N;  // split 0 (or no split): y itself
     int prev = -1;
-    for (int kt = k0; kt < k1; kt++, pos++) {
+    for (int kt = w.k0; kt < w.k1; kt++, pos++) {
       const int stage = pos % STAGES;
       mbar_wait(&full[stage], (pos / STAGES) & 1);
       const uint8_t* a = smem + stage * STAGE_BYTES;
       const uint8_t* b = a + A_BYTES;
-      // Cooperative: this consumer's 64 rows against the two 128-column halves of w's tile.
-      // Ping-pong: rows 0-63 and 64-127 against the whole 128 columns.
+      // COOP/STREAMK: this consumer's 64 rows against the two 128-column halves of w's tile.
+      // PING: rows 0-63 and 64-127 against the whole 128 columns.
       const uint64_t da0 = desc_kmajor(PP ? a : a + cw * 64 * 128), da1 = desc_kmajor(PP ? a + 64 * 128 : a + cw * 64 * 128);
       const uint64_t db0 = desc_kmajor(b), db1 = desc_kmajor(PP ? b : b + 128 * 128);
       wgmma_fence();
 #pragma unroll
       for (int kk = 0; kk < BK / 16; kk++) {
         // 16 values of K = 32 bytes = 2 descriptor units further along each swizzled row.
-        const int accumulate = (kt > k0 || kk > 0) ? 1 : 0;
+        const int accumulate = (kt > w.k0 || kk > 0) ? 1 : 0;
         wgmma_ss_m64n128k16<T>(acc[0], da0 + 2 * kk, db0 + 2 * kk, accumulate);
         wgmma_ss_m64n128k16<T>(acc[1], da1 + 2 * kk, db1 + 2 * kk, accumulate);
       }
@@ -219,21 +268,70 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
     }
     // Every k-tile of this unit has been waited for: the other consumer's main loop may start
     // (its next unit follows this one in the ring), under this one's last group and epilogue.
-    if (PP && u + (int)gridDim.x < units) named_arrive(ORDER_BAR + (cw ^ 1), 256);
+    if (PP && walk.more()) named_arrive(ORDER_BAR + (cw ^ 1), 256);
     wgmma_wait<0>();
     fence_regs(acc[0]);
     fence_regs(acc[1]);
     if (prev >= 0) mbar_arrive(&empty[prev]);
 
     // Fragment layout of m64nNk16 (f32): element 4i + e of a thread is row 16 warp + lane / 4
-    // (+ 8 for e >= 2), column 8 i + 2 (lane % 4) (+ 1 for odd e). acc[h] is rows 64 h (ping-pong)
-    // or columns 128 h (cooperative) of the tile.
+    // (+ 8 for e >= 2), column 8 i + 2 (lane % 4) (+ 1 for odd e). acc[h] is rows 64 h (PING)
+    // or columns 128 h (COOP, STREAMK) of the tile.
+    if (SCHED == STREAMK && !(w.k0 == 0 && w.k1 == kTiles)) {
+      // A piece of a tile other blocks also work on. Every piece stores its accumulators in its
+      // block's slot; the last to arrive on the tile's counter sums all the pieces' slots in
+      // block order (the same sum whatever the arrival order) and stores the tile. Rows past M
+      // are neither stored nor read (a thread's float4 holds rows r and r + 8: kept while r < M).
+      const long long first = (long long)w.tile * kTiles;
+      const int b0 = (int)(first / kTilesPerSplit), pieces = (int)((first + kTiles - 1) / kTilesPerSplit) - b0 + 1;
+      const bool rowValid = w.tm * BM + cw * 64 + warp * 16 + lane / 4 < M;
+      const auto slot = [&](int blk) {
+        const int startTile = (int)((long long)blk * kTilesPerSplit / kTiles);
+        return reinterpret_cast<float4*>(ws + ((size_t)blk * 2 + (w.tile == startTile ? 0 : 1)) * SLOT_FLOATS) + ct;
+      };
+      float4* mine = slot(blockIdx.x);
+      if (rowValid) {
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+          for (int i = 0; i < 16; i++) mine[(h * 16 + i) * 256] = make_float4(acc[h][4 * i], acc[h][4 * i + 1], acc[h][4 * i + 2], acc[h][4 * i + 3]);
+      }
+      __threadfence();  // the slot before the arrival, for the block that finishes the tile
+      named_sync(CONSUMERS_BAR, 256);
+      if (ct == 0) {
+        const int last = atomicAdd(&counters[w.tile], 1) == pieces - 1;
+        if (last) counters[w.tile] = 0;  // every piece has arrived: ready for the next launch
+        *last_flag = last;
+      }
+      named_sync(CONSUMERS_BAR, 256);
+      if (!*last_flag) continue;
+      __threadfence();
+      if (rowValid) {
+#pragma unroll
+        for (int h = 0; h < 2; h++)
+#pragma unroll
+          for (int i = 0; i < 16; i++) {
+            float4 sum = make_float4(0.f, 0.f, 0.f, 0.f);
+            for (int p = 0; p < pieces; p++) {
+              const float4 v = __ldcg(slot(b0 + p) + (h * 16 + i) * 256);  // past L1: other SMs wrote it
+              sum.x += v.x;
+              sum.y += v.y;
+              sum.z += v.z;
+              sum.w += v.w;
+            }
+            acc[h][4 * i] = sum.x;
+            acc[h][4 * i + 1] = sum.y;
+            acc[h][4 * i + 2] = sum.z;
+            acc[h][4 * i + 3] = sum.w;
+          }
+      }
+    }
 #pragma unroll
     for (int h = 0; h < 2; h++) {
-      const int row0 = tm * BM + (PP ? h : cw) * 64 + warp * 16 + lane / 4;
+      const int row0 = w.tm * BM + (PP ? h : cw) * 64 + warp * 16 + lane / 4;
 #pragma unroll
       for (int i = 0; i < 16; i++) {
-        const int col = tn * BN + (PP ? 0 : h * 128) + i * 8 + 2 * (lane % 4);
+        const int col = w.tn * BN + (PP ? 0 : h * 128) + i * 8 + 2 * (lane % 4);
         if (col >= N) continue;
         float b0 = 0.f, b1 = 0.f;
         if (bias) {
@@ -251,10 +349,10 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 }  // namespace ts_sm90
 
-// One entry per (schedule, storage type T, y dtype). Parameters, in order (ops/gemm.ts: GEMM_SM90_PARAMS).
-// Built for every architecture (one fatbin); only the sm_90a code has a body: elsewhere the
-// launcher never picks it and the entry traps.
-#define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T, PP)                                                                                     \
+// One entry per (schedule, storage type T, y dtype). Parameters, in order (ops/gemm.ts:
+// GEMM_SM90_PARAMS, GEMM_SM90K_PARAMS). Built for every architecture (one fatbin); only the sm_90a
+// code has a body: elsewhere the launcher never picks it and the entry traps.
+#define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T, SCHED)                                                                              \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
            const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN x 64, 128-byte swizzle */                              \
@@ -265,23 +363,46 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
   {                                                                                                                             \
-    TS_GEMM_SM90_BODY(T, OUT_T, PP)                                                                                              \
+    TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit)                                                \
+  }
+
+// Stream-K: no K splits; ws holds two partial-tile slots (SLOT_FLOATS f32) per block, counters one
+// int per tile, zero before the launch and zero again after it.
+#define TS_GEMM_SM90K_ENTRY(NAME, T, OUT_T)                                                                                    \
+  extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
+      NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
+           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box 256 x 64, 128-byte swizzle */                             \
+           OUT_T* y,                                /* [M, N], may be res */                                                    \
+           const T* __restrict__ bias,              /* [N], or null */                                                          \
+           const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
+           float* ws,                               /* [gridDim.x, 2, SLOT_FLOATS] f32 */                                       \
+           int* counters,                           /* [tiles] i32 */                                                           \
+           int M, int N, int K,                                                                                                 \
+           int kTilesPerBlock) /* k-tiles of the flattened (tile, k-tile) space per block */                                    \
+  {                                                                                                                             \
+    TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock)                                              \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(T, OUT_T, PP) ts_sm90::gemm<T, OUT_T, PP>(tmX, tmW, y, bias, res, M, N, K, splits, kTilesPerSplit);
+#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER) \
+  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER);
 #else
-#define TS_GEMM_SM90_BODY(T, OUT_T, PP) __trap();
+#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER) __trap();
 #endif
 
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16, false)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16_f32, ts::bf16, float, false)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16, ts::f16, ts::f16, false)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16_f32, ts::f16, float, false)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16, ts::bf16, ts::bf16, true)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16_f32, ts::bf16, float, true)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16, ts::f16, ts::f16, true)
-TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16_f32, ts::f16, float, true)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16, ts_sm90::COOP)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16_f32, ts::bf16, float, ts_sm90::COOP)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16, ts::f16, ts::f16, ts_sm90::COOP)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90_f16_f32, ts::f16, float, ts_sm90::COOP)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16, ts::bf16, ts::bf16, ts_sm90::PING)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16_f32, ts::bf16, float, ts_sm90::PING)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16, ts::f16, ts::f16, ts_sm90::PING)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16_f32, ts::f16, float, ts_sm90::PING)
+TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16, ts::bf16, ts::bf16)
+TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16_f32, ts::bf16, float)
+TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_f16, ts::f16, ts::f16)
+TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_f16_f32, ts::f16, float)
 
 #undef TS_GEMM_SM90_ENTRY
+#undef TS_GEMM_SM90K_ENTRY
 #undef TS_GEMM_SM90_BODY

@@ -20,10 +20,10 @@ describe('bench kernels: the cases', () => {
 
   it('covers every projection at every M, every attention case and every memory-bound op', () => {
     const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul');
-    // Every M with the tile kernel and the Hopper kernel's two rungs (sm90, sm90s: left out at run
-    // time where its plan does not split), M <= 8 with the GEMV as well, and M > 8 with the
+    // Every M with the tile kernel and the Hopper kernel's rungs (sm90, sm90s: left out at run
+    // time where its plan does not split, sm90k), M <= 8 with the GEMV as well, and M > 8 with the
     // ping-pong Hopper kernel (sm90p) instead.
-    expect(gemm.length).toBe(shapes.gemm.projections.length * 4 * shapes.gemm.m.length);
+    expect(gemm.length).toBe(shapes.gemm.projections.length * 5 * shapes.gemm.m.length);
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'sm90p').every((c) => c.gemm!.m > 8 && c.name.endsWith(' sm90p'))).toBe(true);
     // The residual epilogue: gemm.residual's projections at its M, the same ladder, cuBLASLt given
     // the residual as C; 2 bytes more per output element read than the plain product.
@@ -31,9 +31,9 @@ describe('bench kernels: the cases', () => {
     const withRes = cases.filter((c) => c.op === 'matmul_add');
     const resProjections = shapes.gemm.projections.filter((p) => res.models.includes(p.model) && res.names.includes(p.name));
     expect(resProjections.map((p) => p.name)).toEqual(['o', 'down']);
-    expect(withRes.length).toBe(resProjections.length * 4 * res.m.length);
+    expect(withRes.length).toBe(resProjections.length * 5 * res.m.length);
     for (const c of withRes) {
-      expect(c.name, c.name).toMatch(/ K\d+ \+res( gemv| sm90[sp]?)?$/);
+      expect(c.name, c.name).toMatch(/ K\d+ \+res( gemv| sm90[spk]?)?$/);
       expect(c.gemm!.residual).toBe(true);
       expect(c.inputs[2]).toEqual({ shape: [c.gemm!.m, c.gemm!.n], bound: 1 });
       const plain = cases.find((p) => p.op === 'matmul' && p.name === c.name.replace(' +res', ''))!;
@@ -55,10 +55,10 @@ describe('bench kernels: the cases', () => {
     // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
     const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
     const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;
-    expect(f16.length).toBe(f16Projections * 4 * shapes.gemm.f16!.m.length);
+    expect(f16.length).toBe(f16Projections * 5 * shapes.gemm.f16!.m.length);
     for (const c of f16) {
       expect(c.attrs.storageDtype, c.name).toBe('f16');
-      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90[sp]?)?$/);
+      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90[spk]?)?$/);
     }
     expect(f16.map((c) => c.name)).toContain('gemm llama-3-8b qkv M8192 N6144 K4096 f16 sm90');
     // Last in the run, so that a run cut short by its time limit loses them before any bf16 case.
@@ -84,14 +84,17 @@ describe('bench kernels: the cases', () => {
       'gemm llama-3-8b lm_head M1 N128256 K4096 gemv',
       'gemm llama-3-8b lm_head M1 N128256 K4096 sm90',
       'gemm llama-3-8b lm_head M1 N128256 K4096 sm90s',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 sm90k',
       'gemm llama-3-70b lm_head M1 N128256 K8192',
       'gemm llama-3-70b lm_head M1 N128256 K8192 gemv',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90s',
+      'gemm llama-3-70b lm_head M1 N128256 K8192 sm90k',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 gemv',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90s',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90k',
     ]);
   });
 
@@ -172,9 +175,9 @@ describe('bench kernels: the residual epilogue against add + norm, from one run'
     const names = expandCases(shapes, ['gemm', 'memory']).map((c) => c.name);
     const fake = names.map((name) => t(name, 1));
     const pairs = residualComparisons(fake);
-    // o and down at M 256 and 4096, each variant (tiles, sm90, sm90s, sm90p).
+    // o and down at M 256 and 4096, each variant (tiles, sm90, sm90s, sm90p, sm90k).
     expect(pairs.map((p) => p.gemm).sort()).toEqual(
-      ['o', 'down'].flatMap((p) => [256, 4096].flatMap((m) => ['', ' sm90', ' sm90s', ' sm90p'].map((v) => `gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336}${v}`))).sort(),
+      ['o', 'down'].flatMap((p) => [256, 4096].flatMap((m) => ['', ' sm90', ' sm90s', ' sm90p', ' sm90k'].map((v) => `gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336}${v}`))).sort(),
     );
     expect(pairs.every((p) => p.speedup === 1)).toBe(true);
   });
@@ -199,7 +202,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(8 + 7 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel's two rungs; prefill three times (the sm90 rungs)
+    expect(cases.length).toBe(10 + 7 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs)
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

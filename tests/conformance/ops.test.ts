@@ -320,7 +320,9 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // shorter than the others, bias and f32 output through the reduce, one tile split 16 ways. Its
 // ping-pong rung (sm90p, 128 x 128 tiles): one tile with one consumer idle, more k-tiles than its
 // 6-stage ring, and more tiles than twice the SMs, so that blocks alternate consumers over 2 and 3
-// units each with the ring lapped in between.
+// units each with the ring lapped in between. Its stream-K rung (sm90k; each case says how its
+// k-tiles fall on an H100's 132 SMs): one tile in 16 pieces, blocks that end one shared tile and
+// start the next (both of their slots), whole tiles only, and a mix of whole and shared tiles.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -361,7 +363,13 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [257, 8, 520, true, true, 'sm90p'],
   [17, 1032, 37, false, true, 'sm90p'], // 17 k-tiles through 6 stages
   [20, 456, 33800, true, false, 'sm90p'], // 265 tiles of 8 k-tiles on 132 SMs: block 0 takes 3
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p')?]>) {
+  [1, 64, 8, false, false, 'sm90k'], // 1 k-tile, 1 block
+  [1, 4096, 256, false, false, 'sm90k'], // 1 tile of 64 k-tiles, 16 blocks of 4
+  [130, 1032, 264, true, true, 'sm90k'], // 4 tiles of 17 k-tiles, 17 blocks of 4: pieces of 5
+  [257, 1544, 300, true, false, 'sm90k'], // 6 tiles of 25, 38 blocks of 4
+  [300, 200, 5640, false, false, 'sm90k'], // 69 tiles of 4, 69 blocks of 4: no tile shared
+  [130, 264, 17160, false, true, 'sm90k'], // 136 tiles of 5, 114 blocks of 6: whole and shared tiles
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -401,9 +409,11 @@ for (const [r, k, n, bias, variant, alias] of [
   [130, 1032, 264, false, 'sm90s'],
   [130, 72, 264, true, 'sm90p'],
   [257, 200, 37, false, 'sm90p'],
+  [130, 1032, 264, true, 'sm90k'],
+  [257, 200, 37, false, 'sm90k'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,
@@ -982,6 +992,11 @@ for (const tier of TIERS) {
       describe(op, () => {
         for (const c of mine) {
           it(c.name, async (ctx) => {
+            // A macrotask turn per case. The emulated launches and the references are synchronous,
+            // and awaiting settled promises never leaves the microtask queue, so without it a whole
+            // tier runs as one turn of the event loop, and past 60 s vitest's worker times out
+            // reporting progress ("Timeout calling onTaskUpdate") though every case passes.
+            await new Promise<void>((resolve) => setImmediate(resolve));
             if (tier.name === 'cuda' && contextLostIn) ctx.skip(`the CUDA context was lost to a kernel fault in ${contextLostIn}`);
             const seed = hash32(`${BASE_SEED}|${c.op}|${c.name}`);
             const p = c.prepare(new Gen(seed, tier.storage));

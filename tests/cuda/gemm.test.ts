@@ -80,7 +80,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       return p.ws;
     },
     tensorMap2d: (t, box) => {
-      if (!['sm90', 'sm90s', 'sm90p'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
+      if (!['sm90', 'sm90s', 'sm90p', 'sm90k'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
       boxes.push([t === inputs[0] ? 'x' : 'w', ...box].join(' '));
       return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
@@ -115,13 +115,13 @@ describe('gemm tile table', () => {
   it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct, and each one\'s fp16 twin', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2);
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2 + 2);
     // Every entry the sources make, bf16 and fp16: exactly the declarations and their twins.
     const sourceNames = [
       ...macroEntryNames(SOURCE, 'TS_GEMM_ENTRIES', ['BM', 'BN']),
       ...[...SOURCE.matchAll(/^TS_REDUCE_ENTRY\((\w+),/gm)].map((m) => m[1]),
       ...macroEntryNames(GEMV_SOURCE, 'TS_GEMV_ENTRIES', ['MAXR']),
-      ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90_ENTRY\((\w+),/gm)].map((m) => m[1]),
+      ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90K?_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
     expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
@@ -365,6 +365,35 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(sm90p.launches[0].launch).toEqual({ grid: [132, 1, 1], block: [384, 1, 1], sharedBytes: 6 * 32768 + 1024 + 96 });
     expect(sm90p.boxes).toEqual(['x 128 64', 'w 128 64']);
     expect(run({ R: 300, N: 4096, K: 64, attrs: { gemmVariant: 'sm90' } }).boxes).toEqual(['x 128 64', 'w 256 64']);
+    // sm90k: its own entries, the partial-tile slots and the tile counters; bias and res in its
+    // own epilogue (no reduce launch).
+    const sm90k = run({ R: 256, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90k' }, ptrs: { x: 1n << 32n } });
+    expect(sm90k.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90k_bf16']);
+    expect(sm90k.launches[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, ws: 0x100000n, M: 256, N: 4096, K: 4096, kTilesPerBlock: 16 });
+    expect(sm90k.launches[0].launch).toEqual({ grid: [128, 1, 1], block: [384, 1, 1], sharedBytes: 4 * 49152 + 1024 + 64 + 16 });
+    expect(sm90k.scratch).toEqual([2 * 128 * 256 * 128 * 4]);
+    expect(sm90k.boxes).toEqual(['x 128 64', 'w 256 64']);
+    // No tile shared between blocks: no workspace.
+    expect(run({ R: 300, N: 5640, K: 200, attrs: { gemmVariant: 'sm90k' } }).scratch).toEqual([]);
+  });
+
+  it('sm90k gives every block the same k-tiles, at least 4, and slots only where tiles are shared (the stream-K plan)', async () => {
+    const { gemmSm90kPlan, GEMM_SM90K_SLOT_BYTES } = await import('../../src/backend/cuda/ops/gemm.js');
+    // gate_up at M 8192 on an H100: 7168 tiles of 64 k-tiles, 3476 k-tiles a block on all 132 SMs.
+    expect(gemmSm90kPlan(8192, 28672, 4096, 132)).toMatchObject({ tiles: 7168, kTilesPerBlock: 3476, grid: 132 });
+    expect(gemmSm90kPlan(256, 4096, 4096, 132)).toMatchObject({ tiles: 32, kTilesPerBlock: 16, grid: 128, sharedTiles: 32 });
+    expect(gemmSm90kPlan(1, 8, 64, 132)).toMatchObject({ tiles: 1, kTilesPerBlock: 1, grid: 1, sharedTiles: 0, workspaceBytes: 0 });
+    expect(gemmSm90kPlan(300, 5640, 200, 132)).toMatchObject({ tiles: 69, kTilesPerBlock: 4, grid: 69, sharedTiles: 0, workspaceBytes: 0 });
+    for (const R of [1, 7, 130, 1000, 8192])
+      for (const N of [8, 300, 4096, 28672])
+        for (const K of [8, 64, 520, 4096, 14336]) {
+          const p = gemmSm90kPlan(R, N, K, 132), kTiles = Math.ceil(K / 64), total = p.tiles * kTiles, what = `R ${R} N ${N} K ${K}`;
+          expect(p.grid, what).toBeLessThanOrEqual(132);
+          expect(p.kTilesPerBlock, what).toBeGreaterThanOrEqual(Math.min(4, kTiles));
+          expect((p.grid - 1) * p.kTilesPerBlock, what).toBeLessThan(total); // no block without work
+          expect(p.grid * p.kTilesPerBlock, what).toBeGreaterThanOrEqual(total);
+          expect(p.workspaceBytes, what).toBe(p.sharedTiles > 0 ? 2 * p.grid * GEMM_SM90K_SLOT_BYTES : 0);
+        }
   });
 
   it('refuses an f32 y, a residual of another shape or type, and one that overlaps y without being it', () => {
@@ -399,7 +428,8 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s or sm90p, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s, sm90p or sm90k, not fast');
+    expect(gemmVariant(1, 'sm90k', 9)).toBe('sm90k');
     expect(gemmVariant(4096, 'sm90p', 9)).toBe('sm90p');
     expect(gemmVariant(4096, 'sm90p', 8)).toBe('tiles');
     expect(gemmVariant(4096, 'sm90', 9)).toBe('sm90');
@@ -412,8 +442,8 @@ describe('the GEMV variant', () => {
   it('keeps the Hopper kernel\'s launch constants in step with kernels/gemm_sm90.cu', async () => {
     const { GEMM_SM90, GEMM_SM90P, gemmSm90Grid } = await import('../../src/backend/cuda/ops/gemm.js');
     const num = (name: string) => Number(new RegExp(`\\b${name} = (\\d+)`).exec(SM90_SOURCE)![1]);
-    // Cfg<PP>: BN and STAGES as "PP ? ping-pong : cooperative".
-    const cfg = (name: string, pp: boolean) => Number(new RegExp(`\\b${name} = PP \\? (\\d+) : (\\d+)`).exec(SM90_SOURCE)![pp ? 1 : 2]);
+    // Cfg<SCHED>: BN and STAGES as "SCHED == PING ? ping-pong : cooperative and stream-K".
+    const cfg = (name: string, pp: boolean) => Number(new RegExp(`\\b${name} = SCHED == PING \\? (\\d+) : (\\d+)`).exec(SM90_SOURCE)![pp ? 1 : 2]);
     expect([GEMM_SM90.bm, GEMM_SM90.bn, GEMM_SM90.bk, GEMM_SM90.stages, GEMM_SM90.threads]).toEqual([num('BM'), cfg('BN', false), num('BK'), cfg('STAGES', false), num('THREADS')]);
     expect([GEMM_SM90P.bm, GEMM_SM90P.bn, GEMM_SM90P.bk, GEMM_SM90P.stages, GEMM_SM90P.threads]).toEqual([num('BM'), cfg('BN', true), num('BK'), cfg('STAGES', true), num('THREADS')]);
     // Four 48 KiB stages (ping-pong: six of 32 KiB), 1 KiB of alignment slack, two barriers per

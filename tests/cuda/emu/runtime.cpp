@@ -743,6 +743,29 @@ void schedule_order(int n, int round) {
   }
 }
 
+// The order blocks run in: the GPU promises none, so besides the threads' order the schedule
+// permutes the blocks, i -> (a i + c) mod n with a coprime to n (a bijection drawn per launch; the
+// plain schedule keeps the ascending order). Code that needs one block to run before another, or
+// a "last block to arrive" that is always the highest, meets other orders.
+struct BlockOrder {
+  uint64_t n, a, c;
+  uint64_t operator()(uint64_t i) const { return (static_cast<unsigned __int128>(a) * i + c) % n; }
+};
+BlockOrder block_order(uint64_t n) {
+  if (schedule_plain || n < 2) return BlockOrder{n ? n : 1, 1, 0};
+  uint64_t a = schedule_next() % n;
+  const auto gcd = [](uint64_t x, uint64_t y) {
+    while (y) {
+      const uint64_t t = x % y;
+      x = y;
+      y = t;
+    }
+    return x;
+  };
+  while (a == 0 || gcd(a, n) != 1) a = (a + 1) % n;
+  return BlockOrder{n, a, schedule_next() % n};
+}
+
 // Runs one block to completion; false (B.error set) on a failure or a deadlock.
 bool run_block() {
   const int n = B.n;
@@ -998,17 +1021,18 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
   const double t0 = now();
   {
     FaultGuard guard;
-    for (unsigned z = 0; z < grid.z && rc == 0; z++)
-      for (unsigned y = 0; y < grid.y && rc == 0; y++)
-        for (unsigned x = 0; x < grid.x && rc == 0; x++) {
-          block_idx = dim3{x, y, z};
-          if (!run_block()) {
-            // The schedule, to reproduce it: launches are counted per process.
-            if (schedule_plain) snprintf(err, err_len, "%s", B.error);
-            else snprintf(err, err_len, "%s (schedule %llu, launch %llu of this process)", B.error, static_cast<unsigned long long>(schedule_seed), static_cast<unsigned long long>(launches - 1));
-            rc = B.illegal ? -2 : B.misaligned ? -3 : -1;
-          }
-        }
+    const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
+    const BlockOrder order_of = block_order(blocks);
+    for (uint64_t i = 0; i < blocks && rc == 0; i++) {
+      const uint64_t b = order_of(i);
+      block_idx = dim3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y), static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
+      if (!run_block()) {
+        // The schedule, to reproduce it: launches are counted per process.
+        if (schedule_plain) snprintf(err, err_len, "%s", B.error);
+        else snprintf(err, err_len, "%s (schedule %llu, launch %llu of this process)", B.error, static_cast<unsigned long long>(schedule_seed), static_cast<unsigned long long>(launches - 1));
+        rc = B.illegal ? -2 : B.misaligned ? -3 : -1;
+      }
+    }
   }
   record(kernel, now() - t0, static_cast<long>(grid.x) * grid.y * grid.z);
   pthread_mutex_unlock(&launch_lock);

@@ -140,14 +140,16 @@ const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
 /**
  * The rungs: the mma.sync tile kernel (with its own split-K), the decode GEMV, the Hopper kernel
  * over whole tiles (sm90), the Hopper kernel with K split when its tiles would leave SMs idle
- * (sm90s; the same entry, gemmSm90Plan), and the Hopper kernel with ping-pong consumers on
- * 128 x 128 tiles (sm90p: one consumer's epilogue under the other's main loop).
+ * (sm90s; the same entry, gemmSm90Plan), the Hopper kernel with ping-pong consumers on
+ * 128 x 128 tiles (sm90p: one consumer's epilogue under the other's main loop), and the Hopper
+ * kernel scheduled stream-K (sm90k: every block the same number of k-tiles, tiles shared between
+ * blocks finished by the last to arrive; gemmSm90kPlan).
  */
-export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p';
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
-export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p'];
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k'];
 /** The variants that need compute capability 9 (wgmma, TMA). */
-export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p'];
+export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p', 'sm90k'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -165,8 +167,8 @@ export const GEMV_KERNELS = Object.fromEntries(
 
 /**
  * The variant the matmul launcher runs for R rows on a GPU of compute capability `major`. Asked
- * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, sm90,
- * sm90s and sm90p on compute capability 9). The default is the tile kernel: another becomes the default where the
+ * for (attrs.gemmVariant, or TESSERA_GEMM) it is honoured where it applies (gemv for R <= 8, the
+ * Hopper rungs on compute capability 9). The default is the tile kernel: another becomes the default where the
  * GPU benchmark has measured it faster (docs/perf/gemm.md).
  */
 export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM, major = 9): GemmVariant {
@@ -179,8 +181,14 @@ export function gemmVariant(R: number, asked: unknown = process.env.TESSERA_GEMM
 
 /** kernels/gemm_sm90.cu's tile, threads and dynamic shared memory (keep in step with its Cfg<false>). */
 export const GEMM_SM90 = { bm: 128, bn: 256, bk: 64, stages: 4, threads: 384, sharedBytes: 4 * (128 + 256) * 64 * 2 + 1024 + 2 * 4 * 8 } as const;
-/** The ping-pong entries' (Cfg<true>): each consumer warpgroup a 128 x 128 tile, six 32 KiB stages. */
+/** The ping-pong entries' (Cfg<PING>): each consumer warpgroup a 128 x 128 tile, six 32 KiB stages. */
 export const GEMM_SM90P = { bm: 128, bn: 128, bk: 64, stages: 6, threads: 384, sharedBytes: 6 * (128 + 128) * 64 * 2 + 1024 + 2 * 6 * 8 } as const;
+/** The stream-K entries' (Cfg<STREAMK>): GEMM_SM90's tiles and stages, and a flag in shared memory. */
+export const GEMM_SM90K = { ...GEMM_SM90, sharedBytes: GEMM_SM90.sharedBytes + 16 } as const;
+/** A stream-K block's partial-tile slot: 256 consumer threads x 128 f32 accumulators (SLOT_FLOATS). */
+export const GEMM_SM90K_SLOT_BYTES = 256 * 128 * 4;
+/** Stream-K gives a block at least this many k-tiles (fewer pieces per tile where K is short of work). */
+export const GEMM_SM90K_MIN_K_TILES = 4;
 
 const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['tmX', 'tmap'],
@@ -200,6 +208,53 @@ export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_sm90_bf16', params: GEMM_SM90_PARAMS },
   f32: { name: 'ts_gemm_sm90_bf16_f32', params: GEMM_SM90_PARAMS },
 };
+const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['tmX', 'tmap'],
+  ['tmW', 'tmap'],
+  ['y', 'ptr'],
+  ['bias', 'ptr'],
+  ['res', 'ptr'],
+  ['ws', 'ptr'],
+  ['counters', 'ptr'],
+  ['M', 'i32'],
+  ['N', 'i32'],
+  ['K', 'i32'],
+  ['kTilesPerBlock', 'i32'],
+];
+
+/** ts_gemm_sm90k_bf16 and ts_gemm_sm90k_bf16_f32: stream-K. */
+export const GEMM_SM90K_KERNELS: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_sm90k_bf16', params: GEMM_SM90K_PARAMS },
+  f32: { name: 'ts_gemm_sm90k_bf16_f32', params: GEMM_SM90K_PARAMS },
+};
+
+export interface GemmSm90kPlan {
+  tiles: number;
+  /** k-tiles of the flattened (tile, k-tile) space per block; the last block may have fewer. */
+  kTilesPerBlock: number;
+  grid: number;
+  /** Two partial-tile slots per block. */
+  workspaceBytes: number;
+  /** Tiles whose k-tiles fall to more than one block (finished by the last to arrive). */
+  sharedTiles: number;
+}
+
+/**
+ * How sm90k spreads y[R, N] = x[R, K] w[N, K]^T over `multiprocessors` SMs: the tiles' k-tiles in
+ * one tile-major sequence, cut into equal ranges (at least GEMM_SM90K_MIN_K_TILES each), a block
+ * a range. No K split is chosen: the ranges balance the SMs to within a k-tile at every shape.
+ */
+export function gemmSm90kPlan(R: number, N: number, K: number, multiprocessors: number): GemmSm90kPlan {
+  const tiles = ceilDiv(R, GEMM_SM90K.bm) * ceilDiv(N, GEMM_SM90K.bn);
+  const kTiles = Math.max(1, ceilDiv(K, GEMM_SM90K.bk));
+  const total = tiles * kTiles;
+  const per = Math.max(Math.min(GEMM_SM90K_MIN_K_TILES, kTiles), ceilDiv(total, Math.max(1, multiprocessors)));
+  const grid = ceilDiv(total, per);
+  let sharedTiles = 0;
+  for (let t = 0; t < tiles; t++) if (Math.floor((t * kTiles) / per) !== Math.floor(((t + 1) * kTiles - 1) / per)) sharedTiles++;
+  return { tiles, kTilesPerBlock: per, grid, workspaceBytes: sharedTiles > 0 ? 2 * grid * GEMM_SM90K_SLOT_BYTES : 0, sharedTiles };
+}
+
 /** ts_gemm_sm90p_bf16 and ts_gemm_sm90p_bf16_f32: the ping-pong schedule, the same parameters. */
 export const GEMM_SM90P_KERNELS: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_sm90p_bf16', params: GEMM_SM90_PARAMS },
@@ -358,6 +413,29 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
+  if (variant === 'sm90k' && K > 0) {
+    const tmX = ctx.tensorMap2d(x, [GEMM_SM90K.bm, GEMM_SM90K.bk], '128B');
+    const tmW = ctx.tensorMap2d(w, [GEMM_SM90K.bn, GEMM_SM90K.bk], '128B');
+    const p = gemmSm90kPlan(R, N, K, ctx.device.multiprocessors);
+    // One counter a tile, zero between launches (the last block to arrive on a tile zeroes it).
+    const counters = ctx.constant(`gemm-sm90k-counters:${p.tiles}`, () => new Float32Array(p.tiles));
+    const ws = p.workspaceBytes > 0 ? ctx.scratch(p.workspaceBytes) : 0n;
+    if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
+    ctx.launch(entry(GEMM_SM90K_KERNELS[outDType]), { grid: [p.grid, 1, 1], block: [GEMM_SM90K.threads, 1, 1], sharedBytes: GEMM_SM90K.sharedBytes }, {
+      tmX,
+      tmW,
+      y: y.ptr,
+      bias: biasPtr,
+      res: resPtr,
+      ws,
+      counters,
+      M: R,
+      N,
+      K,
+      kTilesPerBlock: p.kTilesPerBlock,
+    });
+    return;
+  }
   if (variant === 'sm90p' && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90P.bm, GEMM_SM90P.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90P.bn, GEMM_SM90P.bk], '128B');
@@ -423,6 +501,8 @@ export const DECLS: KernelDecl[] = [
   GEMM_SM90_KERNELS.f32,
   GEMM_SM90P_KERNELS.bf16,
   GEMM_SM90P_KERNELS.f32,
+  GEMM_SM90K_KERNELS.bf16,
+  GEMM_SM90K_KERNELS.f32,
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];

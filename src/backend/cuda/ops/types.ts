@@ -51,7 +51,7 @@ export interface Launch {
 
 export interface CudaOpContext {
   /** The measured GEMM variant for M rows on this GPU (kernels/choices), or null: the launcher's default. */
-  gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | null;
+  gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | null;
   /** The measured prefill attention variant for this head dim on this GPU (kernels/choices), or null: the launcher's default. */
   attentionChoice?(headDim: number): 'tiles' | 'sm90' | 'sm90o' | null;
   inputs: DeviceTensor[];
