@@ -300,7 +300,10 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       named_sync(CONSUMERS_BAR, 256);
       if (ct == 0) {
         const int last = atomicAdd(&counters[w.tile], 1) == pieces - 1;
-        if (last) counters[w.tile] = 0;  // every piece has arrived: ready for the next launch
+        if (last) {
+          __threadfence();         // acquire: the other pieces' slots, after their release above
+          counters[w.tile] = 0;    // every piece has arrived: ready for the next launch
+        }
         *last_flag = last;
       }
       named_sync(CONSUMERS_BAR, 256);

@@ -62,7 +62,9 @@ describe.skipIf(skip !== null)('tools/gpu/run.sh on the stand-in libcuda', { tim
     const run = await runScript('kernels tuned', 400, { MOCK_FAULT_KERNEL: 'ts_gemm_sm90_' });
     expect(run.status).toBe(0);
     const stageLines = run.lines.filter((l) => / \+\d+s /.test(l)).map((l) => l.replace(/^\S+ \+\d+s /, ''));
-    expect(stageLines[0]).toMatch(/^kernels: exit 3 in \d+ s \(limit 250 s\)/);
+    // The budget less the 150 s kept for tuned and torch, less the second or two the script took
+    // to get there (more on a loaded machine).
+    expect(stageLines[0]).toMatch(/^kernels: exit 3 in \d+ s \(limit (24\d|250) s\)/);
     // The resumed run finishes; it exits 1 because the stand-in's GEMMs wrote nothing (mismatch).
     expect(stageLines[1]).toMatch(/^kernels: exit 1 in \d+ s \(limit \d+ s\)/);
     expect(stageLines[2]).toMatch(/^choices: exit 1/);
