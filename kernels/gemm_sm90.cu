@@ -59,10 +59,12 @@ constexpr int A_BYTES = BM * BK * 2;  // 16 KiB
 //  - PING, ping-pong (ts_gemm_sm90p_*): each consumer takes every other unit of the block, a 128 x
 //    128 tile of its own, and their main loops alternate, so one's epilogue runs under the other's
 //    main loop; 6 stages of x 128 x 64 and w 128 x 64 (32 KiB);
-//  - STREAMK, stream-K (ts_gemm_sm90k_*): COOP's tiles and consumers, but block b takes the k-tiles
-//    [b per, (b + 1) per) of the flattened (tile, k-tile) space, so every block has the same work
-//    whatever the tile count. A tile whose k-tiles fall to several blocks is finished by the last
-//    of them to arrive (below).
+//  - STREAMK, stream-K (ts_gemm_sm90k_*): COOP's tiles and consumers; the first dpTiles tiles go
+//    to the blocks in turn as whole tiles (COOP's order: the tiles in flight at once are
+//    neighbours and share operands in L2), then block b takes the k-tiles [b per, (b + 1) per) of
+//    the remaining tiles' tile-major (tile, k-tile) sequence, so every block ends with the same
+//    work whatever the tile count. A tile whose k-tiles fall to several blocks is finished by the
+//    last of them to arrive (below).
 enum Sched { COOP = 0, PING = 1, STREAMK = 2 };
 template <int SCHED>
 struct Cfg {
@@ -133,17 +135,17 @@ struct Work {
 };
 
 // The block's work in order, the same walk for the producer and the consumers. COOP and PING: units
-// blockIdx.x, + gridDim.x, ...; a unit is a tile and a range of K, split-major. STREAMK: the
-// k-tiles [blockIdx.x per, (blockIdx.x + 1) per) of the tile-major (tile, k-tile) space, cut at
-// tile boundaries.
+// blockIdx.x, + gridDim.x, ...; a unit is a tile and a range of K, split-major. STREAMK: whole
+// tiles blockIdx.x, + gridDim.x, ... below dpTiles, then the k-tiles [dpTiles kTiles + blockIdx.x
+// per, ... + per) of the tile-major (tile, k-tile) space, cut at tile boundaries.
 template <int SCHED>
 struct Walk {
-  int tiles, tilesM, tilesN, kTiles, per, u;
+  int tiles, tilesM, tilesN, kTiles, per, u, dpTiles;
   long long it, end;
-  TS_DEVICE Walk(int tiles_, int tilesM_, int tilesN_, int kTiles_, int splits, int per_)
-      : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x) {
+  TS_DEVICE Walk(int tiles_, int tilesM_, int tilesN_, int kTiles_, int splits, int per_, int dpTiles_)
+      : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x), dpTiles(dpTiles_) {
     if (SCHED == STREAMK) {
-      it = (long long)blockIdx.x * per;
+      it = (long long)dpTiles * kTiles + (long long)blockIdx.x * per;
       end = min((long long)tiles * kTiles, it + per);
     } else {
       it = 0;
@@ -151,10 +153,16 @@ struct Walk {
     }
   }
   // Whether next() has another piece of work to give.
-  TS_DEVICE bool more() const { return SCHED == STREAMK ? it < end : u < end; }
+  TS_DEVICE bool more() const { return SCHED == STREAMK ? u < dpTiles || it < end : u < end; }
   TS_DEVICE bool next(Work& w) {
     if (!more()) return false;
-    if (SCHED == STREAMK) {
+    if (SCHED == STREAMK && u < dpTiles) {
+      w.tile = u;
+      w.k0 = 0;
+      w.k1 = kTiles;
+      w.split = 0;
+      u += gridDim.x;
+    } else if (SCHED == STREAMK) {
       w.tile = (int)(it / kTiles);
       w.k0 = (int)(it % kTiles);
       w.k1 = (int)min((long long)kTiles, w.k0 + (end - it));
@@ -174,7 +182,7 @@ struct Walk {
 
 template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
-                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit) {
+                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles) {
   using C = Cfg<SCHED>;
   constexpr bool PP = SCHED == PING;
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
@@ -189,7 +197,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   const int tilesM = (M + BM - 1) / BM, tilesN = (N + BN - 1) / BN, tiles = tilesM * tilesN;
   const int kTiles = (K + BK - 1) / BK;
   // The launcher's plan leaves no unit an empty k range (COOP/PING) and no block an empty range
-  // of k-tiles (STREAMK: kTilesPerSplit is the k-tiles per block).
+  // of k-tiles (STREAMK: kTilesPerSplit is the k-tiles per block after the dpTiles whole tiles).
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
@@ -200,7 +208,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   }
   __syncthreads();
 
-  Walk<SCHED> walk(tiles, tilesM, tilesN, kTiles, splits, kTilesPerSplit);
+  Walk<SCHED> walk(tiles, tilesM, tilesN, kTiles, splits, kTilesPerSplit, dpTiles);
   Work w;
   if (wg == 0) {
     asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
@@ -282,11 +290,11 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       // block's slot; the last to arrive on the tile's counter sums all the pieces' slots in
       // block order (the same sum whatever the arrival order) and stores the tile. Rows past M
       // are neither stored nor read (a thread's float4 holds rows r and r + 8: kept while r < M).
-      const long long first = (long long)w.tile * kTiles;
+      const long long first = (long long)(w.tile - dpTiles) * kTiles;  // in the stream-K sequence
       const int b0 = (int)(first / kTilesPerSplit), pieces = (int)((first + kTiles - 1) / kTilesPerSplit) - b0 + 1;
       const bool rowValid = w.tm * BM + cw * 64 + warp * 16 + lane / 4 < M;
       const auto slot = [&](int blk) {
-        const int startTile = (int)((long long)blk * kTilesPerSplit / kTiles);
+        const int startTile = dpTiles + (int)((long long)blk * kTilesPerSplit / kTiles);
         return reinterpret_cast<float4*>(ws + ((size_t)blk * 2 + (w.tile == startTile ? 0 : 1)) * SLOT_FLOATS) + ct;
       };
       float4* mine = slot(blockIdx.x);
@@ -366,11 +374,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
   {                                                                                                                             \
-    TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit)                                                \
+    TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit, 0)                                             \
   }
 
-// Stream-K: no K splits; ws holds two partial-tile slots (SLOT_FLOATS f32) per block, counters one
-// int per tile, zero before the launch and zero again after it.
+// Stream-K: no K splits; dpTiles whole tiles first, then kTilesPerBlock k-tiles a block; ws holds
+// two partial-tile slots (SLOT_FLOATS f32) per block, counters one int per tile, zero before the
+// launch and zero again after it.
 #define TS_GEMM_SM90K_ENTRY(NAME, T, OUT_T)                                                                                    \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
@@ -381,16 +390,17 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            float* ws,                               /* [gridDim.x, 2, SLOT_FLOATS] f32 */                                       \
            int* counters,                           /* [tiles] i32 */                                                           \
            int M, int N, int K,                                                                                                 \
-           int kTilesPerBlock) /* k-tiles of the flattened (tile, k-tile) space per block */                                    \
+           int dpTiles,        /* tiles done whole, in turn, before the stream-K part */                                        \
+           int kTilesPerBlock) /* k-tiles of the stream-K part per block */                                                     \
   {                                                                                                                             \
-    TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock)                                              \
+    TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock, dpTiles)                                     \
   }
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER) \
-  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER);
+#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) \
+  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP);
 #else
-#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER) __trap();
+#define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) __trap();
 #endif
 
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90_bf16, ts::bf16, ts::bf16, ts_sm90::COOP)

@@ -322,7 +322,8 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // 6-stage ring, and more tiles than twice the SMs, so that blocks alternate consumers over 2 and 3
 // units each with the ring lapped in between. Its stream-K rung (sm90k; each case says how its
 // k-tiles fall on an H100's 132 SMs): one tile in 16 pieces, blocks that end one shared tile and
-// start the next (both of their slots), whole tiles only, and a mix of whole and shared tiles.
+// start the next (both of their slots), whole tiles only, and a wave of whole tiles handed out in
+// turn before a stream-K part of whole and shared tiles.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -368,7 +369,7 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [130, 1032, 264, true, true, 'sm90k'], // 4 tiles of 17 k-tiles, 17 blocks of 4: pieces of 5
   [257, 1544, 300, true, false, 'sm90k'], // 6 tiles of 25, 38 blocks of 4
   [300, 200, 5640, false, false, 'sm90k'], // 69 tiles of 4, 69 blocks of 4: no tile shared
-  [130, 264, 17160, false, true, 'sm90k'], // 136 tiles of 5, 114 blocks of 6: whole and shared tiles
+  [130, 136, 34312, false, true, 'sm90k'], // 270 tiles: 132 whole, then 138 of 3 k-tiles over 104 blocks of 4
 ] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k')?]>) {
   add({
     op: 'matmul',

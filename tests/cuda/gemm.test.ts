@@ -377,22 +377,31 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(run({ R: 300, N: 5640, K: 200, attrs: { gemmVariant: 'sm90k' } }).scratch).toEqual([]);
   });
 
-  it('sm90k gives every block the same k-tiles, at least 4, and slots only where tiles are shared (the stream-K plan)', async () => {
+  it('sm90k hands out whole waves but the last, then gives every block the same k-tiles of the rest, at least 4, with slots only where tiles are shared (the stream-K plan)', async () => {
     const { gemmSm90kPlan, GEMM_SM90K_SLOT_BYTES } = await import('../../src/backend/cuda/ops/gemm.js');
-    // gate_up at M 8192 on an H100: 7168 tiles of 64 k-tiles, 3476 k-tiles a block on all 132 SMs.
-    expect(gemmSm90kPlan(8192, 28672, 4096, 132)).toMatchObject({ tiles: 7168, kTilesPerBlock: 3476, grid: 132 });
-    expect(gemmSm90kPlan(256, 4096, 4096, 132)).toMatchObject({ tiles: 32, kTilesPerBlock: 16, grid: 128, sharedTiles: 32 });
+    // gate_up at M 8192 on an H100: 7168 tiles (54.3 waves): 53 waves whole, then 172 tiles of 64
+    // k-tiles as 84 a block on all 132 SMs.
+    expect(gemmSm90kPlan(8192, 28672, 4096, 132)).toMatchObject({ tiles: 7168, dpTiles: 53 * 132, kTilesPerBlock: 84, streamKBlocks: 132, grid: 132 });
+    expect(gemmSm90kPlan(256, 4096, 4096, 132)).toMatchObject({ tiles: 32, dpTiles: 0, kTilesPerBlock: 16, grid: 128, sharedTiles: 32 });
     expect(gemmSm90kPlan(1, 8, 64, 132)).toMatchObject({ tiles: 1, kTilesPerBlock: 1, grid: 1, sharedTiles: 0, workspaceBytes: 0 });
     expect(gemmSm90kPlan(300, 5640, 200, 132)).toMatchObject({ tiles: 69, kTilesPerBlock: 4, grid: 69, sharedTiles: 0, workspaceBytes: 0 });
+    // Whole waves: sm90's launch.
+    expect(gemmSm90kPlan(1024, 33 * 256, 4096, 132)).toMatchObject({ tiles: 264, dpTiles: 264, streamKBlocks: 0, grid: 132, workspaceBytes: 0 });
     for (const R of [1, 7, 130, 1000, 8192])
       for (const N of [8, 300, 4096, 28672])
         for (const K of [8, 64, 520, 4096, 14336]) {
-          const p = gemmSm90kPlan(R, N, K, 132), kTiles = Math.ceil(K / 64), total = p.tiles * kTiles, what = `R ${R} N ${N} K ${K}`;
+          const p = gemmSm90kPlan(R, N, K, 132), kTiles = Math.ceil(K / 64), total = (p.tiles - p.dpTiles) * kTiles, what = `R ${R} N ${N} K ${K}`;
           expect(p.grid, what).toBeLessThanOrEqual(132);
-          expect(p.kTilesPerBlock, what).toBeGreaterThanOrEqual(Math.min(4, kTiles));
-          expect((p.grid - 1) * p.kTilesPerBlock, what).toBeLessThan(total); // no block without work
-          expect(p.grid * p.kTilesPerBlock, what).toBeGreaterThanOrEqual(total);
-          expect(p.workspaceBytes, what).toBe(p.sharedTiles > 0 ? 2 * p.grid * GEMM_SM90K_SLOT_BYTES : 0);
+          expect(p.dpTiles % 132, what).toBe(0);
+          expect(p.tiles - p.dpTiles, what).toBeLessThan(2 * 132);
+          expect(p.streamKBlocks, what).toBeLessThanOrEqual(p.grid);
+          if (total > 0) {
+            expect(p.kTilesPerBlock, what).toBeGreaterThanOrEqual(Math.min(4, kTiles));
+            expect((p.streamKBlocks - 1) * p.kTilesPerBlock, what).toBeLessThan(total); // no stream-K block without work
+            expect(p.streamKBlocks * p.kTilesPerBlock, what).toBeGreaterThanOrEqual(total);
+          }
+          if (p.dpTiles === 0) expect(p.grid, what).toBe(p.streamKBlocks);
+          expect(p.workspaceBytes, what).toBe(p.sharedTiles > 0 ? 2 * p.streamKBlocks * GEMM_SM90K_SLOT_BYTES : 0);
         }
   });
 

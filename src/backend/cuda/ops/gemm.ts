@@ -219,6 +219,7 @@ const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['M', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
+  ['dpTiles', 'i32'],
   ['kTilesPerBlock', 'i32'],
 ];
 
@@ -230,29 +231,48 @@ export const GEMM_SM90K_KERNELS: Record<GemmOutDType, KernelDecl> = {
 
 export interface GemmSm90kPlan {
   tiles: number;
-  /** k-tiles of the flattened (tile, k-tile) space per block; the last block may have fewer. */
+  /** Tiles done whole first, in turn over the blocks (whole waves of them). */
+  dpTiles: number;
+  /** k-tiles of the rest's flattened (tile, k-tile) sequence per block; the last block may have fewer. */
   kTilesPerBlock: number;
+  /** Blocks with a stream-K range (the first ones). */
+  streamKBlocks: number;
   grid: number;
-  /** Two partial-tile slots per block. */
+  /** Two partial-tile slots per stream-K block where a tile is shared. */
   workspaceBytes: number;
   /** Tiles whose k-tiles fall to more than one block (finished by the last to arrive). */
   sharedTiles: number;
 }
 
 /**
- * How sm90k spreads y[R, N] = x[R, K] w[N, K]^T over `multiprocessors` SMs: the tiles' k-tiles in
- * one tile-major sequence, cut into equal ranges (at least GEMM_SM90K_MIN_K_TILES each), a block
- * a range. No K split is chosen: the ranges balance the SMs to within a k-tile at every shape.
+ * How sm90k spreads y[R, N] = x[R, K] w[N, K]^T over `multiprocessors` SMs. Whole waves of tiles
+ * but the last full one go to the blocks in turn, as sm90 hands them out (concurrent tiles are
+ * neighbours, sharing operands in L2); the tiles left, between one and two waves' worth (all of
+ * them below two waves), have their k-tiles laid out in one tile-major sequence cut into equal
+ * ranges of at least GEMM_SM90K_MIN_K_TILES, a block a range. Every block ends with the same work
+ * to within a k-tile; no K split is chosen. Whole waves only (tiles a multiple of the SMs): sm90's
+ * launch, no stream-K part.
  */
 export function gemmSm90kPlan(R: number, N: number, K: number, multiprocessors: number): GemmSm90kPlan {
+  const sms = Math.max(1, multiprocessors);
   const tiles = ceilDiv(R, GEMM_SM90K.bm) * ceilDiv(N, GEMM_SM90K.bn);
   const kTiles = Math.max(1, ceilDiv(K, GEMM_SM90K.bk));
-  const total = tiles * kTiles;
-  const per = Math.max(Math.min(GEMM_SM90K_MIN_K_TILES, kTiles), ceilDiv(total, Math.max(1, multiprocessors)));
-  const grid = ceilDiv(total, per);
+  const waves = Math.floor(tiles / sms);
+  const dpTiles = tiles % sms === 0 ? tiles : waves >= 2 ? (waves - 1) * sms : 0;
+  const total = (tiles - dpTiles) * kTiles;
+  const per = total === 0 ? kTiles : Math.max(Math.min(GEMM_SM90K_MIN_K_TILES, kTiles), ceilDiv(total, sms));
+  const streamKBlocks = ceilDiv(total, per);
   let sharedTiles = 0;
-  for (let t = 0; t < tiles; t++) if (Math.floor((t * kTiles) / per) !== Math.floor(((t + 1) * kTiles - 1) / per)) sharedTiles++;
-  return { tiles, kTilesPerBlock: per, grid, workspaceBytes: sharedTiles > 0 ? 2 * grid * GEMM_SM90K_SLOT_BYTES : 0, sharedTiles };
+  for (let t = 0; t < tiles - dpTiles; t++) if (Math.floor((t * kTiles) / per) !== Math.floor(((t + 1) * kTiles - 1) / per)) sharedTiles++;
+  return {
+    tiles,
+    dpTiles,
+    kTilesPerBlock: per,
+    streamKBlocks,
+    grid: Math.max(1, dpTiles > 0 ? sms : streamKBlocks),
+    workspaceBytes: sharedTiles > 0 ? 2 * streamKBlocks * GEMM_SM90K_SLOT_BYTES : 0,
+    sharedTiles,
+  };
 }
 
 /** ts_gemm_sm90p_bf16 and ts_gemm_sm90p_bf16_f32: the ping-pong schedule, the same parameters. */
@@ -432,6 +452,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
       M: R,
       N,
       K,
+      dpTiles: p.dpTiles,
       kTilesPerBlock: p.kTilesPerBlock,
     });
     return;
