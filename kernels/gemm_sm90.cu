@@ -1,6 +1,7 @@
 // Hopper GEMM (sm_90a) for the `matmul` and `matmul_add` ops: y[M, N] = x[M, K] · w[N, K]^T
-// (+ bias[N]) (+ res[M, N]), T in (bf16 or
-// fp16: ts_gemm_sm90_<T>, and ts_gemm_sm90_<T>_f32 for y f32), f32 accumulate, y T or f32. Same operands as kernels/gemm.cu; a third variant beside its tile
+// (+ bias[N]) (+ res[M, N]), T bf16 or fp16, f32 accumulate, y T or f32. Entries per schedule
+// (below): ts_gemm_sm90_<T> (cooperative), ts_gemm_sm90p_<T> (ping-pong), ts_gemm_sm90k_<T>
+// (stream-K), each with a _f32 twin for y f32. Same operands as kernels/gemm.cu; beside its tile
 // kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
 //
 // Why: mma.sync issues from one warp at a time with operands through registers, which caps it
@@ -16,25 +17,23 @@
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
 // rows and columns read as zeros, so tile edges need no code in the main loop.
 //
-// Block: 384 threads, three warpgroups (persistent: grid = the SMs, units taken in order). A unit is
-// a 128 x BN tile of y and a range of K: with `splits` = 1 the whole
-// of K, and y written as above; with splits > 1 (the `sm90s` rung: too few tiles to fill the SMs,
-// ops/gemm.ts gemmSm90Plan) split s takes k-tiles [s kTilesPerSplit, (s + 1) kTilesPerSplit) and
-// writes its f32 partial to y + s M N (y is then the [splits, M, N] workspace, bias and res null),
-// which ts_gemm_splitk_reduce_* sums. Units run split-major: the tiles of one split first, grouped
-// by 8 along M so concurrent blocks share weight tiles in L2.
+// Block: 384 threads, three warpgroups, persistent (grid at most the SMs). Its work is a walk
+// (Walk below) of pieces, each a 128 x BN tile of y and a range of its k-tiles. Cooperative and
+// ping-pong: units blockIdx.x, + gridDim.x, ...; with `splits` = 1 a unit is a whole tile; with
+// splits > 1 (the `sm90s` rung: too few tiles to fill the SMs, ops/gemm.ts gemmSm90Plan) split s
+// takes k-tiles [s kTilesPerSplit, (s + 1) kTilesPerSplit) and writes its f32 partial to
+// y + s M N (y is then the [splits, M, N] workspace, bias and res null), which
+// ts_gemm_splitk_reduce_* sums; units run split-major. Stream-K: see STREAMK below. Tiles are
+// numbered in groups of 8 along M, so blocks running at once share weight tiles in L2.
 //  - warpgroup 0, the producer: gives up registers (setmaxnreg 40) and one thread issues, per
-//    k-tile of 64, two TMA loads (x 128 x 64, w 256 x 64: 48 KiB) into a STAGES-deep ring of
-//    shared buffers, each stage guarded by a `full` mbarrier (transaction bytes) and an `empty`
-//    one (consumers' arrivals);
-//  - warpgroups 1 and 2, the consumers (setmaxnreg 232), on one of two schedules (Cfg below):
-//    cooperative (ts_gemm_sm90_*, BN 256): both on every unit, rows 0-63 and 64-127 of the tile, per
-//    k-tile 4 k-steps of two wgmma m64n128k16 (columns 0-127 and 128-255); ping-pong
-//    (ts_gemm_sm90p_*, BN 128): each on every other unit, the whole 128 x 128 tile as two
-//    m64n128k16 (rows 0-63 and 64-127), the main loops taking turns so that one consumer's
-//    epilogue runs while the other's wgmma keep the tensor cores busy. Either way 128 f32
-//    accumulators a thread; one k-tile's wgmma group stays in flight while the next is issued,
-//    and a stage is released to the producer once the group that read it has completed.
+//    k-tile of 64, two TMA loads (x 128 x 64, w BN x 64) into a STAGES-deep ring of shared
+//    buffers, each stage guarded by a `full` mbarrier (transaction bytes) and an `empty` one
+//    (consumers' arrivals);
+//  - warpgroups 1 and 2, the consumers (setmaxnreg 232), per k-tile 4 k-steps of two wgmma
+//    m64n128k16: cooperative and stream-K, each consumer 64 rows of a 128 x 256 tile (columns
+//    0-127 and 128-255); ping-pong, each consumer a whole 128 x 128 tile (rows 0-63 and 64-127).
+//    128 f32 accumulators a thread; one k-tile's wgmma group stays in flight while the next is
+//    issued, and a stage is released to the producer once the group that read it has completed.
 // Epilogue: each consumer thread adds the bias and the residual and stores its accumulator
 // fragments straight to y (pairs of columns where they are aligned), masked at M and N.
 //
