@@ -41,11 +41,13 @@ function tolText(): string {
 
 const HELP = `Usage: tessera check [options] [PROMPT]
 
-Runs the model on the GPU one op at a time: a prefill of PROMPT and greedy decode steps. After
-each op it runs the same op on the CPU backend with the inputs the GPU op read, and compares the
-outputs. Exits 1 if an op is out of tolerance, naming the first such op.
+Runs the model on the GPU one op at a time: a prefill of PROMPT and greedy decode steps, for a
+batch of sequences of different lengths (PROMPT and shorter suffixes of it). After each op it
+runs the same op on the CPU backend with the inputs the GPU op read, and compares the outputs.
+Exits 1 if an op is out of tolerance, naming the first such op.
 
   --decode-steps N               decode steps after the prefill (default 4)
+  --seqs N                       sequences in the batch (default 2)
   --verbose                      a line for every op of every step
   --json                         the whole report as JSON
 
@@ -76,8 +78,10 @@ export interface CheckReport {
   device: string;
   storage: 'bf16' | 'f16';
   tolerance: number;
-  promptTokens: number;
-  steps: Array<{ step: string; tokens: number; checks: number; worst: OpCheck | null; token: number }>;
+  /** Each sequence's prompt length. */
+  promptTokens: number[];
+  /** Each step: the batch's tokens, the outputs checked, the worst, and each sequence's next token. */
+  steps: Array<{ step: string; tokens: number; checks: number; worst: OpCheck | null; next: number[] }>;
   /** Per op: outputs checked and the worst of them. */
   ops: Array<{ op: string; checks: number; worst: OpCheck }>;
   failures: OpCheck[];
@@ -113,13 +117,14 @@ export function compareOutput(gpu: HostTensor, cpu: HostTensor, tolerance: numbe
 }
 
 /**
- * Runs the prefill of `promptIds` and `decodeSteps` greedy decode steps through the backend's
- * executeChecked, each op checked against the CPU backend. The engine must be idle: this drives
- * the model below the scheduler, with a block table of its own over the KV pool.
+ * Runs the prefill of each prompt of `prompts` (one batch: sequences of different lengths, as the
+ * engine batches them) and `decodeSteps` greedy decode steps of all of them together, through the
+ * backend's executeChecked, each op checked against the CPU backend. The engine must be idle:
+ * this drives the model below the scheduler, with block tables of its own over the KV pool.
  */
 export async function checkModel(
   llm: Tessera,
-  promptIds: number[],
+  prompts: number[][],
   decodeSteps: number,
   on: { step?: (s: CheckReport['steps'][number]) => void; check?: (c: OpCheck) => void } = {},
 ): Promise<CheckReport> {
@@ -128,16 +133,18 @@ export async function checkModel(
   const storage: 'bf16' | 'f16' = llm.info.computeDtype === 'float16' ? 'f16' : 'bf16';
   const tolerance = CHECK_TOLERANCE[storage];
   const cpu = new CpuBackend();
-  const seq = new Sequence(0, 'check', promptIds, resolveSamplingParams({ temperature: 0 }));
+  const seqs = prompts.map((ids, i) => new Sequence(i, `check-${i}`, ids, resolveSamplingParams({ temperature: 0 })));
   const blocks = new BlockManager(llm.info.kvCacheBlocks, llm.info.kvBlockSize);
-  const report: CheckReport = { device: llm.info.deviceReason, storage, tolerance, promptTokens: promptIds.length, steps: [], ops: [], failures: [], ok: true };
+  const report: CheckReport = { device: llm.info.deviceReason, storage, tolerance, promptTokens: prompts.map((p) => p.length), steps: [], ops: [], failures: [], ok: true };
   const byOp = new Map<string, { checks: number; worst: OpCheck }>();
   const vocab = llm.runner.vocabSize;
 
-  async function step(name: string, numNewTokens: number): Promise<number> {
-    if (!blocks.grow(seq.blockTable, seq.numTokens))
-      throw new TesseraError(`the KV cache (${llm.info.kvCacheBlocks} blocks of ${llm.info.kvBlockSize}) cannot hold ${seq.numTokens} tokens; give it more with --kv-cache-memory.`, 'invalid_input');
-    const batch: StepBatch = llm.runner.prepare([{ seq, numNewTokens, sample: true }]);
+  /** One step of every sequence (numNewTokens each); the greedy next token of each. */
+  async function step(name: string, numNewTokens: (seq: Sequence) => number): Promise<number[]> {
+    for (const seq of seqs)
+      if (!blocks.grow(seq.blockTable, seq.numTokens))
+        throw new TesseraError(`the KV cache (${llm.info.kvCacheBlocks} blocks of ${llm.info.kvBlockSize}) cannot hold ${seqs.map((q) => q.numTokens).join(' + ')} tokens; give it more with --kv-cache-memory.`, 'invalid_input');
+    const batch: StepBatch = llm.runner.prepare(seqs.map((seq) => ({ seq, numNewTokens: numNewTokens(seq), sample: true })));
     let worst: OpCheck | null = null, checks = 0;
     const logits = await backend.executeChecked!(batch, async (call: CheckedCall) => {
       const ref = await cpu.runOp(call.op, call.attrs, call.inputs, call.outputs.map((t) => t.shape), batch);
@@ -156,26 +163,33 @@ export async function checkModel(
         if (!c.ok) report.failures.push(c);
       });
     });
-    // The next token: greedy on the GPU's logits of the last row.
-    const rows = logits.length / vocab;
-    const token = argmax(logits.subarray((rows - 1) * vocab, rows * vocab));
-    const s = { step: name, tokens: numNewTokens, checks, worst, token };
+    // The next tokens: greedy on the GPU's logits, a row per sequence.
+    const tokens = seqs.map((_, r) => argmax(logits.subarray(r * vocab, (r + 1) * vocab)));
+    const s = { step: name, tokens: batch.numTokens, checks, worst, next: tokens };
     report.steps.push(s);
     on.step?.(s);
-    return token;
+    return tokens;
   }
 
-  let token = await step('prefill', promptIds.length);
-  seq.numComputedTokens = promptIds.length;
+  let next = await step('prefill', (seq) => seq.numTokens);
+  for (const seq of seqs) seq.numComputedTokens = seq.numTokens;
   for (let i = 1; i <= decodeSteps; i++) {
-    seq.appendToken(token);
-    token = await step(`decode ${i}`, 1);
-    seq.numComputedTokens++;
+    seqs.forEach((seq, r) => seq.appendToken(next[r]));
+    next = await step(`decode ${i}`, () => 1);
+    for (const seq of seqs) seq.numComputedTokens++;
   }
-  blocks.release(seq.blockTable);
+  for (const seq of seqs) blocks.release(seq.blockTable);
   report.ops = [...byOp.entries()].map(([op, o]) => ({ op, ...o })).sort((a, b) => b.worst.relError - a.worst.relError);
   report.ok = report.failures.length === 0;
   return report;
+}
+
+/**
+ * The batch tessera check runs: the prompt, and for --seqs N > 1 its suffixes dropping a few more
+ * tokens each, so the sequences' lengths differ (at least one token each).
+ */
+export function checkPrompts(ids: number[], seqs: number): number[][] {
+  return Array.from({ length: seqs }, (_, i) => ids.slice(Math.min(ids.length - 1, 3 * i)));
 }
 
 function notOnGpu(device: string): TesseraError {
@@ -186,7 +200,7 @@ const fmt = (x: number) => (Number.isFinite(x) ? x.toExponential(2) : String(x))
 const where = (c: OpCheck) => `${c.step} #${c.index} ${c.label} (${c.op}${c.output > 0 ? ` output ${c.output}` : ''}, [${c.shape.join(', ')}] ${c.dtype})`;
 
 export async function check(argv: string[]): Promise<number> {
-  const { values, positionals } = parse(argv, { ...MODEL_OPTIONS, 'decode-steps': { type: 'string' }, verbose: { type: 'boolean' }, json: { type: 'boolean' } }, 'check');
+  const { values, positionals } = parse(argv, { ...MODEL_OPTIONS, 'decode-steps': { type: 'string' }, seqs: { type: 'string' }, verbose: { type: 'boolean' }, json: { type: 'boolean' } }, 'check');
   if (values.help) {
     console.log(HELP);
     return 0;
@@ -194,12 +208,14 @@ export async function check(argv: string[]): Promise<number> {
   if (positionals.length > 1) throw new TesseraError(`tessera check takes one prompt, not ${positionals.length} (quote it).`, 'invalid_input');
   const decodeSteps = numberFlag(values, 'decode-steps', true) ?? 4;
   if (decodeSteps < 0 || decodeSteps > 256) throw new TesseraError(`--decode-steps must be 0 to 256, not ${decodeSteps}.`, 'invalid_input');
+  const numSeqs = numberFlag(values, 'seqs', true) ?? 2;
+  if (numSeqs < 1 || numSeqs > 16) throw new TesseraError(`--seqs must be 1 to 16, not ${numSeqs}.`, 'invalid_input');
   const { dir, opts } = modelOptions(values);
   const prompt = positionals[0] ?? DEFAULT_PROMPT;
   if (opts.device === 'cpu') throw notOnGpu('cpu (asked for)');
   // One sequence, and a small KV pool unless asked for more: each attention op downloads its
   // layer's whole cache.
-  const { llm, reportLoad } = await loadForCli(dir, { ...opts, maxNumSeqs: opts.maxNumSeqs ?? 1, kvCacheBytes: opts.kvCacheBytes ?? CHECK_KV_BYTES }, !!values.json);
+  const { llm, reportLoad } = await loadForCli(dir, { ...opts, maxNumSeqs: opts.maxNumSeqs ?? numSeqs, kvCacheBytes: opts.kvCacheBytes ?? CHECK_KV_BYTES }, !!values.json);
   try {
     if (!llm.runner.backend.executeChecked) throw notOnGpu(llm.info.deviceReason);
     const ids = llm.tokenizer.encode(prompt, { addSpecialTokens: true });
@@ -207,9 +223,13 @@ export async function check(argv: string[]): Promise<number> {
     if (ids.length + decodeSteps > llm.info.maxModelLen)
       throw new TesseraError(`the prompt (${ids.length} tokens) and ${decodeSteps} decode steps do not fit the model length of ${llm.info.maxModelLen}.`, 'invalid_input');
     reportLoad();
-    if (!values.json) console.error(`tessera check: every op on ${llm.info.deviceReason} against the CPU backend on the same inputs (${ids.length} prompt tokens, ${decodeSteps} decode steps)`);
+    const prompts = checkPrompts(ids, numSeqs);
+    if (!values.json)
+      console.error(
+        `tessera check: every op on ${llm.info.deviceReason} against the CPU backend on the same inputs (${prompts.length === 1 ? 'a sequence' : `${prompts.length} sequences`} of ${prompts.map((p) => p.length).join(', ')} prompt tokens, ${decodeSteps} decode steps)`,
+      );
     const verbose = !!values.verbose && !values.json;
-    const report = await checkModel(llm, ids, decodeSteps, {
+    const report = await checkModel(llm, prompts, decodeSteps, {
       step: (s) => {
         if (values.json) return;
         const w = s.worst;

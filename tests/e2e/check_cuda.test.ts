@@ -50,10 +50,13 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
       await tiny?.remove();
     });
 
-    it('every op of the prefill and of 3 decode steps is within tolerance of the CPU backend on its inputs', async () => {
+    it('every op of the prefill and of 3 decode steps of two sequences of different lengths is within tolerance of the CPU backend on its inputs', async () => {
       const u = uniform(VARIANTS.indexOf(variant) + 7);
       const prompt = Array.from({ length: 21 }, () => Math.floor(u() * 256));
-      const report = await checkModel(llm, prompt, 3);
+      const report = await checkModel(llm, [prompt, prompt.slice(5)], 3);
+      expect(report.promptTokens).toEqual([21, 16]);
+      expect(report.steps.map((s) => s.tokens)).toEqual([37, 2, 2, 2]);
+      for (const s of report.steps) expect(s.next).toHaveLength(2);
       expect(report.failures.map((f) => `${f.step} ${f.label}: ${f.relError}`)).toEqual([]);
       expect(report.ok).toBe(true);
       expect(report.tolerance).toBe(CHECK_TOLERANCE[dtype === 'float16' ? 'f16' : 'bf16']);
@@ -78,7 +81,7 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
       actMul({ ...ctx, attrs: { ...ctx.attrs, act: 'gelu' } });
     };
     try {
-      const report = await checkModel(llm, llm.tokenizer.encode('Once upon a time'), 1);
+      const report = await checkModel(llm, [llm.tokenizer.encode('Once upon a time')], 1);
       expect(report.ok).toBe(false);
       expect(new Set(report.failures.map((f) => f.op))).toEqual(new Set(['act_mul']));
       // Every act_mul call of both steps (the demo model has 4 layers).
@@ -95,7 +98,9 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
   it('tessera check prints a line a step and the worst output of each op, and --json the report', async () => {
     const text = await runCli(['check', '--decode-steps', '2', 'In the beginning']);
     expect(text.code, text.stderr).toBe(0);
-    expect(text.stderr).toMatch(/tessera check: every op on cuda:0 .* against the CPU backend on the same inputs \(\d+ prompt tokens, 2 decode steps\)/);
+    expect(text.stderr).toMatch(/tessera check: every op on cuda:0 .* against the CPU backend on the same inputs \(2 sequences of (\d+), (\d+) prompt tokens, 2 decode steps\)/);
+    const [, a, b] = /sequences of (\d+), (\d+) prompt/.exec(text.stderr)!;
+    expect(Number(a) - Number(b)).toBe(3);
     const lines = text.stdout.split('\n');
     expect(lines.filter((l) => /^(prefill|decode \d) +\d+ tokens +\d+ outputs +worst \d/.test(l))).toHaveLength(3);
     for (const op of ['embedding', 'rmsnorm', 'matmul', 'matmul_add', 'rope_kv_write', 'attention', 'act_mul']) expect(text.stdout, op).toMatch(new RegExp(`^  ${op} +\\d+ outputs +\\S+  ok  `, 'm'));
@@ -105,6 +110,9 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
     const report = JSON.parse(json.stdout);
     expect(report).toMatchObject({ ok: true, storage: 'bf16', failures: [] });
     expect(report.steps).toHaveLength(2);
+    const one = await runCli(['check', '--decode-steps', '1', '--seqs', '1', '--json']);
+    expect(one.code, one.stderr).toBe(0);
+    expect(JSON.parse(one.stdout).promptTokens).toHaveLength(1);
   }, 120_000);
 });
 
@@ -117,6 +125,7 @@ describe('tessera check: what it refuses', () => {
       [['--decode-steps', '300'], 'tessera: --decode-steps must be 0 to 256, not 300.'],
       [['--decode-steps', 'x'], 'tessera: --decode-steps takes a whole number, not "x".'],
       [['a', 'b'], 'tessera: tessera check takes one prompt, not 2 (quote it).'],
+      [['--seqs', '0'], 'tessera: --seqs must be 1 to 16, not 0.'],
     ] as const) {
       const r = await runCli(['check', ...args]);
       expect(r.code, args.join(' ')).toBe(1);
