@@ -18,8 +18,8 @@ import type { HostTensor, StepBatch } from '../backend/backend.js';
 import type { Attrs } from '../graph/ir.js';
 import { OPS, type OpName } from '../graph/ops.js';
 import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
-import { sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
-import { GEMM_HOPPER_VARIANTS, GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
+import { ATTENTION_VARIANTS, sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
+import { GEMM_HOPPER_VARIANTS, GEMM_VARIANTS, GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32, f16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -260,8 +260,8 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
     for (const m of shapes.gemm.m) {
       if (dtype === 'f16' && !(f16 && f16.models.includes(p.model) && f16.m.includes(m))) continue;
       // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
-      // (sm90, sm90s and sm90p need compute capability 9: benchKernels skips them elsewhere, and
-      // sm90s where its plan does not split K, which is sm90's launch).
+      // (the Hopper rungs need compute capability 9: benchKernels skips them elsewhere, and sm90s
+      // where its plan does not split K, which is sm90's launch).
       const variants = gemmLadder(m);
       for (const variant of variants)
         cases.push({
@@ -604,7 +604,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
   const skipKernels = new Set(((values['skip-kernels'] as string | undefined) ?? '').split(',').map((k) => k.trim().replace(/\s+/g, ' ')).filter((k) => k));
   // Any op of the IR with a variant the launchers know: a list made for the full case list (the
   // GPU run's) also holds for a smaller one.
-  const variants = ['default', 'tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90o'];
+  const variants = ['default', ...new Set<string>([...GEMM_VARIANTS, ...ATTENTION_VARIANTS])];
   for (const k of skipKernels) {
     const [op, variant, ...rest] = k.split(' ');
     if (!(op in OPS) || !variants.includes(variant) || rest.length > 0)

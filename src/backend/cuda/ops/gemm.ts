@@ -208,17 +208,12 @@ export const GEMM_SM90_KERNELS: Record<GemmOutDType, KernelDecl> = {
   bf16: { name: 'ts_gemm_sm90_bf16', params: GEMM_SM90_PARAMS },
   f32: { name: 'ts_gemm_sm90_bf16_f32', params: GEMM_SM90_PARAMS },
 };
+/** Stream-K: the maps, y, bias and res as above, its slots and tile counters, M N K, and its split of the work. */
 const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
-  ['tmX', 'tmap'],
-  ['tmW', 'tmap'],
-  ['y', 'ptr'],
-  ['bias', 'ptr'],
-  ['res', 'ptr'],
+  ...GEMM_SM90_PARAMS.slice(0, 5),
   ['ws', 'ptr'],
   ['counters', 'ptr'],
-  ['M', 'i32'],
-  ['N', 'i32'],
-  ['K', 'i32'],
+  ...GEMM_SM90_PARAMS.slice(5, 8),
   ['dpTiles', 'i32'],
   ['kTilesPerBlock', 'i32'],
 ];

@@ -6,6 +6,7 @@
 import type { Attrs } from '../../../graph/ir.js';
 import type { DevPtr, DeviceProperties } from '../driver.js';
 import type { ArgValue, KernelDecl } from '../kernel_decl.js';
+import type { GemmVariant } from './gemm.js';
 
 export type DeviceDType = 'bf16' | 'f16' | 'f32' | 'i32';
 
@@ -51,7 +52,7 @@ export interface Launch {
 
 export interface CudaOpContext {
   /** The measured GEMM variant for M rows on this GPU (kernels/choices), or null: the launcher's default. */
-  gemmChoice?(M: number): 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | null;
+  gemmChoice?(M: number): GemmVariant | null;
   /** The measured prefill attention variant for this head dim on this GPU (kernels/choices), or null: the launcher's default. */
   attentionChoice?(headDim: number): 'tiles' | 'sm90' | 'sm90o' | null;
   inputs: DeviceTensor[];
