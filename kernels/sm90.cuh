@@ -55,6 +55,50 @@ TS_DEVICE void tma_load_3d(void* dst, const CUtensorMap* map, uint64_t* bar, int
       : "memory");
 }
 
+// ---- thread-block clusters (a launch with a cluster dimension; kernels/gemm_sm90.cu's sm90c)
+
+TS_DEVICE uint32_t cluster_ctarank() {
+  uint32_t r;
+  asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
+  return r;
+}
+TS_DEVICE uint32_t cluster_nctarank() {
+  uint32_t n;
+  asm volatile("mov.u32 %0, %%cluster_nctarank;\n" : "=r"(n));
+  return n;
+}
+// Every non-exited thread of the cluster arrives, then waits (not .aligned: warps whose other
+// lanes have exited call it too). Release / acquire order shared memory across the cluster.
+TS_DEVICE void cluster_arrive() { asm volatile("barrier.cluster.arrive.release;\n" ::: "memory"); }
+TS_DEVICE void cluster_wait() { asm volatile("barrier.cluster.wait.acquire;\n" ::: "memory"); }
+TS_DEVICE void cluster_sync() {
+  cluster_arrive();
+  cluster_wait();
+}
+
+// Arrives on the mbarrier at the same shared offset as `bar` in the cluster's block `cta` (mapa
+// maps the address into that block's window).
+TS_DEVICE void mbar_arrive_cluster(uint64_t* bar, uint32_t cta) {
+  asm volatile(
+      "{\n"
+      ".reg .b32 remote;\n"
+      "mapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n"
+      "}\n" ::"r"(smem_u32(bar)),
+      "r"(cta)
+      : "memory");
+}
+
+// A TMA box written to `dst` in every block of the cluster that `ctaMask` names, each completing
+// bytes on its own mbarrier at `bar`'s offset.
+TS_DEVICE void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1, uint16_t ctaMask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(
+          smem_u32(dst)),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(smem_u32(bar)), "h"(ctaMask)
+      : "memory");
+}
+
 // ---- named barriers (id 0 is __syncthreads'), and the generic-to-async proxy fence: shared
 // memory written by ordinary stores is visible to wgmma's reads only after it.
 

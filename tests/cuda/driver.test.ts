@@ -12,6 +12,7 @@ import { packArgs, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js
 import { buildMock, setLaunchHook } from './mock/mock.js';
 
 const mockPath = buildMock();
+const noClusterMockPath = mockPath && buildMock({ withoutClusterLaunch: true });
 if (!mockPath) console.log('cuda driver bridge: skipped: no C compiler to build the stand-in libcuda');
 
 describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
@@ -21,6 +22,18 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
   const driver = (loaded as { driver: CudaDriver }).driver;
   const mock = koffi.load(mockPath!);
   const lastLaunch = mock.func('int mock_last_launch(_Out_ uint8_t *name, _Out_ uint32_t *geom, _Out_ uint8_t *args)');
+  const lastClusterOf = mock.func('void mock_last_cluster(_Out_ uint32_t *cluster)');
+  const lastCluster = () => {
+    const c = new Uint32Array(3);
+    lastClusterOf(c);
+    return [...c];
+  };
+  const counts = mock.func('int mock_counts(_Out_ int *launches, _Out_ int *graphs)');
+  const launchCount = () => {
+    const launches = [0], graphs = [0];
+    counts(launches, graphs);
+    return launches[0];
+  };
   afterAll(() => {
     if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
     else process.env.TESSERA_LIBCUDA = saved;
@@ -73,6 +86,95 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     expect([...bytes.subarray(0, size)]).toEqual([...new Uint8Array(expected.buffer, 0, size)]);
   });
 
+  it('launches a thread-block cluster through cuLaunchKernelEx; a plain launch is a cluster of one', () => {
+    expect(driver.hasClusterLaunch).toBe(true);
+    const decl: KernelDecl = { name: 'ts_cluster_test', params: [['out', 'ptr'], ['n', 'i32']] };
+    const args = { out: 0xabcd_ef00n, n: 42 };
+    const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
+    const stream = driver.createStream();
+    driver.launchCluster(fn, [8, 3, 2], [256, 1, 1], [2, 1, 2], 2048, stream, (view) => packArgs(view, decl, args));
+    const name = new Uint8Array(128), geom = new Uint32Array(7), bytes = new Uint8Array(64);
+    const size = lastLaunch(name, geom, bytes) as number;
+    expect(new TextDecoder().decode(name.subarray(0, name.indexOf(0)))).toBe('ts_cluster_test');
+    expect([...geom]).toEqual([8, 3, 2, 256, 1, 1, 2048]);
+    expect(lastCluster()).toEqual([2, 1, 2]);
+    const expected = new DataView(new ArrayBuffer(64));
+    expect(size).toBe(12);
+    expect(size).toBe(packArgs(expected, decl, args));
+    expect([...bytes.subarray(0, size)]).toEqual([...new Uint8Array(expected.buffer, 0, size)]);
+    // The config buffer is reused: a second cluster launch replaces every field of the first.
+    driver.launchCluster(fn, [4, 1, 1], [128, 2, 1], [4, 1, 1], 0, stream, (view) => packArgs(view, decl, args));
+    lastLaunch(name, geom, bytes);
+    expect([...geom]).toEqual([4, 1, 1, 128, 2, 1, 0]);
+    expect(lastCluster()).toEqual([4, 1, 1]);
+    driver.launch(fn, [3, 1, 1], [64, 1, 1], 0, stream, (view) => packArgs(view, decl, args));
+    lastLaunch(name, geom, bytes);
+    expect([...geom]).toEqual([3, 1, 1, 64, 1, 1, 0]);
+    expect(lastCluster()).toEqual([1, 1, 1]);
+  });
+
+  it('refuses a cluster that does not divide the grid, or is empty or too large, naming the field', () => {
+    const decl: KernelDecl = { name: 'ts_cluster_test', params: [['n', 'i32']] };
+    const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
+    const stream = driver.createStream();
+    const pack = (view: DataView) => packArgs(view, decl, { n: 1 });
+    const before = launchCount();
+    expect(() => driver.launchCluster(fn, [3, 1, 1], [128, 1, 1], [2, 1, 1], 0, stream, pack)).toThrow('launchCluster: grid[0] (3) must be a multiple of cluster[0] (2)');
+    expect(() => driver.launchCluster(fn, [4, 6, 1], [128, 1, 1], [1, 4, 1], 0, stream, pack)).toThrow('launchCluster: grid[1] (6) must be a multiple of cluster[1] (4)');
+    expect(() => driver.launchCluster(fn, [4, 1, 1], [128, 1, 1], [0, 1, 1], 0, stream, pack)).toThrow('launchCluster: cluster[0] must be a positive integer, not 0');
+    expect(() => driver.launchCluster(fn, [4, 1, 1], [128, 1, 1], [2, 1.5, 1], 0, stream, pack)).toThrow('launchCluster: cluster[1] must be a positive integer, not 1.5');
+    expect(() => driver.launchCluster(fn, [16, 16, 1], [128, 1, 1], [4, 4, 1], 0, stream, pack)).toThrow('launchCluster: cluster [4, 4, 1] has 16 blocks; at most 8 are allowed');
+    expect(() => driver.maxActiveClusters(fn, [9, 1, 1], [128, 1, 1], [2, 1, 1], 0)).toThrow('maxActiveClusters: grid[0] (9) must be a multiple of cluster[0] (2)');
+    expect(launchCount()).toBe(before); // none reached the driver
+
+    // The stand-in itself, called with a hand-built CUlaunchConfig (56 bytes: grid, block and
+    // shared memory, the stream at 32, attrs at 40, numAttrs at 48) and one CUlaunchAttribute
+    // (72 bytes: the id, then the cluster at 8), refuses the same launches with
+    // CUDA_ERROR_INVALID_CLUSTER_SIZE.
+    const launchEx = mock.func('int cuLaunchKernelEx(void *config, void *fn, void **params, void **extra)');
+    const occupancy = mock.func('int cuOccupancyMaxActiveClusters(_Out_ int *n, void *fn, void *config)');
+    const memory = koffi.alloc('uint64_t', (56 + 72) / 8);
+    const view = new DataView(koffi.view(memory, 56 + 72));
+    const config = (grid: number[], cluster: number[] | null) => {
+      new Uint8Array(view.buffer, view.byteOffset, 56 + 72).fill(0);
+      grid.forEach((g, i) => view.setUint32(4 * i, g, true));
+      [128, 1, 1].forEach((b, i) => view.setUint32(12 + 4 * i, b, true));
+      view.setBigUint64(40, koffi.address(memory) + 56n, true);
+      view.setUint32(48, cluster ? 1 : 0, true);
+      view.setInt32(56, 4, true); // CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION
+      cluster?.forEach((c, i) => view.setUint32(64 + 4 * i, c, true));
+      return memory;
+    };
+    const argCell = koffi.alloc('uint8_t', 8), sizeCell = koffi.alloc('uint64_t', 1);
+    new DataView(koffi.view(sizeCell, 8)).setBigUint64(0, 4n, true);
+    const extra = new BigUint64Array([1n, koffi.address(argCell), 2n, koffi.address(sizeCell), 0n]);
+    expect(launchEx(config([3, 1, 1], [2, 1, 1]), fn, null, extra)).toBe(912);
+    expect(launchEx(config([16, 16, 1], [4, 4, 1]), fn, null, extra)).toBe(912);
+    expect(launchCount()).toBe(before);
+    expect(driver.errorName(912)).toBe('CUDA_ERROR_INVALID_CLUSTER_SIZE');
+    view.setBigUint64(32, 0x7n, true); // not a stream of the stand-in's
+    expect(launchEx(memory, fn, null, extra)).toBe(400);
+    expect(launchEx(config([4, 2, 1], [2, 2, 1]), fn, null, extra)).toBe(0);
+    expect(lastCluster()).toEqual([2, 2, 1]);
+    expect(launchCount()).toBe(before + 1);
+    // Without the attribute, cuLaunchKernelEx is a plain launch and occupancy has no cluster to size.
+    expect(launchEx(config([3, 1, 1], null), fn, null, extra)).toBe(0);
+    expect(lastCluster()).toEqual([1, 1, 1]);
+    const n = [0];
+    expect(occupancy(n, fn, config([2, 1, 1], null))).toBe(912);
+    expect(occupancy(n, fn, config([16, 1, 1], [16, 1, 1]))).toBe(912);
+    expect(occupancy(n, fn, config([4, 1, 1], [4, 1, 1]))).toBe(0);
+    expect(n[0]).toBe(33); // 132 SMs / 4
+  });
+
+  it('sizes a grid of clusters: cuOccupancyMaxActiveClusters on 132 SMs (compute capability 9.0)', () => {
+    const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), 'ts_cluster_test');
+    expect(driver.maxActiveClusters(fn, [132, 1, 1], [256, 1, 1], [2, 1, 1], 0)).toBe(66);
+    expect(driver.maxActiveClusters(fn, [4, 2, 1], [384, 1, 1], [1, 2, 1], 0)).toBe(66);
+    expect(driver.maxActiveClusters(fn, [8, 1, 1], [256, 1, 1], [8, 1, 1], 100_000)).toBe(16);
+    expect(driver.maxActiveClusters(fn, [1, 1, 1], [256, 1, 1], [1, 1, 1], 0)).toBe(132);
+  });
+
   it('captures, instantiates and replays a graph, and times with events', () => {
     const stream = driver.createStream();
     driver.beginCapture(stream);
@@ -109,6 +211,69 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     driver.currentOp = null;
     expect(err).toBeInstanceOf(CudaError);
     expect((err as Error).message).toBe('CUDA cuDeviceGet failed with CUDA_ERROR_INVALID_DEVICE (101) while running model.layers.0.attention.');
+  });
+});
+
+describe.skipIf(!noClusterMockPath)('a driver without cuLaunchKernelEx (stand-in libcuda)', () => {
+  it('loads and launches as before; a cluster launch or its occupancy says the driver is too old', () => {
+    const saved = process.env.TESSERA_LIBCUDA;
+    process.env.TESSERA_LIBCUDA = noClusterMockPath!;
+    const loaded = loadDriver();
+    if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
+    else process.env.TESSERA_LIBCUDA = saved;
+    expect('reason' in loaded ? loaded.reason : '').toBe('');
+    const driver = (loaded as { driver: CudaDriver }).driver;
+    expect(driver.hasClusterLaunch).toBe(false);
+    const decl: KernelDecl = { name: 'ts_cluster_test', params: [['n', 'i32']] };
+    const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
+    const stream = driver.createStream();
+    driver.launch(fn, [2, 1, 1], [128, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }));
+    expect(() => driver.launchCluster(fn, [2, 1, 1], [128, 1, 1], [2, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }))).toThrow(
+      'The CUDA driver (13.0) lacks cuLaunchKernelEx: thread-block clusters need CUDA 12 or newer.',
+    );
+    expect(() => driver.maxActiveClusters(fn, [2, 1, 1], [128, 1, 1], [2, 1, 1], 0)).toThrow(
+      'The CUDA driver (13.0) lacks cuOccupancyMaxActiveClusters: thread-block clusters need CUDA 12 or newer.',
+    );
+  });
+});
+
+describe.skipIf(!mockPath)('cluster launches through the CUDA backend (stand-in libcuda)', () => {
+  it('a Launch with a cluster of more than one block goes through cuLaunchKernelEx; maxActiveClusters asks the driver', async () => {
+    const { existsSync } = await import('node:fs');
+    if (!existsSync(path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin'))) return; // CudaBackend.create needs it
+    const saved = process.env.TESSERA_LIBCUDA;
+    process.env.TESSERA_LIBCUDA = mockPath!;
+    const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
+    let backend: ReturnType<typeof CudaBackend.create> | null = null;
+    try {
+      backend = CudaBackend.create();
+      const mock = koffi.load(mockPath!);
+      const lastLaunch = mock.func('int mock_last_launch(_Out_ uint8_t *name, _Out_ uint32_t *geom, _Out_ uint8_t *args)');
+      const lastClusterOf = mock.func('void mock_last_cluster(_Out_ uint32_t *cluster)');
+      const last = () => {
+        const name = new Uint8Array(128), geom = new Uint32Array(7), cluster = new Uint32Array(3);
+        lastLaunch(name, geom, new Uint8Array(4096));
+        lastClusterOf(cluster);
+        return { grid: [...geom.subarray(0, 3)], cluster: [...cluster] };
+      };
+      const decl: KernelDecl = { name: 'ts_backend_cluster_test', params: [['n', 'i32']] };
+      backend.launchKernel(decl, { grid: [6, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 });
+      expect(last()).toEqual({ grid: [6, 1, 1], cluster: [2, 1, 1] });
+      // A cluster of one block, or none, is an ordinary cuLaunchKernel (which the TypeScript
+      // validation of clusters never sees: grid 5 is no multiple of anything but 1 and 5).
+      backend.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1], cluster: [1, 1, 1] }, { n: 1 });
+      expect(last()).toEqual({ grid: [5, 1, 1], cluster: [1, 1, 1] });
+      backend.launchKernel(decl, { grid: [6, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 });
+      backend.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1] }, { n: 1 });
+      expect(last()).toEqual({ grid: [5, 1, 1], cluster: [1, 1, 1] });
+      expect(() => backend!.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 })).toThrow('launchCluster: grid[0] (5) must be a multiple of cluster[0] (2)');
+      expect(backend.maxActiveClusters(decl, { grid: [132, 1, 1], block: [256, 1, 1], cluster: [2, 1, 1], sharedBytes: 200_000 })).toBe(66);
+      expect(backend.maxActiveClusters(decl, { grid: [132, 1, 1], block: [256, 1, 1] })).toBe(132);
+    } finally {
+      await backend?.dispose();
+      if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
+      else process.env.TESSERA_LIBCUDA = saved;
+    }
   });
 });
 

@@ -215,6 +215,43 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     }
   });
 
+  it('runs the blocks of a cluster together: rank and size, cluster barriers over the threads that have not exited, arrivals on a peer\'s mbarrier', () => {
+    const params: Array<[string, ParamType]> = [['out', 'ptr'], ['with_sync', 'i32']];
+    const out = upload(new Int32Array(16));
+    const run = (withSync: number) => {
+      const fn = driver.getFunction(module, 'ts_emu_selftest_cluster');
+      driver.launchCluster(fn, [4, 1, 1], [64, 1, 1], [2, 1, 1], 0, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_cluster', params }, { out, with_sync: withSync }));
+      driver.synchronize(stream);
+    };
+    run(1);
+    expect([...download(new Int32Array(16), out)]).toEqual([0, 2, 1, 0, 1, 2, 1, 0, 0, 2, 1, 0, 1, 2, 1, 0]);
+    // Under a drawn schedule one block of each cluster starts late: without the cluster barrier
+    // after the initialization, the other block arrives on a barrier its peer has not made yet
+    // (in the launches where the late block is the one arrived on).
+    process.env.TESSERA_EMU_SCHEDULE = '3';
+    try {
+      const messages: string[] = [];
+      for (let i = 0; i < 12 && messages.length === 0; i++) {
+        try {
+          run(0);
+        } catch {
+          messages.push(failure(() => {
+            throw new Error('CUDA_ERROR_LAUNCH_FAILED');
+          }));
+        }
+      }
+      expect(messages[0]).toMatch(
+        /^ts_emu_selftest_cluster: block \([0-3],0,0\) thread \(\d+,0,0\): mbarrier\.arrive\.shared::cluster: shared address 0x[0-9a-f]+ of the cluster's block of rank [01] is not an initialized mbarrier \(schedule 3, launch \d+ of this process\)$/,
+      );
+      for (let i = 0; i < 4; i++) {
+        run(1);
+        expect([...download(new Int32Array(16), out)]).toEqual([0, 2, 1, 0, 1, 2, 1, 0, 0, 2, 1, 0, 1, 2, 1, 0]);
+      }
+    } finally {
+      process.env.TESSERA_EMU_SCHEDULE = '0';
+    }
+  });
+
   it('counts exited threads as arrived at a barrier', () => {
     const out = upload(new Int32Array(32));
     launch('ts_emu_selftest_exit', [['out', 'ptr']], { out }, 32);

@@ -436,7 +436,21 @@ export class CudaBackend implements Backend {
     const shared = launch.sharedBytes ?? 0;
     const fn = this.fn(decl, shared);
     if (launch.grid.some((g) => g < 1) || launch.block.some((b) => b < 1)) throw new Error(`${decl.name}: empty launch ${JSON.stringify(launch)}`);
-    this.driver.launch(fn, launch.grid, launch.block, shared, this.stream, (view) => packArgs(view, decl, args));
+    const pack = (view: DataView) => packArgs(view, decl, args);
+    // A cluster of one block is an ordinary launch: cuLaunchKernel, which every driver has.
+    if (launch.cluster && launch.cluster[0] * launch.cluster[1] * launch.cluster[2] > 1)
+      this.driver.launchCluster(fn, launch.grid, launch.block, launch.cluster, shared, this.stream, pack);
+    else this.driver.launch(fn, launch.grid, launch.block, shared, this.stream, pack);
+  }
+
+  /**
+   * CudaOpContext.maxActiveClusters, and for kernel labs and probes as launchKernel is: the
+   * function resolved (and its shared memory limit raised) as launchDecl does.
+   */
+  maxActiveClusters(decl: KernelDecl, launch: Launch): number {
+    const shared = launch.sharedBytes ?? 0;
+    const fn = this.fn(decl, shared);
+    return this.driver.maxActiveClusters(fn, launch.grid, launch.block, launch.cluster ?? [1, 1, 1], shared);
   }
 
   private scratch(bytes: number): DevPtr {
@@ -595,6 +609,7 @@ export class CudaBackend implements Backend {
       step,
       device: this.device,
       launch: (decl, launch, args) => this.launchDecl(decl, launch, args),
+      maxActiveClusters: (decl, launch) => this.maxActiveClusters(decl, launch),
       constant: (key, make) => this.constant(key, make),
       scratch: (bytes) => this.scratch(bytes),
       tensorMap2d: (t, box, swizzle) => this.tensorMap2d(t, box, swizzle),

@@ -59,6 +59,20 @@ const CU_LAUNCH_PARAM_END = 0n;
 /** Largest packed kernel-argument buffer (the driver's limit is 4 KiB). */
 const ARG_BUFFER_BYTES = 4096;
 
+/**
+ * CUlaunchConfig as cuda.h (CUDA 13.0) lays it out on a 64-bit host: seven unsigned ints
+ * (gridDimX..Z, blockDimX..Z, sharedMemBytes) end at 28 and the pointer after them is aligned to
+ * 8, so hStream is at 32, attrs at 40, numAttrs at 48, and the struct is 56 bytes (checked with
+ * offsetof against the header). The one CUlaunchAttribute follows it in the same buffer: int id,
+ * padding to 8, then a 64-byte value union (72 bytes); a cluster dimension is {x, y, z} at 8.
+ */
+const LAUNCH_CONFIG = { grid: 0, block: 12, sharedMemBytes: 24, hStream: 32, attrs: 40, numAttrs: 48, bytes: 56 } as const;
+const LAUNCH_ATTRIBUTE = { id: 0, value: 8, bytes: 72 } as const;
+/** CUlaunchAttributeID (cuda.h): CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4. */
+const CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
+/** The largest cluster every Hopper part launches without CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED. */
+const MAX_PORTABLE_CLUSTER_BLOCKS = 8;
+
 // cuTensorMapEncodeTiled's enums, as cuda.h (CUDA 13.0) numbers them.
 /** CUtensorMapDataType (cuda.h): CU_TENSOR_MAP_DATA_TYPE_FLOAT16 = 6, _FLOAT32 = 7, _BFLOAT16 = 9. */
 const CU_TENSOR_MAP_DATA_TYPE = { f16: 6, f32: 7, bf16: 9 } as const;
@@ -167,6 +181,10 @@ const OPTIONAL_SIGNATURES = {
   // CUDA 12.0.
   cuTensorMapEncodeTiled:
     'int cuTensorMapEncodeTiled(void *tensorMap, int dataType, uint32_t rank, uint64_t globalAddress, const uint64_t *globalDim, const uint64_t *globalStrides, const uint32_t *boxDim, const uint32_t *elementStrides, int interleave, int swizzle, int l2Promotion, int oobFill)',
+  // CUDA 11.8 (thread-block clusters run on sm_90, which needs CUDA 12). The CUlaunchConfig is
+  // built by hand in a buffer of the driver's (LAUNCH_CONFIG), so it is passed as a plain pointer.
+  cuLaunchKernelEx: 'int cuLaunchKernelEx(const void *config, CUfunction fn, void **params, void **extra)',
+  cuOccupancyMaxActiveClusters: 'int cuOccupancyMaxActiveClusters(_Out_ int *numClusters, CUfunction fn, const void *config)',
 } as const;
 
 type Fn = (...args: unknown[]) => number;
@@ -229,6 +247,10 @@ export class CudaDriver {
   /** Host memory the driver writes tensor maps into (held so it stays allocated), and its aligned start. */
   private readonly tensorMapMemory: unknown;
   private readonly tensorMapPtr: unknown;
+  /** Host memory holding one CUlaunchConfig and its one CUlaunchAttribute (held so it stays allocated), its aligned start, and a view of both. */
+  private readonly launchConfigMemory: unknown;
+  private readonly launchConfigPtr: unknown;
+  private readonly launchConfigView: DataView;
 
   constructor(lib: koffi.IKoffiLib) {
     // koffi's type names are global: declare the handle types once per process.
@@ -260,6 +282,18 @@ export class CudaDriver {
     const align = BigInt(TENSOR_MAP_ALIGN);
     const aligned = ((koffi.address(this.tensorMapMemory) + align - 1n) / align) * align;
     this.tensorMapPtr = koffi.decode(new BigUint64Array([aligned]), 'void *');
+    // A cluster launch fills in the same CUlaunchConfig each time (8-byte aligned, as its
+    // pointers are); its attrs point at the attribute right after it, which always carries the
+    // cluster dimension.
+    const configBytes = LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.bytes;
+    this.launchConfigMemory = koffi.alloc('uint8_t', configBytes + 8);
+    const configAddress = ((koffi.address(this.launchConfigMemory) + 7n) / 8n) * 8n;
+    this.launchConfigPtr = koffi.decode(new BigUint64Array([configAddress]), 'void *');
+    this.launchConfigView = new DataView(koffi.view(this.launchConfigPtr, configBytes));
+    new Uint8Array(this.launchConfigView.buffer, this.launchConfigView.byteOffset, configBytes).fill(0);
+    this.launchConfigView.setBigUint64(LAUNCH_CONFIG.attrs, configAddress + BigInt(LAUNCH_CONFIG.bytes), true);
+    this.launchConfigView.setUint32(LAUNCH_CONFIG.numAttrs, 1, true);
+    this.launchConfigView.setInt32(LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.id, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, true);
   }
 
   errorName(status: number): string {
@@ -402,6 +436,81 @@ export class CudaDriver {
     if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
     this.sizeView.setBigUint64(0, BigInt(size), true);
     this.check('cuLaunchKernel', this.fn.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, null, this.extra));
+  }
+
+  /**
+   * Launches `fn` as `launch` does, with its blocks grouped into thread-block clusters of
+   * `cluster` blocks (cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION; sm_90 and newer).
+   */
+  launchCluster(
+    fn: Handle,
+    grid: [number, number, number],
+    block: [number, number, number],
+    cluster: [number, number, number],
+    sharedBytes: number,
+    stream: Handle,
+    pack: (view: DataView) => number,
+  ): void {
+    const launchEx = this.optional.cuLaunchKernelEx;
+    if (!launchEx) throw this.tooOldForClusters('cuLaunchKernelEx');
+    this.writeLaunchConfig('launchCluster', grid, block, cluster, sharedBytes, stream);
+    const size = pack(this.argView);
+    if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
+    this.sizeView.setBigUint64(0, BigInt(size), true);
+    this.check('cuLaunchKernelEx', launchEx(this.launchConfigPtr, fn, null, this.extra));
+  }
+
+  /**
+   * How many clusters of `cluster` blocks of `fn` can be resident at once with this block size and
+   * dynamic shared memory (cuOccupancyMaxActiveClusters): what a persistent kernel sizes its grid by.
+   */
+  maxActiveClusters(fn: Handle, grid: [number, number, number], block: [number, number, number], cluster: [number, number, number], sharedBytes: number): number {
+    const occupancy = this.optional.cuOccupancyMaxActiveClusters;
+    if (!occupancy) throw this.tooOldForClusters('cuOccupancyMaxActiveClusters');
+    // The stream plays no part in the answer.
+    this.writeLaunchConfig('maxActiveClusters', grid, block, cluster, sharedBytes, null);
+    const out = [0];
+    this.check('cuOccupancyMaxActiveClusters', occupancy(out, fn, this.launchConfigPtr));
+    return out[0];
+  }
+
+  /** Whether the driver can launch thread-block clusters and size them (cuLaunchKernelEx and cuOccupancyMaxActiveClusters, CUDA 11.8). */
+  get hasClusterLaunch(): boolean {
+    return this.optional.cuLaunchKernelEx !== undefined && this.optional.cuOccupancyMaxActiveClusters !== undefined;
+  }
+
+  private tooOldForClusters(call: string): TesseraError {
+    const v = this.driverVersion();
+    return new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) lacks ${call}: thread-block clusters need CUDA 12 or newer.`, 'device');
+  }
+
+  /**
+   * Fills the CUlaunchConfig buffer, after checking the cluster against the grid here so that a
+   * mistake names its field (the driver says only CUDA_ERROR_INVALID_CLUSTER_SIZE).
+   */
+  private writeLaunchConfig(
+    method: string,
+    grid: [number, number, number],
+    block: [number, number, number],
+    cluster: [number, number, number],
+    sharedBytes: number,
+    stream: Handle,
+  ): void {
+    if (!Array.isArray(cluster) || cluster.length !== 3) throw new Error(`${method}: cluster must be [x, y, z], not ${JSON.stringify(cluster)}`);
+    for (let i = 0; i < 3; i++) {
+      if (!Number.isInteger(cluster[i]) || cluster[i] < 1) throw new Error(`${method}: cluster[${i}] must be a positive integer, not ${cluster[i]}`);
+      if (grid[i] % cluster[i] !== 0) throw new Error(`${method}: grid[${i}] (${grid[i]}) must be a multiple of cluster[${i}] (${cluster[i]})`);
+    }
+    const blocks = cluster[0] * cluster[1] * cluster[2];
+    if (blocks > MAX_PORTABLE_CLUSTER_BLOCKS) throw new Error(`${method}: cluster [${cluster.join(', ')}] has ${blocks} blocks; at most ${MAX_PORTABLE_CLUSTER_BLOCKS} are allowed`);
+    const v = this.launchConfigView;
+    for (let i = 0; i < 3; i++) {
+      v.setUint32(LAUNCH_CONFIG.grid + 4 * i, grid[i], true);
+      v.setUint32(LAUNCH_CONFIG.block + 4 * i, block[i], true);
+      v.setUint32(LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.value + 4 * i, cluster[i], true);
+    }
+    v.setUint32(LAUNCH_CONFIG.sharedMemBytes, sharedBytes, true);
+    v.setBigUint64(LAUNCH_CONFIG.hStream, stream === null || stream === undefined ? 0n : koffi.address(stream), true);
   }
 
   /** Whether the driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0). */

@@ -54,6 +54,9 @@ struct Thread {
   void* sp;             // saved stack pointer while switched out
   uint3 tid;            // threadIdx
   unsigned linear;      // its index in the block
+  int cta;              // its block's rank in the cluster (0 without clusters)
+  bool cluster_arrived; // barrier.cluster.arrive made, its wait not yet
+  uint64_t cluster_phase;  // the cluster barrier's phase it arrived on
   bool done;
   const char* waiting;  // what it waits at (for a deadlock report), null while running
   // While waiting: the scheduler resumes it only once *wait_gen differs from wait_val.
@@ -70,7 +73,9 @@ struct Thread {
 
 extern Thread* cur;
 extern dim3 block_idx, block_dim, grid_dim;
-extern unsigned char* const dyn_smem;  // the dynamic part of the shared window
+// The dynamic part of the running thread's block's shared window (each block of a cluster has
+// its own window; the scheduler points this at the running block's).
+extern unsigned char* dyn_smem;
 // A static __shared__ declaration's id: each template instantiation of a declaration takes its
 // own (the rewrite keeps it in a function-local static), as each has its own storage on the device.
 int new_shared_id();
@@ -114,6 +119,18 @@ void named_barrier(int id, int threads, bool wait);
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16);
 void wgmma_commit();
 void wgmma_wait(int pending);
+// Thread-block clusters: the blocks of a cluster run together, each with its own shared window at
+// the same shared addresses. The block's rank in its cluster and the cluster's size in blocks;
+// barrier.cluster.arrive / wait (every non-exited thread of the cluster); an mbarrier arrival on
+// the barrier at shared address `bar` of the cluster's block `rank` (mapa + arrive.shared::cluster);
+// a TMA load multicast to the blocks of `mask`, each at `dst` and completing bytes on its own
+// barrier at `bar`.
+unsigned cluster_rank();
+unsigned cluster_size();
+void cluster_arrive();
+void cluster_wait();
+void mbar_arrive_remote(uint32_t bar, unsigned rank);
+void tma_load_multicast(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank, uint16_t mask);
 
 template <class T>
 inline void to_words(const T& v, uint32_t* w) {

@@ -11,7 +11,7 @@ namespace emu {
 
 // Limits (cuda_emu.h): the dynamic shared bytes this function may use (48 KiB unless raised
 // through its attribute), and the most a block may have in all.
-int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len);
+int launch_grid(const char* kernel, dim3 grid, dim3 block, dim3 cluster, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len);
 
 template <class T>
 inline T take(const unsigned char* buf, size_t& off) {
@@ -41,12 +41,12 @@ struct Invoke {
 struct Entry {
   const char* name;
   size_t args_size;
-  int (*launch)(const char* name, dim3 grid, dim3 block, size_t smem, Limits limits, const unsigned char* args, char* err, size_t err_len);
+  int (*launch)(const char* name, dim3 grid, dim3 block, dim3 cluster, size_t smem, Limits limits, const unsigned char* args, char* err, size_t err_len);
 };
 template <class... A>
-inline int launch_as(void (*f)(A...), const char* name, dim3 grid, dim3 block, size_t smem, Limits limits, const unsigned char* args, char* err, size_t err_len) {
+inline int launch_as(void (*f)(A...), const char* name, dim3 grid, dim3 block, dim3 cluster, size_t smem, Limits limits, const unsigned char* args, char* err, size_t err_len) {
   const Invoke<A...> inv{f, args};
-  return launch_grid(name, grid, block, smem, limits, &Invoke<A...>::body, &inv, err, err_len);
+  return launch_grid(name, grid, block, cluster, smem, limits, &Invoke<A...>::body, &inv, err, err_len);
 }
 extern const Entry ENTRIES[];
 extern const int N_ENTRIES;
@@ -54,10 +54,11 @@ extern const int N_ENTRIES;
 }  // namespace emu
 
 #define EMU_ENTRY(k) \
-  { #k, ::emu::args_size(&k), [](const char* n, dim3 g, dim3 b, size_t s, ::emu::Limits lim, const unsigned char* a, char* e, size_t el) { return ::emu::launch_as(&k, n, g, b, s, lim, a, e, el); } }
+  { #k, ::emu::args_size(&k), [](const char* n, dim3 g, dim3 b, dim3 c, size_t s, ::emu::Limits lim, const unsigned char* a, char* e, size_t el) { return ::emu::launch_as(&k, n, g, b, c, s, lim, a, e, el); } }
 
 // geom: grid x, y, z, block x, y, z, dynamic shared bytes, the dynamic bytes the function may use,
-// the shared bytes a block may have in all. Returns 0, or -1 with a sentence in err.
+// the shared bytes a block may have in all, cluster x, y, z (1, 1, 1 without clusters). Returns 0,
+// or -1 with a sentence in err.
 extern "C" __attribute__((visibility("default"))) int emu_launch(const char* name, const unsigned* geom, const void* args, size_t args_size, char* err, size_t err_len) {
   for (int i = 0; i < emu::N_ENTRIES; i++) {
     const emu::Entry& e = emu::ENTRIES[i];
@@ -66,7 +67,7 @@ extern "C" __attribute__((visibility("default"))) int emu_launch(const char* nam
       snprintf(err, err_len, "%s: the launch passed %zu bytes of arguments; the kernel takes %zu", name, args_size, e.args_size);
       return -1;
     }
-    return e.launch(name, dim3{geom[0], geom[1], geom[2]}, dim3{geom[3], geom[4], geom[5]}, geom[6], emu::Limits{geom[7], geom[8]}, static_cast<const unsigned char*>(args), err, err_len);
+    return e.launch(name, dim3{geom[0], geom[1], geom[2]}, dim3{geom[3], geom[4], geom[5]}, dim3{geom[9], geom[10], geom[11]}, geom[6], emu::Limits{geom[7], geom[8]}, static_cast<const unsigned char*>(args), err, err_len);
   }
   snprintf(err, err_len, "%s: not a kernel the emulator has (it holds the entries of kernels/tessera.cu and its own self-checks)", name);
   return -1;

@@ -56,19 +56,19 @@ namespace emu {
 
 Thread* cur;
 dim3 block_idx, block_dim, grid_dim;
+unsigned char* dyn_smem;
 namespace {
-// The shared window: 227 KiB, the most a block may have (sm_90). Dynamic shared memory from the
-// bottom, the static declarations' slots from the top down (a launch's two must not meet: the
+// A block's shared window: 227 KiB, the most a block may have (sm_90). Dynamic shared memory from
+// the bottom, the static declarations' slots from the top down (a launch's two must not meet: the
 // driver's limit on their sum), so every shared address is below 227 KiB, as on the device
-// (wgmma descriptors hold 18 bits of it).
+// (wgmma descriptors hold 18 bits of it). Each block of a cluster has its own window; the static
+// slots sit at the same addresses in every one.
 constexpr size_t DYN_MAX = 227 * 1024, STATIC_MAX = 48 * 1024, MAX_STATIC_IDS = 4096;
-__attribute__((aligned(1024))) unsigned char window[DYN_MAX];
 size_t static_used;
 uint32_t static_slot[MAX_STATIC_IDS];  // offset in the window + 1; 0: not allocated this launch
 int static_ids_used[MAX_STATIC_IDS], n_static_ids_used;
 int next_static_id;
 }  // namespace
-extern unsigned char* const dyn_smem = window;
 
 namespace {
 
@@ -91,14 +91,87 @@ struct Warp {
   uint64_t gen[SLOTS];  // bumped when the slot's collective completes
 };
 
-struct Block {
+// An mbarrier, by its shared address: the arrivals a phase expects, those still pending, the
+// transaction bytes outstanding, the parity of the phase in progress, and the TMA loads that
+// complete bytes on it, not landed yet.
+struct Cta;
+struct Tma {
+  Cta* cta;  // the block whose shared memory it lands in
+  uint32_t dst;
+  const uint64_t* map;
+  int coords[5], rank;
+};
+struct MBar {
+  uint32_t addr, count, pending, phase;
+  int64_t tx;
+  uint64_t gen;  // bumped on anything a waiter must look at again (a phase completing, a load queued)
+  Tma loads[64];
+  int n_loads;
+};
+constexpr int MAX_MBARS = 64;
+
+struct NamedBarrier {
+  int arrived, count;
+  uint64_t gen;
+};
+
+// A warpgroup's wgmma operations issued and not yet landed, oldest first.
+struct WgOp {
+  int n, group;  // group: -1 until committed
+  bool rs, accumulate, trans_b, bf16;
+  uint64_t desc_a, desc_b;
+  float* d[128];
+  uint32_t a[128][4];
+};
+// An accumulator in flight: a thread's register array that pending operations write. Its value
+// lives here while they run, in order; the registers hold NaN until the wait that lands the last
+// of them (reading them before is undefined on the device).
+struct Acc {
+  float* d;
+  int floats;
+  float val[64];
+};
+constexpr int MAX_WG_OPS = 40, MAX_WARPGROUPS = MAX_THREADS / 128, MAX_ACCS = 4;
+struct Warpgroup {
+  int arrived;
+  uint64_t gen;
+  const char* what;
+  WgOp ops[MAX_WG_OPS];
+  int n_ops;
+  int groups[64], n_groups;  // committed group ids not yet waited for, oldest first
+  int next_group;
+  Acc acc[128][MAX_ACCS];
+  int n_acc[128];
+};
+
+// A block: its threads, their collectives and barriers, its shared window and sm_90a state.
+struct Cta {
   Thread threads[MAX_THREADS];
   unsigned char* stacks[MAX_THREADS];
   Thread::Copy* copy_rings[MAX_THREADS];
   Warp warps[MAX_THREADS / 32];
-  int n, live;
+  int live;
   int bar_arrived;
   uint64_t bar_gen;
+  dim3 idx;
+  unsigned char* window;  // DYN_MAX bytes, 1024-byte aligned
+  MBar mbars[MAX_MBARS];
+  int n_mbars;
+  NamedBarrier named[16];
+  Warpgroup warpgroups[MAX_WARPGROUPS];
+};
+
+// The launch: the blocks of the cluster running now (one block without clusters) and what they share.
+constexpr int MAX_CLUSTER = 8;
+struct Launch {
+  int n;  // threads a block
+  Cta* ctas[MAX_CLUSTER];
+  int csize;     // blocks a cluster
+  dim3 cluster;  // the cluster's shape
+  Cta* cta;      // the running thread's block
+  // barrier.cluster: arrivals in the phase in progress, the phase, the cluster's live threads.
+  int cluster_arrived, cluster_live;
+  uint64_t cluster_gen;
   uint64_t progress;
   void* sched_sp;
   void (*body)(const void*);
@@ -112,6 +185,12 @@ struct Block {
   bool misaligned;  // ... a misaligned access (CUDA_ERROR_MISALIGNED_ADDRESS)
   jmp_buf fail_jump;  // in the scheduler's context
 } B;
+inline Cta& C() { return *B.cta; }
+int rank_of(const Cta& c) {
+  int r = 0;
+  while (r < B.csize - 1 && B.ctas[r] != &c) r++;
+  return r;
+}
 
 pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -120,12 +199,19 @@ pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
   // Outstanding cp.async copies complete when the thread exits (nothing waits for them).
   cp_async_wait(0);
   cur->done = true;
-  B.live--;
+  Cta& c = C();
+  c.live--;
+  B.cluster_live--;
   B.progress++;
-  if (B.live > 0 && B.bar_arrived > 0 && B.bar_arrived >= B.live) {
+  if (c.live > 0 && c.bar_arrived > 0 && c.bar_arrived >= c.live) {
     // The threads still alive are all at the barrier: exited threads count as arrived.
-    B.bar_arrived = 0;
-    B.bar_gen++;
+    c.bar_arrived = 0;
+    c.bar_gen++;
+  }
+  if (B.cluster_live > 0 && B.cluster_arrived > 0 && B.cluster_arrived >= B.cluster_live) {
+    // barrier.cluster waits for the non-exited threads only.
+    B.cluster_arrived = 0;
+    B.cluster_gen++;
   }
   emu_switch(&cur->sp, B.sched_sp);
   __builtin_unreachable();
@@ -186,20 +272,21 @@ void fail(const char* fmt, ...) {
 }
 
 void syncthreads() {
-  const uint64_t gen = B.bar_gen;
-  B.bar_arrived++;
+  Cta& c = C();
+  const uint64_t gen = c.bar_gen;
+  c.bar_arrived++;
   B.progress++;
-  if (B.bar_arrived == B.live) {
-    B.bar_arrived = 0;
-    B.bar_gen++;
+  if (c.bar_arrived == c.live) {
+    c.bar_arrived = 0;
+    c.bar_gen++;
     return;
   }
-  wait_for(&B.bar_gen, gen, "__syncthreads");
+  wait_for(&c.bar_gen, gen, "__syncthreads");
 }
 
 void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, uint32_t* out, int n_out, CollectiveFn fn, const void* ctx) {
   const unsigned l = lane();
-  Warp& w = B.warps[cur->linear >> 5];
+  Warp& w = C().warps[cur->linear >> 5];
   // Lanes that exist in this warp (the block's last warp may be partial).
   const unsigned first = cur->linear & ~31u, count = static_cast<unsigned>(B.n) - first < 32 ? static_cast<unsigned>(B.n) - first : 32u;
   const unsigned exists = count == 32 ? 0xffffffffu : (1u << count) - 1u;
@@ -234,7 +321,7 @@ void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, u
     uint32_t results[32][12];
     fn(r.in, results, mask, ctx);
     for (unsigned i = 0; i < 32; i++)
-      if ((mask >> i) & 1u) memcpy(B.threads[first + i].result, results[i], sizeof results[i]);
+      if ((mask >> i) & 1u) memcpy(C().threads[first + i].result, results[i], sizeof results[i]);
     r.arrived = 0;
     w.gen[s]++;
   } else {
@@ -301,17 +388,23 @@ void vote_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned lanes,
 
 uint32_t shared_addr(const void* p) {
   const unsigned char* c = static_cast<const unsigned char*>(p);
-  if (c < window || c >= window + sizeof window) fail("a generic pointer converted to a shared address is not in shared memory");
+  const unsigned char* window = C().window;
+  if (c < window || c >= window + DYN_MAX) fail("a generic pointer converted to a shared address is not in the block's shared memory");
   return static_cast<uint32_t>(c - window);
 }
 
-void* shared_ptr(uint32_t addr, int bytes) {
+namespace {
+// Shared address `addr` (+bytes) in block `c`'s window.
+void* shared_ptr_in(Cta& c, uint32_t addr, int bytes) {
   const size_t end = static_cast<size_t>(addr) + static_cast<size_t>(bytes);
   const bool dynamic = addr < DYN_MAX - static_used;
   if (dynamic ? end > B.dyn_bytes : end > DYN_MAX)
     fail("shared address 0x%x (+%d bytes) is outside the block's shared memory (%zu dynamic bytes launched, %zu static)", addr, bytes, B.dyn_bytes, static_used);
-  return window + addr;
+  return c.window + addr;
 }
+}  // namespace
+
+void* shared_ptr(uint32_t addr, int bytes) { return shared_ptr_in(C(), addr, bytes); }
 
 int new_shared_id() { return next_static_id++; }
 
@@ -325,11 +418,11 @@ void* static_shared(int id, size_t bytes, size_t align) {
     if (B.dyn_bytes + used > B.limits.block_max)
       fail("%zu bytes of static and %zu of dynamic shared memory exceed the %zu a block may have", used, B.dyn_bytes, B.limits.block_max);
     static_used = used;
-    memset(window + start, 0xff, bytes);  // this block's poison (later blocks: run_block)
+    for (int r = 0; r < B.csize; r++) memset(B.ctas[r]->window + start, 0xff, bytes);  // the running blocks' poison (later ones: run_cluster)
     static_slot[id] = static_cast<uint32_t>(start + 1);
     static_ids_used[n_static_ids_used++] = id;
   }
-  return window + static_slot[id] - 1;
+  return C().window + static_slot[id] - 1;
 }
 
 void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
@@ -369,66 +462,14 @@ void cp_async_wait(int pending) {
 
 namespace {
 
-// An mbarrier, by its shared address: the arrivals a phase expects, those still pending, the
-// transaction bytes outstanding, the parity of the phase in progress, and the TMA loads that
-// complete bytes on it, not landed yet.
-struct Tma {
-  uint32_t dst;
-  const uint64_t* map;
-  int coords[5], rank;
-};
-struct MBar {
-  uint32_t addr, count, pending, phase;
-  int64_t tx;
-  uint64_t gen;  // bumped on anything a waiter must look at again (a phase completing, a load queued)
-  Tma loads[64];
-  int n_loads;
-};
-constexpr int MAX_MBARS = 64;
-MBar mbars[MAX_MBARS];
-int n_mbars;
 
-struct NamedBarrier {
-  int arrived, count;
-  uint64_t gen;
-};
-NamedBarrier named[16];
-
-// A warpgroup's wgmma operations issued and not yet landed, oldest first.
-struct WgOp {
-  int n, group;  // group: -1 until committed
-  bool rs, accumulate, trans_b, bf16;
-  uint64_t desc_a, desc_b;
-  float* d[128];
-  uint32_t a[128][4];
-};
-// An accumulator in flight: a thread's register array that pending operations write. Its value
-// lives here while they run, in order; the registers hold NaN until the wait that lands the last
-// of them (reading them before is undefined on the device).
-struct Acc {
-  float* d;
-  int floats;
-  float val[64];
-};
-constexpr int MAX_WG_OPS = 40, MAX_WARPGROUPS = MAX_THREADS / 128, MAX_ACCS = 4;
-struct Warpgroup {
-  int arrived;
-  uint64_t gen;
-  const char* what;
-  WgOp ops[MAX_WG_OPS];
-  int n_ops;
-  int groups[64], n_groups;  // committed group ids not yet waited for, oldest first
-  int next_group;
-  Acc acc[128][MAX_ACCS];
-  int n_acc[128];
-};
-Warpgroup warpgroups[MAX_WARPGROUPS];
-
-MBar* find_mbar(uint32_t addr, const char* what) {
-  for (int i = 0; i < n_mbars; i++)
-    if (mbars[i].addr == addr) return &mbars[i];
+MBar* find_mbar_in(Cta& c, uint32_t addr, const char* what) {
+  for (int i = 0; i < c.n_mbars; i++)
+    if (c.mbars[i].addr == addr) return &c.mbars[i];
+  if (&c != B.cta) fail("%s: shared address 0x%x of the cluster's block of rank %d is not an initialized mbarrier", what, addr, rank_of(c));
   fail("%s: shared address 0x%x is not an initialized mbarrier", what, addr);
 }
+MBar* find_mbar(uint32_t addr, const char* what) { return find_mbar_in(C(), addr, what); }
 
 uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
 
@@ -464,7 +505,7 @@ int64_t tma_copy(const Tma& t, bool poison_only) {
   }
   if (t.dst % 128) fail("TMA: shared destination 0x%x is not 128-byte aligned", t.dst);
   if (swz == 3 && box[0] * elem > 128) fail("TMA: a 128B-swizzled box row is %d bytes, more than 128", box[0] * elem);
-  unsigned char* base = static_cast<unsigned char*>(shared_ptr(t.dst, static_cast<int>(bytes)));
+  unsigned char* base = static_cast<unsigned char*>(shared_ptr_in(*t.cta, t.dst, static_cast<int>(bytes)));
   if (poison_only) {
     memset(base, 0xff, static_cast<size_t>(bytes));
     return bytes;
@@ -481,7 +522,7 @@ int64_t tma_copy(const Tma& t, bool poison_only) {
       else offset += c * static_cast<int64_t>(strides[d]);
     }
     const uint32_t logical = t.dst + static_cast<uint32_t>(i * elem);
-    unsigned char* out = window + (swz == 3 ? swizzle128(logical) : logical);
+    unsigned char* out = t.cta->window + (swz == 3 ? swizzle128(logical) : logical);
     if (inside) memcpy(out, g + offset, static_cast<size_t>(elem));
     else memset(out, 0, static_cast<size_t>(elem));  // out of bounds reads as zero
   }
@@ -500,7 +541,7 @@ void land_loads(MBar& m) {
 template <class F>
 void warpgroup_meet(const char* what, F last) {
   if (B.n % 128) fail("%s: the block's %d threads are not whole warpgroups", what, B.n);
-  Warpgroup& g = warpgroups[cur->linear / 128];
+  Warpgroup& g = C().warpgroups[cur->linear / 128];
   if (g.arrived == 0) g.what = what;
   else if (g.what != what) fail("%s met %s in the same warpgroup: its threads diverged", what, g.what);
   g.arrived++;
@@ -572,12 +613,13 @@ void run_op(Warpgroup& g, WgOp& op) {
 void mbar_init(uint32_t bar, uint32_t count) {
   if (bar % 8) fail("mbarrier.init: shared address 0x%x is not 8-byte aligned", bar);
   if (count == 0 || count > (1u << 20) - 1) fail("mbarrier.init: count %u is not in 1..2^20-1", count);
+  Cta& c = C();
   MBar* m = nullptr;
-  for (int i = 0; i < n_mbars; i++)
-    if (mbars[i].addr == bar) m = &mbars[i];
+  for (int i = 0; i < c.n_mbars; i++)
+    if (c.mbars[i].addr == bar) m = &c.mbars[i];
   if (!m) {
-    if (n_mbars == MAX_MBARS) fail("more than %d mbarriers in a block", MAX_MBARS);
-    m = &mbars[n_mbars++];
+    if (c.n_mbars == MAX_MBARS) fail("more than %d mbarriers in a block", MAX_MBARS);
+    m = &c.mbars[c.n_mbars++];
   }
   *m = MBar{};
   m->addr = bar;
@@ -585,13 +627,28 @@ void mbar_init(uint32_t bar, uint32_t count) {
   B.progress++;
 }
 
-void mbar_arrive(uint32_t bar, uint32_t tx_bytes) {
-  MBar& m = *find_mbar(bar, "mbarrier.arrive");
-  if (m.pending == 0) fail("mbarrier.arrive: more arrivals than the %u the phase expects", m.count);
+namespace {
+void arrive_on(MBar& m, uint32_t tx_bytes, const char* what) {
+  if (m.pending == 0) fail("%s: more arrivals than the %u the phase expects", what, m.count);
   m.tx += tx_bytes;
   m.pending--;
   B.progress++;
   complete_if_done(m);
+}
+// The cluster's block of rank `rank`, which must not have exited (its shared memory is gone then).
+Cta& peer(unsigned rank, const char* what) {
+  if (rank >= static_cast<unsigned>(B.csize)) fail("%s: block rank %u is not in the cluster of %d", what, rank, B.csize);
+  Cta& c = *B.ctas[rank];
+  if (c.live == 0) fail("%s: the cluster's block of rank %u has exited (a cluster barrier before exiting keeps its shared memory for its peers)", what, rank);
+  return c;
+}
+}  // namespace
+
+void mbar_arrive(uint32_t bar, uint32_t tx_bytes) { arrive_on(*find_mbar(bar, "mbarrier.arrive"), tx_bytes, "mbarrier.arrive"); }
+
+void mbar_arrive_remote(uint32_t bar, unsigned rank) {
+  const char* what = "mbarrier.arrive.shared::cluster";
+  arrive_on(*find_mbar_in(peer(rank, what), bar, what), 0, what);
 }
 
 void mbar_wait(uint32_t bar, uint32_t parity) {
@@ -604,24 +661,56 @@ void mbar_wait(uint32_t bar, uint32_t parity) {
   }
 }
 
-void tma_load(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank) {
-  MBar& m = *find_mbar(bar, "cp.async.bulk.tensor");
-  if (m.n_loads == 64) fail("cp.async.bulk.tensor: more than 64 loads in flight on one mbarrier");
-  Tma t{dst, map, {0, 0, 0, 0, 0}, rank};
+namespace {
+void queue_load(Cta& c, uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank, const char* what) {
+  MBar& m = *find_mbar_in(c, bar, what);
+  if (m.n_loads == 64) fail("%s: more than 64 loads in flight on one mbarrier", what);
+  Tma t{&c, dst, map, {0, 0, 0, 0, 0}, rank};
   for (int i = 0; i < rank; i++) t.coords[i] = coords[i];
   // The destination holds nothing defined until the load completes: poison it; the data lands
-  // when a thread waits on the barrier (a read before that wait shows).
+  // when a thread of that block waits on the barrier (a read before that wait shows).
   tma_copy(t, true);
   m.loads[m.n_loads++] = t;
   m.gen++;  // a waiter looks again: it lands the load
   B.progress++;
+}
+}  // namespace
+
+void tma_load(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank) { queue_load(C(), dst, map, bar, coords, rank, "cp.async.bulk.tensor"); }
+
+void tma_load_multicast(uint32_t dst, const uint64_t* map, uint32_t bar, const int* coords, int rank, uint16_t mask) {
+  const char* what = "cp.async.bulk.tensor.multicast::cluster";
+  if (mask == 0 || (mask >> B.csize) != 0) fail("%s: cta mask 0x%x names blocks the cluster of %d does not have", what, mask, B.csize);
+  for (int r = 0; r < B.csize; r++)
+    if ((mask >> r) & 1u) queue_load(peer(static_cast<unsigned>(r), what), dst, map, bar, coords, rank, what);
+}
+
+unsigned cluster_rank() { return static_cast<unsigned>(cur->cta); }
+unsigned cluster_size() { return static_cast<unsigned>(B.csize); }
+
+void cluster_arrive() {
+  if (cur->cluster_arrived) fail("barrier.cluster.arrive: a second arrival before barrier.cluster.wait");
+  cur->cluster_arrived = true;
+  cur->cluster_phase = B.cluster_gen;
+  B.cluster_arrived++;
+  B.progress++;
+  if (B.cluster_arrived == B.cluster_live) {
+    B.cluster_arrived = 0;
+    B.cluster_gen++;
+  }
+}
+
+void cluster_wait() {
+  if (!cur->cluster_arrived) fail("barrier.cluster.wait without barrier.cluster.arrive");
+  cur->cluster_arrived = false;
+  wait_for(&B.cluster_gen, cur->cluster_phase, "barrier.cluster.wait");
 }
 
 void named_barrier(int id, int threads, bool wait) {
   const char* what = wait ? "bar.sync" : "bar.arrive";
   if (id < 1 || id > 15) fail("%s: barrier id %d is not in 1..15 (0 is __syncthreads')", what, id);
   if (threads <= 0 || threads % 32 || threads > B.n) fail("%s %d: a thread count of %d is not a multiple of 32 within the block", what, id, threads);
-  NamedBarrier& b = named[id];
+  NamedBarrier& b = C().named[id];
   if (b.arrived == 0) b.count = threads;
   else if (b.count != threads) fail("%s %d: thread counts %d and %d meet", what, id, b.count, threads);
   b.arrived++;
@@ -635,7 +724,7 @@ void named_barrier(int id, int threads, bool wait) {
 }
 
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
-  Warpgroup& g = warpgroups[cur->linear / 128];
+  Warpgroup& g = C().warpgroups[cur->linear / 128];
   const int t = static_cast<int>(cur->linear % 128);
   if (g.arrived == 0) {
     if (g.n_ops == MAX_WG_OPS) fail("wgmma: more than %d operations in flight in a warpgroup", MAX_WG_OPS);
@@ -714,7 +803,7 @@ volatile bool in_fiber;
 uint64_t schedule_state;
 uint64_t schedule_seed;
 bool schedule_plain;
-int order[MAX_THREADS];
+int order[MAX_THREADS * MAX_CLUSTER];
 void schedule_begin(uint64_t launch_index) {
   const char* e = getenv("TESSERA_EMU_SCHEDULE");
   schedule_seed = e && *e ? strtoull(e, nullptr, 10) : 1;
@@ -766,57 +855,89 @@ BlockOrder block_order(uint64_t n) {
   return BlockOrder{n, a, schedule_next() % n};
 }
 
-// Runs one block to completion; false (B.error set) on a failure or a deadlock.
-bool run_block() {
+// Makes block `c` ready to run as the cluster's block `rank` at grid index `idx`: its threads'
+// fibers, its poisoned window, fresh barriers and warpgroups; false (B.error set) if a fiber stack
+// cannot be mapped.
+bool start_block(Cta& c, int rank, dim3 idx) {
   const int n = B.n;
+  c.idx = idx;
   // Poison what the block can see: 0xff bytes, NaN in every float view.
-  memset(window, 0xff, B.dyn_bytes);
-  memset(window + DYN_MAX - static_used, 0xff, static_used);
+  memset(c.window, 0xff, B.dyn_bytes);
+  memset(c.window + DYN_MAX - static_used, 0xff, static_used);
   for (int i = 0; i < n; i++) {
-    Thread& t = B.threads[i];
+    Thread& t = c.threads[i];
     t.linear = static_cast<unsigned>(i);
     t.tid = uint3{i % block_dim.x, (i / block_dim.x) % block_dim.y, i / (block_dim.x * block_dim.y)};
+    t.cta = rank;
+    t.cluster_arrived = false;
     t.done = false;
     t.waiting = nullptr;
     t.wait_gen = nullptr;
     t.n_copies = 0;
     t.n_groups = 0;
-    if (!B.stacks[i]) {
+    if (!c.stacks[i]) {
       void* m = mmap(nullptr, STACK_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
       if (m == MAP_FAILED) {
         snprintf(B.error, sizeof B.error, "%s: cannot map a fiber stack", B.kernel);
         return false;
       }
       mprotect(m, 4096, PROT_NONE);  // a guard page: overflowing the stack faults
-      B.stacks[i] = static_cast<unsigned char*>(m);
-      B.copy_rings[i] = static_cast<Thread::Copy*>(calloc(MAX_COPIES, sizeof(Thread::Copy)));
+      c.stacks[i] = static_cast<unsigned char*>(m);
+      c.copy_rings[i] = static_cast<Thread::Copy*>(calloc(MAX_COPIES, sizeof(Thread::Copy)));
     }
-    t.copies = B.copy_rings[i];
-    fiber_start(t, B.stacks[i]);
+    t.copies = c.copy_rings[i];
+    fiber_start(t, c.stacks[i]);
   }
   for (int w = 0; w < (n + 31) / 32; w++)
-    for (int i = 0; i < SLOTS; i++) B.warps[w].slot[i].arrived = 0;
-  n_mbars = 0;
-  memset(named, 0, sizeof named);
+    for (int i = 0; i < SLOTS; i++) c.warps[w].slot[i].arrived = 0;
+  c.n_mbars = 0;
+  memset(c.named, 0, sizeof c.named);
   for (int w = 0; w < (n + 127) / 128; w++) {
-    warpgroups[w].arrived = 0;
-    warpgroups[w].n_ops = 0;
-    warpgroups[w].n_groups = 0;
-    warpgroups[w].next_group = 0;
-    memset(warpgroups[w].n_acc, 0, sizeof warpgroups[w].n_acc);
+    Warpgroup& g = c.warpgroups[w];
+    g.arrived = 0;
+    g.n_ops = 0;
+    g.n_groups = 0;
+    g.next_group = 0;
+    memset(g.n_acc, 0, sizeof g.n_acc);
   }
-  B.live = n;
-  B.bar_arrived = 0;
+  c.live = n;
+  c.bar_arrived = 0;
+  return true;
+}
+
+// Runs one cluster (one block without clusters) to completion, its blocks' threads together;
+// false (B.error set) on a failure or a deadlock. idx: each block's grid index, by rank.
+bool run_cluster(const dim3* idx) {
+  const int n = B.n, total = n * B.csize;
+  for (int r = 0; r < B.csize; r++)
+    if (!start_block(*B.ctas[r], r, idx[r])) return false;
+  B.cluster_live = total;
+  B.cluster_arrived = 0;
+  // The blocks of a cluster are resident together, but nothing says how far each has got: under a
+  // drawn schedule one block of the cluster starts late, held until the others cannot move or for
+  // a drawn number of rounds, so a block that reaches into a peer before the peer has set up (its
+  // barriers initialized, a cluster barrier missing) meets a peer that has not.
+  int late = -1, late_rounds = 0;
+  if (B.csize > 1 && !schedule_plain) {
+    late = static_cast<int>(schedule_next() % static_cast<uint64_t>(B.csize));
+    late_rounds = 1 + static_cast<int>(schedule_next() % 64);
+  }
   // Each round visits the threads in a fresh pseudo-random order (schedule_order), so code relying
-  // on an order the device does not promise (a missing barrier, a producer assumed to run first)
-  // meets many interleavings across a test run, reproducibly.
-  for (int round = 0; B.live > 0; round++) {
+  // on an order the device does not promise (a missing barrier, a producer assumed to run first,
+  // a block of the cluster assumed to be ahead of another) meets many interleavings across a test
+  // run, reproducibly.
+  for (int round = 0; B.cluster_live > 0; round++) {
     const uint64_t before = B.progress;
-    schedule_order(n, round);
-    for (int k = 0; k < n; k++) {
-      const int i = order[k];
-      Thread& t = B.threads[i];
+    if (late >= 0 && round >= late_rounds) late = -1;
+    schedule_order(total, round);
+    for (int k = 0; k < total; k++) {
+      if (order[k] / n == late) continue;
+      Cta& c = *B.ctas[order[k] / n];
+      Thread& t = c.threads[order[k] % n];
       if (t.done || (t.wait_gen && *t.wait_gen == t.wait_val)) continue;
+      B.cta = &c;
+      block_idx = c.idx;
+      dyn_smem = c.window;
       cur = &t;
       in_fiber = true;
       emu_switch(&B.sched_sp, t.sp);
@@ -827,20 +948,29 @@ bool run_block() {
       }
     }
     cur = nullptr;
+    if (B.progress == before && late >= 0) {
+      late = -1;  // the others wait for it: it starts now
+      continue;
+    }
     if (B.progress == before) {
-      int len = snprintf(B.error, sizeof B.error, "%s: block (%u,%u,%u) deadlocked:", B.kernel, block_idx.x, block_idx.y, block_idx.z);
+      int len = snprintf(B.error, sizeof B.error, "%s: block (%u,%u,%u) deadlocked:", B.kernel, idx[0].x, idx[0].y, idx[0].z);
+      if (B.csize > 1) len = snprintf(B.error, sizeof B.error, "%s: the cluster of block (%u,%u,%u) deadlocked:", B.kernel, idx[0].x, idx[0].y, idx[0].z);
       int shown = 0;
-      for (int i = 0; i < n && len < static_cast<int>(sizeof B.error) - 80; i++) {
-        const Thread& t = B.threads[i];
-        if (t.done) continue;
-        if (shown++ < 6) len += snprintf(B.error + len, sizeof B.error - len, " thread %d waits at %s;", i, t.waiting ? t.waiting : "?");
-      }
-      snprintf(B.error + len, sizeof B.error - len, " %d of %d threads still running (%d exited)", B.live, n, n - B.live);
+      for (int r = 0; r < B.csize; r++)
+        for (int i = 0; i < n && len < static_cast<int>(sizeof B.error) - 80; i++) {
+          const Thread& t = B.ctas[r]->threads[i];
+          if (t.done) continue;
+          if (shown++ >= 6) continue;
+          if (B.csize > 1) len += snprintf(B.error + len, sizeof B.error - len, " block %d", r);
+          len += snprintf(B.error + len, sizeof B.error - len, " thread %d waits at %s;", i, t.waiting ? t.waiting : "?");
+        }
+      snprintf(B.error + len, sizeof B.error - len, " %d of %d threads still running (%d exited)", B.cluster_live, total, total - B.cluster_live);
       return false;
     }
   }
   return true;
 }
+
 
 }  // namespace
 
@@ -984,7 +1114,7 @@ struct FaultGuard {
 
 // Runs body(ctx) as every thread of every block of the grid; 0, or -1 with the message in err
 // (-2: an access outside every allocation).
-int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len) {
+int launch_grid(const char* kernel, dim3 grid, dim3 block, dim3 cluster, size_t dyn_bytes, Limits limits, void (*body)(const void*), const void* ctx, char* err, size_t err_len) {
   pthread_mutex_lock(&launch_lock);
   const size_t threads = static_cast<size_t>(block.x) * block.y * block.z;
   int rc = 0;
@@ -1001,6 +1131,27 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
     pthread_mutex_unlock(&launch_lock);
     return -1;
   }
+  // Clusters (cuLaunchKernelEx's cluster dimension): at most 8 blocks (the portable size), whole
+  // clusters in every dimension of the grid.
+  const uint64_t csize = static_cast<uint64_t>(cluster.x) * cluster.y * cluster.z;
+  if (csize == 0 || csize > MAX_CLUSTER || grid.x % cluster.x || grid.y % cluster.y || grid.z % cluster.z) {
+    snprintf(err, err_len, "%s: cluster (%u,%u,%u) does not divide grid (%u,%u,%u) or has more than %d blocks", kernel, cluster.x, cluster.y, cluster.z, grid.x, grid.y, grid.z, MAX_CLUSTER);
+    pthread_mutex_unlock(&launch_lock);
+    return -1;
+  }
+  for (uint64_t r = 0; r < csize; r++) {
+    if (B.ctas[r]) continue;
+    B.ctas[r] = static_cast<Cta*>(calloc(1, sizeof(Cta)));
+    B.ctas[r]->window = static_cast<unsigned char*>(aligned_alloc(1024, DYN_MAX));
+    if (!B.ctas[r]->window) {
+      snprintf(err, err_len, "%s: cannot allocate a block's shared window", kernel);
+      pthread_mutex_unlock(&launch_lock);
+      return -1;
+    }
+  }
+  B.csize = static_cast<int>(csize);
+  B.cluster = cluster;
+  B.cta = B.ctas[0];
   B.n = static_cast<int>(threads);
   B.body = body;
   B.body_ctx = ctx;
@@ -1021,12 +1172,19 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, size_t dyn_bytes, Lim
   const double t0 = now();
   {
     FaultGuard guard;
-    const uint64_t blocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
-    const BlockOrder order_of = block_order(blocks);
-    for (uint64_t i = 0; i < blocks && rc == 0; i++) {
+    // The clusters, in the order the schedule draws; a cluster's blocks run together, rank r at
+    // (x, y, z) = (r % cx, r / cx % cy, r / (cx cy)) within the cluster, as %cluster_ctarank counts.
+    const dim3 cgrid{grid.x / cluster.x, grid.y / cluster.y, grid.z / cluster.z};
+    const uint64_t clusters = static_cast<uint64_t>(cgrid.x) * cgrid.y * cgrid.z;
+    const BlockOrder order_of = block_order(clusters);
+    for (uint64_t i = 0; i < clusters && rc == 0; i++) {
       const uint64_t b = order_of(i);
-      block_idx = dim3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>(b / grid.x % grid.y), static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
-      if (!run_block()) {
+      const dim3 ci{static_cast<unsigned>(b % cgrid.x), static_cast<unsigned>(b / cgrid.x % cgrid.y), static_cast<unsigned>(b / (static_cast<uint64_t>(cgrid.x) * cgrid.y))};
+      dim3 idx[MAX_CLUSTER];
+      for (unsigned r = 0; r < csize; r++)
+        idx[r] = dim3{ci.x * cluster.x + r % cluster.x, ci.y * cluster.y + r / cluster.x % cluster.y, ci.z * cluster.z + r / (cluster.x * cluster.y)};
+      block_idx = idx[0];
+      if (!run_cluster(idx)) {
         // The schedule, to reproduce it: launches are counted per process.
         if (schedule_plain) snprintf(err, err_len, "%s", B.error);
         else snprintf(err, err_len, "%s (schedule %llu, launch %llu of this process)", B.error, static_cast<unsigned long long>(schedule_seed), static_cast<unsigned long long>(launches - 1));

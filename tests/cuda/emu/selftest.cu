@@ -1,6 +1,7 @@
 // Kernels that check the emulator itself (tests/cuda/emulator.test.ts); compiled into the
 // emulator only, never into Tessera's fatbin.
 #include "mma.cuh"
+#include "sm90.cuh"
 
 namespace {
 constexpr unsigned FULL = 0xffffffffu;
@@ -141,4 +142,30 @@ extern "C" __global__ void ts_emu_selftest_misaligned(unsigned* out, const unsig
   unsigned v = 0;
   if (threadIdx.x == 3) v = reinterpret_cast<const uint4*>(in + offset)->y;
   out[threadIdx.x] = v;
+}
+
+// Clusters of two blocks of 64 threads. The second warp of each block exits at once (a cluster
+// barrier waits for the threads that have not exited). Thread 0 initializes the block's mbarrier
+// for 32 arrivals; after a cluster barrier (with_sync; without it a block may reach its peer
+// before the peer's barrier exists) every thread of the first warp arrives on the peer's barrier,
+// and thread 0 waits for its own to complete: out[4 b ..] = rank, cluster size, 1 once completed.
+// The closing cluster barrier keeps each block until its peer's arrivals on it have landed.
+extern "C" __global__ void ts_emu_selftest_cluster(int* out, int with_sync) {
+  __shared__ __align__(8) uint64_t bar;
+  const unsigned rank = ts::sm90::cluster_ctarank();
+  int* o = out + 4 * blockIdx.x;
+  if (threadIdx.x >= 32) return;
+  if (threadIdx.x == 0) {
+    ts::sm90::mbar_init(&bar, 32);
+    o[0] = static_cast<int>(rank);
+    o[1] = static_cast<int>(ts::sm90::cluster_nctarank());
+  }
+  if (with_sync) ts::sm90::cluster_sync();
+  else __syncwarp();
+  ts::sm90::mbar_arrive_cluster(&bar, rank ^ 1u);
+  if (threadIdx.x == 0) {
+    ts::sm90::mbar_wait(&bar, 0);
+    o[2] = 1;
+  }
+  ts::sm90::cluster_sync();
 }

@@ -31,6 +31,20 @@ inline void tma_load_3d(void* dst, const CUtensorMap* map, uint64_t* bar, int c0
   emu::tma_load(smem_u32(dst), map->opaque, smem_u32(bar), c, 3);
 }
 
+inline uint32_t cluster_ctarank() { return emu::cluster_rank(); }
+inline uint32_t cluster_nctarank() { return emu::cluster_size(); }
+inline void cluster_arrive() { emu::cluster_arrive(); }
+inline void cluster_wait() { emu::cluster_wait(); }
+inline void cluster_sync() {
+  emu::cluster_arrive();
+  emu::cluster_wait();
+}
+inline void mbar_arrive_cluster(uint64_t* bar, uint32_t cta) { emu::mbar_arrive_remote(smem_u32(bar), cta); }
+inline void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* bar, int c0, int c1, uint16_t ctaMask) {
+  const int c[5] = {c0, c1, 0, 0, 0};
+  emu::tma_load_multicast(smem_u32(dst), map->opaque, smem_u32(bar), c, 2, ctaMask);
+}
+
 inline void named_sync(int id, int threads) { emu::named_barrier(id, threads, true); }
 inline void named_arrive(int id, int threads) { emu::named_barrier(id, threads, false); }
 inline void fence_async_shared() {}

@@ -20,6 +20,14 @@
  * MOCK_CC=80 (or 86, 89, 90) sets the compute capability the device reports (default 9.0), with
  * that architecture's SM count, shared memory and L2 size.
  *
+ * cuLaunchKernelEx launches as cuLaunchKernel does, with the thread-block cluster its
+ * CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute names (other attributes are ignored): a grid the
+ * cluster does not divide, or a cluster of more than 8 blocks, fails with
+ * CUDA_ERROR_INVALID_CLUSTER_SIZE (912). The cluster reaches the emulator as geometry words 9..11
+ * (1, 1, 1 for cuLaunchKernel), and cuOccupancyMaxActiveClusters answers as if each block took a
+ * whole SM: floor(SMs / cluster size). Built with MOCK_NO_CLUSTER_LAUNCH, the stand-in lacks both
+ * symbols, as a driver older than CUDA 11.8 does.
+ *
  * Device allocations are guarded: each ends where an inaccessible page begins and an inaccessible
  * page lies before it, so an emulated kernel that reads or writes past either end faults. The size
  * is rounded up to 16 bytes only (a device rounds to 256 or more, which hides short overruns),
@@ -27,6 +35,7 @@
  * vector's tail faults. The emulator turns that fault
  * into CUDA_ERROR_ILLEGAL_ADDRESS (700), sticky as on a device, and its message names the
  * kernel, block, thread and the allocation the address missed (mock_describe_address). */
+#include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +48,7 @@
 typedef int CUresult;
 static char last_name[128];
 static unsigned last_geom[7];
+static unsigned last_cluster[3] = {1, 1, 1};
 static unsigned char last_args[4096];
 static size_t last_args_size;
 static int launches, graph_launches, allocs;
@@ -68,7 +78,10 @@ static void emu_load(void) {
 }
 
 /* Graph nodes recorded while capturing with the emulator loaded. */
-typedef struct { int kind; /* 0 launch, 1 copy, 2 fill32 */ char name[128]; unsigned geom[9]; unsigned char *args; size_t size; void *dst; const void *src; unsigned value; } Node;
+/* The emulator's launch geometry: grid xyz, block xyz, dynamic shared memory, the most dynamic
+ * shared memory the function may use, the most a block may have, cluster xyz. */
+#define GEOM_WORDS 12
+typedef struct { int kind; /* 0 launch, 1 copy, 2 fill32 */ char name[128]; unsigned geom[GEOM_WORDS]; unsigned char *args; size_t size; void *dst; const void *src; unsigned value; } Node;
 typedef struct { Node *nodes; int n, cap; } Graph;
 static _Thread_local Graph capture_nodes;
 static Node *add_node(Graph *g) {
@@ -226,16 +239,19 @@ CUresult cuFuncSetAttribute(void *f, int a, int v) {
   return 0;
 }
 CUresult cuFuncGetAttribute(int *v, int a, void *f) { (void)a; (void)f; *v = 0; return 0; }
-CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void *st, void **params, void **extra) {
-  (void)st;
+/* cuLaunchKernel and cuLaunchKernelEx: `cluster` is 1, 1, 1 for a launch without clusters. */
+static CUresult launch_kernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, const unsigned cluster[3], void **params, void **extra) {
   STICKY;
   if (params || !extra || extra[0] != (void *)1 || extra[2] != (void *)2 || extra[4] != (void *)0) return 1;
+  if (!cluster[0] || !cluster[1] || !cluster[2] || gx % cluster[0] || gy % cluster[1] || gz % cluster[2] || cluster[0] * cluster[1] * cluster[2] > 8) return 912;
   strncpy(last_name, (const char *)f, sizeof last_name - 1);
   /* For the emulator: the geometry, then the dynamic shared memory this function may launch with
-   * (48 KiB unless raised through cuFuncSetAttribute) and the most a block may have in all. */
+   * (48 KiB unless raised through cuFuncSetAttribute), the most a block may have in all, and the
+   * cluster. */
   const int raised = ((const Function *)f)->max_dynamic_smem;
-  unsigned g[9] = {gx, gy, gz, bx, by, bz, smem, (unsigned)(raised > 49152 ? raised : 49152), (unsigned)smem_optin()};
+  unsigned g[GEOM_WORDS] = {gx, gy, gz, bx, by, bz, smem, (unsigned)(raised > 49152 ? raised : 49152), (unsigned)smem_optin(), cluster[0], cluster[1], cluster[2]};
   memcpy(last_geom, g, sizeof last_geom);
+  memcpy(last_cluster, cluster, sizeof last_cluster);
   last_args_size = *(size_t *)extra[3];
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
@@ -255,6 +271,60 @@ CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned
   if (launch_hook && !capturing) launch_hook(last_name, gx);
   return 0;
 }
+CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void *st, void **params, void **extra) {
+  (void)st;
+  static const unsigned no_cluster[3] = {1, 1, 1};
+  return launch_kernel(f, gx, gy, gz, bx, by, bz, smem, no_cluster, params, extra);
+}
+#ifndef MOCK_NO_CLUSTER_LAUNCH
+/* CUlaunchConfig and CUlaunchAttribute as cuda.h (CUDA 13.0) lays them out on a 64-bit host. */
+typedef struct {
+  int id;
+  /* The real union holds pointers and 64-bit words (hence the value at 8). */
+  union { char pad[64]; uint64_t align; struct { unsigned x, y, z; } clusterDim; } value;
+} LaunchAttribute;
+typedef struct {
+  unsigned gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
+  void *hStream;
+  const LaunchAttribute *attrs;
+  unsigned numAttrs;
+} LaunchConfig;
+_Static_assert(sizeof(LaunchAttribute) == 72 && offsetof(LaunchAttribute, value) == 8, "CUlaunchAttribute layout");
+_Static_assert(sizeof(LaunchConfig) == 56 && offsetof(LaunchConfig, hStream) == 32 && offsetof(LaunchConfig, attrs) == 40 && offsetof(LaunchConfig, numAttrs) == 48, "CUlaunchConfig layout");
+/* The cluster a config's CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION (4) names (the last, if several);
+ * 0 if it names none. */
+static int config_cluster(const LaunchConfig *c, unsigned cluster[3]) {
+  int found = 0;
+  for (unsigned i = 0; i < c->numAttrs; i++)
+    if (c->attrs[i].id == 4) {
+      cluster[0] = c->attrs[i].value.clusterDim.x; cluster[1] = c->attrs[i].value.clusterDim.y; cluster[2] = c->attrs[i].value.clusterDim.z;
+      found = 1;
+    }
+  return found;
+}
+CUresult cuLaunchKernelEx(const LaunchConfig *c, void *f, void **params, void **extra) {
+  if (!c) return 1;
+  /* Every stream the stand-in makes is 0x3 (cuStreamCreate): another value means the config's
+   * layout was misread. CUDA_ERROR_INVALID_HANDLE. */
+  if (c->hStream && c->hStream != (void *)0x3) return 400;
+  unsigned cluster[3] = {1, 1, 1};
+  config_cluster(c, cluster);
+  return launch_kernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ, c->sharedMemBytes, cluster, params, extra);
+}
+/* As if each block took a whole SM (the kernels that run in clusters are one block per SM). */
+CUresult cuOccupancyMaxActiveClusters(int *n, void *f, const LaunchConfig *c) {
+  (void)f;
+  if (!c) return 1;
+  unsigned cluster[3];
+  if (!config_cluster(c, cluster)) return 912;
+  const unsigned blocks = cluster[0] * cluster[1] * cluster[2];
+  if (!blocks || blocks > 8) return 912;
+  int sms;
+  cuDeviceGetAttribute(&sms, 16, 0);
+  *n = sms / (int)blocks;
+  return 0;
+}
+#endif
 CUresult cuStreamCreate(void **s, unsigned flags) { (void)flags; *s = (void *)0x3; return 0; }
 CUresult cuStreamSynchronize(void *s) { (void)s; STICKY; NOT_CAPTURING; return 0; }
 CUresult cuStreamDestroy_v2(void *s) { (void)s; return 0; }
@@ -362,7 +432,8 @@ int mock_last_tensor_map(int *ints, uint64_t *words, unsigned *box) {
 CUresult cuGetErrorName(int status, const char **name) {
   *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS"
         : status == 716 ? "CUDA_ERROR_MISALIGNED_ADDRESS" : status == 719 ? "CUDA_ERROR_LAUNCH_FAILED"
-        : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED" : "CUDA_ERROR_UNKNOWN";
+        : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"
+        : status == 912 ? "CUDA_ERROR_INVALID_CLUSTER_SIZE" : status == 400 ? "CUDA_ERROR_INVALID_HANDLE" : "CUDA_ERROR_UNKNOWN";
   return 0;
 }
 
@@ -373,6 +444,8 @@ int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
   memcpy(args, last_args, last_args_size);
   return (int)last_args_size;
 }
+/* The last launch's cluster (1, 1, 1 for cuLaunchKernel). */
+void mock_last_cluster(unsigned *cluster) { memcpy(cluster, last_cluster, sizeof last_cluster); }
 int mock_counts(int *l, int *g) { *l = launches; *g = graph_launches; return 0; }
 void mock_set_launch_hook(launch_hook_t hook) { launch_hook = hook; }
 int mock_allocs(void) { return allocs; }

@@ -30,8 +30,13 @@ function buildStandIn(name: 'libcuda_mock' | 'libcublaslt_mock', defines: string
   }
 }
 
-/** The stand-in libcuda (TESSERA_LIBCUDA); withoutTensorMaps leaves out cuTensorMapEncodeTiled, as a driver older than CUDA 12 does. */
-export const buildMock = (opts: { withoutTensorMaps?: boolean } = {}): string | null => buildStandIn('libcuda_mock', opts.withoutTensorMaps ? ['MOCK_NO_TENSOR_MAP'] : []);
+/**
+ * The stand-in libcuda (TESSERA_LIBCUDA); withoutTensorMaps leaves out cuTensorMapEncodeTiled, as
+ * a driver older than CUDA 12 does, and withoutClusterLaunch cuLaunchKernelEx and
+ * cuOccupancyMaxActiveClusters, as one older than CUDA 11.8 does.
+ */
+export const buildMock = (opts: { withoutTensorMaps?: boolean; withoutClusterLaunch?: boolean } = {}): string | null =>
+  buildStandIn('libcuda_mock', [...(opts.withoutTensorMaps ? ['MOCK_NO_TENSOR_MAP'] : []), ...(opts.withoutClusterLaunch ? ['MOCK_NO_CLUSTER_LAUNCH'] : [])]);
 
 /** The stand-in libcublasLt (TESSERA_CUBLASLT): computes the product on the host. */
 export const buildLtMock = (): string | null => buildStandIn('libcublaslt_mock');
@@ -59,6 +64,8 @@ export interface LaunchRecord {
   grid: [number, number, number];
   block: [number, number, number];
   sharedBytes: number;
+  /** Blocks per thread-block cluster: [1, 1, 1] for a launch without clusters. */
+  cluster: [number, number, number];
   args: Uint8Array;
 }
 
@@ -72,17 +79,21 @@ export function setLaunchHook(mockPath: string, hook: (launch: LaunchRecord) => 
   const proto = koffi.proto(`void TesseraMockLaunchHook_${Math.random().toString(36).slice(2)}(const char *name, uint32_t gridX)`);
   const setHook = lib.func('mock_set_launch_hook', 'void', [koffi.pointer(proto)]);
   const lastLaunch = lib.func('int mock_last_launch(_Out_ uint8_t *name, _Out_ uint32_t *geom, _Out_ uint8_t *args)');
+  const lastCluster = lib.func('void mock_last_cluster(_Out_ uint32_t *cluster)');
   let failure: unknown = null;
   const cb = koffi.register(() => {
     if (failure) return;
     try {
       const name = new Uint8Array(128), geom = new Uint32Array(7), args = new Uint8Array(4096);
       const size = lastLaunch(name, geom, args) as number;
+      const cluster = new Uint32Array(3);
+      lastCluster(cluster);
       hook({
         name: new TextDecoder().decode(name.subarray(0, name.indexOf(0))),
         grid: [geom[0], geom[1], geom[2]],
         block: [geom[3], geom[4], geom[5]],
         sharedBytes: geom[6],
+        cluster: [cluster[0], cluster[1], cluster[2]],
         args: args.slice(0, size),
       });
     } catch (err) {

@@ -48,6 +48,11 @@ export interface Launch {
   block: [number, number, number];
   /** Dynamic shared memory in bytes. */
   sharedBytes?: number;
+  /**
+   * Blocks per thread-block cluster (sm_90+), each dimension dividing the grid's, at most 8 in all.
+   * Absent or [1, 1, 1]: an ordinary launch.
+   */
+  cluster?: [number, number, number];
 }
 
 export interface CudaOpContext {
@@ -62,6 +67,12 @@ export interface CudaOpContext {
   device: DeviceProperties;
   /** Launches `decl` on the backend's stream with `args` (every declared parameter). */
   launch(decl: KernelDecl, launch: Launch, args: Record<string, ArgValue>): void;
+  /**
+   * How many clusters of `launch.cluster` blocks (default [1, 1, 1]) of `decl`, with this block
+   * and shared memory, can be resident at once (cuOccupancyMaxActiveClusters): what a persistent
+   * cluster kernel sizes its grid by. Optional so that a test's context may leave it out.
+   */
+  maxActiveClusters?(decl: KernelDecl, launch: Launch): number;
   /** A device copy of a small constant table, made once per distinct key (e.g. RoPE inv_freq). */
   constant(key: string, make: () => Float32Array): DevPtr;
   /** Device scratch of at least `bytes`, valid during this call only. */
