@@ -1,7 +1,8 @@
 // Hopper GEMM (sm_90a) for the `matmul` and `matmul_add` ops: y[M, N] = x[M, K] · w[N, K]^T
 // (+ bias[N]) (+ res[M, N]), T bf16 or fp16, f32 accumulate, y T or f32. Entries per schedule
 // (below): ts_gemm_sm90_<T> (cooperative), ts_gemm_sm90p_<T> (ping-pong), ts_gemm_sm90k_<T>
-// (stream-K), each with a _f32 twin for y f32. Same operands as kernels/gemm.cu; beside its tile
+// (stream-K), ts_gemm_sm90c_<T> (cooperative in clusters of two, w multicast), each with a _f32
+// twin for y f32. Same operands as kernels/gemm.cu; beside its tile
 // kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
 //
 // Why: mma.sync issues from one warp at a time with operands through registers, which caps it
@@ -11,7 +12,7 @@
 //
 //   x: [M, K] T row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
 //   w: [N, K] T row-major, through tmW (box BN rows x 64 columns, 128-byte swizzle: BN 256, or 128
-//      for the ping-pong entries)
+//      for the ping-pong entries; 128 rows, half a tile, for the cluster entries)
 //   bias: [N] T or null; res: [M, N] T or null (may be y: each element is read by the thread that
 //   writes it); y: [M, N] T or f32, row-major
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
@@ -63,8 +64,15 @@ constexpr int A_BYTES = BM * BK * 2;  // 16 KiB
 //    neighbours and share operands in L2), then block b takes the k-tiles [b per, (b + 1) per) of
 //    the remaining tiles' tile-major (tile, k-tile) sequence, so every block ends with the same
 //    work whatever the tile count. A tile whose k-tiles fall to several blocks is finished by the
-//    last of them to arrive (below).
-enum Sched { COOP = 0, PING = 1, STREAMK = 2 };
+//    last of them to arrive (below);
+//  - MCAST, cooperative in clusters of two (ts_gemm_sm90c_*, launched with cluster dimension
+//    (2, 1, 1)): COOP's tiles and consumers; the cluster takes units of two row tiles that share
+//    a column tile (block rank r the row tile 2 p + r of unit p, in COOP's order over the pairs),
+//    and each block's producer loads its own x tile and half of the shared w tile, the w half
+//    multicast to both blocks. A k-tile brings the 48 KiB stage to each block for 32 KiB read
+//    through L2 (COOP: 48). A stage is refilled only when the consumers of both blocks have
+//    released it: every consumer warp arrives on the `empty` barrier of each block of the cluster.
+enum Sched { COOP = 0, PING = 1, STREAMK = 2, MCAST = 3 };
 template <int SCHED>
 struct Cfg {
   static constexpr int BN = SCHED == PING ? 128 : 256;
@@ -140,9 +148,19 @@ struct Work {
 template <int SCHED>
 struct Walk {
   int tiles, tilesM, tilesN, kTiles, per, u, dpTiles;
+  int step, rank;  // units step by the grid (MCAST: by the clusters); rank: MCAST's block in the cluster
   long long it, end;
   TS_DEVICE Walk(int tiles_, int tilesM_, int tilesN_, int kTiles_, int splits, int per_, int dpTiles_)
-      : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x), dpTiles(dpTiles_) {
+      : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x), dpTiles(dpTiles_), step(gridDim.x), rank(0) {
+    if (SCHED == MCAST) {
+      // Units are pairs of row tiles; both blocks of a cluster walk the same units.
+      const int csize = (int)cluster_nctarank();
+      rank = (int)cluster_ctarank();
+      u = blockIdx.x / csize;
+      step = gridDim.x / csize;
+      tilesM = (tilesM_ + csize - 1) / csize;
+      tiles = tilesM * tilesN;
+    }
     if (SCHED == STREAMK) {
       it = (long long)dpTiles * kTiles + (long long)blockIdx.x * per;
       end = min((long long)tiles * kTiles, it + per);
@@ -160,7 +178,7 @@ struct Walk {
       w.k0 = 0;
       w.k1 = kTiles;
       w.split = 0;
-      u += gridDim.x;
+      u += step;
     } else if (SCHED == STREAMK) {
       w.tile = (int)(it / kTiles);
       w.k0 = (int)(it % kTiles);
@@ -172,9 +190,12 @@ struct Walk {
       w.tile = u % tiles;
       w.k0 = w.split * per;
       w.k1 = min(kTiles, w.k0 + per);
-      u += gridDim.x;
+      u += step;
     }
     tile_coords(w.tile, tilesM, tilesN, w.tm, w.tn);
+    // MCAST: the pair's row tile for this block; past the last row tile when the pair has one
+    // (its rows read as zeros and are never stored).
+    if (SCHED == MCAST) w.tm = w.tm * (int)cluster_nctarank() + rank;
     return true;
   }
 };
@@ -183,7 +204,7 @@ template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
                                      int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles) {
   using C = Cfg<SCHED>;
-  constexpr bool PP = SCHED == PING;
+  constexpr bool PP = SCHED == PING, MC = SCHED == MCAST;
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
@@ -198,14 +219,21 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   // The launcher's plan leaves no unit an empty k range (COOP/PING) and no block an empty range
   // of k-tiles (STREAMK: kTilesPerSplit is the k-tiles per block after the dpTiles whole tiles).
 
+  // MCAST: the blocks of the cluster (cmask: all of them) and this one's rank.
+  const int csize = MC ? (int)cluster_nctarank() : 1, crank = MC ? (int)cluster_ctarank() : 0;
+  const uint16_t cmask = (uint16_t)((1u << csize) - 1);
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
-      mbar_init(&full[s], 1);                    // the producer's arrive, plus the TMA bytes
-      mbar_init(&empty[s], PP ? 128 : 2 * 128);  // every thread of the warpgroup(s) reading it
+      mbar_init(&full[s], 1);  // the producer's arrive, plus the TMA bytes
+      // Every thread of the warpgroup(s) reading it; MCAST: one lane of each consumer warp of
+      // each block of the cluster.
+      mbar_init(&empty[s], MC ? 8 * csize : PP ? 128 : 2 * 128);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  __syncthreads();
+  // MCAST: no block may arrive on, or load into, a peer's barriers before the peer initialized them.
+  if (MC) cluster_sync();
+  else __syncthreads();
 
   Walk<SCHED> walk(tiles, tilesM, tilesN, kTiles, splits, kTilesPerSplit, dpTiles);
   Work w;
@@ -218,9 +246,29 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       for (int kt = w.k0; kt < w.k1; kt++) {
         mbar_wait(&empty[stage], phase ^ 1);
         uint8_t* a = smem + stage * STAGE_BYTES;
+        // The whole stage's bytes: MCAST's include the w part the peers multicast, which may
+        // land before this arrival (the phase cannot complete while the arrival is pending).
         mbar_arrive_expect_tx(&full[stage], STAGE_BYTES);
         tma_load_2d(a, &tmX, &full[stage], kt * BK, w.tm * BM);
-        tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, w.tn * BN);
+        if (MC) {
+          // This block's share of w's tile (tmW's box: BN / csize rows), to the same place in every block.
+          const int rows = BN / csize;
+          tma_load_2d_multicast(a + A_BYTES + crank * rows * 128, &tmW, &full[stage], kt * BK, w.tn * BN + crank * rows, cmask);
+        } else {
+          tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, w.tn * BN);
+        }
+        if (++stage == STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    if (MC) {
+      // The block stays until the consumers of every block of the cluster have released its last
+      // STAGES stages: their arrivals land on this block's barriers, which go when it exits.
+      // (A stage never filled passes at once, as on the first lap.)
+      for (int i = 0; i < STAGES; i++) {
+        mbar_wait(&empty[stage], phase ^ 1);
         if (++stage == STAGES) {
           stage = 0;
           phase ^= 1;
@@ -235,6 +283,12 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   const int ct = threadIdx.x - 128;  // the consumer thread, 0-255
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   float acc[2][64];
+  // Releases a stage: every consumer thread arrives; MCAST: lane r of each consumer warp arrives
+  // for its warp on block r of the cluster, whose producer multicasts into this block's stage too.
+  const auto release = [&](int s) {
+    if (!MC) mbar_arrive(&empty[s]);
+    else if (lane < csize) mbar_arrive_cluster(&empty[s], (uint32_t)lane);
+  };
   // The ring position of the block's next k-tile: both consumers walk all of the block's work,
   // so in ping-pong each steps over the other's k-tiles.
   int pos = 0;
@@ -270,7 +324,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       wgmma_commit();
       // Keep this k-tile's group in flight; the previous one has now completed: free its stage.
       wgmma_wait<1>();
-      if (prev >= 0) mbar_arrive(&empty[prev]);
+      if (prev >= 0) release(prev);
       prev = stage;
     }
     // Every k-tile of this unit has been waited for: the other consumer's main loop may start
@@ -279,7 +333,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
     wgmma_wait<0>();
     fence_regs(acc[0]);
     fence_regs(acc[1]);
-    if (prev >= 0) mbar_arrive(&empty[prev]);
+    if (prev >= 0) release(prev);
 
     // Fragment layout of m64nNk16 (f32): element 4i + e of a thread is row 16 warp + lane / 4
     // (+ 8 for e >= 2), column 8 i + 2 (lane % 4) (+ 1 for odd e). acc[h] is rows 64 h (PING)
@@ -365,7 +419,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 #define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T, SCHED)                                                                              \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
-           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN x 64, 128-byte swizzle */                              \
+           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN (MCAST: BN / 2) x 64, 128-byte swizzle */              \
            OUT_T* y,                                /* [M, N], may be res */                                                    \
            const T* __restrict__ bias,              /* [N], or null */                                                          \
            const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
@@ -410,6 +464,10 @@ TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16, ts::bf16, ts::bf16, ts_sm90::PING)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_bf16_f32, ts::bf16, float, ts_sm90::PING)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16, ts::f16, ts::f16, ts_sm90::PING)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90p_f16_f32, ts::f16, float, ts_sm90::PING)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_bf16, ts::bf16, ts::bf16, ts_sm90::MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_bf16_f32, ts::bf16, float, ts_sm90::MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_f16, ts::f16, ts::f16, ts_sm90::MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_f16_f32, ts::f16, float, ts_sm90::MCAST)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16, ts::bf16, ts::bf16)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16_f32, ts::bf16, float)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_f16, ts::f16, ts::f16)

@@ -323,7 +323,10 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // units each with the ring lapped in between. Its stream-K rung (sm90k; each case says how its
 // k-tiles fall on an H100's 132 SMs): one tile in 16 pieces, blocks that end one shared tile and
 // start the next (both of their slots), whole tiles only, and a wave of whole tiles handed out in
-// turn before a stream-K part of whole and shared tiles.
+// turn before a stream-K part of whole and shared tiles. Its cluster rung (sm90c: two blocks on a
+// pair of row tiles, w's tile multicast in halves; an H100 holds 66 such clusters): a pair whose
+// second tile lies past M, more k-tiles than the 4-stage ring in both blocks, and more pairs than
+// clusters, so that clusters walk on to a second pair after their first.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -370,7 +373,11 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [257, 1544, 300, true, false, 'sm90k'], // 6 tiles of 25, 38 blocks of 4
   [300, 200, 5640, false, false, 'sm90k'], // 69 tiles of 4, 69 blocks of 4: no tile shared
   [130, 136, 34312, false, true, 'sm90k'], // 270 tiles: 132 whole, then 138 of 3 k-tiles over 104 blocks of 4
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k')?]>) {
+  [1, 64, 8, false, false, 'sm90c'], // one pair, its second row tile past M
+  [130, 72, 264, true, false, 'sm90c'], // one pair of row tiles at 2 column tiles: 2 clusters
+  [17, 1032, 37, false, true, 'sm90c'], // 17 k-tiles through 4 stages, in both blocks
+  [257, 136, 8712, true, false, 'sm90c'], // 2 pairs x 35 column tiles = 70 pairs on 66 clusters
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -412,9 +419,11 @@ for (const [r, k, n, bias, variant, alias] of [
   [257, 200, 37, false, 'sm90p'],
   [130, 1032, 264, true, 'sm90k'],
   [257, 200, 37, false, 'sm90k'],
+  [130, 1032, 264, true, 'sm90c'],
+  [257, 200, 37, false, 'sm90c'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,

@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { Attrs } from '../../src/graph/ir.js';
-import { forStorage, packArgs, withStorageTwins } from '../../src/backend/cuda/kernel_decl.js';
+import { forStorage, packArgs, withStorageTwins, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
 import {
   DECLS,
   GEMM_BK,
@@ -22,7 +22,7 @@ import {
   matmulAdd,
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
-import type { CudaOpContext } from '../../src/backend/cuda/ops/types.js';
+import type { CudaOpContext, Launch } from '../../src/backend/cuda/ops/types.js';
 import { fakeDevice, tensor, type Recorded } from './fake_device.js';
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
@@ -53,12 +53,13 @@ function macroEntryNames(source: string, perConfig: string, params: string[]): s
  * One matmul launch (matmul_add with `res`: the residual at p.res, which defaults to y's buffer,
  * the in-place sum the planner makes).
  */
-function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws' | 'res', bigint>> }) {
+function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; maxClusters?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws' | 'res', bigint>> }) {
   const { R, N, K } = opts;
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
   const scratch: number[] = [];
   const boxes: string[] = [];
+  const clusterQueries: Launch[] = [];
   const st = opts.storage ?? 'bf16';
   const inputs = [tensor([R, K], st, p.x), tensor([N, K], st, p.w)];
   if (opts.res) inputs.push(tensor([R, N], st, p.res ?? p.y));
@@ -74,13 +75,21 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       packArgs(new DataView(new ArrayBuffer(4096)), decl, args);
       launches.push({ decl, launch, args });
     },
+    ...(opts.maxClusters !== undefined
+      ? {
+          maxActiveClusters: (_decl: KernelDecl, launch: Launch) => {
+            clusterQueries.push(launch);
+            return opts.maxClusters!;
+          },
+        }
+      : {}),
     constant: () => 0n,
     scratch: (bytes) => {
       scratch.push(bytes);
       return p.ws;
     },
     tensorMap2d: (t, box) => {
-      if (!['sm90', 'sm90s', 'sm90p', 'sm90k'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
+      if (!['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
       boxes.push([t === inputs[0] ? 'x' : 'w', ...box].join(' '));
       return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
@@ -89,7 +98,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
     },
   };
   (opts.res ? matmulAdd : matmul)(ctx);
-  return { launches, scratch, boxes };
+  return { launches, scratch, boxes, clusterQueries };
 }
 
 const LLAMA3_8B: Array<[string, number, number]> = [
@@ -115,7 +124,7 @@ describe('gemm tile table', () => {
   it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct, and each one\'s fp16 twin', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2 + 2);
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2 + 2 + 2);
     // Every entry the sources make, bf16 and fp16: exactly the declarations and their twins.
     const sourceNames = [
       ...macroEntryNames(SOURCE, 'TS_GEMM_ENTRIES', ['BM', 'BN']),
@@ -373,6 +382,22 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     expect(sm90k.launches[0].launch).toEqual({ grid: [128, 1, 1], block: [384, 1, 1], sharedBytes: 4 * 49152 + 1024 + 64 + 16 });
     expect(sm90k.scratch).toEqual([2 * 128 * 256 * 128 * 4]);
     expect(sm90k.boxes).toEqual(['x 128 64', 'w 256 64']);
+    // sm90c: its own entries in clusters of two; w's box is half a tile (each block of the pair
+    // multicasts its half); a cluster per pair of row tiles, at most the resident clusters.
+    const sm90c = run({ R: 1000, N: 4096, K: 4104, res: true, bias: true, attrs: { gemmVariant: 'sm90c' }, maxClusters: 60, ptrs: { x: 1n << 32n } });
+    expect(sm90c.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90c_bf16']);
+    expect(sm90c.launches[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, M: 1000, N: 4096, K: 4104, splits: 1, kTilesPerSplit: 65 });
+    // 8 row tiles = 4 pairs, x 16 column tiles: 64 pairs on the 60 clusters the device holds.
+    expect(sm90c.launches[0].launch).toEqual({ grid: [120, 1, 1], block: [384, 1, 1], sharedBytes: 4 * 49152 + 1024 + 64, cluster: [2, 1, 1] });
+    expect(sm90c.clusterQueries).toEqual([{ grid: [2, 1, 1], block: [384, 1, 1], sharedBytes: 4 * 49152 + 1024 + 64, cluster: [2, 1, 1] }]);
+    expect(sm90c.boxes).toEqual(['x 128 64', 'w 128 64']);
+    // Fewer pairs than clusters: one cluster a pair (3 row tiles make 2 pairs, the second with one
+    // real tile); no occupancy query in the context: half the SMs.
+    expect(run({ R: 300, N: 512, K: 64, attrs: { gemmVariant: 'sm90c' } }).launches[0].launch.grid).toEqual([8, 1, 1]);
+    expect(run({ R: 300, N: 40960, K: 64, attrs: { gemmVariant: 'sm90c' } }).launches[0].launch.grid).toEqual([132, 1, 1]);
+    expect(() => run({ R: 300, N: 40960, K: 64, attrs: { gemmVariant: 'sm90c' }, maxClusters: 0 })).toThrow(
+      'ts_gemm_sm90c_bf16: the device can hold no cluster of 2 blocks with 197696 bytes of shared memory each',
+    );
     // No tile shared between blocks: no workspace.
     expect(run({ R: 300, N: 5640, K: 200, attrs: { gemmVariant: 'sm90k' } }).scratch).toEqual([]);
   });
@@ -437,7 +462,7 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s, sm90p or sm90k, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s, sm90p, sm90k or sm90c, not fast');
     expect(gemmVariant(1, 'sm90k', 9)).toBe('sm90k');
     expect(gemmVariant(4096, 'sm90p', 9)).toBe('sm90p');
     expect(gemmVariant(4096, 'sm90p', 8)).toBe('tiles');

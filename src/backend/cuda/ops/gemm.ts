@@ -11,7 +11,7 @@
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
 import { storageOf } from './elementwise.js';
-import type { CudaOp, CudaOpContext, DeviceTensor } from './types.js';
+import type { CudaOp, CudaOpContext, DeviceTensor, Launch } from './types.js';
 import { ceilDiv, elementBytes } from './types.js';
 
 export type GemmTileName = '16x128' | '32x128' | '64x128' | '128x128';
@@ -143,13 +143,15 @@ const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
  * (sm90s; the same entry, gemmSm90Plan), the Hopper kernel with ping-pong consumers on
  * 128 x 128 tiles (sm90p: one consumer's epilogue under the other's main loop), and the Hopper
  * kernel scheduled stream-K (sm90k: every block the same number of k-tiles, tiles shared between
- * blocks finished by the last to arrive; gemmSm90kPlan).
+ * blocks finished by the last to arrive; gemmSm90kPlan), and the Hopper kernel in clusters of two
+ * blocks on row tiles that share w's tile, each loading half of it for both through TMA multicast
+ * (sm90c: a third less operand traffic through L2 a k-tile; gemmSm90cGrid).
  */
-export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k';
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
-export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k'];
-/** The variants that need compute capability 9 (wgmma, TMA). */
-export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p', 'sm90k'];
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'];
+/** The variants that need compute capability 9 (wgmma, TMA; sm90c also thread-block clusters). */
+export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -185,6 +187,12 @@ export const GEMM_SM90 = { bm: 128, bn: 256, bk: 64, stages: 4, threads: 384, sh
 export const GEMM_SM90P = { bm: 128, bn: 128, bk: 64, stages: 6, threads: 384, sharedBytes: 6 * (128 + 128) * 64 * 2 + 1024 + 2 * 6 * 8 } as const;
 /** The stream-K entries' (Cfg<STREAMK>): GEMM_SM90's tiles and stages, and a flag in shared memory. */
 export const GEMM_SM90K = { ...GEMM_SM90, sharedBytes: GEMM_SM90.sharedBytes + 16 } as const;
+/**
+ * The cluster entries' (Cfg<MCAST>): GEMM_SM90's tiles, stages and shared memory, launched in
+ * clusters of `cluster` blocks along x; w's tensor map boxes bn / cluster rows (a block's share of
+ * the tile it multicasts).
+ */
+export const GEMM_SM90C = { ...GEMM_SM90, cluster: 2 } as const;
 /** A stream-K block's partial-tile slot: 256 consumer threads x 128 f32 accumulators (SLOT_FLOATS). */
 export const GEMM_SM90K_SLOT_BYTES = 256 * 128 * 4;
 /** Stream-K gives a block at least this many k-tiles (fewer pieces per tile where K is short of work). */
@@ -268,6 +276,38 @@ export function gemmSm90kPlan(R: number, N: number, K: number, multiprocessors: 
     workspaceBytes: sharedTiles > 0 ? 2 * streamKBlocks * GEMM_SM90K_SLOT_BYTES : 0,
     sharedTiles,
   };
+}
+
+/** ts_gemm_sm90c_bf16 and ts_gemm_sm90c_bf16_f32: the cluster schedule, the same parameters (splits 1). */
+export const GEMM_SM90C_KERNELS: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_sm90c_bf16', params: GEMM_SM90_PARAMS },
+  f32: { name: 'ts_gemm_sm90c_bf16_f32', params: GEMM_SM90_PARAMS },
+};
+
+/**
+ * sm90c's persistent grid, in blocks: a cluster per pair of row tiles sharing a column tile (the
+ * last pair of an odd count has one real tile), at most `maxClusters` resident at once
+ * (cuOccupancyMaxActiveClusters: clusters go to GPCs whole, so it can be below SMs / 2).
+ */
+export function gemmSm90cGrid(R: number, N: number, maxClusters: number): number {
+  const pairs = ceilDiv(ceilDiv(R, GEMM_SM90C.bm), GEMM_SM90C.cluster) * ceilDiv(N, GEMM_SM90C.bn);
+  return GEMM_SM90C.cluster * Math.max(1, Math.min(pairs, maxClusters));
+}
+
+/** The resident clusters the driver reports per kernel and device, asked once (it does not change). */
+const maxClustersSeen = new WeakMap<object, Map<string, number>>();
+function maxClusters(ctx: CudaOpContext, decl: KernelDecl, launch: Launch): number {
+  const fallback = Math.floor(ctx.device.multiprocessors / GEMM_SM90C.cluster);
+  if (!ctx.maxActiveClusters) return Math.max(1, fallback);
+  let seen = maxClustersSeen.get(ctx.device);
+  if (!seen) maxClustersSeen.set(ctx.device, (seen = new Map()));
+  let n = seen.get(decl.name);
+  if (n === undefined) {
+    n = ctx.maxActiveClusters(decl, launch);
+    seen.set(decl.name, n);
+  }
+  if (n < 1) throw new Error(`${decl.name}: the device can hold no cluster of ${GEMM_SM90C.cluster} blocks with ${launch.sharedBytes} bytes of shared memory each`);
+  return n;
 }
 
 /** ts_gemm_sm90p_bf16 and ts_gemm_sm90p_bf16_f32: the ping-pong schedule, the same parameters. */
@@ -452,6 +492,15 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     });
     return;
   }
+  if (variant === 'sm90c' && K > 0) {
+    const tmX = ctx.tensorMap2d(x, [GEMM_SM90C.bm, GEMM_SM90C.bk], '128B');
+    const tmW = ctx.tensorMap2d(w, [GEMM_SM90C.bn / GEMM_SM90C.cluster, GEMM_SM90C.bk], '128B');
+    const decl = entry(GEMM_SM90C_KERNELS[outDType]);
+    const base: Launch = { grid: [GEMM_SM90C.cluster, 1, 1], block: [GEMM_SM90C.threads, 1, 1], sharedBytes: GEMM_SM90C.sharedBytes, cluster: [GEMM_SM90C.cluster, 1, 1] };
+    const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base));
+    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, GEMM_SM90C.bk) });
+    return;
+  }
   if (variant === 'sm90p' && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90P.bm, GEMM_SM90P.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90P.bn, GEMM_SM90P.bk], '128B');
@@ -519,6 +568,8 @@ export const DECLS: KernelDecl[] = [
   GEMM_SM90P_KERNELS.f32,
   GEMM_SM90K_KERNELS.bf16,
   GEMM_SM90K_KERNELS.f32,
+  GEMM_SM90C_KERNELS.bf16,
+  GEMM_SM90C_KERNELS.f32,
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];
