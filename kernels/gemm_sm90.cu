@@ -1,8 +1,8 @@
 // Hopper GEMM (sm_90a) for the `matmul` and `matmul_add` ops: y[M, N] = x[M, K] · w[N, K]^T
 // (+ bias[N]) (+ res[M, N]), T bf16 or fp16, f32 accumulate, y T or f32. Entries per schedule
 // (below): ts_gemm_sm90_<T> (cooperative), ts_gemm_sm90p_<T> (ping-pong), ts_gemm_sm90k_<T>
-// (stream-K), ts_gemm_sm90c_<T> (cooperative in clusters of two, w multicast), each with a _f32
-// twin for y f32. Same operands as kernels/gemm.cu; beside its tile
+// (stream-K), ts_gemm_sm90c_<T> (cooperative in clusters of two, w multicast), ts_gemm_sm90pc_<T>
+// (ping-pong in clusters of two), each with a _f32 twin for y f32. Same operands as kernels/gemm.cu; beside its tile
 // kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
 //
 // Why: mma.sync issues from one warp at a time with operands through registers, which caps it
@@ -12,7 +12,7 @@
 //
 //   x: [M, K] T row-major, through the tensor map tmX (box 128 rows x 64 columns, 128-byte swizzle)
 //   w: [N, K] T row-major, through tmW (box BN rows x 64 columns, 128-byte swizzle: BN 256, or 128
-//      for the ping-pong entries; 128 rows, half a tile, for the cluster entries)
+//      for the ping-pong entries; half a tile, for the cluster entries: 128 or 64 rows)
 //   bias: [N] T or null; res: [M, N] T or null (may be y: each element is read by the thread that
 //   writes it); y: [M, N] T or f32, row-major
 // Any M, N >= 1; K % 8 == 0 (16-byte rows, a tensor map's stride rule); the maps' out-of-range
@@ -71,12 +71,17 @@ constexpr int A_BYTES = BM * BK * 2;  // 16 KiB
 //    and each block's producer loads its own x tile and half of the shared w tile, the w half
 //    multicast to both blocks. A k-tile brings the 48 KiB stage to each block for 32 KiB read
 //    through L2 (COOP: 48). A stage is refilled only when the consumers of both blocks have
-//    released it: every consumer warp arrives on the `empty` barrier of each block of the cluster.
-enum Sched { COOP = 0, PING = 1, STREAMK = 2, MCAST = 3 };
+//    released it: every consumer warp arrives on the `empty` barrier of each block of the cluster;
+//  - PING_MCAST, ping-pong in clusters of two (ts_gemm_sm90pc_*): PING's tiles, ring and turns
+//    with MCAST's pairs of row tiles, each block's producer multicasting half of the 128-row w
+//    tile (24 KiB of L2 reads a k-tile for a 32 KiB stage; PING: 32).
+enum Sched { COOP = 0, PING = 1, STREAMK = 2, MCAST = 3, PING_MCAST = 4 };
+__host__ __device__ constexpr bool pingpong(int sched) { return sched == PING || sched == PING_MCAST; }
+__host__ __device__ constexpr bool multicast(int sched) { return sched == MCAST || sched == PING_MCAST; }
 template <int SCHED>
 struct Cfg {
-  static constexpr int BN = SCHED == PING ? 128 : 256;
-  static constexpr int STAGES = SCHED == PING ? 6 : 4;
+  static constexpr int BN = pingpong(SCHED) ? 128 : 256;
+  static constexpr int STAGES = pingpong(SCHED) ? 6 : 4;
   static constexpr int B_BYTES = BN * BK * 2;
   static constexpr int STAGE_BYTES = A_BYTES + B_BYTES;
   // Dynamic shared memory the launcher asks for (ops/gemm.ts: GEMM_SM90, GEMM_SM90P): the stages,
@@ -148,11 +153,11 @@ struct Work {
 template <int SCHED>
 struct Walk {
   int tiles, tilesM, tilesN, kTiles, per, u, dpTiles;
-  int step, rank;  // units step by the grid (MCAST: by the clusters); rank: MCAST's block in the cluster
+  int step, rank;  // units step by the grid (multicast: by the clusters); rank: the block in its cluster
   long long it, end;
   TS_DEVICE Walk(int tiles_, int tilesM_, int tilesN_, int kTiles_, int splits, int per_, int dpTiles_)
       : tiles(tiles_), tilesM(tilesM_), tilesN(tilesN_), kTiles(kTiles_), per(per_), u(blockIdx.x), dpTiles(dpTiles_), step(gridDim.x), rank(0) {
-    if (SCHED == MCAST) {
+    if (multicast(SCHED)) {
       // Units are pairs of row tiles; both blocks of a cluster walk the same units.
       const int csize = (int)cluster_nctarank();
       rank = (int)cluster_ctarank();
@@ -193,9 +198,9 @@ struct Walk {
       u += step;
     }
     tile_coords(w.tile, tilesM, tilesN, w.tm, w.tn);
-    // MCAST: the pair's row tile for this block; past the last row tile when the pair has one
+    // Multicast: the pair's row tile for this block; past the last row tile when the pair has one
     // (its rows read as zeros and are never stored).
-    if (SCHED == MCAST) w.tm = w.tm * (int)cluster_nctarank() + rank;
+    if (multicast(SCHED)) w.tm = w.tm * (int)cluster_nctarank() + rank;
     return true;
   }
 };
@@ -204,7 +209,7 @@ template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
                                      int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles) {
   using C = Cfg<SCHED>;
-  constexpr bool PP = SCHED == PING, MC = SCHED == MCAST;
+  constexpr bool PP = pingpong(SCHED), MC = multicast(SCHED);
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
   extern __shared__ uint8_t raw[];
   // 1024-byte alignment for the swizzle atoms.
@@ -219,19 +224,19 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   // The launcher's plan leaves no unit an empty k range (COOP/PING) and no block an empty range
   // of k-tiles (STREAMK: kTilesPerSplit is the k-tiles per block after the dpTiles whole tiles).
 
-  // MCAST: the blocks of the cluster (cmask: all of them) and this one's rank.
+  // Multicast: the blocks of the cluster (cmask: all of them) and this one's rank.
   const int csize = MC ? (int)cluster_nctarank() : 1, crank = MC ? (int)cluster_ctarank() : 0;
   const uint16_t cmask = (uint16_t)((1u << csize) - 1);
   if (threadIdx.x == 0) {
     for (int s = 0; s < STAGES; s++) {
       mbar_init(&full[s], 1);  // the producer's arrive, plus the TMA bytes
-      // Every thread of the warpgroup(s) reading it; MCAST: one lane of each consumer warp of
+      // Every thread of the warpgroup(s) reading it; MC: one lane of each warp reading it, of
       // each block of the cluster.
-      mbar_init(&empty[s], MC ? 8 * csize : PP ? 128 : 2 * 128);
+      mbar_init(&empty[s], (MC ? (PP ? 4 : 8) * csize : PP ? 128 : 2 * 128));
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  // MCAST: no block may arrive on, or load into, a peer's barriers before the peer initialized them.
+  // Multicast: no block may arrive on, or load into, a peer's barriers before the peer initialized them.
   if (MC) cluster_sync();
   else __syncthreads();
 
@@ -246,8 +251,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
       for (int kt = w.k0; kt < w.k1; kt++) {
         mbar_wait(&empty[stage], phase ^ 1);
         uint8_t* a = smem + stage * STAGE_BYTES;
-        // The whole stage's bytes: MCAST's include the w part the peers multicast, which may
-        // land before this arrival (the phase cannot complete while the arrival is pending).
+        // The whole stage's bytes: with multicast they include the w part the peers multicast,
+        // which may land before this arrival (the phase cannot complete while it is pending).
         mbar_arrive_expect_tx(&full[stage], STAGE_BYTES);
         tma_load_2d(a, &tmX, &full[stage], kt * BK, w.tm * BM);
         if (MC) {
@@ -283,7 +288,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
   const int ct = threadIdx.x - 128;  // the consumer thread, 0-255
   const int warp = (threadIdx.x % 128) / 32, lane = threadIdx.x % 32;
   float acc[2][64];
-  // Releases a stage: every consumer thread arrives; MCAST: lane r of each consumer warp arrives
+  // Releases a stage: every consumer thread arrives; multicast: lane r of each consumer warp arrives
   // for its warp on block r of the cluster, whose producer multicasts into this block's stage too.
   const auto release = [&](int s) {
     if (!MC) mbar_arrive(&empty[s]);
@@ -419,7 +424,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 #define TS_GEMM_SM90_ENTRY(NAME, T, OUT_T, SCHED)                                                                              \
   extern "C" __global__ void __launch_bounds__(ts_sm90::THREADS, 1)                                                             \
       NAME(const __grid_constant__ CUtensorMap tmX, /* x [M, K] T: box 128 x 64, 128-byte swizzle */                             \
-           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN (MCAST: BN / 2) x 64, 128-byte swizzle */              \
+           const __grid_constant__ CUtensorMap tmW, /* w [N, K] T: box BN (clusters: BN / 2) x 64, 128-byte swizzle */           \
            OUT_T* y,                                /* [M, N], may be res */                                                    \
            const T* __restrict__ bias,              /* [N], or null */                                                          \
            const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
@@ -468,6 +473,10 @@ TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_bf16, ts::bf16, ts::bf16, ts_sm90::MCAST)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_bf16_f32, ts::bf16, float, ts_sm90::MCAST)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_f16, ts::f16, ts::f16, ts_sm90::MCAST)
 TS_GEMM_SM90_ENTRY(ts_gemm_sm90c_f16_f32, ts::f16, float, ts_sm90::MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90pc_bf16, ts::bf16, ts::bf16, ts_sm90::PING_MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90pc_bf16_f32, ts::bf16, float, ts_sm90::PING_MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90pc_f16, ts::f16, ts::f16, ts_sm90::PING_MCAST)
+TS_GEMM_SM90_ENTRY(ts_gemm_sm90pc_f16_f32, ts::f16, float, ts_sm90::PING_MCAST)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16, ts::bf16, ts::bf16)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_bf16_f32, ts::bf16, float)
 TS_GEMM_SM90K_ENTRY(ts_gemm_sm90k_f16, ts::f16, ts::f16)

@@ -245,12 +245,12 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
 
 /**
  * The GEMM rungs timed at M rows: the GEMV where it applies (M <= 8), the ping-pong and cluster
- * Hopper kernels where it does not (their 128-row tiles are the cooperative kernel's, and a
+ * Hopper kernels (sm90p, sm90c, sm90pc) where it does not (their 128-row tiles are the cooperative kernel's, and a
  * cluster's second row tile would be empty; at M <= 8 the contest is between the GEMV and the
  * rungs that spread K: sm90s and stream-K).
  */
 function gemmLadder(m: number): GemmVariant[] {
-  return m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90k'] : ['tiles', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'];
+  return m <= GEMV_MAX_R[GEMV_MAX_R.length - 1] ? ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90k'] : ['tiles', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c', 'sm90pc'];
 }
 
 /** The GEMM cases in one storage type: every projection x M in bf16; gemm.f16's subset in fp16. */
@@ -434,7 +434,7 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
   for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
   const out: ResidualComparison[] = [];
   for (const [name, resMs] of ms) {
-    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90[spkc]?)?$/.exec(name);
+    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+res( gemv| sm90(?:pc|[spkc])?)?$/.exec(name);
     if (!m) continue;
     const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
     const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`), addNorm = ms.get(`add_rmsnorm R${rows} H${hidden}`);

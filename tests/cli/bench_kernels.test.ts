@@ -22,10 +22,10 @@ describe('bench kernels: the cases', () => {
     const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul');
     // Every M with the tile kernel and the Hopper kernel's rungs (sm90, sm90s: left out at run
     // time where its plan does not split, sm90k), M <= 8 with the GEMV as well, and M > 8 with the
-    // ping-pong and cluster Hopper kernels (sm90p, sm90c) instead.
-    const gemmRungs = (m: number) => (m <= 8 ? 5 : 6);
+    // ping-pong and cluster Hopper kernels (sm90p, sm90c, sm90pc) instead.
+    const gemmRungs = (m: number) => (m <= 8 ? 5 : 7);
     expect(gemm.length).toBe(shapes.gemm.projections.length * shapes.gemm.m.reduce((n, m) => n + gemmRungs(m), 0));
-    for (const v of ['sm90p', 'sm90c']) expect(gemm.filter((c) => c.attrs.gemmVariant === v).every((c) => c.gemm!.m > 8 && c.name.endsWith(` ${v}`))).toBe(true);
+    for (const v of ['sm90p', 'sm90c', 'sm90pc']) expect(gemm.filter((c) => c.attrs.gemmVariant === v).every((c) => c.gemm!.m > 8 && c.name.endsWith(` ${v}`))).toBe(true);
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'sm90c').length).toBe(shapes.gemm.projections.length * shapes.gemm.m.filter((m) => m > 8).length);
     // The residual epilogue: gemm.residual's projections at its M, the same ladder, cuBLASLt given
     // the residual as C; 2 bytes more per output element read than the plain product.
@@ -35,7 +35,7 @@ describe('bench kernels: the cases', () => {
     expect(resProjections.map((p) => p.name)).toEqual(['o', 'down']);
     expect(withRes.length).toBe(resProjections.length * res.m.reduce((n, m) => n + gemmRungs(m), 0));
     for (const c of withRes) {
-      expect(c.name, c.name).toMatch(/ K\d+ \+res( gemv| sm90[spkc]?)?$/);
+      expect(c.name, c.name).toMatch(/ K\d+ \+res( gemv| sm90(?:pc|[spkc])?)?$/);
       expect(c.gemm!.residual).toBe(true);
       expect(c.inputs[2]).toEqual({ shape: [c.gemm!.m, c.gemm!.n], bound: 1 });
       const plain = cases.find((p) => p.op === 'matmul' && p.name === c.name.replace(' +res', ''))!;
@@ -60,7 +60,7 @@ describe('bench kernels: the cases', () => {
     expect(f16.length).toBe(f16Projections * shapes.gemm.f16!.m.reduce((n, m) => n + gemmRungs(m), 0));
     for (const c of f16) {
       expect(c.attrs.storageDtype, c.name).toBe('f16');
-      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90[spkc]?)?$/);
+      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90(?:pc|[spkc])?)?$/);
     }
     expect(f16.map((c) => c.name)).toContain('gemm llama-3-8b qkv M8192 N6144 K4096 f16 sm90');
     // Last in the run, so that a run cut short by its time limit loses them before any bf16 case.
@@ -177,9 +177,9 @@ describe('bench kernels: the residual epilogue against add + norm, from one run'
     const names = expandCases(shapes, ['gemm', 'memory']).map((c) => c.name);
     const fake = names.map((name) => t(name, 1));
     const pairs = residualComparisons(fake);
-    // o and down at M 256 and 4096, each variant (tiles, sm90, sm90s, sm90p, sm90k, sm90c).
+    // o and down at M 256 and 4096, each variant (tiles, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc).
     expect(pairs.map((p) => p.gemm).sort()).toEqual(
-      ['o', 'down'].flatMap((p) => [256, 4096].flatMap((m) => ['', ' sm90', ' sm90s', ' sm90p', ' sm90k', ' sm90c'].map((v) => `gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336}${v}`))).sort(),
+      ['o', 'down'].flatMap((p) => [256, 4096].flatMap((m) => ['', ' sm90', ' sm90s', ' sm90p', ' sm90k', ' sm90c', ' sm90pc'].map((v) => `gemm llama-3-8b ${p} M${m} N4096 K${p === 'o' ? 4096 : 14336}${v}`))).sort(),
     );
     expect(pairs.every((p) => p.speedup === 1)).toBe(true);
   });

@@ -326,7 +326,9 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // turn before a stream-K part of whole and shared tiles. Its cluster rung (sm90c: two blocks on a
 // pair of row tiles, w's tile multicast in halves; an H100 holds 66 such clusters): a pair whose
 // second tile lies past M, more k-tiles than the 4-stage ring in both blocks, and more pairs than
-// clusters, so that clusters walk on to a second pair after their first.
+// clusters, so that clusters walk on to a second pair after their first. Its ping-pong rung in
+// clusters (sm90pc, 128 x 128 tiles): the same, with 138 pairs on 66 clusters so that the two
+// consumers of each block alternate over 2 and 3 units.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -377,7 +379,10 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [130, 72, 264, true, false, 'sm90c'], // one pair of row tiles at 2 column tiles: 2 clusters
   [17, 1032, 37, false, true, 'sm90c'], // 17 k-tiles through 4 stages, in both blocks
   [257, 136, 8712, true, false, 'sm90c'], // 2 pairs x 35 column tiles = 70 pairs on 66 clusters
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c')?]>) {
+  [1, 64, 8, false, false, 'sm90pc'], // one pair, its second row tile past M; one consumer idle
+  [17, 1032, 37, false, true, 'sm90pc'], // 17 k-tiles through 6 stages, in both blocks
+  [257, 136, 8712, true, false, 'sm90pc'], // 2 pairs x 69 column tiles = 138 pairs on 66 clusters
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -421,9 +426,11 @@ for (const [r, k, n, bias, variant, alias] of [
   [257, 200, 37, false, 'sm90k'],
   [130, 1032, 264, true, 'sm90c'],
   [257, 200, 37, false, 'sm90c'],
+  [130, 72, 264, true, 'sm90pc'],
+  [257, 200, 37, false, 'sm90pc'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,

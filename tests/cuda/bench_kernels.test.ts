@@ -186,7 +186,7 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(negative.stderr.trim()).toBe('tessera: --time-limit takes seconds, 0 or more, not -5.');
     const typo = bench(['--shapes', shapes, '--skip-kernels', 'matmul sm90,attention sm91']);
     expect(typo.status).toBe(1);
-    expect(typo.stderr.trim()).toBe('tessera: --skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of default, tiles, gemv, sm90, sm90s, sm90p, sm90k, sm90c, sm90o), not "attention sm91".');
+    expect(typo.stderr.trim()).toBe('tessera: --skip-kernels takes "op variant" pairs such as "matmul sm90" (an op of the IR; a variant of default, tiles, gemv, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc, sm90o), not "attention sm91".');
   });
 });
 
@@ -241,7 +241,7 @@ const emu = !skip && process.env.TESSERA_EMULATOR !== '0' ? buildEmulator() : nu
 const emuSkip = skip ?? (process.env.TESSERA_EMULATOR === '0' ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : emu!.skip);
 
 describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator (sm_90): the checks against cuBLASLt and the base rung', () => {
-  it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K, sm90p, sm90k, sm90c) equal to cuBLASLt, and the Hopper attention rungs equal to the mma.sync kernel', async () => {
+  it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K, sm90p, sm90k, sm90c, sm90pc) equal to cuBLASLt, and the Hopper attention rungs equal to the mma.sync kernel', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-emu-'));
     const shapes: KernelShapes = {
       gemm: { m: [1, 130], projections: [{ model: 'toy', name: 'proj', n: 264, k: 1024 }], ceiling: { m: 64, n: 64, k: 64 } },
@@ -263,7 +263,7 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
     type Result = { name: string; skipped?: string; error?: string; relativeErrorVsCublasLt?: number | null; relativeErrorVsBase?: number | null };
     const results = (JSON.parse(readFileSync(out, 'utf8')) as { results: Result[] }).results;
     const gemm = results.filter((x) => x.name.startsWith('gemm'));
-    // M 1: tiles, gemv, sm90, sm90s, sm90k; M 130: tiles, sm90, sm90s, sm90p, sm90k, sm90c; the fp16 cases left out.
+    // M 1: tiles, gemv, sm90, sm90s, sm90k; M 130: tiles, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc; the fp16 cases left out.
     expect(gemm.map((x) => x.name.replace('gemm toy proj ', ''))).toEqual([
       'M1 N264 K1024',
       'M1 N264 K1024 gemv',
@@ -276,6 +276,7 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
       'M130 N264 K1024 sm90p',
       'M130 N264 K1024 sm90k',
       'M130 N264 K1024 sm90c',
+      'M130 N264 K1024 sm90pc',
     ]);
     for (const x of gemm) {
       expect(x.error ?? x.skipped, x.name).toBeUndefined(); // sm90s splits K at both M here

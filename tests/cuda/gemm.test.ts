@@ -89,7 +89,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       return p.ws;
     },
     tensorMap2d: (t, box) => {
-      if (!['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
+      if (!['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c', 'sm90pc'].includes(String(opts.attrs?.gemmVariant))) throw new Error('no tensor maps expected');
       boxes.push([t === inputs[0] ? 'x' : 'w', ...box].join(' '));
       return new Uint8Array(128).fill(t === inputs[0] ? 1 : 2);
     },
@@ -124,7 +124,7 @@ describe('gemm tile table', () => {
   it('declares one kernel per tile and output dtype, the split-K reductions and the GEMV entries, all distinct, and each one\'s fp16 twin', () => {
     const names = DECLS.map((d) => d.name);
     expect(new Set(names).size).toBe(names.length);
-    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2 + 2 + 2);
+    expect(names.length).toBe(2 * Object.keys(GEMM_TILES).length + 2 + 2 * 4 + 2 + 2 + 2 + 2 + 2);
     // Every entry the sources make, bf16 and fp16: exactly the declarations and their twins.
     const sourceNames = [
       ...macroEntryNames(SOURCE, 'TS_GEMM_ENTRIES', ['BM', 'BN']),
@@ -462,7 +462,7 @@ describe('the GEMV variant', () => {
     expect(gemmVariant(8, 'gemv')).toBe('gemv');
     expect(gemmVariant(9, 'gemv')).toBe('tiles');
     expect(gemmVariant(1, 'tiles')).toBe('tiles');
-    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s, sm90p, sm90k or sm90c, not fast');
+    expect(() => gemmVariant(1, 'fast')).toThrow('gemm variant must be auto, tiles, gemv, sm90, sm90s, sm90p, sm90k, sm90c or sm90pc, not fast');
     expect(gemmVariant(1, 'sm90k', 9)).toBe('sm90k');
     expect(gemmVariant(4096, 'sm90p', 9)).toBe('sm90p');
     expect(gemmVariant(4096, 'sm90p', 8)).toBe('tiles');
@@ -474,10 +474,15 @@ describe('the GEMV variant', () => {
   });
 
   it('keeps the Hopper kernel\'s launch constants in step with kernels/gemm_sm90.cu', async () => {
-    const { GEMM_SM90, GEMM_SM90P, gemmSm90Grid } = await import('../../src/backend/cuda/ops/gemm.js');
+    const { GEMM_SM90, GEMM_SM90P, GEMM_SM90C, GEMM_SM90PC, gemmSm90Grid, gemmSm90cGrid } = await import('../../src/backend/cuda/ops/gemm.js');
     const num = (name: string) => Number(new RegExp(`\\b${name} = (\\d+)`).exec(SM90_SOURCE)![1]);
-    // Cfg<SCHED>: BN and STAGES as "SCHED == PING ? ping-pong : cooperative and stream-K".
-    const cfg = (name: string, pp: boolean) => Number(new RegExp(`\\b${name} = SCHED == PING \\? (\\d+) : (\\d+)`).exec(SM90_SOURCE)![pp ? 1 : 2]);
+    // Cfg<SCHED>: BN and STAGES as "pingpong(SCHED) ? ping-pong (sm90p, sm90pc) : cooperative (sm90, sm90k, sm90c)".
+    const cfg = (name: string, pp: boolean) => Number(new RegExp(`\\b${name} = pingpong\\(SCHED\\) \\? (\\d+) : (\\d+)`).exec(SM90_SOURCE)![pp ? 1 : 2]);
+    expect(SM90_SOURCE).toContain('constexpr bool pingpong(int sched) { return sched == PING || sched == PING_MCAST; }');
+    expect({ ...GEMM_SM90C, cluster: undefined }).toEqual({ ...GEMM_SM90, cluster: undefined });
+    expect({ ...GEMM_SM90PC, cluster: undefined }).toEqual({ ...GEMM_SM90P, cluster: undefined });
+    expect(gemmSm90cGrid(8192, 28672, 66)).toBe(132); // 32 x 112 pairs on 66 clusters
+    expect(gemmSm90cGrid(1024, 2048, 66, GEMM_SM90PC.bn)).toBe(128); // 4 x 16 pairs of 128 x 128 tiles: 64 clusters
     expect([GEMM_SM90.bm, GEMM_SM90.bn, GEMM_SM90.bk, GEMM_SM90.stages, GEMM_SM90.threads]).toEqual([num('BM'), cfg('BN', false), num('BK'), cfg('STAGES', false), num('THREADS')]);
     expect([GEMM_SM90P.bm, GEMM_SM90P.bn, GEMM_SM90P.bk, GEMM_SM90P.stages, GEMM_SM90P.threads]).toEqual([num('BM'), cfg('BN', true), num('BK'), cfg('STAGES', true), num('THREADS')]);
     // Four 48 KiB stages (ping-pong: six of 32 KiB), 1 KiB of alignment slack, two barriers per

@@ -113,8 +113,8 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
     for (const line of [
       // The cooperative schedule (COOP; PING and STREAMK share these lines with their own terms).
       'constexpr int BM = 128, BK = 64;',
-      'static constexpr int BN = SCHED == PING ? 128 : 256;',
-      'static constexpr int STAGES = SCHED == PING ? 6 : 4;',
+      'static constexpr int BN = pingpong(SCHED) ? 128 : 256;',
+      'static constexpr int STAGES = pingpong(SCHED) ? 6 : 4;',
       'constexpr int GROUP_M = 8;',
       'tm = first + (t % per_group) % rows;',
       'w.split = u / tiles;',

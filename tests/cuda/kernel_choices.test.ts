@@ -185,7 +185,7 @@ describe.skipIf(!mockPath)('kernel choices: the CUDA backend follows its GPU\'s 
     process.env.TESSERA_LIBCUDA = mockPath!;
     try {
       for (const [name, value, sentence] of [
-        ['TESSERA_GEMM', 'fast', 'TESSERA_GEMM must be auto, tiles, gemv, sm90, sm90s, sm90p, sm90k or sm90c, not "fast".'],
+        ['TESSERA_GEMM', 'fast', 'TESSERA_GEMM must be auto, tiles, gemv, sm90, sm90s, sm90p, sm90k, sm90c or sm90pc, not "fast".'],
         ['TESSERA_ATTENTION', 'fa3', 'TESSERA_ATTENTION must be auto, tiles, sm90 or sm90o, not "fa3".'],
       ] as const) {
         delete process.env.TESSERA_GEMM;

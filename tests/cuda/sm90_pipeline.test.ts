@@ -14,6 +14,13 @@
  * each steps its ring position over the other's k-tiles, waits for its turn (a named barrier the
  * other consumer arrives on once its main loop has waited for its last k-tile) and releases
  * stages alone (empty barriers of one warpgroup's arrivals).
+ *
+ * The cluster entries (ts_gemm_sm90c_*, sm90pc's ring is sm90p's with the same multicast) run
+ * two blocks of the cooperative schedule on a pair of row tiles: each producer loads its own x
+ * and multicasts its half of w into both blocks' stage, completing bytes on each block's own
+ * `full` barrier (possibly before that block's producer expected them), and every consumer
+ * releases a stage on both blocks' `empty` barriers. simulateCluster checks the same properties
+ * across the pair, and that no block exits while its peer still arrives on or loads into it.
  */
 import { describe, expect, it } from 'vitest';
 import { mulberry32 } from '../helpers/random.js';
@@ -136,6 +143,122 @@ function simulate(seed: number, STAGES: number, tiles: number, kTiles: number, b
   throw new Error(`deadlock (seed ${seed}): producer ${finished[0] ? 'done' : 'waiting'}, consumers ${finished[1]} ${finished[2]}`);
 }
 
+/** Deliberate errors in the cluster protocol. */
+interface ClusterBugs {
+  /** Consumers release only their own block's stage (empty barriers of the block's own consumers). */
+  localRelease?: boolean;
+  /** The producer does not wait out the last releases before its block exits. */
+  noTail?: boolean;
+}
+
+/**
+ * The cluster entries' protocol: blocks 0 and 1, each a producer and two consumers, walking the
+ * same `units` of `kTiles` k-tiles through rings of STAGES stages. Returns what each block's
+ * consumers read (both read the same).
+ */
+function simulateCluster(seed: number, STAGES: number, units: number, kTiles: number, bugs: ClusterBugs = {}): string[][] {
+  const rnd = mulberry32(seed);
+  const blocks = [0, 1];
+  // full: the producer's arrival plus 3 loads (its x, and both halves of w); empty: both
+  // consumers of both blocks (the kernel counts one lane a warp: 8 warps x 2 blocks).
+  const full = blocks.map(() => Array.from({ length: STAGES }, () => new MBarrier(1)));
+  const empty = blocks.map(() => Array.from({ length: STAGES }, () => new MBarrier(bugs.localRelease ? 2 : 4)));
+  /** What each part of each stage holds: x, w half 0, w half 1. */
+  const content = blocks.map(() => Array.from({ length: STAGES }, () => ({ x: '', w0: '', w1: '' }) as Record<'x' | 'w0' | 'w1', string>));
+  const inFlight: Array<{ block: number; stage: number; part: 'x' | 'w0' | 'w1'; label: string }> = [];
+  const reading = blocks.map(() => [new Set<number>(), new Set<number>()]);
+  const reads: string[][] = [[], []];
+  const exited = [false, false];
+  const live = (b: number, what: string) => {
+    if (exited[b]) throw new Error(`${what} on block ${b}, which has exited`);
+  };
+
+  function* producer(b: number): Generator<void> {
+    let stage = 0, phase = 0;
+    const advance = () => {
+      if (++stage === STAGES) {
+        stage = 0;
+        phase ^= 1;
+      }
+    };
+    for (let u = 0; u < units; u++)
+      for (let kt = 0; kt < kTiles; kt++) {
+        while (!empty[b][stage].done(phase ^ 1)) yield;
+        // Its x lands in its own block, its half of w in both.
+        for (const t of blocks)
+          for (const c of reading[t]) if (c.has(stage)) throw new Error(`producer ${b} overwrites stage ${stage} of block ${t} while a wgmma reads it`);
+        full[b][stage].arriveExpectTx(3);
+        const label = `${u}:${kt}`, w = `w${b}` as 'w0' | 'w1';
+        content[b][stage].x = '';
+        inFlight.push({ block: b, stage, part: 'x', label });
+        for (const t of blocks) {
+          live(t, `producer ${b}'s multicast`);
+          content[t][stage][w] = '';
+          inFlight.push({ block: t, stage, part: w, label });
+        }
+        advance();
+        yield;
+      }
+    // The tail: every stage released by both blocks' consumers before the block may exit.
+    if (!bugs.noTail)
+      for (let i = 0; i < STAGES; i++) {
+        while (!empty[b][stage].done(phase ^ 1)) yield;
+        advance();
+      }
+  }
+
+  function* consumer(b: number, me: number): Generator<void> {
+    let stage = 0, phase = 0, prev = -1;
+    const release = (s: number) => {
+      reading[b][me].delete(s);
+      for (const t of bugs.localRelease ? [b] : blocks) {
+        live(t, `consumer ${me} of block ${b}'s release`);
+        empty[t][s].arrive();
+      }
+    };
+    for (let u = 0; u < units; u++) {
+      prev = -1;
+      for (let kt = 0; kt < kTiles; kt++) {
+        while (!full[b][stage].done(phase)) yield;
+        const label = `${u}:${kt}`, c = content[b][stage];
+        if (c.x !== label || c.w0 !== label || c.w1 !== label) throw new Error(`consumer ${me} of block ${b} reads stage ${stage} holding ${JSON.stringify(c)}, expected ${label}`);
+        reading[b][me].add(stage);
+        if (me === 0) reads[b].push(label);
+        yield; // the group runs asynchronously
+        if (prev >= 0) release(prev);
+        prev = stage;
+        if (++stage === STAGES) {
+          stage = 0;
+          phase ^= 1;
+        }
+        yield;
+      }
+      if (prev >= 0) release(prev);
+      yield;
+    }
+  }
+
+  const agents = blocks.flatMap((b) => [{ b, gen: producer(b) }, { b, gen: consumer(b, 0) }, { b, gen: consumer(b, 1) }]);
+  const finished = agents.map(() => false);
+  for (let steps = 0; steps < 2_000_000; steps++) {
+    for (const b of blocks) if (!exited[b] && agents.every((a, i) => a.b !== b || finished[i])) exited[b] = true;
+    if (finished.every(Boolean) && inFlight.length === 0) return reads;
+    if (inFlight.length && rnd() < 0.3) {
+      const i = Math.floor(rnd() * inFlight.length);
+      const { block, stage, part, label } = inFlight.splice(i, 1)[0];
+      live(block, `a load's landing`);
+      content[block][stage][part] = label;
+      full[block][stage].completeTx(1);
+      continue;
+    }
+    const ready = agents.map((_, i) => i).filter((i) => !finished[i]);
+    if (ready.length === 0) continue;
+    const a = ready[Math.floor(rnd() * ready.length)];
+    if (agents[a].gen.next().done) finished[a] = true;
+  }
+  throw new Error(`deadlock (seed ${seed})`);
+}
+
 describe('the sm90 GEMM pipeline protocol (model of kernels/gemm_sm90.cu)', () => {
   it('never deadlocks, never overwrites a stage being read, and reads every k-tile after it landed, once per consumer', () => {
     for (let seed = 1; seed <= 300; seed++) {
@@ -186,5 +309,36 @@ describe('the sm90 GEMM pipeline protocol (model of kernels/gemm_sm90.cu)', () =
     // the stage a consumer first waits on was last loaded for its own previous tile, so there the
     // parity cannot mislead and the run without turns is right.
     expect(() => simulate(1, 6, 3, 4, { noOrder: true }, true)).not.toThrow();
+  });
+
+  it('clusters (sm90c): both blocks read every k-tile whole (their x, both halves of w) after it landed, nothing overwrites a stage either block reads, no block exits early', () => {
+    for (let seed = 1; seed <= 200; seed++) {
+      const units = 1 + (seed % 3), kTiles = 1 + (seed % 9);
+      const reads = simulateCluster(seed, 4, units, kTiles);
+      const want = Array.from({ length: units * kTiles }, (_, i) => `${Math.floor(i / kTiles)}:${i % kTiles}`);
+      expect(reads[0], `seed ${seed}`).toEqual(want);
+      expect(reads[1], `seed ${seed}`).toEqual(want);
+    }
+  });
+
+  it('clusters need the cross-block releases and the tail: without them a multicast overwrites a stage the peer reads, or a block exits under its peer', () => {
+    const messages = new Set<string>();
+    for (let seed = 1; seed <= 60; seed++) {
+      try {
+        simulateCluster(seed, 4, 2, 9, { localRelease: true });
+      } catch (err) {
+        messages.add((err as Error).message.replace(/\d+/g, 'N'));
+      }
+    }
+    expect([...messages].some((m) => /^producer N overwrites stage N of block N while a wgmma reads it$|^consumer N of block N reads stage N holding/.test(m)), [...messages].join('; ')).toBe(true);
+    messages.clear();
+    for (let seed = 1; seed <= 60; seed++) {
+      try {
+        simulateCluster(seed, 4, 1, 3, { noTail: true });
+      } catch (err) {
+        messages.add((err as Error).message.replace(/\d+/g, 'N'));
+      }
+    }
+    expect([...messages].some((m) => /which has exited$/.test(m)), [...messages].join('; ')).toBe(true);
   });
 });

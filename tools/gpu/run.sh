@@ -103,12 +103,12 @@ conformance() {
   done
 }
 # The Hopper kernels the sm90 stage failed, as bench kernels names them ("matmul sm90"): every
-# failing case's op, and sm90o, sm90s, sm90p, sm90k or sm90c where the case name says so (a failed
-# sm90 leaves out sm90s too: bench kernels runs the same kernel for both; sm90p, sm90k and sm90c
-# have entries of their own).
+# failing case's op, and sm90o, sm90s, sm90p, sm90k, sm90c or sm90pc where the case name says so
+# (a failed sm90 leaves out sm90s too: bench kernels runs the same kernel for both; sm90p, sm90k,
+# sm90c and sm90pc have entries of their own).
 sm90_failed() {
   sed 's/\x1b\[[0-9;]*m//g' "$R/sm90.txt" | grep -E '^ *FAIL .* > .* > .*sm90' |
-    awk -F' > ' '{ print $(NF-1), ($NF ~ /sm90o/ ? "sm90o" : $NF ~ /sm90s/ ? "sm90s" : $NF ~ /sm90p/ ? "sm90p" : $NF ~ /sm90k/ ? "sm90k" : $NF ~ /sm90c/ ? "sm90c" : "sm90") }' | sort -u | paste -sd,
+    awk -F' > ' '{ print $(NF-1), ($NF ~ /sm90o/ ? "sm90o" : $NF ~ /sm90s/ ? "sm90s" : $NF ~ /sm90pc/ ? "sm90pc" : $NF ~ /sm90p/ ? "sm90p" : $NF ~ /sm90k/ ? "sm90k" : $NF ~ /sm90c/ ? "sm90c" : "sm90") }' | sort -u | paste -sd,
 }
 skip_kernels=""
 for s in $stages; do
@@ -119,10 +119,10 @@ for s in $stages; do
       conformance sm90 150 20 '.*sm90' tests/conformance
       rc=$?
       if ((rc == 124 || rc == 137 || rc == 99)); then
-        skip_kernels="matmul sm90,matmul_add sm90,matmul sm90p,matmul_add sm90p,matmul sm90k,matmul_add sm90k,matmul sm90c,matmul_add sm90c,attention sm90,attention sm90o"
+        skip_kernels="matmul sm90,matmul_add sm90,matmul sm90p,matmul_add sm90p,matmul sm90k,matmul_add sm90k,matmul sm90c,matmul_add sm90c,matmul sm90pc,matmul_add sm90pc,attention sm90,attention sm90o"
       elif ((rc != 0)); then
         skip_kernels=$(sm90_failed)
-        [ -n "$skip_kernels" ] || skip_kernels="matmul sm90,matmul_add sm90,matmul sm90p,matmul_add sm90p,matmul sm90k,matmul_add sm90k,matmul sm90c,matmul_add sm90c,attention sm90,attention sm90o"
+        [ -n "$skip_kernels" ] || skip_kernels="matmul sm90,matmul_add sm90,matmul sm90p,matmul_add sm90p,matmul sm90k,matmul_add sm90k,matmul sm90c,matmul_add sm90c,matmul sm90pc,matmul_add sm90pc,attention sm90,attention sm90o"
       fi
       ;;
     e2e)

@@ -109,7 +109,7 @@ export function deriveChoices(report: { date: string; device: Record<string, str
   for (const r of report.results) {
     if (r.family !== 'gemm' || !r.tessera || r.skipped || r.error) continue;
     if (!(typeof r.relativeErrorVsCublasLt === 'number' && r.relativeErrorVsCublasLt < 1e-2)) continue;
-    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90[spkc]?))?$/.exec(r.name);
+    const m = /^gemm (\S+ \S+) M(\d+) N(\d+) K(\d+)(?: (gemv|sm90(?:pc|[spkc])?))?$/.exec(r.name);
     if (!m) continue;
     const M = Number(m[2]), shape = `${m[1]} N${m[3]} K${m[4]}`, variant = (m[5] ?? 'tiles') as GemmChoice;
     const shapes = byM.get(M) ?? byM.set(M, new Map()).get(M)!;

@@ -145,13 +145,14 @@ const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
  * kernel scheduled stream-K (sm90k: every block the same number of k-tiles, tiles shared between
  * blocks finished by the last to arrive; gemmSm90kPlan), and the Hopper kernel in clusters of two
  * blocks on row tiles that share w's tile, each loading half of it for both through TMA multicast
- * (sm90c: a third less operand traffic through L2 a k-tile; gemmSm90cGrid).
+ * (sm90c: a third less operand traffic through L2 a k-tile; gemmSm90cGrid), and the ping-pong
+ * kernel in such clusters (sm90pc: sm90p's epilogue overlap at sm90c's L2 traffic per FLOP).
  */
-export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c';
+export type GemmVariant = 'tiles' | 'gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc';
 /** What attrs.gemmVariant and TESSERA_GEMM take besides auto. */
-export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'];
-/** The variants that need compute capability 9 (wgmma, TMA; sm90c also thread-block clusters). */
-export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c'];
+export const GEMM_VARIANTS: readonly GemmVariant[] = ['tiles', 'gemv', 'sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c', 'sm90pc'];
+/** The variants that need compute capability 9 (wgmma, TMA; sm90c and sm90pc also thread-block clusters). */
+export const GEMM_HOPPER_VARIANTS: readonly GemmVariant[] = ['sm90', 'sm90s', 'sm90p', 'sm90k', 'sm90c', 'sm90pc'];
 
 /** The GEMV entries' largest R (kernels/gemv.cu: one entry per MAXR, storage type and y dtype). */
 export const GEMV_MAX_R = [1, 2, 4, 8] as const;
@@ -193,6 +194,8 @@ export const GEMM_SM90K = { ...GEMM_SM90, sharedBytes: GEMM_SM90.sharedBytes + 1
  * the tile it multicasts).
  */
 export const GEMM_SM90C = { ...GEMM_SM90, cluster: 2 } as const;
+/** The ping-pong cluster entries' (Cfg<PING_MCAST>): GEMM_SM90P's tiles, stages and shared memory, in clusters as sm90c. */
+export const GEMM_SM90PC = { ...GEMM_SM90P, cluster: 2 } as const;
 /** A stream-K block's partial-tile slot: 256 consumer threads x 128 f32 accumulators (SLOT_FLOATS). */
 export const GEMM_SM90K_SLOT_BYTES = 256 * 128 * 4;
 /** Stream-K gives a block at least this many k-tiles (fewer pieces per tile where K is short of work). */
@@ -284,20 +287,27 @@ export const GEMM_SM90C_KERNELS: Record<GemmOutDType, KernelDecl> = {
   f32: { name: 'ts_gemm_sm90c_bf16_f32', params: GEMM_SM90_PARAMS },
 };
 
+/** ts_gemm_sm90pc_bf16 and ts_gemm_sm90pc_bf16_f32: ping-pong in clusters, the same parameters (splits 1). */
+export const GEMM_SM90PC_KERNELS: Record<GemmOutDType, KernelDecl> = {
+  bf16: { name: 'ts_gemm_sm90pc_bf16', params: GEMM_SM90_PARAMS },
+  f32: { name: 'ts_gemm_sm90pc_bf16_f32', params: GEMM_SM90_PARAMS },
+};
+
 /**
- * sm90c's persistent grid, in blocks: a cluster per pair of row tiles sharing a column tile (the
- * last pair of an odd count has one real tile), at most `maxClusters` resident at once
- * (cuOccupancyMaxActiveClusters: clusters go to GPCs whole, so it can be below SMs / 2).
+ * sm90c's (and with bn 128, sm90pc's) persistent grid, in blocks: a cluster per pair of row tiles
+ * sharing a column tile (the last pair of an odd count has one real tile), at most `maxClusters`
+ * resident at once (cuOccupancyMaxActiveClusters: clusters go to GPCs whole, so it can be below
+ * SMs / 2).
  */
-export function gemmSm90cGrid(R: number, N: number, maxClusters: number): number {
-  const pairs = ceilDiv(ceilDiv(R, GEMM_SM90C.bm), GEMM_SM90C.cluster) * ceilDiv(N, GEMM_SM90C.bn);
+export function gemmSm90cGrid(R: number, N: number, maxClusters: number, bn: number = GEMM_SM90C.bn): number {
+  const pairs = ceilDiv(ceilDiv(R, GEMM_SM90C.bm), GEMM_SM90C.cluster) * ceilDiv(N, bn);
   return GEMM_SM90C.cluster * Math.max(1, Math.min(pairs, maxClusters));
 }
 
 /** The resident clusters the driver reports per kernel and device, asked once (it does not change). */
 const maxClustersSeen = new WeakMap<object, Map<string, number>>();
 function maxClusters(ctx: CudaOpContext, decl: KernelDecl, launch: Launch): number {
-  const fallback = Math.floor(ctx.device.multiprocessors / GEMM_SM90C.cluster);
+  const fallback = Math.floor(ctx.device.multiprocessors / launch.cluster![0]);
   if (!ctx.maxActiveClusters) return Math.max(1, fallback);
   let seen = maxClustersSeen.get(ctx.device);
   if (!seen) maxClustersSeen.set(ctx.device, (seen = new Map()));
@@ -306,7 +316,7 @@ function maxClusters(ctx: CudaOpContext, decl: KernelDecl, launch: Launch): numb
     n = ctx.maxActiveClusters(decl, launch);
     seen.set(decl.name, n);
   }
-  if (n < 1) throw new Error(`${decl.name}: the device can hold no cluster of ${GEMM_SM90C.cluster} blocks with ${launch.sharedBytes} bytes of shared memory each`);
+  if (n < 1) throw new Error(`${decl.name}: the device can hold no cluster of ${launch.cluster![0]} blocks with ${launch.sharedBytes} bytes of shared memory each`);
   return n;
 }
 
@@ -492,13 +502,14 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     });
     return;
   }
-  if (variant === 'sm90c' && K > 0) {
-    const tmX = ctx.tensorMap2d(x, [GEMM_SM90C.bm, GEMM_SM90C.bk], '128B');
-    const tmW = ctx.tensorMap2d(w, [GEMM_SM90C.bn / GEMM_SM90C.cluster, GEMM_SM90C.bk], '128B');
-    const decl = entry(GEMM_SM90C_KERNELS[outDType]);
-    const base: Launch = { grid: [GEMM_SM90C.cluster, 1, 1], block: [GEMM_SM90C.threads, 1, 1], sharedBytes: GEMM_SM90C.sharedBytes, cluster: [GEMM_SM90C.cluster, 1, 1] };
-    const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base));
-    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, GEMM_SM90C.bk) });
+  if ((variant === 'sm90c' || variant === 'sm90pc') && K > 0) {
+    const cfg = variant === 'sm90c' ? GEMM_SM90C : GEMM_SM90PC;
+    const tmX = ctx.tensorMap2d(x, [cfg.bm, cfg.bk], '128B');
+    const tmW = ctx.tensorMap2d(w, [cfg.bn / cfg.cluster, cfg.bk], '128B');
+    const decl = entry((variant === 'sm90c' ? GEMM_SM90C_KERNELS : GEMM_SM90PC_KERNELS)[outDType]);
+    const base: Launch = { grid: [cfg.cluster, 1, 1], block: [cfg.threads, 1, 1], sharedBytes: cfg.sharedBytes, cluster: [cfg.cluster, 1, 1] };
+    const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base), cfg.bn);
+    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk) });
     return;
   }
   if (variant === 'sm90p' && K > 0) {
@@ -570,6 +581,8 @@ export const DECLS: KernelDecl[] = [
   GEMM_SM90K_KERNELS.f32,
   GEMM_SM90C_KERNELS.bf16,
   GEMM_SM90C_KERNELS.f32,
+  GEMM_SM90PC_KERNELS.bf16,
+  GEMM_SM90PC_KERNELS.f32,
   GEMM_SPLITK_REDUCE.bf16,
   GEMM_SPLITK_REDUCE.f32,
 ];
