@@ -37,8 +37,11 @@
 //     Decode steps (every qLen = 1); grid (ceil(G/16) * S, KV, B), blockIdx.x = mTile * S + split.
 //     With S > 1 each split covers splitLen tokens of the sequence's range (the last one runs
 //     to its end) and writes its unnormalised f32 accumulator, running max and sum to partO /
-//     partML; ts_attention_combine_T then merges the S partials per (row, head).
-//   ts_attention_combine_T: one warp per (sequence, head), looping over the sequence's rows.
+//     partML; with `counters` the last split of each (sequence, kv head, row tile) to finish
+//     merges the S partials of its rows (the combine fused: one launch), else
+//     ts_attention_combine_T merges them in a second launch.
+//   ts_attention_combine_T: one warp per (sequence, head), looping over the sequence's rows (the
+//     unfused rung, kept runnable: attrs.attentionCombine 'separate').
 //   Scratch for S > 1: S * T * H * (hd + 2) * 4 bytes (partO, then partML).
 // All shared memory is static and at most 48 KiB (no cuFuncSetAttribute needed).
 //
@@ -78,8 +81,10 @@ struct Config {
   static_assert(SMEM_BYTES <= 48 * 1024, "static shared memory is limited to 48 KiB");
 };
 
-template <int HD, int WM, int WN, int KW, bool QREG, class T>
-TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, float2* __restrict__ part_ml,
+// SPLITS: the decode entries, which may split the context and then merge the splits (the prefill
+// entries never do; leaving the merge out of them keeps their registers as they were).
+template <int HD, int WM, int WN, int KW, bool QREG, bool SPLITS, class T>
+TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, float2* __restrict__ part_ml, int* __restrict__ counters,
                               const T* __restrict__ q, const T* __restrict__ cache,
                               const int32_t* __restrict__ query_start, const int32_t* __restrict__ context_lens,
                               const int32_t* __restrict__ block_tables, int num_tokens, int num_heads, int num_kv_heads,
@@ -436,17 +441,80 @@ TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, f
       part_ml[(static_cast<int64_t>(split) * num_tokens + tok) * num_heads + h] = row_ml[lr];
     }
   }
+  if (!SPLITS || num_splits == 1 || counters == nullptr) return;
+
+  // The combine, fused: the last of the S splits of this (sequence, kv head, row tile) to finish
+  // merges all of their partials for the block's rows, so a decode step is one launch. Each split
+  // makes its partials visible before it arrives (every thread fences, then the block's barrier,
+  // then one thread's atomic); the last arrival fences again before reading them, past L1 (other
+  // SMs wrote them). The counter goes back to zero for the next launch. The merge is the
+  // standalone combine's (below), in the same split order: the same result whichever split is last.
+  __threadfence();
+  __syncthreads();  // also: every thread is done with obuf and row_ml, whose memory is reused below
+  int* const last_flag = reinterpret_cast<int*>(smem);
+  float2* const merged = reinterpret_cast<float2*>(smem + 16);  // [BM]: (max, 1 / sum) of each row
+  if (tid == 0) {
+    const int counter = (b * num_kv_heads + kvh) * (gridDim.x / num_splits) + m_tile;
+    const int last = atomicAdd(&counters[counter], 1) == num_splits - 1;
+    if (last) {
+      __threadfence();
+      counters[counter] = 0;
+    }
+    *last_flag = last;
+  }
+  __syncthreads();
+  if (!*last_flag) return;
+  __threadfence();
+  const int64_t split_stride = static_cast<int64_t>(num_tokens) * num_heads;
+  for (int lr = tid; lr < BM; lr += NT) {
+    const int r = row_base + lr;
+    if (r >= row_end) continue;
+    const int tok = q_begin + r / G, h = kvh * G + r % G;
+    if (tok >= num_tokens) continue;
+    const int64_t th = static_cast<int64_t>(tok) * num_heads + h;
+    float M = -INFINITY, L = 0.f;
+    for (int s = 0; s < num_splits; s++) M = fmaxf(M, __ldcg(part_ml + s * split_stride + th).x);
+    for (int s = 0; s < num_splits; s++) {
+      const float2 ml = __ldcg(part_ml + s * split_stride + th);
+      if (ml.x != -INFINITY) L += ml.y * exp2f(ml.x - M);
+    }
+    merged[lr] = make_float2(M, L > 0.f ? 1.f / L : 0.f);
+  }
+  __syncthreads();
+  for (int idx = tid; idx < BM * HDC; idx += NT) {
+    const int lr = idx / HDC, c = idx % HDC;
+    const int r = row_base + lr;
+    if (r >= row_end || c >= hdc) continue;
+    const int tok = q_begin + r / G, h = kvh * G + r % G;
+    if (tok >= num_tokens) continue;
+    const int64_t th = static_cast<int64_t>(tok) * num_heads + h;
+    const float M = merged[lr].x, inv = merged[lr].y;
+    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    for (int s = 0; s < num_splits; s++) {
+      const float2 ml = __ldcg(part_ml + s * split_stride + th);
+      if (ml.x == -INFINITY) continue;
+      const float w = exp2f(ml.x - M);
+      const float4* src = reinterpret_cast<const float4*>(part_o + (s * split_stride + th) * hd + c * 8);
+      const float4 x0 = __ldcg(src), x1 = __ldcg(src + 1);
+      acc[0] += w * x0.x, acc[1] += w * x0.y, acc[2] += w * x0.z, acc[3] += w * x0.w;
+      acc[4] += w * x1.x, acc[5] += w * x1.y, acc[6] += w * x1.z, acc[7] += w * x1.w;
+    }
+#pragma unroll
+    for (int i = 0; i < 8; i++) acc[i] *= inv;
+    *reinterpret_cast<ts::vec8<T>*>(out + tok * q_stride + h * hd + c * 8) = ts::pack<T>(acc);
+  }
 }
 
 }  // namespace ts_attn
 
 // Every attention entry has this parameter list (see the header for the shapes); one entry per
 // (variant, storage type T): ..._bf16 and ..._f16.
-#define TS_ATTENTION_ENTRY(NAME, T, HD, WM, WN, KW, QREG)                                                               \
+#define TS_ATTENTION_ENTRY(NAME, T, HD, WM, WN, KW, QREG, SPLITS)                                                     \
   extern "C" __global__ void __launch_bounds__(32 * (WM) * (WN)) NAME(                                                 \
       T* __restrict__ out,                         /* [T, H*hd] */                                                     \
       float* __restrict__ part_o,                  /* [S, T, H, hd] f32, S > 1 only */                                 \
       float2* __restrict__ part_ml,                /* [S, T, H] (max log2, sum), S > 1 only */                         \
+      int* __restrict__ counters,                  /* S > 1: [B, KV, mTiles] zeros, or null (no fused combine) */      \
       const T* __restrict__ q,                     /* [T, H*hd] */                                                     \
       const T* __restrict__ cache,                 /* [2, N, bs, KV, hd] */                                            \
       const int32_t* __restrict__ query_start,     /* [B+1] */                                                         \
@@ -454,25 +522,26 @@ TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, f
       const int32_t* __restrict__ block_tables,    /* [B, W] */                                                        \
       int num_tokens, int num_heads, int num_kv_heads, int head_dim, int num_cache_blocks, int block_size_log2,       \
       int block_table_width, float scale, int window, int num_splits, int split_len, int causal) {                    \
-    ts_attn::attention_body<HD, WM, WN, KW, QREG>(out, part_o, part_ml, q, cache, query_start, context_lens,          \
-                                                  block_tables, num_tokens, num_heads, num_kv_heads, head_dim,         \
-                                                  num_cache_blocks, block_size_log2, block_table_width, scale, window, \
-                                                  num_splits, split_len, causal);                                      \
+    ts_attn::attention_body<HD, WM, WN, KW, QREG, SPLITS>(out, part_o, part_ml, counters, q, cache, query_start,       \
+                                                          context_lens, block_tables, num_tokens, num_heads,           \
+                                                          num_kv_heads, head_dim, num_cache_blocks, block_size_log2,   \
+                                                          block_table_width, scale, window, num_splits, split_len,     \
+                                                          causal);                                                     \
   }
-#define TS_ATTENTION_ENTRIES(NAME, HD, WM, WN, KW, QREG)          \
-  TS_ATTENTION_ENTRY(NAME##_bf16, ts::bf16, HD, WM, WN, KW, QREG) \
-  TS_ATTENTION_ENTRY(NAME##_f16, ts::f16, HD, WM, WN, KW, QREG)
+#define TS_ATTENTION_ENTRIES(NAME, HD, WM, WN, KW, QREG, SPLITS)          \
+  TS_ATTENTION_ENTRY(NAME##_bf16, ts::bf16, HD, WM, WN, KW, QREG, SPLITS) \
+  TS_ATTENTION_ENTRY(NAME##_f16, ts::f16, HD, WM, WN, KW, QREG, SPLITS)
 
-TS_ATTENTION_ENTRIES(ts_attention_prefill_hd16, 16, 4, 1, 64, true)
-TS_ATTENTION_ENTRIES(ts_attention_prefill_hd32, 32, 4, 1, 64, true)
-TS_ATTENTION_ENTRIES(ts_attention_prefill_hd64, 64, 4, 1, 64, true)
-TS_ATTENTION_ENTRIES(ts_attention_prefill_hd128, 128, 4, 1, 64, true)
-TS_ATTENTION_ENTRIES(ts_attention_prefill_hd256, 256, 2, 1, 16, false)
-TS_ATTENTION_ENTRIES(ts_attention_decode_hd16, 16, 1, 4, 16, true)
-TS_ATTENTION_ENTRIES(ts_attention_decode_hd32, 32, 1, 4, 16, true)
-TS_ATTENTION_ENTRIES(ts_attention_decode_hd64, 64, 1, 4, 16, true)
-TS_ATTENTION_ENTRIES(ts_attention_decode_hd128, 128, 1, 4, 16, true)
-TS_ATTENTION_ENTRIES(ts_attention_decode_hd256, 256, 1, 2, 16, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd16, 16, 4, 1, 64, true, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd32, 32, 4, 1, 64, true, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd64, 64, 4, 1, 64, true, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd128, 128, 4, 1, 64, true, false)
+TS_ATTENTION_ENTRIES(ts_attention_prefill_hd256, 256, 2, 1, 16, false, false)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd16, 16, 1, 4, 16, true, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd32, 32, 1, 4, 16, true, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd64, 64, 1, 4, 16, true, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd128, 128, 1, 4, 16, true, true)
+TS_ATTENTION_ENTRIES(ts_attention_decode_hd256, 256, 1, 2, 16, false, true)
 
 #undef TS_ATTENTION_ENTRY
 #undef TS_ATTENTION_ENTRIES

@@ -207,11 +207,13 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
     for (const d of shapes.attention.decode) {
       const { tables, width, blocks } = pagedTables(d.batch, d.context, bs);
       const step = attentionStep(new Array(d.batch).fill(1), new Array(d.batch).fill(d.context), tables, width);
-      cases.push({
-        family: 'attention',
-        name: `attention decode B${d.batch} ctx${d.context} H${d.heads} KV${d.kvHeads} hd${d.headDim}`,
-        op: 'attention',
-        attrs: { numHeads: d.heads, numKvHeads: d.kvHeads, headDim: d.headDim, scale: 1 / Math.sqrt(d.headDim), slidingWindow: null },
+      const name = `attention decode B${d.batch} ctx${d.context} H${d.heads} KV${d.kvHeads} hd${d.headDim}`;
+      const attrs: Attrs = { numHeads: d.heads, numKvHeads: d.kvHeads, headDim: d.headDim, scale: 1 / Math.sqrt(d.headDim), slidingWindow: null };
+      const decodeCase = {
+        family: 'attention' as const,
+        name,
+        op: 'attention' as const,
+        attrs,
         inputs: [
           { shape: [d.batch, d.heads * d.headDim], bound: 1 },
           { shape: [2, blocks, bs, d.kvHeads, d.headDim], bound: 1 },
@@ -223,6 +225,15 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
         step,
         flops: 4 * d.batch * d.heads * d.headDim * d.context,
         bytes: 2 * (2 * d.batch * d.context * d.kvHeads * d.headDim + 2 * d.batch * d.heads * d.headDim),
+      };
+      // The ladder: split-KV's merge fused into the last split's block (the default), and the
+      // rung before it, the merge in a second launch, checked against it (where the plan does
+      // not split the context the two are the same launch).
+      cases.push(decodeCase, {
+        ...decodeCase,
+        name: `${name} combine`,
+        attrs: { ...attrs, attentionCombine: 'separate' },
+        ladderBase: { name, attrs, rowWidth: d.heads * d.headDim },
       });
     }
   }

@@ -67,8 +67,16 @@ describe('bench kernels: the cases', () => {
     expect(cases.findIndex((c) => c.dtype === 'f16')).toBe(cases.length - f16.length);
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'gemv').every((c) => c.gemm!.m <= 8 && c.name.endsWith(' gemv'))).toBe(true);
     expect(gemm.map((c) => c.name)).toContain('gemm llama-3-70b gate_up M8192 N57344 K8192');
-    // Every prefill case three times (the mma.sync kernel, then the two Hopper rungs checked against it).
-    expect(cases.filter((c) => c.family === 'attention').length).toBe(3 * shapes.attention.prefill.length + shapes.attention.decode.length);
+    // Every prefill case three times (the mma.sync kernel, then the two Hopper rungs checked against
+    // it), every decode case twice (split-KV's merge fused, then in a second launch, checked against it).
+    expect(cases.filter((c) => c.family === 'attention').length).toBe(3 * shapes.attention.prefill.length + 2 * shapes.attention.decode.length);
+    const separate = cases.filter((c) => c.attrs.attentionCombine === 'separate');
+    expect(separate.length).toBe(shapes.attention.decode.length);
+    for (const r of separate) {
+      expect(r.name, r.name).toMatch(/^attention decode .* combine$/);
+      expect(r.ladderBase!.name).toBe(r.name.slice(0, -' combine'.length));
+      expect(cases.find((c) => c.name === r.ladderBase!.name)!.attrs.attentionCombine).toBeUndefined();
+    }
     const rungs = cases.filter((c) => c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o');
     expect(rungs.length).toBe(2 * shapes.attention.prefill.length);
     for (const r of rungs) {
@@ -204,7 +212,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(10 + 7 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs)
+    expect(cases.length).toBe(10 + 8 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs), decode twice (the combine's rungs)
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

@@ -787,6 +787,8 @@ interface AttnCase {
   causal?: boolean;
   /** A rung of the Hopper prefill kernel (kernels/attention_sm90.cu) on compute capability 9; the mma.sync kernel elsewhere. */
   variant?: 'sm90' | 'sm90o';
+  /** Decode split-KV's merge in a second launch (the unfused rung) instead of the last split's block. */
+  combine?: 'separate';
 }
 
 for (const c of ([
@@ -809,6 +811,12 @@ for (const c of ([
   { name: 'prefill hd256 after a cached prefix, GQA 2', heads: 4, kvHeads: 2, hd: 256, bs: 16, seqs: [[70, 37], [33, 33]] },
   { name: 'decode hd256, split', heads: 4, kvHeads: 2, hd: 256, bs: 16, seqs: [[600, 1], [17, 1]] },
   { name: 'decode hd64, long context, split', heads: 8, kvHeads: 8, hd: 64, bs: 16, seqs: [[2000, 1], [90, 1]] },
+  // Split-KV's merge runs in the last split of each row tile to finish (the splits of the short
+  // sequences above see no key: m = -inf); three row tiles of MQA's 40 heads, each with its own
+  // counter; and the unfused rung, a second launch.
+  { name: 'decode MQA 40 heads, three row tiles, split', heads: 40, kvHeads: 1, hd: 64, bs: 16, seqs: [[900, 1], [300, 1]] },
+  { name: 'long decode, 64 blocks, combine in a second launch', heads: 4, kvHeads: 2, hd: 128, bs: 16, seqs: [[1024, 1], [700, 1], [129, 1]], combine: 'separate' },
+  { name: 'decode hd256, split, combine in a second launch', heads: 4, kvHeads: 2, hd: 256, bs: 16, seqs: [[600, 1], [17, 1]], combine: 'separate' },
   // The Hopper prefill kernel: 128 packed rows and 128-key tiles, so lengths off both; TMA boxes of
   // min(bs, 128) tokens (bs 8 to 256); GQA ratios that do not divide 128; windows and non-causal.
   { name: 'sm90 prefill hd128 GQA 4, lengths off the tiles', heads: 8, kvHeads: 2, hd: 128, bs: 16, seqs: [[300, 300], [77, 77], [1, 1]], variant: 'sm90' },
@@ -854,7 +862,7 @@ for (const c of ([
         logitsIndices: Int32Array.from(queryStart.slice(1), (e) => e - 1),
       };
       return {
-        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, ...(causal ? {} : { causal: false }), ...(c.variant ? { attentionVariant: c.variant } : {}) },
+        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, scale, slidingWindow: window, ...(causal ? {} : { causal: false }), ...(c.variant ? { attentionVariant: c.variant } : {}), ...(c.combine ? { attentionCombine: c.combine } : {}) },
         inputs: [f(qv, [tokens, heads * hd]), f(cache, shape), i32(queryStart), i32(contextLens), i32(tables, [seqs.length, width])],
         step,
         expect: [{ name: 'y', shape: [tokens, heads * hd], value: y.value, scale: y.scale }],

@@ -51,6 +51,7 @@ interface RunOptions {
 function run(opts: RunOptions) {
   const launches: Recorded[] = [];
   const scratch: number[] = [];
+  const constants: Array<{ key: string; values: Float32Array }> = [];
   const maps: Array<{ t: DeviceTensor; shape: readonly number[]; box: readonly number[]; swizzle: string }> = [];
   const { T, B, H, KV, hd } = opts;
   const ctx: CudaOpContext = {
@@ -70,7 +71,10 @@ function run(opts: RunOptions) {
       launches.push({ decl, launch, args });
     },
     ...(opts.choice !== undefined ? { attentionChoice: () => opts.choice ?? null } : {}),
-    constant: () => 0n,
+    constant: (key, make) => {
+      constants.push({ key, values: make() });
+      return 0x7000n;
+    },
     scratch: (bytes) => {
       scratch.push(bytes);
       return 0x100000n;
@@ -84,7 +88,7 @@ function run(opts: RunOptions) {
     },
   };
   attention(ctx);
-  return { launches, scratch, maps };
+  return { launches, scratch, maps, constants };
 }
 
 describe('attention variants', () => {
@@ -131,10 +135,10 @@ describe('attention launcher', () => {
     expect(run({ T: 2, B: 2, H: 2, KV: 1, hd: 40, maxContextLen: 5, maxQueryLen: 1 }).launches[0].decl.name).toBe('ts_attention_decode_hd64_bf16');
   });
 
-  it('runs the fp16 entries for an fp16 cache: prefill, decode with its combine, the Hopper rungs; a mix is refused', () => {
+  it('runs the fp16 entries for an fp16 cache: prefill, decode and its separate combine, the Hopper rungs; a mix is refused', () => {
     const f16 = { dtype: 'f16' as const };
     expect(run({ T: 5, B: 1, H: 2, KV: 1, hd: 80, maxContextLen: 5, maxQueryLen: 5, ...f16 }).launches[0].decl.name).toBe('ts_attention_prefill_hd128_f16');
-    const decode = run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, ...f16 }).launches;
+    const decode = run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, attrs: { attentionCombine: 'separate' }, ...f16 }).launches;
     expect(decode.map((l) => l.decl.name)).toEqual(['ts_attention_decode_hd128_f16', 'ts_attention_combine_f16']);
     const llama = { T: 1000, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 700, maxQueryLen: 600, ...f16 };
     const sm90 = run({ ...llama, attrs: { attentionVariant: 'sm90o' } });
@@ -143,10 +147,24 @@ describe('attention launcher', () => {
     expect(() => run({ ...llama, outDtype: 'bf16' })).toThrow(/attention: output \[1000, 4096\] is bf16, but the other operands are f16/);
   });
 
-  it('splits a long decode context when the batch would not fill the GPU, then combines', () => {
-    const { launches, scratch } = run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1 });
+  it('splits a long decode context when the batch would not fill the GPU, and merges the splits in the same launch (fused) or a second one (separate)', () => {
+    // Fused (the default): one launch, with a zeroed counter per (sequence, kv head, row tile).
+    const fused = run({ T: 2, B: 2, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1 });
+    expect(fused.launches.map((l) => l.decl.name)).toEqual(['ts_attention_decode_hd128_bf16']);
+    expect(fused.launches[0].args.numSplits).toBeGreaterThan(1);
+    expect(fused.launches[0].args.counters).toBe(0x7000n);
+    expect(fused.constants.map((c) => [c.key, c.values.length, c.values.every((v) => v === 0)])).toEqual([['attention-combine-counters:16', 16, true]]);
+    // No split: no counters.
+    const big = run({ T: 256, B: 256, H: 32, KV: 8, hd: 128, maxContextLen: 4096, maxQueryLen: 1 });
+    expect([big.launches[0].args.counters, big.constants]).toEqual([0n, []]);
+    expect(() => run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, attrs: { attentionCombine: 'later' } })).toThrow(
+      'attention: attr attentionCombine must be fused or separate, got later',
+    );
+
+    const { launches, scratch } = run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, attrs: { attentionCombine: 'separate' } });
     expect(launches).toHaveLength(2);
     const [main, combine] = launches;
+    expect(main.args.counters).toBe(0n);
     expect(main.decl.name).toBe('ts_attention_decode_hd128_bf16');
     const S = main.args.numSplits as number, len = main.args.splitLen as number;
     expect(S).toBeGreaterThan(1);

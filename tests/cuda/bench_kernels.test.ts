@@ -78,6 +78,7 @@ const ALL_SMALL = [
   'attention prefill B1 S20 H4 KV2 hd64 full sm90',
   'attention prefill B1 S20 H4 KV2 hd64 full sm90o',
   'attention decode B2 ctx40 H4 KV1 hd128',
+  'attention decode B2 ctx40 H4 KV1 hd128 combine',
   'add_rmsnorm R4 H256',
   'silu_mul R4 H256',
   'rope_kv_write R4 H4 KV2 hd64',
@@ -241,11 +242,11 @@ const emu = !skip && process.env.TESSERA_EMULATOR !== '0' ? buildEmulator() : nu
 const emuSkip = skip ?? (process.env.TESSERA_EMULATOR === '0' ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : emu!.skip);
 
 describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator (sm_90): the checks against cuBLASLt and the base rung', () => {
-  it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K, sm90p, sm90k, sm90c, sm90pc) equal to cuBLASLt, and the Hopper attention rungs equal to the mma.sync kernel', async () => {
+  it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K, sm90p, sm90k, sm90c, sm90pc) equal to cuBLASLt, the Hopper attention rungs equal to the mma.sync kernel, and decode with its merge in a second launch equal to the fused one', async () => {
     const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-emu-'));
     const shapes: KernelShapes = {
       gemm: { m: [1, 130], projections: [{ model: 'toy', name: 'proj', n: 264, k: 1024 }], ceiling: { m: 64, n: 64, k: 64 } },
-      attention: { prefill: [{ heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 150, causal: true }], decode: [], kvBlockSize: 16 },
+      attention: { prefill: [{ heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 150, causal: true }], decode: [{ heads: 8, kvHeads: 2, headDim: 64, batch: 1, context: 1500 }], kvBlockSize: 16 },
       memoryBound: { rows: [], hidden: [], ops: [], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
     };
     writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
@@ -282,8 +283,10 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
       expect(x.error ?? x.skipped, x.name).toBeUndefined(); // sm90s splits K at both M here
       expect(x.relativeErrorVsCublasLt, x.name).toBeLessThan(1e-3);
     }
-    const rungs = results.filter((x) => / sm90o?$/.test(x.name) && x.name.startsWith('attention'));
-    expect(rungs).toHaveLength(2);
+    const rungs = results.filter((x) => / (sm90o?|combine)$/.test(x.name) && x.name.startsWith('attention'));
+    // The Hopper prefill rungs against the mma.sync kernel; decode's merge in a second launch
+    // against the merge fused into the last split's block (the plan splits 1500 keys).
+    expect(rungs.map((x) => x.name.replace(/^attention \w+ /, ''))).toEqual(['B1 S150 H4 KV2 hd64 causal sm90', 'B1 S150 H4 KV2 hd64 causal sm90o', 'B1 ctx1500 H8 KV2 hd64 combine']);
     for (const x of rungs) expect(x.relativeErrorVsBase, x.name).toBeLessThan(1e-2);
   }, 180_000);
 });

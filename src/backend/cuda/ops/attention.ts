@@ -12,8 +12,10 @@
  *    block (32 for hd 256), no split, writes the output directly;
  *  - decode (maxQueryLen = 1): ts_attention_decode_hd*, 16 packed rows per block (the
  *    group's heads), the context split into numSplits chunks of splitLen tokens when
- *    sequences x kv heads alone would not fill the GPU; then ts_attention_combine merges
- *    the partials.
+ *    sequences x kv heads alone would not fill the GPU; the last split of each (sequence, kv
+ *    head, row tile) to finish then merges the partials in the same launch (one counter per
+ *    such tile, zero between launches: a device constant). attrs.attentionCombine 'separate'
+ *    runs the unfused rung instead: ts_attention_combine merges them in a second launch.
  * Scratch (only when numSplits > 1): numSplits * T * H * (hd + 2) * 4 bytes: partO
  * [S, T, H, hd] f32, then partML [S, T, H] (max, sum) f32 pairs.
  * These kernels use static shared memory of at most 48 KiB (sharedBytes 0).
@@ -32,6 +34,7 @@ const PARAMS: KernelDecl['params'] = [
   ['out', 'ptr'],
   ['partO', 'ptr'],
   ['partML', 'ptr'],
+  ['counters', 'ptr'],
   ['q', 'ptr'],
   ['cache', 'ptr'],
   ['queryStart', 'ptr'],
@@ -342,15 +345,22 @@ export const attention: CudaOp = (ctx) => {
     return;
   }
 
-  let partO = 0n, partML = 0n;
+  const combine = ctx.attrs.attentionCombine ?? 'fused';
+  if (combine !== 'fused' && combine !== 'separate') throw new Error(`attention: attr attentionCombine must be fused or separate, got ${String(combine)}`);
+  let partO = 0n, partML = 0n, counters = 0n;
   if (plan.numSplits > 1) {
     partO = ctx.scratch(plan.scratchBytes);
     partML = partO + BigInt(plan.partMLOffset);
+    // One counter per (sequence, kv head, row tile), zero between launches (the last split to
+    // arrive sets it back), made once per count outside any graph capture (the warm-up step).
+    const tiles = B * KV * (plan.grid[0] / plan.numSplits);
+    if (combine === 'fused') counters = ctx.constant(`attention-combine-counters:${tiles}`, () => new Float32Array(tiles));
   }
   ctx.launch(forStorage(plan.variant.decl, dtype), { grid: plan.grid, block: plan.block }, {
     out: out.ptr,
     partO,
     partML,
+    counters,
     q: q.ptr,
     cache: cache.ptr,
     queryStart: queryStart.ptr,
@@ -369,7 +379,7 @@ export const attention: CudaOp = (ctx) => {
     splitLen: plan.splitLen,
     causal: causal ? 1 : 0,
   });
-  if (plan.numSplits > 1) {
+  if (plan.numSplits > 1 && combine === 'separate') {
     ctx.launch(forStorage(ATTENTION_COMBINE, dtype), { grid: [ceilDiv(B * H, COMBINE_WARPS), 1, 1], block: [32 * COMBINE_WARPS, 1, 1] }, {
       out: out.ptr,
       partO,
