@@ -307,6 +307,42 @@ describe.skipIf(!mockPath)('CUDA backend bookkeeping (stand-in libcuda, kernels 
   });
 });
 
+describe.skipIf(!mockPath)('TESSERA_ARENA=split (stand-in libcuda, kernels do nothing)', () => {
+  it('gives each planned activation buffer an allocation of its own, and refuses a layout it does not know', async () => {
+    const { existsSync } = await import('node:fs');
+    if (!existsSync(path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin'))) return;
+    const saved = { lib: process.env.TESSERA_LIBCUDA, arena: process.env.TESSERA_ARENA };
+    process.env.TESSERA_LIBCUDA = mockPath!;
+    const { Tessera } = await import('../../src/llm.js');
+    const allocs = koffi.load(mockPath!).func('int mock_allocs(void)');
+    const load = async (arena: string) => {
+      process.env.TESSERA_ARENA = arena;
+      const before = allocs() as number;
+      const llm = await Tessera.load(undefined, { device: 'cuda', maxNumSeqs: 2 });
+      const made = (allocs() as number) - before;
+      const r = await llm.complete('In the beginning', { temperature: 0, maxTokens: 3, ignoreEos: true });
+      const bytes = llm.info.memory.activationBytes;
+      await llm.close();
+      return { made, bytes, tokens: r.tokenIds.length };
+    };
+    try {
+      const one = await load('one'), split = await load('split');
+      // The arena (one allocation) becomes a buffer per planned offset (8 in the demo model's
+      // plan today), which together take at least the arena's bytes (no reuse between them).
+      expect(split.made - one.made).toBeGreaterThanOrEqual(4);
+      expect(split.bytes).toBeGreaterThanOrEqual(one.bytes);
+      expect([one.tokens, split.tokens]).toEqual([3, 3]);
+      process.env.TESSERA_ARENA = 'tiles';
+      await expect(Tessera.load(undefined, { device: 'cuda', maxNumSeqs: 2 })).rejects.toThrow('TESSERA_ARENA must be one or split, not "tiles".');
+    } finally {
+      for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['TESSERA_ARENA', saved.arena]] as const) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  });
+});
+
 describe.skipIf(!mockPath)('the storage type on the CUDA backend (stand-in libcuda)', () => {
   it('--dtype float16 (and auto for a float16 checkpoint) runs every kernel\'s fp16 entry; bfloat16 the bf16 one', async () => {
     const { existsSync, mkdtempSync, cpSync, readFileSync, writeFileSync, rmSync } = await import('node:fs');

@@ -94,6 +94,15 @@ export class CudaBackend implements Backend {
   private program: Program | null = null;
   private weights = new Map<string, DeviceTensor>();
   private arena: DevPtr = 0n;
+  /**
+   * TESSERA_ARENA=split: each planned activation buffer (by its arena offset) in an allocation of
+   * its own instead of one arena. For the tests on the kernel emulator, whose stand-in libcuda
+   * guards every allocation: a kernel that writes past its output then faults there, where in the
+   * arena it would overwrite its neighbour unseen. Null: the one arena (the default).
+   */
+  private splitArena: Map<number, DevPtr> | null = null;
+  /** The activations' device bytes: the arena, or the split buffers together. */
+  private activationBytes = 0;
   private logits: DevPtr = 0n;
   private kvPool: DevPtr = 0n;
   private kv = new Map<string, DeviceTensor>();
@@ -260,7 +269,15 @@ export class CudaBackend implements Backend {
     const used = new Set<string>();
     for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
     const weightBytes = program.weights.filter((w) => used.has(w.name)).reduce((s, w) => s + 2 * numel(w.shape), 0);
-    const arenaBytes = 2 * program.arenaSize;
+    // TESSERA_ARENA=split: a buffer per distinct offset, of the largest size planned there.
+    const split = process.env.TESSERA_ARENA === 'split' ? new Map<number, number>() : null;
+    if (split)
+      for (const b of program.activations) {
+        if (b.id === program.logits.id) continue;
+        const rows = b.rows === 'T' ? program.maxTokens : b.rows === 'S' ? program.maxLogitRows : b.rows;
+        split.set(b.offset, Math.max(split.get(b.offset) ?? 0, 2 * rows * b.cols));
+      }
+    const arenaBytes = split ? [...split.values()].reduce((a, n) => a + n, 0) : 2 * program.arenaSize;
     const logitsBytes = 4 * program.maxLogitRows * program.vocabSize;
     const { freeBytes, totalBytes } = this.driver.memInfo();
     const needBytes = weightBytes + arenaBytes + logitsBytes;
@@ -297,7 +314,14 @@ export class CudaBackend implements Backend {
         this.weights.delete(name);
       }
     this.weightBytes = [...this.weights.values()].reduce((s, t) => s + 2 * numel(t.shape), 0);
-    this.arena = this.alloc(Math.max(arenaBytes, 16));
+    this.activationBytes = arenaBytes;
+    if (split) {
+      this.arena = 0n;
+      this.splitArena = new Map([...split].map(([offset, bytes]) => [offset, this.alloc(Math.max(bytes, 16))]));
+    } else {
+      this.splitArena = null;
+      this.arena = this.alloc(Math.max(arenaBytes, 16));
+    }
     this.tensorMaps.clear();
     this.logits = this.alloc(logitsBytes);
     this.logitsHost = this.driver.mallocHost(logitsBytes);
@@ -595,7 +619,7 @@ export class CudaBackend implements Backend {
           const b = buffers.get(o.id)!;
           const shape = [rowsOf(b.rows), b.cols];
           if (o.id === program.logits.id) return { ptr: this.logits, shape, dtype: 'f32' };
-          return { ptr: this.arena + BigInt(2 * b.offset), shape, dtype: this.storage };
+          return { ptr: this.splitArena ? this.splitArena.get(b.offset)! : this.arena + BigInt(2 * b.offset), shape, dtype: this.storage };
         }
       }
     };
@@ -831,7 +855,7 @@ export class CudaBackend implements Backend {
   }
 
   memory(): MemoryReport {
-    return { weightBytes: this.weightBytes, activationBytes: 2 * (this.program?.arenaSize ?? 0), kvCacheBytes: this.numBlocks * (this.program ? this.kvBytesPerBlock() : 0) };
+    return { weightBytes: this.weightBytes, activationBytes: this.activationBytes, kvCacheBytes: this.numBlocks * (this.program ? this.kvBytesPerBlock() : 0) };
   }
 
   /** Uploads, poisons outputs with NaN, runs one op's launcher, downloads (conformance). */
@@ -1073,13 +1097,15 @@ function padDecode(batch: StepBatch, rows: number, width: number): StepBatch {
 }
 
 /**
- * TESSERA_GEMM and TESSERA_ATTENTION pick kernel variants (ops/gemm.ts, ops/attention.ts); a value
- * they do not know is the user's mistake, said in one sentence before anything is loaded.
+ * TESSERA_GEMM and TESSERA_ATTENTION pick kernel variants (ops/gemm.ts, ops/attention.ts), and
+ * TESSERA_ARENA the activations' layout; a value they do not know is the user's mistake, said in
+ * one sentence before anything is loaded.
  */
 function checkVariantEnv(): void {
   const known: Array<[string, readonly string[]]> = [
     ['TESSERA_GEMM', ['auto', ...GEMM_VARIANTS]],
     ['TESSERA_ATTENTION', ['auto', ...ATTENTION_VARIANTS]],
+    ['TESSERA_ARENA', ['one', 'split']],
   ];
   for (const [name, values] of known) {
     const v = process.env[name];

@@ -8,7 +8,8 @@
  * TESSERA_EMULATOR=0 turns the emulator off (the tiers then skip, saying why).
  *
  * Choosing the emulator sets TESSERA_LIBCUDA, MOCK_EMU and MOCK_CC in this process, so every
- * CudaBackend created after it (in this test file's process) is emulated.
+ * CudaBackend created after it (in this test file's process) is emulated, and TESSERA_ARENA=split
+ * (unless set), so that each planned activation is an allocation of its own, bounds-checked.
  */
 import { CudaBackend } from '../../../src/backend/cuda/backend.js';
 import { buildMock } from '../mock/mock.js';
@@ -45,6 +46,9 @@ export function cudaTarget(): CudaTarget {
   const cc = process.env.TESSERA_EMULATOR_CC ?? '90';
   if (!['80', '86', '89', '90'].includes(cc)) return off(`TESSERA_EMULATOR_CC=${cc}: the emulator is an sm_80, sm_86, sm_89 or sm_90 device`);
   process.env.MOCK_CC = cc;
+  // Each planned activation in its own guarded allocation: a kernel writing past its output
+  // faults in the emulator rather than overwriting the next buffer of the arena.
+  process.env.TESSERA_ARENA ??= 'split';
   const probe = CudaBackend.probe();
   if (!probe.ok) return off(`the emulated device is not usable: ${probe.reason}`);
   return (chosen = { skip: null, emulated: true, title: `kernel emulator, no GPU: ${probe.reason}` });
