@@ -51,7 +51,7 @@ interface RunOptions {
 function run(opts: RunOptions) {
   const launches: Recorded[] = [];
   const scratch: number[] = [];
-  const constants: Array<{ key: string; values: Float32Array }> = [];
+  const counters: number[] = [];
   const maps: Array<{ t: DeviceTensor; shape: readonly number[]; box: readonly number[]; swizzle: string }> = [];
   const { T, B, H, KV, hd } = opts;
   const ctx: CudaOpContext = {
@@ -71,8 +71,9 @@ function run(opts: RunOptions) {
       launches.push({ decl, launch, args });
     },
     ...(opts.choice !== undefined ? { attentionChoice: () => opts.choice ?? null } : {}),
-    constant: (key, make) => {
-      constants.push({ key, values: make() });
+    constant: () => 0n,
+    counters: (n) => {
+      counters.push(n);
       return 0x7000n;
     },
     scratch: (bytes) => {
@@ -88,18 +89,21 @@ function run(opts: RunOptions) {
     },
   };
   attention(ctx);
-  return { launches, scratch, maps, constants };
+  return { launches, scratch, maps, counters };
 }
 
 describe('attention variants', () => {
   it('match the TS_ATTENTION_ENTRY lines of kernels/attention.cu', () => {
-    const entries = [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => ({
+    const lines = [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false), (true|false)\)/gm)];
+    const entries = lines.map((m) => ({
       name: `${m[1]}_bf16`,
       hd: +m[2],
       rows: 16 * +m[3],
       tileTokens: +m[5] * +m[4],
       threads: 32 * +m[3] * +m[4],
     }));
+    // SPLITS: the decode entries carry the fused merge of their splits, the prefill ones do not.
+    expect(lines.map((m) => [m[1], m[7]])).toEqual(lines.map((m) => [m[1], String(m[1].includes('_decode_'))]));
     const variants = [...PREFILL_VARIANTS, ...DECODE_VARIANTS].map((v) => ({ name: v.decl.name, hd: v.headDimBucket, rows: v.rows, tileTokens: v.tileTokens, threads: v.threads }));
     expect(variants).toEqual(entries);
     // Each variant line makes the bf16 and the fp16 entry; the combine kernel comes as both too.
@@ -153,10 +157,10 @@ describe('attention launcher', () => {
     expect(fused.launches.map((l) => l.decl.name)).toEqual(['ts_attention_decode_hd128_bf16']);
     expect(fused.launches[0].args.numSplits).toBeGreaterThan(1);
     expect(fused.launches[0].args.counters).toBe(0x7000n);
-    expect(fused.constants.map((c) => [c.key, c.values.length, c.values.every((v) => v === 0)])).toEqual([['attention-combine-counters:16', 16, true]]);
+    expect(fused.counters).toEqual([2 * 8]);
     // No split: no counters.
     const big = run({ T: 256, B: 256, H: 32, KV: 8, hd: 128, maxContextLen: 4096, maxQueryLen: 1 });
-    expect([big.launches[0].args.counters, big.constants]).toEqual([0n, []]);
+    expect([big.launches[0].args.counters, big.counters]).toEqual([0n, []]);
     expect(() => run({ T: 1, B: 1, H: 32, KV: 8, hd: 128, maxContextLen: 8192, maxQueryLen: 1, attrs: { attentionCombine: 'later' } })).toThrow(
       'attention: attr attentionCombine must be fused or separate, got later',
     );

@@ -25,7 +25,7 @@ const LOG2E = 1.4426950408889634;
 
 /** The template arguments of each entry: [HD, WM, WN, KW, QREG]. */
 const ENTRIES = new Map(
-  [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false)\)/gm)].map((m) => [`${m[1]}_bf16`, { HD: +m[2], WM: +m[3], WN: +m[4], KW: +m[5], QREG: m[6] === 'true' }]),
+  [...SOURCE.matchAll(/^TS_ATTENTION_ENTRIES\((\w+), (\d+), (\d+), (\d+), (\d+), (true|false), (true|false)\)/gm)].map((m) => [`${m[1]}_bf16`, { HD: +m[2], WM: +m[3], WN: +m[4], KW: +m[5], QREG: m[6] === 'true' }]),
 );
 
 interface Inputs {

@@ -84,6 +84,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
         }
       : {}),
     constant: () => 0n,
+    counters: () => 0x5000n,
     scratch: (bytes) => {
       scratch.push(bytes);
       return p.ws;
@@ -312,6 +313,7 @@ describe('matmul launcher', () => {
         launch: () => {},
         scratch: () => 0x100000n,
         constant: () => 0n,
+        counters: () => 0n,
       };
       return ctx as unknown as CudaOpContext;
     };
@@ -378,7 +380,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     // own epilogue (no reduce launch).
     const sm90k = run({ R: 256, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90k' }, ptrs: { x: 1n << 32n } });
     expect(sm90k.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90k_bf16']);
-    expect(sm90k.launches[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, ws: 0x100000n, M: 256, N: 4096, K: 4096, kTilesPerBlock: 16 });
+    expect(sm90k.launches[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x4000n, ws: 0x100000n, counters: 0x5000n, M: 256, N: 4096, K: 4096, kTilesPerBlock: 16 });
     expect(sm90k.launches[0].launch).toEqual({ grid: [128, 1, 1], block: [384, 1, 1], sharedBytes: 4 * 49152 + 1024 + 64 + 16 });
     expect(sm90k.scratch).toEqual([2 * 128 * 256 * 128 * 4]);
     expect(sm90k.boxes).toEqual(['x 128 64', 'w 256 64']);
@@ -445,6 +447,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
         launch: () => {},
         scratch: () => 0x100000n,
         constant: () => 0n,
+        counters: () => 0n,
       }) as unknown as CudaOpContext;
     expect(() => matmulAdd(ctx(tensor([2, 9], 'bf16', 0x4000n)))).toThrow(/matmul_add: res must be \[2, 8\] bf16/);
     expect(() => matmulAdd(ctx(tensor([2, 8], 'f16', 0x4000n)))).toThrow(/matmul_add: res \[2, 8\] is f16, but the other operands are bf16/);

@@ -50,6 +50,9 @@ function run(op: CudaOp, inputs: DeviceTensor[], outputs: DeviceTensor[], attrs:
       constants.set(key, make());
       return 0x10000n + BigInt(constants.size) * 256n;
     },
+    counters() {
+      throw new Error('no arrival counters expected');
+    },
     scratch() {
       throw new Error('no scratch expected');
     },

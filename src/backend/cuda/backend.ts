@@ -48,6 +48,13 @@ function fromStorage(dtype: StorageDType, bits: Uint16Array, out: Float32Array):
 }
 /** Tensor maps kept (oldest dropped first): eager steps of ever new token counts would add entries forever. */
 const TENSOR_MAP_CACHE_ENTRIES = 4096;
+/**
+ * Arrival counters the backend keeps (1 MiB of i32): stream-K's one per tile (lm_head at 8192
+ * rows has 32064 tiles) and decode attention's one per (sequence, kv head, row tile), which split
+ * only below 4 blocks an SM.
+ */
+const COUNTERS = 1 << 18;
+
 /** Batch sizes decode graphs are captured for (padded up to the next). */
 const BATCH_BUCKETS = [1, 2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512];
 
@@ -101,6 +108,8 @@ export class CudaBackend implements Backend {
    * arena it would overwrite its neighbour unseen. Null: the one arena (the default).
    */
   private splitArena: Map<number, DevPtr> | null = null;
+  /** CudaOpContext.counters' area (0n until made). */
+  private counterArea: DevPtr = 0n;
   /** The activations' device bytes: the arena, or the split buffers together. */
   private activationBytes = 0;
   private logits: DevPtr = 0n;
@@ -325,6 +334,7 @@ export class CudaBackend implements Backend {
     this.tensorMaps.clear();
     this.logits = this.alloc(logitsBytes);
     this.logitsHost = this.driver.mallocHost(logitsBytes);
+    this.counters(0); // made now, not in a step
     this.allocateStepBuffers(program, limits);
     this.allocateSamplingBuffers(program, limits);
     this.driver.currentOp = null;
@@ -495,6 +505,20 @@ export class CudaBackend implements Backend {
     return ptr;
   }
 
+  /**
+   * CudaOpContext.counters: one zeroed area of COUNTERS i32, made at load (or at the first op
+   * outside the engine), every kernel that counts arrivals leaving it zero.
+   */
+  private counters(n: number): DevPtr {
+    if (!Number.isInteger(n) || n < 0 || n > COUNTERS) throw new Error(`${n} arrival counters requested; the backend keeps ${COUNTERS}`);
+    if (this.counterArea === 0n) {
+      if (this.capturing) throw new Error('the arrival counters first requested during graph capture');
+      this.counterArea = this.alloc(4 * COUNTERS);
+      this.driver.copyToDevice(this.counterArea, new Int32Array(COUNTERS));
+    }
+    return this.counterArea;
+  }
+
   private constant(key: string, make: () => Float32Array): DevPtr {
     let ptr = this.constants.get(key);
     if (ptr === undefined) {
@@ -635,6 +659,7 @@ export class CudaBackend implements Backend {
       launch: (decl, launch, args) => this.launchDecl(decl, launch, args),
       maxActiveClusters: (decl, launch) => this.maxActiveClusters(decl, launch),
       constant: (key, make) => this.constant(key, make),
+      counters: (n) => this.counters(n),
       scratch: (bytes) => this.scratch(bytes),
       tensorMap2d: (t, box, swizzle) => this.tensorMap2d(t, box, swizzle),
       tensorMap: (t, shape, box, swizzle) => this.tensorMap(t, shape, box, swizzle),
@@ -1037,6 +1062,7 @@ export class CudaBackend implements Backend {
       this.weights.clear();
       this.kv.clear();
       this.constants.clear();
+      this.counterArea = 0n;
       this.tensorMaps.clear();
       this.program = null;
     }

@@ -352,9 +352,9 @@ export const attention: CudaOp = (ctx) => {
     partO = ctx.scratch(plan.scratchBytes);
     partML = partO + BigInt(plan.partMLOffset);
     // One counter per (sequence, kv head, row tile), zero between launches (the last split to
-    // arrive sets it back), made once per count outside any graph capture (the warm-up step).
-    const tiles = B * KV * (plan.grid[0] / plan.numSplits);
-    if (combine === 'fused') counters = ctx.constant(`attention-combine-counters:${tiles}`, () => new Float32Array(tiles));
+    // arrive sets it back), from the backend's area (a decode step splits only below 4 blocks an
+    // SM, so there are few).
+    if (combine === 'fused') counters = ctx.counters(B * KV * (plan.grid[0] / plan.numSplits));
   }
   ctx.launch(forStorage(plan.variant.decl, dtype), { grid: plan.grid, block: plan.block }, {
     out: out.ptr,

@@ -483,7 +483,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90K.bn, GEMM_SM90K.bk], '128B');
     const p = gemmSm90kPlan(R, N, K, ctx.device.multiprocessors);
     // One counter a tile, zero between launches (the last block to arrive on a tile zeroes it).
-    const counters = ctx.constant(`gemm-sm90k-counters:${p.tiles}`, () => new Float32Array(p.tiles));
+    const counters = ctx.counters(p.tiles);
     const ws = p.workspaceBytes > 0 ? ctx.scratch(p.workspaceBytes) : 0n;
     if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
     ctx.launch(entry(GEMM_SM90K_KERNELS[outDType]), { grid: [p.grid, 1, 1], block: [GEMM_SM90K.threads, 1, 1], sharedBytes: GEMM_SM90K.sharedBytes }, {

@@ -75,6 +75,13 @@ export interface CudaOpContext {
   maxActiveClusters?(decl: KernelDecl, launch: Launch): number;
   /** A device copy of a small constant table, made once per distinct key (e.g. RoPE inv_freq). */
   constant(key: string, make: () => Float32Array): DevPtr;
+  /**
+   * `n` i32 counters, zero when the launch starts; the launch must leave them zero (the last
+   * block to arrive on each resets it: stream-K's tile counters, decode attention's split
+   * counters). One area the backend makes before the first step, shared by every op, so that no
+   * step allocates for them; more than it holds is an error.
+   */
+  counters(n: number): DevPtr;
   /** Device scratch of at least `bytes`, valid during this call only. */
   scratch(bytes: number): DevPtr;
   /** A TMA tensor map of a row-major bf16/f16/f32 matrix tensor (made once per distinct tensor, box and swizzle, then reused). */
