@@ -14,7 +14,7 @@
  *    group's heads), the context split into numSplits chunks of splitLen tokens when
  *    sequences x kv heads alone would not fill the GPU; the last split of each (sequence, kv
  *    head, row tile) to finish then merges the partials in the same launch (one counter per
- *    such tile, zero between launches: a device constant). attrs.attentionCombine 'separate'
+ *    such tile, zero between launches: the backend's counter area). attrs.attentionCombine 'separate'
  *    runs the unfused rung instead: ts_attention_combine merges them in a second launch.
  * Scratch (only when numSplits > 1): numSplits * T * H * (hd + 2) * 4 bytes: partO
  * [S, T, H, hd] f32, then partML [S, T, H] (max, sum) f32 pairs.
