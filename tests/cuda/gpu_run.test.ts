@@ -113,3 +113,51 @@ describe.skipIf(skip !== null)('tools/gpu/run.sh on the stand-in libcuda', { tim
     expect(stageLines[stageLines.length - 1]).toMatch(/^done: .*, \d+ s of 400$/);
   });
 });
+
+/** tools/gpu/profile_cases.tsv's lines: name, family, filter, kernel pattern. */
+function profileCases(): string[][] {
+  return readFileSync(path.join(root, 'tools/gpu/profile_cases.tsv'), 'utf8')
+    .split('\n')
+    .filter((l) => l && !l.startsWith('#'))
+    .map((l) => l.split('\t'));
+}
+
+describe('tools/gpu/profile_cases.tsv: the kernels the profile stage profiles', () => {
+  it('selects benchmark cases of the default shapes, and names kernels the backend declares', async () => {
+    const { expandCases, defaultShapesPath } = await import('../../src/cli/bench_kernels.js');
+    const { ALL_DECLS } = await import('../../src/backend/cuda/ops/index.js');
+    const { withStorageTwins } = await import('../../src/backend/cuda/kernel_decl.js');
+    const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
+    const names = withStorageTwins(ALL_DECLS).map((d) => d.name);
+    const lines = profileCases();
+    expect(lines.length).toBeGreaterThanOrEqual(10);
+    for (const [name, family, filter, kernel] of lines) {
+      expect([name, family, filter, kernel].every(Boolean), name).toBe(true);
+      const cases = expandCases(shapes, [family as 'gemm' | 'attention' | 'memory'], filter).filter((c) => !c.name.includes(' f16'));
+      expect(cases.length, `${name}: --filter "${filter}"`).toBeGreaterThan(0);
+      if (kernel.startsWith('^ts_')) expect(names.filter((n) => new RegExp(kernel).test(n)), `${name}: ${kernel}`).toHaveLength(1);
+    }
+  });
+});
+
+describe.skipIf(skip !== null)('tools/gpu/run.sh: the profile stage (a stand-in ncu)', { timeout: 120_000 }, () => {
+  it('runs ncu once a line of profile_cases.tsv, on the bench case with its kernel, and packs what it wrote', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-ncu-'));
+    const log = path.join(dir, 'calls.txt');
+    const ncu = path.join(dir, 'ncu');
+    // Records its arguments, one call a line, and writes a details line as ncu's CSV would.
+    writeFileSync(ncu, `#!/usr/bin/env bash\necho "$*" >> "${log}"\necho '"ID","Kernel Name","Metric Name","Metric Value"'\n`, { mode: 0o755 });
+    const run = await runScript('profile', 300, { NCU: ncu });
+    expect(run.status).toBe(0);
+    expect(run.lines.some((l) => /profile: exit 0 in \d+ s/.test(l)), run.lines.join('\n')).toBe(true);
+    const calls = readFileSync(log, 'utf8').trim().split('\n');
+    const lines = profileCases();
+    expect(calls).toHaveLength(lines.length);
+    lines.forEach(([name, family, filter, kernel], i) => {
+      expect(calls[i]).toContain(`--clock-control none --target-processes all -k regex:${kernel} --launch-skip 1 --launch-count 1`);
+      expect(calls[i]).toContain(`node bin/tessera.js bench kernels --family ${family} --filter ${filter} --exclude  f16 --runs 20 --warmup 1`);
+      expect(run.result(`ncu/${name}.csv`)).toContain('"Metric Value"');
+    });
+    expect(run.result('profile.txt')).toContain(`${lines[0][0]}: exit 0 (1 csv lines)`);
+  });
+});

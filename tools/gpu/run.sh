@@ -24,6 +24,9 @@
 #   tuned    tessera bench on synthetic:llama-3-8b again, with the choices the kernels stage made
 #   torch    bench/torch_kernels.py: PyTorch on the same cases (attention and the memory-bound
 #            ops first: cuBLASLt, which torch.matmul calls, is already in the kernels stage)
+#   profile  not in the default list, for a call of its own (STAGES=profile): Nsight Compute on
+#            one launch of each kernel tools/gpu/profile_cases.tsv names (tools/gpu/profile.sh),
+#            what the notes need to explain a gap to a target from the profile
 # Each stage runs under `timeout`, the smaller of its own cap and the time left of BUDGET
 # (seconds, default 540: a device call of timeout_s 600); a stage that would get less than its
 # minimum is skipped and says so. machine.txt (the GPU, driver, clocks, then one line a stage:
@@ -168,7 +171,8 @@ for s in $stages; do
       stage torch "$l" 45 python3 bench/torch_kernels.py --out "$R/torch_kernels.json" --time-limit $((l - 30)) \
         --families attention_prefill,attention_decode,memory_bound,gemm
       ;;
-    *) note "unknown stage $s (tests probes sm90 e2e bench kernels tuned torch)" ;;
+    profile) stage profile "$(left)" 60 bash tools/gpu/profile.sh "$R" ;;
+    *) note "unknown stage $s (tests probes sm90 e2e bench kernels tuned torch profile)" ;;
   esac
 done
 save "done: $(date -u +%FT%TZ), $((SECONDS - t0)) s of ${BUDGET}"
