@@ -199,7 +199,7 @@ struct Walk {
     }
     tile_coords(w.tile, tilesM, tilesN, w.tm, w.tn);
     // Multicast: the pair's row tile for this block; past the last row tile when the pair has one
-    // (its rows read as zeros and are never stored).
+    // (the producer loads the last real tile's x there; its rows are never stored).
     if (multicast(SCHED)) w.tm = w.tm * (int)cluster_nctarank() + rank;
     return true;
   }
@@ -254,7 +254,9 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
         // The whole stage's bytes: with multicast they include the w part the peers multicast,
         // which may land before this arrival (the phase cannot complete while it is pending).
         mbar_arrive_expect_tx(&full[stage], STAGE_BYTES);
-        tma_load_2d(a, &tmX, &full[stage], kt * BK, w.tm * BM);
+        // Multicast: a pair's second row tile past M loads the last real one instead (its rows
+        // are never stored), so that no box lies wholly outside the tensor.
+        tma_load_2d(a, &tmX, &full[stage], kt * BK, (MC ? min(w.tm, tilesM - 1) : w.tm) * BM);
         if (MC) {
           // This block's share of w's tile (tmW's box: BN / csize rows), to the same place in every block.
           const int rows = BN / csize;

@@ -129,7 +129,7 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'const int accumulate = (kt > w.k0 || kk > 0) ? 1 : 0;',
       'OUT_T* out = y + (size_t)w.split * M * N;  // split 0 (or no split): y itself',
       'tn = (t % per_group) / rows;',
-      'tma_load_2d(a, &tmX, &full[stage], kt * BK, w.tm * BM);',
+      'tma_load_2d(a, &tmX, &full[stage], kt * BK, (MC ? min(w.tm, tilesM - 1) : w.tm) * BM);',
       'tma_load_2d(a + A_BYTES, &tmW, &full[stage], kt * BK, w.tn * BN);',
       'const uint8_t* a = smem + stage * STAGE_BYTES;',
       'const uint64_t da0 = desc_kmajor(PP ? a : a + cw * 64 * 128), da1 = desc_kmajor(PP ? a + 64 * 128 : a + cw * 64 * 128);',
