@@ -1,7 +1,9 @@
 // Layout probes for the Hopper kernels (sm_90a): one warpgroup, one wgmma product, no TMA and no
 // pipeline, so that a wrong shared-memory descriptor or register fragment shows up on its own
 // rather than as a wrong attention or GEMM output. tests/cuda/sm90_probe.test.ts (GPU tier)
-// compares each with the product on the host from fresh random inputs.
+// compares each with the product on the host from fresh random inputs. One more probe, of the
+// cluster machinery (multicast TMA, arrivals on a peer's mbarrier), does the same for the GEMM's
+// cluster rungs.
 //
 //   ts_sm90_probe_qk_bf16: s[64, 128] f32 = q[64, 128] k[128, 128]^T, both K-major in 128-byte
 //     swizzled panels of 64 columns (kernels/attention_sm90.cu's QK^T, kernels/gemm_sm90.cu's
@@ -12,6 +14,7 @@
 //     kernels/attention_sm90.cu's PV at head dim 128, its tile of 128 keys and its descriptors.
 //   ts_sm90_probe_pv64_bf16: o[64, 64] f32 = p[64, 128] v[128, 64]: the same at head dim 64 (one
 //     panel, wgmma m64n64k16).
+//   ts_sm90_probe_cluster_bf16: the cluster machinery alone (below).
 // Inputs bf16 row-major in global memory; 128 threads; shared memory static (48 KiB at most).
 // The fp16 forms of the same instructions read the same layouts (the PTX manual gives one for
 // every 16-bit type), so the bf16 probes stand for both.
@@ -124,6 +127,47 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv64_bf16(float*
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(1024) uint8_t sv[128 * 128];
   ts_probe90::pv_probe<32>(o, p, v, sv);
+#else
+  __trap();
+#endif
+}
+
+// ts_sm90_probe_cluster_bf16: the cluster machinery of the sm90c and sm90pc GEMMs on its own, no
+// wgmma. Launched as one cluster of two blocks of 128 threads (cluster dimension (2, 1, 1)). Block
+// r loads rows [64 r, 64 r + 64) of x [128, 64] bf16 through the tensor map (box 64 x 64, 128-byte
+// swizzle) and multicasts them to the same place in both blocks; each block's barrier expects
+// the whole 16 KiB, half of it from its peer. Each block then writes the tile it holds, the
+// swizzle undone, to out[r] ([2, 128, 64] f32), and lane 0 of each warp arrives on the peer's
+// second barrier (mapa + arrive.shared::cluster), which thread 0 waits on before setting
+// flags[r] = 1. The closing cluster barrier keeps each block until its peer's arrivals landed.
+extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_cluster_bf16(const __grid_constant__ CUtensorMap tm, float* __restrict__ out, int* __restrict__ flags) {
+#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using namespace ts::sm90;
+  __shared__ __align__(1024) uint8_t tile[128 * 128];
+  __shared__ __align__(8) uint64_t bars[2];  // 0: the tile's bytes; 1: the peer's warps
+  const uint32_t rank = cluster_ctarank();
+  if (threadIdx.x == 0) {
+    mbar_init(&bars[0], 1);
+    mbar_init(&bars[1], 4);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  cluster_sync();
+  if (threadIdx.x == 0) {
+    mbar_arrive_expect_tx(&bars[0], 128 * 128);
+    tma_load_2d_multicast(tile + rank * 64 * 128, &tm, &bars[0], 0, (int)rank * 64, 0x3);
+  }
+  mbar_wait(&bars[0], 0);
+  for (int i = threadIdx.x; i < 128 * 64; i += 128) {
+    const int r = i / 64, c = i % 64;
+    const ts::bf16 v = *reinterpret_cast<const ts::bf16*>(tile + r * 128 + (((c / 8) ^ (r % 8)) << 4) + (c % 8) * 2);
+    out[rank * 128 * 64 + i] = ts::to_f32(v);
+  }
+  if (threadIdx.x % 32 == 0) mbar_arrive_cluster(&bars[1], rank ^ 1u);
+  if (threadIdx.x == 0) {
+    mbar_wait(&bars[1], 0);
+    flags[rank] = 1;
+  }
+  cluster_sync();
 #else
   __trap();
 #endif

@@ -13,7 +13,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { CudaDriver } from '../../src/backend/cuda/driver.js';
 import { loadDriver } from '../../src/backend/cuda/driver.js';
-import { SM90_PROBES, SM90_PROBE_SHAPES, probeReference, runSm90Probe, type Sm90Probe } from '../../src/backend/cuda/sm90_probe.js';
+import { SM90_PROBES, SM90_PROBE_SHAPES, probeReference, runSm90ClusterProbe, runSm90Probe, type Sm90Probe } from '../../src/backend/cuda/sm90_probe.js';
 import { bf16ToF32 } from '../../src/util/dtype.js';
 import { mulberry32 } from '../helpers/random.js';
 import { cudaTarget } from './emu/target.js';
@@ -45,6 +45,24 @@ describe.skipIf(gpuSkip !== null)(`sm90 layout probes on ${target.emulated ? 'th
           expect(r.firstBad, `${kind}: ${JSON.stringify(r)}`).toBeNull();
           expect(r.maxAbsReference).toBeGreaterThan(0.5);
         }
+    } finally {
+      await backend.dispose();
+    }
+  });
+
+  it('the cluster probe: both blocks of a cluster hold the whole tile, half of it from each block\'s multicast, and each saw its peer\'s arrivals (Hopper only)', async () => {
+    const backend = CudaBackend.create();
+    try {
+      const cc = backend.profiler.device().computeCapability;
+      if (!String(cc).startsWith('9.')) {
+        console.log(`sm90 cluster probe: compute capability ${cc} is not Hopper; nothing to probe`);
+        return;
+      }
+      const random = mulberry32(Date.now() >>> 0);
+      for (let run = 0; run < 3; run++) {
+        const r = runSm90ClusterProbe(backend, random);
+        expect(r, JSON.stringify(r)).toEqual({ blocks: [{ wrong: 0, first: null }, { wrong: 0, first: null }], flags: [1, 1] });
+      }
     } finally {
       await backend.dispose();
     }

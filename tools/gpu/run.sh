@@ -8,7 +8,8 @@
 #            model against its PyTorch reference: every kernel but the Hopper ones; after a
 #            kernel fault (which ends the process's CUDA context: the suite skips the rest and
 #            logs the op in faults.tsv) it runs again without that op, while time is left
-#   probes   the sm90 layout probes (one wgmma per descriptor kind, no pipeline)
+#   probes   the sm90 layout probes (one wgmma per descriptor kind, no pipeline) and the cluster
+#            probe (multicast TMA and arrivals on a peer's barrier, alone)
 #   sm90     the Hopper GEMM and attention conformance cases (apart: a hang there is cut by its
 #            own timeout, and a fault does not take the other results with it), again past a
 #            fault as above

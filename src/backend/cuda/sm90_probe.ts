@@ -9,7 +9,7 @@
 import { bf16ToF32, f32ToBf16 } from '../../util/dtype.js';
 import type { KernelDecl } from './kernel_decl.js';
 import type { DevPtr } from './driver.js';
-import type { Launch } from './ops/types.js';
+import type { DeviceTensor, Launch } from './ops/types.js';
 
 export type Sm90Probe = 'qk' | 'pv' | 'pv64';
 
@@ -29,7 +29,22 @@ export const SM90_PROBES: Record<Sm90Probe, KernelDecl> = {
   pv64: { name: 'ts_sm90_probe_pv64_bf16', params: [['o', 'ptr'], ['p', 'ptr'], ['v', 'ptr']] },
 };
 
-export const SM90_PROBE_DECLS: KernelDecl[] = Object.values(SM90_PROBES);
+/**
+ * The cluster probe (ts_sm90_probe_cluster_bf16): one cluster of two blocks, each multicasting
+ * half of a [128, 64] bf16 tile (tensor map box 64 x 64, 128-byte swizzle) into both, then writing
+ * what it holds to out[block] [128, 64] f32 and setting flags[block] once its peer's warps arrived
+ * on its barrier.
+ */
+export const SM90_CLUSTER_PROBE: KernelDecl = {
+  name: 'ts_sm90_probe_cluster_bf16',
+  params: [
+    ['tm', 'tmap'],
+    ['out', 'ptr'],
+    ['flags', 'ptr'],
+  ],
+};
+
+export const SM90_PROBE_DECLS: KernelDecl[] = [...Object.values(SM90_PROBES), SM90_CLUSTER_PROBE];
 
 /** What runSm90Probe needs of the CUDA backend (CudaBackend provides it). */
 export interface ProbeDevice {
@@ -38,6 +53,7 @@ export interface ProbeDevice {
   writeBuffer(dst: DevPtr, src: ArrayBufferView): void;
   readBuffer(dst: ArrayBufferView, src: DevPtr): void;
   launchKernel(decl: KernelDecl, launch: Launch, args: Record<string, bigint | number | Uint8Array>): void;
+  tensorMap2d(t: DeviceTensor, box: [rows: number, cols: number], swizzle: '128B'): Uint8Array;
 }
 
 /** out = a b^T (qk: b is [n, k]) or a b (pv: b is [k, n]), in float64 from the given values. */
@@ -98,5 +114,51 @@ export function runSm90Probe(device: ProbeDevice, kind: Sm90Probe, random: () =>
     device.freeBuffer(dA);
     device.freeBuffer(dB);
     device.freeBuffer(dOut);
+  }
+}
+
+export interface ClusterProbeResult {
+  /** Per block: elements of its tile that differ from x (NaN counts), and the first of them. */
+  blocks: Array<{ wrong: number; first: { row: number; col: number; got: number; want: number } | null }>;
+  /** Per block: whether its peer's four warps arrived on its barrier. */
+  flags: number[];
+}
+
+/**
+ * Runs the cluster probe on a fresh random tile: both blocks must hold all of it (each half came
+ * from a different block's multicast) and both flags must be set.
+ */
+export function runSm90ClusterProbe(device: ProbeDevice, random: () => number): ClusterProbeResult {
+  const rows = 128, cols = 64;
+  const bits = new Uint16Array(rows * cols);
+  f32ToBf16(Float32Array.from({ length: rows * cols }, () => 2 * random() - 1), bits);
+  const x = new Float32Array(rows * cols);
+  bf16ToF32(bits, x);
+  const dX = device.allocBuffer(2 * rows * cols), dOut = device.allocBuffer(4 * 2 * rows * cols), dFlags = device.allocBuffer(16);
+  try {
+    device.writeBuffer(dX, bits);
+    device.writeBuffer(dOut, new Float32Array(2 * rows * cols).fill(NaN));
+    device.writeBuffer(dFlags, new Int32Array(4));
+    const tm = device.tensorMap2d({ ptr: dX, shape: [rows, cols], dtype: 'bf16' }, [64, 64], '128B');
+    device.launchKernel(SM90_CLUSTER_PROBE, { grid: [2, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { tm, out: dOut, flags: dFlags });
+    const got = new Float32Array(2 * rows * cols), flags = new Int32Array(4);
+    device.readBuffer(got, dOut);
+    device.readBuffer(flags, dFlags);
+    const blocks = [0, 1].map((b) => {
+      let wrong = 0;
+      let first: ClusterProbeResult['blocks'][number]['first'] = null;
+      for (let i = 0; i < rows * cols; i++) {
+        const g = got[b * rows * cols + i];
+        if (g === x[i]) continue;
+        wrong++;
+        first ??= { row: Math.floor(i / cols), col: i % cols, got: g, want: x[i] };
+      }
+      return { wrong, first };
+    });
+    return { blocks, flags: [flags[0], flags[1]] };
+  } finally {
+    device.freeBuffer(dX);
+    device.freeBuffer(dOut);
+    device.freeBuffer(dFlags);
   }
 }
