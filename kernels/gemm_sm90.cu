@@ -2,8 +2,9 @@
 // (+ bias[N]) (+ res[M, N]), T bf16 or fp16, f32 accumulate, y T or f32. Entries per schedule
 // (below): ts_gemm_sm90_<T> (cooperative), ts_gemm_sm90p_<T> (ping-pong), ts_gemm_sm90k_<T>
 // (stream-K), ts_gemm_sm90c_<T> (cooperative in clusters of two, w multicast), ts_gemm_sm90pc_<T>
-// (ping-pong in clusters of two), each with a _f32 twin for y f32. Same operands as kernels/gemm.cu; beside its tile
-// kernel and kernels/gemv.cu, for prefill-sized M where the tensor cores bound the time.
+// (ping-pong in clusters of two), each with a _f32 twin for y f32. Same operands as
+// kernels/gemm.cu; beside its tile kernel and kernels/gemv.cu, for prefill-sized M where the tensor
+// cores bound the time.
 //
 // Why: mma.sync issues from one warp at a time with operands through registers, which caps it
 // far under Hopper's tensor-core rate. Here the operands stay in shared memory: the copy engine
