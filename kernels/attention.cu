@@ -81,6 +81,28 @@ struct Config {
   static_assert(SMEM_BYTES <= 48 * 1024, "static shared memory is limited to 48 KiB");
 };
 
+// The merge of split-KV's partials for one (token, head) row th and its 8 columns from 8c, the
+// splits whose m is -inf (no key) left out: acc = sum_s exp2(m_s - M) partO[s, th, 8c ..), in
+// split order. Both the fused merge (attention_body) and ts_attention_combine_T use it. CG: read
+// past L1, for the fused merge, which reads what other SMs wrote in the same launch; the
+// standalone combine runs a launch later and reads plainly (ld.global.cg there made ptxas spill
+// on sm_89).
+template <bool CG>
+TS_DEVICE void merge_columns(float (&acc)[8], const float* __restrict__ part_o, const float2* __restrict__ part_ml, int64_t split_stride,
+                             int64_t th, int hd, int c, float M, int num_splits) {
+#pragma unroll
+  for (int i = 0; i < 8; i++) acc[i] = 0.f;
+  for (int s = 0; s < num_splits; s++) {
+    const float2 ml = CG ? __ldcg(part_ml + s * split_stride + th) : part_ml[s * split_stride + th];
+    if (ml.x == -INFINITY) continue;
+    const float w = exp2f(ml.x - M);
+    const float4* src = reinterpret_cast<const float4*>(part_o + (s * split_stride + th) * hd + c * 8);
+    const float4 x0 = CG ? __ldcg(src) : src[0], x1 = CG ? __ldcg(src + 1) : src[1];
+    acc[0] += w * x0.x, acc[1] += w * x0.y, acc[2] += w * x0.z, acc[3] += w * x0.w;
+    acc[4] += w * x1.x, acc[5] += w * x1.y, acc[6] += w * x1.z, acc[7] += w * x1.w;
+  }
+}
+
 // SPLITS: the decode entries, which may split the context and then merge the splits (the prefill
 // entries never do; leaving the merge out of them keeps their registers as they were).
 template <int HD, int WM, int WN, int KW, bool QREG, bool SPLITS, class T>
@@ -447,8 +469,9 @@ TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, f
   // merges all of their partials for the block's rows, so a decode step is one launch. Each split
   // makes its partials visible before it arrives (every thread fences, then the block's barrier,
   // then one thread's atomic); the last arrival fences again before reading them, past L1 (other
-  // SMs wrote them). The counter goes back to zero for the next launch. The merge is the
-  // standalone combine's (below), in the same split order: the same result whichever split is last.
+  // SMs wrote them). The counter goes back to zero for the next launch. The columns are merged as
+  // the standalone combine merges them (merge_columns), in split order: the same result whichever
+  // split is last.
   __threadfence();
   __syncthreads();  // also: every thread is done with obuf and row_ml, whose memory is reused below
   int* const last_flag = reinterpret_cast<int*>(smem);
@@ -488,17 +511,9 @@ TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, f
     const int tok = q_begin + r / G, h = kvh * G + r % G;
     if (tok >= num_tokens) continue;
     const int64_t th = static_cast<int64_t>(tok) * num_heads + h;
-    const float M = merged[lr].x, inv = merged[lr].y;
-    float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-    for (int s = 0; s < num_splits; s++) {
-      const float2 ml = __ldcg(part_ml + s * split_stride + th);
-      if (ml.x == -INFINITY) continue;
-      const float w = exp2f(ml.x - M);
-      const float4* src = reinterpret_cast<const float4*>(part_o + (s * split_stride + th) * hd + c * 8);
-      const float4 x0 = __ldcg(src), x1 = __ldcg(src + 1);
-      acc[0] += w * x0.x, acc[1] += w * x0.y, acc[2] += w * x0.z, acc[3] += w * x0.w;
-      acc[4] += w * x1.x, acc[5] += w * x1.y, acc[6] += w * x1.z, acc[7] += w * x1.w;
-    }
+    const float inv = merged[lr].y;
+    float acc[8];
+    merge_columns<true>(acc, part_o, part_ml, split_stride, th, hd, c, merged[lr].x, num_splits);
 #pragma unroll
     for (int i = 0; i < 8; i++) acc[i] *= inv;
     *reinterpret_cast<ts::vec8<T>*>(out + tok * q_stride + h * hd + c * 8) = ts::pack<T>(acc);
@@ -576,16 +591,8 @@ TS_DEVICE void combine(T* __restrict__ out,               // [T, H*hd]
     L = ts::warp_sum(L);
     const float inv = L > 0.f ? 1.f / L : 0.f;
     for (int c = lane; c < hdc; c += 32) {
-      float acc[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-      for (int s = 0; s < num_splits; s++) {
-        const float2 ml = part_ml[s * split_stride + th];
-        if (ml.x == -INFINITY) continue;
-        const float w = exp2f(ml.x - M);
-        const float4* src = reinterpret_cast<const float4*>(part_o + (s * split_stride + th) * head_dim + c * 8);
-        const float4 x0 = src[0], x1 = src[1];
-        acc[0] += w * x0.x, acc[1] += w * x0.y, acc[2] += w * x0.z, acc[3] += w * x0.w;
-        acc[4] += w * x1.x, acc[5] += w * x1.y, acc[6] += w * x1.z, acc[7] += w * x1.w;
-      }
+      float acc[8];
+      merge_columns<false>(acc, part_o, part_ml, split_stride, th, head_dim, c, M, num_splits);
 #pragma unroll
       for (int i = 0; i < 8; i++) acc[i] *= inv;
       *reinterpret_cast<ts::vec8<T>*>(out + th * head_dim + c * 8) = ts::pack<T>(acc);

@@ -262,7 +262,7 @@ function block(cfg: { HD: number; WM: number; WN: number; KW: number; QREG: bool
   }
 }
 
-/** The merge of the splits: ts_attention_combine_bf16, and the fused merge the last split of a row tile runs (the same sums in the same split order; unrounded). */
+/** The merge of the splits: ts_attention_combine_bf16, and the fused merge the last split of a row tile runs (the same sums; unrounded). */
 function combine(out: Float64Array, partO: Float64Array, partML: Float64Array, a: Inputs, numSplits: number): void {
   const T = a.queryStart[a.queryStart.length - 1], H = a.H, hd = a.hd;
   for (let b = 0; b + 1 < a.queryStart.length; b++)

@@ -97,6 +97,8 @@ export class CudaBackend implements Backend {
   readonly name = 'cuda' as const;
   readonly elementBytes = 2;
   private readonly functions = new Map<string, { fn: Handle; sharedBytes: number }>();
+  /** maxActiveClusters' answers by kernel, block, shared memory and cluster: asked of the driver once each (they do not change). */
+  private readonly clusterOccupancy = new Map<string, number>();
   private readonly allocations: Allocation[] = [];
   private program: Program | null = null;
   private weights = new Map<string, DeviceTensor>();
@@ -482,9 +484,14 @@ export class CudaBackend implements Backend {
    * function resolved (and its shared memory limit raised) as launchDecl does.
    */
   maxActiveClusters(decl: KernelDecl, launch: Launch): number {
-    const shared = launch.sharedBytes ?? 0;
-    const fn = this.fn(decl, shared);
-    return this.driver.maxActiveClusters(fn, launch.grid, launch.block, launch.cluster ?? [1, 1, 1], shared);
+    const shared = launch.sharedBytes ?? 0, cluster = launch.cluster ?? [1, 1, 1];
+    const key = `${decl.name} ${launch.block.join(',')} ${shared} ${cluster.join(',')}`;
+    let n = this.clusterOccupancy.get(key);
+    if (n === undefined) {
+      n = this.driver.maxActiveClusters(this.fn(decl, shared), launch.grid, launch.block, cluster, shared);
+      this.clusterOccupancy.set(key, n);
+    }
+    return n;
   }
 
   private scratch(bytes: number): DevPtr {

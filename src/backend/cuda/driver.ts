@@ -432,9 +432,7 @@ export class CudaDriver {
    * size, the end of the last parameter.
    */
   launch(fn: Handle, grid: [number, number, number], block: [number, number, number], sharedBytes: number, stream: Handle, pack: (view: DataView) => number): void {
-    const size = pack(this.argView);
-    if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
-    this.sizeView.setBigUint64(0, BigInt(size), true);
+    this.packArguments(pack);
     this.check('cuLaunchKernel', this.fn.cuLaunchKernel(fn, grid[0], grid[1], grid[2], block[0], block[1], block[2], sharedBytes, stream, null, this.extra));
   }
 
@@ -454,9 +452,7 @@ export class CudaDriver {
     const launchEx = this.optional.cuLaunchKernelEx;
     if (!launchEx) throw this.tooOldForClusters('cuLaunchKernelEx');
     this.writeLaunchConfig('launchCluster', grid, block, cluster, sharedBytes, stream);
-    const size = pack(this.argView);
-    if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
-    this.sizeView.setBigUint64(0, BigInt(size), true);
+    this.packArguments(pack);
     this.check('cuLaunchKernelEx', launchEx(this.launchConfigPtr, fn, null, this.extra));
   }
 
@@ -472,6 +468,13 @@ export class CudaDriver {
     const out = [0];
     this.check('cuOccupancyMaxActiveClusters', occupancy(out, fn, this.launchConfigPtr));
     return out[0];
+  }
+
+  /** Packs a launch's arguments into the buffer `extra` passes (CU_LAUNCH_PARAM_BUFFER_POINTER) and records their size. */
+  private packArguments(pack: (view: DataView) => number): void {
+    const size = pack(this.argView);
+    if (size > ARG_BUFFER_BYTES) throw new Error(`kernel arguments of ${size} bytes exceed ${ARG_BUFFER_BYTES}`);
+    this.sizeView.setBigUint64(0, BigInt(size), true);
   }
 
   /** Whether the driver can launch thread-block clusters and size them (cuLaunchKernelEx and cuOccupancyMaxActiveClusters, CUDA 11.8). */

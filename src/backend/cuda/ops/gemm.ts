@@ -304,18 +304,10 @@ export function gemmSm90cGrid(R: number, N: number, maxClusters: number, bn: num
   return GEMM_SM90C.cluster * Math.max(1, Math.min(pairs, maxClusters));
 }
 
-/** The resident clusters the driver reports per kernel and device, asked once (it does not change). */
-const maxClustersSeen = new WeakMap<object, Map<string, number>>();
+/** The clusters the device holds at once (the backend asks the driver once a kernel); half the SMs for a context without the query. */
 function maxClusters(ctx: CudaOpContext, decl: KernelDecl, launch: Launch): number {
-  const fallback = Math.floor(ctx.device.multiprocessors / launch.cluster![0]);
-  if (!ctx.maxActiveClusters) return Math.max(1, fallback);
-  let seen = maxClustersSeen.get(ctx.device);
-  if (!seen) maxClustersSeen.set(ctx.device, (seen = new Map()));
-  let n = seen.get(decl.name);
-  if (n === undefined) {
-    n = ctx.maxActiveClusters(decl, launch);
-    seen.set(decl.name, n);
-  }
+  if (!ctx.maxActiveClusters) return Math.max(1, Math.floor(ctx.device.multiprocessors / launch.cluster![0]));
+  const n = ctx.maxActiveClusters(decl, launch);
   if (n < 1) throw new Error(`${decl.name}: the device can hold no cluster of ${launch.cluster![0]} blocks with ${launch.sharedBytes} bytes of shared memory each`);
   return n;
 }
