@@ -537,6 +537,7 @@ TS_DEVICE void attention_body(T* __restrict__ out, float* __restrict__ part_o, f
       const int32_t* __restrict__ block_tables,    /* [B, W] */                                                        \
       int num_tokens, int num_heads, int num_kv_heads, int head_dim, int num_cache_blocks, int block_size_log2,       \
       int block_table_width, float scale, int window, int num_splits, int split_len, int causal) {                    \
+    ts::pdl_enter();                                                                                                   \
     ts_attn::attention_body<HD, WM, WN, KW, QREG, SPLITS>(out, part_o, part_ml, counters, q, cache, query_start,       \
                                                           context_lens, block_tables, num_tokens, num_heads,           \
                                                           num_kv_heads, head_dim, num_cache_blocks, block_size_log2,   \
@@ -606,6 +607,7 @@ TS_DEVICE void combine(T* __restrict__ out,               // [T, H*hd]
       ts_attention_combine_##SUFFIX(T* __restrict__ out, const float* __restrict__ part_o,                            \
                                     const float2* __restrict__ part_ml, const int32_t* __restrict__ query_start,       \
                                     int num_seqs, int num_tokens, int num_heads, int head_dim, int num_splits) {      \
+    ts::pdl_enter();                                                                                                   \
     ts_attn::combine(out, part_o, part_ml, query_start, num_seqs, num_tokens, num_heads, head_dim, num_splits);        \
   }
 TS_COMBINE_ENTRY(ts::bf16, bf16)

@@ -369,6 +369,7 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params<T>
            T* __restrict__ out, const T* __restrict__ q, const int* __restrict__ queryStart,                                \
            const int* __restrict__ contextLens, const int* __restrict__ blockTables, int numHeads, int numKvHeads,           \
            int blockSizeLog2, int blockTableWidth, int vOffset, float scale, int window, int causal) {                      \
+    ts::pdl_enter();                                                                                                         \
     TS_ATTN_SM90_BODY(T, HD, OVERLAP)                                                                                        \
   }
 

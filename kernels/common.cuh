@@ -137,6 +137,53 @@ TS_DEVICE float block_max(float x, float* scratch) {
   return warp_max(x);
 }
 
+// ---- programmatic dependent launch (sm_90) ----------------------------------------------------
+// On Hopper the backend launches every kernel with CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_-
+// SERIALIZATION (src/backend/cuda/backend.ts, `launchOverlap`): a kernel's blocks may then be
+// scheduled while the kernel before it in the stream is still running, once every block of that
+// one has called pdl_launch_dependents (or exited). A decode step is some 300 kernels of a few
+// microseconds each, and this hides the gap between each kernel's last wave and the next one's
+// first, where the GPU otherwise idles.
+//
+// The rule every entry keeps (tests/cuda/declarations.test.ts checks it in the sm_90a PTX): every
+// thread calls pdl_wait before its first global memory access, so nothing is read before the
+// kernel before it has finished and its writes are visible, and nothing is written that it may
+// still read. Only L2 prefetches (prefetch_l2: hints, no values) come before it. Since every
+// kernel waits for the one before it, that one waited for its own predecessor: the order is
+// transitive. Launched without the attribute (other GPUs, TESSERA_PDL=0, cuBLASLt's kernels
+// before ours), the wait returns at once and the trigger does nothing.
+//
+// Built for sm_90 and newer only: the compute_80 PTX that a newer GPU would JIT has neither, so
+// the backend turns the attribute on for sm_90 alone.
+TS_DEVICE void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Lets the next kernel's blocks be scheduled (it gives no memory ordering: the next kernel's
+// pdl_wait does). Called right after pdl_wait: the next kernel then starts once this one's last
+// block is resident, and at most one kernel waits behind a running one.
+TS_DEVICE void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+// Both, at the top of an entry.
+TS_DEVICE void pdl_enter() {
+  pdl_wait();
+  pdl_launch_dependents();
+}
+
+// A hint that brings the 128-byte line holding p into L2; it reads no value, so it may come
+// before pdl_wait (the decode GEMV streams its first weights in while the kernel before it ends).
+TS_DEVICE void prefetch_l2(const void* p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("prefetch.global.L2 [%0];" ::"l"(__cvta_generic_to_global(p)) : "memory");
+#endif
+}
+
 TS_DEVICE float silu(float x) { return x / (1.f + __expf(-x)); }
 TS_DEVICE float gelu_tanh(float x) { return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
 TS_DEVICE float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.7071067811865476f)); }

@@ -169,24 +169,30 @@ TS_DEVICE void slice_cols(T* __restrict__ y, const T* __restrict__ x, int rows, 
 #define TS_EW_ENTRIES(T, SUFFIX)                                                                                             \
   extern "C" __global__ void __launch_bounds__(256)                                                                          \
       ts_add_##SUFFIX(T* y, const T* a, const T* b, unsigned long long n, int vec) {                                         \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Add{});                                                                        \
   }                                                                                                                          \
   extern "C" __global__ void __launch_bounds__(256)                                                                          \
       ts_mul_##SUFFIX(T* y, const T* a, const T* b, unsigned long long n, int vec) {                                         \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::flat<true>(y, a, b, n, vec, ts_ew::Mul{});                                                                        \
   }                                                                                                                          \
   extern "C" __global__ void __launch_bounds__(256) ts_act_##SUFFIX(T* y, const T* x, unsigned long long n, int act, int vec) { \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::act(y, x, n, act, vec);                                                                                           \
   }                                                                                                                          \
   extern "C" __global__ void __launch_bounds__(256)                                                                          \
       ts_add_bias_##SUFFIX(T* y, const T* a, const T* __restrict__ b, int rows, int cols, int vec) {                         \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::add_bias(y, a, b, rows, cols, vec);                                                                               \
   }                                                                                                                          \
   extern "C" __global__ void __launch_bounds__(256) ts_act_mul_##SUFFIX(T* y, const T* gu, int rows, int cols, int act, int vec) { \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::act_mul_any(y, gu, rows, cols, act, vec);                                                                         \
   }                                                                                                                          \
   extern "C" __global__ void __launch_bounds__(256)                                                                          \
       ts_slice_cols_##SUFFIX(T* __restrict__ y, const T* __restrict__ x, int rows, int cols, int start, int count, int vec) { \
+    ts::pdl_enter();                                                                                                         \
     ts_ew::slice_cols(y, x, rows, cols, start, count, vec);                                                                  \
   }
 

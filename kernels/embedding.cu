@@ -28,6 +28,7 @@ TS_DEVICE void gather_rows(T* __restrict__ out, const int32_t* __restrict__ ids,
 #define TS_GATHER_ENTRY(T, SUFFIX)                                                                                    \
   extern "C" __global__ void ts_gather_rows_##SUFFIX(T* __restrict__ out, const int32_t* __restrict__ ids,             \
                                                      const T* __restrict__ table, int num_rows, int width, int table_rows) { \
+    ts::pdl_enter();                                                                                                  \
     ts_embedding::gather_rows(out, ids, table, num_rows, width, table_rows);                                          \
   }
 TS_GATHER_ENTRY(ts::bf16, bf16)

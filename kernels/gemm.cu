@@ -139,6 +139,26 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   const T* b_src = w + static_cast<int64_t>(n0 + ld_row) * K + ld_k;
   const int64_t pass_stride = static_cast<int64_t>(ROWS_PER_PASS) * K;
 
+  // While the kernel before this one ends (programmatic dependent launch, common.cuh): the w rows
+  // of the prologue's k-tiles into L2, one prefetch per 64-byte row of a k-tile (from the thread
+  // that copies its first chunk). A prefetch reads no value, so it may come before the wait; x,
+  // the output of the kernel before, is read only after it. At decode a block's w tile is nearly
+  // all of its bytes.
+  if (tid % ROW_CHUNKS == 0) {
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; s++) {
+      const int k0 = (kt_begin + s) * BK;
+      if (s < n_k && k0 < K) {
+#pragma unroll
+        for (int p = 0; p < B_PASSES; p++) {
+          const int row = ld_row + p * ROWS_PER_PASS;
+          if ((BN % ROWS_PER_PASS == 0 || row < BN) && n0 + row < N) ts::prefetch_l2(b_src + p * pass_stride + k0);
+        }
+      }
+    }
+  }
+  ts::pdl_enter();
+
   // Issues the copies of k-tile kt into `stage` (no commit).
   auto load_tile = [&](int stage, int kt) {
     const uint32_t base = smem + stage * STAGE_BYTES + ld_dst;
@@ -307,6 +327,7 @@ TS_GEMM_ENTRIES(128, 128, 2, 4, 3, 2)
 #define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                     \
   extern "C" __global__ void NAME(OUT_T* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, \
                                   int N, int splits) {                                                                      \
+    ts::pdl_enter();                                                                                                        \
     ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits);                                                                 \
   }
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16, ts::bf16, ts::bf16)

@@ -435,6 +435,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
   {                                                                                                                             \
+    ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit, 0)                                             \
   }
 
@@ -454,6 +455,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int dpTiles,        /* tiles done whole, in turn, before the stream-K part */                                        \
            int kTilesPerBlock) /* k-tiles of the stream-K part per block */                                                     \
   {                                                                                                                             \
+    ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock, dpTiles)                                     \
   }
 

@@ -64,6 +64,21 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
 #pragma unroll
   for (int j = 0; j < ROWS; j++) wrow[j] = w + (size_t)min(n0 + j, N - 1) * K;
 
+  // While the kernel before this one ends (programmatic dependent launch, common.cuh): the lines
+  // of this warp's first two steps of each row into L2, one prefetch per 128-byte line (lanes 0,
+  // 8, 16, 24). A prefetch reads no value, so it may come before the wait; x, the output of the
+  // kernel before, is read only after it.
+  if ((lane & 7) == 0) {
+#pragma unroll
+    for (int t = 0; t < 2; t++) {
+      const int k = (warp + t * WARPS) * STEP + lane * 8;
+      if (k < K)
+#pragma unroll
+        for (int j = 0; j < ROWS; j++) ts::prefetch_l2(wrow[j] + k);
+    }
+  }
+  ts::pdl_enter();
+
   float acc[MAXR][ROWS];
 #pragma unroll
   for (int r = 0; r < MAXR; r++)

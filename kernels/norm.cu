@@ -226,24 +226,28 @@ TS_DEVICE void dispatch(const Args<T>& a, int vecs) {
 #define TS_NORM_ENTRIES(T, SUFFIX)                                                                                          \
   extern "C" __global__ void __launch_bounds__(512)                                                                         \
       ts_rmsnorm_##SUFFIX(T* y, const T* x, const T* __restrict__ w, int rows, int width, float eps, int lanes, int vecs) { \
+    ts::pdl_enter();                                                                                                        \
     const ts_norm::Args<T> a = {y, nullptr, x, nullptr, w, nullptr, rows, width, eps, lanes};                               \
     ts_norm::dispatch<false, false>(a, vecs);                                                                               \
   }                                                                                                                         \
   extern "C" __global__ void __launch_bounds__(512)                                                                         \
       ts_layernorm_##SUFFIX(T* y, const T* x, const T* __restrict__ w, const T* __restrict__ b, int rows, int width,        \
                             float eps, int lanes, int vecs) {                                                               \
+    ts::pdl_enter();                                                                                                        \
     const ts_norm::Args<T> a = {y, nullptr, x, nullptr, w, b, rows, width, eps, lanes};                                     \
     ts_norm::dispatch<false, true>(a, vecs);                                                                                \
   }                                                                                                                         \
   extern "C" __global__ void __launch_bounds__(512)                                                                         \
       ts_add_rmsnorm_##SUFFIX(T* sum, T* y, const T* residual, const T* delta, const T* __restrict__ w, int rows,           \
                               int width, float eps, int lanes, int vecs) {                                                  \
+    ts::pdl_enter();                                                                                                        \
     const ts_norm::Args<T> a = {y, sum, residual, delta, w, nullptr, rows, width, eps, lanes};                              \
     ts_norm::dispatch<true, false>(a, vecs);                                                                                \
   }                                                                                                                         \
   extern "C" __global__ void __launch_bounds__(512)                                                                         \
       ts_add_layernorm_##SUFFIX(T* sum, T* y, const T* residual, const T* delta, const T* __restrict__ w,                   \
                                 const T* __restrict__ b, int rows, int width, float eps, int lanes, int vecs) {             \
+    ts::pdl_enter();                                                                                                        \
     const ts_norm::Args<T> a = {y, sum, residual, delta, w, b, rows, width, eps, lanes};                                    \
     ts_norm::dispatch<true, true>(a, vecs);                                                                                 \
   }

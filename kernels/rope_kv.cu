@@ -280,11 +280,13 @@ TS_DEVICE void rope_kv_write(T* __restrict__ q, T* __restrict__ cache_k, T* __re
   extern "C" __global__ void __launch_bounds__(256)                                                                         \
       ts_rope_##SUFFIX(T* y, const T* x, const int32_t* __restrict__ positions, const float* __restrict__ inv_freq,         \
                        int num_heads, int head_dim, int rotary_dim, int lanes, int vec) {                                   \
+    ts::pdl_enter();                                                                                                        \
     ts_rope::rope(y, x, positions, inv_freq, num_heads, head_dim, rotary_dim, lanes, vec);                                  \
   }                                                                                                                         \
   extern "C" __global__ void __launch_bounds__(256)                                                                         \
       ts_kv_write_##SUFFIX(T* __restrict__ cache_k, T* __restrict__ cache_v, const T* __restrict__ k,                       \
                            const T* __restrict__ v, const int32_t* __restrict__ slots, int width, int num_slots, int vec) { \
+    ts::pdl_enter();                                                                                                        \
     ts_rope::kv_write(cache_k, cache_v, k, v, slots, width, num_slots, vec);                                                \
   }                                                                                                                         \
   extern "C" __global__ void __launch_bounds__(256)                                                                         \
@@ -294,6 +296,7 @@ TS_DEVICE void rope_kv_write(T* __restrict__ q, T* __restrict__ cache_k, T* __re
                                 const T* __restrict__ q_norm, const T* __restrict__ k_norm, int num_heads,                  \
                                 int num_kv_heads, int head_dim, int rotary_dim, int num_slots, float eps, int norm,         \
                                 int lanes, int vec) {                                                                       \
+    ts::pdl_enter();                                                                                                        \
     ts_rope::rope_kv_write(q, cache_k, cache_v, qkv, positions, slots, inv_freq, q_norm, k_norm, num_heads, num_kv_heads,   \
                            head_dim, rotary_dim, num_slots, eps, norm, lanes, vec);                                         \
   }

@@ -701,6 +701,7 @@ TS_DEVICE bool finite_f32(float x) { return (__float_as_uint(x) & 0x7f800000u) !
 extern "C" __global__ void __launch_bounds__(ts_sampling::NT, 1)
     ts_sample_f32(float* logits, int vocab, const void* params, const int* ids, const int* counts, int* outTokens,
                   float* outLogprobs, int* outTopIds, float* outTopLogprobs, int maxTopN) {
+  ts::pdl_enter();
   using namespace ts_sampling;
   __shared__ Smem s;
   const int r = blockIdx.x, tid = threadIdx.x, V = vocab;

@@ -90,6 +90,7 @@ TS_DEVICE void pv_probe(float* o, const ts::bf16* p, const ts::bf16* v, uint8_t*
 }  // namespace ts_probe90
 
 extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_qk_bf16(float* __restrict__ s, const ts::bf16* __restrict__ q, const ts::bf16* __restrict__ k) {
+  ts::pdl_enter();
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace ts::sm90;
   __shared__ __align__(1024) uint8_t sq[64 * 256];
@@ -115,6 +116,7 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_qk_bf16(float* _
 }
 
 extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* __restrict__ o, const ts::bf16* __restrict__ p, const ts::bf16* __restrict__ v) {
+  ts::pdl_enter();
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(1024) uint8_t sv[128 * 256];
   ts_probe90::pv_probe<64>(o, p, v, sv);
@@ -124,6 +126,7 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv_bf16(float* _
 }
 
 extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv64_bf16(float* __restrict__ o, const ts::bf16* __restrict__ p, const ts::bf16* __restrict__ v) {
+  ts::pdl_enter();
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __shared__ __align__(1024) uint8_t sv[128 * 128];
   ts_probe90::pv_probe<32>(o, p, v, sv);
@@ -141,6 +144,7 @@ extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_pv64_bf16(float*
 // second barrier (mapa + arrive.shared::cluster), which thread 0 waits on before setting
 // flags[r] = 1. The closing cluster barrier keeps each block until its peer's arrivals landed.
 extern "C" __global__ void __launch_bounds__(128) ts_sm90_probe_cluster_bf16(const __grid_constant__ CUtensorMap tm, float* __restrict__ out, int* __restrict__ flags) {
+  ts::pdl_enter();
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using namespace ts::sm90;
   __shared__ __align__(1024) uint8_t tile[128 * 128];

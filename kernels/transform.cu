@@ -63,12 +63,15 @@ TS_DEVICE void transpose(T* __restrict__ out, const T* __restrict__ in, int rows
 #define TS_TRANSFORM_ENTRIES(T, SUFFIX)                                                                                     \
   extern "C" __global__ void ts_fill_uniform_##SUFFIX(T* __restrict__ out, unsigned long long n, unsigned int seed_lo,      \
                                                       unsigned int seed_hi, float bound) {                                  \
+    ts::pdl_enter();                                                                                                        \
     ts_transform::fill_uniform(out, n, seed_lo, seed_hi, bound);                                                            \
   }                                                                                                                         \
   extern "C" __global__ void ts_fill_##SUFFIX(T* __restrict__ out, unsigned long long n, float value) {                     \
+    ts::pdl_enter();                                                                                                        \
     ts_transform::fill(out, n, value);                                                                                      \
   }                                                                                                                         \
   extern "C" __global__ void ts_transpose_##SUFFIX(T* __restrict__ out, const T* __restrict__ in, int rows, int cols) {     \
+    ts::pdl_enter();                                                                                                        \
     ts_transform::transpose(out, in, rows, cols);                                                                           \
   }
 TS_TRANSFORM_ENTRIES(ts::bf16, bf16)

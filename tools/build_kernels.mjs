@@ -4,10 +4,14 @@
 // keeps what the checks need under build/kernels/:
 //   resources.json  ptxas's report per kernel and architecture (registers, shared memory, stack, spills)
 //   entries.json    each extern "C" entry's PTX parameter types, to check against src/backend/cuda/kernels.ts
+//   tessera.ptx     the compute_80 PTX (the one the fatbin ships)
+//   tessera_sm90a.ptx  the sm_90a build's PTX, where tests/cuda/declarations.test.ts checks
+//                   the launch-dependency waits (kernels/common.cuh)
 // Fails on a spill or a stack frame in any kernel. Without nvcc it says so and exits 0: the CPU
 // backend needs none of this.
-import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -30,14 +34,24 @@ mkdirSync(distDir, { recursive: true });
 // --threads 0: the four architectures compile in parallel (ptxas's report is printed per
 // architecture, whole, so the parse below reads the same as a serial build's).
 const gencode = ARCHS.flatMap((a) => ['-gencode', `arch=${a.replace('sm_', 'compute_')},code=${a === 'sm_80' ? '[sm_80,compute_80]' : a}`]);
+// --keep: each architecture's PTX, which the fatbin build makes on the way, is kept (in a
+// temporary folder, with the other intermediate files) rather than made again.
 const t0 = Date.now();
-const fatbin = spawnSync(nvcc, [...FLAGS, '--threads', '0', '-fatbin', ...gencode, '-Xptxas', '-v', src, '-o', path.join(distDir, 'tessera.fatbin')], { encoding: 'utf8', cwd: root });
+const keep = mkdtempSync(path.join(tmpdir(), 'tessera-kernels-'));
+const fatbin = spawnSync(nvcc, [...FLAGS, '--threads', '0', '-fatbin', ...gencode, '-Xptxas', '-v', '--keep', '--keep-dir', keep, src, '-o', path.join(distDir, 'tessera.fatbin')], {
+  encoding: 'utf8',
+  cwd: root,
+});
+if (fatbin.status === 0) {
+  copyFileSync(path.join(keep, 'tessera.compute_80.ptx'), path.join(buildDir, 'tessera.ptx'));
+  copyFileSync(path.join(keep, 'tessera.compute_90a.ptx'), path.join(buildDir, 'tessera_sm90a.ptx'));
+}
+rmSync(keep, { recursive: true, force: true });
 if (fatbin.status !== 0) {
   process.stderr.write(fatbin.stderr);
   console.error('build:kernels: nvcc failed.');
   process.exit(1);
 }
-execFileSync(nvcc, [...FLAGS, '--ptx', '-arch=compute_80', src, '-o', path.join(buildDir, 'tessera.ptx')], { cwd: root });
 
 // ptxas -v: "Compiling entry function 'k' for 'sm_80'", "N bytes stack frame, N bytes spill stores,
 // N bytes spill loads", "Used N registers, used N barriers, N bytes smem, ...".

@@ -68,6 +68,42 @@ describe.skipIf(!built)('CUDA kernel declarations vs PTX', () => {
     }
   });
 
+  it('every sm_90a entry waits for the kernel before it before it touches global memory, on every path', () => {
+    // On sm_90 every kernel is launched to start while the kernel before it drains (programmatic
+    // dependent launch, kernels/common.cuh): its griddepcontrol.wait is all that keeps it from
+    // reading that kernel's output early or overwriting what that kernel still reads. Before the
+    // wait only parameter loads and L2 prefetches (hints: no value is read) may come, no exit or
+    // trap, and no branch past the wait; after it, the trigger that lets the next kernel start.
+    const ptx = readFileSync(path.join(BUILD, 'tessera_sm90a.ptx'), 'utf8');
+    const bodies = new Map<string, string>();
+    for (const m of ptx.matchAll(/^\.visible \.entry (\w+)\(([\s\S]*?)^\}/gm)) bodies.set(m[1], m[2]);
+    expect([...bodies.keys()].sort()).toEqual(Object.keys(entries).sort());
+    const bad: string[] = [];
+    for (const [name, body] of bodies) {
+      const at = body.indexOf('griddepcontrol.wait;');
+      if (at < 0) {
+        bad.push(`${name}: no griddepcontrol.wait`);
+        continue;
+      }
+      if (body.indexOf('griddepcontrol.launch_dependents;', at) < 0) bad.push(`${name}: no griddepcontrol.launch_dependents after the wait`);
+      const lines = body
+        .slice(0, at)
+        .split('\n')
+        .map((l) => l.replace(/\/\/.*$/, '').trim())
+        .filter((l) => l && !l.startsWith('.') && l !== '{' && l !== '}');
+      const labels = new Set(lines.filter((l) => l.endsWith(':')).map((l) => l.slice(0, -1)));
+      for (const l of lines) {
+        if (l.endsWith(':')) continue;
+        const op = l.replace(/^@!?%\w+\s+/, '').split(/\s/)[0];
+        const branch = /^bra(\.uni)?$/.test(op) ? /(\$?\w+);$/.exec(l)?.[1] : undefined;
+        if (/^(ld|st|ldu|atom|red|cp|mbarrier|tex|suld|sust|multimem|ldmatrix|stmatrix|wgmma|tensormap)\./.test(op) && !op.startsWith('ld.param')) bad.push(`${name}: ${l} before the wait`);
+        else if (/^(ret|exit|trap)\b/.test(op)) bad.push(`${name}: ${l} before the wait`);
+        else if (branch !== undefined && !labels.has(branch)) bad.push(`${name}: ${l} jumps past the wait`);
+      }
+    }
+    expect(bad).toEqual([]);
+  });
+
   it('no kernel spills or uses a stack frame on any architecture', () => {
     const bad: string[] = [];
     for (const [kernel, byArch] of Object.entries(report.kernels as Record<string, Record<string, { stackBytes: number; spillStoreBytes: number; spillLoadBytes: number }>>))

@@ -6,9 +6,10 @@
  *
  * The kernel sources are used as they are, with mechanical changes made in a copy: mma.cuh and
  * sm90.cuh are replaced by this folder's (the same functions over the emulated collectives,
- * barriers and copies, since inline PTX cannot run on the CPU), the two inline PTX statements
- * left in the Hopper kernels become no-ops (rewriteInlinePtx), and the `__shared__`
- * declarations are rewritten onto the emulator's shared window (rewriteShared). The library is cached by a hash of every input, so the test
+ * barriers and copies, since inline PTX cannot run on the CPU), the inline PTX statements left
+ * in the kernels (fences, register hand-offs, launch-dependency control, prefetches) become
+ * no-ops (rewriteInlinePtx), and the `__shared__` declarations are rewritten onto the emulator's
+ * shared window (rewriteShared). The library is cached by a hash of every input, so the test
  * files that use it build it once.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
@@ -29,9 +30,14 @@ function families(): string[] {
   return [...unit.matchAll(/#include "(\w+\.cu)"/g)].map((m) => m[1]);
 }
 
-/** The sm_90a kernels' own inline PTX, outside sm90.cuh: the mbarrier-init fence and setmaxnreg, which the emulator has no use for. */
+/**
+ * The kernels' own inline PTX outside sm90.cuh and mma.cuh, which the emulator has no use for:
+ * the mbarrier-init fence and setmaxnreg (Hopper kernels), and common.cuh's programmatic
+ * dependent launch (griddepcontrol: the emulator runs one launch after another, so each kernel
+ * has finished before the next starts) and L2 prefetch hints.
+ */
 export function rewriteInlinePtx(source: string): string {
-  return source.replace(/asm volatile\("(?:fence\.mbarrier_init|setmaxnreg)[^"]*"\s*:::\s*"memory"\);/g, '((void)0); /* emulator: nothing to do */');
+  return source.replace(/asm volatile\("(?:fence\.mbarrier_init|setmaxnreg|griddepcontrol\.|prefetch\.global\.L2 )[^"]*"[^;]*;/g, '((void)0); /* emulator: nothing to do */');
 }
 
 /**
