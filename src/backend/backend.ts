@@ -104,6 +104,13 @@ export interface BackendProfiler {
    * of `runs` copies of one `bytes` buffer to another (device to device on a GPU).
    */
   copyBandwidth(bytes: number, runs: number): number;
+  /**
+   * Optional: whether each kernel may start while the kernel before it drains (a GPU's
+   * programmatic dependent launch), whether this device allows it, and one line saying which.
+   */
+  launchOverlap?(): { on: boolean; available: boolean; note: string };
+  /** Optional: turns launch overlap on (where available) or off, so a run can measure both. */
+  setLaunchOverlap?(on: boolean): void;
 }
 
 export interface Backend {
@@ -114,6 +121,8 @@ export interface Backend {
   describe(): string;
   /** Which measured kernel choices the backend runs with (a GPU backend's kernels/choices table), for reports. */
   readonly kernelChoicesNote?: string;
+  /** Whether a GPU backend launches kernels overlapped (programmatic dependent launch), or why not, for reports. */
+  readonly launchOverlapNote?: string;
   /** Uploads every weight the Program needs and allocates its activation arena and step buffers. */
   load(program: Program, weights: WeightSource, limits: LoadLimits, onProgress?: (p: LoadProgress) => void): Promise<void>;
   /** Bytes the KV pool may take now (after load). */

@@ -20,7 +20,9 @@ Measures prefill and decode tokens/s: BATCH sequences of PROMPT random tokens ea
 DECODE greedy tokens each (EOS ignored). Reports the median of RUNS runs after one warm-up,
 and beside it the roofline of decode: the weight bytes each step reads per second against the
 copy bandwidth measured in the same run, and the host's share of a decode step (the part of
-its wall time the device was not working on it). Unless --max-num-batched-tokens is given, a
+its wall time the device was not working on it). On a GPU that launches kernels overlapped
+(programmatic dependent launch, sm_90), the decode runs are made again without it, for the
+ratio. Unless --max-num-batched-tokens is given, a
 step holds the whole batch of prompts (up to 8192 tokens), so prefill is measured unchunked.
 
       --prompt-tokens N          prompt length (default 128)
@@ -123,6 +125,20 @@ export async function bench(argv: string[]): Promise<number> {
     await runOnce();
     const results: RunResult[] = [];
     for (let r = 0; r < runs; r++) results.push(await runOnce());
+    // The same runs again without launch overlap (programmatic dependent launch) where it is on:
+    // the baseline for what it buys, measured in this process on the same GPU.
+    const overlap = profiler.launchOverlap?.() ?? null;
+    let withoutOverlap: RunResult[] | null = null;
+    if (overlap?.on && profiler.setLaunchOverlap) {
+      profiler.setLaunchOverlap(false);
+      try {
+        await runOnce();
+        withoutOverlap = [];
+        for (let r = 0; r < runs; r++) withoutOverlap.push(await runOnce());
+      } finally {
+        profiler.setLaunchOverlap(true);
+      }
+    }
     profiler.timeSteps(false);
     // Prefill alone at each asked length: batch prompts, one sampled token each, warm-up first.
     const prefillOnly = async (length: number): Promise<number> => {
@@ -145,7 +161,10 @@ export async function bench(argv: string[]): Promise<number> {
     // The copy the roofline is measured against: 1 GiB each way on a GPU, 256 MiB on the CPU.
     const copyBytesPerSecond = profiler.copyBandwidth(llm.runner.backend.name === 'cuda' ? 2 ** 30 : 2 ** 28, 20);
     const prefillRate = median(results.map((r) => (batch * promptTokens) / r.prefillSeconds));
-    const decode = median(results.map((r) => (batch * (decodeTokens - 1)) / r.decodeSeconds));
+    const decodeRate = (rs: RunResult[]) => median(rs.map((r) => (batch * (decodeTokens - 1)) / r.decodeSeconds));
+    const decode = decodeRate(results);
+    const decodeWithout = withoutOverlap ? decodeRate(withoutOverlap) : null;
+    const deviceWithout = withoutOverlap?.flatMap((r) => r.stepDeviceMs) ?? [];
     const stepMs = median(results.map((r) => (r.decodeSeconds * 1000) / Math.max(1, r.decodeSteps)));
     const allWall = results.flatMap((r) => r.stepWallMs), allDevice = results.flatMap((r) => r.stepDeviceMs);
     const deviceStepMs = allDevice.length ? median(allDevice) : null;
@@ -173,6 +192,12 @@ export async function bench(argv: string[]): Promise<number> {
       /** Device time of a decode step (event pair around it), median; null on the CPU. */
       decodeStepDeviceMs: deviceStepMs === null ? null : round(deviceStepMs, 3),
       hostShareOfDecodeStep: hostShare === null ? null : round(hostShare, 4),
+      /** Launch overlap (programmatic dependent launch): on, or why it is off; null on the CPU. */
+      launchOverlap: overlap?.note ?? null,
+      /** Decode with launch overlap turned off in the same process, where it was on: the baseline it answers to. */
+      decodeTokensPerSecondWithoutOverlap: decodeWithout === null ? null : Number(decodeWithout.toFixed(1)),
+      decodeStepDeviceMsWithoutOverlap: deviceWithout.length ? round(median(deviceWithout), 3) : null,
+      overlapSpeedup: decodeWithout === null ? null : round(decode / decodeWithout, 3),
       weightBytes,
       /** Weight bytes a decode step reads (all of them, once), per second of step wall time. */
       weightReadGBs: round(weightBytesPerSecond / 1e9, 1),
@@ -197,6 +222,9 @@ export async function bench(argv: string[]): Promise<number> {
       for (const p of report.prefillByLength) console.log(`prefill  ${p.tokensPerSecond.toFixed(1).padStart(9)} tokens/s at ${p.promptTokens} tokens alone`);
       console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${report.fused ? '' : ', unfused'})`);
       const host = report.hostShareOfDecodeStep === null ? '' : `; device ${report.decodeStepDeviceMs!.toFixed(2)} ms per step, host share ${(100 * report.hostShareOfDecodeStep).toFixed(1)}%`;
+      if (report.decodeTokensPerSecondWithoutOverlap !== null)
+        console.log(`overlap  ${report.decodeTokensPerSecondWithoutOverlap.toFixed(1).padStart(9)} tokens/s decode without launch overlap: ${report.overlapSpeedup!.toFixed(3)}x with it`);
+      else if (report.launchOverlap !== null) console.log(`overlap  ${report.launchOverlap}`);
       console.log(`weights  ${report.weightReadGBs.toFixed(1).padStart(9)} GB/s read by decode = ${report.weightReadPercentOfCopy.toFixed(1)}% of the ${report.copyBandwidthGBs.toFixed(1)} GB/s copy bandwidth${host}`);
     }
     return 0;

@@ -642,6 +642,10 @@ export async function benchKernels(argv: string[]): Promise<number> {
   const probe = CudaBackend.probe(0);
   if (!probe.ok) throw new TesseraError(`tessera bench kernels needs a CUDA GPU: ${probe.reason}`, 'device');
   const backend = CudaBackend.create(0);
+  // Each kernel is timed as the libraries' are, alone: launched back to back with launch overlap
+  // (programmatic dependent launch), one run's head would hide under the last one's tail, which
+  // cuBLASLt's launches do not get. What the overlap buys is measured end to end, by tessera bench.
+  backend.setLaunchOverlap(false);
   const { loadCublasLt } = await import('../backend/cuda/cublaslt.js');
   const ltLoaded = loadCublasLt();
   const lt = 'lt' in ltLoaded ? ltLoaded.lt : null;

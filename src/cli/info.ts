@@ -43,6 +43,7 @@ export async function info(argv: string[]): Promise<number> {
     ['memory needed', formatBytes(i.memory.weightBytes + i.memory.kvCacheBytes + i.memory.activationBytes)],
   ];
   if (i.kernelChoices) lines.push(['kernels', i.kernelChoices]);
+  if (i.launchOverlap) lines.push(['launches', i.launchOverlap]);
   if (i.unusedTensors.length) lines.push(['unused tensors', `${i.unusedTensors.length} (${i.unusedTensors.slice(0, 3).join(', ')}${i.unusedTensors.length > 3 ? ', ...' : ''})`]);
   const w = Math.max(...lines.map(([k]) => k.length));
   for (const [k, v] of lines) console.log(`${k.padEnd(w)}  ${v}`);

@@ -56,6 +56,8 @@ export interface ModelInfo {
   deviceReason: string;
   /** Which measured kernel choices run (GPU backends), or null. */
   kernelChoices: string | null;
+  /** Whether kernels launch overlapped (programmatic dependent launch), or why not (GPU backends), or null. */
+  launchOverlap: string | null;
   numParameters: number;
   /** Stored dtype -> number of tensors. */
   dtypes: Record<string, number>;
@@ -190,6 +192,7 @@ function describe(ckpt: Checkpoint, runner: ModelRunner, device: string, deviceR
     device,
     deviceReason,
     kernelChoices: runner.backend.kernelChoicesNote ?? null,
+    launchOverlap: runner.backend.launchOverlapNote ?? null,
     numParameters,
     dtypes,
     storedBytes: runner.weights.storedBytes,

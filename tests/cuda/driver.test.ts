@@ -4,6 +4,7 @@
  * trip, kernel arguments arrive packed as the declaration says, errors name the call and the
  * status. Skipped, saying so, where no C compiler is found.
  */
+import { existsSync } from 'node:fs';
 import path from 'node:path';
 import koffi from 'koffi';
 import { afterAll, describe, expect, it } from 'vitest';
@@ -111,6 +112,37 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     lastLaunch(name, geom, bytes);
     expect([...geom]).toEqual([3, 1, 1, 64, 1, 1, 0]);
     expect(lastCluster()).toEqual([1, 1, 1]);
+  });
+
+  it('launchEx carries programmatic stream serialization, alone or beside a cluster; a driver that refuses it fails naming the call', () => {
+    expect(driver.hasLaunchEx).toBe(true);
+    const decl: KernelDecl = { name: 'ts_overlap_test', params: [['out', 'ptr'], ['n', 'i32']] };
+    const args = { out: 0x1000n, n: 7 };
+    const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
+    const stream = driver.createStream();
+    const pack = (view: DataView) => packArgs(view, decl, args);
+    const lastOverlap = mock.func('int mock_last_overlap(void)');
+    const overlapLaunches = mock.func('int mock_overlap_launches(void)');
+    const name = new Uint8Array(128), geom = new Uint32Array(7), bytes = new Uint8Array(64);
+    const before = overlapLaunches() as number;
+    driver.launchEx(fn, [5, 1, 1], [128, 1, 1], 1024, stream, pack, { overlap: true });
+    lastLaunch(name, geom, bytes);
+    expect([...geom]).toEqual([5, 1, 1, 128, 1, 1, 1024]);
+    expect([lastOverlap(), lastCluster()]).toEqual([1, [1, 1, 1]]);
+    // Both attributes in one config; then the cluster alone (the buffer's second slot unused).
+    driver.launchEx(fn, [6, 1, 1], [128, 1, 1], 0, stream, pack, { cluster: [2, 1, 1], overlap: true });
+    expect([lastOverlap(), lastCluster()]).toEqual([1, [2, 1, 1]]);
+    driver.launchEx(fn, [6, 1, 1], [128, 1, 1], 0, stream, pack, { cluster: [3, 1, 1] });
+    expect([lastOverlap(), lastCluster()]).toEqual([0, [3, 1, 1]]);
+    driver.launch(fn, [6, 1, 1], [128, 1, 1], 0, stream, pack);
+    expect([lastOverlap(), lastCluster()]).toEqual([0, [1, 1, 1]]);
+    expect((overlapLaunches() as number) - before).toBe(2);
+    process.env.MOCK_NO_PDL = '1';
+    try {
+      expect(() => driver.launchEx(fn, [5, 1, 1], [128, 1, 1], 0, stream, pack, { overlap: true })).toThrow(/CUDA cuLaunchKernelEx failed with CUDA_ERROR_NOT_SUPPORTED \(801\)/);
+    } finally {
+      delete process.env.MOCK_NO_PDL;
+    }
   });
 
   it('refuses a cluster that does not divide the grid, or is empty or too large, naming the field', () => {
@@ -266,13 +298,76 @@ describe.skipIf(!mockPath)('cluster launches through the CUDA backend (stand-in 
       backend.launchKernel(decl, { grid: [6, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 });
       backend.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1] }, { n: 1 });
       expect(last()).toEqual({ grid: [5, 1, 1], cluster: [1, 1, 1] });
-      expect(() => backend!.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 })).toThrow('launchCluster: grid[0] (5) must be a multiple of cluster[0] (2)');
+      expect(() => backend!.launchKernel(decl, { grid: [5, 1, 1], block: [128, 1, 1], cluster: [2, 1, 1] }, { n: 1 })).toThrow('launchEx: grid[0] (5) must be a multiple of cluster[0] (2)');
       expect(backend.maxActiveClusters(decl, { grid: [132, 1, 1], block: [256, 1, 1], cluster: [2, 1, 1], sharedBytes: 200_000 })).toBe(66);
       expect(backend.maxActiveClusters(decl, { grid: [132, 1, 1], block: [256, 1, 1] })).toBe(132);
     } finally {
       await backend?.dispose();
       if (saved === undefined) delete process.env.TESSERA_LIBCUDA;
       else process.env.TESSERA_LIBCUDA = saved;
+    }
+  });
+});
+
+describe.skipIf(!mockPath)('launch overlap (programmatic dependent launch) through the CUDA backend (stand-in libcuda)', () => {
+  const fatbin = path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin');
+  /** Opens a backend with `env` set, launches one kernel, and says what it found and whether the launch overlapped. */
+  const open = async (env: Record<string, string>, mock = mockPath!) => {
+    const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
+    const saved = Object.fromEntries(['TESSERA_LIBCUDA', ...Object.keys(env)].map((k) => [k, process.env[k]]));
+    Object.assign(process.env, { TESSERA_LIBCUDA: mock }, env);
+    const backend = CudaBackend.create();
+    try {
+      const lib = koffi.load(mock);
+      const lastOverlap = lib.func('int mock_last_overlap(void)');
+      const decl: KernelDecl = { name: 'ts_overlap_backend_test', params: [['n', 'i32']] };
+      const launched = () => {
+        backend.launchKernel(decl, { grid: [4, 1, 1], block: [128, 1, 1] }, { n: 1 });
+        return (lastOverlap() as number) === 1;
+      };
+      const first = { note: backend.launchOverlapNote, overlapped: launched(), profiler: backend.profiler.launchOverlap!() };
+      backend.setLaunchOverlap(false);
+      const off = launched(), noteOff = backend.launchOverlapNote;
+      backend.setLaunchOverlap(true);
+      return { ...first, afterOff: off, noteOff, afterOn: launched() };
+    } finally {
+      await backend.dispose();
+      for (const [k, v] of Object.entries(saved)) {
+        if (v === undefined) delete process.env[k];
+        else process.env[k] = v;
+      }
+    }
+  };
+
+  it('is on for sm_90 (checked at open with a captured pair of launches), and can be turned off and on again', async () => {
+    if (!existsSync(fatbin)) return; // CudaBackend.create needs it
+    const r = await open({});
+    expect(r).toEqual({
+      note: 'launch overlap (programmatic dependent launch) on',
+      overlapped: true,
+      profiler: { on: true, available: true, note: 'launch overlap (programmatic dependent launch) on' },
+      afterOff: false,
+      noteOff: 'launch overlap (programmatic dependent launch) off: turned off for this measurement',
+      afterOn: true,
+    });
+  });
+
+  it('is off, saying why, under TESSERA_PDL=0, on an sm_80 or sm_89 GPU, where the driver refuses it, and where it lacks cuLaunchKernelEx', async () => {
+    if (!existsSync(fatbin)) return;
+    const off = (note: string) => ({ note, overlapped: false, profiler: { on: false, available: false, note }, afterOff: false, noteOff: note, afterOn: false });
+    expect(await open({ TESSERA_PDL: '0' })).toEqual(off('launch overlap (programmatic dependent launch) off: TESSERA_PDL=0'));
+    for (const cc of ['80', '89'])
+      expect(await open({ MOCK_CC: cc })).toEqual(off(`launch overlap (programmatic dependent launch) off: the kernels wait for their predecessor only in the sm_90a build, and this GPU is sm_${cc}`));
+    expect(await open({ MOCK_NO_PDL: '1' })).toEqual(
+      off('launch overlap (programmatic dependent launch) off: the driver refused it (CUDA cuLaunchKernelEx failed with CUDA_ERROR_NOT_SUPPORTED (801))'),
+    );
+    expect(await open({}, noClusterMockPath!)).toEqual(off('launch overlap (programmatic dependent launch) off: the driver lacks cuLaunchKernelEx'));
+    const { CudaBackend } = await import('../../src/backend/cuda/backend.js');
+    process.env.TESSERA_PDL = 'yes';
+    try {
+      expect(() => CudaBackend.create()).toThrow('TESSERA_PDL must be 0 or 1, not "yes".');
+    } finally {
+      delete process.env.TESSERA_PDL;
     }
   });
 });
@@ -418,5 +513,18 @@ describe.skipIf(!mockPath)('tessera bench on the CUDA backend (stand-in libcuda)
     expect(report.copyBandwidthGBs).toBeCloseTo(copyBytes / 1.5e-3 / 1e9, 0);
     expect(report.weightBytes).toBe(2 * 3215616);
     expect(report.weightReadPercentOfCopy).toBeCloseTo((100 * report.weightReadGBs) / report.copyBandwidthGBs, 0);
+    // Launch overlap is on (sm_90): the decode runs were made again without it, in the same process.
+    expect(report.launchOverlap).toBe('launch overlap (programmatic dependent launch) on');
+    expect(report.decodeTokensPerSecondWithoutOverlap).toBeGreaterThan(0);
+    expect(report.decodeStepDeviceMsWithoutOverlap).toBe(1.5);
+    expect(report.overlapSpeedup).toBeCloseTo(report.decodeTokensPerSecond / report.decodeTokensPerSecondWithoutOverlap, 2);
+    const off = JSON.parse(
+      execFileSync(process.execPath, [bin, 'bench', '--device', 'cuda', '--prompt-tokens', '8', '--decode-tokens', '4', '--runs', '1', '--json'], {
+        env: { ...process.env, TESSERA_LIBCUDA: mockPath!, TESSERA_PDL: '0' },
+        encoding: 'utf8',
+      }),
+    );
+    expect(off.launchOverlap).toBe('launch overlap (programmatic dependent launch) off: TESSERA_PDL=0');
+    expect([off.decodeTokensPerSecondWithoutOverlap, off.decodeStepDeviceMsWithoutOverlap, off.overlapSpeedup]).toEqual([null, null, null]);
   });
 });

@@ -5,7 +5,9 @@
  * their own; the KV pool in one allocation sized after everything else. Each step uploads its
  * inputs in one copy. Decode steps are padded to a batch-size and context bucket and replayed from
  * a CUDA graph captured on the bucket's second use (the first runs eagerly, which also sizes the
- * scratch memory and creates constant tables outside the capture).
+ * scratch memory and creates constant tables outside the capture). On sm_90 every kernel is
+ * launched with programmatic dependent launch (launchOverlap): each one's blocks start while the
+ * kernel before it drains, and wait for it in the kernel (kernels/common.cuh).
  */
 import { existsSync, readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -135,6 +137,15 @@ export class CudaBackend implements Backend {
   private weightBytes = 0;
   /** The storage type of weights, activations and the KV cache (LoadLimits.storage). */
   private storage: StorageDType = 'bf16';
+  /**
+   * Whether kernels are launched with programmatic stream serialization (kernels/common.cuh): on
+   * sm_90 unless TESSERA_PDL=0 or the driver refused it at open (launchOverlapNote says which),
+   * and whether it can be.
+   */
+  private overlap = false;
+  private overlapAvailable = false;
+  /** Why launch overlap is not available here ('' while setUpLaunchOverlap has not run or found it available). */
+  private overlapUnavailable = '';
   /** Events around each step while steps are timed, and the last step's device time. */
   private stepEvents: [Handle, Handle] | null = null;
   private stepMs: number | null = null;
@@ -183,7 +194,84 @@ export class CudaBackend implements Backend {
     if (!existsSync(path)) throw new TesseraError(`The CUDA kernels are not built (${path} is missing); run npm run build:kernels (it needs nvcc).`, 'device');
     driver.usePrimaryContext(ordinal);
     const module = driver.loadModule(readFileSync(path));
-    return new CudaBackend(driver, props, module, driver.createStream());
+    const backend = new CudaBackend(driver, props, module, driver.createStream());
+    backend.setUpLaunchOverlap();
+    return backend;
+  }
+
+  /**
+   * Programmatic dependent launch: every kernel in kernels/ waits for the kernel before it with
+   * griddepcontrol.wait before it touches global memory (kernels/common.cuh, checked in the PTX
+   * by tests/cuda/declarations.test.ts), so each may be launched to start while that one drains.
+   * Only the sm_90a build has the wait: a newer GPU runs the compute_80 PTX, which lacks it, so
+   * the attribute is for compute capability 9.0 alone. A fill and two launches with it behind it
+   * are captured into a graph and replayed here (the same cuLaunchKernelEx call as an eager
+   * launch, and the decode graphs' path; a launch with it behind a copy or fill, as sampling's
+   * and the conformance suite's are), so a driver that refuses it turns it off now, saying why,
+   * rather than failing the first step.
+   */
+  private setUpLaunchOverlap(): void {
+    const [major, minor] = this.device.computeCapability;
+    if (process.env.TESSERA_PDL === '0') {
+      this.overlapUnavailable = 'TESSERA_PDL=0';
+      return;
+    }
+    if (major !== 9 || minor !== 0) {
+      this.overlapUnavailable = `the kernels wait for their predecessor only in the sm_90a build, and this GPU is sm_${major}${minor}`;
+      return;
+    }
+    if (!this.driver.hasLaunchEx) {
+      this.overlapUnavailable = 'the driver lacks cuLaunchKernelEx';
+      return;
+    }
+    const n = 256;
+    const buf = this.alloc(2 * n);
+    this.overlap = true;
+    try {
+      const fill = (value: number) => this.launchDecl(forStorage(FILL, 'bf16'), { grid: [1, 1, 1], block: [256, 1, 1] }, { out: buf, n: BigInt(n), value });
+      this.driver.beginCapture(this.stream);
+      let failure: unknown = null;
+      try {
+        this.driver.memset32Async(buf, 0, n / 2, this.stream);
+        fill(1);
+        fill(2);
+      } catch (err) {
+        failure = err;
+      }
+      const exec = this.driver.endCapture(this.stream);
+      try {
+        if (failure) throw failure;
+        this.driver.launchGraph(exec, this.stream);
+        this.driver.synchronize(this.stream);
+      } finally {
+        this.driver.destroyGraph(exec);
+      }
+      this.overlapAvailable = true;
+    } catch (err) {
+      this.overlap = false;
+      this.overlapUnavailable = `the driver refused it (${(err as Error).message.replace(/\.$/, '')})`;
+    } finally {
+      this.release(buf);
+    }
+  }
+
+  /** One line: launch overlap on, or off and why. */
+  get launchOverlapNote(): string {
+    const what = 'launch overlap (programmatic dependent launch)';
+    if (this.overlap) return `${what} on`;
+    return `${what} off: ${this.overlapAvailable ? 'turned off for this measurement' : this.overlapUnavailable}`;
+  }
+
+  /**
+   * Turns launch overlap on (where setUpLaunchOverlap found it available) or off, for a
+   * measurement with and without it in one process. The decode graphs are captured again.
+   */
+  setLaunchOverlap(on: boolean): void {
+    const next = on && this.overlapAvailable;
+    if (next === this.overlap) return;
+    this.driver.synchronize(this.stream);
+    this.destroyGraphs();
+    this.overlap = next;
   }
 
   describe(): string {
@@ -217,6 +305,8 @@ export class CudaBackend implements Backend {
       this.stepMs = null;
     },
     lastStepMs: () => this.stepMs,
+    launchOverlap: () => ({ on: this.overlap, available: this.overlapAvailable, note: this.launchOverlapNote }),
+    setLaunchOverlap: (on) => this.setLaunchOverlap(on),
     copyBandwidth: (bytes, runs) => {
       const { freeBytes } = this.driver.memInfo();
       const n = Math.max(4, Math.floor(Math.min(bytes, freeBytes / 4) / 256) * 256);
@@ -473,9 +563,10 @@ export class CudaBackend implements Backend {
     const fn = this.fn(decl, shared);
     if (launch.grid.some((g) => g < 1) || launch.block.some((b) => b < 1)) throw new Error(`${decl.name}: empty launch ${JSON.stringify(launch)}`);
     const pack = (view: DataView) => packArgs(view, decl, args);
-    // A cluster of one block is an ordinary launch: cuLaunchKernel, which every driver has.
-    if (launch.cluster && launch.cluster[0] * launch.cluster[1] * launch.cluster[2] > 1)
-      this.driver.launchCluster(fn, launch.grid, launch.block, launch.cluster, shared, this.stream, pack);
+    // A cluster of one block is no cluster; without an attribute the launch is cuLaunchKernel's,
+    // which every driver has.
+    const cluster = launch.cluster && launch.cluster[0] * launch.cluster[1] * launch.cluster[2] > 1 ? launch.cluster : undefined;
+    if (cluster || this.overlap) this.driver.launchEx(fn, launch.grid, launch.block, shared, this.stream, pack, { cluster, overlap: this.overlap });
     else this.driver.launch(fn, launch.grid, launch.block, shared, this.stream, pack);
   }
 
@@ -1130,15 +1221,16 @@ function padDecode(batch: StepBatch, rows: number, width: number): StepBatch {
 }
 
 /**
- * TESSERA_GEMM and TESSERA_ATTENTION pick kernel variants (ops/gemm.ts, ops/attention.ts), and
- * TESSERA_ARENA the activations' layout; a value they do not know is the user's mistake, said in
- * one sentence before anything is loaded.
+ * TESSERA_GEMM and TESSERA_ATTENTION pick kernel variants (ops/gemm.ts, ops/attention.ts),
+ * TESSERA_ARENA the activations' layout, and TESSERA_PDL=0 turns launch overlap off; a value they
+ * do not know is the user's mistake, said in one sentence before anything is loaded.
  */
 function checkVariantEnv(): void {
   const known: Array<[string, readonly string[]]> = [
     ['TESSERA_GEMM', ['auto', ...GEMM_VARIANTS]],
     ['TESSERA_ATTENTION', ['auto', ...ATTENTION_VARIANTS]],
     ['TESSERA_ARENA', ['one', 'split']],
+    ['TESSERA_PDL', ['0', '1']],
   ];
   for (const [name, values] of known) {
     const v = process.env[name];

@@ -63,13 +63,19 @@ const ARG_BUFFER_BYTES = 4096;
  * CUlaunchConfig as cuda.h (CUDA 13.0) lays it out on a 64-bit host: seven unsigned ints
  * (gridDimX..Z, blockDimX..Z, sharedMemBytes) end at 28 and the pointer after them is aligned to
  * 8, so hStream is at 32, attrs at 40, numAttrs at 48, and the struct is 56 bytes (checked with
- * offsetof against the header). The one CUlaunchAttribute follows it in the same buffer: int id,
- * padding to 8, then a 64-byte value union (72 bytes); a cluster dimension is {x, y, z} at 8.
+ * offsetof against the header). Its CUlaunchAttributes follow it in the same buffer, 72 bytes each:
+ * int id, padding to 8, then a 64-byte value union; a cluster dimension is {x, y, z} at 8, the
+ * programmatic stream serialization flag an int at 8.
  */
 const LAUNCH_CONFIG = { grid: 0, block: 12, sharedMemBytes: 24, hStream: 32, attrs: 40, numAttrs: 48, bytes: 56 } as const;
 const LAUNCH_ATTRIBUTE = { id: 0, value: 8, bytes: 72 } as const;
-/** CUlaunchAttributeID (cuda.h): CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4. */
-const CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4;
+/** Attributes a launch may carry: a cluster dimension and programmatic stream serialization. */
+const MAX_LAUNCH_ATTRIBUTES = 2;
+/**
+ * CUlaunchAttributeID (cuda.h): CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION = 4,
+ * CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6.
+ */
+const CU_LAUNCH_ATTRIBUTE = { clusterDimension: 4, programmaticStreamSerialization: 6 } as const;
 /** The largest cluster every Hopper part launches without CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED. */
 const MAX_PORTABLE_CLUSTER_BLOCKS = 8;
 
@@ -247,7 +253,7 @@ export class CudaDriver {
   /** Host memory the driver writes tensor maps into (held so it stays allocated), and its aligned start. */
   private readonly tensorMapMemory: unknown;
   private readonly tensorMapPtr: unknown;
-  /** Host memory holding one CUlaunchConfig and its one CUlaunchAttribute (held so it stays allocated), its aligned start, and a view of both. */
+  /** Host memory holding one CUlaunchConfig and its CUlaunchAttributes (held so it stays allocated), its aligned start, and a view of them. */
   private readonly launchConfigMemory: unknown;
   private readonly launchConfigPtr: unknown;
   private readonly launchConfigView: DataView;
@@ -282,18 +288,15 @@ export class CudaDriver {
     const align = BigInt(TENSOR_MAP_ALIGN);
     const aligned = ((koffi.address(this.tensorMapMemory) + align - 1n) / align) * align;
     this.tensorMapPtr = koffi.decode(new BigUint64Array([aligned]), 'void *');
-    // A cluster launch fills in the same CUlaunchConfig each time (8-byte aligned, as its
-    // pointers are); its attrs point at the attribute right after it, which always carries the
-    // cluster dimension.
-    const configBytes = LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.bytes;
+    // cuLaunchKernelEx's launches fill in the same CUlaunchConfig each time (8-byte aligned, as
+    // its pointers are); its attrs point at the attributes right after it.
+    const configBytes = LAUNCH_CONFIG.bytes + MAX_LAUNCH_ATTRIBUTES * LAUNCH_ATTRIBUTE.bytes;
     this.launchConfigMemory = koffi.alloc('uint8_t', configBytes + 8);
     const configAddress = ((koffi.address(this.launchConfigMemory) + 7n) / 8n) * 8n;
     this.launchConfigPtr = koffi.decode(new BigUint64Array([configAddress]), 'void *');
     this.launchConfigView = new DataView(koffi.view(this.launchConfigPtr, configBytes));
     new Uint8Array(this.launchConfigView.buffer, this.launchConfigView.byteOffset, configBytes).fill(0);
     this.launchConfigView.setBigUint64(LAUNCH_CONFIG.attrs, configAddress + BigInt(LAUNCH_CONFIG.bytes), true);
-    this.launchConfigView.setUint32(LAUNCH_CONFIG.numAttrs, 1, true);
-    this.launchConfigView.setInt32(LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.id, CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION, true);
   }
 
   errorName(status: number): string {
@@ -437,6 +440,27 @@ export class CudaDriver {
   }
 
   /**
+   * Launches `fn` as `launch` does, through cuLaunchKernelEx with the attributes `options` asks
+   * for: `cluster`, thread-block clusters of that many blocks (sm_90 and newer); `overlap`,
+   * programmatic stream serialization (sm_90 and newer): the kernel may start while the one
+   * before it in the stream is still running, once every block of that one has called
+   * `griddepcontrol.launch_dependents` or exited, and waits for it with `griddepcontrol.wait`
+   * (kernels/common.cuh). A kernel launched so that reads or writes global memory before its wait
+   * races with the kernel before it.
+   */
+  launchEx(
+    fn: Handle,
+    grid: [number, number, number],
+    block: [number, number, number],
+    sharedBytes: number,
+    stream: Handle,
+    pack: (view: DataView) => number,
+    options: { cluster?: [number, number, number]; overlap?: boolean },
+  ): void {
+    this.launchWithAttributes('launchEx', fn, grid, block, sharedBytes, stream, pack, options.cluster ?? null, options.overlap === true);
+  }
+
+  /**
    * Launches `fn` as `launch` does, with its blocks grouped into thread-block clusters of
    * `cluster` blocks (cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION; sm_90 and newer).
    */
@@ -449,9 +473,24 @@ export class CudaDriver {
     stream: Handle,
     pack: (view: DataView) => number,
   ): void {
+    this.launchWithAttributes('launchCluster', fn, grid, block, sharedBytes, stream, pack, cluster, false);
+  }
+
+  /** cuLaunchKernelEx with a cluster dimension and programmatic stream serialization as asked; `method` names the caller in errors. */
+  private launchWithAttributes(
+    method: string,
+    fn: Handle,
+    grid: [number, number, number],
+    block: [number, number, number],
+    sharedBytes: number,
+    stream: Handle,
+    pack: (view: DataView) => number,
+    cluster: [number, number, number] | null,
+    overlap: boolean,
+  ): void {
     const launchEx = this.optional.cuLaunchKernelEx;
-    if (!launchEx) throw this.tooOldForClusters('cuLaunchKernelEx');
-    this.writeLaunchConfig('launchCluster', grid, block, cluster, sharedBytes, stream);
+    if (!launchEx) throw this.tooOld('cuLaunchKernelEx', cluster ? 'thread-block clusters' : 'programmatic dependent launch');
+    this.writeLaunchConfig(method, grid, block, cluster, sharedBytes, stream, overlap);
     this.packArguments(pack);
     this.check('cuLaunchKernelEx', launchEx(this.launchConfigPtr, fn, null, this.extra));
   }
@@ -462,9 +501,9 @@ export class CudaDriver {
    */
   maxActiveClusters(fn: Handle, grid: [number, number, number], block: [number, number, number], cluster: [number, number, number], sharedBytes: number): number {
     const occupancy = this.optional.cuOccupancyMaxActiveClusters;
-    if (!occupancy) throw this.tooOldForClusters('cuOccupancyMaxActiveClusters');
+    if (!occupancy) throw this.tooOld('cuOccupancyMaxActiveClusters', 'thread-block clusters');
     // The stream plays no part in the answer.
-    this.writeLaunchConfig('maxActiveClusters', grid, block, cluster, sharedBytes, null);
+    this.writeLaunchConfig('maxActiveClusters', grid, block, cluster, sharedBytes, null, false);
     const out = [0];
     this.check('cuOccupancyMaxActiveClusters', occupancy(out, fn, this.launchConfigPtr));
     return out[0];
@@ -482,38 +521,60 @@ export class CudaDriver {
     return this.optional.cuLaunchKernelEx !== undefined && this.optional.cuOccupancyMaxActiveClusters !== undefined;
   }
 
-  private tooOldForClusters(call: string): TesseraError {
+  /** Whether the driver has cuLaunchKernelEx (CUDA 11.8), which launch attributes need. */
+  get hasLaunchEx(): boolean {
+    return this.optional.cuLaunchKernelEx !== undefined;
+  }
+
+  private tooOld(call: string, feature: string): TesseraError {
     const v = this.driverVersion();
-    return new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) lacks ${call}: thread-block clusters need CUDA 12 or newer.`, 'device');
+    return new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) lacks ${call}: ${feature} need CUDA 12 or newer.`, 'device');
   }
 
   /**
-   * Fills the CUlaunchConfig buffer, after checking the cluster against the grid here so that a
-   * mistake names its field (the driver says only CUDA_ERROR_INVALID_CLUSTER_SIZE).
+   * Fills the CUlaunchConfig buffer and its attributes (a cluster dimension when `cluster` is
+   * given, then programmatic stream serialization when `overlap`), after checking the cluster
+   * against the grid here so that a mistake names its field (the driver says only
+   * CUDA_ERROR_INVALID_CLUSTER_SIZE).
    */
   private writeLaunchConfig(
     method: string,
     grid: [number, number, number],
     block: [number, number, number],
-    cluster: [number, number, number],
+    cluster: [number, number, number] | null,
     sharedBytes: number,
     stream: Handle,
+    overlap: boolean,
   ): void {
-    if (!Array.isArray(cluster) || cluster.length !== 3) throw new Error(`${method}: cluster must be [x, y, z], not ${JSON.stringify(cluster)}`);
-    for (let i = 0; i < 3; i++) {
-      if (!Number.isInteger(cluster[i]) || cluster[i] < 1) throw new Error(`${method}: cluster[${i}] must be a positive integer, not ${cluster[i]}`);
-      if (grid[i] % cluster[i] !== 0) throw new Error(`${method}: grid[${i}] (${grid[i]}) must be a multiple of cluster[${i}] (${cluster[i]})`);
+    if (cluster !== null) {
+      if (!Array.isArray(cluster) || cluster.length !== 3) throw new Error(`${method}: cluster must be [x, y, z], not ${JSON.stringify(cluster)}`);
+      for (let i = 0; i < 3; i++) {
+        if (!Number.isInteger(cluster[i]) || cluster[i] < 1) throw new Error(`${method}: cluster[${i}] must be a positive integer, not ${cluster[i]}`);
+        if (grid[i] % cluster[i] !== 0) throw new Error(`${method}: grid[${i}] (${grid[i]}) must be a multiple of cluster[${i}] (${cluster[i]})`);
+      }
+      const blocks = cluster[0] * cluster[1] * cluster[2];
+      if (blocks > MAX_PORTABLE_CLUSTER_BLOCKS) throw new Error(`${method}: cluster [${cluster.join(', ')}] has ${blocks} blocks; at most ${MAX_PORTABLE_CLUSTER_BLOCKS} are allowed`);
     }
-    const blocks = cluster[0] * cluster[1] * cluster[2];
-    if (blocks > MAX_PORTABLE_CLUSTER_BLOCKS) throw new Error(`${method}: cluster [${cluster.join(', ')}] has ${blocks} blocks; at most ${MAX_PORTABLE_CLUSTER_BLOCKS} are allowed`);
     const v = this.launchConfigView;
     for (let i = 0; i < 3; i++) {
       v.setUint32(LAUNCH_CONFIG.grid + 4 * i, grid[i], true);
       v.setUint32(LAUNCH_CONFIG.block + 4 * i, block[i], true);
-      v.setUint32(LAUNCH_CONFIG.bytes + LAUNCH_ATTRIBUTE.value + 4 * i, cluster[i], true);
     }
     v.setUint32(LAUNCH_CONFIG.sharedMemBytes, sharedBytes, true);
     v.setBigUint64(LAUNCH_CONFIG.hStream, stream === null || stream === undefined ? 0n : koffi.address(stream), true);
+    let n = 0;
+    const attribute = (id: number): number => {
+      const at = LAUNCH_CONFIG.bytes + n++ * LAUNCH_ATTRIBUTE.bytes;
+      new Uint8Array(v.buffer, v.byteOffset + at, LAUNCH_ATTRIBUTE.bytes).fill(0);
+      v.setInt32(at + LAUNCH_ATTRIBUTE.id, id, true);
+      return at + LAUNCH_ATTRIBUTE.value;
+    };
+    if (cluster !== null) {
+      const at = attribute(CU_LAUNCH_ATTRIBUTE.clusterDimension);
+      for (let i = 0; i < 3; i++) v.setUint32(at + 4 * i, cluster[i], true);
+    }
+    if (overlap) v.setInt32(attribute(CU_LAUNCH_ATTRIBUTE.programmaticStreamSerialization), 1, true);
+    v.setUint32(LAUNCH_CONFIG.numAttrs, n, true);
   }
 
   /** Whether the driver can encode TMA tensor maps (cuTensorMapEncodeTiled, CUDA 12.0). */

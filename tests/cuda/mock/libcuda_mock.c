@@ -21,9 +21,13 @@
  * that architecture's SM count, shared memory and L2 size.
  *
  * cuLaunchKernelEx launches as cuLaunchKernel does, with the thread-block cluster its
- * CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute names (other attributes are ignored): a grid the
- * cluster does not divide, or a cluster of more than 8 blocks, fails with
- * CUDA_ERROR_INVALID_CLUSTER_SIZE (912). The cluster reaches the emulator as geometry words 9..11
+ * CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION attribute names: a grid the cluster does not divide, or a
+ * cluster of more than 8 blocks, fails with CUDA_ERROR_INVALID_CLUSTER_SIZE (912). It records
+ * whether CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION was set (mock_last_overlap,
+ * mock_overlap_launches); the kernels run one after another regardless, which is what a kernel's
+ * griddepcontrol.wait guarantees. With MOCK_NO_PDL set, that attribute fails with
+ * CUDA_ERROR_NOT_SUPPORTED (801), as on a device or driver without programmatic dependent launch.
+ * Any other attribute fails with CUDA_ERROR_INVALID_VALUE (1), so a misread config shows. The cluster reaches the emulator as geometry words 9..11
  * (1, 1, 1 for cuLaunchKernel), and cuOccupancyMaxActiveClusters answers as if each block took a
  * whole SM: floor(SMs / cluster size). Built with MOCK_NO_CLUSTER_LAUNCH, the stand-in lacks both
  * symbols, as a driver older than CUDA 11.8 does.
@@ -49,6 +53,7 @@ typedef int CUresult;
 static char last_name[128];
 static unsigned last_geom[7];
 static unsigned last_cluster[3] = {1, 1, 1};
+static int last_overlap, overlap_launches;
 static unsigned char last_args[4096];
 static size_t last_args_size;
 static int launches, graph_launches, allocs;
@@ -239,8 +244,9 @@ CUresult cuFuncSetAttribute(void *f, int a, int v) {
   return 0;
 }
 CUresult cuFuncGetAttribute(int *v, int a, void *f) { (void)a; (void)f; *v = 0; return 0; }
-/* cuLaunchKernel and cuLaunchKernelEx: `cluster` is 1, 1, 1 for a launch without clusters. */
-static CUresult launch_kernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, const unsigned cluster[3], void **params, void **extra) {
+/* cuLaunchKernel and cuLaunchKernelEx: `cluster` is 1, 1, 1 for a launch without clusters;
+ * `overlap`, whether it carried programmatic stream serialization. */
+static CUresult launch_kernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, const unsigned cluster[3], int overlap, void **params, void **extra) {
   STICKY;
   if (params || !extra || extra[0] != (void *)1 || extra[2] != (void *)2 || extra[4] != (void *)0) return 1;
   if (!cluster[0] || !cluster[1] || !cluster[2] || gx % cluster[0] || gy % cluster[1] || gz % cluster[2] || cluster[0] * cluster[1] * cluster[2] > 8) return 912;
@@ -252,6 +258,8 @@ static CUresult launch_kernel(void *f, unsigned gx, unsigned gy, unsigned gz, un
   unsigned g[GEOM_WORDS] = {gx, gy, gz, bx, by, bz, smem, (unsigned)(raised > 49152 ? raised : 49152), (unsigned)smem_optin(), cluster[0], cluster[1], cluster[2]};
   memcpy(last_geom, g, sizeof last_geom);
   memcpy(last_cluster, cluster, sizeof last_cluster);
+  last_overlap = overlap;
+  overlap_launches += overlap;
   last_args_size = *(size_t *)extra[3];
   if (last_args_size > sizeof last_args) return 1;
   memcpy(last_args, extra[1], last_args_size);
@@ -274,14 +282,14 @@ static CUresult launch_kernel(void *f, unsigned gx, unsigned gy, unsigned gz, un
 CUresult cuLaunchKernel(void *f, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz, unsigned smem, void *st, void **params, void **extra) {
   (void)st;
   static const unsigned no_cluster[3] = {1, 1, 1};
-  return launch_kernel(f, gx, gy, gz, bx, by, bz, smem, no_cluster, params, extra);
+  return launch_kernel(f, gx, gy, gz, bx, by, bz, smem, no_cluster, 0, params, extra);
 }
 #ifndef MOCK_NO_CLUSTER_LAUNCH
 /* CUlaunchConfig and CUlaunchAttribute as cuda.h (CUDA 13.0) lays them out on a 64-bit host. */
 typedef struct {
   int id;
   /* The real union holds pointers and 64-bit words (hence the value at 8). */
-  union { char pad[64]; uint64_t align; struct { unsigned x, y, z; } clusterDim; } value;
+  union { char pad[64]; uint64_t align; struct { unsigned x, y, z; } clusterDim; int programmaticStreamSerializationAllowed; } value;
 } LaunchAttribute;
 typedef struct {
   unsigned gridDimX, gridDimY, gridDimZ, blockDimX, blockDimY, blockDimZ, sharedMemBytes;
@@ -307,9 +315,21 @@ CUresult cuLaunchKernelEx(const LaunchConfig *c, void *f, void **params, void **
   /* Every stream the stand-in makes is 0x3 (cuStreamCreate): another value means the config's
    * layout was misread. CUDA_ERROR_INVALID_HANDLE. */
   if (c->hStream && c->hStream != (void *)0x3) return 400;
+  if (c->numAttrs && !c->attrs) return 1;
+  int overlap = 0;
+  for (unsigned i = 0; i < c->numAttrs; i++) {
+    const int id = c->attrs[i].id;
+    if (id == 6) {
+      const char *no_pdl = getenv("MOCK_NO_PDL");
+      if (no_pdl && *no_pdl) return 801;
+      overlap = c->attrs[i].value.programmaticStreamSerializationAllowed != 0;
+    } else if (id != 4 && id != 0) {
+      return 1;
+    }
+  }
   unsigned cluster[3] = {1, 1, 1};
   config_cluster(c, cluster);
-  return launch_kernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ, c->sharedMemBytes, cluster, params, extra);
+  return launch_kernel(f, c->gridDimX, c->gridDimY, c->gridDimZ, c->blockDimX, c->blockDimY, c->blockDimZ, c->sharedMemBytes, cluster, overlap, params, extra);
 }
 /* As if each block took a whole SM (the kernels that run in clusters are one block per SM). */
 CUresult cuOccupancyMaxActiveClusters(int *n, void *f, const LaunchConfig *c) {
@@ -433,7 +453,8 @@ CUresult cuGetErrorName(int status, const char **name) {
   *name = status == 101 ? "CUDA_ERROR_INVALID_DEVICE" : status == 1 ? "CUDA_ERROR_INVALID_VALUE" : status == 700 ? "CUDA_ERROR_ILLEGAL_ADDRESS"
         : status == 716 ? "CUDA_ERROR_MISALIGNED_ADDRESS" : status == 719 ? "CUDA_ERROR_LAUNCH_FAILED"
         : status == 900 ? "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED" : status == 901 ? "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED"
-        : status == 912 ? "CUDA_ERROR_INVALID_CLUSTER_SIZE" : status == 400 ? "CUDA_ERROR_INVALID_HANDLE" : "CUDA_ERROR_UNKNOWN";
+        : status == 912 ? "CUDA_ERROR_INVALID_CLUSTER_SIZE" : status == 400 ? "CUDA_ERROR_INVALID_HANDLE"
+        : status == 801 ? "CUDA_ERROR_NOT_SUPPORTED" : "CUDA_ERROR_UNKNOWN";
   return 0;
 }
 
@@ -446,6 +467,8 @@ int mock_last_launch(char *name, unsigned *geom, unsigned char *args) {
 }
 /* The last launch's cluster (1, 1, 1 for cuLaunchKernel). */
 void mock_last_cluster(unsigned *cluster) { memcpy(cluster, last_cluster, sizeof last_cluster); }
+int mock_last_overlap(void) { return last_overlap; }
+int mock_overlap_launches(void) { return overlap_launches; }
 int mock_counts(int *l, int *g) { *l = launches; *g = graph_launches; return 0; }
 void mock_set_launch_hook(launch_hook_t hook) { launch_hook = hook; }
 int mock_allocs(void) { return allocs; }

@@ -66,6 +66,8 @@ export interface LaunchRecord {
   sharedBytes: number;
   /** Blocks per thread-block cluster: [1, 1, 1] for a launch without clusters. */
   cluster: [number, number, number];
+  /** Launched with programmatic stream serialization (cuLaunchKernelEx): may overlap the kernel before it. */
+  overlap: boolean;
   args: Uint8Array;
 }
 
@@ -80,6 +82,7 @@ export function setLaunchHook(mockPath: string, hook: (launch: LaunchRecord) => 
   const setHook = lib.func('mock_set_launch_hook', 'void', [koffi.pointer(proto)]);
   const lastLaunch = lib.func('int mock_last_launch(_Out_ uint8_t *name, _Out_ uint32_t *geom, _Out_ uint8_t *args)');
   const lastCluster = lib.func('void mock_last_cluster(_Out_ uint32_t *cluster)');
+  const lastOverlap = lib.func('int mock_last_overlap(void)');
   let failure: unknown = null;
   const cb = koffi.register(() => {
     if (failure) return;
@@ -94,6 +97,7 @@ export function setLaunchHook(mockPath: string, hook: (launch: LaunchRecord) => 
         block: [geom[3], geom[4], geom[5]],
         sharedBytes: geom[6],
         cluster: [cluster[0], cluster[1], cluster[2]],
+        overlap: (lastOverlap() as number) !== 0,
         args: args.slice(0, size),
       });
     } catch (err) {
