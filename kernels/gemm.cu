@@ -35,10 +35,11 @@
 //                                                         4 warps (2 x 2), warp tile 32 x 64, 4 stages, 48 KiB
 //   ts_gemm_128x128_*            prefill: R > 64 with ceil(R / 128) ceil(N / 128) >= SMs
 //                                                         8 warps (2 x 4), warp tile 64 x 32, 3 stages, 48 KiB
-//   ts_gemm_splitk_reduce_*      y = sum over z of ws[z] (+ bias) (+ res). When the tiles are fewer than the
-//                                SMs (twice the SMs for the 16- and 32-row tiles), K is split over blockIdx.z
-//                                (up to 8 ways, >= 4 k-tiles each): the _f32 entry of the tile config writes
-//                                partials ws[splits, R, N] without bias or res and this kernel finishes.
+// When the tiles are fewer than the SMs (twice the SMs for the 16- and 32-row tiles), K is split over
+// blockIdx.z (up to 8 ways, >= 4 k-tiles each): each split writes its f32 partial tile to ws[splits, R, N]
+// and the last of a tile's splits to arrive sums them and finishes y (one launch). The rung before it:
+//   ts_gemm_splitk_reduce_*      y = sum over z of ws[z] (+ bias) (+ res), after the _f32 entry of the tile
+//                                config wrote the partials without bias or res (two launches).
 // Llama-3-8B (K = 4096, down K = 14336) on 132 SMs: decode R = 1 runs 16x128 with QKV N = 6144 as 48
 // tiles x 6 splits, O and down N = 4096 as 32 x 8, gate/up N = 28672 as 224 x 2, lm_head N = 128256 as
 // 1002 tiles; prefill runs 128x128 without splits from R = 65 for gate/up and lm_head and from R = 513
@@ -99,11 +100,13 @@ TS_DEVICE void store2(T* p, float v0, float v1) {
 }
 TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>(p) = make_float2(v0, v1); }
 
-// One block of the GEMM. y is offset by blockIdx.z * R * N (split-K partials; gridDim.z == 1 else);
-// the block covers k-tiles [blockIdx.z * k_tiles_per_split, + k_tiles_per_split) clamped to K.
+// One block of the GEMM; the block covers k-tiles [blockIdx.z * k_tiles_per_split,
+// + k_tiles_per_split) clamped to K. With K split (gridDim.z > 1): given ws and counters, the
+// splits are merged in this launch (see the epilogue) and y is the product; without them, y is
+// the f32 partials [splits, R, N], offset by blockIdx.z * R * N, for splitk_reduce.
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
-TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, int R, int N, int K,
-                          int k_tiles_per_split) {
+TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, float* ws,
+                          int* counters, int R, int N, int K, int k_tiles_per_split) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -125,7 +128,8 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   const int kt_begin = blockIdx.z * k_tiles_per_split;
   const int kt_end = min(k_tiles, kt_begin + k_tiles_per_split);
   const int n_k = max(0, kt_end - kt_begin);
-  y += static_cast<size_t>(blockIdx.z) * static_cast<size_t>(R) * static_cast<size_t>(N);
+  const int64_t RN = static_cast<int64_t>(R) * N;
+  if (ws == nullptr) y += static_cast<int64_t>(blockIdx.z) * RN;  // split-K partials for a separate reduce
 
   // Loads: thread tid copies chunk tid % 4 of tile rows tid / 4 + p * ROWS_PER_PASS (p = 0, 1, ...).
   // ROWS_PER_PASS is a multiple of 8, so every pass has the same swizzled column and the same
@@ -239,6 +243,81 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   // Epilogue. Accumulator fragment: c0, c1 = row g, columns 2 tg, 2 tg + 1; c2, c3 = row g + 8.
   const int g = lane >> 2, tg = lane & 3;
   const bool pairs = (N & 1) == 0;
+
+  // K split and merged in this launch (ws given): each split stores its partial tile in ws[z],
+  // makes it visible (every thread fences, the block meets at a barrier, one thread counts the
+  // arrival on the tile's counter), and the split that arrives last sums every split's partial
+  // into its accumulators, in split order, reading the others' past L1 (other SMs wrote them):
+  // the same sum, bit for bit, whichever split is last, and the same as the separate reduce
+  // (splitk_reduce) makes. Its epilogue below then adds the bias and the residual and stores y.
+  // The counter goes back to zero for the next launch. This saves the reduce's launch, which
+  // at decode is one kernel more for every split projection.
+  if (ws != nullptr) {
+    const int z = blockIdx.z, splits = gridDim.z;
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++) {
+      const int col = n0 + wn * WTN + ni * 8 + tg * 2;
+      if (col >= N) continue;
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
+          if (row >= R) continue;
+          float* p = ws + z * RN + static_cast<int64_t>(row) * N + col;
+          if (pairs) {
+            store2(p, acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+          } else {
+            store1(p, acc[mi][ni][2 * h]);
+            if (col + 1 < N) store1(p + 1, acc[mi][ni][2 * h + 1]);
+          }
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    __shared__ int merge_here;
+    if (tid == 0) {
+      const int last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
+      if (last) {
+        __threadfence();
+        counters[blockIdx.x] = 0;
+      }
+      merge_here = last;
+    }
+    __syncthreads();
+    if (!merge_here) return;
+    __threadfence();
+#pragma unroll
+    for (int ni = 0; ni < NT; ni++) {
+      const int col = n0 + wn * WTN + ni * 8 + tg * 2;
+      if (col >= N) continue;
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
+          if (row >= R) continue;
+          const float* p = ws + static_cast<int64_t>(row) * N + col;
+          float s0 = 0.f, s1 = 0.f;
+          for (int q = 0; q < splits; q++, p += RN) {
+            if (q == z) {
+              s0 += acc[mi][ni][2 * h];
+              s1 += acc[mi][ni][2 * h + 1];
+            } else if (pairs) {
+              const float2 v = __ldcg(reinterpret_cast<const float2*>(p));
+              s0 += v.x;
+              s1 += v.y;
+            } else {
+              s0 += __ldcg(p);
+              if (col + 1 < N) s1 += __ldcg(p + 1);
+            }
+          }
+          acc[mi][ni][2 * h] = s0;
+          acc[mi][ni][2 * h + 1] = s1;
+        }
+    }
+  }
+
 #pragma unroll
   for (int ni = 0; ni < NT; ni++) {
     const int col = n0 + wn * WTN + ni * 8 + tg * 2;
@@ -278,6 +357,8 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 }
 
 // y[r, n] = sum over z of ws[z, r, n] (+ bias[n]) (+ res[r, n]), splits summed in order; res may be y.
+// The separate reduce: the tile kernel merges its splits itself when given ws (the default); this
+// stays runnable as the rung before it (attrs.gemmSplitMerge 'separate').
 template <class T, typename OutT>
 TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, int N,
                              int splits) {
@@ -304,8 +385,11 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
            const T* __restrict__ w,     /* [N, K] */                                                                  \
            const T* __restrict__ bias,  /* [N], or null */                                                            \
            const T* res,                /* [R, N] added in the epilogue, or null */                                   \
+           float* ws,                   /* split K merged here: f32 partials [splits, R, N]; or null */               \
+           int* counters,               /* with ws: [tiles] i32, zero before the launch and after it */               \
            int R, int N, int K, int k_tiles_per_split /* k-tiles (of 32) per blockIdx.z */) {                         \
-    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, R, N, K, k_tiles_per_split);\
+    ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, ws, counters, R, N, K,        \
+                                                                    k_tiles_per_split);                               \
   }
 #define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
   TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \

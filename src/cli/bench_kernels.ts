@@ -274,13 +274,19 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
       // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
       // (the Hopper rungs need compute capability 9: benchKernels skips them elsewhere, and sm90s
       // where its plan does not split K, which is sm90's launch).
-      const variants = gemmLadder(m);
+      // At M <= 64 the tile kernel splits K (on any GPU of more than a few SMs): its rung before
+      // the split merge, the partials reduced by a second kernel (` reduce`), is timed beside it.
+      const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
+      if (m <= 64) variants.splice(1, 0, 'reduce');
       for (const variant of variants)
         cases.push({
           family: 'gemm',
           name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k}${dtype === 'f16' ? ' f16' : ''}${variant === 'tiles' ? '' : ` ${variant}`}`,
           op: 'matmul',
-          attrs: dtype === 'f16' ? { gemmVariant: variant, storageDtype: 'f16' } : { gemmVariant: variant },
+          attrs: {
+            ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }),
+            ...(dtype === 'f16' ? { storageDtype: 'f16' } : {}),
+          },
           dtype,
           inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
           outputShapes: [[m, p.n]],

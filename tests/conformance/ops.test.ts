@@ -312,6 +312,11 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 
 // ---- matmul
 
+/** A case's GEMM rung: a variant (gemmVariant), or 'separate' (the tile kernel's split-K reduced in a second launch). */
+function gemmAttrs(variant: string | undefined): Record<string, string> {
+  return variant === 'separate' ? { gemmSplitMerge: 'separate' } : variant ? { gemmVariant: variant } : {};
+}
+
 // [R, K, N, bias, f32 out, variant]. The GEMV (R <= 8) has its own cases: K below, at and past its
 // 256-element step and 4096-element pair of steps, N not a multiple of its 4 rows per block. The
 // Hopper kernel (sm90, on compute capability 9; the tile kernel elsewhere) too: M, N and K off its
@@ -328,7 +333,9 @@ for (const [rows, d, picks] of [[1, 8, 1], [17, 264, 4], [130, 520, 65], [65, 24
 // second tile lies past M, more k-tiles than the 4-stage ring in both blocks, and more pairs than
 // clusters, so that clusters walk on to a second pair after their first. Its ping-pong rung in
 // clusters (sm90pc, 128 x 128 tiles): the same, with 138 pairs on 66 clusters so that the two
-// consumers of each block alternate over 2 and 3 units.
+// consumers of each block alternate over 2 and 3 units. The tile kernel splits K where its tiles are
+// fewer than the SMs (R 1 N 520, R 17, R 65 here) and merges the splits in the same launch;
+// 'separate' runs the rung before that, the partials reduced by a second kernel.
 for (const [r, k, n, bias, f32Out, variant] of [
   [1, 32, 8, false, false],
   [3, 72, 24, true, false],
@@ -352,6 +359,9 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [2, 264, 9, true, false, 'gemv'],
   [4, 1032, 13, false, true, 'gemv'],
   [300, 64, 5640, true, true], // the large tile with f32 y
+  [1, 1032, 37, true, false], // 7 splits of 5 k-tiles (33: the last has 3), odd N: single-element partials
+  [1, 1024, 520, true, false, 'separate'],
+  [17, 1024, 24, false, true, 'separate'],
   [1, 64, 8, false, false, 'sm90'],
   [130, 72, 264, true, false, 'sm90'],
   [128, 256, 256, false, false, 'sm90'],
@@ -382,7 +392,7 @@ for (const [r, k, n, bias, f32Out, variant] of [
   [1, 64, 8, false, false, 'sm90pc'], // one pair, its second row tile past M; one consumer idle
   [17, 1032, 37, false, true, 'sm90pc'], // 17 k-tiles through 6 stages, in both blocks
   [257, 136, 8712, true, false, 'sm90pc'], // 2 pairs x 69 column tiles = 138 pairs on 66 clusters
-] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc')?]>) {
+] as Array<[number, number, number, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?]>) {
   add({
     op: 'matmul',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
@@ -392,7 +402,7 @@ for (const [r, k, n, bias, f32Out, variant] of [
       if (b) inputs.push(f(b, [n]));
       const y = ref.matmul(x, w, b, r, k, n);
       return {
-        attrs: { ...(f32Out ? { outputDtype: 'f32' } : {}), ...(variant ? { gemmVariant: variant } : {}) } as Attrs,
+        attrs: { ...(f32Out ? { outputDtype: 'f32' } : {}), ...gemmAttrs(variant) } as Attrs,
         inputs,
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],
@@ -405,14 +415,17 @@ for (const [r, k, n, bias, f32Out, variant] of [
 // ---- matmul_add: the residual in the GEMM epilogue
 
 // [R, K, N, bias, variant, aliased]: each GEMM path's epilogue (the tile kernel without and with
-// split-K, whose reduce adds the residual; the GEMV; the Hopper kernel), odd N (single-element
-// stores), and on the CPU tier the sum written over the residual as the planner lays it out.
+// split-K, whose last split or separate reduce adds the residual; the GEMV; the Hopper kernel),
+// odd N (single-element stores), and on the CPU tier the sum written over the residual as the
+// planner lays it out.
 for (const [r, k, n, bias, variant, alias] of [
   [1, 32, 8, false],
   [3, 72, 24, true],
   [130, 256, 264, false],
   [1, 1024, 520, true],
   [17, 1024, 37, false],
+  [1, 1024, 520, true, 'separate'],
+  [17, 1024, 37, false, 'separate'],
   [300, 64, 5640, true],
   [1, 4104, 37, true, 'gemv'],
   [5, 520, 262, false, 'gemv'],
@@ -430,7 +443,7 @@ for (const [r, k, n, bias, variant, alias] of [
   [257, 200, 37, false, 'sm90pc'],
   [3, 264, 24, true, undefined, true],
   [130, 256, 264, false, undefined, true],
-] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc')?, boolean?]>) {
+] as Array<[number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?, boolean?]>) {
   add({
     op: 'matmul_add',
     name: `R${r} K${k} N${n}${bias ? ' +bias' : ''}${variant ? ` ${variant}` : ''}${alias ? ' sum aliasing the residual' : ''}`,
@@ -442,7 +455,7 @@ for (const [r, k, n, bias, variant, alias] of [
       const y = ref.matmul(x, w, b, r, k, n);
       for (let i = 0; i < r * n; i++) y.value[i] += res[i];
       return {
-        attrs: (variant ? { gemmVariant: variant } : {}) as Attrs,
+        attrs: gemmAttrs(variant) as Attrs,
         inputs,
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],

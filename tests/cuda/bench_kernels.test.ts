@@ -62,11 +62,13 @@ function bench(args: string[], env: Record<string, string> = {}) {
 
 const ALL_SMALL = [
   'gemm toy proj M1 N40 K32',
+  'gemm toy proj M1 N40 K32 reduce',
   'gemm toy proj M1 N40 K32 gemv',
   'gemm toy proj M1 N40 K32 sm90',
   'gemm toy proj M1 N40 K32 sm90s',
   'gemm toy proj M1 N40 K32 sm90k',
   'gemm toy proj M3 N40 K32',
+  'gemm toy proj M3 N40 K32 reduce',
   'gemm toy proj M3 N40 K32 gemv',
   'gemm toy proj M3 N40 K32 sm90',
   'gemm toy proj M3 N40 K32 sm90s',
@@ -94,11 +96,11 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     const first = JSON.parse(readFileSync(out, 'utf8')) as Report;
     expect(first.complete).toBe(false);
     expect(first.running).toBeNull();
-    expect(first.results.map((x) => x.name)).toEqual(ALL_SMALL.slice(0, 3));
-    expect(first.results[2]).toMatchObject({ contextLost: true });
-    expect(first.results[2].error).toContain('CUDA_ERROR_ILLEGAL_ADDRESS (700)');
-    expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[2].error }]);
-    expect(first.stopped).toContain(`${ALL_SMALL.length - 3} cases not run`);
+    expect(first.results.map((x) => x.name)).toEqual(ALL_SMALL.slice(0, 4));
+    expect(first.results[3]).toMatchObject({ contextLost: true });
+    expect(first.results[3].error).toContain('CUDA_ERROR_ILLEGAL_ADDRESS (700)');
+    expect(first.faults).toEqual([{ case: 'gemm toy proj M1 N40 K32 sm90', rung: 'matmul sm90', error: first.results[3].error }]);
+    expect(first.stopped).toContain(`${ALL_SMALL.length - 4} cases not run`);
 
     // Left out by name: both Hopper attention rungs and the GEMV, in bf16 (and fp16, were there any).
     const { out: out2 } = benchDir();
@@ -122,13 +124,13 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     expect(second.complete).toBe(true);
     expect(second.stopped).toBeNull();
     expect(second.ceilings).toEqual(first.ceilings);
-    expect(second.resumedFrom).toEqual([expect.objectContaining({ file: out, results: 3, stopped: first.stopped })]);
+    expect(second.resumedFrom).toEqual([expect.objectContaining({ file: out, results: 4, stopped: first.stopped })]);
     expect(second.results.map((x) => x.name)).toEqual(ALL_SMALL);
     // The other sm90 case, and sm90s (the same kernel) at both M, are not run again.
     const notAgain = second.results.filter((x) => / sm90s?$/.test(x.name) && x.name.startsWith('gemm') && x.name !== 'gemm toy proj M1 N40 K32 sm90');
     expect(notAgain.map((x) => x.name)).toEqual(['gemm toy proj M1 N40 K32 sm90s', 'gemm toy proj M3 N40 K32 sm90', 'gemm toy proj M3 N40 K32 sm90s']);
     for (const x of notAgain) expect(x.skipped, x.name).toBe('not run: its kernel (matmul sm90) faulted or hung in "gemm toy proj M1 N40 K32 sm90"');
-    for (const x of second.results.slice(3)) if (!notAgain.includes(x)) expect(x.tessera?.medianMs, x.name).toBe(1.5);
+    for (const x of second.results.slice(4)) if (!notAgain.includes(x)) expect(x.tessera?.medianMs, x.name).toBe(1.5);
   });
 
   it('a hang leaves the case it was in as "running"; --resume records it unfinished and skips its kernel', async () => {
@@ -264,9 +266,11 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
     type Result = { name: string; skipped?: string; error?: string; relativeErrorVsCublasLt?: number | null; relativeErrorVsBase?: number | null };
     const results = (JSON.parse(readFileSync(out, 'utf8')) as { results: Result[] }).results;
     const gemm = results.filter((x) => x.name.startsWith('gemm'));
-    // M 1: tiles, gemv, sm90, sm90s, sm90k; M 130: tiles, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc; the fp16 cases left out.
+    // M 1: tiles, its split merged in a second launch (reduce), gemv, sm90, sm90s, sm90k; M 130:
+    // tiles, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc; the fp16 cases left out.
     expect(gemm.map((x) => x.name.replace('gemm toy proj ', ''))).toEqual([
       'M1 N264 K1024',
+      'M1 N264 K1024 reduce',
       'M1 N264 K1024 gemv',
       'M1 N264 K1024 sm90',
       'M1 N264 K1024 sm90s',

@@ -134,7 +134,7 @@ describe('gemm tile table', () => {
       ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90K?_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
-    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
     expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32']);
   });
 
@@ -248,7 +248,7 @@ describe('matmul launcher', () => {
     const [l] = launches;
     expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
     expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
-    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
   });
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
@@ -258,22 +258,34 @@ describe('matmul launcher', () => {
     expect(launches[0].launch.sharedBytes).toBe(GEMM_TILES['16x128'].sharedBytes);
   });
 
-  it.each(['bf16', 'f32'] as const)('splits K into f32 partials in scratch, then reduces with the bias into %s', (out) => {
+  it.each(['bf16', 'f32'] as const)('splits K into f32 partials in scratch that the last split of each tile merges, with the bias, into %s: one launch', (out) => {
     const { launches, scratch } = run({ R: 1, N: 4096, K: 4096, bias: true, out });
+    expect(scratch).toEqual([8 * 4096 * 4]);
+    expect(launches.map((l) => l.decl.name)).toEqual([out === 'f32' ? 'ts_gemm_16x128_bf16_f32' : 'ts_gemm_16x128_bf16']);
+    expect(launches[0].launch.grid).toEqual([32, 1, 8]);
+    // One counter a tile (32 tiles), from the backend's zeroed area.
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
+    expect(() => run({ R: 1, N: 4096, K: 4096, attrs: { gemmSplitMerge: 'later' } })).toThrow(/matmul: attr gemmSplitMerge must be fused or separate, got later/);
+  });
+
+  it.each(['bf16', 'f32'] as const)('with gemmSplitMerge separate, splits K into f32 partials in scratch, then reduces with the bias into %s', (out) => {
+    const { launches, scratch } = run({ R: 1, N: 4096, K: 4096, bias: true, out, attrs: { gemmSplitMerge: 'separate' } });
     expect(scratch).toEqual([8 * 4096 * 4]);
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_bf16_f32', out === 'f32' ? 'ts_gemm_splitk_reduce_bf16_f32' : 'ts_gemm_splitk_reduce_bf16']);
     const [gemm, reduce] = launches;
     expect(gemm.launch.grid).toEqual([32, 1, 8]);
-    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
+    expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, ws: 0n, counters: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
     expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8 });
     expect(reduce.launch.block).toEqual([256, 1, 1]);
     expect(reduce.launch.grid).toEqual([16, 1, 1]);
   });
 
-  it('runs the fp16 entries for fp16 operands: tiles, split-K and its reduce, GEMV, the Hopper kernel', () => {
+  it('runs the fp16 entries for fp16 operands: tiles, split-K merged and with its reduce, GEMV, the Hopper kernel', () => {
     expect(run({ R: 8192, N: 4096, K: 4096, bias: true, storage: 'f16' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_f16']);
-    expect(run({ R: 1, N: 4096, K: 4096, bias: true, storage: 'f16' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16']);
-    expect(run({ R: 1, N: 4096, K: 4096, storage: 'f16', out: 'f32' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16_f32']);
+    expect(run({ R: 1, N: 4096, K: 4096, bias: true, storage: 'f16' }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16']);
+    const separate = { gemmSplitMerge: 'separate' };
+    expect(run({ R: 1, N: 4096, K: 4096, bias: true, storage: 'f16', attrs: separate }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16']);
+    expect(run({ R: 1, N: 4096, K: 4096, storage: 'f16', out: 'f32', attrs: separate }).launches.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_f16_f32', 'ts_gemm_splitk_reduce_f16_f32']);
     expect(run({ R: 2, N: 64, K: 64, storage: 'f16', attrs: { gemmVariant: 'gemv' } }).launches.map((l) => l.decl.name)).toEqual(['ts_gemv_r2_f16']);
     expect(forStorage(GEMM_KERNELS['64x128'].bf16, 'f16').name).toBe('ts_gemm_64x128_f16');
     expect(forStorage(GEMM_KERNELS['64x128'].bf16, 'bf16')).toBe(GEMM_KERNELS['64x128'].bf16);
@@ -346,11 +358,14 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     // x far from y: the launcher refuses a y that overlaps the x it reads.
     const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true, ptrs: { x: 1n << 32n } });
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
   });
 
-  it('adds it in the split-K reduce, not in the partials, after the bias', () => {
-    const { launches } = run({ R: 1, N: 4096, K: 4096, res: true, bias: true, ptrs: { res: 0x8000n } });
+  it('passes it with split K to the merging tile kernel, or adds it in the separate reduce, not in the partials, after the bias', () => {
+    const merged = run({ R: 1, N: 4096, K: 4096, res: true, bias: true, ptrs: { res: 0x8000n } }).launches;
+    expect(merged.map((l) => l.decl.name)).toEqual(['ts_gemm_16x128_bf16']);
+    expect(merged[0].args).toMatchObject({ y: 0x4000n, bias: 0x3000n, res: 0x8000n, ws: 0x100000n, counters: 0x5000n });
+    const { launches } = run({ R: 1, N: 4096, K: 4096, res: true, bias: true, ptrs: { res: 0x8000n }, attrs: { gemmSplitMerge: 'separate' } });
     const [gemm, reduce] = launches;
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n });
     expect(reduce.decl.name).toBe('ts_gemm_splitk_reduce_bf16');

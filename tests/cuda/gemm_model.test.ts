@@ -40,11 +40,26 @@ const CONFIGS: Record<string, [number, number, number, number, number]> = {
 };
 
 /**
- * One launch of ts_gemm_<config>_f32 over grid (tiles, 1, splits), then the reduce when splits > 1.
- * With `res`, y starts as the residual and the kernel that writes y (the tile kernel, or the reduce
- * after a split) reads each element of it just before writing it: the in-place matmul_add.
+ * One launch of ts_gemm_<config> over grid (tiles, 1, splits). Split (splits > 1), each block
+ * writes its partial tile to ws[z]; then either the last split of each tile to arrive (an order
+ * drawn per tile from `seed`) merges them, in split order, with the bias and the residual, in the
+ * same launch (merge 'fused', the default), or ts_gemm_splitk_reduce does it in a second launch
+ * ('separate'). With `res`, y starts as the residual and whatever writes y reads each element of
+ * it just before writing it: the in-place matmul_add.
  */
-function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float32Array | null, res: Float32Array | null, R: number, N: number, K: number, kTilesPerSplit: number): Float64Array {
+function gemmModel(
+  config: string,
+  x: Float32Array,
+  w: Float32Array,
+  bias: Float32Array | null,
+  res: Float32Array | null,
+  R: number,
+  N: number,
+  K: number,
+  kTilesPerSplit: number,
+  merge: 'fused' | 'separate' = 'fused',
+  seed = 1,
+): Float64Array {
   const [BM, BN, WARPS_M, WARPS_N, STAGES] = CONFIGS[config];
   const THREADS = WARPS_M * WARPS_N * 32, WTM = BM / WARPS_M, WTN = BN / WARPS_N, MT = WTM / 16, NT = WTN / 8;
   const A_BYTES = BM * ROW_BYTES, STAGE_BYTES = (BM + BN) * ROW_BYTES;
@@ -55,6 +70,8 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
   const out = new Float64Array(splits * R * N).fill(NaN); // y, or the split partials ws[splits, R, N]
   if (splits === 1 && res) out.set(res); // y is the residual's buffer
   const written = new Uint8Array(splits * R * N);
+  /** The y elements each tile's blocks hold (the same for every split of the tile). */
+  const tileElements = Array.from({ length: tilesM * tilesN }, () => [] as number[]);
   for (let z = 0; z < splits; z++)
     for (let pid = 0; pid < tilesM * tilesN; pid++) {
       const [tm, tn] = blockTile(pid, tilesM, tilesN);
@@ -125,6 +142,7 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
                 if (row >= R) continue;
                 const at = z * R * N + row * N + col;
                 for (let e = 0; e < (col + 1 < N ? 2 : 1); e++) {
+                  if (z === 0) tileElements[pid].push(row * N + col + e);
                   if (written[at + e]) throw new Error(`y[${row}, ${col + e}] written twice`);
                   written[at + e] = 1;
                   out[at + e] = acc[warp][mi][ni][lane][2 * h + e] + (withBias ? withBias[col + e] : 0) + (withRes ? out[at + e] : 0);
@@ -135,6 +153,38 @@ function gemmModel(config: string, x: Float32Array, w: Float32Array, bias: Float
       }
     }
   if (splits === 1) return out;
+  if (merge === 'fused') {
+    // Each tile's splits arrive on its counter in a drawn order; the one that finds splits - 1
+    // before it merges: for each element, the sum over q of its own partial (q == z) or ws[q]'s,
+    // in split order, then the bias and the residual; it resets the counter.
+    const rnd = mulberry32(seed);
+    const counters = new Int32Array(tilesM * tilesN);
+    const y = res ? Float64Array.from(res) : new Float64Array(R * N).fill(NaN);
+    const yWritten = new Uint8Array(R * N);
+    // The merging block's own accumulators: the values it stored in ws[z] before it counted.
+    const ownPartial = (z: number, i: number) => out[z * R * N + i];
+    for (let pid = 0; pid < tilesM * tilesN; pid++) {
+      const order = Array.from({ length: splits }, (_, z) => z);
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(rnd() * (i + 1));
+        [order[i], order[j]] = [order[j], order[i]];
+      }
+      for (const z of order) {
+        const last = counters[pid]++ === splits - 1;
+        if (!last) continue;
+        counters[pid] = 0;
+        for (const i of tileElements[pid]) {
+          let s = 0;
+          for (let q = 0; q < splits; q++) s += q === z ? ownPartial(z, i) : out[q * R * N + i];
+          if (yWritten[i]) throw new Error(`y element ${i} merged twice`);
+          yWritten[i] = 1;
+          y[i] = s + (bias ? bias[i % N] : 0) + (res ? y[i] : 0);
+        }
+      }
+    }
+    expect([...counters].every((c) => c === 0), 'every counter back at zero').toBe(true);
+    return y;
+  }
   // ts_gemm_splitk_reduce: y = sum over z of ws[z] (+ bias) (+ res, y's own buffer), splits in order.
   const y = res ? Float64Array.from(res) : new Float64Array(R * N);
   for (let i = 0; i < R * N; i++) {
@@ -161,6 +211,13 @@ describe('kernels/gemm.cu transcribed (JavaScript model of its data movement and
       'const float2 r = ts::load2_f32(res + at);',
       'store2(y + at, v0, v1);',
       'if (res != nullptr) s += ts::to_f32(res[i]);',
+      'if (ws == nullptr) y += static_cast<int64_t>(blockIdx.z) * RN;',
+      'float* p = ws + z * RN + static_cast<int64_t>(row) * N + col;',
+      'const int last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;',
+      'counters[blockIdx.x] = 0;',
+      'const float* p = ws + static_cast<int64_t>(row) * N + col;',
+      'for (int q = 0; q < splits; q++, p += RN) {',
+      'if (q == z) {',
     ])
       expect(SOURCE, line).toContain(line);
     const entries = [...SOURCE.matchAll(/^TS_GEMM_ENTRIES\(((\d+), (\d+)), (\d+), (\d+), (\d+), \d+\)/gm)].map((m) => [m[1].replace(', ', 'x'), m.slice(2, 7).map(Number)]);
@@ -184,15 +241,19 @@ describe('kernels/gemm.cu transcribed (JavaScript model of its data movement and
       const w = Float32Array.from({ length: N * K }, () => bf16(rnd() * 2 - 1));
       const bias = withBias ? Float32Array.from({ length: N }, () => bf16(rnd() * 2 - 1)) : null;
       const res = withRes ? Float32Array.from({ length: R * N }, () => bf16(rnd() * 8 - 4)) : null;
-      const y = gemmModel(config, x, w, bias, res, R, N, K, perSplit);
-      let worst = 0;
-      for (let r = 0; r < R; r++)
-        for (let c = 0; c < N; c++) {
-          let want = (bias ? bias[c] : 0) + (res ? res[r * N + c] : 0);
-          for (let k = 0; k < K; k++) want += x[r * K + k] * w[c * K + k];
-          expect(Number.isNaN(y[r * N + c]), `y[${r}, ${c}]`).toBe(false);
-          worst = Math.max(worst, Math.abs(y[r * N + c] - want));
+      const merges = Math.ceil(K / BK / perSplit) > 1 ? (['fused', 'separate'] as const) : (['fused'] as const);
+      for (const merge of merges)
+        for (const seed of merge === 'fused' ? [1, 2, 3] : [1]) {
+          const y = gemmModel(config, x, w, bias, res, R, N, K, perSplit, merge, seed);
+          let worst = 0;
+          for (let r = 0; r < R; r++)
+            for (let c = 0; c < N; c++) {
+              let want = (bias ? bias[c] : 0) + (res ? res[r * N + c] : 0);
+              for (let k = 0; k < K; k++) want += x[r * K + k] * w[c * K + k];
+              expect(Number.isNaN(y[r * N + c]), `${merge}: y[${r}, ${c}]`).toBe(false);
+              worst = Math.max(worst, Math.abs(y[r * N + c] - want));
+            }
+          expect(worst, merge).toBeLessThan(1e-9);
         }
-      expect(worst).toBeLessThan(1e-9);
     });
 });

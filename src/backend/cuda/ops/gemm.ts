@@ -6,8 +6,10 @@
  * configuration, storage type and output dtype (the storage type for projections, f32 for the
  * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
  * leave most SMs idle (decode, or few row tiles with a long K) K is split over blockIdx.z, the
- * splits write f32 partials to scratch and ts_gemm_splitk_reduce_* adds them up with the bias
- * and the residual.
+ * splits write f32 partials to scratch and the last split of each tile to finish adds them up
+ * with the bias and the residual (arrival counters from CudaOpContext.counters). With
+ * attrs.gemmSplitMerge 'separate' the rung before it runs: ts_gemm_splitk_reduce_* in a second
+ * launch (the Hopper kernel's splits, sm90s, always take that one).
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
 import { storageOf } from './elementwise.js';
@@ -113,7 +115,8 @@ export function gemmPlan(R: number, N: number, K: number, multiprocessors: numbe
   };
 }
 
-const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+/** The GEMV's: y, x, w, bias, res, R, N, K (a GEMV block covers all of K, without splits). */
+const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
   ['x', 'ptr'],
   ['w', 'ptr'],
@@ -122,6 +125,14 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['R', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
+];
+
+/** The tile kernel's: the GEMV's operands, the split merge's partials and tile counters (or null), then R, N, K and the k-tiles per split. */
+const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ...GEMV_PARAMS.slice(0, 5),
+  ['ws', 'ptr'],
+  ['counters', 'ptr'],
+  ...GEMV_PARAMS.slice(5),
   ['kTilesPerSplit', 'i32'],
 ];
 
@@ -159,9 +170,6 @@ export const GEMV_MAX_R = [1, 2, 4, 8] as const;
 /** Rows of w per GEMV block, and its threads. */
 export const GEMV_ROWS = 4;
 export const GEMV_THREADS = 256;
-
-/** The tile kernel's parameters without kTilesPerSplit (a GEMV block covers all of K). */
-const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = GEMM_PARAMS.slice(0, -1);
 
 /** ts_gemv_r<maxR>_bf16 and ts_gemv_r<maxR>_bf16_f32. */
 export const GEMV_KERNELS = Object.fromEntries(
@@ -540,13 +548,21 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
   const decls = GEMM_KERNELS[plan.tile.name];
+  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit };
   if (plan.splits === 1) {
-    ctx.launch(entry(decls[outDType]), launch, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+    ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws: 0n, counters: 0n });
     return;
   }
+  const merge = ctx.attrs.gemmSplitMerge ?? 'fused';
+  if (merge !== 'fused' && merge !== 'separate') fail(`attr gemmSplitMerge must be fused or separate, got ${String(merge)}`);
   const ws = ctx.scratch(plan.workspaceBytes);
   if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
-  ctx.launch(entry(decls.f32), launch, { y: ws, x: x.ptr, w: w.ptr, bias: 0n, res: 0n, R, N, K, kTilesPerSplit: plan.kTilesPerSplit });
+  if (merge === 'fused') {
+    // One counter per tile (blockIdx.x); the last split to arrive merges and resets it.
+    ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws, counters: ctx.counters(plan.tilesM * plan.tilesN) });
+    return;
+  }
+  ctx.launch(entry(decls.f32), launch, { ...operands, y: ws, bias: 0n, res: 0n, ws: 0n, counters: 0n });
   reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits);
 }
 
