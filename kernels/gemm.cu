@@ -254,68 +254,65 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   // at decode is one kernel more for every split projection.
   if (ws != nullptr) {
     const int z = blockIdx.z, splits = gridDim.z;
+    // f(mi, ni, h, row, col) for each pair of this thread's accumulators inside y.
+    auto each_pair = [&](auto&& f) {
 #pragma unroll
-    for (int ni = 0; ni < NT; ni++) {
-      const int col = n0 + wn * WTN + ni * 8 + tg * 2;
-      if (col >= N) continue;
+      for (int ni = 0; ni < NT; ni++) {
+        const int col = n0 + wn * WTN + ni * 8 + tg * 2;
+        if (col >= N) continue;
 #pragma unroll
-      for (int mi = 0; mi < MT; mi++)
+        for (int mi = 0; mi < MT; mi++)
 #pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
-          if (row >= R) continue;
-          float* p = ws + z * RN + static_cast<int64_t>(row) * N + col;
-          if (pairs) {
-            store2(p, acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
-          } else {
-            store1(p, acc[mi][ni][2 * h]);
-            if (col + 1 < N) store1(p + 1, acc[mi][ni][2 * h + 1]);
+          for (int h = 0; h < 2; h++) {
+            const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
+            if (row < R) f(mi, ni, h, row, col);
           }
-        }
-    }
+      }
+    };
+    each_pair([&](int mi, int ni, int h, int row, int col) {
+      float* p = ws + z * RN + static_cast<int64_t>(row) * N + col;
+      if (pairs) {
+        store2(p, acc[mi][ni][2 * h], acc[mi][ni][2 * h + 1]);
+      } else {
+        store1(p, acc[mi][ni][2 * h]);
+        if (col + 1 < N) store1(p + 1, acc[mi][ni][2 * h + 1]);
+      }
+    });
     __threadfence();
-    __syncthreads();
-    __shared__ int merge_here;
+    __syncthreads();  // also: every warp is done with the stages, whose first word holds the flag
+    // The flag in the dynamic shared memory, not a static __shared__ int: with the stages' 48 KiB
+    // that would pass the 48 KiB a function may have without cuFuncSetAttribute.
+    int* const merge_here = reinterpret_cast<int*>(ts_gemm_smem);
     if (tid == 0) {
       const int last = atomicAdd(&counters[blockIdx.x], 1) == splits - 1;
       if (last) {
         __threadfence();
         counters[blockIdx.x] = 0;
       }
-      merge_here = last;
+      *merge_here = last;
     }
     __syncthreads();
-    if (!merge_here) return;
+    if (!*merge_here) return;
     __threadfence();
-#pragma unroll
-    for (int ni = 0; ni < NT; ni++) {
-      const int col = n0 + wn * WTN + ni * 8 + tg * 2;
-      if (col >= N) continue;
-#pragma unroll
-      for (int mi = 0; mi < MT; mi++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-          const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
-          if (row >= R) continue;
-          const float* p = ws + static_cast<int64_t>(row) * N + col;
-          float s0 = 0.f, s1 = 0.f;
-          for (int q = 0; q < splits; q++, p += RN) {
-            if (q == z) {
-              s0 += acc[mi][ni][2 * h];
-              s1 += acc[mi][ni][2 * h + 1];
-            } else if (pairs) {
-              const float2 v = __ldcg(reinterpret_cast<const float2*>(p));
-              s0 += v.x;
-              s1 += v.y;
-            } else {
-              s0 += __ldcg(p);
-              if (col + 1 < N) s1 += __ldcg(p + 1);
-            }
-          }
-          acc[mi][ni][2 * h] = s0;
-          acc[mi][ni][2 * h + 1] = s1;
+    each_pair([&](int mi, int ni, int h, int row, int col) {
+      const float* p = ws + static_cast<int64_t>(row) * N + col;
+      float s0 = 0.f, s1 = 0.f;
+      for (int q = 0; q < splits; q++, p += RN) {
+        if (q == z) {
+          s0 += acc[mi][ni][2 * h];
+          s1 += acc[mi][ni][2 * h + 1];
+        } else if (pairs) {
+          const float2 v = __ldcg(reinterpret_cast<const float2*>(p));
+          s0 += v.x;
+          s1 += v.y;
+        } else {
+          s0 += __ldcg(p);
+          if (col + 1 < N) s1 += __ldcg(p + 1);
         }
-    }
+      }
+      acc[mi][ni][2 * h] = s0;
+      acc[mi][ni][2 * h + 1] = s1;
+    });
   }
 
 #pragma unroll

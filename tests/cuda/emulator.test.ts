@@ -284,6 +284,23 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     expect(download(new Int32Array(32), out)[0]).toBe(1);
   });
 
+  it('refuses static shared memory beside 48 KiB of dynamic unless the function was allowed more, as the driver does', () => {
+    // ts_emu_selftest_barrier declares a static __shared__ int: with 48 KiB of dynamic shared
+    // memory the two pass the 48 KiB a function may have without cuFuncSetAttribute.
+    const params: Array<[string, ParamType]> = [['out', 'ptr'], ['with_barrier', 'i32']];
+    const msg = failure(() => launch('ts_emu_selftest_barrier', params, { out: upload(new Int32Array(32)), with_barrier: 1 }, 32, 48 * 1024));
+    expect(msg).toMatch(
+      /^ts_emu_selftest_barrier: block \(0,0,0\) thread \(\d+,0,0\): 4 bytes of static and 49152 of dynamic shared memory: past the function's limit on dynamic shared memory \(49152 less the static part; raise it with cuFuncSetAttribute\)/,
+    );
+    launch('ts_emu_selftest_barrier', params, { out: upload(new Int32Array(32)), with_barrier: 1 }, 32, 48 * 1024 - 16);
+    const fn = driver.getFunction(module, 'ts_emu_selftest_barrier');
+    driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
+    const out = upload(new Int32Array(32));
+    driver.launch(fn, [1, 1, 1], [32, 1, 1], 48 * 1024, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_barrier', params }, { out, with_barrier: 1 }));
+    driver.synchronize(stream);
+    expect(download(new Int32Array(32), out)[0]).toBe(7);
+  });
+
   describe('global memory: every allocation ends at an inaccessible page', () => {
     const params: Array<[string, ParamType]> = [['out', 'ptr'], ['in', 'ptr'], ['at', 'i32'], ['who', 'i32'], ['write', 'i32']];
     /** A fresh 1024-float allocation (4096 bytes: its end is the guard page's start). */

@@ -417,6 +417,12 @@ void* static_shared(int id, size_t bytes, size_t align) {
     if (used > STATIC_MAX) fail("static __shared__ declarations need more than %zu bytes (the most a block may declare)", STATIC_MAX);
     if (B.dyn_bytes + used > B.limits.block_max)
       fail("%zu bytes of static and %zu of dynamic shared memory exceed the %zu a block may have", used, B.dyn_bytes, B.limits.block_max);
+    // The driver's limit on a function's dynamic shared memory is 48 KiB less its static shared
+    // memory unless raised through cuFuncSetAttribute (which takes a raise only while it and the
+    // static part fit in what a block may have): a launch past it fails on a device.
+    if (B.limits.dynamic_max <= STATIC_MAX ? B.dyn_bytes + used > STATIC_MAX : B.limits.dynamic_max + used > B.limits.block_max)
+      fail("%zu bytes of static and %zu of dynamic shared memory: past the function's limit on dynamic shared memory (%zu less the static part%s)", used,
+           B.dyn_bytes, B.limits.dynamic_max, B.limits.dynamic_max <= STATIC_MAX ? "; raise it with cuFuncSetAttribute" : "");
     static_used = used;
     for (int r = 0; r < B.csize; r++) memset(B.ctas[r]->window + start, 0xff, bytes);  // the running blocks' poison (later ones: run_cluster)
     static_slot[id] = static_cast<uint32_t>(start + 1);
