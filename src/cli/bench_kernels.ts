@@ -19,7 +19,7 @@ import type { Attrs } from '../graph/ir.js';
 import { OPS, type OpName } from '../graph/ops.js';
 import { choicesFileName, deriveChoices, type GemmResult, type KernelChoices } from '../backend/cuda/kernel_choices.js';
 import { ATTENTION_VARIANTS, sm90AttentionRefusal } from '../backend/cuda/ops/attention.js';
-import { GEMM_HOPPER_VARIANTS, GEMM_VARIANTS, GEMV_MAX_R, SM90S_UNSPLIT, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
+import { GEMM_HOPPER_VARIANTS, GEMM_VARIANTS, GEMV_MAX_R, SM90S_UNSPLIT, TILES_UNSPLIT, gemmPlan, gemmSm90Plan, type GemmVariant } from '../backend/cuda/ops/gemm.js';
 import { TesseraError } from '../errors.js';
 import { bf16ToF32, f16ToF32 } from '../util/dtype.js';
 import { median, percentile } from '../util/stats.js';
@@ -274,8 +274,9 @@ function gemmCases(shapes: KernelShapes, dtype: 'bf16' | 'f16'): KernelCase[] {
       // The kernel-lab ladder: every variant that applies to the shape, each beside cuBLASLt
       // (the Hopper rungs need compute capability 9: benchKernels skips them elsewhere, and sm90s
       // where its plan does not split K, which is sm90's launch).
-      // At M <= 64 the tile kernel splits K (on any GPU of more than a few SMs): its rung before
-      // the split merge, the partials reduced by a second kernel (` reduce`), is timed beside it.
+      // Where the tile kernel splits K (M <= 64 at most; left out at run time where its plan on
+      // the GPU does not split), its rung before the split merge, the partials reduced by a
+      // second kernel (` reduce`), is timed beside it.
       const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
       if (m <= 64) variants.splice(1, 0, 'reduce');
       for (const variant of variants)
@@ -750,6 +751,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
         const g = c.gemm;
         if (gemmSm90Plan(g.m, g.n, g.k, Number(device.multiprocessors), 2, !!g.residual).splits === 1) c.unsupported = SM90S_UNSPLIT;
       }
+      if (!c.unsupported && c.attrs.gemmSplitMerge === 'separate' && c.gemm && gemmPlan(c.gemm.m, c.gemm.n, c.gemm.k, Number(device.multiprocessors)).splits === 1) c.unsupported = TILES_UNSPLIT;
       if (!c.unsupported && (c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o') && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (c.unsupported) {
         results.push({ family: c.family, name: c.name, skipped: c.unsupported });

@@ -22,9 +22,13 @@ describe('bench kernels: the cases', () => {
     const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul');
     // Every M with the tile kernel and the Hopper kernel's rungs (sm90, sm90s: left out at run
     // time where its plan does not split, sm90k), M <= 8 with the GEMV as well, and M > 8 with the
-    // ping-pong and cluster Hopper kernels (sm90p, sm90c, sm90pc) instead.
+    // ping-pong and cluster Hopper kernels (sm90p, sm90c, sm90pc) instead; M <= 64 with the tile
+    // kernel's split reduced in a second launch (` reduce`) too.
     const gemmRungs = (m: number) => (m <= 8 ? 5 : 7);
-    expect(gemm.length).toBe(shapes.gemm.projections.length * shapes.gemm.m.reduce((n, m) => n + gemmRungs(m), 0));
+    expect(gemm.length).toBe(shapes.gemm.projections.length * shapes.gemm.m.reduce((n, m) => n + gemmRungs(m) + (m <= 64 ? 1 : 0), 0));
+    const reduce = gemm.filter((c) => c.name.endsWith(' reduce'));
+    expect(reduce.length).toBe(shapes.gemm.projections.length * shapes.gemm.m.filter((m) => m <= 64).length);
+    for (const c of reduce) expect(c.attrs, c.name).toEqual({ gemmVariant: 'tiles', gemmSplitMerge: 'separate' });
     for (const v of ['sm90p', 'sm90c', 'sm90pc']) expect(gemm.filter((c) => c.attrs.gemmVariant === v).every((c) => c.gemm!.m > 8 && c.name.endsWith(` ${v}`))).toBe(true);
     expect(gemm.filter((c) => c.attrs.gemmVariant === 'sm90c').length).toBe(shapes.gemm.projections.length * shapes.gemm.m.filter((m) => m > 8).length);
     // The residual epilogue: gemm.residual's projections at its M, the same ladder, cuBLASLt given
@@ -57,10 +61,10 @@ describe('bench kernels: the cases', () => {
     // And the fp16 cases: gemm.f16's models and M, the same ladder, named and flagged for the fp16 entries.
     const f16 = cases.filter((c) => c.family === 'gemm' && c.dtype === 'f16');
     const f16Projections = shapes.gemm.projections.filter((p) => shapes.gemm.f16!.models.includes(p.model)).length;
-    expect(f16.length).toBe(f16Projections * shapes.gemm.f16!.m.reduce((n, m) => n + gemmRungs(m), 0));
+    expect(f16.length).toBe(f16Projections * shapes.gemm.f16!.m.reduce((n, m) => n + gemmRungs(m) + (m <= 64 ? 1 : 0), 0));
     for (const c of f16) {
       expect(c.attrs.storageDtype, c.name).toBe('f16');
-      expect(c.name, c.name).toMatch(/ K\d+ f16( gemv| sm90(?:pc|[spkc])?)?$/);
+      expect(c.name, c.name).toMatch(/ K\d+ f16( reduce| gemv| sm90(?:pc|[spkc])?)?$/);
     }
     expect(f16.map((c) => c.name)).toContain('gemm llama-3-8b qkv M8192 N6144 K4096 f16 sm90');
     // Last in the run, so that a run cut short by its time limit loses them before any bf16 case.
@@ -91,16 +95,19 @@ describe('bench kernels: the cases', () => {
     for (const op of shapes.memoryBound.ops) expect(cases.some((c) => c.name.startsWith(`${op} `)), op).toBe(true);
     expect(expandCases(shapes, ['gemm'], 'lm_head M1 ').map((c) => c.name)).toEqual([
       'gemm llama-3-8b lm_head M1 N128256 K4096',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 reduce', // left out at run time: 1002 tiles, no split
       'gemm llama-3-8b lm_head M1 N128256 K4096 gemv',
       'gemm llama-3-8b lm_head M1 N128256 K4096 sm90',
       'gemm llama-3-8b lm_head M1 N128256 K4096 sm90s',
       'gemm llama-3-8b lm_head M1 N128256 K4096 sm90k',
       'gemm llama-3-70b lm_head M1 N128256 K8192',
+      'gemm llama-3-70b lm_head M1 N128256 K8192 reduce',
       'gemm llama-3-70b lm_head M1 N128256 K8192 gemv',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90s',
       'gemm llama-3-70b lm_head M1 N128256 K8192 sm90k',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16',
+      'gemm llama-3-8b lm_head M1 N128256 K4096 f16 reduce',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 gemv',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90',
       'gemm llama-3-8b lm_head M1 N128256 K4096 f16 sm90s',
@@ -212,7 +219,7 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(10 + 8 + 5); // M 1 and 5, each with the tiles, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs), decode twice (the combine's rungs)
+    expect(cases.length).toBe(12 + 8 + 5); // M 1 and 5, each with the tiles, its separate reduce, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs), decode twice (the combine's rungs)
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);

@@ -11,7 +11,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { KernelShapes } from '../../src/cli/bench_kernels.js';
-import { SM90S_UNSPLIT } from '../../src/backend/cuda/ops/gemm.js';
+import { SM90S_UNSPLIT, TILES_UNSPLIT } from '../../src/backend/cuda/ops/gemm.js';
 import { buildEmulator } from './emu/build.js';
 import { buildLtMock, buildMock } from './mock/mock.js';
 
@@ -107,11 +107,12 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     const left = bench(['--shapes', shapes, '--out', out2, '--skip-kernels', 'attention sm90, attention  sm90o,matmul gemv']);
     expect(left.stderr).toBe('');
     const skipped = (JSON.parse(readFileSync(out2, 'utf8')) as Report).results.filter((x) => x.skipped).map((x) => [x.name, x.skipped]);
-    // (sm90s at K 32 does not split: the same launch as sm90, left out as such.)
+    // (sm90s and the tile kernel at K 32 do not split: sm90s is the same launch as sm90, the
+    // tile kernel's ` reduce` rung the same as the tile case, each left out as such.)
     expect(skipped).toEqual(
-      ALL_SMALL.filter((n) => / (gemv|sm90s)$/.test(n) || (n.startsWith('attention') && / sm90o?$/.test(n))).map((n) => [
+      ALL_SMALL.filter((n) => / (gemv|sm90s|reduce)$/.test(n) || (n.startsWith('attention') && / sm90o?$/.test(n))).map((n) => [
         n,
-        n.endsWith(' sm90s') ? SM90S_UNSPLIT : `left out (--skip-kernels ${n.startsWith('gemm') ? 'matmul gemv' : `attention ${n.split(' ').pop()}`})`,
+        n.endsWith(' sm90s') ? SM90S_UNSPLIT : n.endsWith(' reduce') ? TILES_UNSPLIT : `left out (--skip-kernels ${n.startsWith('gemm') ? 'matmul gemv' : `attention ${n.split(' ').pop()}`})`,
       ]),
     );
 
@@ -130,7 +131,9 @@ describe.skipIf(skip !== null)('tessera bench kernels within a GPU call: faults,
     const notAgain = second.results.filter((x) => / sm90s?$/.test(x.name) && x.name.startsWith('gemm') && x.name !== 'gemm toy proj M1 N40 K32 sm90');
     expect(notAgain.map((x) => x.name)).toEqual(['gemm toy proj M1 N40 K32 sm90s', 'gemm toy proj M3 N40 K32 sm90', 'gemm toy proj M3 N40 K32 sm90s']);
     for (const x of notAgain) expect(x.skipped, x.name).toBe('not run: its kernel (matmul sm90) faulted or hung in "gemm toy proj M1 N40 K32 sm90"');
-    for (const x of second.results.slice(4)) if (!notAgain.includes(x)) expect(x.tessera?.medianMs, x.name).toBe(1.5);
+    for (const x of second.results.slice(4))
+      if (x.name.endsWith(' reduce')) expect(x.skipped, x.name).toBe(TILES_UNSPLIT);
+      else if (!notAgain.includes(x)) expect(x.tessera?.medianMs, x.name).toBe(1.5);
   });
 
   it('a hang leaves the case it was in as "running"; --resume records it unfinished and skips its kernel', async () => {
@@ -214,8 +217,8 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
     expect([...byName.keys()]).toEqual(ALL_SMALL);
     for (const x of results) {
       expect(x.error, x.name).toBeUndefined();
-      if (x.name.endsWith(' sm90s')) {
-        expect(x.skipped, x.name).toBe(SM90S_UNSPLIT); // K 32: one k-tile, nothing to split
+      if (x.name.endsWith(' sm90s') || x.name.endsWith(' reduce')) {
+        expect(x.skipped, x.name).toBe(x.name.endsWith(' sm90s') ? SM90S_UNSPLIT : TILES_UNSPLIT); // K 32: one k-tile, nothing to split
         continue;
       }
       expect(x.skipped, x.name).toBeUndefined();

@@ -346,6 +346,8 @@ export function gemmSm90Grid(R: number, N: number, multiprocessors: number, spli
 export const GEMM_SM90_COST = { kTileUs: 0.75, smBytesPerUs: 100e3, bytesPerUs: 3.0e6, launchUs: 3 } as const;
 /** Why the benchmark does not run sm90s at a shape: its plan does not split, so it is sm90's launch. */
 export const SM90S_UNSPLIT = 'same launch as sm90: the plan does not split K at this shape';
+/** Why `tessera bench kernels` leaves out the tile kernel's ` reduce` rung at a shape: there it is the tile case's launch. */
+export const TILES_UNSPLIT = 'same launch as the tile kernel: its plan does not split K at this shape';
 /** sm90s splits K at most this many ways. */
 export const GEMM_SM90_MAX_SPLITS = 16;
 
