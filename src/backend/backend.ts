@@ -99,6 +99,8 @@ export interface BackendProfiler {
   timeSteps(on: boolean): void;
   /** Milliseconds the device spent on the last timed step; null when none was timed. */
   lastStepMs(): number | null;
+  /** Optional: kernel launches the last step made (a replayed graph's included, sampling's too); null before any. */
+  lastStepLaunches?(): number | null;
   /**
    * Copy bandwidth in bytes per second, counting the bytes read and the bytes written: the median
    * of `runs` copies of one `bytes` buffer to another (device to device on a GPU).

@@ -38,6 +38,8 @@ interface RunResult {
   prefillSeconds: number;
   decodeSeconds: number;
   decodeSteps: number;
+  /** Kernel launches of each decode step (a GPU backend's count), empty elsewhere. */
+  stepLaunches: number[];
   /** Wall and device milliseconds of each decode step (device: null when not timed). */
   stepWallMs: number[];
   stepDeviceMs: number[];
@@ -103,7 +105,7 @@ export async function bench(argv: string[]): Promise<number> {
       const t0 = performance.now();
       let tPrefill = 0;
       let decodeSteps = 0;
-      const stepWallMs: number[] = [], stepDeviceMs: number[] = [];
+      const stepWallMs: number[] = [], stepDeviceMs: number[] = [], stepLaunches: number[] = [];
       const started = new Set<string>();
       while (engine.hasUnfinished) {
         const ts = performance.now();
@@ -116,10 +118,12 @@ export async function bench(argv: string[]): Promise<number> {
           stepWallMs.push(te - ts);
           const device = profiler.lastStepMs();
           if (device !== null) stepDeviceMs.push(device);
+          const launches = profiler.lastStepLaunches?.() ?? null;
+          if (launches !== null) stepLaunches.push(launches);
         }
       }
       const t1 = performance.now();
-      return { prefillSeconds: (tPrefill - t0) / 1000, decodeSeconds: (t1 - tPrefill) / 1000, decodeSteps, stepWallMs, stepDeviceMs };
+      return { prefillSeconds: (tPrefill - t0) / 1000, decodeSeconds: (t1 - tPrefill) / 1000, decodeSteps, stepWallMs, stepDeviceMs, stepLaunches };
     };
     profiler.timeSteps(true);
     await runOnce();
@@ -212,6 +216,8 @@ export async function bench(argv: string[]): Promise<number> {
       deviceInfo: profiler.device(),
       fused: opts.fuse !== false,
       kernelsPerStep: llm.runner.program.calls.length,
+      /** Kernel launches a decode step made (the graph's, split-K merges and sampling included), median; null on the CPU. */
+      launchesPerDecodeStep: results.some((r) => r.stepLaunches.length) ? median(results.flatMap((r) => r.stepLaunches)) : null,
       date: new Date().toISOString(),
     };
     if (values.json) console.log(JSON.stringify(report, null, 2));
@@ -220,7 +226,8 @@ export async function bench(argv: string[]): Promise<number> {
       console.log(`batch ${batch}, ${promptTokens} prompt + ${decodeTokens} decode tokens, median of ${runs} runs`);
       console.log(`prefill  ${report.prefillTokensPerSecond.toFixed(1).padStart(9)} tokens/s`);
       for (const p of report.prefillByLength) console.log(`prefill  ${p.tokensPerSecond.toFixed(1).padStart(9)} tokens/s at ${p.promptTokens} tokens alone`);
-      console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${report.fused ? '' : ', unfused'})`);
+      const launched = report.launchesPerDecodeStep === null ? '' : `, ${report.launchesPerDecodeStep} launches`;
+      console.log(`decode   ${report.decodeTokensPerSecond.toFixed(1).padStart(9)} tokens/s  (${report.decodeStepMs.toFixed(2)} ms per step, ${report.kernelsPerStep} kernels per step${launched}${report.fused ? '' : ', unfused'})`);
       const host = report.hostShareOfDecodeStep === null ? '' : `; device ${report.decodeStepDeviceMs!.toFixed(2)} ms per step, host share ${(100 * report.hostShareOfDecodeStep).toFixed(1)}%`;
       if (report.decodeTokensPerSecondWithoutOverlap !== null)
         console.log(`overlap  ${report.decodeTokensPerSecondWithoutOverlap.toFixed(1).padStart(9)} tokens/s decode without launch overlap: ${report.overlapSpeedup!.toFixed(3)}x with it`);

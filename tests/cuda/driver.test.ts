@@ -513,6 +513,9 @@ describe.skipIf(!mockPath)('tessera bench on the CUDA backend (stand-in libcuda)
     expect(report.copyBandwidthGBs).toBeCloseTo(copyBytes / 1.5e-3 / 1e9, 0);
     expect(report.weightBytes).toBe(2 * 3215616);
     expect(report.weightReadPercentOfCopy).toBeCloseTo((100 * report.weightReadGBs) / report.copyBandwidthGBs, 0);
+    // One launch per program call in a decode step (split-K and split-KV merged in their own
+    // launches, nothing else beside them), and the sampling kernel's.
+    expect(report.launchesPerDecodeStep).toBe(report.kernelsPerStep + 1);
     // Launch overlap is on (sm_90): the decode runs were made again without it, in the same process.
     expect(report.launchOverlap).toBe('launch overlap (programmatic dependent launch) on');
     expect(report.decodeTokensPerSecondWithoutOverlap).toBeGreaterThan(0);

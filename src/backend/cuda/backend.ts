@@ -146,6 +146,16 @@ export class CudaBackend implements Backend {
   private overlapAvailable = false;
   /** Why launch overlap is not available here ('' while setUpLaunchOverlap has not run or found it available). */
   private overlapUnavailable = '';
+  /**
+   * Kernel launches: all so far, the count at the start of the step in progress, the launches a
+   * replayed graph holds (captured launches are counted once, when captured), the last step's
+   * total, and each decode graph's launches by bucket.
+   */
+  private launches = 0;
+  private stepLaunchBase = 0;
+  private stepReplayed = 0;
+  private stepLaunches: number | null = null;
+  private readonly graphLaunches = new Map<string, number>();
   /** Events around each step while steps are timed, and the last step's device time. */
   private stepEvents: [Handle, Handle] | null = null;
   private stepMs: number | null = null;
@@ -305,6 +315,7 @@ export class CudaBackend implements Backend {
       this.stepMs = null;
     },
     lastStepMs: () => this.stepMs,
+    lastStepLaunches: () => this.stepLaunches,
     launchOverlap: () => ({ on: this.overlap, available: this.overlapAvailable, note: this.launchOverlapNote }),
     setLaunchOverlap: (on) => this.setLaunchOverlap(on),
     copyBandwidth: (bytes, runs) => {
@@ -336,11 +347,14 @@ export class CudaBackend implements Backend {
   /** Marks the start of a timed step (before its inputs are uploaded). */
   private stepStarted(): void {
     if (this.stepEvents) this.driver.record(this.stepEvents[0], this.stream);
+    this.stepLaunchBase = this.launches;
+    this.stepReplayed = 0;
   }
 
   /** Marks its end (after its outputs are queued for download); call, then synchronize, then stepTimed. */
   private stepEnded(): void {
     if (this.stepEvents) this.driver.record(this.stepEvents[1], this.stream);
+    this.stepLaunches = this.launches - this.stepLaunchBase + this.stepReplayed;
   }
 
   private stepTimed(): void {
@@ -568,6 +582,7 @@ export class CudaBackend implements Backend {
     const cluster = launch.cluster && launch.cluster[0] * launch.cluster[1] * launch.cluster[2] > 1 ? launch.cluster : undefined;
     if (cluster || this.overlap) this.driver.launchEx(fn, launch.grid, launch.block, shared, this.stream, pack, { cluster, overlap: this.overlap });
     else this.driver.launch(fn, launch.grid, launch.block, shared, this.stream, pack);
+    this.launches++;
   }
 
   /**
@@ -954,6 +969,7 @@ export class CudaBackend implements Backend {
     } else if (graph === 'eager-once') {
       this.capturing = true;
       this.driver.beginCapture(this.stream);
+      const before = this.launches;
       try {
         this.enqueue(step);
       } finally {
@@ -961,9 +977,11 @@ export class CudaBackend implements Backend {
       }
       const exec = this.driver.endCapture(this.stream);
       this.graphs.set(key, exec);
+      this.graphLaunches.set(key, this.launches - before);
       this.driver.launchGraph(exec, this.stream);
     } else {
       this.driver.launchGraph(graph, this.stream);
+      this.stepReplayed = this.graphLaunches.get(key) ?? 0;
     }
   }
 
@@ -1144,6 +1162,7 @@ export class CudaBackend implements Backend {
   private destroyGraphs(): void {
     for (const g of this.graphs.values()) if (g !== 'eager-once') this.driver.destroyGraph(g);
     this.graphs.clear();
+    this.graphLaunches.clear();
   }
 
   async dispose(): Promise<void> {
