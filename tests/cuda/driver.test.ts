@@ -93,7 +93,7 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     const args = { out: 0xabcd_ef00n, n: 42 };
     const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
     const stream = driver.createStream();
-    driver.launchCluster(fn, [8, 3, 2], [256, 1, 1], [2, 1, 2], 2048, stream, (view) => packArgs(view, decl, args));
+    driver.launchEx(fn, [8, 3, 2], [256, 1, 1], 2048, stream, (view) => packArgs(view, decl, args), { cluster: [2, 1, 2] });
     const name = new Uint8Array(128), geom = new Uint32Array(7), bytes = new Uint8Array(64);
     const size = lastLaunch(name, geom, bytes) as number;
     expect(new TextDecoder().decode(name.subarray(0, name.indexOf(0)))).toBe('ts_cluster_test');
@@ -104,7 +104,7 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     expect(size).toBe(packArgs(expected, decl, args));
     expect([...bytes.subarray(0, size)]).toEqual([...new Uint8Array(expected.buffer, 0, size)]);
     // The config buffer is reused: a second cluster launch replaces every field of the first.
-    driver.launchCluster(fn, [4, 1, 1], [128, 2, 1], [4, 1, 1], 0, stream, (view) => packArgs(view, decl, args));
+    driver.launchEx(fn, [4, 1, 1], [128, 2, 1], 0, stream, (view) => packArgs(view, decl, args), { cluster: [4, 1, 1] });
     lastLaunch(name, geom, bytes);
     expect([...geom]).toEqual([4, 1, 1, 128, 2, 1, 0]);
     expect(lastCluster()).toEqual([4, 1, 1]);
@@ -151,11 +151,11 @@ describe.skipIf(!mockPath)('CUDA driver bridge (stand-in libcuda)', () => {
     const stream = driver.createStream();
     const pack = (view: DataView) => packArgs(view, decl, { n: 1 });
     const before = launchCount();
-    expect(() => driver.launchCluster(fn, [3, 1, 1], [128, 1, 1], [2, 1, 1], 0, stream, pack)).toThrow('launchCluster: grid[0] (3) must be a multiple of cluster[0] (2)');
-    expect(() => driver.launchCluster(fn, [4, 6, 1], [128, 1, 1], [1, 4, 1], 0, stream, pack)).toThrow('launchCluster: grid[1] (6) must be a multiple of cluster[1] (4)');
-    expect(() => driver.launchCluster(fn, [4, 1, 1], [128, 1, 1], [0, 1, 1], 0, stream, pack)).toThrow('launchCluster: cluster[0] must be a positive integer, not 0');
-    expect(() => driver.launchCluster(fn, [4, 1, 1], [128, 1, 1], [2, 1.5, 1], 0, stream, pack)).toThrow('launchCluster: cluster[1] must be a positive integer, not 1.5');
-    expect(() => driver.launchCluster(fn, [16, 16, 1], [128, 1, 1], [4, 4, 1], 0, stream, pack)).toThrow('launchCluster: cluster [4, 4, 1] has 16 blocks; at most 8 are allowed');
+    expect(() => driver.launchEx(fn, [3, 1, 1], [128, 1, 1], 0, stream, pack, { cluster: [2, 1, 1] })).toThrow('launchEx: grid[0] (3) must be a multiple of cluster[0] (2)');
+    expect(() => driver.launchEx(fn, [4, 6, 1], [128, 1, 1], 0, stream, pack, { cluster: [1, 4, 1] })).toThrow('launchEx: grid[1] (6) must be a multiple of cluster[1] (4)');
+    expect(() => driver.launchEx(fn, [4, 1, 1], [128, 1, 1], 0, stream, pack, { cluster: [0, 1, 1] })).toThrow('launchEx: cluster[0] must be a positive integer, not 0');
+    expect(() => driver.launchEx(fn, [4, 1, 1], [128, 1, 1], 0, stream, pack, { cluster: [2, 1.5, 1] })).toThrow('launchEx: cluster[1] must be a positive integer, not 1.5');
+    expect(() => driver.launchEx(fn, [16, 16, 1], [128, 1, 1], 0, stream, pack, { cluster: [4, 4, 1] })).toThrow('launchEx: cluster [4, 4, 1] has 16 blocks; at most 8 are allowed');
     expect(() => driver.maxActiveClusters(fn, [9, 1, 1], [128, 1, 1], [2, 1, 1], 0)).toThrow('maxActiveClusters: grid[0] (9) must be a multiple of cluster[0] (2)');
     expect(launchCount()).toBe(before); // none reached the driver
 
@@ -260,11 +260,15 @@ describe.skipIf(!noClusterMockPath)('a driver without cuLaunchKernelEx (stand-in
     const fn = driver.getFunction(driver.loadModule(new Uint8Array(8)), decl.name);
     const stream = driver.createStream();
     driver.launch(fn, [2, 1, 1], [128, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }));
-    expect(() => driver.launchCluster(fn, [2, 1, 1], [128, 1, 1], [2, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }))).toThrow(
+    expect(() => driver.launchEx(fn, [2, 1, 1], [128, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }), { cluster: [2, 1, 1] })).toThrow(
       'The CUDA driver (13.0) lacks cuLaunchKernelEx: thread-block clusters need CUDA 12 or newer.',
     );
     expect(() => driver.maxActiveClusters(fn, [2, 1, 1], [128, 1, 1], [2, 1, 1], 0)).toThrow(
       'The CUDA driver (13.0) lacks cuOccupancyMaxActiveClusters: thread-block clusters need CUDA 12 or newer.',
+    );
+    expect(driver.hasLaunchEx).toBe(false);
+    expect(() => driver.launchEx(fn, [2, 1, 1], [128, 1, 1], 0, stream, (view) => packArgs(view, decl, { n: 1 }), { overlap: true })).toThrow(
+      'The CUDA driver (13.0) lacks cuLaunchKernelEx: programmatic dependent launch needs CUDA 12 or newer.',
     );
   });
 });

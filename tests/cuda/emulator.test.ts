@@ -220,7 +220,7 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     const out = upload(new Int32Array(16));
     const run = (withSync: number) => {
       const fn = driver.getFunction(module, 'ts_emu_selftest_cluster');
-      driver.launchCluster(fn, [4, 1, 1], [64, 1, 1], [2, 1, 1], 0, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_cluster', params }, { out, with_sync: withSync }));
+      driver.launchEx(fn, [4, 1, 1], [64, 1, 1], 0, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_cluster', params }, { out, with_sync: withSync }), { cluster: [2, 1, 1] });
       driver.synchronize(stream);
     };
     run(1);

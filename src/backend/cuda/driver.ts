@@ -445,8 +445,8 @@ export class CudaDriver {
    * programmatic stream serialization (sm_90 and newer): the kernel may start while the one
    * before it in the stream is still running, once every block of that one has called
    * `griddepcontrol.launch_dependents` or exited, and waits for it with `griddepcontrol.wait`
-   * (kernels/common.cuh). A kernel launched so that reads or writes global memory before its wait
-   * races with the kernel before it.
+   * (kernels/common.cuh). Launched so, a kernel that reads or writes global memory before its
+   * wait races with the kernel before it.
    */
   launchEx(
     fn: Handle,
@@ -457,40 +457,10 @@ export class CudaDriver {
     pack: (view: DataView) => number,
     options: { cluster?: [number, number, number]; overlap?: boolean },
   ): void {
-    this.launchWithAttributes('launchEx', fn, grid, block, sharedBytes, stream, pack, options.cluster ?? null, options.overlap === true);
-  }
-
-  /**
-   * Launches `fn` as `launch` does, with its blocks grouped into thread-block clusters of
-   * `cluster` blocks (cuLaunchKernelEx with CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION; sm_90 and newer).
-   */
-  launchCluster(
-    fn: Handle,
-    grid: [number, number, number],
-    block: [number, number, number],
-    cluster: [number, number, number],
-    sharedBytes: number,
-    stream: Handle,
-    pack: (view: DataView) => number,
-  ): void {
-    this.launchWithAttributes('launchCluster', fn, grid, block, sharedBytes, stream, pack, cluster, false);
-  }
-
-  /** cuLaunchKernelEx with a cluster dimension and programmatic stream serialization as asked; `method` names the caller in errors. */
-  private launchWithAttributes(
-    method: string,
-    fn: Handle,
-    grid: [number, number, number],
-    block: [number, number, number],
-    sharedBytes: number,
-    stream: Handle,
-    pack: (view: DataView) => number,
-    cluster: [number, number, number] | null,
-    overlap: boolean,
-  ): void {
+    const cluster = options.cluster ?? null, overlap = options.overlap === true;
     const launchEx = this.optional.cuLaunchKernelEx;
-    if (!launchEx) throw this.tooOld('cuLaunchKernelEx', cluster ? 'thread-block clusters' : 'programmatic dependent launch');
-    this.writeLaunchConfig(method, grid, block, cluster, sharedBytes, stream, overlap);
+    if (!launchEx) throw this.tooOld('cuLaunchKernelEx', cluster ? 'thread-block clusters need' : 'programmatic dependent launch needs');
+    this.writeLaunchConfig('launchEx', grid, block, cluster, sharedBytes, stream, overlap);
     this.packArguments(pack);
     this.check('cuLaunchKernelEx', launchEx(this.launchConfigPtr, fn, null, this.extra));
   }
@@ -501,7 +471,7 @@ export class CudaDriver {
    */
   maxActiveClusters(fn: Handle, grid: [number, number, number], block: [number, number, number], cluster: [number, number, number], sharedBytes: number): number {
     const occupancy = this.optional.cuOccupancyMaxActiveClusters;
-    if (!occupancy) throw this.tooOld('cuOccupancyMaxActiveClusters', 'thread-block clusters');
+    if (!occupancy) throw this.tooOld('cuOccupancyMaxActiveClusters', 'thread-block clusters need');
     // The stream plays no part in the answer.
     this.writeLaunchConfig('maxActiveClusters', grid, block, cluster, sharedBytes, null, false);
     const out = [0];
@@ -526,9 +496,10 @@ export class CudaDriver {
     return this.optional.cuLaunchKernelEx !== undefined;
   }
 
-  private tooOld(call: string, feature: string): TesseraError {
+  /** `needs`: what the call is for, with its verb ("thread-block clusters need"). */
+  private tooOld(call: string, needs: string): TesseraError {
     const v = this.driverVersion();
-    return new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) lacks ${call}: ${feature} need CUDA 12 or newer.`, 'device');
+    return new TesseraError(`The CUDA driver (${Math.floor(v / 1000)}.${(v % 1000) / 10}) lacks ${call}: ${needs} CUDA 12 or newer.`, 'device');
   }
 
   /**
