@@ -184,8 +184,36 @@ TS_DEVICE void prefetch_l2(const void* p) {
 #endif
 }
 
-TS_DEVICE float silu(float x) { return x / (1.f + __expf(-x)); }
-TS_DEVICE float gelu_tanh(float x) { return 0.5f * x * (1.f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x))); }
-TS_DEVICE float gelu_erf(float x) { return 0.5f * x * (1.f + erff(x * 0.7071067811865476f)); }
+// The activations, one formulation for every kernel that applies one (elementwise.cu's act and
+// act_mul, the GEMM epilogues' gated unit). Codes as ops/elementwise.ts ACT_CODE:
+//   0 silu       x sigmoid(x)
+//   1 gelu       0.5 x (1 + erf(x / sqrt 2)), as 0.5 x erfc(-x / sqrt 2): the negative tail keeps
+//                its relative accuracy
+//   2 gelu_tanh  0.5 x (1 + tanh(u)), u = sqrt(2 / pi) (x + 0.044715 x^3), as x sigmoid(2u): the
+//                same function, without tanh's absolute error where 1 + tanh(u) is small
+enum Act { kSilu = 0, kGeluErf = 1, kGeluTanh = 2 };
+
+template <int ACT>
+TS_DEVICE float act(float x) {
+  if constexpr (ACT == kSilu) {
+    return x / (1.f + __expf(-x));
+  } else if constexpr (ACT == kGeluTanh) {
+    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
+    return x / (1.f + __expf(-2.f * u));
+  } else {
+    return 0.5f * x * erfcf(-0.7071067811865476f * x);
+  }
+}
+
+// The activation by its code, for kernels that take it as a parameter (one branch, uniform over
+// the launch).
+TS_DEVICE float act(int code, float x) {
+  return code == kSilu ? act<kSilu>(x) : code == kGeluTanh ? act<kGeluTanh>(x) : act<kGeluErf>(x);
+}
+
+// A gated linear unit's output from its gate and up values: act(gate) * up. The GEMM epilogues
+// take `glu`, an activation code, or GLU_NONE for a plain product.
+constexpr int GLU_NONE = -1;
+TS_DEVICE float glu(int code, float gate, float up) { return act(code, gate) * up; }
 
 }  // namespace ts

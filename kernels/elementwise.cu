@@ -6,9 +6,8 @@
 //   ts_act_T            y = act(x)                             x, y: [n]
 //   ts_act_mul_T        y[r, c] = act(gu[r, c]) * gu[r, cols + c]   gu: [rows, 2 cols]; y: [rows, cols]
 //   ts_slice_cols_T     y[r, c] = x[r, start + c]              x: [rows, cols]; y: [rows, count]
-// act: 0 silu x sigmoid(x); 1 gelu 0.5 x (1 + erf(x / sqrt 2)), as 0.5 x erfc(-x / sqrt 2) so the
-//   negative tail keeps its relative accuracy; 2 gelu_tanh 0.5 x (1 + tanh(u)), as x sigmoid(2u)
-//   (the same function, without tanh.approx's absolute error where 1 + tanh(u) is small).
+// act: 0 silu, 1 gelu (erf), 2 gelu_tanh: common.cuh's ts::act, which the GEMM epilogues' gated
+//   unit (matmul_glu) shares.
 // Bytes: 2 bytes per element read per input and 2 written (act_mul: 4 read, 2 written per output
 // element; the bias once per row from L1/L2). FLOPs: 1 per element (add, mul), ~10-20 (act).
 // Arithmetic in f32, one rounding to T per output.
@@ -21,19 +20,10 @@
 
 namespace ts_ew {
 
-enum Act { kSilu = 0, kGeluErf = 1, kGeluTanh = 2 };
-
-template <int ACT>
-TS_DEVICE float act(float x) {
-  if constexpr (ACT == kSilu) {
-    return x / (1.f + __expf(-x));
-  } else if constexpr (ACT == kGeluTanh) {
-    const float u = 0.7978845608028654f * (x + 0.044715f * x * x * x);
-    return x / (1.f + __expf(-2.f * u));
-  } else {
-    return 0.5f * x * erfcf(-0.7071067811865476f * x);
-  }
-}
+using ts::act;
+using ts::kGeluErf;
+using ts::kGeluTanh;
+using ts::kSilu;
 
 struct Add {
   TS_DEVICE float operator()(float a, float b) const { return a + b; }

@@ -9,6 +9,10 @@
 //         itself (the sum written in place): each element is read by the thread that then writes
 //         it, so res and y carry no __restrict__
 //   y:    [R, N] T or f32 (entries ts_gemm_<tile>_<T>: y T; ts_gemm_<tile>_<T>_f32: y f32)
+//   glu:  GLU_NONE, or an activation code (common.cuh ts::act) for the `matmul_glu` op: w's rows
+//         are (gate, up) pairs (rows 2j and 2j + 1, interleaved at load), N is even, and y is
+//         [R, N / 2] with y[r, j] = act(gate) * up of the pair's two columns (+ bias each), which
+//         one thread holds side by side in its accumulator fragment; res null
 // Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
 // src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
 // bounds-checked on store.
@@ -22,7 +26,9 @@
 // chunks of 16 B); chunk c of row r lives at chunk c ^ ((r >> 1) & 3), so the 8 row addresses of
 // each ldmatrix phase hit 8 different 16-byte bank groups (no conflicts), and so do cp.async writes.
 // Epilogue: + bias, + res, convert, store straight from the accumulator fragments (pairs of columns
-// when N is even, single elements otherwise), rows >= R and columns >= N masked.
+// when N is even, single elements otherwise), rows >= R and columns >= N masked; with glu, each
+// pair of columns is one gated output (the SwiGLU / GeGLU of the MLP without the gate/up
+// activations' round trip through memory or the act_mul launch).
 //
 // Block order: blockIdx.x is the tile index in groups of GROUP_M = 8 row tiles; inside a group the
 // row tile varies fastest, so consecutive blocks read the same weight tile (it stays in L2) and a
@@ -106,7 +112,7 @@ TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>
 // the f32 partials [splits, R, N], offset by blockIdx.z * R * N, for splitk_reduce.
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
 TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, float* ws,
-                          int* counters, int R, int N, int K, int k_tiles_per_split) {
+                          int* counters, int R, int N, int K, int k_tiles_per_split, int glu) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -333,7 +339,9 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
         if (row >= R) continue;
         float v0 = acc[mi][ni][2 * h] + bias0, v1 = acc[mi][ni][2 * h + 1] + bias1;
         const int64_t at = static_cast<int64_t>(row) * N + col;
-        if (pairs) {
+        if (glu != ts::GLU_NONE) {  // N even: the pair is (gate, up) of output col / 2
+          store1(y + static_cast<int64_t>(row) * (N >> 1) + (col >> 1), ts::glu(glu, v0, v1));
+        } else if (pairs) {
           if (res != nullptr) {
             const float2 r = ts::load2_f32(res + at);
             v0 += r.x;
@@ -354,13 +362,30 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 }
 
 // y[r, n] = sum over z of ws[z, r, n] (+ bias[n]) (+ res[r, n]), splits summed in order; res may be y.
+// With glu (N even, res null): y[r, j] = glu(the sums at columns 2j and 2j + 1), y [R, N / 2].
 // The separate reduce: the tile kernel merges its splits itself when given ws (the default); this
 // stays runnable as the rung before it (attrs.gemmSplitMerge 'separate').
 template <class T, typename OutT>
 TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, int N,
-                             int splits) {
+                             int splits, int glu) {
   const int64_t total = static_cast<int64_t>(R) * N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
+  if (glu != ts::GLU_NONE) {
+    for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total / 2; o += stride) {
+      const int64_t i = 2 * o;  // the pair's first column: N even, so both are in one row
+      float s0 = 0.f, s1 = 0.f;
+      for (int z = 0; z < splits; z++) {
+        s0 += ws[z * total + i];
+        s1 += ws[z * total + i + 1];
+      }
+      if (bias != nullptr) {
+        s0 += ts::to_f32(bias[i % N]);
+        s1 += ts::to_f32(bias[i % N + 1]);
+      }
+      store1(y + o, ts::glu(glu, s0, s1));
+    }
+    return;
+  }
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total; i += stride) {
     float s = 0.f;
     for (int z = 0; z < splits; z++) s += ws[z * total + i];
@@ -384,9 +409,10 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
            const T* res,                /* [R, N] added in the epilogue, or null */                                   \
            float* ws,                   /* split K merged here: f32 partials [splits, R, N]; or null */               \
            int* counters,               /* with ws: [tiles] i32, zero before the launch and after it */               \
-           int R, int N, int K, int k_tiles_per_split /* k-tiles (of 32) per blockIdx.z */) {                         \
+           int R, int N, int K, int k_tiles_per_split, /* k-tiles (of 32) per blockIdx.z */                            \
+           int glu /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */) {                                     \
     ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, ws, counters, R, N, K,        \
-                                                                    k_tiles_per_split);                               \
+                                                                    k_tiles_per_split, glu);                          \
   }
 #define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
   TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \
@@ -404,12 +430,12 @@ TS_GEMM_ENTRIES(128, 128, 2, 4, 3, 2)
 
 // Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias) (+ res). Grid-stride over R * N elements.
 //   y: [R, N] T (ts_gemm_splitk_reduce_<T>) or f32 (..._<T>_f32), may be res; ws: [splits, R, N] f32;
-//   bias: [N] T, or null; res: [R, N] T, or null
+//   bias: [N] T, or null; res: [R, N] T, or null; glu: GLU_NONE, or y [R, N / 2] gated (res null)
 #define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                     \
   extern "C" __global__ void NAME(OUT_T* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, \
-                                  int N, int splits) {                                                                      \
+                                  int N, int splits, int glu) {                                                             \
     ts::pdl_enter();                                                                                                        \
-    ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits);                                                                 \
+    ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits, glu);                                                            \
   }
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16, ts::bf16, ts::bf16)
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16_f32, ts::bf16, float)

@@ -37,7 +37,9 @@
 //    128 f32 accumulators a thread; one k-tile's wgmma group stays in flight while the next is
 //    issued, and a stage is released to the producer once the group that read it has completed.
 // Epilogue: each consumer thread adds the bias and the residual and stores its accumulator
-// fragments straight to y (pairs of columns where they are aligned), masked at M and N.
+// fragments straight to y (pairs of columns where they are aligned), masked at M and N. With
+// `glu` (an activation code, not GLU_NONE: the `matmul_glu` op; N even, res null, splits 1) w's
+// rows are (gate, up) pairs and each pair of columns is one output, y [M, N / 2] = act(gate) * up.
 //
 // Shared layout (128-byte swizzle, as TMA writes it and wgmma reads it): a tile row is 64 values =
 // 128 bytes; 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8 rows make a 1024-byte atom,
@@ -132,6 +134,12 @@ TS_DEVICE void store2(OUT_T* y, const T* res, int row, int col, int N, float v0,
   }
 }
 
+// y[row, col / 2] = act(v0) * v1: a (gate, up) pair of columns, N even (glu, not GLU_NONE).
+template <typename OUT_T>
+TS_DEVICE void store_glu(OUT_T* y, int row, int col, int N, int glu, float v0, float v1) {
+  put(y + (size_t)row * (N / 2) + col / 2, ts::glu(glu, v0, v1));
+}
+
 // Tile t of the persistent order -> (row tile, column tile), GROUP_M row tiles at a time.
 TS_DEVICE void tile_coords(int t, int tilesM, int tilesN, int& tm, int& tn) {
   const int per_group = GROUP_M * tilesN;
@@ -208,7 +216,7 @@ struct Walk {
 
 template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
-                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles) {
+                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles, int glu) {
   using C = Cfg<SCHED>;
   constexpr bool PP = pingpong(SCHED), MC = multicast(SCHED);
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
@@ -410,6 +418,11 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
           b0 = ts::to_f32(bias[col]);
           if (col + 1 < N) b1 = ts::to_f32(bias[col + 1]);
         }
+        if (glu != ts::GLU_NONE) {
+          if (row0 < M) store_glu(out, row0, col, N, glu, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
+          if (row0 + 8 < M) store_glu(out, row0 + 8, col, N, glu, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
+          continue;
+        }
         if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
         if (row0 + 8 < M) store2(out, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
       }
@@ -433,7 +446,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            const T* res,                            /* [M, N] added in the epilogue, or null */                                 \
            int M, int N, int K,                                                                                                 \
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
-           int kTilesPerSplit) /* k-tiles of 64 per split */                                                                    \
+           int kTilesPerSplit, /* k-tiles of 64 per split */                                                                    \
+           int glu)            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] (splits 1) */                          \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit, 0)                                             \
@@ -453,7 +467,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int* counters,                           /* [tiles] i32 */                                                           \
            int M, int N, int K,                                                                                                 \
            int dpTiles,        /* tiles done whole, in turn, before the stream-K part */                                        \
-           int kTilesPerBlock) /* k-tiles of the stream-K part per block */                                                     \
+           int kTilesPerBlock, /* k-tiles of the stream-K part per block */                                                     \
+           int glu)            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] */                                     \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock, dpTiles)                                     \
@@ -461,7 +476,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) \
-  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP);
+  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP, glu);
 #else
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) __trap();
 #endif

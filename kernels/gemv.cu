@@ -12,7 +12,9 @@
 //   w:    [N, K] T (nn.Linear layout)
 //   bias: [N] T or null
 //   res:  [R, N] T or null, added before the store; may be y (read and written by one thread)
-//   y:    [R, N] T or f32
+//   y:    [R, N] T or f32; with glu (an activation code, not GLU_NONE: the `matmul_glu` op) w's rows
+//         are (gate, up) pairs, N is even, res null and y is [R, N / 2], y[r, j] = act(gate) * up
+//         (common.cuh ts::glu): a block's 4 rows are two whole pairs
 // Every pointer 16-byte aligned (the launcher checks).
 //
 // Block: 256 threads (8 warps) for ROWS = 4 consecutive rows of w, n0 = 4 blockIdx.x. K is cut
@@ -55,7 +57,7 @@ TS_DEVICE void store(float* p, float v) { *p = v; }
 
 template <int MAXR, class T, typename OUT_T>
 __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, const T* __restrict__ w,
-                                           const T* __restrict__ bias, const T* res, int R, int N, int K) {
+                                           const T* __restrict__ bias, const T* res, int R, int N, int K, int glu) {
   __shared__ float part[WARPS][MAXR * ROWS];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n0 = blockIdx.x * ROWS;
@@ -141,6 +143,27 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
       if (lane == 0) part[warp][r * ROWS + j] = v;
     }
   __syncthreads();
+  if (glu != ts::GLU_NONE) {
+    // A thread per (row of x, pair of w's rows): n0 is a multiple of 4 and N is even, so a pair
+    // that starts inside N ends there.
+    if (threadIdx.x < MAXR * ROWS / 2) {
+      const int r = threadIdx.x / (ROWS / 2), j = 2 * (threadIdx.x % (ROWS / 2)), n = n0 + j;
+      if (r < R && n < N) {
+        float s0 = 0.f, s1 = 0.f;
+#pragma unroll
+        for (int v = 0; v < WARPS; v++) {
+          s0 += part[v][r * ROWS + j];
+          s1 += part[v][r * ROWS + j + 1];
+        }
+        if (bias) {
+          s0 += ts::to_f32(bias[n]);
+          s1 += ts::to_f32(bias[n + 1]);
+        }
+        store(y + (size_t)r * (N / 2) + n / 2, ts::glu(glu, s0, s1));
+      }
+    }
+    return;
+  }
   if (threadIdx.x < MAXR * ROWS) {
     const int r = threadIdx.x / ROWS, j = threadIdx.x % ROWS, n = n0 + j;
     if (r < R && n < N) {
@@ -165,8 +188,9 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
            const T* __restrict__ w,     /* [N, K] */                                                        \
            const T* __restrict__ bias,  /* [N], or null */                                                  \
            const T* res,                /* [R, N] added before the store, or null */                        \
-           int R, int N, int K) {                                                                           \
-    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K);                                       \
+           int R, int N, int K,                                                                             \
+           int glu /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */) {                          \
+    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K, glu);                                  \
   }
 #define TS_GEMV_ENTRIES(MAXR)                                                  \
   TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16, MAXR, ts::bf16, ts::bf16)              \

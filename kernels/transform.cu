@@ -5,7 +5,9 @@
 //                         checkpoint's weights are the same on the device and on the host
 //   ts_fill_T             out[i] = value
 //   ts_transpose_T        out[b, a] = in[a, b] (GPT-2's Conv1D weights), 32x32 tiles via shared memory
-// Bytes: 2 n written (fills); 4 a b moved (transpose). Run once at load.
+//   ts_pair_rows_T        out row 2j = in row j, out row 2j + 1 = in row half + j (in: [2 half, row]):
+//                         the gate/up row pairs of matmul_glu's weight and bias
+// Bytes: 2 n written (fills); 4 a b moved (transpose, pair_rows). Run once at load.
 #include "common.cuh"
 
 namespace ts_transform {
@@ -58,6 +60,20 @@ TS_DEVICE void transpose(T* __restrict__ out, const T* __restrict__ in, int rows
   }
 }
 
+// in, out: [2 half, row] T (out row 2j = in row j, out row 2j + 1 = in row half + j). vec: row % 8
+// == 0 and 16-byte aligned pointers, moved in 16-byte units; else element by element.
+// Grid-stride over the output's units, so any grid covers it.
+template <class T>
+TS_DEVICE void pair_rows(T* __restrict__ out, const T* __restrict__ in, unsigned long long half, unsigned long long row, int vec) {
+  const unsigned long long per_row = vec ? row / 8 : row, n = 2 * half * per_row;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+    const unsigned long long r = i / per_row, c = i - r * per_row;
+    const unsigned long long src = ((r & 1) ? half + (r >> 1) : (r >> 1)) * per_row + c;
+    if (vec) reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(in)[src];
+    else out[i] = in[src];
+  }
+}
+
 }  // namespace ts_transform
 
 #define TS_TRANSFORM_ENTRIES(T, SUFFIX)                                                                                     \
@@ -73,6 +89,11 @@ TS_DEVICE void transpose(T* __restrict__ out, const T* __restrict__ in, int rows
   extern "C" __global__ void ts_transpose_##SUFFIX(T* __restrict__ out, const T* __restrict__ in, int rows, int cols) {     \
     ts::pdl_enter();                                                                                                        \
     ts_transform::transpose(out, in, rows, cols);                                                                           \
+  }                                                                                                                         \
+  extern "C" __global__ void ts_pair_rows_##SUFFIX(T* __restrict__ out, const T* __restrict__ in, unsigned long long half,  \
+                                                   unsigned long long row, int vec) {                                       \
+    ts::pdl_enter();                                                                                                        \
+    ts_transform::pair_rows(out, in, half, row, vec);                                                                       \
   }
 TS_TRANSFORM_ENTRIES(ts::bf16, bf16)
 TS_TRANSFORM_ENTRIES(ts::f16, f16)

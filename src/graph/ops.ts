@@ -9,7 +9,7 @@
  *   compute  per-step work on activations
  *   state    updates the paged KV cache and returns it
  * The model builders emit only the unfused ops; the fused ones (matmul with bias, matmul_add,
- * slice_cols, add_rmsnorm, add_layernorm, act_mul, rope_kv_write) come from the passes in
+ * slice_cols, add_rmsnorm, add_layernorm, act_mul, matmul_glu, rope_kv_write) come from the passes in
  * graph/passes.
  */
 import type { Attrs, DType, Dim } from './ir.js';
@@ -111,6 +111,17 @@ const SPECS = {
         rows += s[0] as number;
       }
       return [rows, ...rest];
+    },
+  },
+
+  pair_rows: {
+    category: 'load',
+    doc: 'w[2I, ...] -> rows 0, I, 1, I + 1, ...: row 2j is w[j], row 2j + 1 is w[I + j] (gate/up pairs for matmul_glu)',
+    shape(inputs) {
+      arity(inputs, 1);
+      const rows = inputs[0][0];
+      need(typeof rows === 'number' && rows % 2 === 0 && rows > 0, `rows of ${fmt(inputs[0])} must be fixed and even`);
+      return inputs[0];
     },
   },
 
@@ -306,6 +317,21 @@ const SPECS = {
       need(typeof c === 'number' && c % 2 === 0, `gateUp width ${c} must be even`);
       need(['silu', 'gelu', 'gelu_tanh'].includes(attrs.act as string), `unknown act ${String(attrs.act)}`);
       return [r, c / 2];
+    },
+  },
+  matmul_glu: {
+    category: 'compute',
+    fused: true,
+    doc: "x[R, K], w[2I, K] (, b[2I]) in (gate, up) row pairs -> act(x w[2j]^T (+ b[2j])) * (x w[2j+1]^T (+ b[2j+1])): [R, I], the gated unit in the GEMM epilogue; act: 'silu', 'gelu' or 'gelu_tanh'",
+    shape(inputs, attrs) {
+      need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
+      const [r, k] = matrix(inputs[0], 'x');
+      const [n, k2] = matrix(inputs[1], 'w');
+      need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+      need(typeof n === 'number' && n % 2 === 0, `w ${fmt(inputs[1])} must have an even number of rows (gate, up pairs)`);
+      if (inputs.length === 3) need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match N = ${n}`);
+      need(['silu', 'gelu', 'gelu_tanh'].includes(attrs.act as string), `unknown act ${String(attrs.act)}`);
+      return [r, n / 2];
     },
   },
   rope_kv_write: {

@@ -270,6 +270,18 @@ for (const shapes of [[[17, 24]], [[1, 72], [3, 72], [65, 72]], [[8], [24], [264
   });
 }
 
+for (const shape of [[2, 8], [6, 24], [520, 72], [264], [4, 3, 16]]) {
+  add({
+    op: 'pair_rows',
+    name: fmt(shape),
+    loadTime: true,
+    prepare(g) {
+      const x = g.act(numel(shape));
+      return { attrs: {}, inputs: [f(x, shape)], step: plainStep(1), expect: [{ name: 'y', shape, value: ref.pairRows(x, shape) }], what: `x ${fmt(shape)}` };
+    },
+  });
+}
+
 // ---- gathers
 
 for (const [rows, vocab, d] of [[1, 50, 8], [3, 7, 24], [17, 300, 264], [130, 1000, 520], [65, 3, 72]]) {
@@ -460,6 +472,52 @@ for (const [r, k, n, bias, variant, alias] of [
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, n], value: y.value, scale: y.scale }],
         what: `x ${fmt([r, k])} w ${fmt([n, k])} residual ${fmt([r, n])}${b ? ` b [${n}]` : ''}${variant ? ` variant ${variant}` : ''}${alias ? ' (sum written over the residual)' : ''}`,
+      };
+    },
+  });
+}
+
+// ---- matmul_glu: the gated unit (SwiGLU, GeGLU) in the GEMM epilogue
+
+// [R, K, I, act, bias, f32 out, variant]: w is [2I, K] in (gate, up) row pairs. Each GEMM path's
+// epilogue: the tile kernel without and with split-K (its last split merges; 'separate': the
+// reduce kernel gates), the large tile, the GEMV (a block's 4 rows are two pairs; I odd leaves
+// the last block one pair), and every Hopper rung (sm90s's reduce gates; sm90k's last piece).
+for (const [r, k, inner, act, bias, f32Out, variant] of [
+  [1, 32, 4, 'silu', false, false],
+  [3, 72, 12, 'gelu', true, false],
+  [130, 256, 132, 'silu', false, false],
+  [1, 1024, 260, 'silu', true, false],
+  [17, 1024, 12, 'gelu_tanh', false, true],
+  [1, 1024, 260, 'gelu', true, false, 'separate'],
+  [17, 1024, 19, 'silu', false, false, 'separate'],
+  [300, 64, 2820, 'silu', true, false],
+  [1, 4104, 19, 'silu', true, false, 'gemv'],
+  [5, 520, 131, 'gelu_tanh', false, true, 'gemv'],
+  [8, 264, 2, 'silu', false, false, 'gemv'],
+  [130, 72, 132, 'silu', true, false, 'sm90'],
+  [257, 200, 19, 'gelu', false, false, 'sm90'],
+  [130, 1032, 132, 'silu', true, true, 'sm90s'],
+  [130, 72, 132, 'gelu_tanh', true, false, 'sm90p'],
+  [130, 1032, 132, 'silu', true, false, 'sm90k'],
+  [257, 136, 4356, 'silu', false, false, 'sm90c'],
+  [257, 136, 4356, 'silu', true, false, 'sm90pc'],
+] as Array<[number, number, number, ref.Act, boolean, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?]>) {
+  add({
+    op: 'matmul_glu',
+    name: `R${r} K${k} I${inner} ${act}${bias ? ' +bias' : ''}${f32Out ? ' f32 out' : ''}${variant ? ` ${variant}` : ''}`,
+    prepare(g) {
+      const n = 2 * inner;
+      const x = g.act(r * k), w = g.weights(n * k, k), b = bias ? g.bias(n) : null;
+      const inputs = [f(x, [r, k]), f(w, [n, k])];
+      if (b) inputs.push(f(b, [n]));
+      const y = ref.matmulGlu(x, w, b, r, k, inner, act);
+      return {
+        attrs: { act, ...(f32Out ? { outputDtype: 'f32' } : {}), ...gemmAttrs(variant) } as Attrs,
+        inputs,
+        step: plainStep(r),
+        expect: [{ name: 'y', shape: [r, inner], value: y.value, scale: y.scale }],
+        what: `x ${fmt([r, k])} w ${fmt([n, k])} in pairs${b ? ` b [${n}]` : ''} act ${act}${f32Out ? ' outputDtype f32' : ''}${variant ? ` variant ${variant}` : ''}`,
       };
     },
   });

@@ -58,6 +58,18 @@ export function concatRows(parts: readonly Vec[]): Float64Array {
   return y;
 }
 
+/** x[2I, ...] -> row 2j = x row j, row 2j + 1 = x row I + j. */
+export function pairRows(x: Vec, shape: readonly number[]): Float64Array {
+  const row = shape.slice(1).reduce((a, d) => a * d, 1), half = shape[0] / 2;
+  const y = new Float64Array(x.length);
+  for (let j = 0; j < half; j++)
+    for (let c = 0; c < row; c++) {
+      y[2 * j * row + c] = x[j * row + c];
+      y[(2 * j + 1) * row + c] = x[(half + j) * row + c];
+    }
+  return y;
+}
+
 // ---------------------------------------------------------------- gathers
 
 /** ids[R] into table[V, D] -> [R, D]. */
@@ -172,6 +184,32 @@ export function actMul(gu: Vec, rows: number, inner: number, act: Act): Float64A
   const y = new Float64Array(rows * inner);
   for (let r = 0; r < rows; r++) for (let i = 0; i < inner; i++) y[r * inner + i] = f(gu[r * 2 * inner + i]) * gu[r * 2 * inner + inner + i];
   return y;
+}
+
+/** The activation's slope, by a central difference in f64 (for the error scale of a gated product). */
+function slope(f: (x: number) => number, x: number): number {
+  const h = 1e-5 * Math.max(1, Math.abs(x));
+  return (f(x + h) - f(x - h)) / (2 * h);
+}
+
+/**
+ * matmul_glu: x[R, K], w[2I, K] in (gate, up) row pairs (, b[2I]) -> act(g) * u, g and u the
+ * products of rows 2j and 2j + 1. scale: how the reductions' error scales s_g, s_u (matmul's)
+ * carry through the product, |act'(g) u| s_g + |act(g)| s_u.
+ */
+export function matmulGlu(x: Vec, w: Vec, bias: Vec | null, rows: number, k: number, inner: number, act: Act): Reduction {
+  const f = act === 'silu' ? siluScalar : act === 'gelu' ? geluErfScalar : geluTanhScalar;
+  const z = matmul(x, w, bias, rows, k, 2 * inner);
+  const value = new Float64Array(rows * inner);
+  const scale = new Float64Array(rows * inner);
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < inner; j++) {
+      const gi = r * 2 * inner + 2 * j;
+      const g = z.value[gi], u = z.value[gi + 1];
+      value[r * inner + j] = f(g) * u;
+      scale[r * inner + j] = Math.abs(slope(f, g) * u) * z.scale[gi] + Math.abs(f(g)) * z.scale[gi + 1];
+    }
+  return { value, scale };
 }
 
 /** x[R, C] -> x[:, start : start + count]. */

@@ -20,6 +20,7 @@ import {
   gemmPlan,
   matmul,
   matmulAdd,
+  matmulGlu,
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
 import type { CudaOpContext, Launch } from '../../src/backend/cuda/ops/types.js';
@@ -53,7 +54,7 @@ function macroEntryNames(source: string, perConfig: string, params: string[]): s
  * One matmul launch (matmul_add with `res`: the residual at p.res, which defaults to y's buffer,
  * the in-place sum the planner makes).
  */
-function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: boolean; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; maxClusters?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws' | 'res', bigint>> }) {
+function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: boolean; glu?: string; yCols?: number; out?: 'bf16' | 'f16' | 'f32'; storage?: 'bf16' | 'f16'; sms?: number; maxClusters?: number; attrs?: Attrs; ptrs?: Partial<Record<'x' | 'w' | 'b' | 'y' | 'ws' | 'res', bigint>> }) {
   const { R, N, K } = opts;
   const p = { x: 0x1000n, w: 0x2000n, b: 0x3000n, y: 0x4000n, ws: 0x100000n, ...opts.ptrs };
   const launches: Recorded[] = [];
@@ -66,8 +67,8 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
   if (opts.bias) inputs.push(tensor([N], st, p.b));
   const ctx: CudaOpContext = {
     inputs,
-    outputs: [tensor([R, N], opts.out ?? st, p.y)],
-    attrs: opts.attrs ?? {},
+    outputs: [tensor([R, opts.yCols ?? (opts.glu ? N / 2 : N)], opts.out ?? st, p.y)],
+    attrs: { ...(opts.glu ? { act: opts.glu } : {}), ...opts.attrs },
     step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
     device: fakeDevice(opts.sms ?? 132),
     launch: (decl, launch, args) => {
@@ -98,7 +99,7 @@ function run(opts: { R: number; N: number; K: number; bias?: boolean; res?: bool
       throw new Error('no tensor maps expected');
     },
   };
-  (opts.res ? matmulAdd : matmul)(ctx);
+  (opts.glu ? matmulGlu : opts.res ? matmulAdd : matmul)(ctx);
   return { launches, scratch, boxes, clusterQueries };
 }
 
@@ -134,8 +135,8 @@ describe('gemm tile table', () => {
       ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90K?_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
-    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32']);
-    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32']);
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32', 'glu:i32']);
+    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32', 'glu:i32']);
   });
 
   it('keeps every config within 48 KiB of dynamic shared memory', () => {
@@ -248,7 +249,7 @@ describe('matmul launcher', () => {
     const [l] = launches;
     expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
     expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
-    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1 });
   });
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
@@ -264,7 +265,7 @@ describe('matmul launcher', () => {
     expect(launches.map((l) => l.decl.name)).toEqual([out === 'f32' ? 'ts_gemm_16x128_bf16_f32' : 'ts_gemm_16x128_bf16']);
     expect(launches[0].launch.grid).toEqual([32, 1, 8]);
     // One counter a tile (32 tiles), from the backend's zeroed area.
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16, glu: -1 });
     expect(() => run({ R: 1, N: 4096, K: 4096, attrs: { gemmSplitMerge: 'later' } })).toThrow(/matmul: attr gemmSplitMerge must be fused or separate, got later/);
   });
 
@@ -275,7 +276,7 @@ describe('matmul launcher', () => {
     const [gemm, reduce] = launches;
     expect(gemm.launch.grid).toEqual([32, 1, 8]);
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, ws: 0n, counters: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
-    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8, glu: -1 });
     expect(reduce.launch.block).toEqual([256, 1, 1]);
     expect(reduce.launch.grid).toEqual([16, 1, 1]);
   });
@@ -291,6 +292,35 @@ describe('matmul launcher', () => {
     expect(forStorage(GEMM_KERNELS['64x128'].bf16, 'bf16')).toBe(GEMM_KERNELS['64x128'].bf16);
     // One storage type for x, w and bias; y is it or f32.
     expect(() => run({ R: 2, N: 8, K: 32, storage: 'f16', out: 'bf16' })).toThrow(/matmul: y must be f16 or f32/);
+  });
+
+  it('matmul_glu: the gated unit in every rung, y [R, N / 2], the split partials and the rung before them ungated', () => {
+    // glu is the activation's code (silu 0, gelu 1, gelu_tanh 2) where y is written, GLU_NONE (-1) where partials are.
+    const tiles = run({ R: 8192, N: 28672, K: 4096, glu: 'silu' }).launches;
+    expect(tiles.map((l) => [l.decl.name, l.args.glu, l.args.N])).toEqual([['ts_gemm_128x128_bf16', 0, 28672]]);
+    const merged = run({ R: 1, N: 4096, K: 4096, bias: true, glu: 'gelu' }).launches;
+    expect(merged.map((l) => [l.decl.name, l.args.glu, l.args.ws])).toEqual([['ts_gemm_16x128_bf16', 1, 0x100000n]]);
+    const separate = run({ R: 1, N: 4096, K: 4096, glu: 'gelu_tanh', attrs: { gemmSplitMerge: 'separate' } }).launches;
+    expect(separate.map((l) => [l.decl.name, l.args.glu])).toEqual([
+      ['ts_gemm_16x128_bf16_f32', -1],
+      ['ts_gemm_splitk_reduce_bf16', 2],
+    ]);
+    // The reduce covers the R N / 2 outputs: 2048 at 256 a block.
+    expect(separate[1].launch.grid).toEqual([8, 1, 1]);
+    expect(run({ R: 2, N: 64, K: 64, glu: 'silu', attrs: { gemmVariant: 'gemv' } }).launches.map((l) => [l.decl.name, l.args.glu])).toEqual([['ts_gemv_r2_bf16', 0]]);
+    for (const v of ['sm90', 'sm90p', 'sm90k', 'sm90c', 'sm90pc'])
+      expect(run({ R: 1024, N: 4096, K: 4096, glu: 'silu', maxClusters: 66, attrs: { gemmVariant: v } }).launches.map((l) => l.args.glu), v).toEqual([0]);
+    const sm90s = run({ R: 256, N: 4096, K: 4096, glu: 'silu', attrs: { gemmVariant: 'sm90s' } }).launches;
+    expect(sm90s.map((l) => [l.decl.name, l.args.glu])).toEqual([
+      ['ts_gemm_sm90_bf16_f32', -1],
+      ['ts_gemm_splitk_reduce_bf16', 0],
+    ]);
+  });
+
+  it('matmul_glu refuses an odd N, a y that is not [R, N / 2] and an unknown activation', () => {
+    expect(() => run({ R: 2, N: 63, K: 64, glu: 'silu', yCols: 31 })).toThrow(/matmul_glu: w must have an even number of rows \(gate, up pairs\), not 63/);
+    expect(() => run({ R: 2, N: 64, K: 64, glu: 'silu', yCols: 64 })).toThrow(/matmul_glu: y must be \[2, 32\]/);
+    expect(() => run({ R: 2, N: 64, K: 64, glu: 'swish' })).toThrow(/matmul_glu: unknown activation swish/);
   });
 
   it('launches nothing for zero rows or zero columns', () => {
@@ -358,7 +388,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     // x far from y: the launcher refuses a y that overlaps the x it reads.
     const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true, ptrs: { x: 1n << 32n } });
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1 });
   });
 
   it('passes it with split K to the merging tile kernel, or adds it in the separate reduce, not in the partials, after the bias', () => {
@@ -369,7 +399,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     const [gemm, reduce] = launches;
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n });
     expect(reduce.decl.name).toBe('ts_gemm_splitk_reduce_bf16');
-    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x8000n, R: 1, N: 4096, splits: 8 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x8000n, R: 1, N: 4096, splits: 8, glu: -1 });
   });
 
   it('passes it to the GEMV and the Hopper kernel, in both storage types', () => {
@@ -383,7 +413,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     const sm90s = run({ R: 256, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90s' }, ptrs: { x: 1n << 32n } }).launches;
     expect(sm90s.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16_f32', 'ts_gemm_splitk_reduce_bf16']);
     expect(sm90s[0].args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, splits: 4 });
-    expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4 });
+    expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4, glu: -1 });
     // sm90p: its own entries, 128 x 128 tiles (w's box 128 rows), a persistent grid over them.
     const sm90p = run({ R: 1024, N: 4096, K: 4104, res: true, bias: true, storage: 'f16', attrs: { gemmVariant: 'sm90p' }, ptrs: { x: 1n << 32n } });
     expect(sm90p.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90p_f16']);
@@ -553,7 +583,7 @@ describe('the GEMV variant', () => {
       expect(launches[0].decl.name).toBe(GEMV_KERNELS[maxR].f32.name);
       expect(launches[0].launch.grid).toEqual([Math.ceil(N / 4), 1, 1]);
       expect(launches[0].launch.block).toEqual([256, 1, 1]);
-      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64 });
+      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64, glu: -1 });
     }
   });
 });

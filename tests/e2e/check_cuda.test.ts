@@ -3,7 +3,7 @@
  * backend on the GPU op's own inputs. On the GPU, or without one on the kernel emulator
  * (tests/cuda/emu); skipped, saying why, only where neither is possible.
  *  - every supported architecture's tiny checkpoint, bf16 and fp16: every op within tolerance;
- *  - a broken kernel is named: with act_mul computing gelu for the model's silu on the GPU,
+ *  - a broken kernel is named: with matmul_glu computing gelu for the model's silu on the GPU,
  *    exactly its outputs fail (the ops after it are judged on the inputs they were given, so
  *    they pass);
  *  - the command itself: the table, --json, and one sentence where it cannot run.
@@ -73,24 +73,24 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
     }, 120_000);
   });
 
-  it('names the broken op: act_mul computing gelu for silu fails on exactly its own outputs', async () => {
+  it('names the broken op: matmul_glu computing gelu for silu fails on exactly its own outputs', async () => {
     const llm = await Tessera.load(DEMO_MODEL_DIR, { device: 'cuda', kvBlockSize: 16, maxNumSeqs: 2 });
-    const actMul = CUDA_OPS.act_mul;
-    CUDA_OPS.act_mul = (ctx) => {
+    const matmulGlu = CUDA_OPS.matmul_glu;
+    CUDA_OPS.matmul_glu = (ctx) => {
       expect(ctx.attrs.act).toBe('silu');
-      actMul({ ...ctx, attrs: { ...ctx.attrs, act: 'gelu' } });
+      matmulGlu({ ...ctx, attrs: { ...ctx.attrs, act: 'gelu' } });
     };
     try {
       const report = await checkModel(llm, [llm.tokenizer.encode('Once upon a time')], 1);
       expect(report.ok).toBe(false);
-      expect(new Set(report.failures.map((f) => f.op))).toEqual(new Set(['act_mul']));
-      // Every act_mul call of both steps (the demo model has 4 layers).
+      expect(new Set(report.failures.map((f) => f.op))).toEqual(new Set(['matmul_glu']));
+      // Every gated-unit GEMM call of both steps (the demo model has 4 layers).
       expect(report.failures.map((f) => `${f.step} ${f.label}`)).toEqual(
-        ['prefill', 'decode 1'].flatMap((s) => [0, 1, 2, 3].map((l) => `${s} model.layers.${l}.mlp.act`)),
+        ['prefill', 'decode 1'].flatMap((s) => [0, 1, 2, 3].map((l) => `${s} model.layers.${l}.mlp.gate_proj+up_proj`)),
       );
       expect(report.failures[0].relError).toBeGreaterThan(0.3);
     } finally {
-      CUDA_OPS.act_mul = actMul;
+      CUDA_OPS.matmul_glu = matmulGlu;
       await llm.close();
     }
   }, 120_000);
@@ -103,7 +103,7 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
     expect(Number(a) - Number(b)).toBe(3);
     const lines = text.stdout.split('\n');
     expect(lines.filter((l) => /^(prefill|decode \d) +\d+ tokens +\d+ outputs +worst \d/.test(l))).toHaveLength(3);
-    for (const op of ['embedding', 'rmsnorm', 'matmul', 'matmul_add', 'rope_kv_write', 'attention', 'act_mul']) expect(text.stdout, op).toMatch(new RegExp(`^  ${op} +\\d+ outputs +\\S+  ok  `, 'm'));
+    for (const op of ['embedding', 'rmsnorm', 'matmul', 'matmul_add', 'rope_kv_write', 'attention', 'matmul_glu']) expect(text.stdout, op).toMatch(new RegExp(`^  ${op} +\\d+ outputs +\\S+  ok  `, 'm'));
     expect(lines.at(-2)).toMatch(/^all \d+ outputs within tolerance \(0.03125, bf16\)$/);
     const json = await runCli(['check', '--decode-steps', '1', '--json']);
     expect(json.code, json.stderr).toBe(0);

@@ -17,6 +17,7 @@ import { foldBias } from '../../src/graph/passes/rules/fold_bias.js';
 import { fuseActMul } from '../../src/graph/passes/rules/fuse_act_mul.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from '../../src/graph/passes/rules/fuse_add_norm.js';
 import { fuseMatmulAdd } from '../../src/graph/passes/rules/fuse_matmul_add.js';
+import { fuseMatmulGlu } from '../../src/graph/passes/rules/fuse_matmul_glu.js';
 import { fuseRopeKvWrite } from '../../src/graph/passes/rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from '../../src/graph/passes/rules/identity.js';
 import { mergeSiblings } from '../../src/graph/passes/rules/merge_siblings.js';
@@ -657,6 +658,65 @@ describe('fuse_act_mul', () => {
   });
 });
 
+// ---- fuse_matmul_glu ----
+
+describe('fuse_matmul_glu', () => {
+  /** act_mul(matmul(x, w[12, 8] (, b[12]))) -> down projection. */
+  function gated(opts: { bias?: boolean; act?: string; attrs?: Attrs } = {}) {
+    const { b, g, x } = start();
+    const mmInputs = [x, b.weight('l0.gate_up.weight', [12, 8])];
+    if (opts.bias) mmInputs.push(b.weight('l0.gate_up.bias', [12]));
+    const z = b.op('matmul', mmInputs, opts.attrs ?? {}, 'l0.gate_up');
+    const m = b.op('act_mul', [z], { act: opts.act ?? 'silu' }, 'l0.mlp.act');
+    return { b, g, x, z, m };
+  }
+
+  it('act_mul(matmul(x, w)) -> matmul_glu(x, pair_rows(w)) with the GEMM label and order and the act_mul output name', () => {
+    const { b, g, x, z, m } = gated();
+    b.output(b.op('matmul', [m, b.weight('l0.down.weight', [8, 6])], {}, 'l0.down'));
+    const mm = producer(g, z);
+    expect(runKeepingResults(g, fuseMatmulGlu)).toEqual({ fuse_matmul_glu: 1 });
+    expect(ops(g)).toEqual(['embedding', 'pair_rows', 'matmul_glu', 'matmul']);
+    const [fused] = liveOf(g, 'matmul_glu');
+    expect(fused.inputs[0]).toBe(x);
+    const pairs = producer(g, fused.inputs[1]);
+    expect([pairs.op, g.value(pairs.inputs[0]).name, g.value(pairs.outputs[0]).kind, g.value(pairs.outputs[0]).shape]).toEqual(['pair_rows', 'l0.gate_up.weight', 'constant', [12, 8]]);
+    expect(fused.attrs).toEqual({ act: 'silu' });
+    expect([fused.label, fused.order, fused.layer]).toEqual(['l0.gate_up', mm.order, 0]);
+    expect(g.value(fused.outputs[0]).name).toBe('l0.mlp.act');
+    expect(g.value(fused.outputs[0]).shape).toEqual(['T', 6]);
+    expect(liveOf(g, 'matmul')[0].inputs[0]).toBe(fused.outputs[0]);
+  });
+
+  it('pairs the bias as well, and carries each activation', () => {
+    for (const act of ['silu', 'gelu', 'gelu_tanh']) {
+      const { b, g, m } = gated({ bias: true, act });
+      b.output(m);
+      expect(runKeepingResults(g, fuseMatmulGlu), act).toEqual({ fuse_matmul_glu: 1 });
+      const out = producer(g, g.outputs[0]);
+      expect([out.op, out.attrs, out.inputs.length], act).toEqual(['matmul_glu', { act }, 3]);
+      expect(out.inputs.slice(1).map((i) => [producer(g, i).op, g.value(producer(g, i).inputs[0]).name])).toEqual([
+        ['pair_rows', 'l0.gate_up.weight'],
+        ['pair_rows', 'l0.gate_up.bias'],
+      ]);
+    }
+  });
+
+  it('not when the GEMM output has a second user, or it was asked for f32', () => {
+    {
+      const { b, g, z, m } = gated();
+      b.output(m);
+      b.output(z);
+      expect(run(g, fuseMatmulGlu), 'second user').toEqual({ fuse_matmul_glu: 0 });
+    }
+    {
+      const { b, g, m } = gated({ attrs: { outputDtype: 'f32' } });
+      b.output(m);
+      expect(run(g, fuseMatmulGlu), 'f32 output').toEqual({ fuse_matmul_glu: 0 });
+    }
+  });
+});
+
 // ---- fuse_add_rmsnorm / fuse_add_layernorm ----
 
 describe('fuse_matmul_add', () => {
@@ -975,7 +1035,7 @@ describe('runPass, optimize and prune', () => {
     });
   });
 
-  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, residual adds into GEMMs, fuse, in that order', () => {
+  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, residual adds into GEMMs, fuse, gated units into GEMMs, in that order', () => {
     expect(DEFAULT_PASSES.map((p) => [p.name, p.rules.map((r) => r.name)])).toEqual([
       ['fold_bias', ['fold_bias']],
       ['merge_siblings', ['merge_sibling_matmuls']],
@@ -983,6 +1043,7 @@ describe('runPass, optimize and prune', () => {
       ['sink_gather', ['sink_gather']],
       ['fuse_residual', ['fuse_matmul_add']],
       ['fuse', ['fuse_act_mul', 'fuse_add_rmsnorm', 'fuse_add_layernorm', 'fuse_rope_kv_write']],
+      ['fuse_glu', ['fuse_matmul_glu']],
     ]);
     for (const p of DEFAULT_PASSES) for (const r of p.rules) expect(OPS[r.root], r.name).toBeDefined();
   });
@@ -1051,7 +1112,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
   // add, down_proj, mul, silu, the two gate/up slices, gate_up, post-attention norm, residual add
   // and o_proj (10), stopping at attention; the 4 residual adds (after o_proj and down_proj of
   // each layer) into the GEMM epilogues, so no add is left for a norm; per layer one act_mul and
-  // one rope_kv_write.
+  // one rope_kv_write; then each act_mul into its gate/up GEMM's epilogue.
   llama: {
     fold_bias: { fold_bias: 0 },
     merge_siblings: { merge_sibling_matmuls: 4 },
@@ -1059,6 +1120,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     sink_gather: { sink_gather: 10 },
     fuse_residual: { fuse_matmul_add: 4 },
     fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    fuse_glu: { fuse_matmul_glu: 2 },
   },
   // + the q, k, v biases of 2 layers folded.
   qwen2: {
@@ -1068,6 +1130,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     sink_gather: { sink_gather: 10 },
     fuse_residual: { fuse_matmul_add: 4 },
     fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
+    fuse_glu: { fuse_matmul_glu: 2 },
   },
   // 6 biases per layer; only q/k/v are siblings; their weight and bias slices re-merge; the
   // logits gather up through layer 1's residual add, mlp.c_proj, gelu, c_fc, ln_2, residual add
@@ -1080,13 +1143,14 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     sink_gather: { sink_gather: 7 },
     fuse_residual: { fuse_matmul_add: 4 },
     fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 1, fuse_rope_kv_write: 2 },
+    fuse_glu: { fuse_matmul_glu: 0 },
   },
 };
 
 const LLAMA_FUSED: GraphSummary = {
-  kernelsPerStep: 23, // embed; 9 in layer 0; layer 1's 9 + the two row gathers after attention; final norm, lm_head
-  layerKernels: { rmsnorm: 2, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, act_mul: 1 },
-  loadTimeOps: 4, // the q/k/v and gate/up weight concats of 2 layers
+  kernelsPerStep: 21, // embed; 8 in layer 0; layer 1's 8 + the two row gathers after attention; final norm, lm_head
+  layerKernels: { rmsnorm: 2, matmul: 1, matmul_glu: 1, matmul_add: 2, rope_kv_write: 1, attention: 1 },
+  loadTimeOps: 6, // the q/k/v and gate/up weight concats of 2 layers, and the gate/up row pairs
 };
 const LLAMA_UNFUSED: GraphSummary = {
   kernelsPerStep: 38,
@@ -1108,7 +1172,7 @@ const SUMMARIES: Record<Variant, { fused: GraphSummary; unfused: GraphSummary }>
   llama: { fused: LLAMA_FUSED, unfused: LLAMA_UNFUSED },
   llama3: { fused: LLAMA_FUSED, unfused: LLAMA_UNFUSED },
   mistral: { fused: LLAMA_FUSED, unfused: LLAMA_UNFUSED },
-  qwen2: { fused: { ...LLAMA_FUSED, loadTimeOps: 6 }, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 44, layerKernels: { ...LLAMA_UNFUSED.layerKernels, add: 5 } } },
+  qwen2: { fused: { ...LLAMA_FUSED, loadTimeOps: 8 }, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 44, layerKernels: { ...LLAMA_UNFUSED.layerKernels, add: 5 } } },
   qwen3: { fused: LLAMA_FUSED, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 42, layerKernels: { ...LLAMA_UNFUSED.layerKernels, rmsnorm: 4 } } },
   gpt2: { fused: GPT2_FUSED, unfused: GPT2_UNFUSED },
   gpt2_bare: { fused: GPT2_FUSED, unfused: GPT2_UNFUSED },
@@ -1171,7 +1235,7 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
   it('load-time ops stay load-time; no per-step transpose, slice_rows, concat_rows or slice_cols', () => {
     const nodes = fused.schedule();
     for (const n of nodes) expect(OPS[n.op].category === 'load', `${n.label}: ${n.op}`).toBe(isLoad(fused, n));
-    expect(countOps(nodes.filter((n) => isLoad(fused, n)))).toEqual(gpt2 ? { transpose: 8 } : { concat_rows: variant === 'qwen2' ? 6 : 4 });
+    expect(countOps(nodes.filter((n) => isLoad(fused, n)))).toEqual(gpt2 ? { transpose: 8 } : { concat_rows: variant === 'qwen2' ? 6 : 4, pair_rows: 2 });
     expect(nodes.filter((n) => n.op === 'slice_cols')).toEqual([]);
   });
 
@@ -1204,7 +1268,20 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
       const first = of('add_layernorm')[0];
       expect([first.label, first.layer, first.inputs.slice(0, 2).map((i) => producer(fused, i).label)]).toEqual(['transformer.h.0.ln_1', 0, ['wte', 'wpe']]);
     } else {
-      expect(of('act_mul').map((n) => n.attrs)).toEqual([{ act: 'silu' }, { act: 'silu' }]);
+      // The gated unit in the gate/up GEMM's epilogue, over the merged weight in row pairs.
+      expect(of('act_mul')).toEqual([]);
+      expect(
+        of('matmul_glu').map((n) => [n.label, n.attrs, n.inputs.length, fused.value(n.outputs[0]).name, producer(fused, n.inputs[1]).op, name(producer(fused, n.inputs[1]).inputs[0])]),
+      ).toEqual(
+        [0, 1].map((l) => [
+          `model.layers.${l}.mlp.gate_proj+up_proj`,
+          { act: 'silu' },
+          2,
+          `model.layers.${l}.mlp.act`,
+          'pair_rows',
+          `model.layers.${l}.mlp.gate_proj+up_proj.weight`,
+        ]),
+      );
       for (const n of of('rope_kv_write')) {
         const l = n.layer!;
         expect(n.label).toBe(`model.layers.${l}.rope_kv_write`);

@@ -59,8 +59,14 @@ export class CpuBackend implements Backend {
     for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
     const bytes = (shape: number[]) => 4 * shape.reduce((a, d) => a * d, 1);
     const totalBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? bytes(w.shape) : 0), 0);
+    // A tensor no call reads goes once the last transform that reads it has run (raw gate and up
+    // weights, their concatenation, its pairs), so they are not all held through the whole load.
+    const lastReader = new Map<string, number>();
+    program.weights.forEach((w, i) => {
+      if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
+    });
     let loadedBytes = 0;
-    for (const w of program.weights) {
+    for (const [i, w] of program.weights.entries()) {
       let data: Float32Array;
       if ('tensor' in w.source) {
         data = await source.readF32(w.source.tensor);
@@ -71,6 +77,7 @@ export class CpuBackend implements Backend {
         const inputs = w.source.inputs.map((n) => this.weights.get(n)!);
         const output = { data, shape: w.shape };
         CPU_KERNELS[w.source.op]({ inputs, output, outputs: [output], attrs: w.source.attrs, step: EMPTY_STEP });
+        for (const name of w.source.inputs) if (lastReader.get(name) === i && !used.has(name)) this.weights.delete(name);
       }
       this.weights.set(w.name, { data, shape: w.shape });
     }

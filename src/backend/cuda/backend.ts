@@ -27,7 +27,7 @@ import { ATTENTION_VARIANTS } from './ops/attention.js';
 import { GEMM_VARIANTS } from './ops/gemm.js';
 import { elementBytes, type CudaOpContext, type DeviceStep, type DeviceTensor, type Launch, type StorageDType } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
-import { FILL, FILL_UNIFORM, TRANSPOSE } from './ops/transform.js';
+import { FILL, FILL_UNIFORM, PAIR_ROWS, TRANSPOSE } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
 function fatbinPath(): string {
@@ -402,8 +402,15 @@ export class CudaBackend implements Backend {
         'limit',
       );
     const totalTensorBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? 2 * numel(w.shape) : 0), 0);
+    // The last load-time transform that reads each tensor: one that no call reads is freed right
+    // after it, so a layer's raw gate and up weights, their concatenation and its pairs are not
+    // all held at once through the whole load (the check above counts the weights calls read).
+    const lastReader = new Map<string, number>();
+    program.weights.forEach((w, i) => {
+      if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
+    });
     let loadedBytes = 0;
-    for (const w of program.weights) {
+    for (const [i, w] of program.weights.entries()) {
       this.driver.currentOp = `loading ${w.name}`;
       const n = numel(w.shape);
       const ptr = this.alloc(2 * n);
@@ -418,6 +425,15 @@ export class CudaBackend implements Backend {
         onProgress?.({ loadedBytes, totalBytes: totalTensorBytes, name: w.name });
       } else {
         this.loadTimeOp(w.source.op, w.source.attrs, w.source.inputs.map((name) => this.weights.get(name)!), tensor);
+        const done = w.source.inputs.filter((name) => lastReader.get(name) === i && !used.has(name) && this.weights.has(name));
+        if (done.length > 0) {
+          // The transform reads them on the stream: it finishes before they go.
+          this.driver.synchronize(this.stream);
+          for (const name of new Set(done)) {
+            this.release(this.weights.get(name)!.ptr);
+            this.weights.delete(name);
+          }
+        }
       }
       this.weights.set(w.name, tensor);
     }
@@ -455,7 +471,7 @@ export class CudaBackend implements Backend {
     else this.launchDecl(forStorage(FILL_UNIFORM, dtype), launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
   }
 
-  /** transpose by kernel; slice_rows and concat_rows by device copies. */
+  /** transpose and pair_rows by kernel; slice_rows and concat_rows by device copies. */
   private loadTimeOp(op: OpName, attrs: Attrs, inputs: DeviceTensor[], out: DeviceTensor): void {
     const rowBytes = (t: DeviceTensor) => 2 * t.shape.slice(1).reduce((a, d) => a * d, 1);
     switch (op) {
@@ -470,6 +486,19 @@ export class CudaBackend implements Backend {
       case 'slice_rows': {
         const rb = rowBytes(inputs[0]);
         this.driver.copyDeviceAsync(out.ptr, inputs[0].ptr + BigInt((attrs.start as number) * rb), (attrs.count as number) * rb, this.stream);
+        return;
+      }
+      case 'pair_rows': {
+        const half = inputs[0].shape[0] / 2, row = inputs[0].shape.slice(1).reduce((a, d) => a * d, 1);
+        const units = 2 * half * (row % 8 === 0 ? row / 8 : row);
+        if (units === 0) return;
+        this.launchDecl(forStorage(PAIR_ROWS, out.dtype as StorageDType), { grid: [Math.min(Math.ceil(units / 256), 65535), 1, 1], block: [256, 1, 1] }, {
+          out: out.ptr,
+          input: inputs[0].ptr,
+          half: BigInt(half),
+          row: BigInt(row),
+          vec: row % 8 === 0 ? 1 : 0,
+        });
         return;
       }
       case 'concat_rows': {

@@ -8,6 +8,8 @@
  *   fuse_residual    residual adds of a GEMM's output into its epilogue (before fuse, which would
  *                    take them into add + norm: the epilogue moves 8 bytes per element, not 10)
  *   fuse             act * mul, the residual adds left + norm, q/k norm + RoPE + KV write
+ *   fuse_glu         the act * mul just made into its gate/up GEMM's epilogue (weights paired
+ *                    at load)
  *   prune            drops what the rewrites made unreachable
  */
 import type { Graph } from '../ir.js';
@@ -16,6 +18,7 @@ import { runPass, type Pass, type PassReport } from './rewrite.js';
 import { foldBias } from './rules/fold_bias.js';
 import { fuseActMul } from './rules/fuse_act_mul.js';
 import { fuseMatmulAdd } from './rules/fuse_matmul_add.js';
+import { fuseMatmulGlu } from './rules/fuse_matmul_glu.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
 import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from './rules/identity.js';
@@ -29,6 +32,7 @@ export const DEFAULT_PASSES: Pass[] = [
   { name: 'sink_gather', rules: [sinkGather] },
   { name: 'fuse_residual', rules: [fuseMatmulAdd] },
   { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
+  { name: 'fuse_glu', rules: [fuseMatmulGlu] },
 ];
 
 export interface OptimizeResult {

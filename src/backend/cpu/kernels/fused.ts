@@ -1,6 +1,7 @@
 /**
  * Fused ops made by the graph passes, over packed inputs:
  *   act_mul: gateUp[R, 2I] -> act(gateUp[:, :I]) * gateUp[:, I:]
+ *   matmul_glu: x[R, K], w[2I, K] in (gate, up) row pairs (, b[2I]) -> act(gate) * up: [R, I]
  *   rope_kv_write: qkv[T, (H + 2 KV) hd] -> q rotated [T, H hd]; k rotated and v into the cache
  *     at slots[t]; with qkNormEps, RMSNorm over each head of q and k (weights [hd]) before RoPE;
  *     with rope null (GPT-2), no rotation
@@ -10,24 +11,47 @@ import type { Attrs } from '../../../graph/ir.js';
 import type { KernelArgs } from '../tensor.js';
 import { f32, i32 } from '../tensor.js';
 import { erf } from './elementwise.js';
+import { matmulF32 } from './matmul.js';
 import { rmsnormGroup } from './norm.js';
 import { RopeAngles } from './rope.js';
 
 const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
 
+/** act(g) for act in silu, gelu (erf), gelu_tanh. */
+function activation(act: string): (g: number) => number {
+  if (act === 'silu') return (g) => g / (1 + Math.exp(-g));
+  if (act === 'gelu_tanh') return (g) => 0.5 * g * (1 + Math.tanh(SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)));
+  return (g) => 0.5 * g * (1 + erf(g / Math.SQRT2));
+}
+
 export function actMul({ inputs: [gt], output, attrs }: KernelArgs): void {
   const gu = f32(gt), y = f32(output);
   const width = output.shape[1];
-  const act = attrs.act as string;
+  const a = activation(attrs.act as string);
   for (let r = 0; r < output.shape[0]; r++) {
     const src = r * 2 * width, dst = r * width;
-    for (let i = 0; i < width; i++) {
-      const g = gu[src + i];
-      let a: number;
-      if (act === 'silu') a = g / (1 + Math.exp(-g));
-      else if (act === 'gelu_tanh') a = 0.5 * g * (1 + Math.tanh(SQRT_2_OVER_PI * (g + 0.044715 * g * g * g)));
-      else a = 0.5 * g * (1 + erf(g / Math.SQRT2));
-      y[dst + i] = a * gu[src + width + i];
+    for (let i = 0; i < width; i++) y[dst + i] = a(gu[src + i]) * gu[src + width + i];
+  }
+}
+
+/** The GEMM's product rows into a scratch buffer, reused across calls (it only grows). */
+let gluScratch = new Float32Array(0);
+
+export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): void {
+  const rows = xt.shape[0], n = wt.shape[0], k = xt.shape[1];
+  // Up to 64 rows of x at a time, so the scratch stays small at prefill.
+  const chunk = Math.min(rows, 64);
+  if (gluScratch.length < chunk * n) gluScratch = new Float32Array(chunk * n);
+  const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null, y = f32(output);
+  const a = activation(attrs.act as string);
+  const half = n / 2;
+  for (let r0 = 0; r0 < rows; r0 += chunk) {
+    const rs = Math.min(chunk, rows - r0);
+    const z = gluScratch.subarray(0, rs * n);
+    matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b);
+    for (let r = 0; r < rs; r++) {
+      const src = r * n, dst = (r0 + r) * half;
+      for (let j = 0; j < half; j++) y[dst + j] = a(z[src + 2 * j]) * z[src + 2 * j + 1];
     }
   }
 }

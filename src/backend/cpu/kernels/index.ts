@@ -4,16 +4,17 @@ import type { CpuKernel } from '../tensor.js';
 import { attention, kvWrite } from './attention.js';
 import { add, gelu, mul, silu } from './elementwise.js';
 import { embedding, gatherRows } from './gather.js';
-import { actMul, ropeKvWrite, sliceCols } from './fused.js';
+import { actMul, matmulGlu, ropeKvWrite, sliceCols } from './fused.js';
 import { matmul, matmulAdd } from './matmul.js';
 import { addLayernorm, addRmsnorm, layernorm, rmsnorm } from './norm.js';
 import { rope } from './rope.js';
-import { concatRows, sliceRows, transpose } from './transforms.js';
+import { concatRows, pairRows, sliceRows, transpose } from './transforms.js';
 
 export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   transpose,
   slice_rows: sliceRows,
   concat_rows: concatRows,
+  pair_rows: pairRows,
   embedding,
   matmul,
   add,
@@ -31,5 +32,6 @@ export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   add_rmsnorm: addRmsnorm,
   add_layernorm: addLayernorm,
   act_mul: actMul,
+  matmul_glu: matmulGlu,
   rope_kv_write: ropeKvWrite,
 };

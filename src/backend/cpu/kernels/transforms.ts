@@ -1,4 +1,4 @@
-/** Load-time weight transforms: transpose (GPT-2 Conv1D), slice_rows (split c_attn), concat_rows. */
+/** Load-time weight transforms: transpose (GPT-2 Conv1D), slice_rows (split c_attn), concat_rows, pair_rows (gate/up pairs for matmul_glu). */
 import type { KernelArgs } from '../tensor.js';
 import { f32 } from '../tensor.js';
 
@@ -19,5 +19,16 @@ export function concatRows({ inputs, output }: KernelArgs): void {
   for (const t of inputs) {
     f32(output).set(f32(t), offset);
     offset += t.data.length;
+  }
+}
+
+/** Row 2j of the output is row j of x, row 2j + 1 is row I + j ([2I, ...]). */
+export function pairRows({ inputs: [xt], output }: KernelArgs): void {
+  const x = f32(xt), y = f32(output);
+  const rowSize = xt.shape.slice(1).reduce((p, d) => p * d, 1);
+  const half = xt.shape[0] / 2;
+  for (let j = 0; j < half; j++) {
+    y.set(x.subarray(j * rowSize, (j + 1) * rowSize), 2 * j * rowSize);
+    y.set(x.subarray((half + j) * rowSize, (half + j + 1) * rowSize), (2 * j + 1) * rowSize);
   }
 }

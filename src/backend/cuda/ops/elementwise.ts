@@ -143,7 +143,7 @@ export const SLICE_COLS: KernelDecl = {
 /** The kernels' `act` codes. */
 export const ACT_CODE = { silu: 0, gelu: 1, gelu_tanh: 2 } as const;
 
-function actCode(op: string, act: unknown): number {
+export function actCode(op: string, act: unknown): number {
   if (act === 'silu' || act === 'gelu' || act === 'gelu_tanh') return ACT_CODE[act];
   throw new Error(`${op}: unknown activation ${String(act)}`);
 }

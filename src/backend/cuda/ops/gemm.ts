@@ -1,7 +1,9 @@
 /**
  * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), and
- * matmul_add(x, w, res[R, N] (, bias)) -> x w^T (+ bias) + res with y in res's place, on tensor
- * cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res epilogue).
+ * matmul_add(x, w, res[R, N] (, bias)) -> x w^T (+ bias) + res with y in res's place, and
+ * matmul_glu(x, w[2I, K] in (gate, up) row pairs (, bias[2I])) -> act(gate) * up: [R, I], on tensor
+ * cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res and the glu
+ * epilogues; the kernels take `glu`, an activation code or GLU_NONE).
  * x, w, bias and res share the storage type (bf16 or f16). One kernel per tile
  * configuration, storage type and output dtype (the storage type for projections, f32 for the
  * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
@@ -12,7 +14,7 @@
  * launch (the Hopper kernel's splits, sm90s, always take that one).
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
-import { storageOf } from './elementwise.js';
+import { actCode, storageOf } from './elementwise.js';
 import type { CudaOp, CudaOpContext, DeviceTensor, Launch } from './types.js';
 import { ceilDiv, elementBytes } from './types.js';
 
@@ -115,7 +117,10 @@ export function gemmPlan(R: number, N: number, K: number, multiprocessors: numbe
   };
 }
 
-/** The GEMV's: y, x, w, bias, res, R, N, K (a GEMV block covers all of K, without splits). */
+/** The kernels' `glu` for a plain product (common.cuh GLU_NONE); else the activation's code (ACT_CODE). */
+export const GLU_NONE = -1;
+
+/** The GEMV's: y, x, w, bias, res, R, N, K, glu (a GEMV block covers all of K, without splits). */
 const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
   ['x', 'ptr'],
@@ -125,15 +130,17 @@ const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['R', 'i32'],
   ['N', 'i32'],
   ['K', 'i32'],
+  ['glu', 'i32'],
 ];
 
-/** The tile kernel's: the GEMV's operands, the split merge's partials and tile counters (or null), then R, N, K and the k-tiles per split. */
+/** The tile kernel's: the GEMV's operands, the split merge's partials and tile counters (or null), then R, N, K, the k-tiles per split and glu. */
 const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...GEMV_PARAMS.slice(0, 5),
   ['ws', 'ptr'],
   ['counters', 'ptr'],
-  ...GEMV_PARAMS.slice(5),
+  ...GEMV_PARAMS.slice(5, 8),
   ['kTilesPerSplit', 'i32'],
+  ['glu', 'i32'],
 ];
 
 const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
@@ -144,6 +151,7 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['R', 'i32'],
   ['N', 'i32'],
   ['splits', 'i32'],
+  ['glu', 'i32'],
 ];
 
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
@@ -220,6 +228,7 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['K', 'i32'],
   ['splits', 'i32'],
   ['kTilesPerSplit', 'i32'],
+  ['glu', 'i32'],
 ];
 
 /** ts_gemm_sm90_bf16 and ts_gemm_sm90_bf16_f32. */
@@ -235,6 +244,7 @@ const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...GEMM_SM90_PARAMS.slice(5, 8),
   ['dpTiles', 'i32'],
   ['kTilesPerBlock', 'i32'],
+  ['glu', 'i32'],
 ];
 
 /** ts_gemm_sm90k_bf16 and ts_gemm_sm90k_bf16_f32: stream-K. */
@@ -437,7 +447,22 @@ export const matmulAdd: CudaOp = (ctx) => {
   gemm(ctx, 'matmul_add', x, w, bias, res);
 };
 
-function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor | undefined, w: DeviceTensor | undefined, bias: DeviceTensor | undefined, res: DeviceTensor | undefined): void {
+/** matmul_glu(x[R, K], w[2I, K] (, bias[2I])) -> y[R, I] = act(gate) * up, w's rows (and bias) in (gate, up) pairs; attrs.act silu, gelu, gelu_tanh */
+export const matmulGlu: CudaOp = (ctx) => {
+  if (ctx.inputs.length !== 2 && ctx.inputs.length !== 3) throw new Error(`matmul_glu: expects 2 or 3 inputs, got ${ctx.inputs.length}`);
+  const [x, w, bias] = ctx.inputs;
+  gemm(ctx, 'matmul_glu', x, w, bias, undefined, actCode('matmul_glu', ctx.attrs.act));
+};
+
+function gemm(
+  ctx: CudaOpContext,
+  op: 'matmul' | 'matmul_add' | 'matmul_glu',
+  x: DeviceTensor | undefined,
+  w: DeviceTensor | undefined,
+  bias: DeviceTensor | undefined,
+  res: DeviceTensor | undefined,
+  glu = GLU_NONE,
+): void {
   const y = ctx.outputs[0];
   function fail(why: string): never {
     throw new Error(`${op}: ${why} (x ${fmt(x)}, w ${fmt(w)}${res ? `, res ${fmt(res)}` : ''}${bias ? `, bias ${fmt(bias)}` : ''}, y ${fmt(y)})`);
@@ -456,7 +481,9 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
   if (bias && (bias.shape.length !== 1 || bias.shape[0] !== N)) fail(`bias must be [${N}] ${dtype}`);
   if (res && (res.shape.length !== 2 || res.shape[0] !== R || res.shape[1] !== N)) fail(`res must be [${R}, ${N}] ${dtype}`);
   if (y.dtype !== dtype && (y.dtype !== 'f32' || res)) fail(res ? `y must be ${dtype}` : `y must be ${dtype} or f32`);
-  if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== N) fail(`y must be [${R}, ${N}]`);
+  if (glu !== GLU_NONE && N % 2 !== 0) fail(`w must have an even number of rows (gate, up pairs), not ${N}`);
+  const yCols = glu === GLU_NONE ? N : N / 2;
+  if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== yCols) fail(`y must be [${R}, ${yCols}]`);
   if (K % 8 !== 0) fail(`K = ${K} is not a multiple of 8`);
   if (R === 0 || N === 0) return;
   for (const [name, t] of [['x', x], ['w', w], ['y', y], ['bias', bias], ['res', res]] as const) {
@@ -476,7 +503,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
   const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
-    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K });
+    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, glu });
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
@@ -501,6 +528,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
       K,
       dpTiles: p.dpTiles,
       kTilesPerBlock: p.kTilesPerBlock,
+      glu,
     });
     return;
   }
@@ -511,7 +539,7 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     const decl = entry((variant === 'sm90c' ? GEMM_SM90C_KERNELS : GEMM_SM90PC_KERNELS)[outDType]);
     const base: Launch = { grid: [cfg.cluster, 1, 1], block: [cfg.threads, 1, 1], sharedBytes: cfg.sharedBytes, cluster: [cfg.cluster, 1, 1] };
     const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base), cfg.bn);
-    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk) });
+    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk), glu });
     return;
   }
   if (variant === 'sm90p' && K > 0) {
@@ -529,28 +557,29 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
       K,
       splits: 1,
       kTilesPerSplit: ceilDiv(K, GEMM_SM90P.bk),
+      glu,
     });
     return;
   }
   if ((variant === 'sm90' || variant === 'sm90s') && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90.bm, GEMM_SM90.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
-    const p = gemmSm90Plan(R, N, K, ctx.device.multiprocessors, elementBytes(y.dtype), !!res, variant === 'sm90s' ? GEMM_SM90_MAX_SPLITS : 1);
+    const p = gemmSm90Plan(R, N, K, ctx.device.multiprocessors, elementBytes(y.dtype) / (glu === GLU_NONE ? 1 : 2), !!res, variant === 'sm90s' ? GEMM_SM90_MAX_SPLITS : 1);
     const launch = { grid: [p.grid, 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
     if (p.splits === 1) {
-      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit });
+      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit, glu });
       return;
     }
     const ws = ctx.scratch(p.workspaceBytes);
     if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
-    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit });
-    reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits);
+    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit, glu: GLU_NONE });
+    reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits, glu);
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
   const decls = GEMM_KERNELS[plan.tile.name];
-  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit };
+  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu };
   if (plan.splits === 1) {
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws: 0n, counters: 0n });
     return;
@@ -564,14 +593,15 @@ function gemm(ctx: CudaOpContext, op: 'matmul' | 'matmul_add', x: DeviceTensor |
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws, counters: ctx.counters(plan.tilesM * plan.tilesN) });
     return;
   }
-  ctx.launch(entry(decls.f32), launch, { ...operands, y: ws, bias: 0n, res: 0n, ws: 0n, counters: 0n });
-  reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits);
+  ctx.launch(entry(decls.f32), launch, { ...operands, y: ws, bias: 0n, res: 0n, ws: 0n, counters: 0n, glu: GLU_NONE });
+  reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits, glu);
 }
 
-/** y = the sum of the f32 partials ws [splits, R, N] (+ bias) (+ res). */
-function reduceSplits(ctx: CudaOpContext, entry: (d: KernelDecl) => KernelDecl, outDType: GemmOutDType, y: bigint, ws: bigint, bias: bigint, res: bigint, R: number, N: number, splits: number): void {
-  const reduceBlocks = Math.max(1, Math.min(ceilDiv(R * N, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
-  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, { y, ws, bias, res, R, N, splits });
+/** y = the sum of the f32 partials ws [splits, R, N] (+ bias) (+ res); with glu, y [R, N / 2] gated. */
+function reduceSplits(ctx: CudaOpContext, entry: (d: KernelDecl) => KernelDecl, outDType: GemmOutDType, y: bigint, ws: bigint, bias: bigint, res: bigint, R: number, N: number, splits: number, glu: number): void {
+  const outputs = glu === GLU_NONE ? R * N : (R * N) / 2;
+  const reduceBlocks = Math.max(1, Math.min(ceilDiv(outputs, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
+  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, { y, ws, bias, res, R, N, splits, glu });
 }
 
 /** Whether two tensors' byte ranges meet. */

@@ -31,4 +31,16 @@ export const TRANSPOSE: KernelDecl = {
   ],
 };
 
-export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE];
+/** out row 2j = input row j, out row 2j + 1 = input row half + j (matmul_glu's gate/up pairs); vec: row % 8 == 0, 16-byte units. */
+export const PAIR_ROWS: KernelDecl = {
+  name: 'ts_pair_rows_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['input', 'ptr'],
+    ['half', 'u64'],
+    ['row', 'u64'],
+    ['vec', 'i32'],
+  ],
+};
+
+export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE, PAIR_ROWS];

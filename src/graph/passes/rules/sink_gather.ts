@@ -16,7 +16,7 @@ import type { Rule } from '../rewrite.js';
 import { usersOf } from '../rewrite.js';
 
 /** Ops whose output row r is a function of row r of their row-shaped inputs alone. */
-const ROW_WISE: ReadonlySet<OpName> = new Set<OpName>(['add', 'mul', 'silu', 'gelu', 'rmsnorm', 'layernorm', 'matmul', 'matmul_add', 'slice_cols', 'act_mul', 'add_rmsnorm', 'add_layernorm']);
+const ROW_WISE: ReadonlySet<OpName> = new Set<OpName>(['add', 'mul', 'silu', 'gelu', 'rmsnorm', 'layernorm', 'matmul', 'matmul_add', 'slice_cols', 'act_mul', 'matmul_glu', 'add_rmsnorm', 'add_layernorm']);
 
 export const sinkGather: Rule = {
   name: 'sink_gather',
