@@ -7,7 +7,9 @@ Families (all on fresh random data, bf16 unless the device lacks it):
                      large bf16 matrix product (torch.matmul at gemm.ceiling, NN and NT layouts);
   gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M (and in float16
                      for the gemm.f16 cases, on a GPU); for the gemm.residual cases x w^T + r as
-                     torch.addmm (r as the GEMM's C) and as F.linear then add;
+                     torch.addmm (r as the GEMM's C) and as F.linear then add; for the gemm.glu
+                     cases silu(gate) * up of z = F.linear(x, w_gate_up), eager and under
+                     torch.compile;
   attention_prefill  F.scaled_dot_product_attention on [B, H, S, D] with GQA, under each SDPA
                      backend (flash, efficient, cudnn, math) and an explicit matmul/softmax version;
   attention_decode   the same with one query per sequence over a contiguous (not paged) KV cache;
@@ -575,6 +577,15 @@ def gemm_cases(b: Bench, shapes: dict):
             for m in res["m"]:
                 yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "residual": True},
                        lambda p=p, m=m: run_gemm_residual(b, p, m))
+    # The gated-unit cases (gemm.glu): silu(x w_gate^T) * (x w_up^T), as Tessera's matmul_glu.
+    glu = g.get("glu")
+    if glu:
+        for p in g["projections"]:
+            if p["model"] not in glu["models"] or p["name"] not in glu["names"]:
+                continue
+            for m in glu["m"]:
+                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "glu": True},
+                       lambda p=p, m=m: run_gemm_glu(b, p, m))
 
 
 def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
@@ -648,6 +659,70 @@ def run_gemm_residual(b: Bench, p: dict, m: int) -> dict:
         "addmm": b.guard(variant(lambda x, w, r: torch.addmm(r, x, w.t()))),
         "linear_add": b.guard(variant(lambda x, w, r: F.linear(x, w) + r)),
     }
+    state.clear()
+    return finish(rec)
+
+
+def run_gemm_glu(b: Bench, p: dict, m: int) -> dict:
+    """y = silu(z[:, :I]) * z[:, I:], z = x w^T (w the gate and up rows stacked, N = 2I), as a
+    Llama MLP runs it in PyTorch: F.linear then the activation and the product (eager: three
+    more kernels), and the same under torch.compile (which fuses the pointwise part)."""
+    n, k = p["n"], p["k"]
+    inner = n // 2
+    dtype = b.dtype
+    e = torch.empty((), dtype=dtype).element_size()
+    flops = 2 * m * n * k
+    nbytes = e * (m * k + n * k + m * inner)
+    rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k, "glu": True,
+           "dtype": str(dtype).replace("torch.", ""), "op": "silu(x w_gate^T) * x w_up^T",
+           "flops": flops, "bytes": nbytes, "bytes_formula": f"e*(M*K + N*K + M*N/2), e={e}"}
+    state = {}
+
+    def fn(x, w):
+        z = F.linear(x, w)
+        return F.silu(z[:, :inner]) * z[:, inner:]
+
+    def make_sets():
+        if "sets" not in state:
+            sets_n = b.sets_for(nbytes, e * (m * k + n * k))
+            state["n"] = sets_n
+            state["sets"] = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype)) for _ in range(sets_n)]
+            rows = min(m, 64)
+            x0, w0 = state["sets"][0]
+            state["rows"] = rows
+            state["refs"] = [fn(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype))]
+        return state
+
+    def figures(r, st):
+        r["method"] = b.method(st["n"])
+        tflops = flops / (r["ms"] * 1e-3) / 1e12
+        gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
+        r.update(tflops=sig(tflops), gb_s=sig(gb_s),
+                 pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
+        return r
+
+    def eager():
+        st = make_sets()
+        return figures(b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]]), st)
+
+    def compiled():
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        st = make_sets()
+        cfn = torch.compile(fn, dynamic=False, fullgraph=True)
+        r = b.measure(cfn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
+        r["compile_s"] = r.pop("first_call_s")
+        return figures(r, st)
+
+    variants = {"eager": b.guard(eager)}
+    if not hasattr(torch, "compile"):
+        variants["compile"] = {"error": f"not available in torch {torch.__version__}"}
+    elif b.args.no_compile:
+        variants["compile"] = {"skipped": "--no-compile"}
+    else:
+        variants["compile"] = b.guard(compiled)
+    rec["variants"] = variants
     state.clear()
     return finish(rec)
 

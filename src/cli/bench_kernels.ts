@@ -73,6 +73,12 @@ export interface KernelShapes {
      * at these M, beside cuBLASLt with the residual as C (beta = 1).
      */
     residual?: { models: string[]; names: string[]; m: number[] };
+    /**
+     * matmul_glu cases (SwiGLU in the GEMM epilogue, w's gate and up rows in pairs): these
+     * projections (gate_up, N = 2I) of these models at these M, each beside silu_mul at [M, I],
+     * the launch the epilogue saves (gluComparisons; cuBLASLt has no such epilogue).
+     */
+    glu?: { models: string[]; names: string[]; m: number[] };
   };
   attention: {
     prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
@@ -99,8 +105,8 @@ export interface KernelCase {
   bytes: number;
   /** Why this case is not run, when Tessera has no kernel for it. */
   unsupported?: string;
-  /** GEMM only: cuBLASLt's shape; with residual, input 2 is its C (y = x w^T + C). */
-  gemm?: { m: number; n: number; k: number; residual?: boolean };
+  /** GEMM only: cuBLASLt's shape; with residual, input 2 is its C (y = x w^T + C); with glu, y is [m, n / 2] gated and cuBLASLt is not run. */
+  gemm?: { m: number; n: number; k: number; residual?: boolean; glu?: boolean };
   /** The storage type of the inputs and output (default bf16; f16 runs the kernels' fp16 entries). */
   dtype?: 'bf16' | 'f16';
   /**
@@ -245,12 +251,18 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
           const c = memoryCase(op, rows, h, mb.rope);
           if (c) cases.push(c);
         }
+    // silu_mul at the gated-unit cases' [M, I] (gemm.glu), what the epilogue saves a launch of.
+    const names = new Set(cases.map((c) => c.name));
+    for (const [m, inner] of gluShapes(shapes)) {
+      const c = memoryCase('silu_mul', m, inner, mb.rope);
+      if (c && !names.has(c.name)) cases.push(c);
+    }
   }
   // Then the other models' GEMMs, the residual epilogue's cases (after the memory family, whose
   // norm cases its comparison needs), and the fp16 GEMM cases last: a run cut short by its time
   // limit loses these first.
   cases.push(...gemm.filter((c) => !isFirst(c)));
-  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gemmCases(shapes, 'f16'));
+  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gluCases(shapes), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
 
@@ -330,6 +342,46 @@ function residualCases(shapes: KernelShapes): KernelCase[] {
           });
       }
   return cases;
+}
+
+/**
+ * The gated unit in the epilogue (bf16, silu): matmul_glu at the gate_up shapes named in
+ * gemm.glu, every rung (and the split-K reduce's where the tiles split). The memory family runs
+ * silu_mul at their [M, I]: with the plain GEMM case, what the graph ran before fuse_matmul_glu
+ * (gluComparisons).
+ */
+function gluCases(shapes: KernelShapes): KernelCase[] {
+  const cases: KernelCase[] = [];
+  const glu = shapes.gemm.glu;
+  if (glu)
+    for (const p of shapes.gemm.projections)
+      for (const m of glu.m) {
+        if (!glu.models.includes(p.model) || !glu.names.includes(p.name)) continue;
+        const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
+        if (m <= 64) variants.splice(1, 0, 'reduce');
+        for (const variant of variants)
+          cases.push({
+            family: 'gemm',
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +glu${variant === 'tiles' ? '' : ` ${variant}`}`,
+            op: 'matmul_glu',
+            attrs: { act: 'silu', ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }) },
+            dtype: 'bf16',
+            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+            outputShapes: [[m, p.n / 2]],
+            step: rowsStep(m),
+            flops: 2 * m * p.n * p.k,
+            bytes: 2 * (m * p.k + p.n * p.k + (m * p.n) / 2),
+            gemm: { m, n: p.n, k: p.k, glu: true },
+          });
+      }
+  return cases;
+}
+
+/** [M, I] of every gated-unit case (gemm.glu): I is half the gate_up projection's N. */
+function gluShapes(shapes: KernelShapes): Array<[number, number]> {
+  const glu = shapes.gemm.glu;
+  if (!glu) return [];
+  return shapes.gemm.projections.filter((p) => glu.models.includes(p.model) && glu.names.includes(p.name)).flatMap((p) => glu.m.map((m): [number, number] => [m, p.n / 2]));
 }
 
 function memoryCase(op: string, r: number, h: number, rope: KernelShapes['memoryBound']['rope']): KernelCase | null {
@@ -460,6 +512,41 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
     const epilogueMs = resMs + norm, separateMs = plain + addNorm;
     const r5 = (x: number) => Number(x.toFixed(5));
     out.push({ gemm, m: rows, hidden, epilogueMs: r5(epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / epilogueMs).toFixed(3)) });
+  }
+  return out;
+}
+
+/** The gated-unit epilogue against the GEMM + silu_mul it replaces, at one shape and rung. */
+export interface GluComparison {
+  /** The plain GEMM case (the glu case's name without " +glu"). */
+  gemm: string;
+  m: number;
+  inner: number;
+  /** matmul_glu: the graph the passes make. */
+  epilogueMs: number;
+  /** matmul + silu_mul: the graph without fuse_matmul_glu. */
+  separateMs: number;
+  /** separateMs / epilogueMs: above 1 the gated epilogue is the right default. */
+  speedup: number;
+}
+
+/**
+ * For every `+glu` case whose plain GEMM case and silu_mul at [M, N / 2] ran: the time of
+ * matmul_glu against matmul + silu_mul, all three measured in this run.
+ */
+export function gluComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): GluComparison[] {
+  const ms = new Map<string, number>();
+  for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
+  const out: GluComparison[] = [];
+  for (const [name, gluMs] of ms) {
+    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+glu( reduce| gemv| sm90(?:pc|[spkc])?)?$/.exec(name);
+    if (!m) continue;
+    const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), inner = Number(m[3]) / 2;
+    const plain = ms.get(gemm), act = ms.get(`silu_mul R${rows} H${inner}`);
+    if (plain === undefined || act === undefined) continue;
+    const separateMs = plain + act;
+    const r5 = (x: number) => Number(x.toFixed(5));
+    out.push({ gemm, m: rows, inner, epilogueMs: r5(gluMs), separateMs: r5(separateMs), speedup: Number((separateMs / gluMs).toFixed(3)) });
   }
   return out;
 }
@@ -722,6 +809,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       ...(resume ? { resumedFrom: resume.resumedFrom } : {}),
       results,
       residualEpilogue: residualComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
+      gluEpilogue: gluComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
     });
     const save = async (complete = false) => {
       if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(complete), null, 1) + '\n');
@@ -749,7 +837,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       if (!c.unsupported && GEMM_HOPPER_VARIANTS.includes(c.attrs.gemmVariant as GemmVariant) && major !== 9) c.unsupported = `the sm90 GEMM needs compute capability 9.0; this GPU is ${device.computeCapability}`;
       if (!c.unsupported && c.attrs.gemmVariant === 'sm90s' && c.gemm) {
         const g = c.gemm;
-        if (gemmSm90Plan(g.m, g.n, g.k, Number(device.multiprocessors), 2, !!g.residual).splits === 1) c.unsupported = SM90S_UNSPLIT;
+        if (gemmSm90Plan(g.m, g.n, g.k, Number(device.multiprocessors), g.glu ? 1 : 2, !!g.residual).splits === 1) c.unsupported = SM90S_UNSPLIT;
       }
       if (!c.unsupported && c.attrs.gemmSplitMerge === 'separate' && c.gemm && gemmPlan(c.gemm.m, c.gemm.n, c.gemm.k, Number(device.multiprocessors)).splits === 1) c.unsupported = TILES_UNSPLIT;
       if (!c.unsupported && (c.attrs.attentionVariant === 'sm90' || c.attrs.attentionVariant === 'sm90o') && major !== 9) c.unsupported = `the sm90 attention needs compute capability 9.0; this GPU is ${device.computeCapability}`;
@@ -780,7 +868,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
         let line = `${c.name.padEnd(58)} ${t.medianMs.toFixed(4).padStart(9)}`;
         const r = rates(c, t.medianMs, ceilings);
         line += ` ${r.tflops.toFixed(1).padStart(8)} ${r.gbs.toFixed(0).padStart(7)} ${r.percentOfCopy.toFixed(1).padStart(6)} ${(r.percentOfGemm ?? NaN).toFixed(1).padStart(6)}`;
-        if (c.gemm && lt) {
+        if (c.gemm && lt && !c.gemm.glu) {
           const g = c.gemm;
           const ys = prepared.map(() => backend.allocBuffer(2 * g.m * g.n));
           let plan: ReturnType<typeof lt.plan> | null = null;
@@ -864,6 +952,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
     const report = makeReport(stopped === null);
     for (const c of report.residualEpilogue)
       log(`residual epilogue, ${c.gemm}: matmul_add + rmsnorm ${c.epilogueMs.toFixed(4)} ms, matmul + add_rmsnorm ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
+    for (const c of report.gluEpilogue)
+      log(`gated epilogue, ${c.gemm}: matmul_glu ${c.epilogueMs.toFixed(4)} ms, matmul + silu_mul ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
     if (values['write-choices']) {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HostTensor } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/backend.js';
-import { defaultShapesPath, expandCases, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
+import { defaultShapesPath, expandCases, gluComparisons, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
 import { OPS, outputShapes } from '../../src/graph/ops.js';
 
 const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
@@ -51,6 +51,29 @@ describe('bench kernels: the cases', () => {
     const firstRes = cases.indexOf(withRes[0]);
     expect(cases.slice(firstRes, firstRes + withRes.length)).toEqual(withRes);
     expect(Math.max(...cases.map((c, i) => (c.family === 'memory' ? i : -1)))).toBeLessThan(firstRes);
+    // The gated unit in the epilogue: gemm.glu's gate_up at its M, the same ladder (and the
+    // tile kernel's separate reduce where it splits), y [M, N / 2]: half the plain product's output
+    // bytes; no cuBLASLt (it has no such epilogue). After the residual cases, before fp16.
+    const glu = shapes.gemm.glu!;
+    const withGlu = cases.filter((c) => c.op === 'matmul_glu');
+    const gluProjections = shapes.gemm.projections.filter((p) => glu.models.includes(p.model) && glu.names.includes(p.name));
+    expect(gluProjections.map((p) => p.name)).toEqual(['gate_up']);
+    expect(withGlu.length).toBe(gluProjections.length * glu.m.reduce((n, m) => n + gemmRungs(m) + (m <= 64 ? 1 : 0), 0));
+    for (const c of withGlu) {
+      expect(c.name, c.name).toMatch(/ K\d+ \+glu( reduce| gemv| sm90(?:pc|[spkc])?)?$/);
+      expect(c.gemm!.glu).toBe(true);
+      expect(c.attrs.act).toBe('silu');
+      expect(c.outputShapes).toEqual([[c.gemm!.m, c.gemm!.n / 2]]);
+      const plain = cases.find((p) => p.op === 'matmul' && p.dtype === 'bf16' && p.name === c.name.replace(' +glu', ''))!;
+      expect(plain.bytes - c.bytes, c.name).toBe(c.gemm!.m * c.gemm!.n);
+      expect(c.flops).toBe(plain.flops);
+      // silu_mul at [M, I], in the memory family.
+      expect(cases.filter((a) => a.family === 'memory' && a.name === `silu_mul R${c.gemm!.m} H${c.gemm!.n / 2}`), c.name).toHaveLength(1);
+    }
+    expect(withGlu.map((c) => c.name)).toContain('gemm llama-3-8b gate_up M1 N28672 K4096 +glu reduce');
+    const firstGlu = cases.indexOf(withGlu[0]);
+    expect(firstGlu).toBe(firstRes + withRes.length);
+    expect(cases.slice(firstGlu, firstGlu + withGlu.length)).toEqual(withGlu);
     // Llama-3-8B's plain GEMMs come first, then attention and the memory-bound ops, then the
     // 70B GEMMs: a run cut by its time limit has every family at one model's shapes.
     const rank = (c: (typeof cases)[number]) =>
@@ -200,9 +223,38 @@ describe('bench kernels: the residual epilogue against add + norm, from one run'
   });
 });
 
+describe('bench kernels: the gated-unit epilogue against GEMM + silu_mul, from one run', () => {
+  const t = (name: string, medianMs: number) => ({ name, tessera: { medianMs } });
+
+  it('adds matmul + silu_mul at [M, N / 2] per rung, against matmul_glu', () => {
+    const got = gluComparisons([
+      t('gemm llama-3-8b gate_up M1 N28672 K4096', 0.08),
+      t('gemm llama-3-8b gate_up M1 N28672 K4096 +glu', 0.081),
+      t('gemm llama-3-8b gate_up M1 N28672 K4096 reduce', 0.085),
+      t('gemm llama-3-8b gate_up M1 N28672 K4096 +glu reduce', 0.086),
+      t('silu_mul R1 H14336', 0.004),
+      // No silu_mul at 16 rows: no comparison there.
+      t('gemm llama-3-8b gate_up M16 N28672 K4096', 0.09),
+      t('gemm llama-3-8b gate_up M16 N28672 K4096 +glu', 0.09),
+      { name: 'gemm llama-3-8b gate_up M8192 N28672 K4096 +glu' },
+    ]);
+    expect(got).toEqual([
+      { gemm: 'gemm llama-3-8b gate_up M1 N28672 K4096', m: 1, inner: 14336, epilogueMs: 0.081, separateMs: 0.084, speedup: 1.037 },
+      { gemm: 'gemm llama-3-8b gate_up M1 N28672 K4096 reduce', m: 1, inner: 14336, epilogueMs: 0.086, separateMs: 0.089, speedup: 1.035 },
+    ]);
+  });
+
+  it('the shapes pair every +glu case with its plain GEMM case and silu_mul', () => {
+    const names = expandCases(shapes, ['gemm', 'memory']).map((c) => c.name);
+    const pairs = gluComparisons(names.map((name) => t(name, 1)));
+    expect(pairs.length).toBe(names.filter((n) => n.includes(' +glu')).length);
+    expect(pairs.every((p) => p.speedup === 2)).toBe(true);
+  });
+});
+
 describe('bench kernels: every case runs through the CPU backend at a small size', () => {
   const small: KernelShapes = {
-    gemm: { m: [1, 5], projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }], ceiling: { m: 8, n: 8, k: 8 } },
+    gemm: { m: [1, 5], projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }], ceiling: { m: 8, n: 8, k: 8 }, glu: { models: ['toy'], names: ['proj'], m: [1] } },
     attention: {
       prefill: [
         { heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: true },
@@ -219,7 +271,10 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    expect(cases.length).toBe(12 + 8 + 5); // M 1 and 5, each with the tiles, its separate reduce, the GEMV and the Hopper kernel's three rungs; prefill three times (the sm90 rungs), decode twice (the combine's rungs)
+    // M 1 and 5, each with the tiles, its separate reduce, the GEMV and the Hopper kernel's three
+    // rungs, and the same six as matmul_glu at M 1; prefill three times (the sm90 rungs), decode
+    // twice (the combine's rungs); the memory ops and silu_mul at the gated unit's [1, 12].
+    expect(cases.length).toBe(12 + 6 + 8 + 5 + 1);
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);
@@ -236,6 +291,20 @@ describe('bench kernels: every case runs through the CPU backend at a small size
           ref[i * n + j] = acc;
         }
         expect(relativeError(outs[0].data as Float32Array, ref)).toBeLessThan(1e-6);
+      }
+      if (c.op === 'matmul_glu') {
+        const [x, w] = inputs, [m, k] = x.shape, half = w.shape[0] / 2;
+        const ref = new Float32Array(m * half);
+        for (let i = 0; i < m; i++)
+          for (let j = 0; j < half; j++) {
+            let g = 0, u = 0;
+            for (let t = 0; t < k; t++) {
+              g += x.data[i * k + t] * w.data[2 * j * k + t];
+              u += x.data[i * k + t] * w.data[(2 * j + 1) * k + t];
+            }
+            ref[i * half + j] = (g / (1 + Math.exp(-g))) * u;
+          }
+        expect(relativeError(outs[0].data as Float32Array, ref), c.name).toBeLessThan(1e-5);
       }
     }
   });
