@@ -13,6 +13,13 @@
 //         are (gate, up) pairs (rows 2j and 2j + 1, interleaved at load), N is even, and y is
 //         [R, N / 2] with y[r, j] = act(gate) * up of the pair's two columns (+ bias each), which
 //         one thread holds side by side in its accumulator fragment; res null
+//   rstd, rms_eps: an RMS norm of x folded in (the `rmsEps` attr of matmul and matmul_glu: the
+//         norm's weight is already in w's columns), y = rstd[r] * (x w^T)[r, n] (+ bias) with
+//         rstd[r] = 1 / sqrt(mean_k x[r, k]^2 + eps): with rms_eps >= 0 the block computes its
+//         rows' rstd from x (the 16-row tile only, the decode one: a few rows, read from L2
+//         while the prologue's copies are in flight; the launcher gives it 4 BM (WARPS + 1)
+//         bytes of shared memory past the stages), else read from rstd [R] f32 (ts_row_rstd_*,
+//         before the launch), or null: no norm
 // Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
 // src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
 // bounds-checked on store.
@@ -112,7 +119,7 @@ TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>
 // the f32 partials [splits, R, N], offset by blockIdx.z * R * N, for splitk_reduce.
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
 TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, float* ws,
-                          int* counters, int R, int N, int K, int k_tiles_per_split, int glu) {
+                          int* counters, int R, int N, int K, int k_tiles_per_split, int glu, const float* rstd, float rms_eps) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -215,6 +222,46 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   for (int s = 0; s < STAGES - 1; s++) {
     if (s < n_k) load_tile(s, kt_begin + s);
     cp_async_commit();
+  }
+
+  // The folded RMS norm's rstd of this block's rows (rms_eps >= 0: the 16-row tile), while the
+  // prologue's copies fly: every thread takes 8 elements of each 8 THREADS of every row (16-byte
+  // loads through the read-only path: x is small and L2-resident; at R = 1 that is 4 loads a
+  // thread for K = 4096, one L2 round trip under the copies' HBM one), the warps' sums meet in
+  // shared memory past the stages (the launcher asked for 4 BM (WARPS + 1) bytes more), and
+  // srstd[r] is the row's scale. Rows past R are never stored.
+  float* const srstd = reinterpret_cast<float*>(ts_gemm_smem + STAGES * STAGE_BYTES);
+  if (BM <= 16 && rms_eps >= 0.f) {
+    constexpr int WARPS = THREADS / 32;
+    float* const spart = srstd + BM;  // [WARPS][BM]
+    float ss[BM];
+#pragma unroll
+    for (int r = 0; r < BM; r++) {
+      ss[r] = 0.f;
+      if (m0 + r < R) {
+        const T* xr = x + static_cast<int64_t>(m0 + r) * K;
+#pragma unroll 4
+        for (int k = tid * 8; k < K; k += THREADS * 8) {
+          float f[8];
+          ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(xr + k), f);
+#pragma unroll
+          for (int e = 0; e < 8; e++) ss[r] = fmaf(f[e], f[e], ss[r]);
+        }
+      }
+    }
+#pragma unroll
+    for (int r = 0; r < BM; r++) {
+      const float v = ts::warp_sum(ss[r]);
+      if (lane == 0) spart[warp * BM + r] = v;
+    }
+    __syncthreads();
+    if (tid < BM) {
+      float sum = 0.f;
+#pragma unroll
+      for (int v = 0; v < WARPS; v++) sum += spart[v * BM + tid];
+      srstd[tid] = rsqrtf((K > 0 ? sum / K : 0.f) + rms_eps);
+    }
+    __syncthreads();
   }
 
   int read_stage = 0, write_stage = STAGES - 1;
@@ -321,6 +368,16 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
     });
   }
 
+  // Each of this thread's rows' norm scale (1 without a folded norm).
+  float rs[MT][2];
+#pragma unroll
+  for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      const int r = wm * WTM + mi * 16 + g + h * 8;
+      rs[mi][h] = BM <= 16 && rms_eps >= 0.f ? srstd[r] : (rstd != nullptr && m0 + r < R) ? rstd[m0 + r] : 1.f;
+    }
+
 #pragma unroll
   for (int ni = 0; ni < NT; ni++) {
     const int col = n0 + wn * WTN + ni * 8 + tg * 2;
@@ -337,7 +394,7 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
       for (int h = 0; h < 2; h++) {
         const int row = m0 + wm * WTM + mi * 16 + g + h * 8;
         if (row >= R) continue;
-        float v0 = acc[mi][ni][2 * h] + bias0, v1 = acc[mi][ni][2 * h + 1] + bias1;
+        float v0 = fmaf(acc[mi][ni][2 * h], rs[mi][h], bias0), v1 = fmaf(acc[mi][ni][2 * h + 1], rs[mi][h], bias1);
         const int64_t at = static_cast<int64_t>(row) * N + col;
         if (glu != ts::GLU_NONE) {  // N even: the pair is (gate, up) of output col / 2
           store1(y + static_cast<int64_t>(row) * (N >> 1) + (col >> 1), ts::glu(glu, v0, v1));
@@ -410,9 +467,11 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
            float* ws,                   /* split K merged here: f32 partials [splits, R, N]; or null */               \
            int* counters,               /* with ws: [tiles] i32, zero before the launch and after it */               \
            int R, int N, int K, int k_tiles_per_split, /* k-tiles (of 32) per blockIdx.z */                            \
-           int glu /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */) {                                     \
+           int glu,              /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */                          \
+           const float* rstd,    /* [R] f32: x's rows' folded RMS norm scale, or null */                              \
+           float rms_eps /* >= 0 (16-row tile): the block computes its rows' scale; < 0: rstd */) {                   \
     ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, ws, counters, R, N, K,        \
-                                                                    k_tiles_per_split, glu);                          \
+                                                                    k_tiles_per_split, glu, rstd, rms_eps);           \
   }
 #define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
   TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \

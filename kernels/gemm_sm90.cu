@@ -40,6 +40,8 @@
 // fragments straight to y (pairs of columns where they are aligned), masked at M and N. With
 // `glu` (an activation code, not GLU_NONE: the `matmul_glu` op; N even, res null, splits 1) w's
 // rows are (gate, up) pairs and each pair of columns is one output, y [M, N / 2] = act(gate) * up.
+// With `rstd` ([M] f32, from ts_row_rstd_*: an RMS norm of x folded in, its weight already in
+// w's columns) each row's accumulators are scaled by rstd[row] first, split partials included.
 //
 // Shared layout (128-byte swizzle, as TMA writes it and wgmma reads it): a tile row is 64 values =
 // 128 bytes; 16-byte chunk c of row r sits at chunk c ^ (r % 8); 8 rows make a 1024-byte atom,
@@ -216,7 +218,8 @@ struct Walk {
 
 template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
-                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles, int glu) {
+                                     int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles, int glu,
+                                     const float* rstd) {
   using C = Cfg<SCHED>;
   constexpr bool PP = pingpong(SCHED), MC = multicast(SCHED);
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
@@ -409,6 +412,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int row0 = w.tm * BM + (PP ? h : cw) * 64 + warp * 16 + lane / 4;
+      // The folded norm's scale of the thread's two rows (1 without one).
+      const float rs0 = rstd != nullptr && row0 < M ? rstd[row0] : 1.f, rs8 = rstd != nullptr && row0 + 8 < M ? rstd[row0 + 8] : 1.f;
 #pragma unroll
       for (int i = 0; i < 16; i++) {
         const int col = w.tn * BN + (PP ? 0 : h * 128) + i * 8 + 2 * (lane % 4);
@@ -418,13 +423,15 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
           b0 = ts::to_f32(bias[col]);
           if (col + 1 < N) b1 = ts::to_f32(bias[col + 1]);
         }
+        const float v0 = fmaf(acc[h][4 * i], rs0, b0), v1 = fmaf(acc[h][4 * i + 1], rs0, b1);
+        const float v2 = fmaf(acc[h][4 * i + 2], rs8, b0), v3 = fmaf(acc[h][4 * i + 3], rs8, b1);
         if (glu != ts::GLU_NONE) {
-          if (row0 < M) store_glu(out, row0, col, N, glu, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
-          if (row0 + 8 < M) store_glu(out, row0 + 8, col, N, glu, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
+          if (row0 < M) store_glu(out, row0, col, N, glu, v0, v1);
+          if (row0 + 8 < M) store_glu(out, row0 + 8, col, N, glu, v2, v3);
           continue;
         }
-        if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);
-        if (row0 + 8 < M) store2(out, res, row0 + 8, col, N, acc[h][4 * i + 2] + b0, acc[h][4 * i + 3] + b1);
+        if (row0 < M) store2(out, res, row0, col, N, v0, v1);
+        if (row0 + 8 < M) store2(out, res, row0 + 8, col, N, v2, v3);
       }
     }
   }
@@ -447,7 +454,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int M, int N, int K,                                                                                                 \
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit, /* k-tiles of 64 per split */                                                                    \
-           int glu)            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] (splits 1) */                          \
+           int glu,            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] (splits 1) */                          \
+           const float* rstd)  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit, 0)                                             \
@@ -468,7 +476,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int M, int N, int K,                                                                                                 \
            int dpTiles,        /* tiles done whole, in turn, before the stream-K part */                                        \
            int kTilesPerBlock, /* k-tiles of the stream-K part per block */                                                     \
-           int glu)            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] */                                     \
+           int glu,            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] */                                     \
+           const float* rstd)  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock, dpTiles)                                     \
@@ -476,7 +485,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) \
-  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP, glu);
+  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP, glu, rstd);
 #else
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) __trap();
 #endif

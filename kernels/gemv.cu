@@ -15,6 +15,10 @@
 //   y:    [R, N] T or f32; with glu (an activation code, not GLU_NONE: the `matmul_glu` op) w's rows
 //         are (gate, up) pairs, N is even, res null and y is [R, N / 2], y[r, j] = act(gate) * up
 //         (common.cuh ts::glu): a block's 4 rows are two whole pairs
+//   rms_eps: >= 0 for an RMS norm of x folded in (the `rmsEps` attr: the norm's weight is already
+//         in w's columns): y = rstd[r] * (x w^T)[r, n] (+ bias), rstd[r] = 1 / sqrt(mean_k x[r, k]^2
+//         + eps), the sum of squares from the x elements each lane's steps read (again, from L1,
+//         after the loop: in the loop it cost the loads' registers); < 0: none
 // Every pointer 16-byte aligned (the launcher checks).
 //
 // Block: 256 threads (8 warps) for ROWS = 4 consecutive rows of w, n0 = 4 blockIdx.x. K is cut
@@ -57,8 +61,10 @@ TS_DEVICE void store(float* p, float v) { *p = v; }
 
 template <int MAXR, class T, typename OUT_T>
 __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, const T* __restrict__ w,
-                                           const T* __restrict__ bias, const T* res, int R, int N, int K, int glu) {
-  __shared__ float part[WARPS][MAXR * ROWS];
+                                           const T* __restrict__ bias, const T* res, int R, int N, int K, int glu, float rms_eps) {
+  // The warps' partial dot products, then (folded norm) their partial sums of x^2 per row.
+  __shared__ float part[WARPS][MAXR * ROWS + MAXR];
+  const bool rms = rms_eps >= 0.f;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int n0 = blockIdx.x * ROWS;
   // Rows of w past N read row N - 1 instead (in bounds, never stored): no branch in the loads.
@@ -81,11 +87,13 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
   }
   ts::pdl_enter();
 
-  float acc[MAXR][ROWS];
+  float acc[MAXR][ROWS], ssq[MAXR];
 #pragma unroll
-  for (int r = 0; r < MAXR; r++)
+  for (int r = 0; r < MAXR; r++) {
+    ssq[r] = 0.f;
 #pragma unroll
     for (int j = 0; j < ROWS; j++) acc[r][j] = 0.f;
+  }
 
   // Rows of x past R read row R - 1 instead (never stored): the loop has no branch on R.
   const T* xrow[MAXR];
@@ -135,6 +143,22 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
     }
   }
 
+  // The folded norm's sums of squares: each lane's own x elements again, the ones its steps read
+  // (from L1: just loaded). Apart from the loop above, which keeps its registers for the loads
+  // in flight.
+  if (rms)
+    for (int t = warp; t * STEP < K; t += WARPS) {
+      const int k = t * STEP + lane * 8;
+      if (k < K)
+#pragma unroll
+        for (int r = 0; r < MAXR; r++) {
+          float xf[8];
+          ts::unpack(load_cached(xrow[r] + k), xf);
+#pragma unroll
+          for (int e = 0; e < 8; e++) ssq[r] = fmaf(xf[e], xf[e], ssq[r]);
+        }
+    }
+
 #pragma unroll
   for (int r = 0; r < MAXR; r++)
 #pragma unroll
@@ -142,7 +166,21 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
       const float v = ts::warp_sum(acc[r][j]);
       if (lane == 0) part[warp][r * ROWS + j] = v;
     }
+  if (rms)
+#pragma unroll
+    for (int r = 0; r < MAXR; r++) {
+      const float v = ts::warp_sum(ssq[r]);
+      if (lane == 0) part[warp][MAXR * ROWS + r] = v;
+    }
   __syncthreads();
+  // Row r's folded norm scale (1 without one): every warp's share of its sum of squares.
+  auto row_scale = [&](int r) {
+    if (!rms) return 1.f;
+    float ss = 0.f;
+#pragma unroll
+    for (int v = 0; v < WARPS; v++) ss += part[v][MAXR * ROWS + r];
+    return rsqrtf((K > 0 ? ss / K : 0.f) + rms_eps);
+  };
   if (glu != ts::GLU_NONE) {
     // A thread per (row of x, pair of w's rows): n0 is a multiple of 4 and N is even, so a pair
     // that starts inside N ends there.
@@ -155,6 +193,9 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
           s0 += part[v][r * ROWS + j];
           s1 += part[v][r * ROWS + j + 1];
         }
+        const float scale = row_scale(r);
+        s0 *= scale;
+        s1 *= scale;
         if (bias) {
           s0 += ts::to_f32(bias[n]);
           s1 += ts::to_f32(bias[n + 1]);
@@ -170,6 +211,7 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
       float sum = 0.f;
 #pragma unroll
       for (int v = 0; v < WARPS; v++) sum += part[v][threadIdx.x];
+      sum *= row_scale(r);
       if (bias) sum += ts::to_f32(bias[n]);
       if (res) sum += ts::to_f32(res[(size_t)r * N + n]);
       store(y + (size_t)r * N + n, sum);
@@ -189,8 +231,9 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
            const T* __restrict__ bias,  /* [N], or null */                                                  \
            const T* res,                /* [R, N] added before the store, or null */                        \
            int R, int N, int K,                                                                             \
-           int glu /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */) {                          \
-    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K, glu);                                  \
+           int glu,      /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */                       \
+           float rms_eps /* >= 0: x's rows' RMS norm folded in, the scale computed here; < 0: none */) {    \
+    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K, glu, rms_eps);                         \
   }
 #define TS_GEMV_ENTRIES(MAXR)                                                  \
   TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16, MAXR, ts::bf16, ts::bf16)              \

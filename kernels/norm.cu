@@ -6,6 +6,9 @@
 //   ts_add_rmsnorm_T       sum = residual + delta (stored as T; sum may be the same pointer as
 //                          residual), y = rmsnorm(sum) of the f32 sum, as the reference computes it
 //   ts_add_layernorm_T     sum as above, y = layernorm(sum)
+//   ts_row_rstd_T          rstd[r] = 1 / sqrt(mean(x[r]^2) + eps) in f32: an RMS norm folded into the
+//                          GEMM after it (matmul's rmsEps, ops/gemm.ts), whose epilogue scales row
+//                          r by it; a warp a row, 16-byte loads (K % 8 == 0, x 16-byte aligned)
 // A group of G contiguous elements is one "row" here: x[R, N] with w[G] is x[R N / G, G].
 // Shapes: x, residual, delta, sum, y [rows, width] T; w, b [width] T; width = G; T = bf16 or fp16.
 // Bytes per element: rmsnorm/layernorm 2 read + 2 written; add_* 4 read + 4 written; the weights
@@ -219,6 +222,23 @@ TS_DEVICE void dispatch(const Args<T>& a, int vecs) {
   }
 }
 
+template <class T>
+TS_DEVICE void row_rstd(float* __restrict__ rstd, const T* __restrict__ x, int rows, int K, float eps) {
+  const int lane = threadIdx.x & 31, warps = blockDim.x >> 5;
+  for (int r = blockIdx.x * warps + (threadIdx.x >> 5); r < rows; r += gridDim.x * warps) {
+    const T* xr = x + (size_t)r * K;
+    float ss = 0.f;
+    for (int k = lane * 8; k < K; k += 256) {
+      float f[8];
+      ts::unpack(*reinterpret_cast<const ts::vec8<T>*>(xr + k), f);
+#pragma unroll
+      for (int e = 0; e < 8; e++) ss = fmaf(f[e], f[e], ss);
+    }
+    ss = ts::warp_sum(ss);
+    if (lane == 0) rstd[r] = rsqrtf((K > 0 ? ss / K : 0.f) + eps);
+  }
+}
+
 }  // namespace ts_norm
 
 // y, x: [rows, width] T (rows = R N / G, width = G); w, b: [width] T; sum, residual, delta:
@@ -250,6 +270,11 @@ TS_DEVICE void dispatch(const Args<T>& a, int vecs) {
     ts::pdl_enter();                                                                                                        \
     const ts_norm::Args<T> a = {y, sum, residual, delta, w, b, rows, width, eps, lanes};                                    \
     ts_norm::dispatch<true, true>(a, vecs);                                                                                 \
+  }                                                                                                                         \
+  extern "C" __global__ void __launch_bounds__(256)                                                                         \
+      ts_row_rstd_##SUFFIX(float* __restrict__ rstd, const T* __restrict__ x, int rows, int K, float eps) {                 \
+    ts::pdl_enter();                                                                                                        \
+    ts_norm::row_rstd(rstd, x, rows, K, eps);                                                                               \
   }
 
 TS_NORM_ENTRIES(ts::bf16, bf16)

@@ -7,6 +7,8 @@
 //   ts_transpose_T        out[b, a] = in[a, b] (GPT-2's Conv1D weights), 32x32 tiles via shared memory
 //   ts_pair_rows_T        out row 2j = in row j, out row 2j + 1 = in row half + j (in: [2 half, row]):
 //                         the gate/up row pairs of matmul_glu's weight and bias
+//   ts_scale_cols_T       out[n, k] = w[n, k] g[k] (an RMS norm's weight folded into the GEMM after
+//                         it), the product in f32 rounded once
 // Bytes: 2 n written (fills); 4 a b moved (transpose, pair_rows). Run once at load.
 #include "common.cuh"
 
@@ -74,6 +76,14 @@ TS_DEVICE void pair_rows(T* __restrict__ out, const T* __restrict__ in, unsigned
   }
 }
 
+// out, w: [rows, cols] T; g: [cols] T. Grid-stride over the elements.
+template <class T>
+TS_DEVICE void scale_cols(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ g, unsigned long long rows, int cols) {
+  const unsigned long long n = rows * cols;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x)
+    out[i] = ts::from_f32<T>(ts::to_f32(w[i]) * ts::to_f32(g[i % cols]));
+}
+
 }  // namespace ts_transform
 
 #define TS_TRANSFORM_ENTRIES(T, SUFFIX)                                                                                     \
@@ -94,6 +104,11 @@ TS_DEVICE void pair_rows(T* __restrict__ out, const T* __restrict__ in, unsigned
                                                    unsigned long long row, int vec) {                                       \
     ts::pdl_enter();                                                                                                        \
     ts_transform::pair_rows(out, in, half, row, vec);                                                                       \
+  }                                                                                                                         \
+  extern "C" __global__ void ts_scale_cols_##SUFFIX(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ g,   \
+                                                    unsigned long long rows, int cols) {                                    \
+    ts::pdl_enter();                                                                                                        \
+    ts_transform::scale_cols(out, w, g, rows, cols);                                                                        \
   }
 TS_TRANSFORM_ENTRIES(ts::bf16, bf16)
 TS_TRANSFORM_ENTRIES(ts::f16, f16)

@@ -9,7 +9,8 @@
  *   compute  per-step work on activations
  *   state    updates the paged KV cache and returns it
  * The model builders emit only the unfused ops; the fused ones (matmul with bias, matmul_add,
- * slice_cols, add_rmsnorm, add_layernorm, act_mul, matmul_glu, rope_kv_write) come from the passes in
+ * slice_cols, add_rmsnorm, add_layernorm, act_mul, matmul_glu, rope_kv_write, and the rmsEps attr
+ * of matmul and matmul_glu) come from the passes in
  * graph/passes.
  */
 import type { Attrs, DType, Dim } from './ir.js';
@@ -64,6 +65,12 @@ function num(attrs: Attrs, key: string): number {
   const v = attrs[key];
   need(typeof v === 'number' && Number.isFinite(v), `attr ${key} must be a number`);
   return v;
+}
+
+/** matmul's and matmul_glu's optional rmsEps: absent, or the folded norm's eps (a number >= 0). */
+function rmsEpsAttr(attrs: Attrs): void {
+  const v = attrs.rmsEps;
+  need(v === undefined || (typeof v === 'number' && v >= 0), `attr rmsEps must be a number >= 0, got ${String(v)}`);
 }
 
 const unary = (doc: string): OpSpec => ({
@@ -125,6 +132,17 @@ const SPECS = {
     },
   },
 
+  scale_cols: {
+    category: 'load',
+    doc: 'w[N, K], g[K] -> w[n, k] g[k] (an RMS norm weight folded into the GEMM after it)',
+    shape(inputs) {
+      arity(inputs, 2);
+      const [, k] = matrix(inputs[0], 'w');
+      need(inputs[1].length === 1 && inputs[1][0] === k, `scale ${fmt(inputs[1])} does not match the columns of ${fmt(inputs[0])}`);
+      return inputs[0];
+    },
+  },
+
   // ---- per-step compute ----
   embedding: {
     category: 'compute',
@@ -138,8 +156,9 @@ const SPECS = {
   },
   matmul: {
     category: 'compute',
-    doc: 'x[R, K], w[N, K] (, b[N]) -> x w^T (+ b): [R, N] (weights in nn.Linear layout; bias in the epilogue)',
-    shape(inputs) {
+    doc: 'x[R, K], w[N, K] (, b[N]) -> x w^T (+ b): [R, N] (weights in nn.Linear layout; bias in the epilogue); with attr rmsEps, x / sqrt(mean(x^2) + rmsEps) in place of x (a norm folded in, its weight in w)',
+    shape(inputs, attrs) {
+      rmsEpsAttr(attrs);
       need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
       const [r, k] = matrix(inputs[0], 'x');
       const [n, k2] = matrix(inputs[1], 'w');
@@ -322,8 +341,9 @@ const SPECS = {
   matmul_glu: {
     category: 'compute',
     fused: true,
-    doc: "x[R, K], w[2I, K] (, b[2I]) in (gate, up) row pairs -> act(x w[2j]^T (+ b[2j])) * (x w[2j+1]^T (+ b[2j+1])): [R, I], the gated unit in the GEMM epilogue; act: 'silu', 'gelu' or 'gelu_tanh'",
+    doc: "x[R, K], w[2I, K] (, b[2I]) in (gate, up) row pairs -> act(x w[2j]^T (+ b[2j])) * (x w[2j+1]^T (+ b[2j+1])): [R, I], the gated unit in the GEMM epilogue; act: 'silu', 'gelu' or 'gelu_tanh'; rmsEps as matmul's",
     shape(inputs, attrs) {
+      rmsEpsAttr(attrs);
       need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
       const [r, k] = matrix(inputs[0], 'x');
       const [n, k2] = matrix(inputs[1], 'w');

@@ -282,6 +282,18 @@ for (const shape of [[2, 8], [6, 24], [520, 72], [264], [4, 3, 16]]) {
   });
 }
 
+for (const [n, k] of [[1, 8], [24, 72], [520, 264]]) {
+  add({
+    op: 'scale_cols',
+    name: `[${n}, ${k}]`,
+    loadTime: true,
+    prepare(g) {
+      const w = g.act(n * k), s = g.act(k);
+      return { attrs: {}, inputs: [f(w, [n, k]), f(s, [k])], step: plainStep(1), expect: [{ name: 'y', shape: [n, k], value: ref.scaleCols(w, s) }], what: `w ${fmt([n, k])} g [${k}]` };
+    },
+  });
+}
+
 // ---- gathers
 
 for (const [rows, vocab, d] of [[1, 50, 8], [3, 7, 24], [17, 300, 264], [130, 1000, 520], [65, 3, 72]]) {
@@ -518,6 +530,58 @@ for (const [r, k, inner, act, bias, f32Out, variant] of [
         step: plainStep(r),
         expect: [{ name: 'y', shape: [r, inner], value: y.value, scale: y.scale }],
         what: `x ${fmt([r, k])} w ${fmt([n, k])} in pairs${b ? ` b [${n}]` : ''} act ${act}${f32Out ? ' outputDtype f32' : ''}${variant ? ` variant ${variant}` : ''}`,
+      };
+    },
+  });
+}
+
+// ---- an RMS norm folded into the GEMM (attr rmsEps)
+
+// [op, R, K, N (matmul_glu: 2I), bias, variant]: where each rung gets its row scales: computed in
+// the block (the GEMV; the 16-row tile, also with K split and merged, and the separate reduce's
+// partials), or by ts_row_rstd before the launch (the 32-, 64- and 128-row tiles, every Hopper
+// rung; sm90s's partials scaled before its reduce). Rows of x at very different scales,
+// so a wrong row's scale shows.
+for (const [op, r, k, n, bias, variant] of [
+  ['matmul', 1, 32, 8, false],
+  ['matmul', 3, 72, 24, true],
+  ['matmul', 1, 1024, 520, true],
+  ['matmul', 17, 1024, 24, false],
+  ['matmul', 16, 1024, 264, true],
+  ['matmul', 1, 1024, 520, false, 'separate'],
+  ['matmul', 13, 520, 24, false, 'separate'],
+  ['matmul', 65, 1024, 520, true],
+  ['matmul', 300, 64, 5640, false],
+  ['matmul', 1, 4104, 37, true, 'gemv'],
+  ['matmul', 5, 520, 262, false, 'gemv'],
+  ['matmul', 130, 72, 264, true, 'sm90'],
+  ['matmul', 130, 1032, 264, false, 'sm90s'],
+  ['matmul', 130, 72, 264, true, 'sm90p'],
+  ['matmul', 130, 1032, 264, true, 'sm90k'],
+  ['matmul', 257, 136, 8712, false, 'sm90c'],
+  ['matmul', 257, 136, 8712, true, 'sm90pc'],
+  ['matmul_glu', 1, 1024, 520, false],
+  ['matmul_glu', 130, 256, 264, true],
+  ['matmul_glu', 5, 520, 262, false, 'gemv'],
+  ['matmul_glu', 130, 1032, 264, true, 'sm90s'],
+] as Array<['matmul' | 'matmul_glu', number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?]>) {
+  add({
+    op,
+    name: `R${r} K${k} N${n}${bias ? ' +bias' : ''} rms${variant ? ` ${variant}` : ''}`,
+    prepare(g) {
+      const eps = 1e-5;
+      const x = g.act(r * k), w = g.weights(n * k, k), b = bias ? g.bias(n) : null;
+      // Row r scaled by 2^(r % 5 - 2): rstd from 1/4 to 4 times a row's own.
+      for (let i = 0; i < r; i++) for (let j = 0; j < k; j++) x[i * k + j] *= 2 ** ((i % 5) - 2);
+      const inputs = [f(x, [r, k]), f(w, [n, k])];
+      if (b) inputs.push(f(b, [n]));
+      const y = op === 'matmul' ? ref.rmsMatmul(x, w, b, r, k, n, eps) : ref.matmulGlu(x, w, b, r, k, n / 2, 'silu', eps);
+      return {
+        attrs: { rmsEps: eps, ...(op === 'matmul_glu' ? { act: 'silu' } : {}), ...gemmAttrs(variant) } as Attrs,
+        inputs,
+        step: plainStep(r),
+        expect: [{ name: 'y', shape: [r, op === 'matmul' ? n : n / 2], value: y.value, scale: y.scale }],
+        what: `x ${fmt([r, k])} (rows at scales 1/4 to 4) w ${fmt([n, k])}${b ? ` b [${n}]` : ''} rmsEps ${eps}${variant ? ` variant ${variant}` : ''}`,
       };
     },
   });

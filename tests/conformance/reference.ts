@@ -119,6 +119,36 @@ export function matmul(x: Vec, w: Vec, bias: Vec | null, rows: number, k: number
   return { value, scale };
 }
 
+/** rstd[r] = 1 / sqrt(mean(x[r]^2) + eps): the row scale of an RMS norm folded into a GEMM (attr rmsEps). */
+export function rowRstd(x: Vec, rows: number, k: number, eps: number): Float64Array {
+  const s = new Float64Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let i = 0; i < k; i++) ss += x[r * k + i] * x[r * k + i];
+    s[r] = 1 / Math.sqrt((k > 0 ? ss / k : 0) + eps);
+  }
+  return s;
+}
+
+/** matmul with rmsEps: rstd[r] (x w^T)[r, n] (+ b[n]); the scale of the product's error is rstd[r] times matmul's. */
+export function rmsMatmul(x: Vec, w: Vec, bias: Vec | null, rows: number, k: number, n: number, eps: number): Reduction {
+  const z = matmul(x, w, null, rows, k, n);
+  const s = rowRstd(x, rows, k, eps);
+  for (let r = 0; r < rows; r++)
+    for (let j = 0; j < n; j++) {
+      z.value[r * n + j] = z.value[r * n + j] * s[r] + (bias ? bias[j] : 0);
+      z.scale[r * n + j] *= s[r];
+    }
+  return z;
+}
+
+/** w[N, K] o g[K] along the columns (scale_cols). */
+export function scaleCols(w: Vec, g: Vec): Float64Array {
+  const y = new Float64Array(w.length);
+  for (let i = 0; i < w.length; i++) y[i] = w[i] * g[i % g.length];
+  return y;
+}
+
 // ---------------------------------------------------------------- elementwise
 
 /** a[R, N] + b: b of the same size, or b[N] added to every row. */
@@ -197,9 +227,9 @@ function slope(f: (x: number) => number, x: number): number {
  * products of rows 2j and 2j + 1. scale: how the reductions' error scales s_g, s_u (matmul's)
  * carry through the product, |act'(g) u| s_g + |act(g)| s_u.
  */
-export function matmulGlu(x: Vec, w: Vec, bias: Vec | null, rows: number, k: number, inner: number, act: Act): Reduction {
+export function matmulGlu(x: Vec, w: Vec, bias: Vec | null, rows: number, k: number, inner: number, act: Act, rmsEps?: number): Reduction {
   const f = act === 'silu' ? siluScalar : act === 'gelu' ? geluErfScalar : geluTanhScalar;
-  const z = matmul(x, w, bias, rows, k, 2 * inner);
+  const z = rmsEps === undefined ? matmul(x, w, bias, rows, k, 2 * inner) : rmsMatmul(x, w, bias, rows, k, 2 * inner, rmsEps);
   const value = new Float64Array(rows * inner);
   const scale = new Float64Array(rows * inner);
   for (let r = 0; r < rows; r++)

@@ -135,7 +135,7 @@ describe('gemm tile table', () => {
       ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90K?_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
-    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32', 'glu:i32']);
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32', 'glu:i32', 'rstd:ptr', 'rmsEps:f32']);
     expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32', 'glu:i32']);
   });
 
@@ -249,7 +249,7 @@ describe('matmul launcher', () => {
     const [l] = launches;
     expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
     expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
-    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1 });
   });
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
@@ -265,7 +265,7 @@ describe('matmul launcher', () => {
     expect(launches.map((l) => l.decl.name)).toEqual([out === 'f32' ? 'ts_gemm_16x128_bf16_f32' : 'ts_gemm_16x128_bf16']);
     expect(launches[0].launch.grid).toEqual([32, 1, 8]);
     // One counter a tile (32 tiles), from the backend's zeroed area.
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16, glu: -1 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16, glu: -1, rstd: 0n, rmsEps: -1 });
     expect(() => run({ R: 1, N: 4096, K: 4096, attrs: { gemmSplitMerge: 'later' } })).toThrow(/matmul: attr gemmSplitMerge must be fused or separate, got later/);
   });
 
@@ -315,6 +315,36 @@ describe('matmul launcher', () => {
       ['ts_gemm_sm90_bf16_f32', -1],
       ['ts_gemm_splitk_reduce_bf16', 0],
     ]);
+  });
+
+  it('a folded norm (rmsEps): the GEMV and the 16-row tile compute the row scales, every other rung gets them from ts_row_rstd', () => {
+    const gemv = run({ R: 2, N: 64, K: 64, attrs: { gemmVariant: 'gemv', rmsEps: 1e-5 } }).launches;
+    expect(gemv.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([['ts_gemv_r2_bf16', 1e-5]]);
+    // 16 rows a tile, K split 8 ways and merged: each block computes its rows' scales, the 4
+    // warps' sums and the scales in 320 bytes of shared memory past the stages.
+    const decode = run({ R: 1, N: 4096, K: 4096, attrs: { rmsEps: 1e-5 } });
+    expect(decode.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes])).toEqual([['ts_gemm_16x128_bf16', 0n, 1e-5, GEMM_TILES['16x128'].sharedBytes + 320]]);
+    const tiles32 = run({ R: 32, N: 4096, K: 4096, attrs: { rmsEps: 1e-6 } }).launches;
+    expect(tiles32.map((l) => [l.decl.name, l.args.rmsEps, l.launch.sharedBytes])).toEqual([
+      ['ts_row_rstd_bf16', undefined, undefined],
+      ['ts_gemm_32x128_bf16', -1, GEMM_TILES['32x128'].sharedBytes],
+    ]);
+    // 128 rows a tile: the scales from a launch before, in scratch.
+    const prefill = run({ R: 8192, N: 4096, K: 4096, attrs: { rmsEps: 1e-5 } });
+    expect(prefill.scratch).toEqual([4 * 8192]);
+    expect(prefill.launches.map((l) => l.decl.name)).toEqual(['ts_row_rstd_bf16', 'ts_gemm_128x128_bf16']);
+    expect(prefill.launches[0].args).toEqual({ rstd: 0x100000n, x: 0x1000n, rows: 8192, K: 4096, eps: 1e-5 });
+    expect(prefill.launches[0].launch).toEqual({ grid: [1024, 1, 1], block: [256, 1, 1] });
+    expect(prefill.launches[1].args).toMatchObject({ rstd: 0x100000n, rmsEps: -1 });
+    expect(prefill.launches[1].launch.sharedBytes).toBe(GEMM_TILES['128x128'].sharedBytes);
+    for (const v of ['sm90', 'sm90p', 'sm90k', 'sm90c', 'sm90pc']) {
+      const l = run({ R: 1024, N: 4096, K: 4096, maxClusters: 66, attrs: { gemmVariant: v, rmsEps: 1e-5 } }).launches;
+      expect(l.map((x) => x.decl.name)[0], v).toBe('ts_row_rstd_bf16');
+      expect(l[l.length - 1].args.rstd, v).toBe(0x100000n);
+    }
+    // Without one: no scales, no launch.
+    expect(run({ R: 1024, N: 4096, K: 4096, attrs: { gemmVariant: 'sm90' } }).launches.map((l) => [l.decl.name, l.args.rstd])).toEqual([['ts_gemm_sm90_bf16', 0n]]);
+    expect(() => run({ R: 2, N: 64, K: 64, attrs: { rmsEps: -1 } })).toThrow(/matmul: attr rmsEps must be a number >= 0, got -1/);
   });
 
   it('matmul_glu refuses an odd N, a y that is not [R, N / 2] and an unknown activation', () => {
@@ -388,7 +418,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     // x far from y: the launcher refuses a y that overlaps the x it reads.
     const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true, ptrs: { x: 1n << 32n } });
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1 });
   });
 
   it('passes it with split K to the merging tile kernel, or adds it in the separate reduce, not in the partials, after the bias', () => {
@@ -583,7 +613,7 @@ describe('the GEMV variant', () => {
       expect(launches[0].decl.name).toBe(GEMV_KERNELS[maxR].f32.name);
       expect(launches[0].launch.grid).toEqual([Math.ceil(N / 4), 1, 1]);
       expect(launches[0].launch.block).toEqual([256, 1, 1]);
-      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64, glu: -1 });
+      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64, glu: -1, rmsEps: -1 });
     }
   });
 });

@@ -138,7 +138,9 @@ describe('kernels/gemm_sm90.cu transcribed (JavaScript model of its data movemen
       'wgmma_ss_m64n128k16<T>(acc[1], da1 + 2 * kk, db1 + 2 * kk, accumulate);',
       'const int row0 = w.tm * BM + (PP ? h : cw) * 64 + warp * 16 + lane / 4;',
       'const int col = w.tn * BN + (PP ? 0 : h * 128) + i * 8 + 2 * (lane % 4);',
-      'if (row0 < M) store2(out, res, row0, col, N, acc[h][4 * i] + b0, acc[h][4 * i + 1] + b1);',
+      // Without a folded norm rs0 is 1, and fmaf(a, 1, b) is a + b exactly: the model adds.
+      'const float v0 = fmaf(acc[h][4 * i], rs0, b0), v1 = fmaf(acc[h][4 * i + 1], rs0, b1);',
+      'if (row0 < M) store2(out, res, row0, col, N, v0, v1);',
       'const float2 r = ts::load2_f32(res + at);',
     ])
       expect(SOURCE, line).toContain(line);

@@ -27,7 +27,7 @@ import { ATTENTION_VARIANTS } from './ops/attention.js';
 import { GEMM_VARIANTS } from './ops/gemm.js';
 import { elementBytes, type CudaOpContext, type DeviceStep, type DeviceTensor, type Launch, type StorageDType } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
-import { FILL, FILL_UNIFORM, PAIR_ROWS, TRANSPOSE } from './ops/transform.js';
+import { FILL, FILL_UNIFORM, PAIR_ROWS, SCALE_COLS, TRANSPOSE } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
 function fatbinPath(): string {
@@ -471,7 +471,7 @@ export class CudaBackend implements Backend {
     else this.launchDecl(forStorage(FILL_UNIFORM, dtype), launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
   }
 
-  /** transpose and pair_rows by kernel; slice_rows and concat_rows by device copies. */
+  /** transpose, pair_rows and scale_cols by kernel; slice_rows and concat_rows by device copies. */
   private loadTimeOp(op: OpName, attrs: Attrs, inputs: DeviceTensor[], out: DeviceTensor): void {
     const rowBytes = (t: DeviceTensor) => 2 * t.shape.slice(1).reduce((a, d) => a * d, 1);
     switch (op) {
@@ -498,6 +498,18 @@ export class CudaBackend implements Backend {
           half: BigInt(half),
           row: BigInt(row),
           vec: row % 8 === 0 ? 1 : 0,
+        });
+        return;
+      }
+      case 'scale_cols': {
+        const [rows, cols] = inputs[0].shape;
+        if (rows === 0 || cols === 0) return;
+        this.launchDecl(forStorage(SCALE_COLS, out.dtype as StorageDType), { grid: [Math.min(Math.ceil((rows * cols) / 256), 65535), 1, 1], block: [256, 1, 1] }, {
+          out: out.ptr,
+          w: inputs[0].ptr,
+          g: inputs[1].ptr,
+          rows: BigInt(rows),
+          cols,
         });
         return;
       }

@@ -10,6 +10,8 @@
  *   fuse             act * mul, the residual adds left + norm, q/k norm + RoPE + KV write
  *   fuse_glu         the act * mul just made into its gate/up GEMM's epilogue (weights paired
  *                    at load)
+ *   fold_norm        each RMS norm read by one GEMM alone into that GEMM (its weight into w's
+ *                    columns at load, the row scale in the epilogue)
  *   prune            drops what the rewrites made unreachable
  */
 import type { Graph } from '../ir.js';
@@ -19,6 +21,7 @@ import { foldBias } from './rules/fold_bias.js';
 import { fuseActMul } from './rules/fuse_act_mul.js';
 import { fuseMatmulAdd } from './rules/fuse_matmul_add.js';
 import { fuseMatmulGlu } from './rules/fuse_matmul_glu.js';
+import { foldRmsnorm } from './rules/fold_rmsnorm.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
 import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from './rules/identity.js';
@@ -33,6 +36,7 @@ export const DEFAULT_PASSES: Pass[] = [
   { name: 'fuse_residual', rules: [fuseMatmulAdd] },
   { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
   { name: 'fuse_glu', rules: [fuseMatmulGlu] },
+  { name: 'fold_norm', rules: [foldRmsnorm] },
 ];
 
 export interface OptimizeResult {

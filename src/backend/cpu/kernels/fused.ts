@@ -11,7 +11,7 @@ import type { Attrs } from '../../../graph/ir.js';
 import type { KernelArgs } from '../tensor.js';
 import { f32, i32 } from '../tensor.js';
 import { erf } from './elementwise.js';
-import { matmulF32 } from './matmul.js';
+import { matmulF32, rowScales } from './matmul.js';
 import { rmsnormGroup } from './norm.js';
 import { RopeAngles } from './rope.js';
 
@@ -45,10 +45,11 @@ export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): 
   const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null, y = f32(output);
   const a = activation(attrs.act as string);
   const half = n / 2;
+  const scales = rowScales(x, rows, k, attrs);
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const rs = Math.min(chunk, rows - r0);
     const z = gluScratch.subarray(0, rs * n);
-    matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b);
+    matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b, null, scales ? scales.subarray(r0, r0 + rs) : null);
     for (let r = 0; r < rs; r++) {
       const src = r * n, dst = (r0 + r) * half;
       for (let j = 0; j < half; j++) y[dst + j] = a(z[src + 2 * j]) * z[src + 2 * j + 1];

@@ -8,13 +8,14 @@ import { actMul, matmulGlu, ropeKvWrite, sliceCols } from './fused.js';
 import { matmul, matmulAdd } from './matmul.js';
 import { addLayernorm, addRmsnorm, layernorm, rmsnorm } from './norm.js';
 import { rope } from './rope.js';
-import { concatRows, pairRows, sliceRows, transpose } from './transforms.js';
+import { concatRows, pairRows, scaleCols, sliceRows, transpose } from './transforms.js';
 
 export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   transpose,
   slice_rows: sliceRows,
   concat_rows: concatRows,
   pair_rows: pairRows,
+  scale_cols: scaleCols,
   embedding,
   matmul,
   add,

@@ -1,5 +1,7 @@
 /**
  * matmul: x[R, K] (f32), w[N, K] (nn.Linear layout) (, b[N]) -> y[R, N] = x w^T (+ b).
+ * With attrs.rmsEps (a norm folded in: its weight is in w's columns), row r of the product is
+ * scaled by rstd[r] = 1 / sqrt(mean(x[r]^2) + rmsEps) before the bias.
  * matmul_add: x, w, residual[R, N] (, b[N]) -> x w^T (+ b) + residual; y may be residual's buffer
  * (the planner computes it in place): each element of the residual is read just before the same
  * element of y is written.
@@ -7,21 +9,48 @@
  * four independent partial sums per row keep the floating-point pipeline busy: about 4x the
  * naive loop in V8 at decode (R = 1) and more at prefill.
  */
+import type { Attrs } from '../../../graph/ir.js';
 import type { KernelArgs } from '../tensor.js';
 import { f32 } from '../tensor.js';
 
-export function matmul({ inputs: [xt, wt, bt], output }: KernelArgs): void {
-  matmulF32(f32(xt), f32(wt), f32(output), xt.shape[0], wt.shape[0], xt.shape[1], bt ? f32(bt) : null);
+/** The folded norm's row scales of x[rows, k] (attrs.rmsEps), or null without one. */
+export function rowScales(x: Float32Array, rows: number, k: number, attrs: Attrs): Float32Array | null {
+  const eps = attrs.rmsEps;
+  if (eps === undefined) return null;
+  const s = new Float32Array(rows);
+  for (let r = 0; r < rows; r++) {
+    let ss = 0;
+    for (let i = r * k; i < (r + 1) * k; i++) ss += x[i] * x[i];
+    s[r] = 1 / Math.sqrt((k > 0 ? ss / k : 0) + (eps as number));
+  }
+  return s;
 }
 
-export function matmulAdd({ inputs: [xt, wt, rt, bt], output }: KernelArgs): void {
-  matmulF32(f32(xt), f32(wt), f32(output), xt.shape[0], wt.shape[0], xt.shape[1], bt ? f32(bt) : null, f32(rt));
+export function matmul({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): void {
+  const x = f32(xt), [rows, k] = xt.shape;
+  matmulF32(x, f32(wt), f32(output), rows, wt.shape[0], k, bt ? f32(bt) : null, null, rowScales(x, rows, k, attrs));
 }
 
-/** y = x w^T (+ bias) (+ res), the sum of each element in that order; res may be y. */
-export function matmulF32(x: Float32Array, w: Float32Array, y: Float32Array, rows: number, n: number, k: number, bias: Float32Array | null = null, res: Float32Array | null = null): void {
+export function matmulAdd({ inputs: [xt, wt, rt, bt], output, attrs }: KernelArgs): void {
+  const x = f32(xt), [rows, k] = xt.shape;
+  matmulF32(x, f32(wt), f32(output), rows, wt.shape[0], k, bt ? f32(bt) : null, f32(rt), rowScales(x, rows, k, attrs));
+}
+
+/** y = x w^T (* scale[row]) (+ bias) (+ res), each element in that order; res may be y. */
+export function matmulF32(
+  x: Float32Array,
+  w: Float32Array,
+  y: Float32Array,
+  rows: number,
+  n: number,
+  k: number,
+  bias: Float32Array | null = null,
+  res: Float32Array | null = null,
+  scale: Float32Array | null = null,
+): void {
   const k4 = k & ~3;
   const store = (i: number, j: number, s: number): void => {
+    if (scale) s *= scale[Math.floor(i / n)];
     if (bias) s += bias[j];
     y[i] = res ? s + res[i] : s;
   };

@@ -1,4 +1,4 @@
-/** Load-time weight transforms: transpose (GPT-2 Conv1D), slice_rows (split c_attn), concat_rows, pair_rows (gate/up pairs for matmul_glu). */
+/** Load-time weight transforms: transpose (GPT-2 Conv1D), slice_rows (split c_attn), concat_rows, pair_rows (gate/up pairs for matmul_glu), scale_cols (a norm weight folded into a GEMM). */
 import type { KernelArgs } from '../tensor.js';
 import { f32 } from '../tensor.js';
 
@@ -31,4 +31,11 @@ export function pairRows({ inputs: [xt], output }: KernelArgs): void {
     y.set(x.subarray(j * rowSize, (j + 1) * rowSize), 2 * j * rowSize);
     y.set(x.subarray((half + j) * rowSize, (half + j + 1) * rowSize), (2 * j + 1) * rowSize);
   }
+}
+
+/** y[n, k] = w[n, k] * g[k]. */
+export function scaleCols({ inputs: [wt, gt], output }: KernelArgs): void {
+  const w = f32(wt), g = f32(gt), y = f32(output);
+  const k = g.length;
+  for (let i = 0; i < w.length; i++) y[i] = w[i] * g[i % k];
 }

@@ -3,7 +3,10 @@
  * matmul_add(x, w, res[R, N] (, bias)) -> x w^T (+ bias) + res with y in res's place, and
  * matmul_glu(x, w[2I, K] in (gate, up) row pairs (, bias[2I])) -> act(gate) * up: [R, I], on tensor
  * cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res and the glu
- * epilogues; the kernels take `glu`, an activation code or GLU_NONE).
+ * epilogues; the kernels take `glu`, an activation code or GLU_NONE). With attrs.rmsEps, x's rows
+ * are RMS-normalized in the GEMM (the norm's weight folded into w's columns at load): y =
+ * rstd[r] (x w^T)[r] (+ bias), computed by the kernel itself where its rows are few (the GEMV,
+ * the 16-row tile), else by ts_row_rstd_* in a launch before it.
  * x, w, bias and res share the storage type (bf16 or f16). One kernel per tile
  * configuration, storage type and output dtype (the storage type for projections, f32 for the
  * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
@@ -15,6 +18,7 @@
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
 import { actCode, storageOf } from './elementwise.js';
+import { ROW_RSTD } from './norm.js';
 import type { CudaOp, CudaOpContext, DeviceTensor, Launch } from './types.js';
 import { ceilDiv, elementBytes } from './types.js';
 
@@ -120,7 +124,7 @@ export function gemmPlan(R: number, N: number, K: number, multiprocessors: numbe
 /** The kernels' `glu` for a plain product (common.cuh GLU_NONE); else the activation's code (ACT_CODE). */
 export const GLU_NONE = -1;
 
-/** The GEMV's: y, x, w, bias, res, R, N, K, glu (a GEMV block covers all of K, without splits). */
+/** The GEMV's: y, x, w, bias, res, R, N, K, glu, rmsEps (a GEMV block covers all of K, without splits). */
 const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
   ['x', 'ptr'],
@@ -131,9 +135,14 @@ const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['N', 'i32'],
   ['K', 'i32'],
   ['glu', 'i32'],
+  ['rmsEps', 'f32'],
 ];
 
-/** The tile kernel's: the GEMV's operands, the split merge's partials and tile counters (or null), then R, N, K, the k-tiles per split and glu. */
+/**
+ * The tile kernel's: the GEMV's operands, the split merge's partials and tile counters (or null),
+ * then R, N, K, the k-tiles per split, glu, and the folded norm's row scales (or null) and eps
+ * (>= 0: the kernel computes the scales itself).
+ */
 const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...GEMV_PARAMS.slice(0, 5),
   ['ws', 'ptr'],
@@ -141,7 +150,12 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...GEMV_PARAMS.slice(5, 8),
   ['kTilesPerSplit', 'i32'],
   ['glu', 'i32'],
+  ['rstd', 'ptr'],
+  ['rmsEps', 'f32'],
 ];
+
+/** The tile configurations whose kernel computes the folded norm's row scales itself (few rows a block: the 16-row decode tile). */
+export const GEMM_RMS_IN_BLOCK_MAX_BM = 16;
 
 const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
@@ -229,6 +243,7 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['splits', 'i32'],
   ['kTilesPerSplit', 'i32'],
   ['glu', 'i32'],
+  ['rstd', 'ptr'],
 ];
 
 /** ts_gemm_sm90_bf16 and ts_gemm_sm90_bf16_f32. */
@@ -245,6 +260,7 @@ const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['dpTiles', 'i32'],
   ['kTilesPerBlock', 'i32'],
   ['glu', 'i32'],
+  ['rstd', 'ptr'],
 ];
 
 /** ts_gemm_sm90k_bf16 and ts_gemm_sm90k_bf16_f32: stream-K. */
@@ -493,8 +509,17 @@ function gemm(
   // by the same thread), not a shifted view of it.
   if (res && res.ptr !== y.ptr && overlaps(res, y)) fail('y overlaps res without being it');
   if (res && overlaps(x, y)) fail('y overlaps x, which the GEMM still reads while y is written');
+  const rms = ctx.attrs.rmsEps;
+  if (rms !== undefined && (typeof rms !== 'number' || !(rms >= 0))) fail(`attr rmsEps must be a number >= 0, got ${String(rms)}`);
   const outDType: GemmOutDType = y.dtype === 'f32' ? 'f32' : 'bf16';
   const entry = (d: KernelDecl) => forStorage(d, dtype);
+  // The folded norm's row scales from ts_row_rstd (the rungs that do not compute them), or null.
+  const rowScales = (): bigint => {
+    if (rms === undefined) return 0n;
+    const rstd = ctx.scratch(4 * R);
+    ctx.launch(entry(ROW_RSTD), { grid: [Math.min(ceilDiv(R, 8), 65535), 1, 1], block: [256, 1, 1] }, { rstd, x: x.ptr, rows: R, K, eps: rms });
+    return rstd;
+  };
   const biasPtr = bias ? bias.ptr : 0n;
   const resPtr = res ? res.ptr : 0n;
   // Asked for (the conformance suite, the benchmark, TESSERA_GEMM), else measured on this GPU
@@ -503,7 +528,7 @@ function gemm(
   const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
-    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, glu });
+    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, glu, rmsEps: rms ?? -1 });
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
@@ -511,6 +536,7 @@ function gemm(
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90K.bm, GEMM_SM90K.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90K.bn, GEMM_SM90K.bk], '128B');
     const p = gemmSm90kPlan(R, N, K, ctx.device.multiprocessors);
+    const rstd = rowScales();
     // One counter a tile, zero between launches (the last block to arrive on a tile zeroes it).
     const counters = ctx.counters(p.tiles);
     const ws = p.workspaceBytes > 0 ? ctx.scratch(p.workspaceBytes) : 0n;
@@ -529,6 +555,7 @@ function gemm(
       dpTiles: p.dpTiles,
       kTilesPerBlock: p.kTilesPerBlock,
       glu,
+      rstd,
     });
     return;
   }
@@ -539,13 +566,15 @@ function gemm(
     const decl = entry((variant === 'sm90c' ? GEMM_SM90C_KERNELS : GEMM_SM90PC_KERNELS)[outDType]);
     const base: Launch = { grid: [cfg.cluster, 1, 1], block: [cfg.threads, 1, 1], sharedBytes: cfg.sharedBytes, cluster: [cfg.cluster, 1, 1] };
     const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base), cfg.bn);
-    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk), glu });
+    const rstd = rowScales();
+    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk), glu, rstd });
     return;
   }
   if (variant === 'sm90p' && K > 0) {
     const tmX = ctx.tensorMap2d(x, [GEMM_SM90P.bm, GEMM_SM90P.bk], '128B');
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90P.bn, GEMM_SM90P.bk], '128B');
     const grid = gemmSm90Grid(R, N, ctx.device.multiprocessors, 1, GEMM_SM90P.bn);
+    const rstd = rowScales();
     ctx.launch(entry(GEMM_SM90P_KERNELS[outDType]), { grid: [grid, 1, 1], block: [GEMM_SM90P.threads, 1, 1], sharedBytes: GEMM_SM90P.sharedBytes }, {
       tmX,
       tmW,
@@ -558,6 +587,7 @@ function gemm(
       splits: 1,
       kTilesPerSplit: ceilDiv(K, GEMM_SM90P.bk),
       glu,
+      rstd,
     });
     return;
   }
@@ -566,20 +596,26 @@ function gemm(
     const tmW = ctx.tensorMap2d(w, [GEMM_SM90.bn, GEMM_SM90.bk], '128B');
     const p = gemmSm90Plan(R, N, K, ctx.device.multiprocessors, elementBytes(y.dtype) / (glu === GLU_NONE ? 1 : 2), !!res, variant === 'sm90s' ? GEMM_SM90_MAX_SPLITS : 1);
     const launch = { grid: [p.grid, 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
+    const rstd = rowScales();
     if (p.splits === 1) {
-      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit, glu });
+      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit, glu, rstd });
       return;
     }
     const ws = ctx.scratch(p.workspaceBytes);
     if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
-    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit, glu: GLU_NONE });
+    // The partials are scaled by the row scales already (the sum is linear): the reduce adds them up.
+    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit, glu: GLU_NONE, rstd });
     reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits, glu);
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
-  const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes };
+  // A folded norm: the 16-row tile computes its rows' scales (the warps' sums and the scales,
+  // 4 bytes each a row, in shared memory past the stages), the larger tiles read them from
+  // ts_row_rstd's output.
+  const inBlock = rms !== undefined && plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
+  const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes + (inBlock ? 4 * plan.tile.bm * (plan.tile.warps + 1) : 0) };
   const decls = GEMM_KERNELS[plan.tile.name];
-  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu };
+  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu, rstd: inBlock ? 0n : rowScales(), rmsEps: inBlock ? rms : -1 };
   if (plan.splits === 1) {
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws: 0n, counters: 0n });
     return;

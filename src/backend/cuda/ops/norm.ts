@@ -157,4 +157,16 @@ export const addRmsnorm: CudaOp = (ctx) => runNorm(ctx, 'add_rmsnorm', true, fal
 /** add_layernorm(residual[R, N], delta[R, N], w[N], b[N]) -> (sum, y); sum may be residual's buffer */
 export const addLayernorm: CudaOp = (ctx) => runNorm(ctx, 'add_layernorm', true, true);
 
-export const DECLS = [RMSNORM, LAYERNORM, ADD_RMSNORM, ADD_LAYERNORM];
+/** rstd[r] = 1 / sqrt(mean(x[r]^2) + eps), f32 (kernels/norm.cu): an RMS norm folded into the GEMM after it, for the GEMM rungs that do not compute it themselves (ops/gemm.ts). */
+export const ROW_RSTD: KernelDecl = {
+  name: 'ts_row_rstd_bf16',
+  params: [
+    ['rstd', 'ptr'],
+    ['x', 'ptr'],
+    ['rows', 'i32'],
+    ['K', 'i32'],
+    ['eps', 'f32'],
+  ],
+};
+
+export const DECLS = [RMSNORM, LAYERNORM, ADD_RMSNORM, ADD_LAYERNORM, ROW_RSTD];

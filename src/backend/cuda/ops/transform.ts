@@ -43,4 +43,16 @@ export const PAIR_ROWS: KernelDecl = {
   ],
 };
 
-export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE, PAIR_ROWS];
+/** out[n, k] = w[n, k] g[k]: an RMS norm's weight folded into the GEMM after it. */
+export const SCALE_COLS: KernelDecl = {
+  name: 'ts_scale_cols_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['w', 'ptr'],
+    ['g', 'ptr'],
+    ['rows', 'u64'],
+    ['cols', 'i32'],
+  ],
+};
+
+export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE, PAIR_ROWS, SCALE_COLS];
