@@ -8,8 +8,8 @@ Families (all on fresh random data, bf16 unless the device lacks it):
   gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M (and in float16
                      for the gemm.f16 cases, on a GPU); for the gemm.residual cases x w^T + r as
                      torch.addmm (r as the GEMM's C) and as F.linear then add; for the gemm.glu
-                     cases silu(gate) * up of z = F.linear(x, w_gate_up), eager and under
-                     torch.compile;
+                     cases silu(gate) * up of z = F.linear(x, w_gate_up), and for the gemm.rms
+                     cases F.linear(rmsnorm(x) * g, w), each eager and under torch.compile;
   attention_prefill  F.scaled_dot_product_attention on [B, H, S, D] with GQA, under each SDPA
                      backend (flash, efficient, cudnn, math) and an explicit matmul/softmax version;
   attention_decode   the same with one query per sequence over a contiguous (not paged) KV cache;
@@ -586,6 +586,15 @@ def gemm_cases(b: Bench, shapes: dict):
             for m in glu["m"]:
                 yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "glu": True},
                        lambda p=p, m=m: run_gemm_glu(b, p, m))
+    # The folded-norm cases (gemm.rms): F.linear(rmsnorm(x, g), w), as Tessera's matmul with rmsEps.
+    rms = g.get("rms")
+    if rms:
+        for p in g["projections"]:
+            if p["model"] not in rms["models"] or p["name"] not in rms["names"]:
+                continue
+            for m in rms["m"]:
+                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "rms": True},
+                       lambda p=p, m=m: run_gemm_glu(b, p, m, rms=True))
 
 
 def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
@@ -663,22 +672,29 @@ def run_gemm_residual(b: Bench, p: dict, m: int) -> dict:
     return finish(rec)
 
 
-def run_gemm_glu(b: Bench, p: dict, m: int) -> dict:
-    """y = silu(z[:, :I]) * z[:, I:], z = x w^T (w the gate and up rows stacked, N = 2I), as a
-    Llama MLP runs it in PyTorch: F.linear then the activation and the product (eager: three
-    more kernels), and the same under torch.compile (which fuses the pointwise part)."""
+def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
+    """Two epilogues Tessera has and cuBLAS has not, as a Llama layer runs them in PyTorch, eager
+    and under torch.compile (which fuses the pointwise part):
+      glu (rms False): y = silu(z[:, :I]) * z[:, I:], z = x w^T (w the gate and up rows stacked,
+        N = 2I): F.linear then the activation and the product;
+      rms: y = F.linear(rmsnorm(x) * g, w): the norm (HF LlamaRMSNorm) then the product."""
     n, k = p["n"], p["k"]
     inner = n // 2
     dtype = b.dtype
     e = torch.empty((), dtype=dtype).element_size()
     flops = 2 * m * n * k
-    nbytes = e * (m * k + n * k + m * inner)
-    rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k, "glu": True,
-           "dtype": str(dtype).replace("torch.", ""), "op": "silu(x w_gate^T) * x w_up^T",
-           "flops": flops, "bytes": nbytes, "bytes_formula": f"e*(M*K + N*K + M*N/2), e={e}"}
+    out_cols = n if rms else inner
+    nbytes = e * (m * k + n * k + m * out_cols)
+    rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k, ("rms" if rms else "glu"): True,
+           "dtype": str(dtype).replace("torch.", ""),
+           "op": "F.linear(rmsnorm(x) * g, w)" if rms else "silu(x w_gate^T) * x w_up^T",
+           "flops": flops, "bytes": nbytes,
+           "bytes_formula": f"e*(M*K + N*K + M*N), e={e}" if rms else f"e*(M*K + N*K + M*N/2), e={e}"}
     state = {}
 
-    def fn(x, w):
+    def fn(x, w, g=None):
+        if rms:
+            return F.linear(rmsnorm(x, g), w)
         z = F.linear(x, w)
         return F.silu(z[:, :inner]) * z[:, inner:]
 
@@ -686,11 +702,12 @@ def run_gemm_glu(b: Bench, p: dict, m: int) -> dict:
         if "sets" not in state:
             sets_n = b.sets_for(nbytes, e * (m * k + n * k))
             state["n"] = sets_n
-            state["sets"] = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype)) for _ in range(sets_n)]
+            state["sets"] = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype))
+                             + ((1 + 0.1 * b.randn((k,), dtype=dtype),) if rms else ()) for _ in range(sets_n)]
             rows = min(m, 64)
-            x0, w0 = state["sets"][0]
+            first = state["sets"][0]
             state["rows"] = rows
-            state["refs"] = [fn(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype))]
+            state["refs"] = [fn(first[0][:rows].to(b.ref_dtype), *[t.to(b.ref_dtype) for t in first[1:]])]
         return state
 
     def figures(r, st):

@@ -79,6 +79,11 @@ export interface KernelShapes {
      * the launch the epilogue saves (gluComparisons; cuBLASLt has no such epilogue).
      */
     glu?: { models: string[]; names: string[]; m: number[] };
+    /**
+     * matmul cases with an RMS norm folded in (attr rmsEps): these projections of these models at
+     * these M, each beside rmsnorm at [M, K], the kernel the fold saves (normComparisons).
+     */
+    rms?: { models: string[]; names: string[]; m: number[] };
   };
   attention: {
     prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
@@ -105,8 +110,12 @@ export interface KernelCase {
   bytes: number;
   /** Why this case is not run, when Tessera has no kernel for it. */
   unsupported?: string;
-  /** GEMM only: cuBLASLt's shape; with residual, input 2 is its C (y = x w^T + C); with glu, y is [m, n / 2] gated and cuBLASLt is not run. */
-  gemm?: { m: number; n: number; k: number; residual?: boolean; glu?: boolean };
+  /**
+   * GEMM only: cuBLASLt's shape; with residual, input 2 is its C (y = x w^T + C); with glu, y is
+   * [m, n / 2] gated. epilogueOnly: an epilogue cuBLASLt has not (the gated unit, a folded norm),
+   * so it is not run beside; the case is compared with the kernels it saves instead.
+   */
+  gemm?: { m: number; n: number; k: number; residual?: boolean; glu?: boolean; epilogueOnly?: boolean };
   /** The storage type of the inputs and output (default bf16; f16 runs the kernels' fp16 entries). */
   dtype?: 'bf16' | 'f16';
   /**
@@ -251,18 +260,22 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
           const c = memoryCase(op, rows, h, mb.rope);
           if (c) cases.push(c);
         }
-    // silu_mul at the gated-unit cases' [M, I] (gemm.glu), what the epilogue saves a launch of.
+    // silu_mul at the gated-unit cases' [M, I] (gemm.glu) and rmsnorm at the folded-norm cases'
+    // [M, K] (gemm.rms): the kernels those epilogues save.
     const names = new Set(cases.map((c) => c.name));
-    for (const [m, inner] of gluShapes(shapes)) {
-      const c = memoryCase('silu_mul', m, inner, mb.rope);
-      if (c && !names.has(c.name)) cases.push(c);
+    for (const [op, m, h] of [...epilogueShapes(shapes, 'glu').map(([m, n]) => ['silu_mul', m, n / 2] as const), ...epilogueShapes(shapes, 'rms', 'k').map(([m, k]) => ['rmsnorm', m, k] as const)]) {
+      const c = memoryCase(op, m, h, mb.rope);
+      if (c && !names.has(c.name)) {
+        cases.push(c);
+        names.add(c.name);
+      }
     }
   }
   // Then the other models' GEMMs, the residual epilogue's cases (after the memory family, whose
   // norm cases its comparison needs), and the fp16 GEMM cases last: a run cut short by its time
   // limit loses these first.
   cases.push(...gemm.filter((c) => !isFirst(c)));
-  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gluCases(shapes), ...gemmCases(shapes, 'f16'));
+  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gluCases(shapes), ...rmsCases(shapes), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
 
@@ -371,17 +384,50 @@ function gluCases(shapes: KernelShapes): KernelCase[] {
             step: rowsStep(m),
             flops: 2 * m * p.n * p.k,
             bytes: 2 * (m * p.k + p.n * p.k + (m * p.n) / 2),
-            gemm: { m, n: p.n, k: p.k, glu: true },
+            gemm: { m, n: p.n, k: p.k, glu: true, epilogueOnly: true },
           });
       }
   return cases;
 }
 
-/** [M, I] of every gated-unit case (gemm.glu): I is half the gate_up projection's N. */
-function gluShapes(shapes: KernelShapes): Array<[number, number]> {
-  const glu = shapes.gemm.glu;
-  if (!glu) return [];
-  return shapes.gemm.projections.filter((p) => glu.models.includes(p.model) && glu.names.includes(p.name)).flatMap((p) => glu.m.map((m): [number, number] => [m, p.n / 2]));
+/**
+ * An RMS norm folded into the GEMM (bf16, attr rmsEps): matmul at the projections named in
+ * gemm.rms, every rung (and the split-K reduce's where the tiles split). The memory family runs
+ * rmsnorm at their [M, K]: with the plain GEMM case, what the graph ran before fold_rmsnorm
+ * (normComparisons).
+ */
+function rmsCases(shapes: KernelShapes): KernelCase[] {
+  const cases: KernelCase[] = [];
+  const rms = shapes.gemm.rms;
+  if (rms)
+    for (const p of shapes.gemm.projections)
+      for (const m of rms.m) {
+        if (!rms.models.includes(p.model) || !rms.names.includes(p.name)) continue;
+        const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
+        if (m <= 64) variants.splice(1, 0, 'reduce');
+        for (const variant of variants)
+          cases.push({
+            family: 'gemm',
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +rms${variant === 'tiles' ? '' : ` ${variant}`}`,
+            op: 'matmul',
+            attrs: { rmsEps: 1e-5, ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }) },
+            dtype: 'bf16',
+            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
+            outputShapes: [[m, p.n]],
+            step: rowsStep(m),
+            flops: 2 * m * p.n * p.k,
+            bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
+            gemm: { m, n: p.n, k: p.k, epilogueOnly: true },
+          });
+      }
+  return cases;
+}
+
+/** [M, N] (or [M, K]) of every case of gemm.glu or gemm.rms. */
+function epilogueShapes(shapes: KernelShapes, which: 'glu' | 'rms', dim: 'n' | 'k' = 'n'): Array<[number, number]> {
+  const sel = shapes.gemm[which];
+  if (!sel) return [];
+  return shapes.gemm.projections.filter((p) => sel.models.includes(p.model) && sel.names.includes(p.name)).flatMap((p) => sel.m.map((m): [number, number] => [m, p[dim]]));
 }
 
 function memoryCase(op: string, r: number, h: number, rope: KernelShapes['memoryBound']['rope']): KernelCase | null {
@@ -547,6 +593,38 @@ export function gluComparisons(results: ReadonlyArray<{ name: string; tessera?: 
     const separateMs = plain + act;
     const r5 = (x: number) => Number(x.toFixed(5));
     out.push({ gemm, m: rows, inner, epilogueMs: r5(gluMs), separateMs: r5(separateMs), speedup: Number((separateMs / gluMs).toFixed(3)) });
+  }
+  return out;
+}
+
+/** The folded norm against rmsnorm + the GEMM, at one shape and rung. */
+export interface NormComparison {
+  /** The plain GEMM case (the +rms case's name without " +rms"). */
+  gemm: string;
+  m: number;
+  hidden: number;
+  /** matmul with rmsEps: the graph the passes make. */
+  foldedMs: number;
+  /** rmsnorm + matmul: the graph without fold_rmsnorm. */
+  separateMs: number;
+  /** separateMs / foldedMs: above 1 the fold is the right default. */
+  speedup: number;
+}
+
+/** For every `+rms` case whose plain GEMM case and rmsnorm at [M, K] ran: all three from this run. */
+export function normComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): NormComparison[] {
+  const ms = new Map<string, number>();
+  for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
+  const out: NormComparison[] = [];
+  for (const [name, foldedMs] of ms) {
+    const m = /^(gemm \S+ \S+ M(\d+) N\d+ K(\d+)) \+rms( reduce| gemv| sm90(?:pc|[spkc])?)?$/.exec(name);
+    if (!m) continue;
+    const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
+    const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`);
+    if (plain === undefined || norm === undefined) continue;
+    const separateMs = plain + norm;
+    const r5 = (x: number) => Number(x.toFixed(5));
+    out.push({ gemm, m: rows, hidden, foldedMs: r5(foldedMs), separateMs: r5(separateMs), speedup: Number((separateMs / foldedMs).toFixed(3)) });
   }
   return out;
 }
@@ -810,6 +888,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       results,
       residualEpilogue: residualComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
       gluEpilogue: gluComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
+      normFold: normComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
     });
     const save = async (complete = false) => {
       if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(complete), null, 1) + '\n');
@@ -868,7 +947,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
         let line = `${c.name.padEnd(58)} ${t.medianMs.toFixed(4).padStart(9)}`;
         const r = rates(c, t.medianMs, ceilings);
         line += ` ${r.tflops.toFixed(1).padStart(8)} ${r.gbs.toFixed(0).padStart(7)} ${r.percentOfCopy.toFixed(1).padStart(6)} ${(r.percentOfGemm ?? NaN).toFixed(1).padStart(6)}`;
-        if (c.gemm && lt && !c.gemm.glu) {
+        if (c.gemm && lt && !c.gemm.epilogueOnly) {
           const g = c.gemm;
           const ys = prepared.map(() => backend.allocBuffer(2 * g.m * g.n));
           let plan: ReturnType<typeof lt.plan> | null = null;
@@ -954,6 +1033,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
       log(`residual epilogue, ${c.gemm}: matmul_add + rmsnorm ${c.epilogueMs.toFixed(4)} ms, matmul + add_rmsnorm ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     for (const c of report.gluEpilogue)
       log(`gated epilogue, ${c.gemm}: matmul_glu ${c.epilogueMs.toFixed(4)} ms, matmul + silu_mul ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
+    for (const c of report.normFold)
+      log(`folded norm, ${c.gemm}: matmul with rmsEps ${c.foldedMs.toFixed(4)} ms, rmsnorm + matmul ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
     if (values['write-choices']) {

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HostTensor } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/backend.js';
-import { defaultShapesPath, expandCases, gluComparisons, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
+import { defaultShapesPath, expandCases, gluComparisons, normComparisons, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
 import { OPS, outputShapes } from '../../src/graph/ops.js';
 
 const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
@@ -19,7 +19,7 @@ describe('bench kernels: the cases', () => {
   const cases = expandCases(shapes, ['gemm', 'attention', 'memory']);
 
   it('covers every projection at every M, every attention case and every memory-bound op', () => {
-    const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul');
+    const gemm = cases.filter((c) => c.family === 'gemm' && c.dtype === 'bf16' && c.op === 'matmul' && c.attrs.rmsEps === undefined);
     // Every M with the tile kernel and the Hopper kernel's rungs (sm90, sm90s: left out at run
     // time where its plan does not split, sm90k), M <= 8 with the GEMV as well, and M > 8 with the
     // ping-pong and cluster Hopper kernels (sm90p, sm90c, sm90pc) instead; M <= 64 with the tile
@@ -77,7 +77,7 @@ describe('bench kernels: the cases', () => {
     // Llama-3-8B's plain GEMMs come first, then attention and the memory-bound ops, then the
     // 70B GEMMs: a run cut by its time limit has every family at one model's shapes.
     const rank = (c: (typeof cases)[number]) =>
-      c.family === 'gemm' && c.op === 'matmul' && c.dtype === 'bf16' ? (c.name.startsWith('gemm llama-3-8b ') ? 0 : 3) : c.family === 'attention' ? 1 : c.family === 'memory' ? 2 : 4;
+      c.family === 'gemm' && c.op === 'matmul' && c.dtype === 'bf16' && c.attrs.rmsEps === undefined ? (c.name.startsWith('gemm llama-3-8b ') ? 0 : 3) : c.family === 'attention' ? 1 : c.family === 'memory' ? 2 : 4;
     const ranks = cases.map(rank);
     expect(ranks).toEqual([...ranks].sort((a, b) => a - b));
     expect(new Set(ranks)).toEqual(new Set([0, 1, 2, 3, 4]));
@@ -252,9 +252,47 @@ describe('bench kernels: the gated-unit epilogue against GEMM + silu_mul, from o
   });
 });
 
+describe('bench kernels: the folded norm against rmsnorm + GEMM, from one run', () => {
+  const t = (name: string, medianMs: number) => ({ name, tessera: { medianMs } });
+
+  it('adds rmsnorm at [M, K] and the plain GEMM per rung, against the GEMM with the norm folded in', () => {
+    expect(
+      normComparisons([
+        t('gemm llama-3-8b qkv M1 N6144 K4096', 0.02),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 +rms', 0.0205),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 gemv', 0.018),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 +rms gemv', 0.0182),
+        t('rmsnorm R1 H4096', 0.003),
+        t('gemm llama-3-8b qkv M16 N6144 K4096 +rms', 0.02),
+      ]),
+    ).toEqual([
+      { gemm: 'gemm llama-3-8b qkv M1 N6144 K4096', m: 1, hidden: 4096, foldedMs: 0.0205, separateMs: 0.023, speedup: 1.122 },
+      { gemm: 'gemm llama-3-8b qkv M1 N6144 K4096 gemv', m: 1, hidden: 4096, foldedMs: 0.0182, separateMs: 0.021, speedup: 1.154 },
+    ]);
+  });
+
+  it('the shapes pair every +rms case with its plain GEMM case and rmsnorm, and run it without cuBLASLt', () => {
+    const cases = expandCases(shapes, ['gemm', 'memory']);
+    const rms = cases.filter((c) => c.name.includes(' +rms'));
+    expect(rms.length).toBe(shapes.gemm.rms!.m.reduce((n, m) => n + (m <= 8 ? 5 : 7) + (m <= 64 ? 1 : 0), 0));
+    for (const c of rms) {
+      expect([c.op, c.attrs.rmsEps, c.gemm!.epilogueOnly], c.name).toEqual(['matmul', 1e-5, true]);
+    }
+    const pairs = normComparisons(cases.map((c) => t(c.name, 1)));
+    expect(pairs.length).toBe(rms.length);
+    expect(pairs.every((p) => p.speedup === 2)).toBe(true);
+  });
+});
+
 describe('bench kernels: every case runs through the CPU backend at a small size', () => {
   const small: KernelShapes = {
-    gemm: { m: [1, 5], projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }], ceiling: { m: 8, n: 8, k: 8 }, glu: { models: ['toy'], names: ['proj'], m: [1] } },
+    gemm: {
+      m: [1, 5],
+      projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }],
+      ceiling: { m: 8, n: 8, k: 8 },
+      glu: { models: ['toy'], names: ['proj'], m: [1] },
+      rms: { models: ['toy'], names: ['proj'], m: [1] },
+    },
     attention: {
       prefill: [
         { heads: 4, kvHeads: 2, headDim: 16, batch: 2, seqlen: 9, causal: true },
@@ -272,9 +310,10 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
     // M 1 and 5, each with the tiles, its separate reduce, the GEMV and the Hopper kernel's three
-    // rungs, and the same six as matmul_glu at M 1; prefill three times (the sm90 rungs), decode
-    // twice (the combine's rungs); the memory ops and silu_mul at the gated unit's [1, 12].
-    expect(cases.length).toBe(12 + 6 + 8 + 5 + 1);
+    // rungs, and the same six as matmul_glu and as matmul with a folded norm at M 1; prefill three
+    // times (the sm90 rungs), decode twice (the combine's rungs); the memory ops, silu_mul at the
+    // gated unit's [1, 12] and rmsnorm at the folded norm's [1, 16].
+    expect(cases.length).toBe(12 + 6 + 6 + 8 + 5 + 2);
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);
@@ -285,10 +324,15 @@ describe('bench kernels: every case runs through the CPU backend at a small size
       if (c.op === 'matmul') {
         const [x, w] = inputs, [m, k] = x.shape, n = w.shape[0];
         const ref = new Float32Array(m * n);
-        for (let i = 0; i < m; i++) for (let j = 0; j < n; j++) {
-          let acc = 0;
-          for (let t = 0; t < k; t++) acc += x.data[i * k + t] * w.data[j * k + t];
-          ref[i * n + j] = acc;
+        for (let i = 0; i < m; i++) {
+          let ss = 0;
+          for (let t = 0; t < k; t++) ss += x.data[i * k + t] ** 2;
+          const scale = c.attrs.rmsEps === undefined ? 1 : 1 / Math.sqrt(ss / k + (c.attrs.rmsEps as number));
+          for (let j = 0; j < n; j++) {
+            let acc = 0;
+            for (let t = 0; t < k; t++) acc += x.data[i * k + t] * w.data[j * k + t];
+            ref[i * n + j] = acc * scale;
+          }
         }
         expect(relativeError(outs[0].data as Float32Array, ref)).toBeLessThan(1e-6);
       }

@@ -515,7 +515,9 @@ describe.skipIf(!mockPath)('tessera bench on the CUDA backend (stand-in libcuda)
     expect(report.hostShareOfDecodeStep).toBeLessThan(1);
     const copyBytes = 2 * 2 ** 30;
     expect(report.copyBandwidthGBs).toBeCloseTo(copyBytes / 1.5e-3 / 1e9, 0);
-    expect(report.weightBytes).toBe(2 * 3215616);
+    // The demo model's 3,215,616 parameters less its 8 layer norms' weights (4 layers x 2 x 256):
+    // folded into the GEMMs after them, they are not read in a step of their own.
+    expect(report.weightBytes).toBe(2 * (3215616 - 8 * 256));
     expect(report.weightReadPercentOfCopy).toBeCloseTo((100 * report.weightReadGBs) / report.copyBandwidthGBs, 0);
     // One launch per program call in a decode step (split-K and split-KV merged in their own
     // launches, nothing else beside them), and the sampling kernel's.
