@@ -9,6 +9,7 @@ import path from 'node:path';
 import koffi from 'koffi';
 import { afterAll, describe, expect, it } from 'vitest';
 import { CudaError, loadDriver, type CudaDriver } from '../../src/backend/cuda/driver.js';
+import { loadTransientBytes } from '../../src/backend/cuda/backend.js';
 import { packArgs, type KernelDecl } from '../../src/backend/cuda/kernel_decl.js';
 import { buildMock, setLaunchHook } from './mock/mock.js';
 
@@ -535,5 +536,42 @@ describe.skipIf(!mockPath)('tessera bench on the CUDA backend (stand-in libcuda)
     );
     expect(off.launchOverlap).toBe('launch overlap (programmatic dependent launch) off: TESSERA_PDL=0');
     expect([off.decodeTokensPerSecondWithoutOverlap, off.decodeStepDeviceMsWithoutOverlap, off.overlapSpeedup]).toEqual([null, null, null]);
+  });
+});
+
+describe('the load-time memory check', () => {
+  it('counts the most bytes the transforms\' inputs hold at once, each freed after its last reader', () => {
+    const t = (name: string, shape: number[]) => ({ name, shape, source: { tensor: name } });
+    const op = (name: string, shape: number[], inputs: string[]) => ({ name, shape, source: { op: 'concat_rows' as const, attrs: {}, inputs } });
+    // A layer's gate and up (4 KiB each in bf16) merged, paired, scaled; then another layer's.
+    const weights = [
+      t('g0', [2, 1024]),
+      t('u0', [2, 1024]),
+      op('gu0', [4, 1024], ['g0', 'u0']),
+      op('p0', [4, 1024], ['gu0']),
+      t('n0', [1024]),
+      op('s0', [4, 1024], ['p0', 'n0']),
+      t('g1', [2, 1024]),
+      t('u1', [2, 1024]),
+      op('gu1', [4, 1024], ['g1', 'u1']),
+    ] as unknown as Parameters<typeof loadTransientBytes>[0];
+    // At gu0: g0, u0 (4 KiB each) and gu0 (8 KiB) = 16 KiB; after it g0 and u0 go. At s0: p0 (8
+    // KiB) and n0 (2 KiB), then both go. gu1 is used: g1, u1 = 8 KiB.
+    expect(loadTransientBytes(weights, new Set(['s0', 'gu1']), 2)).toBe(16 * 1024);
+    expect(loadTransientBytes(weights, new Set(['s0', 'gu1']), 4)).toBe(32 * 1024);
+    expect(loadTransientBytes(weights.slice(0, 2), new Set(['g0', 'u0']), 2)).toBe(0);
+  });
+
+  it.skipIf(!mockPath)('a GPU without room for the model: one sentence with what it needs and what is free, exit 1', async () => {
+    const { existsSync } = await import('node:fs');
+    const { spawnSync } = await import('node:child_process');
+    if (!existsSync(path.join(import.meta.dirname, '../../dist/kernels/tessera.fatbin'))) return;
+    const bin = path.join(import.meta.dirname, '../../bin/tessera.js');
+    const r = spawnSync(process.execPath, [bin, 'generate', '--device', 'cuda', '--max-tokens', '2', 'Hello'], {
+      env: { ...process.env, TESSERA_LIBCUDA: mockPath!, MOCK_FREE_BYTES: String(1 << 20) },
+      encoding: 'utf8',
+    });
+    expect(r.status).toBe(1);
+    expect(r.stderr.trim()).toMatch(/^tessera: The model needs \d+\.\d\d GiB on the GPU \(\d+\.\d\d GiB of weights, \d+\.\d\d GiB of activations\) but 0\.00 GiB of 80\.00 GiB are free; lower --max-num-batched-tokens or use a larger GPU\.$/);
   });
 });

@@ -395,20 +395,24 @@ export class CudaBackend implements Backend {
     const arenaBytes = split ? [...split.values()].reduce((a, n) => a + n, 0) : 2 * program.arenaSize;
     const logitsBytes = 4 * program.maxLogitRows * program.vocabSize;
     const { freeBytes, totalBytes } = this.driver.memInfo();
-    const needBytes = weightBytes + arenaBytes + logitsBytes;
-    if (needBytes > freeBytes)
-      throw new TesseraError(
-        `The model needs ${gib(needBytes)} on the GPU (${gib(weightBytes)} of weights, ${gib(arenaBytes + logitsBytes)} of activations) but ${gib(freeBytes)} of ${gib(totalBytes)} are free; lower --max-num-batched-tokens or use a larger GPU.`,
-        'limit',
-      );
-    const totalTensorBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? 2 * numel(w.shape) : 0), 0);
     // The last load-time transform that reads each tensor: one that no call reads is freed right
-    // after it, so a layer's raw gate and up weights, their concatenation and its pairs are not
-    // all held at once through the whole load (the check above counts the weights calls read).
+    // after it, so a layer's raw gate and up weights, their concatenation, its pairs and its
+    // norm-scaled copy are not all held at once through the whole load. The most such tensors
+    // hold at once is what the load needs beyond the weights.
     const lastReader = new Map<string, number>();
     program.weights.forEach((w, i) => {
       if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
     });
+    const transientBytes = loadTransientBytes(program.weights, used, 2);
+    const needBytes = weightBytes + Math.max(arenaBytes + logitsBytes, transientBytes);
+    if (needBytes > freeBytes) {
+      const loading = transientBytes > arenaBytes + logitsBytes ? ` while loading: ${gib(weightBytes)} of weights and ${gib(transientBytes)} at most of checkpoint tensors they are made from` : ` (${gib(weightBytes)} of weights, ${gib(arenaBytes + logitsBytes)} of activations)`;
+      throw new TesseraError(
+        `The model needs ${gib(needBytes)} on the GPU${loading} but ${gib(freeBytes)} of ${gib(totalBytes)} are free; lower --max-num-batched-tokens or use a larger GPU.`,
+        'limit',
+      );
+    }
+    const totalTensorBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? 2 * numel(w.shape) : 0), 0);
     let loadedBytes = 0;
     for (const [i, w] of program.weights.entries()) {
       this.driver.currentOp = `loading ${w.name}`;
@@ -1230,6 +1234,37 @@ export class CudaBackend implements Backend {
     if (!this.program) throw new Error('the CUDA backend has no program loaded');
     return this.program;
   }
+}
+
+/**
+ * The most bytes the tensors that only feed load-time transforms (checkpoint tensors a merged,
+ * paired or norm-scaled weight is made from, and those steps between) hold at once during a load
+ * in `weights`' order, when each is freed right after the last transform that reads it (as
+ * CudaBackend.load and CpuBackend.load do). `used`: the weights the Program's calls read, which
+ * stay. `elementBytes`: 2 on the GPU (bf16, fp16), 4 on the CPU.
+ */
+export function loadTransientBytes(weights: Program['weights'], used: ReadonlySet<string>, elementBytes: number): number {
+  const lastReader = new Map<string, number>();
+  weights.forEach((w, i) => {
+    if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
+  });
+  const alive = new Map<string, number>();
+  let live = 0, peak = 0;
+  for (const [i, w] of weights.entries()) {
+    if (!used.has(w.name)) {
+      const bytes = elementBytes * w.shape.reduce((a, d) => a * d, 1);
+      alive.set(w.name, bytes);
+      live += bytes;
+    }
+    peak = Math.max(peak, live);
+    if (!('tensor' in w.source))
+      for (const name of new Set(w.source.inputs))
+        if (lastReader.get(name) === i && alive.has(name)) {
+          live -= alive.get(name)!;
+          alive.delete(name);
+        }
+  }
+  return peak;
 }
 
 function gib(bytes: number): string {

@@ -141,7 +141,13 @@ CUresult cuDevicePrimaryCtxRetain(void **ctx, int dev) { (void)dev; *ctx = (void
 CUresult cuDevicePrimaryCtxRelease_v2(int dev) { (void)dev; return 0; }
 CUresult cuCtxSetCurrent(void *ctx) { (void)ctx; return 0; }
 CUresult cuCtxSynchronize(void) { NOT_CAPTURING; return 0; }
-CUresult cuMemGetInfo_v2(size_t *f, size_t *t) { *f = (size_t)70 << 30; *t = (size_t)80 << 30; return 0; }
+/* 70 GiB of 80 free, or MOCK_FREE_BYTES. */
+CUresult cuMemGetInfo_v2(size_t *f, size_t *t) {
+  const char *free_bytes = getenv("MOCK_FREE_BYTES");
+  *f = free_bytes && *free_bytes ? (size_t)strtoull(free_bytes, NULL, 10) : (size_t)70 << 30;
+  *t = (size_t)80 << 30;
+  return 0;
+}
 /* Guarded device allocations: [guard page][slack][size rounded up to 16][guard page]. */
 typedef struct { uint64_t ptr; size_t size, body; char *base; size_t span; } Alloc;
 static Alloc *alloc_table;
