@@ -568,33 +568,21 @@ def gemm_cases(b: Bench, shapes: dict):
             for m in f16["m"]:
                 yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "dtype": "float16"},
                        lambda p=p, m=m: run_gemm(b, p, m, torch.float16))
-    # The residual cases (gemm.residual): y = x w^T + r, as Tessera's matmul_add computes it.
-    res = g.get("residual")
-    if res:
+    # The epilogue cases, each a subset of the projections at its own M: gemm.residual, y = x w^T
+    # + r as Tessera's matmul_add computes it; gemm.glu, silu(x w_gate^T) * (x w_up^T) as its
+    # matmul_glu; gemm.rms, F.linear(rmsnorm(x, g), w) as its matmul with rmsEps.
+    for key, run in (("residual", lambda p, m: run_gemm_residual(b, p, m)),
+                     ("glu", lambda p, m: run_gemm_glu(b, p, m)),
+                     ("rms", lambda p, m: run_gemm_glu(b, p, m, rms=True))):
+        sel = g.get(key)
+        if not sel:
+            continue
         for p in g["projections"]:
-            if p["model"] not in res["models"] or p["name"] not in res["names"]:
+            if p["model"] not in sel["models"] or p["name"] not in sel["names"]:
                 continue
-            for m in res["m"]:
-                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "residual": True},
-                       lambda p=p, m=m: run_gemm_residual(b, p, m))
-    # The gated-unit cases (gemm.glu): silu(x w_gate^T) * (x w_up^T), as Tessera's matmul_glu.
-    glu = g.get("glu")
-    if glu:
-        for p in g["projections"]:
-            if p["model"] not in glu["models"] or p["name"] not in glu["names"]:
-                continue
-            for m in glu["m"]:
-                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "glu": True},
-                       lambda p=p, m=m: run_gemm_glu(b, p, m))
-    # The folded-norm cases (gemm.rms): F.linear(rmsnorm(x, g), w), as Tessera's matmul with rmsEps.
-    rms = g.get("rms")
-    if rms:
-        for p in g["projections"]:
-            if p["model"] not in rms["models"] or p["name"] not in rms["names"]:
-                continue
-            for m in rms["m"]:
-                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], "rms": True},
-                       lambda p=p, m=m: run_gemm_glu(b, p, m, rms=True))
+            for m in sel["m"]:
+                yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], key: True},
+                       lambda p=p, m=m, run=run: run(p, m))
 
 
 def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:

@@ -275,7 +275,7 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
   // norm cases its comparison needs), and the fp16 GEMM cases last: a run cut short by its time
   // limit loses these first.
   cases.push(...gemm.filter((c) => !isFirst(c)));
-  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...gluCases(shapes), ...rmsCases(shapes), ...gemmCases(shapes, 'f16'));
+  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...epilogueCases(shapes, 'glu'), ...epilogueCases(shapes, 'rms'), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
 
@@ -358,66 +358,40 @@ function residualCases(shapes: KernelShapes): KernelCase[] {
 }
 
 /**
- * The gated unit in the epilogue (bf16, silu): matmul_glu at the gate_up shapes named in
- * gemm.glu, every rung (and the split-K reduce's where the tiles split). The memory family runs
- * silu_mul at their [M, I]: with the plain GEMM case, what the graph ran before fuse_matmul_glu
- * (gluComparisons).
+ * The epilogues cuBLASLt has not, in bf16, at the projections gemm.glu and gemm.rms name, each at
+ * its M with every rung (and the split-K reduce's where the tiles split):
+ *   +glu  matmul_glu (silu): y [M, N / 2], the gated unit in the epilogue;
+ *   +rms  matmul with an RMS norm of x folded in (rmsEps).
+ * The memory family runs what each saves (silu_mul at [M, N / 2], rmsnorm at [M, K]): with the
+ * plain GEMM case, what the graph ran before fuse_matmul_glu or fold_rmsnorm (gluComparisons,
+ * normComparisons).
  */
-function gluCases(shapes: KernelShapes): KernelCase[] {
+function epilogueCases(shapes: KernelShapes, which: 'glu' | 'rms'): KernelCase[] {
   const cases: KernelCase[] = [];
-  const glu = shapes.gemm.glu;
-  if (glu)
+  const sel = shapes.gemm[which];
+  if (sel)
     for (const p of shapes.gemm.projections)
-      for (const m of glu.m) {
-        if (!glu.models.includes(p.model) || !glu.names.includes(p.name)) continue;
+      for (const m of sel.m) {
+        if (!sel.models.includes(p.model) || !sel.names.includes(p.name)) continue;
         const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
         if (m <= 64) variants.splice(1, 0, 'reduce');
+        const yCols = which === 'glu' ? p.n / 2 : p.n;
         for (const variant of variants)
           cases.push({
             family: 'gemm',
-            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +glu${variant === 'tiles' ? '' : ` ${variant}`}`,
-            op: 'matmul_glu',
-            attrs: { act: 'silu', ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }) },
+            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +${which}${variant === 'tiles' ? '' : ` ${variant}`}`,
+            op: which === 'glu' ? 'matmul_glu' : 'matmul',
+            attrs: {
+              ...(which === 'glu' ? { act: 'silu' } : { rmsEps: 1e-5 }),
+              ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }),
+            },
             dtype: 'bf16',
             inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
-            outputShapes: [[m, p.n / 2]],
+            outputShapes: [[m, yCols]],
             step: rowsStep(m),
             flops: 2 * m * p.n * p.k,
-            bytes: 2 * (m * p.k + p.n * p.k + (m * p.n) / 2),
-            gemm: { m, n: p.n, k: p.k, glu: true, epilogueOnly: true },
-          });
-      }
-  return cases;
-}
-
-/**
- * An RMS norm folded into the GEMM (bf16, attr rmsEps): matmul at the projections named in
- * gemm.rms, every rung (and the split-K reduce's where the tiles split). The memory family runs
- * rmsnorm at their [M, K]: with the plain GEMM case, what the graph ran before fold_rmsnorm
- * (normComparisons).
- */
-function rmsCases(shapes: KernelShapes): KernelCase[] {
-  const cases: KernelCase[] = [];
-  const rms = shapes.gemm.rms;
-  if (rms)
-    for (const p of shapes.gemm.projections)
-      for (const m of rms.m) {
-        if (!rms.models.includes(p.model) || !rms.names.includes(p.name)) continue;
-        const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
-        if (m <= 64) variants.splice(1, 0, 'reduce');
-        for (const variant of variants)
-          cases.push({
-            family: 'gemm',
-            name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +rms${variant === 'tiles' ? '' : ` ${variant}`}`,
-            op: 'matmul',
-            attrs: { rmsEps: 1e-5, ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }) },
-            dtype: 'bf16',
-            inputs: [{ shape: [m, p.k], bound: 1 }, { shape: [p.n, p.k], bound: 1 / Math.sqrt(p.k) }],
-            outputShapes: [[m, p.n]],
-            step: rowsStep(m),
-            flops: 2 * m * p.n * p.k,
-            bytes: 2 * (m * p.k + p.n * p.k + m * p.n),
-            gemm: { m, n: p.n, k: p.k, epilogueOnly: true },
+            bytes: 2 * (m * p.k + p.n * p.k + m * yCols),
+            gemm: { m, n: p.n, k: p.k, ...(which === 'glu' ? { glu: true } : {}), epilogueOnly: true },
           });
       }
   return cases;
@@ -556,7 +530,6 @@ export function residualComparisons(results: ReadonlyArray<{ name: string; tesse
     const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`), addNorm = ms.get(`add_rmsnorm R${rows} H${hidden}`);
     if (plain === undefined || norm === undefined || addNorm === undefined) continue;
     const epilogueMs = resMs + norm, separateMs = plain + addNorm;
-    const r5 = (x: number) => Number(x.toFixed(5));
     out.push({ gemm, m: rows, hidden, epilogueMs: r5(epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / epilogueMs).toFixed(3)) });
   }
   return out;
@@ -577,24 +550,37 @@ export interface GluComparison {
 }
 
 /**
- * For every `+glu` case whose plain GEMM case and silu_mul at [M, N / 2] ran: the time of
- * matmul_glu against matmul + silu_mul, all three measured in this run.
+ * Every timed `+<suffix>` GEMM case (any rung) whose plain GEMM case and companion (the kernel
+ * the epilogue saves, named from M, N and K) were timed in the same run: the three medians.
  */
-export function gluComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): GluComparison[] {
+function epiloguePairs(
+  results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>,
+  suffix: 'glu' | 'rms',
+  companion: (m: number, n: number, k: number) => string,
+): Array<{ gemm: string; m: number; n: number; k: number; epilogueMs: number; plainMs: number; companionMs: number }> {
   const ms = new Map<string, number>();
   for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
-  const out: GluComparison[] = [];
-  for (const [name, gluMs] of ms) {
-    const m = /^(gemm \S+ \S+ M(\d+) N(\d+) K\d+) \+glu( reduce| gemv| sm90(?:pc|[spkc])?)?$/.exec(name);
+  const re = new RegExp(`^(gemm \\S+ \\S+ M(\\d+) N(\\d+) K(\\d+)) \\+${suffix}( reduce| gemv| sm90(?:pc|[spkc])?)?$`);
+  const out = [];
+  for (const [name, epilogueMs] of ms) {
+    const m = re.exec(name);
     if (!m) continue;
-    const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), inner = Number(m[3]) / 2;
-    const plain = ms.get(gemm), act = ms.get(`silu_mul R${rows} H${inner}`);
-    if (plain === undefined || act === undefined) continue;
-    const separateMs = plain + act;
-    const r5 = (x: number) => Number(x.toFixed(5));
-    out.push({ gemm, m: rows, inner, epilogueMs: r5(gluMs), separateMs: r5(separateMs), speedup: Number((separateMs / gluMs).toFixed(3)) });
+    const [rows, n, k] = [Number(m[2]), Number(m[3]), Number(m[4])];
+    const gemm = m[1] + (m[5] ?? '');
+    const plainMs = ms.get(gemm), companionMs = ms.get(companion(rows, n, k));
+    if (plainMs !== undefined && companionMs !== undefined) out.push({ gemm, m: rows, n, k, epilogueMs, plainMs, companionMs });
   }
   return out;
+}
+
+const r5 = (x: number) => Number(x.toFixed(5));
+
+/** For every `+glu` case whose plain GEMM case and silu_mul at [M, N / 2] ran: matmul_glu against matmul + silu_mul. */
+export function gluComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): GluComparison[] {
+  return epiloguePairs(results, 'glu', (m, n) => `silu_mul R${m} H${n / 2}`).map((p) => {
+    const separateMs = p.plainMs + p.companionMs;
+    return { gemm: p.gemm, m: p.m, inner: p.n / 2, epilogueMs: r5(p.epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / p.epilogueMs).toFixed(3)) };
+  });
 }
 
 /** The folded norm against rmsnorm + the GEMM, at one shape and rung. */
@@ -611,22 +597,12 @@ export interface NormComparison {
   speedup: number;
 }
 
-/** For every `+rms` case whose plain GEMM case and rmsnorm at [M, K] ran: all three from this run. */
+/** For every `+rms` case whose plain GEMM case and rmsnorm at [M, K] ran: the GEMM with the norm folded in against rmsnorm + the plain GEMM. */
 export function normComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): NormComparison[] {
-  const ms = new Map<string, number>();
-  for (const r of results) if (r.tessera) ms.set(r.name, r.tessera.medianMs);
-  const out: NormComparison[] = [];
-  for (const [name, foldedMs] of ms) {
-    const m = /^(gemm \S+ \S+ M(\d+) N\d+ K(\d+)) \+rms( reduce| gemv| sm90(?:pc|[spkc])?)?$/.exec(name);
-    if (!m) continue;
-    const gemm = m[1] + (m[4] ?? ''), rows = Number(m[2]), hidden = Number(m[3]);
-    const plain = ms.get(gemm), norm = ms.get(`rmsnorm R${rows} H${hidden}`);
-    if (plain === undefined || norm === undefined) continue;
-    const separateMs = plain + norm;
-    const r5 = (x: number) => Number(x.toFixed(5));
-    out.push({ gemm, m: rows, hidden, foldedMs: r5(foldedMs), separateMs: r5(separateMs), speedup: Number((separateMs / foldedMs).toFixed(3)) });
-  }
-  return out;
+  return epiloguePairs(results, 'rms', (m, _n, k) => `rmsnorm R${m} H${k}`).map((p) => {
+    const separateMs = p.plainMs + p.companionMs;
+    return { gemm: p.gemm, m: p.m, hidden: p.k, foldedMs: r5(p.epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / p.epilogueMs).toFixed(3)) };
+  });
 }
 
 /**
