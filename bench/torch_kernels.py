@@ -660,6 +660,15 @@ def run_gemm_residual(b: Bench, p: dict, m: int) -> dict:
     return finish(rec)
 
 
+def compile_variant(b: Bench, compiled) -> dict:
+    """The torch.compile variant's record: compiled() run under b.guard, or why it was not."""
+    if not hasattr(torch, "compile"):
+        return {"error": f"not available in torch {torch.__version__}"}
+    if b.args.no_compile:
+        return {"skipped": "--no-compile"}
+    return b.guard(compiled)
+
+
 def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
     """Two epilogues Tessera has and cuBLAS has not, as a Llama layer runs them in PyTorch, eager
     and under torch.compile (which fuses the pointwise part):
@@ -720,14 +729,7 @@ def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
         r["compile_s"] = r.pop("first_call_s")
         return figures(r, st)
 
-    variants = {"eager": b.guard(eager)}
-    if not hasattr(torch, "compile"):
-        variants["compile"] = {"error": f"not available in torch {torch.__version__}"}
-    elif b.args.no_compile:
-        variants["compile"] = {"skipped": "--no-compile"}
-    else:
-        variants["compile"] = b.guard(compiled)
-    rec["variants"] = variants
+    rec["variants"] = {"eager": b.guard(eager), "compile": compile_variant(b, compiled)}
     state.clear()
     return finish(rec)
 
@@ -1028,12 +1030,7 @@ def run_memory(b: Bench, op: str, rows: int, hidden: int, rope: dict | None) -> 
         r["compile_s"] = r.pop("first_call_s")  # the first call compiles; it is not in the timings
         return figures(r)
 
-    if not hasattr(torch, "compile"):
-        variants["compile"] = {"error": f"not available in torch {torch.__version__}"}
-    elif b.args.no_compile:
-        variants["compile"] = {"skipped": "--no-compile"}
-    else:
-        variants["compile"] = b.guard(compiled)
+    variants["compile"] = compile_variant(b, compiled)
     rec["variants"] = variants
     return finish(rec)
 

@@ -67,10 +67,19 @@ function num(attrs: Attrs, key: string): number {
   return v;
 }
 
-/** matmul's and matmul_glu's optional rmsEps: absent, or the folded norm's eps (a number >= 0). */
-function rmsEpsAttr(attrs: Attrs): void {
-  const v = attrs.rmsEps;
-  need(v === undefined || (typeof v === 'number' && v >= 0), `attr rmsEps must be a number >= 0, got ${String(v)}`);
+/**
+ * matmul's and matmul_glu's operands x[R, K], w[N, K] (, b[N]) and optional rmsEps (absent, or
+ * the folded norm's eps, a number >= 0): [R, N].
+ */
+function gemmShape(inputs: Dim[][], attrs: Attrs): [Dim, Dim] {
+  const eps = attrs.rmsEps;
+  need(eps === undefined || (typeof eps === 'number' && eps >= 0), `attr rmsEps must be a number >= 0, got ${String(eps)}`);
+  need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
+  const [r, k] = matrix(inputs[0], 'x');
+  const [n, k2] = matrix(inputs[1], 'w');
+  need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+  if (inputs.length === 3) need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match N = ${n}`);
+  return [r, n];
 }
 
 const unary = (doc: string): OpSpec => ({
@@ -158,13 +167,7 @@ const SPECS = {
     category: 'compute',
     doc: 'x[R, K], w[N, K] (, b[N]) -> x w^T (+ b): [R, N] (weights in nn.Linear layout; bias in the epilogue); with attr rmsEps, x / sqrt(mean(x^2) + rmsEps) in place of x (a norm folded in, its weight in w)',
     shape(inputs, attrs) {
-      rmsEpsAttr(attrs);
-      need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
-      const [r, k] = matrix(inputs[0], 'x');
-      const [n, k2] = matrix(inputs[1], 'w');
-      need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
-      if (inputs.length === 3) need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match N = ${n}`);
-      return [r, n];
+      return gemmShape(inputs, attrs);
     },
   },
   slice_cols: {
@@ -343,13 +346,8 @@ const SPECS = {
     fused: true,
     doc: "x[R, K], w[2I, K] (, b[2I]) in (gate, up) row pairs -> act(x w[2j]^T (+ b[2j])) * (x w[2j+1]^T (+ b[2j+1])): [R, I], the gated unit in the GEMM epilogue; act: 'silu', 'gelu' or 'gelu_tanh'; rmsEps as matmul's",
     shape(inputs, attrs) {
-      rmsEpsAttr(attrs);
-      need(inputs.length === 2 || inputs.length === 3, `expects 2 or 3 inputs, got ${inputs.length}`);
-      const [r, k] = matrix(inputs[0], 'x');
-      const [n, k2] = matrix(inputs[1], 'w');
-      need(k === k2, `x ${fmt(inputs[0])} and w ${fmt(inputs[1])} disagree on K`);
+      const [r, n] = gemmShape(inputs, attrs);
       need(typeof n === 'number' && n % 2 === 0, `w ${fmt(inputs[1])} must have an even number of rows (gate, up pairs)`);
-      if (inputs.length === 3) need(inputs[2].length === 1 && inputs[2][0] === n, `bias ${fmt(inputs[2])} does not match N = ${n}`);
       need(['silu', 'gelu', 'gelu_tanh'].includes(attrs.act as string), `unknown act ${String(attrs.act)}`);
       return [r, n / 2];
     },
