@@ -585,6 +585,15 @@ def gemm_cases(b: Bench, shapes: dict):
                        lambda p=p, m=m, run=run: run(p, m))
 
 
+def gemm_rates(b: Bench, r: dict, flops: float, nbytes: float) -> dict:
+    """A GEMM variant's timing r with its TFLOP/s, GB/s and both as percentages of the ceilings."""
+    tflops = flops / (r["ms"] * 1e-3) / 1e12
+    gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
+    r.update(tflops=sig(tflops), gb_s=sig(gb_s),
+             pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
+    return r
+
+
 def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
     n, k = p["n"], p["k"]
     dtype = dtype or b.dtype
@@ -605,11 +614,7 @@ def run_gemm(b: Bench, p: dict, m: int, dtype=None) -> dict:
         refs = [F.linear(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype))]
         r = b.measure(F.linear, sets, refs=refs, outputs=lambda y, a: [y[:rows]])
         del refs
-        tflops = flops / (r["ms"] * 1e-3) / 1e12
-        gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
-        r.update(tflops=sig(tflops), gb_s=sig(gb_s),
-                 pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
-        return r
+        return gemm_rates(b, r, flops, nbytes)
 
     rec["variants"] = {"linear": b.guard(body)}
     return finish(rec)
@@ -645,11 +650,7 @@ def run_gemm_residual(b: Bench, p: dict, m: int) -> dict:
             st = make_sets()
             r = b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
             r["method"] = b.method(st["n"])
-            tflops = flops / (r["ms"] * 1e-3) / 1e12
-            gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
-            r.update(tflops=sig(tflops), gb_s=sig(gb_s),
-                     pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
-            return r
+            return gemm_rates(b, r, flops, nbytes)
         return body
 
     rec["variants"] = {
@@ -709,11 +710,7 @@ def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
 
     def figures(r, st):
         r["method"] = b.method(st["n"])
-        tflops = flops / (r["ms"] * 1e-3) / 1e12
-        gb_s = nbytes / (r["ms"] * 1e-3) / 1e9
-        r.update(tflops=sig(tflops), gb_s=sig(gb_s),
-                 pct_gemm_ceiling=b.pct_gemm(tflops), pct_copy_ceiling=b.pct_copy(gb_s))
-        return r
+        return gemm_rates(b, r, flops, nbytes)
 
     def eager():
         st = make_sets()

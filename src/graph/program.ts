@@ -70,3 +70,17 @@ export interface Program {
   maxTokens: number;
   maxLogitRows: number;
 }
+
+/**
+ * For each weight a load-time transform reads, the index in `weights` of the last transform that
+ * reads it: a tensor no call reads can be freed right after that one (CpuBackend.load,
+ * CudaBackend.load), so a layer's raw gate and up weights, their concatenation, its pairs and its
+ * norm-scaled copy are not all held at once through the whole load.
+ */
+export function lastTransformReaders(weights: readonly WeightSpec[]): Map<string, number> {
+  const last = new Map<string, number>();
+  weights.forEach((w, i) => {
+    if (!('tensor' in w.source)) for (const name of w.source.inputs) last.set(name, i);
+  });
+  return last;
+}

@@ -4,7 +4,7 @@
  * the KV pool is one Float32Array per layer in the paged layout the CUDA backend uses.
  */
 import os from 'node:os';
-import type { Operand, Program } from '../../graph/program.js';
+import { lastTransformReaders, type Operand, type Program } from '../../graph/program.js';
 import type { Attrs } from '../../graph/ir.js';
 import { OPS, type OpName } from '../../graph/ops.js';
 import { median } from '../../util/stats.js';
@@ -59,12 +59,8 @@ export class CpuBackend implements Backend {
     for (const call of program.calls) for (const o of call.inputs) if (o.kind === 'weight') used.add(o.name);
     const bytes = (shape: number[]) => 4 * shape.reduce((a, d) => a * d, 1);
     const totalBytes = program.weights.reduce((s, w) => s + ('tensor' in w.source ? bytes(w.shape) : 0), 0);
-    // A tensor no call reads goes once the last transform that reads it has run (raw gate and up
-    // weights, their concatenation, its pairs), so they are not all held through the whole load.
-    const lastReader = new Map<string, number>();
-    program.weights.forEach((w, i) => {
-      if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
-    });
+    // A tensor no call reads goes once the last transform that reads it has run.
+    const lastReader = lastTransformReaders(program.weights);
     let loadedBytes = 0;
     for (const [i, w] of program.weights.entries()) {
       let data: Float32Array;

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url';
 import { TesseraError } from '../../errors.js';
 import type { Attrs } from '../../graph/ir.js';
 import { OPS, type OpName } from '../../graph/ops.js';
-import type { Operand, Program } from '../../graph/program.js';
+import { lastTransformReaders, type Operand, type Program } from '../../graph/program.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from '../../util/dtype.js';
 import { median } from '../../util/stats.js';
 import type { SampleContext, SampleResult } from '../../sampling/sampler.js';
@@ -395,14 +395,9 @@ export class CudaBackend implements Backend {
     const arenaBytes = split ? [...split.values()].reduce((a, n) => a + n, 0) : 2 * program.arenaSize;
     const logitsBytes = 4 * program.maxLogitRows * program.vocabSize;
     const { freeBytes, totalBytes } = this.driver.memInfo();
-    // The last load-time transform that reads each tensor: one that no call reads is freed right
-    // after it, so a layer's raw gate and up weights, their concatenation, its pairs and its
-    // norm-scaled copy are not all held at once through the whole load. The most such tensors
-    // hold at once is what the load needs beyond the weights.
-    const lastReader = new Map<string, number>();
-    program.weights.forEach((w, i) => {
-      if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
-    });
+    // A tensor no call reads is freed after the last transform that reads it; the most such
+    // tensors hold at once is what the load needs beyond the weights.
+    const lastReader = lastTransformReaders(program.weights);
     const transientBytes = loadTransientBytes(program.weights, used, 2);
     const needBytes = weightBytes + Math.max(arenaBytes + logitsBytes, transientBytes);
     if (needBytes > freeBytes) {
@@ -1244,10 +1239,7 @@ export class CudaBackend implements Backend {
  * stay. `elementBytes`: 2 on the GPU (bf16, fp16), 4 on the CPU.
  */
 export function loadTransientBytes(weights: Program['weights'], used: ReadonlySet<string>, elementBytes: number): number {
-  const lastReader = new Map<string, number>();
-  weights.forEach((w, i) => {
-    if (!('tensor' in w.source)) for (const name of w.source.inputs) lastReader.set(name, i);
-  });
+  const lastReader = lastTransformReaders(weights);
   const alive = new Map<string, number>();
   let live = 0, peak = 0;
   for (const [i, w] of weights.entries()) {
