@@ -20,6 +20,10 @@
 //         while the prologue's copies are in flight; the launcher gives it 4 BM (WARPS + 1)
 //         bytes of shared memory past the stages), else read from rstd [R] f32 (ts_row_rstd_*,
 //         before the launch), or null: no norm
+//   rope_*: the `matmul_rope_kv` op (rope.cuh RopeKv; rope_cache null: off): N = q_cols + 2 kv_cols
+//         columns of q, k and v heads, y [R, q_cols] T gets the rotated q, and k (rotated) and v
+//         go into the layer's paged cache at slots[r]; each pair of columns is one rotary pair,
+//         in one thread's fragment (ts::rope_kv_pair); res null, y not f32
 // Any R >= 1 and N >= 1; K % 8 == 0 (16-byte rows); every pointer 16-byte aligned (the launcher,
 // src/backend/cuda/ops/gemm.ts, checks). Tile edges in M, N and K are zero-filled on load and
 // bounds-checked on store.
@@ -59,6 +63,7 @@
 // for N = 4096 (64x128 below that; R = 8192: 2048 to 64128 tiles).
 // Dynamic shared memory stays <= 48 KiB: no cuFuncSetAttribute needed.
 #include "mma.cuh"
+#include "rope.cuh"
 
 namespace ts_gemm {
 
@@ -119,7 +124,8 @@ TS_DEVICE void store2(float* p, float v0, float v1) { *reinterpret_cast<float2*>
 // the f32 partials [splits, R, N], offset by blockIdx.z * R * N, for splitk_reduce.
 template <int BM, int BN, int WARPS_M, int WARPS_N, int STAGES, class T, typename OutT>
 TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict__ w, const T* __restrict__ bias, const T* res, float* ws,
-                          int* counters, int R, int N, int K, int k_tiles_per_split, int glu, const float* rstd, float rms_eps) {
+                          int* counters, int R, int N, int K, int k_tiles_per_split, int glu, const float* rstd, float rms_eps,
+                          const ts::RopeKv<T>& rk) {
   constexpr int THREADS = WARPS_M * WARPS_N * 32;
   constexpr int WTM = BM / WARPS_M, WTN = BN / WARPS_N;  // warp tile
   constexpr int MT = WTM / 16, NT = WTN / 8;              // mma tiles per warp
@@ -396,6 +402,12 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
         if (row >= R) continue;
         float v0 = fmaf(acc[mi][ni][2 * h], rs[mi][h], bias0), v1 = fmaf(acc[mi][ni][2 * h + 1], rs[mi][h], bias1);
         const int64_t at = static_cast<int64_t>(row) * N + col;
+        if constexpr (std::is_same<OutT, T>::value) {
+          if (rk.cache != nullptr) {  // N even: the pair is one rotary pair, or two dims past it
+            ts::rope_kv_pair(rk, y, N, row, col, v0, v1);
+            continue;
+          }
+        }
         if (glu != ts::GLU_NONE) {  // N even: the pair is (gate, up) of output col / 2
           store1(y + static_cast<int64_t>(row) * (N >> 1) + (col >> 1), ts::glu(glu, v0, v1));
         } else if (pairs) {
@@ -420,14 +432,15 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 
 // y[r, n] = sum over z of ws[z, r, n] (+ bias[n]) (+ res[r, n]), splits summed in order; res may be y.
 // With glu (N even, res null): y[r, j] = glu(the sums at columns 2j and 2j + 1), y [R, N / 2].
+// With rk on (N even, res null, y T): each pair of sums through ts::rope_kv_pair (y [R, q_cols]).
 // The separate reduce: the tile kernel merges its splits itself when given ws (the default); this
 // stays runnable as the rung before it (attrs.gemmSplitMerge 'separate').
 template <class T, typename OutT>
 TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, int N,
-                             int splits, int glu) {
+                             int splits, int glu, const ts::RopeKv<T>& rk) {
   const int64_t total = static_cast<int64_t>(R) * N;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  if (glu != ts::GLU_NONE) {
+  if (glu != ts::GLU_NONE || rk.cache != nullptr) {
     for (int64_t o = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; o < total / 2; o += stride) {
       const int64_t i = 2 * o;  // the pair's first column: N even, so both are in one row
       float s0 = 0.f, s1 = 0.f;
@@ -438,6 +451,12 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
       if (bias != nullptr) {
         s0 += ts::to_f32(bias[i % N]);
         s1 += ts::to_f32(bias[i % N + 1]);
+      }
+      if constexpr (std::is_same<OutT, T>::value) {
+        if (rk.cache != nullptr) {
+          ts::rope_kv_pair(rk, y, N, static_cast<int>(i / N), static_cast<int>(i % N), s0, s1);
+          continue;
+        }
       }
       store1(y + o, ts::glu(glu, s0, s1));
     }
@@ -469,9 +488,11 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
            int R, int N, int K, int k_tiles_per_split, /* k-tiles (of 32) per blockIdx.z */                            \
            int glu,              /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */                          \
            const float* rstd,    /* [R] f32: x's rows' folded RMS norm scale, or null */                              \
-           float rms_eps /* >= 0 (16-row tile): the block computes its rows' scale; < 0: rstd */) {                   \
+           float rms_eps, /* >= 0 (16-row tile): the block computes its rows' scale; < 0: rstd */                    \
+           TS_ROPE_KV_PARAMS(T)) {                                                                                     \
     ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, ws, counters, R, N, K,        \
-                                                                    k_tiles_per_split, glu, rstd, rms_eps);           \
+                                                                    k_tiles_per_split, glu, rstd, rms_eps,            \
+                                                                    TS_ROPE_KV_ARGS(T));                              \
   }
 #define TS_GEMM_ENTRIES(BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)                                                          \
   TS_GEMM_ENTRY(ts_gemm_##BM##x##BN##_bf16, ts::bf16, ts::bf16, BM, BN, WARPS_M, WARPS_N, STAGES, MIN_BLOCKS)               \
@@ -489,12 +510,13 @@ TS_GEMM_ENTRIES(128, 128, 2, 4, 3, 2)
 
 // Split-K finish: y[R, N] = sum_z ws[z, R, N] (+ bias) (+ res). Grid-stride over R * N elements.
 //   y: [R, N] T (ts_gemm_splitk_reduce_<T>) or f32 (..._<T>_f32), may be res; ws: [splits, R, N] f32;
-//   bias: [N] T, or null; res: [R, N] T, or null; glu: GLU_NONE, or y [R, N / 2] gated (res null)
+//   bias: [N] T, or null; res: [R, N] T, or null; glu: GLU_NONE, or y [R, N / 2] gated (res null);
+//   rope_*: rope.cuh's RopeKv (cache null: off), else y [R, q_cols] T and k, v into the cache
 #define TS_REDUCE_ENTRY(NAME, T, OUT_T)                                                                                     \
   extern "C" __global__ void NAME(OUT_T* y, const float* __restrict__ ws, const T* __restrict__ bias, const T* res, int R, \
-                                  int N, int splits, int glu) {                                                             \
+                                  int N, int splits, int glu, TS_ROPE_KV_PARAMS(T)) {                                       \
     ts::pdl_enter();                                                                                                        \
-    ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits, glu);                                                            \
+    ts_gemm::splitk_reduce(y, ws, bias, res, R, N, splits, glu, TS_ROPE_KV_ARGS(T));                                        \
   }
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16, ts::bf16, ts::bf16)
 TS_REDUCE_ENTRY(ts_gemm_splitk_reduce_bf16_f32, ts::bf16, float)

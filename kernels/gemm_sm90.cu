@@ -40,6 +40,9 @@
 // fragments straight to y (pairs of columns where they are aligned), masked at M and N. With
 // `glu` (an activation code, not GLU_NONE: the `matmul_glu` op; N even, res null, splits 1) w's
 // rows are (gate, up) pairs and each pair of columns is one output, y [M, N / 2] = act(gate) * up.
+// With `rope_cache` set (the `matmul_rope_kv` op, rope.cuh; N even, res null, splits 1, y T) each
+// pair of columns is one rotary pair of a q or k head (or two dims past it, or of a v head):
+// rotated, then q stored to y [M, q_cols] and k and v into the paged cache at slots[row].
 // With `rstd` ([M] f32, from ts_row_rstd_*: an RMS norm of x folded in, its weight already in
 // w's columns) each row's accumulators are scaled by rstd[row] first, split partials included.
 //
@@ -49,6 +52,7 @@
 //
 // FLOPs 2 M N K; bytes at least 2 (M K + N K) + (2 | 4) M N (+ 2 M N for res). Shared memory: 4 stages x 48 KiB +
 // 1 KiB of alignment slack + barriers (ping-pong: 6 stages x 32 KiB); one block per SM.
+#include "rope.cuh"
 #include "sm90.cuh"
 
 namespace ts_sm90 {
@@ -219,7 +223,7 @@ struct Walk {
 template <class T, typename OUT_T, int SCHED>
 __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& tmW, OUT_T* y, const T* __restrict__ bias, const T* res, float* ws,
                                      int* counters, int M, int N, int K, int splits, int kTilesPerSplit, int dpTiles, int glu,
-                                     const float* rstd) {
+                                     const float* rstd, const ts::RopeKv<T>& rk) {
   using C = Cfg<SCHED>;
   constexpr bool PP = pingpong(SCHED), MC = multicast(SCHED);
   constexpr int BN = C::BN, STAGES = C::STAGES, STAGE_BYTES = C::STAGE_BYTES;
@@ -425,6 +429,13 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
         }
         const float v0 = fmaf(acc[h][4 * i], rs0, b0), v1 = fmaf(acc[h][4 * i + 1], rs0, b1);
         const float v2 = fmaf(acc[h][4 * i + 2], rs8, b0), v3 = fmaf(acc[h][4 * i + 3], rs8, b1);
+        if constexpr (std::is_same<OUT_T, T>::value) {
+          if (rk.cache != nullptr) {  // N even: each pair one rotary pair, or two dims past it
+            if (row0 < M) ts::rope_kv_pair(rk, out, N, row0, col, v0, v1);
+            if (row0 + 8 < M) ts::rope_kv_pair(rk, out, N, row0 + 8, col, v2, v3);
+            continue;
+          }
+        }
         if (glu != ts::GLU_NONE) {
           if (row0 < M) store_glu(out, row0, col, N, glu, v0, v1);
           if (row0 + 8 < M) store_glu(out, row0 + 8, col, N, glu, v2, v3);
@@ -455,7 +466,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int splits,         /* K splits: 1, or > 1 with y the f32 [splits, M, N] workspace */                                \
            int kTilesPerSplit, /* k-tiles of 64 per split */                                                                    \
            int glu,            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] (splits 1) */                          \
-           const float* rstd)  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
+           const float* rstd,  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
+           TS_ROPE_KV_PARAMS(T)) /* rope.cuh: q/k/v with RoPE and the KV write (splits 1), or rope_cache null */                 \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, SCHED, nullptr, nullptr, splits, kTilesPerSplit, 0)                                             \
@@ -477,7 +489,8 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
            int dpTiles,        /* tiles done whole, in turn, before the stream-K part */                                        \
            int kTilesPerBlock, /* k-tiles of the stream-K part per block */                                                     \
            int glu,            /* GLU_NONE, or the gated unit's activation: y [M, N / 2] */                                     \
-           const float* rstd)  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
+           const float* rstd,  /* [M] f32: x's rows' folded RMS norm scale, or null */                                          \
+           TS_ROPE_KV_PARAMS(T)) /* rope.cuh: q/k/v with RoPE and the KV write, or rope_cache null */                            \
   {                                                                                                                             \
     ts::pdl_enter();                                                                                                            \
     TS_GEMM_SM90_BODY(T, OUT_T, ts_sm90::STREAMK, ws, counters, 1, kTilesPerBlock, dpTiles)                                     \
@@ -485,7 +498,7 @@ __device__ __forceinline__ void gemm(const CUtensorMap& tmX, const CUtensorMap& 
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) \
-  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP, glu, rstd);
+  ts_sm90::gemm<T, OUT_T, SCHED>(tmX, tmW, y, bias, res, WS, COUNTERS, M, N, K, SPLITS, PER, DP, glu, rstd, TS_ROPE_KV_ARGS(T));
 #else
 #define TS_GEMM_SM90_BODY(T, OUT_T, SCHED, WS, COUNTERS, SPLITS, PER, DP) __trap();
 #endif

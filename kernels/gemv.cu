@@ -15,6 +15,8 @@
 //   y:    [R, N] T or f32; with glu (an activation code, not GLU_NONE: the `matmul_glu` op) w's rows
 //         are (gate, up) pairs, N is even, res null and y is [R, N / 2], y[r, j] = act(gate) * up
 //         (common.cuh ts::glu): a block's 4 rows are two whole pairs
+//   rope_*: the `matmul_rope_kv` op (rope.cuh RopeKv; rope_cache null: off): y [R, q_cols] T, k
+//         and v into the cache; the pair threads of glu, each through ts::rope_kv_pair
 //   rms_eps: >= 0 for an RMS norm of x folded in (the `rmsEps` attr: the norm's weight is already
 //         in w's columns): y = rstd[r] * (x w^T)[r, n] (+ bias), rstd[r] = 1 / sqrt(mean_k x[r, k]^2
 //         + eps), the sum of squares from the x elements each lane's steps read (again, from L1,
@@ -33,7 +35,7 @@
 //
 // Bytes: 2 N K (w) + 2 R K per block from L2 (x) + R N (2 | 4) (y). FLOPs: 2 R N K.
 // Grid: ceil(N / 4) blocks: 1024 for N = 4096, 32,064 for Llama-3's lm_head.
-#include "common.cuh"
+#include "rope.cuh"
 
 namespace ts_gemv {
 
@@ -61,7 +63,8 @@ TS_DEVICE void store(float* p, float v) { *p = v; }
 
 template <int MAXR, class T, typename OUT_T>
 __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, const T* __restrict__ w,
-                                           const T* __restrict__ bias, const T* res, int R, int N, int K, int glu, float rms_eps) {
+                                           const T* __restrict__ bias, const T* res, int R, int N, int K, int glu, float rms_eps,
+                                           const ts::RopeKv<T>& rk) {
   // The warps' partial dot products, then (folded norm) their partial sums of x^2 per row.
   __shared__ float part[WARPS][MAXR * ROWS + MAXR];
   const bool rms = rms_eps >= 0.f;
@@ -181,7 +184,7 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
     for (int v = 0; v < WARPS; v++) ss += part[v][MAXR * ROWS + r];
     return rsqrtf((K > 0 ? ss / K : 0.f) + rms_eps);
   };
-  if (glu != ts::GLU_NONE) {
+  if (glu != ts::GLU_NONE || rk.cache != nullptr) {
     // A thread per (row of x, pair of w's rows): n0 is a multiple of 4 and N is even, so a pair
     // that starts inside N ends there.
     if (threadIdx.x < MAXR * ROWS / 2) {
@@ -199,6 +202,12 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
         if (bias) {
           s0 += ts::to_f32(bias[n]);
           s1 += ts::to_f32(bias[n + 1]);
+        }
+        if constexpr (std::is_same<OUT_T, T>::value) {
+          if (rk.cache != nullptr) {
+            ts::rope_kv_pair(rk, y, N, r, n, s0, s1);
+            return;
+          }
         }
         store(y + (size_t)r * (N / 2) + n / 2, ts::glu(glu, s0, s1));
       }
@@ -232,8 +241,9 @@ __device__ __forceinline__ void gemv_block(OUT_T* y, const T* __restrict__ x, co
            const T* res,                /* [R, N] added before the store, or null */                        \
            int R, int N, int K,                                                                             \
            int glu,      /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */                       \
-           float rms_eps /* >= 0: x's rows' RMS norm folded in, the scale computed here; < 0: none */) {    \
-    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K, glu, rms_eps);                         \
+           float rms_eps, /* >= 0: x's rows' RMS norm folded in, the scale computed here; < 0: none */      \
+           TS_ROPE_KV_PARAMS(T)) {                                                                          \
+    ts_gemv::gemv_block<MAXR, T, OUT_T>(y, x, w, bias, res, R, N, K, glu, rms_eps, TS_ROPE_KV_ARGS(T));     \
   }
 #define TS_GEMV_ENTRIES(MAXR)                                                  \
   TS_GEMV_ENTRY(ts_gemv_r##MAXR##_bf16, MAXR, ts::bf16, ts::bf16)              \

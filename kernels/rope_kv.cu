@@ -10,7 +10,7 @@
 //                          refuses, is skipped here rather than written out of bounds)
 // rope: rotate-half on the first rotaryDim dims of a head, pairs (i, i + rotaryDim/2):
 //   (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin), angle = f32(position * inv_freq[i]); the dims past
-//   rotaryDim pass through. cos and sin of the f32 angle are evaluated in double (Cody-Waite
+//   rotaryDim pass through. cos and sin of the f32 angle (rope.cuh ts::sincos_f32) are evaluated in double (Cody-Waite
 //   reduction by pi/2, Taylor polynomials) and rounded to f32, as the host reference does with
 //   Math.cos/Math.sin: --use_fast_math would otherwise make sincosf the approximate __sincosf,
 //   whose error grows with the angle. Once per (token, frequency), into shared memory.
@@ -26,40 +26,9 @@
 // team of `lanes` (power of two <= 32) consecutive threads per head, blockDim.x / lanes heads at a
 // time. Each rotated pair and each passed-through element is read and written by one thread, so
 // ts_rope_T may run in place.
-#include "common.cuh"
+#include "rope.cuh"
 
 namespace ts_rope {
-
-// sin and cos of an f32 angle, rounded to f32 (|angle| < 2^30). r = angle - n pi/2 with pi/2 as a
-// double-double: n P1 is exact inside the fma, so r is good to ~1e-16; Taylor on |r| <= pi/4 to
-// ~2e-14. Results equal f32(sin(angle)), f32(cos(angle)) except in near-ties of the f32 rounding.
-TS_DEVICE void sincos_f32(float angle, float* s, float* c) {
-  const double x = angle;
-  const double n = rint(x * 0.63661977236758134308);
-  double r = fma(-n, 1.5707963267948966192e+00, x);
-  r = fma(-n, 6.123233995736766036e-17, r);
-  const double r2 = r * r;
-  double sp = 1.0 / 6227020800.0;
-  sp = fma(sp, r2, -1.0 / 39916800.0);
-  sp = fma(sp, r2, 1.0 / 362880.0);
-  sp = fma(sp, r2, -1.0 / 5040.0);
-  sp = fma(sp, r2, 1.0 / 120.0);
-  sp = fma(sp, r2, -1.0 / 6.0);
-  const double sn = fma(sp * r2, r, r);
-  double cp = -1.0 / 87178291200.0;
-  cp = fma(cp, r2, 1.0 / 479001600.0);
-  cp = fma(cp, r2, -1.0 / 3628800.0);
-  cp = fma(cp, r2, 1.0 / 40320.0);
-  cp = fma(cp, r2, -1.0 / 720.0);
-  cp = fma(cp, r2, 1.0 / 24.0);
-  cp = fma(cp, r2, -0.5);
-  const double cs = fma(cp, r2, 1.0);
-  const int q = static_cast<int>(static_cast<long long>(n) & 3);
-  const double sv = q == 0 ? sn : q == 1 ? cs : q == 2 ? -sn : -cs;
-  const double cv = q == 0 ? cs : q == 1 ? -sn : q == 2 ? -cs : sn;
-  *s = __double2float_rn(sv);
-  *c = __double2float_rn(cv);
-}
 
 // Sum over `lanes` consecutive lanes; every lane of the warp calls it.
 TS_DEVICE float team_sum(float x, int lanes) {
@@ -114,7 +83,7 @@ TS_DEVICE void token(const Args<T>& a, float* table) {
   float* sin_t = table + half;
   if (half > 0) {
     const float p = static_cast<float>(a.positions[t]);
-    for (int i = threadIdx.x; i < half; i += blockDim.x) sincos_f32(__fmul_rn(p, a.inv_freq[i]), &sin_t[i], &cos_t[i]);
+    for (int i = threadIdx.x; i < half; i += blockDim.x) ts::sincos_f32(__fmul_rn(p, a.inv_freq[i]), &sin_t[i], &cos_t[i]);
     __syncthreads();
   }
   const int hd = a.head_dim, H = a.num_heads, KV = a.num_kv_heads;

@@ -7,9 +7,13 @@
 //   ts_transpose_T        out[b, a] = in[a, b] (GPT-2's Conv1D weights), 32x32 tiles via shared memory
 //   ts_pair_rows_T        out row 2j = in row j, out row 2j + 1 = in row half + j (in: [2 half, row]):
 //                         the gate/up row pairs of matmul_glu's weight and bias
+//   ts_rope_rows_T        in each of the first rot_rows / head_dim heads of head_dim rows, rows
+//                         i and i + rotary_dim / 2 (i < rotary_dim / 2) of the head move to 2i and
+//                         2i + 1; every other row stays (matmul_rope_kv's q and k rows: RoPE's
+//                         rotation partners side by side in the GEMM's output)
 //   ts_scale_cols_T       out[n, k] = w[n, k] g[k] (an RMS norm's weight folded into the GEMM after
 //                         it), the product in f32 rounded once
-// Bytes: 2 n written (fills); 4 a b moved (transpose, pair_rows). Run once at load.
+// Bytes: 2 n written (fills); 4 a b moved (transpose, pair_rows, rope_rows). Run once at load.
 #include "common.cuh"
 
 namespace ts_transform {
@@ -76,6 +80,27 @@ TS_DEVICE void pair_rows(T* __restrict__ out, const T* __restrict__ in, unsigned
   }
 }
 
+// in, out: [rows, row] T; the first rot_rows rows are heads of head_dim rows (rot_rows a multiple
+// of head_dim, rotary_dim even and <= head_dim); out row h head_dim + 2i = in row h head_dim + i,
+// out row h head_dim + 2i + 1 = in row h head_dim + rotary_dim / 2 + i, for i < rotary_dim / 2;
+// all other rows as they are. vec as pair_rows'. Grid-stride over the output's units.
+template <class T>
+TS_DEVICE void rope_rows(T* __restrict__ out, const T* __restrict__ in, unsigned long long rows, unsigned long long row, int rot_rows,
+                         int head_dim, int rotary_dim, int vec) {
+  const unsigned long long per_row = vec ? row / 8 : row, n = rows * per_row;
+  for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n; i += (unsigned long long)gridDim.x * blockDim.x) {
+    const unsigned long long r = i / per_row, c = i - r * per_row;
+    unsigned long long from = r;
+    if (r < (unsigned long long)rot_rows) {
+      const int d = static_cast<int>(r % head_dim);
+      if (d < rotary_dim) from = r - d + ((d & 1) ? rotary_dim / 2 + (d >> 1) : (d >> 1));
+    }
+    const unsigned long long src = from * per_row + c;
+    if (vec) reinterpret_cast<uint4*>(out)[i] = reinterpret_cast<const uint4*>(in)[src];
+    else out[i] = in[src];
+  }
+}
+
 // out, w: [rows, cols] T; g: [cols] T. Grid-stride over the elements.
 template <class T>
 TS_DEVICE void scale_cols(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ g, unsigned long long rows, int cols) {
@@ -104,6 +129,12 @@ TS_DEVICE void scale_cols(T* __restrict__ out, const T* __restrict__ w, const T*
                                                    unsigned long long row, int vec) {                                       \
     ts::pdl_enter();                                                                                                        \
     ts_transform::pair_rows(out, in, half, row, vec);                                                                       \
+  }                                                                                                                         \
+  extern "C" __global__ void ts_rope_rows_##SUFFIX(T* __restrict__ out, const T* __restrict__ in, unsigned long long rows,   \
+                                                   unsigned long long row, int rot_rows, int head_dim, int rotary_dim,      \
+                                                   int vec) {                                                               \
+    ts::pdl_enter();                                                                                                        \
+    ts_transform::rope_rows(out, in, rows, row, rot_rows, head_dim, rotary_dim, vec);                                       \
   }                                                                                                                         \
   extern "C" __global__ void ts_scale_cols_##SUFFIX(T* __restrict__ out, const T* __restrict__ w, const T* __restrict__ g,   \
                                                     unsigned long long rows, int cols) {                                    \

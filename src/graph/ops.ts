@@ -9,8 +9,8 @@
  *   compute  per-step work on activations
  *   state    updates the paged KV cache and returns it
  * The model builders emit only the unfused ops; the fused ones (matmul with bias, matmul_add,
- * slice_cols, add_rmsnorm, add_layernorm, act_mul, matmul_glu, rope_kv_write, and the rmsEps attr
- * of matmul and matmul_glu) come from the passes in
+ * slice_cols, add_rmsnorm, add_layernorm, act_mul, matmul_glu, rope_kv_write, matmul_rope_kv, and
+ * the rmsEps attr of matmul, matmul_glu and matmul_rope_kv) come from the passes in
  * graph/passes.
  */
 import type { Attrs, DType, Dim } from './ir.js';
@@ -141,6 +141,19 @@ const SPECS = {
     },
   },
 
+  rope_rows: {
+    category: 'load',
+    doc: 'w[N, ...] -> in each of the first `heads` heads of headDim rows, rows i and i + rotaryDim / 2 (i < rotaryDim / 2) moved to 2i and 2i + 1; other rows kept (the q/k rows of matmul_rope_kv)',
+    shape(inputs, attrs) {
+      arity(inputs, 1);
+      const rows = inputs[0][0];
+      const heads = num(attrs, 'heads'), hd = num(attrs, 'headDim'), rd = num(attrs, 'rotaryDim');
+      need(Number.isInteger(heads) && heads >= 0 && Number.isInteger(hd) && hd > 0, `heads ${heads} and headDim ${hd} must be whole, headDim > 0`);
+      need(Number.isInteger(rd) && rd >= 0 && rd % 2 === 0 && rd <= hd, `rotaryDim ${rd} must be even and at most headDim ${hd}`);
+      need(typeof rows === 'number' && rows >= heads * hd, `rows of ${fmt(inputs[0])} must be fixed and at least heads * headDim = ${heads * hd}`);
+      return inputs[0];
+    },
+  },
   scale_cols: {
     category: 'load',
     doc: 'w[N, K], g[K] -> w[n, k] g[k] (an RMS norm weight folded into the GEMM after it)',
@@ -369,6 +382,31 @@ const SPECS = {
       need(positions.length === 1 && positions[0] === t && slots.length === 1 && slots[0] === t, 'positions and slots must be [T]');
       need(cache.length === 5 && cache[0] === 2 && cache[3] === kvHeads && cache[4] === hd, `cache ${fmt(cache)} does not match the heads`);
       if (qkNorm) need(inputs[4][0] === hd && inputs[5][0] === hd, 'q/k norm weights must be [headDim]');
+      return [[t, heads * hd], cache];
+    },
+  },
+  matmul_rope_kv: {
+    category: 'compute',
+    fused: true,
+    doc: 'x[T, K], w[(H + 2 KV) hd, K] (q/k rows in rope_rows order), positions, cache, slots (, b) -> (q rotated [T, H hd], cache with k rotated and v written): the q/k/v GEMM with RoPE and the KV write in its epilogue; rope null: no rotation; rmsEps as matmul\'s',
+    stateOutputs: [1],
+    shapes(inputs, attrs) {
+      need(inputs.length === 5 || inputs.length === 6, `expects 5 or 6 inputs, got ${inputs.length}`);
+      const [t, n] = gemmShape([inputs[0], inputs[1], ...inputs.slice(5)], attrs);
+      const [, , positions, cache, slots] = inputs;
+      const heads = num(attrs, 'numHeads');
+      const kvHeads = num(attrs, 'numKvHeads');
+      const hd = num(attrs, 'headDim');
+      need(hd % 2 === 0, `headDim ${hd} must be even (the epilogue's column pairs)`);
+      need(n === (heads + 2 * kvHeads) * hd, `w rows ${n} != (numHeads + 2 numKvHeads) headDim`);
+      const rope = attrs.rope as Attrs | null | undefined;
+      need(rope === null || (typeof rope === 'object' && rope !== undefined), 'attr rope must be an object or null');
+      if (rope) {
+        const rd = rope.rotaryDim;
+        need(typeof rd === 'number' && rd >= 0 && rd % 2 === 0 && rd <= hd, `rope.rotaryDim ${String(rd)} must be even and at most headDim ${hd}`);
+      }
+      need(positions.length === 1 && positions[0] === t && slots.length === 1 && slots[0] === t, 'positions and slots must be [T]');
+      need(cache.length === 5 && cache[0] === 2 && cache[3] === kvHeads && cache[4] === hd, `cache ${fmt(cache)} does not match the heads`);
       return [[t, heads * hd], cache];
     },
   },

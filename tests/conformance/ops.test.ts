@@ -282,6 +282,30 @@ for (const shape of [[2, 8], [6, 24], [520, 72], [264], [4, 3, 16]]) {
   });
 }
 
+for (const [shape, heads, hd, rd] of [
+  [[48, 8], 4, 8, 8],
+  [[64, 24], 6, 8, 4],
+  [[40], 3, 8, 8],
+  [[96, 3, 16], 4, 16, 10],
+  [[32, 8], 2, 16, 0],
+] as Array<[number[], number, number, number]>) {
+  add({
+    op: 'rope_rows',
+    name: `${fmt(shape)} heads ${heads} hd ${hd} rot ${rd}`,
+    loadTime: true,
+    prepare(g) {
+      const x = g.act(numel(shape));
+      return {
+        attrs: { heads, headDim: hd, rotaryDim: rd },
+        inputs: [f(x, shape)],
+        step: plainStep(1),
+        expect: [{ name: 'y', shape, value: ref.ropeRows(x, shape, heads, hd, rd) }],
+        what: `x ${fmt(shape)} heads ${heads} headDim ${hd} rotaryDim ${rd}`,
+      };
+    },
+  });
+}
+
 for (const [n, k] of [[1, 8], [24, 72], [520, 264]]) {
   add({
     op: 'scale_cols',
@@ -901,6 +925,62 @@ for (const [tokens, heads, kvHeads, hd, bs, blocks, rope, norm, skipEvery] of [
           { name: 'cache', shape, value: out.cache, written: out.written },
         ],
         what: `qkv ${fmt([tokens, width])} cache ${fmt(shape)} rope ${JSON.stringify(rope)} qkNormEps ${eps} slots ${slots.filter((s) => s < 0).length} of ${tokens} -1`,
+      };
+    },
+  });
+}
+
+// ---- matmul_rope_kv: RoPE and the KV write in the q/k/v GEMM's epilogue
+
+// [T, K, H, KV, hd, rope, bias, rms, slot -1 every, variant]: w's q and k rows in rope_rows order
+// (the op's contract), random positions to 40000 and slots in a pool of 3 blocks of 16 past T.
+// Each rung's epilogue: the tile kernel with and without split-K (merged by its last split;
+// 'separate': the reduce kernel writes), the large tiles, the GEMV, every Hopper rung; partial
+// rotary dims, no RoPE (GPT-2), a bias, a folded norm, padding rows (slot -1).
+for (const [t, k, heads, kvHeads, hd, rope, bias, rms, skipEvery, variant] of [
+  [1, 64, 4, 2, 16, { rotaryDim: 16, theta: 10000, scaling: null }, false, false, 0],
+  [5, 256, 8, 2, 64, { rotaryDim: 64, theta: 500000, scaling: LLAMA3 }, true, true, 2],
+  [17, 520, 4, 4, 32, { rotaryDim: 16, theta: 10000, scaling: null }, false, true, 0],
+  [1, 1024, 8, 1, 128, { rotaryDim: 128, theta: 1e6, scaling: null }, false, true, 0],
+  [3, 1024, 4, 2, 64, { rotaryDim: 64, theta: 10000, scaling: LINEAR }, true, false, 0, 'separate'],
+  [130, 72, 4, 2, 32, { rotaryDim: 32, theta: 10000, scaling: null }, true, true, 7],
+  [300, 64, 12, 4, 64, { rotaryDim: 64, theta: 10000, scaling: null }, false, false, 0],
+  [24, 64, 4, 4, 16, null, true, false, 5],
+  [1, 1032, 8, 2, 64, { rotaryDim: 64, theta: 500000, scaling: null }, false, true, 0, 'gemv'],
+  [6, 264, 2, 1, 16, { rotaryDim: 8, theta: 10000, scaling: null }, true, false, 3, 'gemv'],
+  [130, 72, 4, 2, 32, { rotaryDim: 32, theta: 10000, scaling: null }, true, true, 0, 'sm90'],
+  [130, 1032, 4, 2, 64, { rotaryDim: 64, theta: 10000, scaling: null }, false, true, 0, 'sm90s'],
+  [130, 136, 4, 2, 32, { rotaryDim: 32, theta: 10000, scaling: null }, true, false, 4, 'sm90p'],
+  [130, 1032, 8, 2, 64, { rotaryDim: 64, theta: 10000, scaling: null }, false, false, 0, 'sm90k'],
+  [257, 136, 16, 4, 64, { rotaryDim: 64, theta: 10000, scaling: null }, true, true, 0, 'sm90c'],
+  [257, 136, 16, 4, 64, { rotaryDim: 32, theta: 10000, scaling: null }, false, false, 9, 'sm90pc'],
+] as Array<[number, number, number, number, number, ref.RopeDef | null, boolean, boolean, number, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?]>) {
+  add({
+    op: 'matmul_rope_kv',
+    name:
+      `T${t} K${k} H${heads} KV${kvHeads} hd${hd} ${rope ? `rot${rope.rotaryDim} ${scalingName(rope.scaling)}` : 'rope null'}` +
+      `${bias ? ' +bias' : ''}${rms ? ' rms' : ''}${skipEvery ? ` slot -1 every ${skipEvery}` : ''}${variant ? ` ${variant}` : ''}`,
+    prepare(g) {
+      const n = (heads + 2 * kvHeads) * hd;
+      const bs = 16, blocks = Math.ceil(t / bs) + 3;
+      const shape = [2, blocks, bs, kvHeads, hd];
+      const x = g.act(t * k), w = g.weights(n * k, k), b = bias ? g.bias(n) : null;
+      const cache = g.act(numel(shape));
+      const positions = Array.from({ length: t }, () => g.int(40000));
+      const slots = drawSlots(g, t, blocks * bs, (i) => skipEvery > 0 && i % skipEvery === skipEvery - 1);
+      const eps = rms ? 1e-5 : undefined;
+      const inputs = [f(x, [t, k]), f(w, [n, k]), i32(positions), f(cache, shape), i32(slots)];
+      if (b) inputs.push(f(b, [n]));
+      const out = ref.matmulRopeKv(x, w, b, t, k, positions, cache, shape, slots, { numHeads: heads, numKvHeads: kvHeads, headDim: hd, rope, rmsEps: eps });
+      return {
+        attrs: { numHeads: heads, numKvHeads: kvHeads, headDim: hd, rope: rope as unknown as AttrValue, ...(eps !== undefined ? { rmsEps: eps } : {}), ...gemmAttrs(variant) } as Attrs,
+        inputs,
+        step: plainStep(t, { positions: Int32Array.from(positions), slotMapping: Int32Array.from(slots) }),
+        expect: [
+          { name: 'q', shape: [t, heads * hd], value: out.q.value, scale: out.q.scale },
+          { name: 'cache', shape, value: out.cache, written: out.written, scale: out.cacheScale },
+        ],
+        what: `x ${fmt([t, k])} w ${fmt([n, k])}${b ? ` b [${n}]` : ''} cache ${fmt(shape)} rope ${JSON.stringify(rope)}${eps !== undefined ? ` rmsEps ${eps}` : ''} slots ${slots.filter((s) => s < 0).length} of ${t} -1${variant ? ` variant ${variant}` : ''}`,
       };
     },
   });

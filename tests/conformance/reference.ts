@@ -451,6 +451,84 @@ export function ropeKvWrite(
   return { q, ...kvWrite(cache, shape, k, v, slots) };
 }
 
+export interface MatmulRopeKvDef {
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  rope: RopeDef | null;
+  rmsEps?: number;
+}
+
+/** w's row of each output row of rope_rows: in the first `heads` heads, row 2i of a head is row i, row 2i + 1 row i + rotaryDim / 2. */
+export function ropeRowSource(r: number, heads: number, headDim: number, rotaryDim: number): number {
+  if (r >= heads * headDim || r % headDim >= rotaryDim) return r;
+  const d = r % headDim;
+  return r - d + (d % 2 === 0 ? d / 2 : rotaryDim / 2 + (d - 1) / 2);
+}
+
+/** rope_rows: x[N, ...] with the first `heads` heads' rotary rows reordered (ropeRowSource). */
+export function ropeRows(x: Vec, shape: readonly number[], heads: number, headDim: number, rotaryDim: number): Float64Array {
+  const row = shape.slice(1).reduce((a, d) => a * d, 1);
+  const y = new Float64Array(x.length);
+  for (let r = 0; r < shape[0]; r++) {
+    const src = ropeRowSource(r, heads, headDim, rotaryDim);
+    for (let c = 0; c < row; c++) y[r * row + c] = x[src * row + c];
+  }
+  return y;
+}
+
+/**
+ * matmul_rope_kv: z = x w^T (+ b) (RMS-normed with rmsEps), w's q and k rows in rope_rows order;
+ * each q and k head's columns (2i, 2i + 1), i < rotaryDim / 2, rotated as rope's pair (i, i +
+ * rotaryDim / 2) by positions[t]; q [T, H hd] out, k and v into the cache at slots[t] (k in
+ * that order). The error scale of a rotated value is |cos| s1 + |sin| s2 of its two sums'.
+ */
+export function matmulRopeKv(
+  x: Vec,
+  w: Vec,
+  bias: Vec | null,
+  rows: number,
+  k: number,
+  positions: Vec,
+  cache: Vec,
+  shape: readonly number[],
+  slots: Vec,
+  def: MatmulRopeKvDef,
+): { q: Reduction; cacheScale: Float64Array } & CacheUpdate {
+  const { numHeads: H, numKvHeads: KV, headDim: hd } = def;
+  const n = (H + 2 * KV) * hd;
+  const z = def.rmsEps === undefined ? matmul(x, w, bias, rows, k, n) : rmsMatmul(x, w, bias, rows, k, n, def.rmsEps);
+  const inv = def.rope ? ropeInvFreq(def.rope) : null;
+  const half = def.rope ? def.rope.rotaryDim / 2 : 0;
+  for (let t = 0; t < rows; t++)
+    for (let h = 0; h < H + KV; h++)
+      for (let i = 0; i < half; i++) {
+        const at = t * n + h * hd + 2 * i;
+        const a = Math.fround(positions[t] * inv![i]);
+        const c = Math.cos(a), s = Math.sin(a);
+        const [x1, x2, s1, s2] = [z.value[at], z.value[at + 1], z.scale[at], z.scale[at + 1]];
+        z.value[at] = x1 * c - x2 * s;
+        z.value[at + 1] = x2 * c + x1 * s;
+        z.scale[at] = Math.abs(c) * s1 + Math.abs(s) * s2;
+        z.scale[at + 1] = Math.abs(c) * s2 + Math.abs(s) * s1;
+      }
+  const qCols = H * hd, kvCols = KV * hd;
+  const q = { value: new Float64Array(rows * qCols), scale: new Float64Array(rows * qCols) };
+  const kv = { k: new Float64Array(rows * kvCols), v: new Float64Array(rows * kvCols), ks: new Float64Array(rows * kvCols), vs: new Float64Array(rows * kvCols) };
+  for (let t = 0; t < rows; t++) {
+    q.value.set(z.value.subarray(t * n, t * n + qCols), t * qCols);
+    q.scale.set(z.scale.subarray(t * n, t * n + qCols), t * qCols);
+    kv.k.set(z.value.subarray(t * n + qCols, t * n + qCols + kvCols), t * kvCols);
+    kv.ks.set(z.scale.subarray(t * n + qCols, t * n + qCols + kvCols), t * kvCols);
+    kv.v.set(z.value.subarray(t * n + qCols + kvCols, (t + 1) * n), t * kvCols);
+    kv.vs.set(z.scale.subarray(t * n + qCols + kvCols, (t + 1) * n), t * kvCols);
+  }
+  const update = kvWrite(cache, shape, kv.k, kv.v, slots);
+  // The same writes of the sums' error scales (1 where nothing is written: those are exact).
+  const cacheScale = kvWrite(new Float64Array(cache.length).fill(1), shape, kv.ks, kv.vs, slots).cache;
+  return { q, ...update, cacheScale };
+}
+
 export interface AttentionDef {
   numHeads: number;
   numKvHeads: number;

@@ -21,10 +21,15 @@ import {
   matmul,
   matmulAdd,
   matmulGlu,
+  matmulRopeKv,
   type GemmTileName,
 } from '../../src/backend/cuda/ops/gemm.js';
 import type { CudaOpContext, Launch } from '../../src/backend/cuda/ops/types.js';
 import { fakeDevice, tensor, type Recorded } from './fake_device.js';
+
+/** The matmul_rope_kv epilogue's operands, off: every GEMM launch but matmul_rope_kv's carries them. */
+const NO_ROPE = { ropePositions: 0n, ropeSlots: 0n, ropeInvFreq: 0n, ropeCache: 0n, ropeQCols: 0, ropeHeadDim: 0, ropeRotaryDim: 0, ropeNumSlots: 0 };
+const ROPE_PARAMS = ['ropePositions:ptr', 'ropeSlots:ptr', 'ropeInvFreq:ptr', 'ropeCache:ptr', 'ropeQCols:i32', 'ropeHeadDim:i32', 'ropeRotaryDim:i32', 'ropeNumSlots:i32'];
 
 const SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemm.cu'), 'utf8');
 const GEMV_SOURCE = readFileSync(path.join(import.meta.dirname, '../../kernels/gemv.cu'), 'utf8');
@@ -135,8 +140,8 @@ describe('gemm tile table', () => {
       ...[...SM90_SOURCE.matchAll(/^TS_GEMM_SM90K?_ENTRY\((\w+),/gm)].map((m) => m[1]),
     ];
     expect(sourceNames.sort()).toEqual(withStorageTwins(DECLS).map((d) => d.name).sort());
-    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32', 'glu:i32', 'rstd:ptr', 'rmsEps:f32']);
-    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32', 'glu:i32']);
+    expect(GEMM_KERNELS['128x128'].f32.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'x:ptr', 'w:ptr', 'bias:ptr', 'res:ptr', 'ws:ptr', 'counters:ptr', 'R:i32', 'N:i32', 'K:i32', 'kTilesPerSplit:i32', 'glu:i32', 'rstd:ptr', 'rmsEps:f32', ...ROPE_PARAMS]);
+    expect(GEMM_SPLITK_REDUCE.bf16.params.map(([n, t]) => `${n}:${t}`)).toEqual(['y:ptr', 'ws:ptr', 'bias:ptr', 'res:ptr', 'R:i32', 'N:i32', 'splits:i32', 'glu:i32', ...ROPE_PARAMS]);
   });
 
   it('keeps every config within 48 KiB of dynamic shared memory', () => {
@@ -249,7 +254,7 @@ describe('matmul launcher', () => {
     const [l] = launches;
     expect(l.decl.name).toBe('ts_gemm_128x128_bf16');
     expect(l.launch).toEqual({ grid: [64 * 32, 1, 1], block: [256, 1, 1], sharedBytes: 48 * 1024 });
-    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1 });
+    expect(l.args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1, ...NO_ROPE });
   });
 
   it('picks the f32 kernel for f32 logits and passes a null bias when there is none', () => {
@@ -265,7 +270,7 @@ describe('matmul launcher', () => {
     expect(launches.map((l) => l.decl.name)).toEqual([out === 'f32' ? 'ts_gemm_16x128_bf16_f32' : 'ts_gemm_16x128_bf16']);
     expect(launches[0].launch.grid).toEqual([32, 1, 8]);
     // One counter a tile (32 tiles), from the backend's zeroed area.
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16, glu: -1, rstd: 0n, rmsEps: -1 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 0x1000n, w: 0x2000n, bias: 0x3000n, res: 0n, ws: 0x100000n, counters: 0x5000n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16, glu: -1, rstd: 0n, rmsEps: -1, ...NO_ROPE });
     expect(() => run({ R: 1, N: 4096, K: 4096, attrs: { gemmSplitMerge: 'later' } })).toThrow(/matmul: attr gemmSplitMerge must be fused or separate, got later/);
   });
 
@@ -276,7 +281,7 @@ describe('matmul launcher', () => {
     const [gemm, reduce] = launches;
     expect(gemm.launch.grid).toEqual([32, 1, 8]);
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, ws: 0n, counters: 0n, R: 1, N: 4096, K: 4096, kTilesPerSplit: 16 });
-    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8, glu: -1 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0n, R: 1, N: 4096, splits: 8, glu: -1, ...NO_ROPE });
     expect(reduce.launch.block).toEqual([256, 1, 1]);
     expect(reduce.launch.grid).toEqual([16, 1, 1]);
   });
@@ -418,7 +423,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     // x far from y: the launcher refuses a y that overlaps the x it reads.
     const { launches } = run({ R: 8192, N: 4096, K: 4096, res: true, ptrs: { x: 1n << 32n } });
     expect(launches.map((l) => l.decl.name)).toEqual(['ts_gemm_128x128_bf16']);
-    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1 });
+    expect(launches[0].args).toEqual({ y: 0x4000n, x: 1n << 32n, w: 0x2000n, bias: 0n, res: 0x4000n, ws: 0n, counters: 0n, R: 8192, N: 4096, K: 4096, kTilesPerSplit: 128, glu: -1, rstd: 0n, rmsEps: -1, ...NO_ROPE });
   });
 
   it('passes it with split K to the merging tile kernel, or adds it in the separate reduce, not in the partials, after the bias', () => {
@@ -429,7 +434,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     const [gemm, reduce] = launches;
     expect(gemm.args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n });
     expect(reduce.decl.name).toBe('ts_gemm_splitk_reduce_bf16');
-    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x8000n, R: 1, N: 4096, splits: 8, glu: -1 });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x8000n, R: 1, N: 4096, splits: 8, glu: -1, ...NO_ROPE });
   });
 
   it('passes it to the GEMV and the Hopper kernel, in both storage types', () => {
@@ -443,7 +448,7 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
     const sm90s = run({ R: 256, N: 4096, K: 4096, res: true, bias: true, attrs: { gemmVariant: 'sm90s' }, ptrs: { x: 1n << 32n } }).launches;
     expect(sm90s.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90_bf16_f32', 'ts_gemm_splitk_reduce_bf16']);
     expect(sm90s[0].args).toMatchObject({ y: 0x100000n, bias: 0n, res: 0n, splits: 4 });
-    expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4, glu: -1 });
+    expect(sm90s[1].args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0x3000n, res: 0x4000n, R: 256, N: 4096, splits: 4, glu: -1, ...NO_ROPE });
     // sm90p: its own entries, 128 x 128 tiles (w's box 128 rows), a persistent grid over them.
     const sm90p = run({ R: 1024, N: 4096, K: 4104, res: true, bias: true, storage: 'f16', attrs: { gemmVariant: 'sm90p' }, ptrs: { x: 1n << 32n } });
     expect(sm90p.launches.map((l) => l.decl.name)).toEqual(['ts_gemm_sm90p_f16']);
@@ -532,6 +537,69 @@ describe('matmul_add launcher (the residual in the epilogue)', () => {
   });
 });
 
+describe('matmul_rope_kv launcher (RoPE and the KV write in the epilogue)', () => {
+  // Llama-3-8B's q/k/v: 32 heads, 8 KV heads of 128; a cache of 100 blocks of 16 slots.
+  const H = 32, KV = 8, HD = 128, K = 4096, N = (H + 2 * KV) * HD;
+  const CACHE = [2, 100, 16, KV, HD];
+  const ROPE = { rotaryDim: 128, theta: 500000, scaling: null };
+  function runRope(opts: { R: number; attrs?: Attrs; q?: 'bf16' | 'f32'; cache?: 'bf16' | 'f16'; cachePtr?: bigint; positions?: 'i32' | 'f32' }) {
+    const { R } = opts;
+    const launches: Recorded[] = [];
+    const cache = tensor(CACHE, opts.cache ?? 'bf16', opts.cachePtr ?? 0x800000n);
+    const ctx: CudaOpContext = {
+      inputs: [tensor([R, K], 'bf16', 0x1000n), tensor([N, K], 'bf16', 0x2000n), tensor([R], opts.positions ?? 'i32', 0x6000n), cache, tensor([R], 'i32', 0x7000n)],
+      outputs: [tensor([R, H * HD], opts.q ?? 'bf16', 0x4000n), cache],
+      attrs: { numHeads: H, numKvHeads: KV, headDim: HD, rope: ROPE, ...opts.attrs } as Attrs,
+      step: { numTokens: R, numSeqs: 1, numLogitRows: 1, blockTableWidth: 1, maxContextLen: R, maxQueryLen: R },
+      device: fakeDevice(132),
+      launch: (decl, launch, args) => {
+        packArgs(new DataView(new ArrayBuffer(4096)), decl, args);
+        launches.push({ decl, launch, args });
+      },
+      constant: () => 0x9000n,
+      counters: () => 0x5000n,
+      scratch: () => 0x100000n,
+      tensorMap2d: () => new Uint8Array(128),
+      tensorMap: () => {
+        throw new Error('no tensor maps expected');
+      },
+    };
+    matmulRopeKv(ctx);
+    return launches;
+  }
+  const ON = { ropePositions: 0x6000n, ropeSlots: 0x7000n, ropeInvFreq: 0x9000n, ropeCache: 0x800000n, ropeQCols: H * HD, ropeHeadDim: HD, ropeRotaryDim: 128, ropeNumSlots: 1600 };
+
+  it('gives every rung that writes q the epilogue operands: positions, slots, inv_freq, the cache (its k half first), q width, dims, slots', () => {
+    // Decode: the 16-row tile, K split 6 ways and merged in the launch.
+    const [tile] = runRope({ R: 1 });
+    expect(tile.decl.name).toBe('ts_gemm_16x128_bf16');
+    expect(tile.args).toMatchObject({ y: 0x4000n, R: 1, N, K, glu: -1, ...ON });
+    expect(runRope({ R: 1, attrs: { gemmVariant: 'gemv' } })[0].args).toMatchObject({ y: 0x4000n, N, ...ON });
+    expect(runRope({ R: 256, attrs: { gemmVariant: 'sm90' } })[0].args).toMatchObject({ y: 0x4000n, splits: 1, ...ON });
+    expect(runRope({ R: 256, attrs: { gemmVariant: 'sm90k' } })[0].args).toMatchObject({ y: 0x4000n, ...ON });
+    // Without RoPE (GPT-2): no table, no rotary dims; the KV write still on.
+    expect(runRope({ R: 1, attrs: { rope: null } })[0].args).toMatchObject({ ...ON, ropeInvFreq: 0n, ropeRotaryDim: 0 });
+  });
+
+  it('where the partials go to scratch, they are plain and the reduce runs the epilogue over pairs of columns', () => {
+    const [partial, reduce] = runRope({ R: 1, attrs: { gemmSplitMerge: 'separate' } });
+    expect([partial.decl.name, reduce.decl.name]).toEqual(['ts_gemm_16x128_bf16_f32', 'ts_gemm_splitk_reduce_bf16']);
+    expect(partial.args).toMatchObject({ y: 0x100000n, glu: -1, ...NO_ROPE });
+    expect(reduce.args).toEqual({ y: 0x4000n, ws: 0x100000n, bias: 0n, res: 0n, R: 1, N, splits: 6, glu: -1, ...ON });
+    expect(reduce.launch.grid).toEqual([N / 2 / 256, 1, 1]);
+    const [sm90Partial, sm90Reduce] = runRope({ R: 16, attrs: { gemmVariant: 'sm90s' } });
+    expect(sm90Partial.args).toMatchObject({ y: 0x100000n, ...NO_ROPE });
+    expect(sm90Reduce.args).toMatchObject({ y: 0x4000n, ...ON });
+  });
+
+  it('refuses an f32 q, a cache of another type or overlapping q, and positions that are not i32, naming the op', () => {
+    expect(() => runRope({ R: 1, q: 'f32' })).toThrow(/matmul_rope_kv: q must be bf16, without a residual, and w's rows even/);
+    expect(() => runRope({ R: 1, cache: 'f16' })).toThrow(/matmul_rope_kv: cache \[2, 100, 16, 8, 128\] f16 must be bf16 like x/);
+    expect(() => runRope({ R: 1, cachePtr: 0x4000n })).toThrow(/matmul_rope_kv: the cache overlaps x or q/);
+    expect(() => runRope({ R: 1, positions: 'f32' })).toThrow(/matmul_rope_kv.*positions/);
+  });
+});
+
 describe('the GEMV variant', () => {
   it('runs only where asked and where it applies (R <= 8); the default stays the tile kernel', async () => {
     const { gemmVariant } = await import('../../src/backend/cuda/ops/gemm.js');
@@ -613,7 +681,7 @@ describe('the GEMV variant', () => {
       expect(launches[0].decl.name).toBe(GEMV_KERNELS[maxR].f32.name);
       expect(launches[0].launch.grid).toEqual([Math.ceil(N / 4), 1, 1]);
       expect(launches[0].launch.block).toEqual([256, 1, 1]);
-      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64, glu: -1, rmsEps: -1 });
+      expect(launches[0].args).toEqual({ y: 0x3000n, x: 0x1000n, w: 0x2000n, bias: 0n, res: 0n, R, N, K: 64, glu: -1, rmsEps: -1, ...NO_ROPE });
     }
   });
 });

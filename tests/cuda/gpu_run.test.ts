@@ -81,11 +81,12 @@ describe.skipIf(skip !== null)('tools/gpu/run.sh on the stand-in libcuda', { tim
 
   it('runs the conformance stage again past each kernel fault, and leaves the Hopper kernels that failed it out of the benchmark', async () => {
     // The stand-in's kernels write nothing, so every sm90 case fails; the staged fault is the
-    // Hopper GEMM's, which matmul, matmul_add and matmul_glu all launch: each loses the context once.
+    // Hopper GEMM's, which matmul, matmul_add, matmul_glu and matmul_rope_kv all launch: each loses
+    // the context once.
     const run = await runScript('sm90 kernels torch', 400, { MOCK_FAULT_KERNEL: 'ts_gemm_sm90_' });
     expect(run.status).toBe(0);
     const stageLines = run.lines.filter((l) => / \+\d+s /.test(l)).map((l) => l.replace(/^\S+ \+\d+s /, ''));
-    expect(stageLines.slice(0, 8)).toEqual([
+    expect(stageLines.slice(0, 10)).toEqual([
       expect.stringMatching(/^sm90: exit 1 in \d+ s \(limit 150 s\) Tests \d+ failed \| \d+ skipped/),
       'sm90: again without matmul (a kernel fault there lost the CUDA context)',
       expect.stringMatching(/^sm90: exit 1 in \d+ s \(limit 150 s\) Tests \d+ failed/),
@@ -93,19 +94,21 @@ describe.skipIf(skip !== null)('tools/gpu/run.sh on the stand-in libcuda', { tim
       expect.stringMatching(/^sm90: exit 1 in \d+ s \(limit 150 s\) Tests \d+ failed/),
       'sm90: again without matmul, matmul_add, matmul_glu (a kernel fault there lost the CUDA context)',
       expect.stringMatching(/^sm90: exit 1 in \d+ s \(limit 150 s\) Tests \d+ failed/),
-      'kernels: left out, as the sm90 stage failed them: attention sm90,attention sm90o,matmul sm90,matmul_add sm90,matmul_glu sm90',
+      'sm90: again without matmul, matmul_add, matmul_glu, matmul_rope_kv (a kernel fault there lost the CUDA context)',
+      expect.stringMatching(/^sm90: exit 1 in \d+ s \(limit 150 s\) Tests \d+ failed/),
+      'kernels: left out, as the sm90 stage failed them: attention sm90,attention sm90o,matmul sm90,matmul_add sm90,matmul_glu sm90,matmul_rope_kv sm90',
     ]);
     const faults = run.result('faults.tsv').trim().split('\n').map((l) => l.split('\t').slice(0, 2).join(' '));
-    expect(faults).toEqual(['bf16 matmul', 'bf16 matmul_add', 'bf16 matmul_glu']);
+    expect(faults).toEqual(['bf16 matmul', 'bf16 matmul_add', 'bf16 matmul_glu', 'bf16 matmul_rope_kv']);
     expect(run.result('sm90.txt')).toContain('the CUDA context was lost to a kernel fault in bf16 matmul [');
-    expect(stageLines[8]).toMatch(/^kernels: exit 1 /); // no fault: the sm90 GEMM never ran
+    expect(stageLines[10]).toMatch(/^kernels: exit 1 /); // no fault: the sm90 GEMM never ran
     const report = JSON.parse(run.result('kernels.json'));
     expect(report.faults).toEqual([]);
     // The rungs the sm90 stage failed are left out (sm90s runs sm90's kernel); stream-K, whose
     // cases the stage never reached after the fault, has entries of its own and runs.
     const hopper = report.results.filter((r: { name: string }) => r.name.includes('sm90') && !r.name.endsWith(' sm90k'));
     expect(hopper.length).toBeGreaterThan(0);
-    for (const r of hopper) expect(r.skipped, r.name).toMatch(/^left out \(--skip-kernels (matmul|matmul_add|matmul_glu|attention) sm90o?\)$/);
+    for (const r of hopper) expect(r.skipped, r.name).toMatch(/^left out \(--skip-kernels (matmul|matmul_add|matmul_glu|matmul_rope_kv|attention) sm90o?\)$/);
     const streamK = report.results.filter((r: { name: string }) => r.name.endsWith(' sm90k'));
     expect(streamK.length).toBeGreaterThan(0);
     for (const r of streamK) expect(r.skipped, r.name).toBeUndefined();

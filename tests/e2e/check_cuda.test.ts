@@ -103,7 +103,7 @@ describe.skipIf(target.skip !== null)(`tessera check on CUDA${target.emulated ? 
     expect(Number(a) - Number(b)).toBe(3);
     const lines = text.stdout.split('\n');
     expect(lines.filter((l) => /^(prefill|decode \d) +\d+ tokens +\d+ outputs +worst \d/.test(l))).toHaveLength(3);
-    for (const op of ['embedding', 'rmsnorm', 'matmul', 'matmul_add', 'rope_kv_write', 'attention', 'matmul_glu']) expect(text.stdout, op).toMatch(new RegExp(`^  ${op} +\\d+ outputs +\\S+  ok  `, 'm'));
+    for (const op of ['embedding', 'rmsnorm', 'matmul', 'matmul_add', 'matmul_rope_kv', 'attention', 'matmul_glu']) expect(text.stdout, op).toMatch(new RegExp(`^  ${op} +\\d+ outputs +\\S+  ok  `, 'm'));
     expect(lines.at(-2)).toMatch(/^all \d+ outputs within tolerance \(0.03125, bf16\)$/);
     const json = await runCli(['check', '--decode-steps', '1', '--json']);
     expect(json.code, json.stderr).toBe(0);

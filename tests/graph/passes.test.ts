@@ -18,6 +18,7 @@ import { fuseActMul } from '../../src/graph/passes/rules/fuse_act_mul.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from '../../src/graph/passes/rules/fuse_add_norm.js';
 import { fuseMatmulAdd } from '../../src/graph/passes/rules/fuse_matmul_add.js';
 import { fuseMatmulGlu } from '../../src/graph/passes/rules/fuse_matmul_glu.js';
+import { fuseMatmulRopeKv } from '../../src/graph/passes/rules/fuse_matmul_rope_kv.js';
 import { foldRmsnorm } from '../../src/graph/passes/rules/fold_rmsnorm.js';
 import { fuseRopeKvWrite } from '../../src/graph/passes/rules/fuse_rope_kv.js';
 import { concatOfSlices, doubleTranspose, fullSlice } from '../../src/graph/passes/rules/identity.js';
@@ -26,6 +27,7 @@ import { sinkGather } from '../../src/graph/passes/rules/sink_gather.js';
 import { graphToText, summarize, type GraphSummary } from '../../src/graph/print.js';
 import type { StepBatch } from '../../src/backend/backend.js';
 import { CPU_KERNELS } from '../../src/backend/cpu/kernels/index.js';
+import { ropeRowSource } from '../../src/backend/cpu/kernels/transforms.js';
 import type { CpuTensor } from '../../src/backend/cpu/tensor.js';
 import type { Operand } from '../../src/graph/program.js';
 import { gaussian, VARIANTS, tinyCheckpoint, type Variant } from '../helpers/tiny_checkpoint.js';
@@ -951,6 +953,10 @@ describe('fuse_rope_kv_write', () => {
     kStart?: number;
     vStart?: number;
     positions?: boolean;
+    /** The q/k/v GEMM's: a bias, attrs. */
+    bias?: boolean;
+    gemmAttrs?: Attrs;
+    rotaryDim?: number;
   }
 
   function attn(o: AttnOpts = {}) {
@@ -961,7 +967,9 @@ describe('fuse_rope_kv_write', () => {
     const x = b.op('embedding', [b.input('tokenIds'), b.weight('embed.weight', [32, 16])], {}, 'embed');
     b.layer(0);
     const p = 'model.layers.0';
-    const z = b.op('matmul', [x, b.weight(`${p}.qkv.weight`, [(H + 2 * KV) * HD, 16])], {}, `${p}.qkv`);
+    const qkvInputs = [x, b.weight(`${p}.qkv.weight`, [(H + 2 * KV) * HD, 16])];
+    if (o.bias) qkvInputs.push(b.weight(`${p}.qkv.bias`, [(H + 2 * KV) * HD]));
+    const z = b.op('matmul', qkvInputs, o.gemmAttrs ?? {}, `${p}.qkv`);
     const qSlice = b.op('slice_cols', [z], { start: 0, count: H * HD }, `${p}.q`);
     const kSlice = b.op('slice_cols', [z], { start: o.kStart ?? H * HD, count: KV * HD }, `${p}.k`);
     const vSlice = b.op('slice_cols', [z], { start: o.vStart ?? (H + KV) * HD, count: KV * HD }, `${p}.v`);
@@ -979,8 +987,9 @@ describe('fuse_rope_kv_write', () => {
     }
     let qRope: number | null = null, kRope: number | null = null;
     if (rope) {
-      q = qRope = b.op('rope', [q, pos!], { numHeads: H, headDim: HD, ...ROPE }, `${p}.rope_q`);
-      k = kRope = b.op('rope', [k, pos!], { numHeads: KV, headDim: HD, ...ROPE, theta: o.kTheta ?? ROPE.theta }, `${p}.rope_k`);
+      const rd = o.rotaryDim ?? ROPE.rotaryDim;
+      q = qRope = b.op('rope', [q, pos!], { numHeads: H, headDim: HD, ...ROPE, rotaryDim: rd }, `${p}.rope_q`);
+      k = kRope = b.op('rope', [k, pos!], { numHeads: KV, headDim: HD, ...ROPE, rotaryDim: rd, theta: o.kTheta ?? ROPE.theta }, `${p}.rope_k`);
     }
     const cache0 = b.kvCache(0, 4, KV, HD);
     const cache = b.op('kv_write', [k, vSlice, cache0, slots], {}, `${p}.kv_write`);
@@ -1085,6 +1094,85 @@ describe('fuse_rope_kv_write', () => {
       expect(liveOf(g, 'rope_kv_write'), what).toEqual([]);
     }
   });
+
+  describe('then fuse_matmul_rope_kv', () => {
+    /** The cache with each k head's rotary dims back in RoPE's order (matmul_rope_kv stores them as rope_rows puts them). */
+    function unpermuteK(cache: Float32Array, rotaryDim: number): Float32Array {
+      const out = cache.slice();
+      for (let base = 0; base < cache.length / 2; base += HD) for (let p = 0; p < HD; p++) out[base + ropeRowSource(p, 1, HD, rotaryDim)] = cache[base + p];
+      return out;
+    }
+
+    /** Fuses the prologue into rope_kv_write, then that into the GEMM: the attention output the same, the cache the same but for k's order. */
+    function fuseKeeping(g: Graph, rotaryDim: number): Record<string, number> {
+      run(g, fuseRopeKvWrite);
+      const before = evaluate(g);
+      const rewrites = run(g, fuseMatmulRopeKv);
+      const after = evaluate(g);
+      after[after.length - 1] = unpermuteK(after[after.length - 1], rotaryDim);
+      expect(Math.max(...before[0].map(Math.abs))).toBeGreaterThan(0.05);
+      expect(maxDiff(before, after)).toBeLessThanOrEqual(1e-6 * Math.max(1, ...before.map((x) => Math.max(...x.map(Math.abs)))));
+      return rewrites;
+    }
+
+    it('rope_kv_write(matmul(x, w (, b))) -> matmul_rope_kv(x, rope_rows(w), positions, cache, slots (, rope_rows(b))): the same attention, k reordered in the cache', () => {
+      for (const [bias, rotaryDim] of [
+        [false, HD],
+        [true, HD],
+        [true, 2],
+      ] as Array<[boolean, number]>) {
+        const what = `bias ${bias} rotaryDim ${rotaryDim}`;
+        const { g, x, pos, slots, cache0, out } = attn({ bias, rotaryDim, gemmAttrs: { rmsEps: 1e-5 } });
+        const mm = liveOf(g, 'matmul')[0];
+        expect(fuseKeeping(g, rotaryDim), what).toEqual({ fuse_matmul_rope_kv: 1 });
+        expect(ops(g), what).toEqual(['embedding', ...(bias ? ['rope_rows', 'rope_rows'] : ['rope_rows']), 'matmul_rope_kv', 'attention']);
+        const [fused] = liveOf(g, 'matmul_rope_kv');
+        expect(fused.inputs.slice(2, 5), what).toEqual([pos, cache0, slots]);
+        expect(fused.inputs[0]).toBe(x);
+        const reordered = fused.inputs.slice(1).filter((_, i) => i === 0 || i === 4).map((v) => producer(g, v));
+        expect(reordered.map((n) => [n.op, g.value(n.inputs[0]).name, n.attrs]), what).toEqual(
+          ['weight', ...(bias ? ['bias'] : [])].map((w) => ['rope_rows', `model.layers.0.qkv.${w}`, { heads: H + KV, headDim: HD, rotaryDim }]),
+        );
+        expect(fused.attrs, what).toEqual({ rmsEps: 1e-5, numHeads: H, numKvHeads: KV, headDim: HD, rope: { ...ROPE, rotaryDim } });
+        expect([fused.label, fused.order, fused.layer], what).toEqual([mm.label, mm.order, 0]);
+        const [q, cache] = fused.outputs;
+        expect([g.value(q).name, g.value(cache).name, g.value(cache).kind], what).toEqual(['model.layers.0.rope_kv_write', 'model.layers.0.kv_write', 'state']);
+        expect(producer(g, out).inputs.slice(0, 2), what).toEqual([q, cache]);
+      }
+    });
+
+    it('without rope (GPT-2): no rows reordered, the cache as it was', () => {
+      const { g } = attn({ rope: false });
+      expect(fuseKeeping(g, 0)).toEqual({ fuse_matmul_rope_kv: 1 });
+      expect(ops(g)).toEqual(['embedding', 'matmul_rope_kv', 'attention']);
+      expect(liveOf(g, 'matmul_rope_kv')[0].attrs.rope).toBeNull();
+    });
+
+    it('not after a per-head q/k norm, with a second reader of the GEMM output or of its weight, or an f32 GEMM', () => {
+      {
+        const { g } = attn({ norm: { qEps: 1e-6, kEps: 1e-6 } });
+        run(g, fuseRopeKvWrite);
+        expect(run(g, fuseMatmulRopeKv), 'q/k norm').toEqual({ fuse_matmul_rope_kv: 0 });
+      }
+      {
+        const { b, g, z } = attn();
+        b.output(z);
+        run(g, fuseRopeKvWrite);
+        expect(run(g, fuseMatmulRopeKv), 'second reader of the output').toEqual({ fuse_matmul_rope_kv: 0 });
+      }
+      {
+        const { b, g, x } = attn();
+        b.output(b.op('matmul', [x, producer(g, liveOf(g, 'matmul')[0].outputs[0]).inputs[1]], {}, 'other'));
+        run(g, fuseRopeKvWrite);
+        expect(run(g, fuseMatmulRopeKv), 'second reader of the weight').toEqual({ fuse_matmul_rope_kv: 0 });
+      }
+      {
+        const { g } = attn({ gemmAttrs: { outputDtype: 'f32' } });
+        run(g, fuseRopeKvWrite);
+        expect(run(g, fuseMatmulRopeKv), 'f32 output').toEqual({ fuse_matmul_rope_kv: 0 });
+      }
+    });
+  });
 });
 
 // ---- the engine ----
@@ -1105,7 +1193,7 @@ describe('runPass, optimize and prune', () => {
     });
   });
 
-  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, residual adds into GEMMs, fuse, gated units into GEMMs, norms into GEMMs, in that order', () => {
+  it('DEFAULT_PASSES: fold biases, merge siblings, simplify, sink the logits gather, residual adds into GEMMs, fuse, gated units into GEMMs, norms into GEMMs, RoPE and the KV write into GEMMs, in that order', () => {
     expect(DEFAULT_PASSES.map((p) => [p.name, p.rules.map((r) => r.name)])).toEqual([
       ['fold_bias', ['fold_bias']],
       ['merge_siblings', ['merge_sibling_matmuls']],
@@ -1115,6 +1203,7 @@ describe('runPass, optimize and prune', () => {
       ['fuse', ['fuse_act_mul', 'fuse_add_rmsnorm', 'fuse_add_layernorm', 'fuse_rope_kv_write']],
       ['fuse_glu', ['fuse_matmul_glu']],
       ['fold_norm', ['fold_rmsnorm']],
+      ['fuse_rope', ['fuse_matmul_rope_kv']],
     ]);
     for (const p of DEFAULT_PASSES) for (const r of p.rules) expect(OPS[r.root], r.name).toBeDefined();
   });
@@ -1185,7 +1274,8 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
   // each layer) into the GEMM epilogues, so no add is left for a norm; per layer one act_mul and
   // one rope_kv_write; then each act_mul into its gate/up GEMM's epilogue; then every RMS norm
   // into the GEMM that reads it (the final one too where lm_head's weight is its own: see
-  // foldedNorms).
+  // foldedNorms); then each rope_kv_write into its q/k/v GEMM's epilogue (not Qwen3's, whose
+  // per-head q/k norm stays in rope_kv_write).
   llama: {
     fold_bias: { fold_bias: 0 },
     merge_siblings: { merge_sibling_matmuls: 4 },
@@ -1195,6 +1285,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
     fuse_glu: { fuse_matmul_glu: 2 },
     fold_norm: { fold_rmsnorm: 4 },
+    fuse_rope: { fuse_matmul_rope_kv: 2 },
   },
   // + the q, k, v biases of 2 layers folded.
   qwen2: {
@@ -1206,6 +1297,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     fuse: { fuse_act_mul: 2, fuse_add_rmsnorm: 0, fuse_add_layernorm: 0, fuse_rope_kv_write: 2 },
     fuse_glu: { fuse_matmul_glu: 2 },
     fold_norm: { fold_rmsnorm: 4 },
+    fuse_rope: { fuse_matmul_rope_kv: 2 },
   },
   // 6 biases per layer; only q/k/v are siblings; their weight and bias slices re-merge; the
   // logits gather up through layer 1's residual add, mlp.c_proj, gelu, c_fc, ln_2, residual add
@@ -1220,6 +1312,7 @@ const EXPECTED_REPORTS: Record<'llama' | 'qwen2' | 'gpt2', Record<string, Record
     fuse: { fuse_act_mul: 0, fuse_add_rmsnorm: 0, fuse_add_layernorm: 1, fuse_rope_kv_write: 2 },
     fuse_glu: { fuse_matmul_glu: 0 },
     fold_norm: { fold_rmsnorm: 0 },
+    fuse_rope: { fuse_matmul_rope_kv: 2 },
   },
 };
 
@@ -1231,20 +1324,22 @@ const TIED: Record<Variant, boolean> = { llama: true, llama3: false, mistral: fa
 const foldedNorms = (v: Variant) => (v.startsWith('gpt2') ? 0 : TIED[v] ? 4 : 5);
 
 const LLAMA_FUSED: GraphSummary = {
-  kernelsPerStep: 17, // embed; 6 in layer 0; layer 1's 6 + the two row gathers after attention; final norm (tied: see LLAMA_FUSED_UNTIED), lm_head
-  layerKernels: { matmul: 1, matmul_glu: 1, matmul_add: 2, rope_kv_write: 1, attention: 1 },
-  loadTimeOps: 10, // the q/k/v and gate/up weight concats of 2 layers, the gate/up row pairs, and the 4 layer norms' weights folded into the GEMMs
+  kernelsPerStep: 15, // embed; 5 in layer 0; layer 1's 5 + the two row gathers after attention; final norm (tied: see LLAMA_FUSED_UNTIED), lm_head
+  layerKernels: { matmul_rope_kv: 1, matmul_glu: 1, matmul_add: 2, attention: 1 },
+  loadTimeOps: 12, // the q/k/v and gate/up weight concats of 2 layers, the gate/up row pairs, the q/k rows reordered for RoPE, and the 4 layer norms' weights folded into the GEMMs
 };
 /** lm_head's own weight: the final norm folded into it as well. */
-const LLAMA_FUSED_UNTIED: GraphSummary = { ...LLAMA_FUSED, kernelsPerStep: 16, loadTimeOps: 11 };
+const LLAMA_FUSED_UNTIED: GraphSummary = { ...LLAMA_FUSED, kernelsPerStep: 14, loadTimeOps: 13 };
+/** Qwen3's per-head q/k norm keeps rope_kv_write apart from the q/k/v GEMM. */
+const QWEN3_FUSED: GraphSummary = { kernelsPerStep: 17, layerKernels: { matmul: 1, matmul_glu: 1, matmul_add: 2, rope_kv_write: 1, attention: 1 }, loadTimeOps: 10 };
 const LLAMA_UNFUSED: GraphSummary = {
   kernelsPerStep: 38,
   layerKernels: { rmsnorm: 2, matmul: 7, add: 2, rope: 2, kv_write: 1, attention: 1, silu: 1, mul: 1 },
   loadTimeOps: 0,
 };
 const GPT2_FUSED: GraphSummary = {
-  kernelsPerStep: 24, // wte, wpe; 9 in layer 0; 9 + the two row gathers in layer 1; ln_f, lm_head
-  layerKernels: { add_layernorm: 1, layernorm: 1, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, gelu: 1 },
+  kernelsPerStep: 22, // wte, wpe; 8 in layer 0; 8 + the two row gathers in layer 1; ln_f, lm_head
+  layerKernels: { add_layernorm: 1, layernorm: 1, matmul: 1, matmul_add: 2, matmul_rope_kv: 1, attention: 1, gelu: 1 },
   loadTimeOps: 8, // one transpose per Conv1D weight: c_attn, c_proj, c_fc, mlp.c_proj
 };
 const GPT2_UNFUSED: GraphSummary = {
@@ -1257,8 +1352,8 @@ const SUMMARIES: Record<Variant, { fused: GraphSummary; unfused: GraphSummary }>
   llama: { fused: LLAMA_FUSED, unfused: LLAMA_UNFUSED },
   llama3: { fused: LLAMA_FUSED_UNTIED, unfused: LLAMA_UNFUSED },
   mistral: { fused: LLAMA_FUSED_UNTIED, unfused: LLAMA_UNFUSED },
-  qwen2: { fused: { ...LLAMA_FUSED, loadTimeOps: 12 }, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 44, layerKernels: { ...LLAMA_UNFUSED.layerKernels, add: 5 } } },
-  qwen3: { fused: LLAMA_FUSED, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 42, layerKernels: { ...LLAMA_UNFUSED.layerKernels, rmsnorm: 4 } } },
+  qwen2: { fused: { ...LLAMA_FUSED, loadTimeOps: 16 }, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 44, layerKernels: { ...LLAMA_UNFUSED.layerKernels, add: 5 } } },
+  qwen3: { fused: QWEN3_FUSED, unfused: { ...LLAMA_UNFUSED, kernelsPerStep: 42, layerKernels: { ...LLAMA_UNFUSED.layerKernels, rmsnorm: 4 } } },
   gpt2: { fused: GPT2_FUSED, unfused: GPT2_UNFUSED },
   gpt2_bare: { fused: GPT2_FUSED, unfused: GPT2_UNFUSED },
 };
@@ -1283,7 +1378,11 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
   });
 
   it('reports the rewrites of each pass', () => {
-    const want = { ...EXPECTED_REPORTS[gpt2 ? 'gpt2' : variant === 'qwen2' ? 'qwen2' : 'llama'], fold_norm: { fold_rmsnorm: foldedNorms(variant) } };
+    const want = {
+      ...EXPECTED_REPORTS[gpt2 ? 'gpt2' : variant === 'qwen2' ? 'qwen2' : 'llama'],
+      fold_norm: { fold_rmsnorm: foldedNorms(variant) },
+      fuse_rope: { fuse_matmul_rope_kv: variant === 'qwen3' ? 0 : 2 },
+    };
     expect(result.reports).toEqual(Object.entries(want).map(([pass, rewrites]) => ({ pass, rewrites })));
   });
 
@@ -1301,7 +1400,7 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
     // the residual are gathered.
     expect(layer(1)).toEqual(
       gpt2
-        ? { layernorm: 2, matmul: 2, matmul_add: 2, rope_kv_write: 1, attention: 1, gelu: 1, gather_rows: 2 }
+        ? { layernorm: 2, matmul: 1, matmul_add: 2, matmul_rope_kv: 1, attention: 1, gelu: 1, gather_rows: 2 }
         : { ...SUMMARIES[variant].fused.layerKernels, gather_rows: 2 },
     );
     // The last residual sum comes from the last GEMM's epilogue: the final norm alone, which
@@ -1321,7 +1420,10 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
   it('load-time ops stay load-time; no per-step transpose, slice_rows, concat_rows or slice_cols', () => {
     const nodes = fused.schedule();
     for (const n of nodes) expect(OPS[n.op].category === 'load', `${n.label}: ${n.op}`).toBe(isLoad(fused, n));
-    expect(countOps(nodes.filter((n) => isLoad(fused, n)))).toEqual(gpt2 ? { transpose: 8 } : { concat_rows: variant === 'qwen2' ? 6 : 4, pair_rows: 2, scale_cols: foldedNorms(variant) });
+    // The q/k rows reordered for RoPE in the epilogue: each layer's weight (and Qwen2's bias); not
+    // Qwen3's (its rope_kv_write stays), nor GPT-2's (no RoPE: nothing to reorder).
+    const ropeRows = variant === 'qwen3' ? {} : { rope_rows: variant === 'qwen2' ? 4 : 2 };
+    expect(countOps(nodes.filter((n) => isLoad(fused, n)))).toEqual(gpt2 ? { transpose: 8 } : { concat_rows: variant === 'qwen2' ? 6 : 4, pair_rows: 2, scale_cols: foldedNorms(variant), ...ropeRows });
     expect(nodes.filter((n) => n.op === 'slice_cols')).toEqual([]);
   });
 
@@ -1332,14 +1434,16 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
     if (gpt2) {
       for (let l = 0; l < 2; l++) {
         const p = `transformer.h.${l}`;
-        // c_attn: one load-time transpose of the checkpoint weight, its bias as stored.
-        const [cAttn] = of('matmul').filter((n) => n.label === `${p}.attn.q+k+v`);
+        // c_attn: one load-time transpose of the checkpoint weight (no RoPE: no rows reordered),
+        // its bias as stored, q out and k, v into the layer's cache in its epilogue.
+        const [cAttn] = of('matmul_rope_kv').filter((n) => n.label === `${p}.attn.q+k+v`);
         const w = producer(fused, cAttn.inputs[1]);
-        expect([w.op, name(w.inputs[0]), name(cAttn.inputs[2])]).toEqual(['transpose', `${p}.attn.c_attn.weight`, `${p}.attn.c_attn.bias`]);
+        expect([w.op, name(w.inputs[0]), name(cAttn.inputs[5])]).toEqual(['transpose', `${p}.attn.c_attn.weight`, `${p}.attn.c_attn.bias`]);
+        expect(cAttn.inputs.slice(2, 5).map(name)).toEqual(['positions', `kv.${l}`, 'slotMapping']);
       }
       // Every layer matmul carries its bias; the lm_head has none. c_proj and mlp.c_proj add the
       // residual after their bias: x, w, residual, bias.
-      expect(of('matmul').map((n) => n.inputs.length)).toEqual([3, 3, 3, 3, 2]);
+      expect(of('matmul').map((n) => n.inputs.length)).toEqual([3, 3, 2]);
       expect(of('matmul_add').map((n) => [n.label, n.inputs.length, name(n.inputs[3])])).toEqual(
         [0, 1].flatMap((l) => [
           [`transformer.h.${l}.attn.c_proj`, 4, `transformer.h.${l}.attn.c_proj.bias`],
@@ -1349,7 +1453,8 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
       expect(of('gelu').map((n) => n.attrs)).toEqual(Array(2).fill({ approximate: variant === 'gpt2' ? 'tanh' : 'none' }));
       expect(of('act_mul')).toEqual([]);
       expect(of('mul')).toEqual([]);
-      expect(of('rope_kv_write').map((n) => n.attrs)).toEqual(Array(2).fill({ numHeads: 4, numKvHeads: 4, headDim: 16, rope: null, qkNormEps: null }));
+      expect(of('rope_kv_write')).toEqual([]);
+      expect(of('matmul_rope_kv').map((n) => n.attrs)).toEqual(Array(2).fill({ numHeads: 4, numKvHeads: 4, headDim: 16, rope: null }));
       // Layer 0's ln_1 fuses the wte + wpe sum.
       const first = of('add_layernorm')[0];
       expect([first.label, first.layer, first.inputs.slice(0, 2).map((i) => producer(fused, i).label)]).toEqual(['transformer.h.0.ln_1', 0, ['wte', 'wpe']]);
@@ -1376,6 +1481,27 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
         ]),
       );
       expect(of('matmul_glu').map((n) => producer(fused, n.inputs[0]).op)).toEqual(['matmul_add', 'matmul_add']);
+      // RoPE and the KV write in the q/k/v GEMM's epilogue, over its weight with the q and k rows
+      // reordered at load (after the input norm's weight went into its columns); Qwen3's
+      // per-head q/k norm keeps them in rope_kv_write.
+      const ropeGemms = of('matmul_rope_kv');
+      expect(ropeGemms).toHaveLength(variant === 'qwen3' ? 0 : 2);
+      expect(of('rope_kv_write')).toHaveLength(variant === 'qwen3' ? 2 : 0);
+      for (const n of ropeGemms) {
+        const l = n.layer!;
+        expect([n.label, fused.value(n.outputs[0]).name, fused.value(n.outputs[1]).name]).toEqual([
+          `model.layers.${l}.self_attn.q_proj+k_proj+v_proj`,
+          `model.layers.${l}.rope_kv_write`,
+          `model.layers.${l}.kv_write`,
+        ]);
+        expect(n.inputs.slice(2, 5).map(name)).toEqual(['positions', `kv.${l}`, 'slotMapping']);
+        expect(chain(n.inputs[1])).toEqual(['rope_rows', 'scale_cols', 'concat_rows', `model.layers.${l}.self_attn.q_proj.weight`]);
+        expect(producer(fused, n.inputs[1]).attrs).toEqual({ heads: 6, headDim: 16, rotaryDim: 16 });
+        expect(n.attrs).toMatchObject({ rmsEps: normEps, numHeads: 4, numKvHeads: 2, headDim: 16 });
+        expect(n.attrs.rope).not.toBeNull();
+        if (variant === 'qwen2') expect(chain(n.inputs[5])).toEqual(['rope_rows', 'concat_rows', `model.layers.${l}.self_attn.q_proj.bias`]);
+        else expect(n.inputs).toHaveLength(5);
+      }
       for (const n of of('rope_kv_write')) {
         const l = n.layer!;
         expect(n.label).toBe(`model.layers.${l}.rope_kv_write`);
@@ -1392,15 +1518,18 @@ describe.each(VARIANTS)('%s: optimized', (variant) => {
         expect(n.attrs.rope).not.toBeNull();
       }
       const qkv = of('matmul').filter((n) => n.label.endsWith('q_proj+k_proj+v_proj'));
-      expect(qkv.map((n) => n.inputs.length)).toEqual(variant === 'qwen2' ? [3, 3] : [2, 2]);
-      if (variant === 'qwen2') expect(qkv.map((n) => name(n.inputs[2]))).toEqual([0, 1].map((l) => `model.layers.${l}.self_attn.q_proj+k_proj+v_proj.bias`));
+      expect(qkv.map((n) => n.inputs.length)).toEqual(variant === 'qwen3' ? [2, 2] : []);
       // Every residual sum comes from an o_proj or down_proj epilogue, in place of the residual
       // stream; each norm reads it as a plain rmsnorm.
       // Every norm is folded into the GEMM that reads it, but a tied lm_head's.
       expect(of('rmsnorm').map((n) => n.label)).toEqual(TIED[variant] ? ['model.norm'] : []);
       expect(of('matmul').map((n) => [n.label, n.attrs.rmsEps])).toEqual([
-        ['model.layers.0.self_attn.q_proj+k_proj+v_proj', normEps],
-        ['model.layers.1.self_attn.q_proj+k_proj+v_proj', normEps],
+        ...(variant === 'qwen3'
+          ? [
+              ['model.layers.0.self_attn.q_proj+k_proj+v_proj', normEps],
+              ['model.layers.1.self_attn.q_proj+k_proj+v_proj', normEps],
+            ]
+          : []),
         ['lm_head', TIED[variant] ? undefined : normEps],
       ]);
       expect(of('add_rmsnorm')).toEqual([]);

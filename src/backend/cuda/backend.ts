@@ -27,7 +27,7 @@ import { ATTENTION_VARIANTS } from './ops/attention.js';
 import { GEMM_VARIANTS } from './ops/gemm.js';
 import { elementBytes, type CudaOpContext, type DeviceStep, type DeviceTensor, type Launch, type StorageDType } from './ops/types.js';
 import { MAX_TOP_N, ROW_BYTES, launchSampling, packSamplingRows, readSamplingResults, samplingOutputBytes, type PackedSampling } from './ops/sampling.js';
-import { FILL, FILL_UNIFORM, PAIR_ROWS, SCALE_COLS, TRANSPOSE } from './ops/transform.js';
+import { FILL, FILL_UNIFORM, PAIR_ROWS, ROPE_ROWS, SCALE_COLS, TRANSPOSE } from './ops/transform.js';
 
 /** Where the fatbin is: next to the compiled backend (dist/), or dist/ when run from the sources. */
 function fatbinPath(): string {
@@ -470,7 +470,7 @@ export class CudaBackend implements Backend {
     else this.launchDecl(forStorage(FILL_UNIFORM, dtype), launch, { out: t.ptr, n: BigInt(n), seedLo: recipe.seed >>> 0, seedHi: Math.floor(recipe.seed / 2 ** 32) >>> 0, bound: recipe.bound });
   }
 
-  /** transpose, pair_rows and scale_cols by kernel; slice_rows and concat_rows by device copies. */
+  /** transpose, pair_rows, rope_rows and scale_cols by kernel; slice_rows and concat_rows by device copies. */
   private loadTimeOp(op: OpName, attrs: Attrs, inputs: DeviceTensor[], out: DeviceTensor): void {
     const rowBytes = (t: DeviceTensor) => 2 * t.shape.slice(1).reduce((a, d) => a * d, 1);
     switch (op) {
@@ -497,6 +497,23 @@ export class CudaBackend implements Backend {
           half: BigInt(half),
           row: BigInt(row),
           vec: row % 8 === 0 ? 1 : 0,
+        });
+        return;
+      }
+      case 'rope_rows': {
+        const rows = inputs[0].shape[0], row = inputs[0].shape.slice(1).reduce((a, d) => a * d, 1);
+        const vec = row % 8 === 0 ? 1 : 0;
+        const units = rows * (vec ? row / 8 : row);
+        if (units === 0) return;
+        this.launchDecl(forStorage(ROPE_ROWS, out.dtype as StorageDType), { grid: [Math.min(Math.ceil(units / 256), 65535), 1, 1], block: [256, 1, 1] }, {
+          out: out.ptr,
+          input: inputs[0].ptr,
+          rows: BigInt(rows),
+          row: BigInt(row),
+          rotRows: (attrs.heads as number) * (attrs.headDim as number),
+          headDim: attrs.headDim as number,
+          rotaryDim: attrs.rotaryDim as number,
+          vec,
         });
         return;
       }

@@ -12,6 +12,8 @@
  *                    at load)
  *   fold_norm        each RMS norm read by one GEMM alone into that GEMM (its weight into w's
  *                    columns at load, the row scale in the epilogue)
+ *   fuse_rope        each rope_kv_write into the q/k/v GEMM before it (after fold_norm, so the
+ *                    GEMM it takes has its norm already; q/k weight rows reordered at load)
  *   prune            drops what the rewrites made unreachable
  */
 import type { Graph } from '../ir.js';
@@ -21,6 +23,7 @@ import { foldBias } from './rules/fold_bias.js';
 import { fuseActMul } from './rules/fuse_act_mul.js';
 import { fuseMatmulAdd } from './rules/fuse_matmul_add.js';
 import { fuseMatmulGlu } from './rules/fuse_matmul_glu.js';
+import { fuseMatmulRopeKv } from './rules/fuse_matmul_rope_kv.js';
 import { foldRmsnorm } from './rules/fold_rmsnorm.js';
 import { fuseAddLayernorm, fuseAddRmsnorm } from './rules/fuse_add_norm.js';
 import { fuseRopeKvWrite } from './rules/fuse_rope_kv.js';
@@ -37,6 +40,7 @@ export const DEFAULT_PASSES: Pass[] = [
   { name: 'fuse', rules: [fuseActMul, fuseAddRmsnorm, fuseAddLayernorm, fuseRopeKvWrite] },
   { name: 'fuse_glu', rules: [fuseMatmulGlu] },
   { name: 'fold_norm', rules: [foldRmsnorm] },
+  { name: 'fuse_rope', rules: [fuseMatmulRopeKv] },
 ];
 
 export interface OptimizeResult {

@@ -5,6 +5,10 @@
  *   rope_kv_write: qkv[T, (H + 2 KV) hd] -> q rotated [T, H hd]; k rotated and v into the cache
  *     at slots[t]; with qkNormEps, RMSNorm over each head of q and k (weights [hd]) before RoPE;
  *     with rope null (GPT-2), no rotation
+ *   matmul_rope_kv: x[T, K], w[(H + 2 KV) hd, K] with q/k rows in rope_rows order, positions,
+ *     cache, slots (, b) -> q rotated [T, H hd]; k rotated and v into the cache at slots[t]: the
+ *     GEMM, then each pair of columns (2i, 2i + 1) of a q or k head's rotary dims rotated as
+ *     rope's (i, i + rotaryDim / 2)
  *   slice_cols: x[R, C] -> x[:, start : start + count]
  */
 import type { Attrs } from '../../../graph/ir.js';
@@ -34,7 +38,7 @@ export function actMul({ inputs: [gt], output, attrs }: KernelArgs): void {
   }
 }
 
-/** The GEMM's product rows into a scratch buffer, reused across calls (it only grows). */
+/** The GEMM's product rows into a scratch buffer (matmul_glu, matmul_rope_kv), reused across calls (it only grows). */
 let gluScratch = new Float32Array(0);
 
 export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): void {
@@ -53,6 +57,46 @@ export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): 
     for (let r = 0; r < rs; r++) {
       const src = r * n, dst = (r0 + r) * half;
       for (let j = 0; j < half; j++) y[dst + j] = a(z[src + 2 * j]) * z[src + 2 * j + 1];
+    }
+  }
+}
+
+export function matmulRopeKv({ inputs, outputs: [qt, cacheOut], attrs }: KernelArgs): void {
+  const [xt, wt, posT, cacheT, slotsT, bt] = inputs;
+  if (cacheOut.data !== cacheT.data) throw new Error('matmul_rope_kv must update its cache in place');
+  const rows = xt.shape[0], n = wt.shape[0], k = xt.shape[1];
+  const heads = attrs.numHeads as number, kvHeads = attrs.numKvHeads as number, hd = attrs.headDim as number;
+  const qCols = heads * hd, kvCols = kvHeads * hd;
+  const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null, q = f32(qt), cache = f32(cacheT);
+  const pos = i32(posT), slots = i32(slotsT);
+  const angles = attrs.rope ? new RopeAngles(attrs.rope as Attrs) : null;
+  const half = angles ? angles.half : 0;
+  const vHalf = cache.length / 2;
+  const chunk = Math.min(rows, 64);
+  if (gluScratch.length < chunk * n) gluScratch = new Float32Array(chunk * n);
+  const scales = rowScales(x, rows, k, attrs);
+  for (let r0 = 0; r0 < rows; r0 += chunk) {
+    const rs = Math.min(chunk, rows - r0);
+    const z = gluScratch.subarray(0, rs * n);
+    matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b, null, scales ? scales.subarray(r0, r0 + rs) : null);
+    for (let r = 0; r < rs; r++) {
+      const t = r0 + r, row = r * n;
+      if (angles) {
+        angles.at(pos[t]);
+        for (let h = 0; h < heads + kvHeads; h++)
+          for (let i = 0; i < half; i++) {
+            const at = row + h * hd + 2 * i, x1 = z[at], x2 = z[at + 1];
+            z[at] = x1 * angles.cos[i] - x2 * angles.sin[i];
+            z[at + 1] = x2 * angles.cos[i] + x1 * angles.sin[i];
+          }
+      }
+      q.set(z.subarray(row, row + qCols), t * qCols);
+      const slot = slots[t];
+      if (slot < 0) continue;
+      const dst = slot * kvCols;
+      if (dst + kvCols > vHalf) throw new Error(`matmul_rope_kv: slot ${slot} is outside the cache`);
+      cache.set(z.subarray(row + qCols, row + qCols + kvCols), dst);
+      cache.set(z.subarray(row + qCols + kvCols, row + n), vHalf + dst);
     }
   }
 }

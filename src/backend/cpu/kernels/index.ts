@@ -4,17 +4,18 @@ import type { CpuKernel } from '../tensor.js';
 import { attention, kvWrite } from './attention.js';
 import { add, gelu, mul, silu } from './elementwise.js';
 import { embedding, gatherRows } from './gather.js';
-import { actMul, matmulGlu, ropeKvWrite, sliceCols } from './fused.js';
+import { actMul, matmulGlu, matmulRopeKv, ropeKvWrite, sliceCols } from './fused.js';
 import { matmul, matmulAdd } from './matmul.js';
 import { addLayernorm, addRmsnorm, layernorm, rmsnorm } from './norm.js';
 import { rope } from './rope.js';
-import { concatRows, pairRows, scaleCols, sliceRows, transpose } from './transforms.js';
+import { concatRows, pairRows, ropeRows, scaleCols, sliceRows, transpose } from './transforms.js';
 
 export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   transpose,
   slice_rows: sliceRows,
   concat_rows: concatRows,
   pair_rows: pairRows,
+  rope_rows: ropeRows,
   scale_cols: scaleCols,
   embedding,
   matmul,
@@ -35,4 +36,5 @@ export const CPU_KERNELS: Record<OpName, CpuKernel> = {
   act_mul: actMul,
   matmul_glu: matmulGlu,
   rope_kv_write: ropeKvWrite,
+  matmul_rope_kv: matmulRopeKv,
 };

@@ -17,8 +17,10 @@
  * launch (the Hopper kernel's splits, sm90s, always take that one).
  */
 import { forStorage, type KernelDecl, type ParamType } from '../kernel_decl.js';
-import { actCode, storageOf } from './elementwise.js';
+import type { Attrs } from '../../../graph/ir.js';
+import { actCode, expectDType, storageOf } from './elementwise.js';
 import { ROW_RSTD } from './norm.js';
+import { cacheHalves, ropeInvFreqOn } from './rope_kv.js';
 import type { CudaOp, CudaOpContext, DeviceTensor, Launch } from './types.js';
 import { ceilDiv, elementBytes } from './types.js';
 
@@ -124,7 +126,38 @@ export function gemmPlan(R: number, N: number, K: number, multiprocessors: numbe
 /** The kernels' `glu` for a plain product (common.cuh GLU_NONE); else the activation's code (ACT_CODE). */
 export const GLU_NONE = -1;
 
-/** The GEMV's: y, x, w, bias, res, R, N, K, glu, rmsEps (a GEMV block covers all of K, without splits). */
+/**
+ * Every GEMM entry's last parameters: the matmul_rope_kv epilogue (kernels/rope.cuh RopeKv), the
+ * rows' positions and cache slots, RoPE's inv_freq, the layer's cache (0: a plain epilogue), and
+ * q's width, the head and rotary dims, and the cache's slots.
+ */
+const ROPE_KV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
+  ['ropePositions', 'ptr'],
+  ['ropeSlots', 'ptr'],
+  ['ropeInvFreq', 'ptr'],
+  ['ropeCache', 'ptr'],
+  ['ropeQCols', 'i32'],
+  ['ropeHeadDim', 'i32'],
+  ['ropeRotaryDim', 'i32'],
+  ['ropeNumSlots', 'i32'],
+];
+
+/** matmul_rope_kv's epilogue operands (ROPE_KV_PARAMS). */
+export interface RopeKvOperands {
+  ropePositions: bigint;
+  ropeSlots: bigint;
+  ropeInvFreq: bigint;
+  ropeCache: bigint;
+  ropeQCols: number;
+  ropeHeadDim: number;
+  ropeRotaryDim: number;
+  ropeNumSlots: number;
+}
+
+/** A plain epilogue: no RoPE, no KV write. */
+const NO_ROPE: RopeKvOperands = { ropePositions: 0n, ropeSlots: 0n, ropeInvFreq: 0n, ropeCache: 0n, ropeQCols: 0, ropeHeadDim: 0, ropeRotaryDim: 0, ropeNumSlots: 0 };
+
+/** The GEMV's: y, x, w, bias, res, R, N, K, glu, rmsEps (a GEMV block covers all of K, without splits), then ROPE_KV_PARAMS. */
 const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
   ['x', 'ptr'],
@@ -136,6 +169,7 @@ const GEMV_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['K', 'i32'],
   ['glu', 'i32'],
   ['rmsEps', 'f32'],
+  ...ROPE_KV_PARAMS,
 ];
 
 /**
@@ -152,6 +186,7 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['glu', 'i32'],
   ['rstd', 'ptr'],
   ['rmsEps', 'f32'],
+  ...ROPE_KV_PARAMS,
 ];
 
 /** The tile configurations whose kernel computes the folded norm's row scales itself (few rows a block: the 16-row decode tile). */
@@ -166,6 +201,7 @@ const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['N', 'i32'],
   ['splits', 'i32'],
   ['glu', 'i32'],
+  ...ROPE_KV_PARAMS,
 ];
 
 const OUT_DTYPES: GemmOutDType[] = ['bf16', 'f32'];
@@ -244,6 +280,7 @@ const GEMM_SM90_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['kTilesPerSplit', 'i32'],
   ['glu', 'i32'],
   ['rstd', 'ptr'],
+  ...ROPE_KV_PARAMS,
 ];
 
 /** ts_gemm_sm90_bf16 and ts_gemm_sm90_bf16_f32. */
@@ -261,6 +298,7 @@ const GEMM_SM90K_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['kTilesPerBlock', 'i32'],
   ['glu', 'i32'],
   ['rstd', 'ptr'],
+  ...ROPE_KV_PARAMS,
 ];
 
 /** ts_gemm_sm90k_bf16 and ts_gemm_sm90k_bf16_f32: stream-K. */
@@ -470,14 +508,50 @@ export const matmulGlu: CudaOp = (ctx) => {
   gemm(ctx, 'matmul_glu', x, w, bias, undefined, actCode('matmul_glu', ctx.attrs.act));
 };
 
+/**
+ * matmul_rope_kv(x[T, K], w[(H + 2 KV) hd, K], positions[T], cache, slots[T] (, bias)) -> (q[T, H hd],
+ * cache): w's q and k heads in rope_rows order, so each rotary pair is a pair of neighbouring
+ * columns; the epilogue rotates them, stores q, and writes k and v into the cache at slots[t].
+ * attrs numHeads, numKvHeads, headDim, rope (null: no rotation), rmsEps
+ */
+export const matmulRopeKv: CudaOp = (ctx) => {
+  const op = 'matmul_rope_kv';
+  if (ctx.inputs.length !== 5 && ctx.inputs.length !== 6) throw new Error(`${op}: expects 5 or 6 inputs, got ${ctx.inputs.length}`);
+  const [x, w, positions, cache, slots, bias] = ctx.inputs;
+  const [q, cacheOut] = ctx.outputs;
+  if (cacheOut.ptr !== cache.ptr) throw new Error(`${op} must update its cache in place`);
+  expectDType(op, 'positions', positions, 'i32');
+  expectDType(op, 'slots', slots, 'i32');
+  if (cache.dtype !== x.dtype) throw new Error(`${op}: cache ${fmt(cache)} must be ${x.dtype} like x`);
+  const heads = ctx.attrs.numHeads as number, kvHeads = ctx.attrs.numKvHeads as number, hd = ctx.attrs.headDim as number;
+  const { k: cacheK, numSlots } = cacheHalves(op, cache, kvHeads, hd);
+  const T = x.shape[0];
+  if (positions.shape[0] < T || slots.shape[0] < T) throw new Error(`${op}: positions ${fmt(positions)} and slots ${fmt(slots)} must cover the ${T} rows of x`);
+  if (hd % 2 !== 0 || w.shape[0] !== (heads + 2 * kvHeads) * hd) throw new Error(`${op}: w ${fmt(w)} is not ${heads} + 2 x ${kvHeads} heads of an even ${hd}`);
+  // The cache is written too: it must not share bytes with what the GEMM reads or with q.
+  if (overlaps(cache, q) || overlaps(cache, x)) throw new Error(`${op}: the cache overlaps x or q`);
+  const freq = ctx.attrs.rope ? ropeInvFreqOn(ctx, ctx.attrs.rope as Attrs, op, hd) : { ptr: 0n, rotaryDim: 0 };
+  gemm(ctx, op, x, w, bias, undefined, GLU_NONE, {
+    ropePositions: positions.ptr,
+    ropeSlots: slots.ptr,
+    ropeInvFreq: freq.ptr,
+    ropeCache: cacheK,
+    ropeQCols: heads * hd,
+    ropeHeadDim: hd,
+    ropeRotaryDim: freq.rotaryDim,
+    ropeNumSlots: numSlots,
+  });
+};
+
 function gemm(
   ctx: CudaOpContext,
-  op: 'matmul' | 'matmul_add' | 'matmul_glu',
+  op: 'matmul' | 'matmul_add' | 'matmul_glu' | 'matmul_rope_kv',
   x: DeviceTensor | undefined,
   w: DeviceTensor | undefined,
   bias: DeviceTensor | undefined,
   res: DeviceTensor | undefined,
   glu = GLU_NONE,
+  rope: RopeKvOperands = NO_ROPE,
 ): void {
   const y = ctx.outputs[0];
   function fail(why: string): never {
@@ -498,7 +572,9 @@ function gemm(
   if (res && (res.shape.length !== 2 || res.shape[0] !== R || res.shape[1] !== N)) fail(`res must be [${R}, ${N}] ${dtype}`);
   if (y.dtype !== dtype && (y.dtype !== 'f32' || res)) fail(res ? `y must be ${dtype}` : `y must be ${dtype} or f32`);
   if (glu !== GLU_NONE && N % 2 !== 0) fail(`w must have an even number of rows (gate, up pairs), not ${N}`);
-  const yCols = glu === GLU_NONE ? N : N / 2;
+  const roped = rope.ropeCache !== 0n;
+  if (roped && (y.dtype !== dtype || res || N % 2 !== 0)) fail(`q must be ${dtype}, without a residual, and w's rows even`);
+  const yCols = roped ? rope.ropeQCols : glu === GLU_NONE ? N : N / 2;
   if (y.shape.length !== 2 || y.shape[0] !== R || y.shape[1] !== yCols) fail(`y must be [${R}, ${yCols}]`);
   if (K % 8 !== 0) fail(`K = ${K} is not a multiple of 8`);
   if (R === 0 || N === 0) return;
@@ -528,7 +604,7 @@ function gemm(
   const variant = gemmVariant(R, ctx.attrs.gemmVariant ?? env ?? ctx.gemmChoice?.(R) ?? undefined, ctx.device.computeCapability[0]);
   if (variant === 'gemv') {
     const maxR = GEMV_MAX_R.find((m) => m >= R)!;
-    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, glu, rmsEps: rms ?? -1 });
+    ctx.launch(entry(GEMV_KERNELS[maxR][outDType]), { grid: [ceilDiv(N, GEMV_ROWS), 1, 1], block: [GEMV_THREADS, 1, 1] }, { y: y.ptr, x: x.ptr, w: w.ptr, bias: biasPtr, res: resPtr, R, N, K, glu, rmsEps: rms ?? -1, ...rope });
     return;
   }
   // K = 0 (y = bias, + res) has no tiles for TMA to load: the tile kernel takes it.
@@ -556,6 +632,7 @@ function gemm(
       kTilesPerBlock: p.kTilesPerBlock,
       glu,
       rstd,
+      ...rope,
     });
     return;
   }
@@ -567,7 +644,7 @@ function gemm(
     const base: Launch = { grid: [cfg.cluster, 1, 1], block: [cfg.threads, 1, 1], sharedBytes: cfg.sharedBytes, cluster: [cfg.cluster, 1, 1] };
     const grid = gemmSm90cGrid(R, N, maxClusters(ctx, decl, base), cfg.bn);
     const rstd = rowScales();
-    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk), glu, rstd });
+    ctx.launch(decl, { ...base, grid: [grid, 1, 1] }, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: ceilDiv(K, cfg.bk), glu, rstd, ...rope });
     return;
   }
   if (variant === 'sm90p' && K > 0) {
@@ -588,6 +665,7 @@ function gemm(
       kTilesPerSplit: ceilDiv(K, GEMM_SM90P.bk),
       glu,
       rstd,
+      ...rope,
     });
     return;
   }
@@ -598,14 +676,14 @@ function gemm(
     const launch = { grid: [p.grid, 1, 1] as [number, number, number], block: [GEMM_SM90.threads, 1, 1] as [number, number, number], sharedBytes: GEMM_SM90.sharedBytes };
     const rstd = rowScales();
     if (p.splits === 1) {
-      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit, glu, rstd });
+      ctx.launch(entry(GEMM_SM90_KERNELS[outDType]), launch, { tmX, tmW, y: y.ptr, bias: biasPtr, res: resPtr, M: R, N, K, splits: 1, kTilesPerSplit: p.kTilesPerSplit, glu, rstd, ...rope });
       return;
     }
     const ws = ctx.scratch(p.workspaceBytes);
     if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
     // The partials are scaled by the row scales already (the sum is linear): the reduce adds them up.
-    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit, glu: GLU_NONE, rstd });
-    reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits, glu);
+    ctx.launch(entry(GEMM_SM90_KERNELS.f32), launch, { tmX, tmW, y: ws, bias: 0n, res: 0n, M: R, N, K, splits: p.splits, kTilesPerSplit: p.kTilesPerSplit, glu: GLU_NONE, rstd, ...NO_ROPE });
+    reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, p.splits, glu, rope);
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
@@ -615,7 +693,7 @@ function gemm(
   const inBlock = rms !== undefined && plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes + (inBlock ? 4 * plan.tile.bm * (plan.tile.warps + 1) : 0) };
   const decls = GEMM_KERNELS[plan.tile.name];
-  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu, rstd: inBlock ? 0n : rowScales(), rmsEps: inBlock ? rms : -1 };
+  const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu, rstd: inBlock ? 0n : rowScales(), rmsEps: inBlock ? rms : -1, ...rope };
   if (plan.splits === 1) {
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws: 0n, counters: 0n });
     return;
@@ -629,15 +707,29 @@ function gemm(
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws, counters: ctx.counters(plan.tilesM * plan.tilesN) });
     return;
   }
-  ctx.launch(entry(decls.f32), launch, { ...operands, y: ws, bias: 0n, res: 0n, ws: 0n, counters: 0n, glu: GLU_NONE });
-  reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits, glu);
+  ctx.launch(entry(decls.f32), launch, { ...operands, y: ws, bias: 0n, res: 0n, ws: 0n, counters: 0n, glu: GLU_NONE, ...NO_ROPE });
+  reduceSplits(ctx, entry, outDType, y.ptr, ws, biasPtr, resPtr, R, N, plan.splits, glu, rope);
 }
 
-/** y = the sum of the f32 partials ws [splits, R, N] (+ bias) (+ res); with glu, y [R, N / 2] gated. */
-function reduceSplits(ctx: CudaOpContext, entry: (d: KernelDecl) => KernelDecl, outDType: GemmOutDType, y: bigint, ws: bigint, bias: bigint, res: bigint, R: number, N: number, splits: number, glu: number): void {
-  const outputs = glu === GLU_NONE ? R * N : (R * N) / 2;
-  const reduceBlocks = Math.max(1, Math.min(ceilDiv(outputs, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
-  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, { y, ws, bias, res, R, N, splits, glu });
+/** y = the sum of the f32 partials ws [splits, R, N] (+ bias) (+ res); with glu, y [R, N / 2] gated; with rope, matmul_rope_kv's epilogue. */
+function reduceSplits(
+  ctx: CudaOpContext,
+  entry: (d: KernelDecl) => KernelDecl,
+  outDType: GemmOutDType,
+  y: bigint,
+  ws: bigint,
+  bias: bigint,
+  res: bigint,
+  R: number,
+  N: number,
+  splits: number,
+  glu: number,
+  rope: RopeKvOperands,
+): void {
+  // A thread a pair of columns with glu or rope, else a thread an element.
+  const threads = glu === GLU_NONE && rope.ropeCache === 0n ? R * N : (R * N) / 2;
+  const reduceBlocks = Math.max(1, Math.min(ceilDiv(threads, REDUCE_BLOCK), 4 * Math.max(1, ctx.device.multiprocessors)));
+  ctx.launch(entry(GEMM_SPLITK_REDUCE[outDType]), { grid: [reduceBlocks, 1, 1], block: [REDUCE_BLOCK, 1, 1] }, { y, ws, bias, res, R, N, splits, glu, ...rope });
 }
 
 /** Whether two tensors' byte ranges meet. */

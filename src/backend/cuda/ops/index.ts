@@ -1,6 +1,6 @@
 /**
  * The CUDA backend's launcher for each per-step op of the IR, by op name. Load-time ops
- * (transpose, slice_rows, concat_rows, pair_rows, scale_cols) run once in CudaBackend.load, not here.
+ * (transpose, slice_rows, concat_rows, pair_rows, rope_rows, scale_cols) run once in CudaBackend.load, not here.
  */
 import { SM90_PROBE_DECLS } from '../sm90_probe.js';
 import type { OpName } from '../../../graph/ops.js';
@@ -15,7 +15,7 @@ import * as sampling from './sampling.js';
 import * as transform from './transform.js';
 import type { CudaOp } from './types.js';
 
-type StepOp = Exclude<OpName, 'transpose' | 'slice_rows' | 'concat_rows' | 'pair_rows' | 'scale_cols'>;
+type StepOp = Exclude<OpName, 'transpose' | 'slice_rows' | 'concat_rows' | 'pair_rows' | 'rope_rows' | 'scale_cols'>;
 
 export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> = {
   embedding: gather.embedding,
@@ -23,6 +23,7 @@ export const CUDA_OPS: Record<StepOp, CudaOp> & Partial<Record<OpName, CudaOp>> 
   matmul: gemm.matmul,
   matmul_add: gemm.matmulAdd,
   matmul_glu: gemm.matmulGlu,
+  matmul_rope_kv: gemm.matmulRopeKv,
   attention: attention.attention,
   rmsnorm: norm.rmsnorm,
   layernorm: norm.layernorm,

@@ -84,7 +84,8 @@ export function planRope(heads: number, headDim: number, rotaryDim: number, alig
   return { vec, lanes, block: Math.min(256, roundUp(lanes * heads, 32)), sharedBytes: rotaryDim * 4 };
 }
 
-function invFreq(ctx: CudaOpContext, attrs: Attrs, op: string, headDim: number): { ptr: DevPtr; rotaryDim: number } {
+/** RoPE's inv_freq table on the device (made once per distinct configuration), and the rotary dims. */
+export function ropeInvFreqOn(ctx: CudaOpContext, attrs: Attrs, op: string, headDim: number): { ptr: DevPtr; rotaryDim: number } {
   const ra = ropeAttrs(attrs);
   const rotaryDim = ra.rotaryDim;
   if (!Number.isInteger(rotaryDim) || rotaryDim < 0 || rotaryDim % 2 !== 0 || rotaryDim > headDim)
@@ -94,7 +95,7 @@ function invFreq(ctx: CudaOpContext, attrs: Attrs, op: string, headDim: number):
 }
 
 /** The k and v halves of one layer's cache [2, numBlocks, blockSize, KV, hd]. */
-function cacheHalves(op: string, cache: DeviceTensor, kvHeads: number, headDim: number): { k: DevPtr; v: DevPtr; numSlots: number } {
+export function cacheHalves(op: string, cache: DeviceTensor, kvHeads: number, headDim: number): { k: DevPtr; v: DevPtr; numSlots: number } {
   const s = cache.shape;
   if (s.length !== 5 || s[0] !== 2 || s[3] !== kvHeads || s[4] !== headDim)
     throw new Error(`${op}: cache ${fmtShape(cache)} is not [2, numBlocks, blockSize, ${kvHeads}, ${headDim}]`);
@@ -116,7 +117,7 @@ export const rope: CudaOp = (ctx) => {
   const T = x.shape[0];
   if (x.shape.length !== 2 || x.shape[1] !== heads * hd || y.shape[0] !== T || y.shape[1] !== heads * hd || positions.shape[0] < T)
     throw new Error(`rope: x ${fmtShape(x)}, positions ${fmtShape(positions)}, output ${fmtShape(y)} do not match ${heads} heads of ${hd}`);
-  const freq = invFreq(ctx, ctx.attrs, 'rope', hd);
+  const freq = ropeInvFreqOn(ctx, ctx.attrs, 'rope', hd);
   if (T === 0 || heads === 0) return;
   const plan = planRope(heads, hd, freq.rotaryDim, aligned16(x.ptr, y.ptr));
   ctx.launch(
@@ -175,7 +176,7 @@ export const ropeKvWrite: CudaOp = (ctx) => {
   const T = qkv.shape[0];
   if (qkv.shape.length !== 2 || qkv.shape[1] !== (heads + 2 * kvHeads) * hd || q.shape[0] !== T || q.shape[1] !== heads * hd || positions.shape[0] < T || slots.shape[0] < T)
     throw new Error(`${op}: qkv ${fmtShape(qkv)}, q ${fmtShape(q)}, positions ${fmtShape(positions)}, slots ${fmtShape(slots)} do not match ${heads} + 2 x ${kvHeads} heads of ${hd}`);
-  const freq = ctx.attrs.rope ? invFreq(ctx, ctx.attrs.rope as Attrs, op, hd) : { ptr: 0n, rotaryDim: 0 };
+  const freq = ctx.attrs.rope ? ropeInvFreqOn(ctx, ctx.attrs.rope as Attrs, op, hd) : { ptr: 0n, rotaryDim: 0 };
   if (T === 0) return;
   const ptrs = [q.ptr, qkv.ptr, cacheK, cacheV, ...(norm ? [qNorm!.ptr, kNorm!.ptr] : [])];
   const plan = planRope(heads + 2 * kvHeads, hd, freq.rotaryDim, aligned16(...ptrs));

@@ -43,6 +43,21 @@ export const PAIR_ROWS: KernelDecl = {
   ],
 };
 
+/** matmul_rope_kv's q/k rows: in the first rotRows / headDim heads, rows i and i + rotaryDim / 2 of a head to 2i and 2i + 1; vec as PAIR_ROWS. */
+export const ROPE_ROWS: KernelDecl = {
+  name: 'ts_rope_rows_bf16',
+  params: [
+    ['out', 'ptr'],
+    ['input', 'ptr'],
+    ['rows', 'u64'],
+    ['row', 'u64'],
+    ['rotRows', 'i32'],
+    ['headDim', 'i32'],
+    ['rotaryDim', 'i32'],
+    ['vec', 'i32'],
+  ],
+};
+
 /** out[n, k] = w[n, k] g[k]: an RMS norm's weight folded into the GEMM after it. */
 export const SCALE_COLS: KernelDecl = {
   name: 'ts_scale_cols_bf16',
@@ -55,4 +70,4 @@ export const SCALE_COLS: KernelDecl = {
   ],
 };
 
-export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE, PAIR_ROWS, SCALE_COLS];
+export const DECLS = [FILL_UNIFORM, FILL, TRANSPOSE, PAIR_ROWS, ROPE_ROWS, SCALE_COLS];
