@@ -84,6 +84,12 @@ export interface KernelShapes {
      * these M, each beside rmsnorm at [M, K], the kernel the fold saves (normComparisons).
      */
     rms?: { models: string[]; names: string[]; m: number[] };
+    /**
+     * matmul_rope_kv cases (RoPE and the KV-cache write in the q/k/v GEMM's epilogue, heads as
+     * memoryBound.rope): these projections of these models at these M, each beside
+     * rope_kv_write at the same rows and heads, the kernel the epilogue saves (ropeComparisons).
+     */
+    rope?: { models: string[]; names: string[]; m: number[] };
   };
   attention: {
     prefill: Array<{ heads: number; kvHeads: number; headDim: number; batch: number; seqlen: number; causal: boolean }>;
@@ -263,7 +269,11 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
     // silu_mul at the gated-unit cases' [M, I] (gemm.glu) and rmsnorm at the folded-norm cases'
     // [M, K] (gemm.rms): the kernels those epilogues save.
     const names = new Set(cases.map((c) => c.name));
-    for (const [op, m, h] of [...epilogueShapes(shapes, 'glu').map(([m, n]) => ['silu_mul', m, n / 2] as const), ...epilogueShapes(shapes, 'rms', 'k').map(([m, k]) => ['rmsnorm', m, k] as const)]) {
+    for (const [op, m, h] of [
+      ...epilogueShapes(shapes, 'glu').map(([m, n]) => ['silu_mul', m, n / 2] as const),
+      ...epilogueShapes(shapes, 'rms', 'k').map(([m, k]) => ['rmsnorm', m, k] as const),
+      ...epilogueShapes(shapes, 'rope').map(([m]) => ['rope_kv_write', m, mb.rope.heads * mb.rope.headDim] as const),
+    ]) {
       const c = memoryCase(op, m, h, mb.rope);
       if (c && !names.has(c.name)) {
         cases.push(c);
@@ -275,7 +285,8 @@ export function expandCases(shapes: KernelShapes, families: readonly Family[], f
   // norm cases its comparison needs), and the fp16 GEMM cases last: a run cut short by its time
   // limit loses these first.
   cases.push(...gemm.filter((c) => !isFirst(c)));
-  if (families.includes('gemm')) cases.push(...residualCases(shapes), ...epilogueCases(shapes, 'glu'), ...epilogueCases(shapes, 'rms'), ...gemmCases(shapes, 'f16'));
+  if (families.includes('gemm'))
+    cases.push(...residualCases(shapes), ...epilogueCases(shapes, 'glu'), ...epilogueCases(shapes, 'rms'), ...epilogueCases(shapes, 'rope'), ...gemmCases(shapes, 'f16'));
   return cases.filter((c) => c.name.includes(filter));
 }
 
@@ -358,31 +369,36 @@ function residualCases(shapes: KernelShapes): KernelCase[] {
 }
 
 /**
- * The epilogues cuBLASLt has not, in bf16, at the projections gemm.glu and gemm.rms name, each at
- * its M with every rung (and the split-K reduce's where the tiles split):
- *   +glu  matmul_glu (silu): y [M, N / 2], the gated unit in the epilogue;
- *   +rms  matmul with an RMS norm of x folded in (rmsEps).
- * The memory family runs what each saves (silu_mul at [M, N / 2], rmsnorm at [M, K]): with the
- * plain GEMM case, what the graph ran before fuse_matmul_glu or fold_rmsnorm (gluComparisons,
- * normComparisons).
+ * The epilogues cuBLASLt has not, in bf16, at the projections gemm.glu, gemm.rms and gemm.rope
+ * name, each at its M with every rung (and the split-K reduce's where the tiles split):
+ *   +glu   matmul_glu (silu): y [M, N / 2], the gated unit in the epilogue;
+ *   +rms   matmul with an RMS norm of x folded in (rmsEps);
+ *   +rope  matmul_rope_kv: q [M, H hd] rotated, k rotated and v written into a paged cache (heads
+ *          as memoryBound.rope; a projection of another width is left out).
+ * The memory family runs what each saves (silu_mul at [M, N / 2], rmsnorm at [M, K],
+ * rope_kv_write at [M, H hd]): with the plain GEMM case, what the graph ran before
+ * fuse_matmul_glu, fold_rmsnorm or fuse_matmul_rope_kv (gluComparisons, normComparisons,
+ * ropeComparisons).
  */
-function epilogueCases(shapes: KernelShapes, which: 'glu' | 'rms'): KernelCase[] {
+function epilogueCases(shapes: KernelShapes, which: 'glu' | 'rms' | 'rope'): KernelCase[] {
   const cases: KernelCase[] = [];
   const sel = shapes.gemm[which];
+  const rope = shapes.memoryBound.rope;
   if (sel)
     for (const p of shapes.gemm.projections)
       for (const m of sel.m) {
         if (!sel.models.includes(p.model) || !sel.names.includes(p.name)) continue;
+        if (which === 'rope' && p.n !== (rope.heads + 2 * rope.kvHeads) * rope.headDim) continue;
         const variants: Array<GemmVariant | 'reduce'> = [...gemmLadder(m)];
         if (m <= 64) variants.splice(1, 0, 'reduce');
-        const yCols = which === 'glu' ? p.n / 2 : p.n;
-        for (const variant of variants)
-          cases.push({
+        const yCols = which === 'glu' ? p.n / 2 : which === 'rope' ? rope.heads * rope.headDim : p.n;
+        for (const variant of variants) {
+          const c: KernelCase = {
             family: 'gemm',
             name: `gemm ${p.model} ${p.name} M${m} N${p.n} K${p.k} +${which}${variant === 'tiles' ? '' : ` ${variant}`}`,
-            op: which === 'glu' ? 'matmul_glu' : 'matmul',
+            op: which === 'glu' ? 'matmul_glu' : which === 'rope' ? 'matmul_rope_kv' : 'matmul',
             attrs: {
-              ...(which === 'glu' ? { act: 'silu' } : { rmsEps: 1e-5 }),
+              ...(which === 'glu' ? { act: 'silu' } : which === 'rms' ? { rmsEps: 1e-5 } : {}),
               ...(variant === 'reduce' ? { gemmVariant: 'tiles', gemmSplitMerge: 'separate' } : { gemmVariant: variant }),
             },
             dtype: 'bf16',
@@ -392,13 +408,25 @@ function epilogueCases(shapes: KernelShapes, which: 'glu' | 'rms'): KernelCase[]
             flops: 2 * m * p.n * p.k,
             bytes: 2 * (m * p.k + p.n * p.k + m * yCols),
             gemm: { m, n: p.n, k: p.k, ...(which === 'glu' ? { glu: true } : {}), epilogueOnly: true },
-          });
+          };
+          if (which === 'rope') {
+            // Positions 0..M-1 into slots 0..M-1 of a cache one block larger: k and v [M, KV hd] each written.
+            const ropeCase = memoryCase('rope_kv_write', m, rope.heads * rope.headDim, rope)!;
+            const [, positions, cache, slots] = ropeCase.inputs;
+            c.attrs = { ...c.attrs, numHeads: rope.heads, numKvHeads: rope.kvHeads, headDim: rope.headDim, rope: { rotaryDim: rope.headDim, theta: 500000, scaling: null } };
+            c.inputs = [...c.inputs, positions, cache, slots];
+            c.outputShapes = [[m, yCols], ropeCase.outputShapes[1]];
+            c.step = ropeCase.step;
+            c.bytes = 2 * (m * p.k + p.n * p.k + m * p.n) + 8 * m;
+          }
+          cases.push(c);
+        }
       }
   return cases;
 }
 
-/** [M, N] (or [M, K]) of every case of gemm.glu or gemm.rms. */
-function epilogueShapes(shapes: KernelShapes, which: 'glu' | 'rms', dim: 'n' | 'k' = 'n'): Array<[number, number]> {
+/** [M, N] (or [M, K]) of every case of gemm.glu, gemm.rms or gemm.rope. */
+function epilogueShapes(shapes: KernelShapes, which: 'glu' | 'rms' | 'rope', dim: 'n' | 'k' = 'n'): Array<[number, number]> {
   const sel = shapes.gemm[which];
   if (!sel) return [];
   return shapes.gemm.projections.filter((p) => sel.models.includes(p.model) && sel.names.includes(p.name)).flatMap((p) => sel.m.map((m): [number, number] => [m, p[dim]]));
@@ -555,7 +583,7 @@ export interface GluComparison {
  */
 function epiloguePairs(
   results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>,
-  suffix: 'glu' | 'rms',
+  suffix: 'glu' | 'rms' | 'rope',
   companion: (m: number, n: number, k: number) => string,
 ): Array<{ gemm: string; m: number; n: number; k: number; epilogueMs: number; plainMs: number; companionMs: number }> {
   const ms = new Map<string, number>();
@@ -602,6 +630,33 @@ export function normComparisons(results: ReadonlyArray<{ name: string; tessera?:
   return epiloguePairs(results, 'rms', (m, _n, k) => `rmsnorm R${m} H${k}`).map((p) => {
     const separateMs = p.plainMs + p.companionMs;
     return { gemm: p.gemm, m: p.m, hidden: p.k, foldedMs: r5(p.epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / p.epilogueMs).toFixed(3)) };
+  });
+}
+
+/** RoPE and the KV write in the q/k/v GEMM's epilogue against the plain GEMM + rope_kv_write, at one shape and rung. */
+export interface RopeComparison {
+  /** The plain GEMM case (the +rope case's name without " +rope"). */
+  gemm: string;
+  m: number;
+  /** matmul_rope_kv: the graph the passes make. */
+  epilogueMs: number;
+  /** matmul + rope_kv_write: the graph without fuse_matmul_rope_kv. */
+  separateMs: number;
+  /** separateMs / epilogueMs: above 1 the epilogue is the right default. */
+  speedup: number;
+}
+
+/** For every `+rope` case whose plain GEMM case and rope_kv_write over the same rows and heads ran: matmul_rope_kv against matmul + rope_kv_write. */
+export function ropeComparisons(results: ReadonlyArray<{ name: string; tessera?: { medianMs: number } }>): RopeComparison[] {
+  // rope_kv_write's cases by their rows and q/k/v width.
+  const byShape = new Map<string, string>();
+  for (const r of results) {
+    const m = /^rope_kv_write R(\d+) H(\d+) KV(\d+) hd(\d+)$/.exec(r.name);
+    if (m) byShape.set(`${m[1]} ${(Number(m[2]) + 2 * Number(m[3])) * Number(m[4])}`, r.name);
+  }
+  return epiloguePairs(results, 'rope', (m, n) => byShape.get(`${m} ${n}`) ?? '').map((p) => {
+    const separateMs = p.plainMs + p.companionMs;
+    return { gemm: p.gemm, m: p.m, epilogueMs: r5(p.epilogueMs), separateMs: r5(separateMs), speedup: Number((separateMs / p.epilogueMs).toFixed(3)) };
   });
 }
 
@@ -865,6 +920,7 @@ export async function benchKernels(argv: string[]): Promise<number> {
       residualEpilogue: residualComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
       gluEpilogue: gluComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
       normFold: normComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
+      ropeEpilogue: ropeComparisons(results as Array<{ name: string; tessera?: { medianMs: number } }>),
     });
     const save = async (complete = false) => {
       if (values.out) await writeFile(values.out as string, JSON.stringify(makeReport(complete), null, 1) + '\n');
@@ -1011,6 +1067,8 @@ export async function benchKernels(argv: string[]): Promise<number> {
       log(`gated epilogue, ${c.gemm}: matmul_glu ${c.epilogueMs.toFixed(4)} ms, matmul + silu_mul ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     for (const c of report.normFold)
       log(`folded norm, ${c.gemm}: matmul with rmsEps ${c.foldedMs.toFixed(4)} ms, rmsnorm + matmul ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
+    for (const c of report.ropeEpilogue)
+      log(`rope epilogue, ${c.gemm}: matmul_rope_kv ${c.epilogueMs.toFixed(4)} ms, matmul + rope_kv_write ${c.separateMs.toFixed(4)} ms: ${c.speedup.toFixed(2)}x`);
     const text = JSON.stringify(report, null, 1) + '\n';
     if (values.out) await writeFile(values.out as string, text);
     if (values['write-choices']) {

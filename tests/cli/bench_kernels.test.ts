@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import type { HostTensor } from '../../src/backend/backend.js';
 import { CpuBackend } from '../../src/backend/cpu/backend.js';
-import { defaultShapesPath, expandCases, gluComparisons, normComparisons, rates, relativeError, residualComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
+import { defaultShapesPath, expandCases, gluComparisons, normComparisons, rates, relativeError, residualComparisons, ropeComparisons, rotationSets, type KernelShapes } from '../../src/cli/bench_kernels.js';
 import { OPS, outputShapes } from '../../src/graph/ops.js';
 
 const shapes = JSON.parse(readFileSync(defaultShapesPath(), 'utf8')) as KernelShapes;
@@ -284,14 +284,57 @@ describe('bench kernels: the folded norm against rmsnorm + GEMM, from one run', 
   });
 });
 
+describe('bench kernels: RoPE and the KV write in the q/k/v epilogue against GEMM + rope_kv_write, from one run', () => {
+  const t = (name: string, medianMs: number) => ({ name, tessera: { medianMs } });
+
+  it('adds rope_kv_write over the same rows and heads and the plain GEMM per rung, against matmul_rope_kv', () => {
+    expect(
+      ropeComparisons([
+        t('gemm llama-3-8b qkv M1 N6144 K4096', 0.02),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 +rope', 0.0201),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 sm90k', 0.03),
+        t('gemm llama-3-8b qkv M1 N6144 K4096 +rope sm90k', 0.031),
+        t('rope_kv_write R1 H32 KV8 hd128', 0.0025),
+        // Other heads (another q/k/v width): not this GEMM's companion.
+        t('rope_kv_write R16 H64 KV8 hd128', 0.003),
+        t('gemm llama-3-8b qkv M16 N6144 K4096', 0.02),
+        t('gemm llama-3-8b qkv M16 N6144 K4096 +rope', 0.02),
+      ]),
+    ).toEqual([
+      { gemm: 'gemm llama-3-8b qkv M1 N6144 K4096', m: 1, epilogueMs: 0.0201, separateMs: 0.0225, speedup: 1.119 },
+      { gemm: 'gemm llama-3-8b qkv M1 N6144 K4096 sm90k', m: 1, epilogueMs: 0.031, separateMs: 0.0325, speedup: 1.048 },
+    ]);
+  });
+
+  it('the shapes pair every +rope case with its plain GEMM case and rope_kv_write, and run it as matmul_rope_kv into a cache without cuBLASLt', () => {
+    const cases = expandCases(shapes, ['gemm', 'memory']);
+    const rope = cases.filter((c) => c.name.includes(' +rope'));
+    expect(rope.length).toBe(shapes.gemm.rope!.m.reduce((n, m) => n + (m <= 8 ? 5 : 7) + (m <= 64 ? 1 : 0), 0));
+    for (const c of rope) {
+      expect([c.op, c.attrs.numHeads, c.attrs.numKvHeads, c.attrs.headDim, c.gemm!.epilogueOnly], c.name).toEqual(['matmul_rope_kv', 32, 8, 128, true]);
+      const m = c.gemm!.m;
+      expect(c.outputShapes, c.name).toEqual([[m, 4096], [2, Math.ceil(m / 16) + 1, 16, 8, 128]]);
+      expect([...(c.step.slotMapping as Int32Array)], c.name).toEqual(Array.from({ length: m }, (_, i) => i));
+    }
+    const pairs = ropeComparisons(cases.map((c) => t(c.name, 1)));
+    expect(pairs.length).toBe(rope.length);
+    expect(pairs.every((p) => p.speedup === 2)).toBe(true);
+  });
+});
+
 describe('bench kernels: every case runs through the CPU backend at a small size', () => {
   const small: KernelShapes = {
     gemm: {
       m: [1, 5],
-      projections: [{ model: 'toy', name: 'proj', n: 24, k: 16 }],
+      projections: [
+        { model: 'toy', name: 'proj', n: 24, k: 16 },
+        { model: 'toy', name: 'qkv', n: 128, k: 16 },
+      ],
       ceiling: { m: 8, n: 8, k: 8 },
       glu: { models: ['toy'], names: ['proj'], m: [1] },
       rms: { models: ['toy'], names: ['proj'], m: [1] },
+      // qkv is memoryBound.rope's 4 + 2 x 2 heads of 16; proj's 24 columns are not, and are left out.
+      rope: { models: ['toy'], names: ['proj', 'qkv'], m: [1] },
     },
     attention: {
       prefill: [
@@ -309,11 +352,12 @@ describe('bench kernels: every case runs through the CPU backend at a small size
     let seed = 7;
     const rnd = () => ((seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32) * 2 - 1;
     const cases = expandCases(small, ['gemm', 'attention', 'memory']);
-    // M 1 and 5, each with the tiles, its separate reduce, the GEMV and the Hopper kernel's three
-    // rungs, and the same six as matmul_glu and as matmul with a folded norm at M 1; prefill three
-    // times (the sm90 rungs), decode twice (the combine's rungs); the memory ops, silu_mul at the
-    // gated unit's [1, 12] and rmsnorm at the folded norm's [1, 16].
-    expect(cases.length).toBe(12 + 6 + 6 + 8 + 5 + 2);
+    // Two projections at M 1 and 5, each with the tiles, its separate reduce, the GEMV and the
+    // Hopper kernel's three rungs, and the same six as matmul_glu and as matmul with a folded norm
+    // at M 1 (proj), and as matmul_rope_kv (qkv); prefill three times (the sm90 rungs), decode
+    // twice (the combine's rungs); the memory ops, silu_mul at the gated unit's [1, 12], rmsnorm
+    // at the folded norm's [1, 16] and rope_kv_write at one row of 4 heads.
+    expect(cases.length).toBe(24 + 6 + 6 + 6 + 8 + 5 + 3);
     for (const c of cases) {
       const inputs: HostTensor[] = c.inputs.map((t) => ('bound' in t ? { data: Float32Array.from({ length: t.shape.reduce((a, d) => a * d, 1) }, () => rnd() * t.bound), shape: t.shape } : t));
       const outs = await cpu.runOp(c.op, c.attrs, inputs, c.outputShapes, c.step);
