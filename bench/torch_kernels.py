@@ -8,8 +8,10 @@ Families (all on fresh random data, bf16 unless the device lacks it):
   gemm               F.linear(x[M,K], w[N,K]) = x w^T for every projection x M (and in float16
                      for the gemm.f16 cases, on a GPU); for the gemm.residual cases x w^T + r as
                      torch.addmm (r as the GEMM's C) and as F.linear then add; for the gemm.glu
-                     cases silu(gate) * up of z = F.linear(x, w_gate_up), and for the gemm.rms
-                     cases F.linear(rmsnorm(x) * g, w), each eager and under torch.compile;
+                     cases silu(gate) * up of z = F.linear(x, w_gate_up), for the gemm.rms
+                     cases F.linear(rmsnorm(x) * g, w), and for the gemm.rope cases
+                     F.linear(x, w_qkv) then rope_kv_write into a paged cache, each eager and
+                     under torch.compile;
   attention_prefill  F.scaled_dot_product_attention on [B, H, S, D] with GQA, under each SDPA
                      backend (flash, efficient, cudnn, math) and an explicit matmul/softmax version;
   attention_decode   the same with one query per sequence over a contiguous (not paged) KV cache;
@@ -570,15 +572,20 @@ def gemm_cases(b: Bench, shapes: dict):
                        lambda p=p, m=m: run_gemm(b, p, m, torch.float16))
     # The epilogue cases, each a subset of the projections at its own M: gemm.residual, y = x w^T
     # + r as Tessera's matmul_add computes it; gemm.glu, silu(x w_gate^T) * (x w_up^T) as its
-    # matmul_glu; gemm.rms, F.linear(rmsnorm(x, g), w) as its matmul with rmsEps.
+    # matmul_glu; gemm.rms, F.linear(rmsnorm(x, g), w) as its matmul with rmsEps; gemm.rope,
+    # F.linear then rope_kv_write as its matmul_rope_kv (heads as memoryBound.rope).
+    rope = shapes["memoryBound"]["rope"]
     for key, run in (("residual", lambda p, m: run_gemm_residual(b, p, m)),
                      ("glu", lambda p, m: run_gemm_glu(b, p, m)),
-                     ("rms", lambda p, m: run_gemm_glu(b, p, m, rms=True))):
+                     ("rms", lambda p, m: run_gemm_glu(b, p, m, rms=True)),
+                     ("rope", lambda p, m: run_gemm_rope(b, p, m, rope))):
         sel = g.get(key)
         if not sel:
             continue
         for p in g["projections"]:
             if p["model"] not in sel["models"] or p["name"] not in sel["names"]:
+                continue
+            if key == "rope" and p["n"] != (rope["heads"] + 2 * rope["kvHeads"]) * rope["headDim"]:
                 continue
             for m in sel["m"]:
                 yield ({"model": p["model"], "name": p["name"], "m": m, "n": p["n"], "k": p["k"], key: True},
@@ -706,6 +713,74 @@ def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
             first = state["sets"][0]
             state["rows"] = rows
             state["refs"] = [fn(first[0][:rows].to(b.ref_dtype), *[t.to(b.ref_dtype) for t in first[1:]])]
+        return state
+
+    def figures(r, st):
+        r["method"] = b.method(st["n"])
+        return gemm_rates(b, r, flops, nbytes)
+
+    def eager():
+        st = make_sets()
+        return figures(b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]]), st)
+
+    def compiled():
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        st = make_sets()
+        cfn = torch.compile(fn, dynamic=False, fullgraph=True)
+        r = b.measure(cfn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
+        r["compile_s"] = r.pop("first_call_s")
+        return figures(r, st)
+
+    rec["variants"] = {"eager": b.guard(eager), "compile": compile_variant(b, compiled)}
+    state.clear()
+    return finish(rec)
+
+
+def run_gemm_rope(b: Bench, p: dict, m: int, rope: dict) -> dict:
+    """The q/k/v projection, RoPE and the KV-cache write, as a Llama layer runs them in PyTorch
+    (what Tessera's matmul_rope_kv does in one kernel): z = F.linear(x, w), split into q, k, v;
+    q and k rotated (rotate-half, theta 500000), k and v copied into a paged cache at the rows'
+    slots. Eager and under torch.compile. The check covers q's first rows."""
+    n, k = p["n"], p["k"]
+    hq, hkv, d, bs = rope["heads"], rope["kvHeads"], rope["headDim"], rope["kvBlockSize"]
+    dtype = b.dtype
+    e = torch.empty((), dtype=dtype).element_size()
+    flops = 2 * m * n * k
+    nbytes = e * (m * k + n * k + m * n) + 8 * m
+    rec = {"model": p["model"], "name": p["name"], "m": m, "n": n, "k": k, "rope": True,
+           "dtype": str(dtype).replace("torch.", ""),
+           "op": "F.linear(x, w_qkv), rope on q and k, k and v into the paged cache",
+           "flops": flops, "bytes": nbytes, "bytes_formula": f"e*(M*K + N*K + M*N) + 8*M, e={e}"}
+    max_pos = 64 if b.smoke else 8192
+    blocks = -(-m // bs) + 1
+    inv_freq = 1.0 / (500000.0 ** (torch.arange(0, d, 2, device=b.device, dtype=torch.float32) / d))
+    angles = torch.arange(max_pos, device=b.device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    cos_t, sin_t = angles.cos(), angles.sin()
+    state = {}
+
+    def fn(x, w, positions, slots, k_cache, v_cache):
+        z = F.linear(x, w)
+        q, kk, v = z.split([hq * d, hkv * d, hkv * d], dim=1)
+        return rope_kv_write(q, kk, v, positions, slots, cos_t, sin_t, k_cache, v_cache)
+
+    def make_sets():
+        if "sets" not in state:
+            sets_n = b.sets_for(nbytes, e * (m * k + n * k))
+            state["n"] = sets_n
+            k_cache = torch.zeros((blocks, bs, hkv, d), device=b.device, dtype=dtype)
+            v_cache = torch.zeros_like(k_cache)
+            state["sets"] = [(b.randn((m, k), dtype=dtype), b.randn((n, k), 1 / math.sqrt(k), dtype=dtype),
+                              torch.randint(0, max_pos, (m,), device=b.device),
+                              torch.randperm(blocks * bs, device=b.device)[:m], k_cache, v_cache)
+                             for _ in range(sets_n)]
+            rows = min(m, 64)
+            x0, w0, pos0, slots0 = state["sets"][0][:4]
+            kr = torch.zeros((blocks, bs, hkv, d), device=b.device, dtype=b.ref_dtype)
+            state["rows"] = rows
+            state["refs"] = [fn(x0[:rows].to(b.ref_dtype), w0.to(b.ref_dtype), pos0[:rows], slots0[:rows], kr,
+                                torch.zeros_like(kr))]
         return state
 
     def figures(r, st):
