@@ -677,6 +677,30 @@ def compile_variant(b: Bench, compiled) -> dict:
     return b.guard(compiled)
 
 
+def eager_and_compiled(b: Bench, fn, make_sets, flops: float, nbytes: float) -> dict:
+    """An epilogue case's two variants: fn eager and under torch.compile, over make_sets()'s input
+    sets ({"n", "sets", "rows", "refs"}: the check covers the output's first `rows` rows)."""
+    def figures(r, st):
+        r["method"] = b.method(st["n"])
+        return gemm_rates(b, r, flops, nbytes)
+
+    def eager():
+        st = make_sets()
+        return figures(b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]]), st)
+
+    def compiled():
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        st = make_sets()
+        cfn = torch.compile(fn, dynamic=False, fullgraph=True)
+        r = b.measure(cfn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
+        r["compile_s"] = r.pop("first_call_s")
+        return figures(r, st)
+
+    return {"eager": b.guard(eager), "compile": compile_variant(b, compiled)}
+
+
 def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
     """Two epilogues Tessera has and cuBLAS has not, as a Llama layer runs them in PyTorch, eager
     and under torch.compile (which fuses the pointwise part):
@@ -715,25 +739,7 @@ def run_gemm_glu(b: Bench, p: dict, m: int, rms: bool = False) -> dict:
             state["refs"] = [fn(first[0][:rows].to(b.ref_dtype), *[t.to(b.ref_dtype) for t in first[1:]])]
         return state
 
-    def figures(r, st):
-        r["method"] = b.method(st["n"])
-        return gemm_rates(b, r, flops, nbytes)
-
-    def eager():
-        st = make_sets()
-        return figures(b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]]), st)
-
-    def compiled():
-        import torch._dynamo
-
-        torch._dynamo.reset()
-        st = make_sets()
-        cfn = torch.compile(fn, dynamic=False, fullgraph=True)
-        r = b.measure(cfn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
-        r["compile_s"] = r.pop("first_call_s")
-        return figures(r, st)
-
-    rec["variants"] = {"eager": b.guard(eager), "compile": compile_variant(b, compiled)}
+    rec["variants"] = eager_and_compiled(b, fn, make_sets, flops, nbytes)
     state.clear()
     return finish(rec)
 
@@ -783,25 +789,7 @@ def run_gemm_rope(b: Bench, p: dict, m: int, rope: dict) -> dict:
                                 torch.zeros_like(kr))]
         return state
 
-    def figures(r, st):
-        r["method"] = b.method(st["n"])
-        return gemm_rates(b, r, flops, nbytes)
-
-    def eager():
-        st = make_sets()
-        return figures(b.measure(fn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]]), st)
-
-    def compiled():
-        import torch._dynamo
-
-        torch._dynamo.reset()
-        st = make_sets()
-        cfn = torch.compile(fn, dynamic=False, fullgraph=True)
-        r = b.measure(cfn, st["sets"], refs=st["refs"], outputs=lambda y, a: [y[:st["rows"]]])
-        r["compile_s"] = r.pop("first_call_s")
-        return figures(r, st)
-
-    rec["variants"] = {"eager": b.guard(eager), "compile": compile_variant(b, compiled)}
+    rec["variants"] = eager_and_compiled(b, fn, make_sets, flops, nbytes)
     state.clear()
     return finish(rec)
 

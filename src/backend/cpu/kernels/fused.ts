@@ -12,7 +12,7 @@
  *   slice_cols: x[R, C] -> x[:, start : start + count]
  */
 import type { Attrs } from '../../../graph/ir.js';
-import type { KernelArgs } from '../tensor.js';
+import type { CpuTensor, KernelArgs } from '../tensor.js';
 import { f32, i32 } from '../tensor.js';
 import { erf } from './elementwise.js';
 import { matmulF32, rowScales } from './matmul.js';
@@ -39,50 +39,55 @@ export function actMul({ inputs: [gt], output, attrs }: KernelArgs): void {
 }
 
 /** The GEMM's product rows into a scratch buffer (matmul_glu, matmul_rope_kv), reused across calls (it only grows). */
-let gluScratch = new Float32Array(0);
+let productScratch = new Float32Array(0);
 
-export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): void {
+/**
+ * x w^T (+ b) (RMS-normed with attrs.rmsEps) up to 64 rows of x at a time, so the scratch stays
+ * small at prefill: each chunk's product rows z [rs, N] go to `each` with the chunk's first row.
+ */
+function productChunks(xt: CpuTensor, wt: CpuTensor, bt: CpuTensor | undefined, attrs: Attrs, each: (z: Float32Array, r0: number, rs: number) => void): void {
   const rows = xt.shape[0], n = wt.shape[0], k = xt.shape[1];
-  // Up to 64 rows of x at a time, so the scratch stays small at prefill.
   const chunk = Math.min(rows, 64);
-  if (gluScratch.length < chunk * n) gluScratch = new Float32Array(chunk * n);
-  const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null, y = f32(output);
-  const a = activation(attrs.act as string);
-  const half = n / 2;
+  if (productScratch.length < chunk * n) productScratch = new Float32Array(chunk * n);
+  const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null;
   const scales = rowScales(x, rows, k, attrs);
   for (let r0 = 0; r0 < rows; r0 += chunk) {
     const rs = Math.min(chunk, rows - r0);
-    const z = gluScratch.subarray(0, rs * n);
+    const z = productScratch.subarray(0, rs * n);
     matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b, null, scales ? scales.subarray(r0, r0 + rs) : null);
+    each(z, r0, rs);
+  }
+}
+
+export function matmulGlu({ inputs: [xt, wt, bt], output, attrs }: KernelArgs): void {
+  const n = wt.shape[0], half = n / 2;
+  const y = f32(output);
+  const a = activation(attrs.act as string);
+  productChunks(xt, wt, bt, attrs, (z, r0, rs) => {
     for (let r = 0; r < rs; r++) {
       const src = r * n, dst = (r0 + r) * half;
       for (let j = 0; j < half; j++) y[dst + j] = a(z[src + 2 * j]) * z[src + 2 * j + 1];
     }
-  }
+  });
 }
 
 export function matmulRopeKv({ inputs, outputs: [qt, cacheOut], attrs }: KernelArgs): void {
   const [xt, wt, posT, cacheT, slotsT, bt] = inputs;
   if (cacheOut.data !== cacheT.data) throw new Error('matmul_rope_kv must update its cache in place');
-  const rows = xt.shape[0], n = wt.shape[0], k = xt.shape[1];
+  const n = wt.shape[0];
   const heads = attrs.numHeads as number, kvHeads = attrs.numKvHeads as number, hd = attrs.headDim as number;
   const qCols = heads * hd, kvCols = kvHeads * hd;
-  const x = f32(xt), w = f32(wt), b = bt ? f32(bt) : null, q = f32(qt), cache = f32(cacheT);
+  const q = f32(qt), cache = f32(cacheT);
   const pos = i32(posT), slots = i32(slotsT);
   const angles = attrs.rope ? new RopeAngles(attrs.rope as Attrs) : null;
   const half = angles ? angles.half : 0;
   const vHalf = cache.length / 2;
-  const chunk = Math.min(rows, 64);
-  if (gluScratch.length < chunk * n) gluScratch = new Float32Array(chunk * n);
-  const scales = rowScales(x, rows, k, attrs);
-  for (let r0 = 0; r0 < rows; r0 += chunk) {
-    const rs = Math.min(chunk, rows - r0);
-    const z = gluScratch.subarray(0, rs * n);
-    matmulF32(x.subarray(r0 * k, (r0 + rs) * k), w, z, rs, n, k, b, null, scales ? scales.subarray(r0, r0 + rs) : null);
+  productChunks(xt, wt, bt, attrs, (z, r0, rs) => {
     for (let r = 0; r < rs; r++) {
       const t = r0 + r, row = r * n;
       if (angles) {
         angles.at(pos[t]);
+        // Columns 2i and 2i + 1 of each q and k head: rope's pair (i, i + rotaryDim / 2), w's rows in rope_rows order.
         for (let h = 0; h < heads + kvHeads; h++)
           for (let i = 0; i < half; i++) {
             const at = row + h * hd + 2 * i, x1 = z[at], x2 = z[at + 1];
@@ -98,7 +103,7 @@ export function matmulRopeKv({ inputs, outputs: [qt, cacheOut], attrs }: KernelA
       cache.set(z.subarray(row + qCols, row + qCols + kvCols), dst);
       cache.set(z.subarray(row + qCols + kvCols, row + n), vHalf + dst);
     }
-  }
+  });
 }
 
 export function sliceCols({ inputs: [xt], output, attrs }: KernelArgs): void {
