@@ -39,6 +39,28 @@ TS_DEVICE void sincos_f32(float angle, float* s, float* c) {
   *c = __double2float_rn(cv);
 }
 
+// The same for the GEMM epilogue below, which evaluates one angle per rotary pair of every q and k
+// head (rope_kv.cu evaluates one per token and frequency, 40 times fewer for Llama-3-8B, and can
+// afford sincos_f32's ~45 double operations; the q/k/v GEMM's epilogue at prefill could not: at
+// 64 FP64 lanes an SM that is ~18% of a 128 x 128 tile's main loop). The reduction stays in double
+// (4 operations: r = angle - n pi/2 good to ~1e-16 for |angle| < 2^30, positions and inv_freq
+// give at most ~1.3e5), then r in f32 and f32 minimax polynomials on |r| <= pi/4 (Cephes' sinf and
+// cosf coefficients): within 1 ulp of f32(sin(angle)), f32(cos(angle)) over 150,000 random angles
+// to 1.3e5 (an f32 model of it against double sin and cos), far below the bf16 or fp16 rounding of
+// the rotated values.
+TS_DEVICE void sincos_f32_fast(float angle, float* s, float* c) {
+  const double x = angle;
+  const double n = rint(x * 0.63661977236758134308);
+  double rd = fma(-n, 1.5707963267948966192e+00, x);
+  rd = fma(-n, 6.123233995736766036e-17, rd);
+  const float r = static_cast<float>(rd), z = r * r;
+  const float sn = fmaf(fmaf(fmaf(-1.9515295891e-4f, z, 8.3321608736e-3f), z, -1.6666654611e-1f) * z, r, r);
+  const float cs = fmaf(fmaf(fmaf(2.443315711809948e-5f, z, -1.388731625493765e-3f), z, 4.166664568298827e-2f) * z, z, fmaf(-0.5f, z, 1.f));
+  const int q = static_cast<int>(static_cast<long long>(n) & 3);
+  *s = q == 0 ? sn : q == 1 ? cs : q == 2 ? -sn : -cs;
+  *c = q == 0 ? cs : q == 1 ? -sn : q == 2 ? -cs : sn;
+}
+
 // The q/k/v GEMM's RoPE + KV-write epilogue (`matmul_rope_kv`: src/graph/passes/rules/
 // fuse_matmul_rope_kv.ts says why). The GEMM's N columns are [q heads | k heads | v heads] of
 // head_dim each, N = q_cols + 2 kv_cols. In the q and k heads the weight's rows were reordered at
@@ -59,15 +81,15 @@ struct RopeKv {
 
 // The pair of columns (col, col + 1) of row `row`, col even, with their f32 values v0 and v1
 // (bias and norm scale applied): rotated by positions[row] inv_freq[i] when they are rotary pair i
-// of a q or k head, as (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (rope_kv.cu's formula), then
-// stored: q columns into y [R, q_cols], k and v columns into the cache at slots[row].
+// of a q or k head, as (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (rope_kv.cu's formula; sin
+// and cos from sincos_f32_fast), then stored: q columns into y [R, q_cols], k and v columns into the cache at slots[row].
 template <class T>
 TS_DEVICE void rope_kv_pair(const RopeKv<T>& a, T* y, int N, int row, int col, float v0, float v1) {
   const int kv_cols = (N - a.q_cols) >> 1;
   const int d = col % a.head_dim;  // even, like head_dim: col + 1 is in the same head
   if (col < a.q_cols + kv_cols && d < a.rotary_dim) {
     float s, c;
-    sincos_f32(__fmul_rn(static_cast<float>(a.positions[row]), a.inv_freq[d >> 1]), &s, &c);
+    sincos_f32_fast(__fmul_rn(static_cast<float>(a.positions[row]), a.inv_freq[d >> 1]), &s, &c);
     const float x1 = v0, x2 = v1;
     v0 = x1 * c - x2 * s;
     v1 = x2 * c + x1 * s;
