@@ -16,10 +16,13 @@
 //   rstd, rms_eps: an RMS norm of x folded in (the `rmsEps` attr of matmul and matmul_glu: the
 //         norm's weight is already in w's columns), y = rstd[r] * (x w^T)[r, n] (+ bias) with
 //         rstd[r] = 1 / sqrt(mean_k x[r, k]^2 + eps): with rms_eps >= 0 the block computes its
-//         rows' rstd from x (the 16-row tile only, the decode one: a few rows, read from L2
-//         while the prologue's copies are in flight; the launcher gives it 4 BM (WARPS + 1)
-//         bytes of shared memory past the stages), else read from rstd [R] f32 (ts_row_rstd_*,
-//         before the launch), or null: no norm
+//         rows' rstd from x (the 16-row tile: a few rows, read from L2 while the prologue's
+//         copies are in flight, in 4 BM (WARPS + 1) bytes of shared memory past the stages that
+//         the launcher adds; the 32- and 64-row tiles: from the A fragments of the main loop,
+//         the splits' sums merged with their partial tiles, ws then holding [splits][gridDim.x]
+//         [BM] f32 more; the launcher asks only where the weights bound the time, R <= 64, and
+//         the K split, if any, is merged in this launch), else read from rstd [R] f32
+//         (ts_row_rstd_*, before the launch), or null: no norm
 //   rope_*: the `matmul_rope_kv` op (rope.cuh RopeKv; rope_cache null: off): N = q_cols + 2 kv_cols
 //         columns of q, k and v heads, y [R, q_cols] T gets the rotated q, and k (rotated) and v
 //         go into the layer's paged cache at slots[r]; each pair of columns is one rotary pair,
@@ -270,6 +273,17 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
     __syncthreads();
   }
 
+  // The folded RMS norm's sums of squares of this thread's epilogue rows (rms_eps >= 0 in the 32-
+  // and 64-row tiles, which the launcher gives it only where the weights bound the time, R <= 64):
+  // from the A fragments the thread loads for its mma anyway, rows g and g + 8 of each 16-row
+  // sub-tile, which are the rows its accumulators hold; the 4 lanes of a quad cover a k step's 16
+  // columns between them. Over this block's k-tiles only: with K split, the splits' sums meet in
+  // the merge below.
+  constexpr bool FRAG_RMS = BM > 16 && BM <= 64;
+  float ssq[MT][2];
+#pragma unroll
+  for (int mi = 0; mi < MT; mi++) ssq[mi][0] = ssq[mi][1] = 0.f;
+
   int read_stage = 0, write_stage = STAGES - 1;
   for (int t = 0; t < n_k; t++) {
     // Groups committed so far: STAGES - 1 + t; allowing STAGES - 2 pending means groups 0..t
@@ -293,6 +307,18 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
       for (int mi = 0; mi < MT; mi++)
 #pragma unroll
         for (int ni = 0; ni < NT; ni++) mma<T>(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);
+      if constexpr (FRAG_RMS) {
+        if (rms_eps >= 0.f) {
+          // a0, a2: row g, k 2 tg, 2 tg + 1 and 2 tg + 8, 2 tg + 9; a1, a3: the same of row g + 8.
+#pragma unroll
+          for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+              const float2 lo = ts::word_f32x2<T>(a[mi][h]), hi = ts::word_f32x2<T>(a[mi][h + 2]);
+              ssq[mi][h] = fmaf(lo.x, lo.x, fmaf(lo.y, lo.y, fmaf(hi.x, hi.x, fmaf(hi.y, hi.y, ssq[mi][h]))));
+            }
+        }
+      }
     }
     read_stage = read_stage == STAGES - 1 ? 0 : read_stage + 1;
     write_stage = write_stage == STAGES - 1 ? 0 : write_stage + 1;
@@ -302,6 +328,15 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   // Epilogue. Accumulator fragment: c0, c1 = row g, columns 2 tg, 2 tg + 1; c2, c3 = row g + 8.
   const int g = lane >> 2, tg = lane & 3;
   const bool pairs = (N & 1) == 0;
+  const bool frag_rms = FRAG_RMS && rms_eps >= 0.f;
+  if (frag_rms)
+#pragma unroll
+    for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        ssq[mi][h] += __shfl_xor_sync(0xffffffffu, ssq[mi][h], 1);
+        ssq[mi][h] += __shfl_xor_sync(0xffffffffu, ssq[mi][h], 2);
+      }
 
   // K split and merged in this launch (ws given): each split stores its partial tile in ws[z],
   // makes it visible (every thread fences, the block meets at a barrier, one thread counts the
@@ -328,6 +363,14 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
           }
       }
     };
+    // With the fragment sums of squares: this split's, one writer a row, after every split's
+    // partial tiles ([splits][gridDim.x][BM] f32: the launcher sized ws for them).
+    float* const ssq_ws = ws + static_cast<int64_t>(splits) * RN;
+    if (frag_rms && wn == 0 && tg == 0)
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) ssq_ws[(static_cast<int64_t>(z) * gridDim.x + blockIdx.x) * BM + wm * WTM + mi * 16 + g + h * 8] = ssq[mi][h];
     each_pair([&](int mi, int ni, int h, int row, int col) {
       float* p = ws + z * RN + static_cast<int64_t>(row) * N + col;
       if (pairs) {
@@ -372,6 +415,16 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
       acc[mi][ni][2 * h] = s0;
       acc[mi][ni][2 * h + 1] = s1;
     });
+    if (frag_rms)  // every split's sum of squares of the thread's rows, in split order
+#pragma unroll
+      for (int mi = 0; mi < MT; mi++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+          float sum = 0.f;
+          for (int q = 0; q < splits; q++)
+            sum += q == z ? ssq[mi][h] : __ldcg(ssq_ws + (static_cast<int64_t>(q) * gridDim.x + blockIdx.x) * BM + wm * WTM + mi * 16 + g + h * 8);
+          ssq[mi][h] = sum;
+        }
   }
 
   // Each of this thread's rows' norm scale (1 without a folded norm).
@@ -381,7 +434,10 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int r = wm * WTM + mi * 16 + g + h * 8;
-      rs[mi][h] = BM <= 16 && rms_eps >= 0.f ? srstd[r] : (rstd != nullptr && m0 + r < R) ? rstd[m0 + r] : 1.f;
+      rs[mi][h] = BM <= 16 && rms_eps >= 0.f ? srstd[r]
+                  : frag_rms                 ? rsqrtf((K > 0 ? ssq[mi][h] / K : 0.f) + rms_eps)
+                  : (rstd != nullptr && m0 + r < R) ? rstd[m0 + r]
+                                                    : 1.f;
     }
 
 #pragma unroll

@@ -563,8 +563,10 @@ for (const [r, k, inner, act, bias, f32Out, variant] of [
 
 // [op, R, K, N (matmul_glu: 2I), bias, variant]: where each rung gets its row scales: computed in
 // the block (the GEMV; the 16-row tile, also with K split and merged, and the separate reduce's
-// partials), or by ts_row_rstd before the launch (the 32-, 64- and 128-row tiles, every Hopper
-// rung; sm90s's partials scaled before its reduce). Rows of x at very different scales,
+// partials; the 32- and 64-row tiles up to 64 rows from their A fragments, unsplit or with the
+// splits' sums merged, K off the 32-column k-tiles, odd N), or by ts_row_rstd before the launch
+// (the 32- and 64-row tiles with the separate reduce or past 64 rows, the 128-row tile, every
+// Hopper rung; sm90s's partials scaled before its reduce). Rows of x at very different scales,
 // so a wrong row's scale shows.
 for (const [op, r, k, n, bias, variant] of [
   ['matmul', 1, 32, 8, false],
@@ -575,6 +577,10 @@ for (const [op, r, k, n, bias, variant] of [
   ['matmul', 1, 1024, 520, false, 'separate'],
   ['matmul', 13, 520, 24, false, 'separate'],
   ['matmul', 65, 1024, 520, true],
+  ['matmul', 33, 520, 264, true],
+  ['matmul', 64, 64, 5640, false],
+  ['matmul', 20, 4104, 37, false],
+  ['matmul', 24, 1024, 520, false, 'separate'],
   ['matmul', 300, 64, 5640, false],
   ['matmul', 1, 4104, 37, true, 'gemv'],
   ['matmul', 5, 520, 262, false, 'gemv'],
@@ -586,6 +592,7 @@ for (const [op, r, k, n, bias, variant] of [
   ['matmul', 257, 136, 8712, true, 'sm90pc'],
   ['matmul_glu', 1, 1024, 520, false],
   ['matmul_glu', 130, 256, 264, true],
+  ['matmul_glu', 40, 1024, 264, true],
   ['matmul_glu', 5, 520, 262, false, 'gemv'],
   ['matmul_glu', 130, 1032, 264, true, 'sm90s'],
 ] as Array<['matmul' | 'matmul_glu', number, number, number, boolean, ('gemv' | 'sm90' | 'sm90s' | 'sm90p' | 'sm90k' | 'sm90c' | 'sm90pc' | 'separate')?]>) {

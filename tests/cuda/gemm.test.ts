@@ -322,17 +322,32 @@ describe('matmul launcher', () => {
     ]);
   });
 
-  it('a folded norm (rmsEps): the GEMV and the 16-row tile compute the row scales, every other rung gets them from ts_row_rstd', () => {
+  it('a folded norm (rmsEps): the GEMV and the 16-, 32- and 64-row tiles (to 64 rows) compute the row scales, every other rung gets them from ts_row_rstd', () => {
     const gemv = run({ R: 2, N: 64, K: 64, attrs: { gemmVariant: 'gemv', rmsEps: 1e-5 } }).launches;
     expect(gemv.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([['ts_gemv_r2_bf16', 1e-5]]);
     // 16 rows a tile, K split 8 ways and merged: each block computes its rows' scales, the 4
     // warps' sums and the scales in 320 bytes of shared memory past the stages.
     const decode = run({ R: 1, N: 4096, K: 4096, attrs: { rmsEps: 1e-5 } });
     expect(decode.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes])).toEqual([['ts_gemm_16x128_bf16', 0n, 1e-5, GEMM_TILES['16x128'].sharedBytes + 320]]);
-    const tiles32 = run({ R: 32, N: 4096, K: 4096, attrs: { rmsEps: 1e-6 } }).launches;
-    expect(tiles32.map((l) => [l.decl.name, l.args.rmsEps, l.launch.sharedBytes])).toEqual([
-      ['ts_row_rstd_bf16', undefined, undefined],
-      ['ts_gemm_32x128_bf16', -1, GEMM_TILES['32x128'].sharedBytes],
+    // 32 and 64 rows a tile, up to 64 rows of x: the sums of squares from the A fragments, each
+    // split's beside its partial tile (ws [splits][tiles][BM] f32 after the partials), no launch
+    // before and no shared memory more.
+    const tiles32 = run({ R: 32, N: 4096, K: 4096, attrs: { rmsEps: 1e-6 } });
+    expect(tiles32.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes, l.launch.grid])).toEqual([
+      ['ts_gemm_32x128_bf16', 0n, 1e-6, GEMM_TILES['32x128'].sharedBytes, [32, 1, 8]],
+    ]);
+    expect(tiles32.scratch).toEqual([8 * 32 * 4096 * 4 + 4 * 8 * 32 * 32]);
+    expect(run({ R: 64, N: 4096, K: 4096, attrs: { rmsEps: 1e-6 } }).launches.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([['ts_gemm_64x128_bf16', 1e-6]]);
+    // Not with the separate reduce (each split would see its own part of K), nor past 64 rows
+    // (where the GEMM is compute-bound and the sums would cost more than ts_row_rstd).
+    expect(run({ R: 32, N: 4096, K: 4096, attrs: { rmsEps: 1e-6, gemmSplitMerge: 'separate' } }).launches.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([
+      ['ts_row_rstd_bf16', undefined],
+      ['ts_gemm_32x128_bf16_f32', -1],
+      ['ts_gemm_splitk_reduce_bf16', undefined],
+    ]);
+    expect(run({ R: 100, N: 4096, K: 4096, attrs: { rmsEps: 1e-6 } }).launches.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([
+      ['ts_row_rstd_bf16', undefined],
+      ['ts_gemm_64x128_bf16', -1],
     ]);
     // 128 rows a tile: the scales from a launch before, in scratch.
     const prefill = run({ R: 8192, N: 4096, K: 4096, attrs: { rmsEps: 1e-5 } });

@@ -189,8 +189,14 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...ROPE_KV_PARAMS,
 ];
 
-/** The tile configurations whose kernel computes the folded norm's row scales itself (few rows a block: the 16-row decode tile). */
+/** The tile configurations whose kernel computes the folded norm's row scales itself from its rows of x, read from L2 (few rows a block: the 16-row decode tile). */
 export const GEMM_RMS_IN_BLOCK_MAX_BM = 16;
+/**
+ * Up to this many rows of x, the 32- and 64-row tiles sum their rows' squares from the A
+ * fragments of their main loop (free where the weights bound the time; a compute-bound GEMM would
+ * pay ~10% for it, more than ts_row_rstd's launch), the K split, if any, merged in the launch.
+ */
+export const GEMM_RMS_FRAGMENT_MAX_R = 64;
 
 const REDUCE_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ['y', 'ptr'],
@@ -687,20 +693,23 @@ function gemm(
     return;
   }
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
-  // A folded norm: the 16-row tile computes its rows' scales (the warps' sums and the scales,
-  // 4 bytes each a row, in shared memory past the stages), the larger tiles read them from
-  // ts_row_rstd's output.
-  const inBlock = rms !== undefined && plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
-  const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes + (inBlock ? 4 * plan.tile.bm * (plan.tile.warps + 1) : 0) };
+  const merge = ctx.attrs.gemmSplitMerge ?? 'fused';
+  if (merge !== 'fused' && merge !== 'separate') fail(`attr gemmSplitMerge must be fused or separate, got ${String(merge)}`);
+  // A folded norm: the 16-row tile computes its rows' scales from x read from L2 (the warps' sums
+  // and the scales, 4 bytes each a row, in shared memory past the stages); the 32- and 64-row
+  // tiles at up to 64 rows from their A fragments, the splits' sums beside their partial tiles in
+  // ws; the others read them from ts_row_rstd's output.
+  const l2Rows = plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
+  const fragRows = !l2Rows && plan.tile.bm <= 64 && R <= GEMM_RMS_FRAGMENT_MAX_R && (plan.splits === 1 || merge === 'fused');
+  const inBlock = rms !== undefined && (l2Rows || fragRows);
+  const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes + (inBlock && l2Rows ? 4 * plan.tile.bm * (plan.tile.warps + 1) : 0) };
   const decls = GEMM_KERNELS[plan.tile.name];
   const operands = { x: x.ptr, w: w.ptr, R, N, K, kTilesPerSplit: plan.kTilesPerSplit, glu, rstd: inBlock ? 0n : rowScales(), rmsEps: inBlock ? rms : -1, ...rope };
   if (plan.splits === 1) {
     ctx.launch(entry(decls[outDType]), launch, { ...operands, y: y.ptr, bias: biasPtr, res: resPtr, ws: 0n, counters: 0n });
     return;
   }
-  const merge = ctx.attrs.gemmSplitMerge ?? 'fused';
-  if (merge !== 'fused' && merge !== 'separate') fail(`attr gemmSplitMerge must be fused or separate, got ${String(merge)}`);
-  const ws = ctx.scratch(plan.workspaceBytes);
+  const ws = ctx.scratch(plan.workspaceBytes + (inBlock && fragRows ? 4 * plan.splits * plan.grid[0] * plan.tile.bm : 0));
   if (ws % 16n !== 0n) fail(`scratch is not 16-byte aligned (0x${ws.toString(16)})`);
   if (merge === 'fused') {
     // One counter per tile (blockIdx.x); the last split to arrive merges and resets it.
