@@ -544,7 +544,7 @@ TS_DEVICE void splitk_reduce(OutT* y, const float* __restrict__ ws, const T* __r
            int R, int N, int K, int k_tiles_per_split, /* k-tiles (of 32) per blockIdx.z */                            \
            int glu,              /* GLU_NONE, or the gated unit's activation: y [R, N / 2] */                          \
            const float* rstd,    /* [R] f32: x's rows' folded RMS norm scale, or null */                              \
-           float rms_eps, /* >= 0 (16-row tile): the block computes its rows' scale; < 0: rstd */                    \
+           float rms_eps, /* >= 0 (16- to 64-row tiles): the block computes its rows' scale; < 0: rstd */           \
            TS_ROPE_KV_PARAMS(T)) {                                                                                     \
     ts_gemm::gemm_block<BM, BN, WARPS_M, WARPS_N, STAGES, T, OUT_T>(y, x, w, bias, res, ws, counters, R, N, K,        \
                                                                     k_tiles_per_split, glu, rstd, rms_eps,            \

@@ -6,7 +6,7 @@
  * epilogues; the kernels take `glu`, an activation code or GLU_NONE). With attrs.rmsEps, x's rows
  * are RMS-normalized in the GEMM (the norm's weight folded into w's columns at load): y =
  * rstd[r] (x w^T)[r] (+ bias), computed by the kernel itself where its rows are few (the GEMV,
- * the 16-row tile), else by ts_row_rstd_* in a launch before it.
+ * the 16-row tile; the 32- and 64-row tiles up to 64 rows), else by ts_row_rstd_* in a launch before it.
  * x, w, bias and res share the storage type (bf16 or f16). One kernel per tile
  * configuration, storage type and output dtype (the storage type for projections, f32 for the
  * logits): the tables below name the bf16 entries, kernel_decl.forStorage the f16 ones. Picked from R, N and the SM count by gemmPlan; when the tiles alone would
