@@ -1,8 +1,10 @@
 /**
  * matmul(x[R, K], w[N, K] (, bias[N])) -> y[R, N] = x w^T (+ bias), and
  * matmul_add(x, w, res[R, N] (, bias)) -> x w^T (+ bias) + res with y in res's place, and
- * matmul_glu(x, w[2I, K] in (gate, up) row pairs (, bias[2I])) -> act(gate) * up: [R, I], on tensor
- * cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res and the glu
+ * matmul_glu(x, w[2I, K] in (gate, up) row pairs (, bias[2I])) -> act(gate) * up: [R, I], and
+ * matmul_rope_kv(x, w_qkv (q/k rows in rope_rows order), positions, cache, slots (, bias)) -> q
+ * rotated, k rotated and v written into the cache (the `rope_*` parameters, kernels/rope.cuh), on
+ * tensor cores: kernels/gemm.cu (and gemv.cu, gemm_sm90.cu: every variant has the res and the glu
  * epilogues; the kernels take `glu`, an activation code or GLU_NONE). With attrs.rmsEps, x's rows
  * are RMS-normalized in the GEMM (the norm's weight folded into w's columns at load): y =
  * rstd[r] (x w^T)[r] (+ bias), computed by the kernel itself where its rows are few (the GEMV,
