@@ -82,7 +82,8 @@ struct RopeKv {
 // The pair of columns (col, col + 1) of row `row`, col even, with their f32 values v0 and v1
 // (bias and norm scale applied): rotated by positions[row] inv_freq[i] when they are rotary pair i
 // of a q or k head, as (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin) (rope_kv.cu's formula; sin
-// and cos from sincos_f32_fast), then stored: q columns into y [R, q_cols], k and v columns into the cache at slots[row].
+// and cos from sincos_f32_fast), then stored: q columns into y [R, q_cols], k and v columns into
+// the cache at slots[row].
 template <class T>
 TS_DEVICE void rope_kv_pair(const RopeKv<T>& a, T* y, int N, int row, int col, float v0, float v1) {
   const int kv_cols = (N - a.q_cols) >> 1;
