@@ -16,12 +16,12 @@
 //   rstd, rms_eps: an RMS norm of x folded in (the `rmsEps` attr of matmul and matmul_glu: the
 //         norm's weight is already in w's columns), y = rstd[r] * (x w^T)[r, n] (+ bias) with
 //         rstd[r] = 1 / sqrt(mean_k x[r, k]^2 + eps): with rms_eps >= 0 the block computes its
-//         rows' rstd from x (the 16-row tile: a few rows, read from L2 while the prologue's
-//         copies are in flight, in 4 BM (WARPS + 1) bytes of shared memory past the stages that
-//         the launcher adds; the 32- and 64-row tiles: from the A fragments of the main loop,
-//         the splits' sums merged with their partial tiles, ws then holding [splits][gridDim.x]
-//         [BM] f32 more; the launcher asks only where the weights bound the time, R <= 64, and
-//         the K split, if any, is merged in this launch), else read from rstd [R] f32
+//         rows' rstd from x (the 16-, 32- and 64-row tiles: from the A fragments of the main
+//         loop, the splits' sums merged with their partial tiles, ws then holding [splits]
+//         [gridDim.x][BM] f32 more; the launcher asks only where the weights bound the time,
+//         R <= 64; the 16-row tile writing partials for the separate reduce reads its rows from
+//         L2 while the prologue's copies are in flight, in 4 BM (WARPS + 1) bytes of shared
+//         memory past the stages that the launcher adds), else read from rstd [R] f32
 //         (ts_row_rstd_*, before the launch), or null: no norm
 //   rope_*: the `matmul_rope_kv` op (rope.cuh RopeKv; rope_cache null: off): N = q_cols + 2 kv_cols
 //         columns of q, k and v heads, y [R, q_cols] T gets the rotated q, and k (rotated) and v
@@ -233,14 +233,18 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
     cp_async_commit();
   }
 
-  // The folded RMS norm's rstd of this block's rows (rms_eps >= 0: the 16-row tile), while the
-  // prologue's copies fly: every thread takes 8 elements of each 8 THREADS of every row (16-byte
-  // loads through the read-only path: x is small and L2-resident; at R = 1 that is 4 loads a
-  // thread for K = 4096, one L2 round trip under the copies' HBM one), the warps' sums meet in
-  // shared memory past the stages (the launcher asked for 4 BM (WARPS + 1) bytes more), and
-  // srstd[r] is the row's scale. Rows past R are never stored.
+  // The folded RMS norm's rstd of this block's rows where its K split goes to a separate reduce
+  // (rms_eps >= 0, the 16-row tile writing partials: each split sees a part of K only, and the
+  // partials are scaled already), while the prologue's copies fly: every thread takes 8 elements
+  // of each 8 THREADS of every row (16-byte loads through the read-only path: x is small and
+  // L2-resident; at R = 1 that is 4 loads a thread for K = 4096, one L2 round trip under the
+  // copies' HBM one), the warps' sums meet in shared memory past the stages (the launcher asked
+  // for 4 BM (WARPS + 1) bytes more), and srstd[r] is the row's scale. Rows past R are never
+  // stored. Otherwise the sums come from the A fragments (below): every block reading its rows
+  // whole from L2 costs the 16-row tile 128 KiB a block at R = 16 (K = 4096).
   float* const srstd = reinterpret_cast<float*>(ts_gemm_smem + STAGES * STAGE_BYTES);
-  if (BM <= 16 && rms_eps >= 0.f) {
+  const bool l2_rms = BM <= 16 && rms_eps >= 0.f && ws == nullptr && gridDim.z > 1;
+  if (l2_rms) {
     constexpr int WARPS = THREADS / 32;
     float* const spart = srstd + BM;  // [WARPS][BM]
     float ss[BM];
@@ -273,13 +277,14 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
     __syncthreads();
   }
 
-  // The folded RMS norm's sums of squares of this thread's epilogue rows (rms_eps >= 0 in the 32-
-  // and 64-row tiles, which the launcher gives it only where the weights bound the time, R <= 64):
-  // from the A fragments the thread loads for its mma anyway, rows g and g + 8 of each 16-row
-  // sub-tile, which are the rows its accumulators hold; the 4 lanes of a quad cover a k step's 16
-  // columns between them. Over this block's k-tiles only: with K split, the splits' sums meet in
-  // the merge below.
-  constexpr bool FRAG_RMS = BM > 16 && BM <= 64;
+  // The folded RMS norm's sums of squares of this thread's epilogue rows (rms_eps >= 0 in the 16-,
+  // 32- and 64-row tiles, which the launcher gives it only where the weights bound the time,
+  // R <= 64, and but for l2_rms): from the A fragments the thread loads for its mma anyway, rows g
+  // and g + 8 of each 16-row sub-tile, which are the rows its accumulators hold; the 4 lanes of a
+  // quad cover a k step's 16 columns between them. Over this block's k-tiles only: with K split,
+  // the splits' sums meet in the merge below.
+  constexpr bool FRAG_RMS = BM <= 64;
+  const bool frag_rms = FRAG_RMS && rms_eps >= 0.f && !l2_rms;
   float ssq[MT][2];
 #pragma unroll
   for (int mi = 0; mi < MT; mi++) ssq[mi][0] = ssq[mi][1] = 0.f;
@@ -308,7 +313,7 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 #pragma unroll
         for (int ni = 0; ni < NT; ni++) mma<T>(acc[mi][ni], a[mi], b[ni / 2][(ni & 1) * 2], b[ni / 2][(ni & 1) * 2 + 1]);
       if constexpr (FRAG_RMS) {
-        if (rms_eps >= 0.f) {
+        if (frag_rms) {
           // a0, a2: row g, k 2 tg, 2 tg + 1 and 2 tg + 8, 2 tg + 9; a1, a3: the same of row g + 8.
 #pragma unroll
           for (int mi = 0; mi < MT; mi++)
@@ -328,7 +333,6 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
   // Epilogue. Accumulator fragment: c0, c1 = row g, columns 2 tg, 2 tg + 1; c2, c3 = row g + 8.
   const int g = lane >> 2, tg = lane & 3;
   const bool pairs = (N & 1) == 0;
-  const bool frag_rms = FRAG_RMS && rms_eps >= 0.f;
   if (frag_rms)
 #pragma unroll
     for (int mi = 0; mi < MT; mi++)
@@ -434,7 +438,7 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int r = wm * WTM + mi * 16 + g + h * 8;
-      rs[mi][h] = BM <= 16 && rms_eps >= 0.f ? srstd[r]
+      rs[mi][h] = l2_rms                     ? srstd[r]
                   : frag_rms                 ? rsqrtf((K > 0 ? ssq[mi][h] / K : 0.f) + rms_eps)
                   : (rstd != nullptr && m0 + r < R) ? rstd[m0 + r]
                                                     : 1.f;

@@ -325,10 +325,19 @@ describe('matmul launcher', () => {
   it('a folded norm (rmsEps): the GEMV and the 16-, 32- and 64-row tiles (to 64 rows) compute the row scales, every other rung gets them from ts_row_rstd', () => {
     const gemv = run({ R: 2, N: 64, K: 64, attrs: { gemmVariant: 'gemv', rmsEps: 1e-5 } }).launches;
     expect(gemv.map((l) => [l.decl.name, l.args.rmsEps])).toEqual([['ts_gemv_r2_bf16', 1e-5]]);
-    // 16 rows a tile, K split 8 ways and merged: each block computes its rows' scales, the 4
-    // warps' sums and the scales in 320 bytes of shared memory past the stages.
+    // 16 rows a tile, K split 8 ways and merged: each block sums its rows' squares from its A
+    // fragments, each split's sums past the partial tiles in ws.
     const decode = run({ R: 1, N: 4096, K: 4096, attrs: { rmsEps: 1e-5 } });
-    expect(decode.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes])).toEqual([['ts_gemm_16x128_bf16', 0n, 1e-5, GEMM_TILES['16x128'].sharedBytes + 320]]);
+    expect(decode.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes])).toEqual([['ts_gemm_16x128_bf16', 0n, 1e-5, GEMM_TILES['16x128'].sharedBytes]]);
+    expect(decode.scratch).toEqual([8 * 1 * 4096 * 4 + 4 * 8 * 32 * 16]);
+    // With the separate reduce each split sees a part of K: the 16-row tile reads its rows whole
+    // from L2 instead, the 4 warps' sums and the scales in 320 bytes of shared memory past the
+    // stages, and scales its partials.
+    const separate = run({ R: 1, N: 4096, K: 4096, attrs: { rmsEps: 1e-5, gemmSplitMerge: 'separate' } });
+    expect(separate.launches.map((l) => [l.decl.name, l.args.rstd, l.args.rmsEps, l.launch.sharedBytes])).toEqual([
+      ['ts_gemm_16x128_bf16_f32', 0n, 1e-5, GEMM_TILES['16x128'].sharedBytes + 320],
+      ['ts_gemm_splitk_reduce_bf16', undefined, undefined, undefined],
+    ]);
     // 32 and 64 rows a tile, up to 64 rows of x: the sums of squares from the A fragments, each
     // split's beside its partial tile (ws [splits][tiles][BM] f32 after the partials), no launch
     // before and no shared memory more.

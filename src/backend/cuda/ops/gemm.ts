@@ -191,10 +191,14 @@ const GEMM_PARAMS: ReadonlyArray<readonly [string, ParamType]> = [
   ...ROPE_KV_PARAMS,
 ];
 
-/** The tile configurations whose kernel computes the folded norm's row scales itself from its rows of x, read from L2 (few rows a block: the 16-row decode tile). */
+/**
+ * The tile configurations whose kernel, writing partials for the separate reduce, computes the
+ * folded norm's row scales itself from its rows of x read whole from L2 (few rows a block: the
+ * 16-row decode tile).
+ */
 export const GEMM_RMS_IN_BLOCK_MAX_BM = 16;
 /**
- * Up to this many rows of x, the 32- and 64-row tiles sum their rows' squares from the A
+ * Up to this many rows of x, the 16-, 32- and 64-row tiles sum their rows' squares from the A
  * fragments of their main loop (free where the weights bound the time; a compute-bound GEMM would
  * pay ~10% for it, more than ts_row_rstd's launch), the K split, if any, merged in the launch.
  */
@@ -697,12 +701,13 @@ function gemm(
   const plan = gemmPlan(R, N, K, ctx.device.multiprocessors);
   const merge = ctx.attrs.gemmSplitMerge ?? 'fused';
   if (merge !== 'fused' && merge !== 'separate') fail(`attr gemmSplitMerge must be fused or separate, got ${String(merge)}`);
-  // A folded norm: the 16-row tile computes its rows' scales from x read from L2 (the warps' sums
-  // and the scales, 4 bytes each a row, in shared memory past the stages); the 32- and 64-row
-  // tiles at up to 64 rows from their A fragments, the splits' sums beside their partial tiles in
-  // ws; the others read them from ts_row_rstd's output.
-  const l2Rows = plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
-  const fragRows = !l2Rows && plan.tile.bm <= 64 && R <= GEMM_RMS_FRAGMENT_MAX_R && (plan.splits === 1 || merge === 'fused');
+  // A folded norm: the 16-, 32- and 64-row tiles at up to 64 rows compute their rows' scales from
+  // their A fragments, the splits' sums beside their partial tiles in ws; the 16-row tile writing
+  // partials for the separate reduce from x read from L2 (the warps' sums and the scales, 4 bytes
+  // each a row, in shared memory past the stages); the others read them from ts_row_rstd's output.
+  const separate = plan.splits > 1 && merge === 'separate';
+  const l2Rows = separate && plan.tile.bm <= GEMM_RMS_IN_BLOCK_MAX_BM;
+  const fragRows = !separate && plan.tile.bm <= 64 && R <= GEMM_RMS_FRAGMENT_MAX_R;
   const inBlock = rms !== undefined && (l2Rows || fragRows);
   const launch = { grid: plan.grid, block: plan.block, sharedBytes: plan.tile.sharedBytes + (inBlock && l2Rows ? 4 * plan.tile.bm * (plan.tile.warps + 1) : 0) };
   const decls = GEMM_KERNELS[plan.tile.name];
