@@ -296,4 +296,40 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
     expect(rungs.map((x) => x.name.replace(/^attention \w+ /, ''))).toEqual(['B1 S150 H4 KV2 hd64 causal sm90', 'B1 S150 H4 KV2 hd64 causal sm90o', 'B1 ctx1500 H8 KV2 hd64 combine']);
     for (const x of rungs) expect(x.relativeErrorVsBase, x.name).toBeLessThan(1e-2);
   }, 180_000);
+
+  it('times matmul_rope_kv at every rung into a paged cache beside rope_kv_write, and reports ropeEpilogue', async () => {
+    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-rope-'));
+    // q/k/v of 4 heads and 2 KV heads of 64: N = 512.
+    const shapes: KernelShapes = {
+      gemm: { m: [1, 20], projections: [{ model: 'toy', name: 'qkv', n: 512, k: 64 }], ceiling: { m: 64, n: 64, k: 64 }, rope: { models: ['toy'], names: ['qkv'], m: [1, 20] } },
+      attention: { prefill: [], decode: [], kvBlockSize: 16 },
+      memoryBound: { rows: [], hidden: [], ops: [], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
+    };
+    writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
+    const out = path.join(dir, 'report.json');
+    const child = spawn(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--family', 'gemm,memory', '--exclude', ' f16', '--shapes', path.join(dir, 'shapes.json'), '--out', out], {
+      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_EMU: emu!.path!, MOCK_CC: '90' },
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+    const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    expect(stderr).toBe('');
+    expect(status).toBe(0);
+    const report = JSON.parse(readFileSync(out, 'utf8')) as {
+      results: Array<{ name: string; skipped?: string; error?: string; tessera?: { medianMs: number } }>;
+      ropeEpilogue: Array<{ gemm: string; m: number; speedup: number }>;
+    };
+    const rope = report.results.filter((x) => x.name.includes(' +rope'));
+    // M 1: tiles, its separate reduce, gemv, sm90, sm90s, sm90k; M 20: tiles, reduce, sm90, sm90s, sm90p, sm90k, sm90c, sm90pc.
+    expect(rope).toHaveLength(14);
+    for (const x of rope) {
+      if (x.skipped) expect(x.skipped, x.name).toMatch(/the same launch as|does not split/);
+      else expect([x.error, typeof x.tessera?.medianMs], x.name).toEqual([undefined, 'number']);
+    }
+    expect(report.results.map((x) => x.name)).toEqual(expect.arrayContaining(['rope_kv_write R1 H4 KV2 hd64', 'rope_kv_write R20 H4 KV2 hd64']));
+    // Every timed +rope case beside its plain GEMM and rope_kv_write.
+    expect(report.ropeEpilogue.length).toBe(rope.filter((x) => x.tessera).length);
+    expect(report.ropeEpilogue.map((c) => c.m).sort((a, b) => a - b)[0]).toBe(1);
+  }, 180_000);
 });
