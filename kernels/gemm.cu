@@ -438,8 +438,8 @@ TS_DEVICE void gemm_block(OutT* y, const T* __restrict__ x, const T* __restrict_
 #pragma unroll
     for (int h = 0; h < 2; h++) {
       const int r = wm * WTM + mi * 16 + g + h * 8;
-      rs[mi][h] = l2_rms                     ? srstd[r]
-                  : frag_rms                 ? rsqrtf((K > 0 ? ssq[mi][h] / K : 0.f) + rms_eps)
+      rs[mi][h] = l2_rms                            ? srstd[r]
+                  : frag_rms                        ? rsqrtf((K > 0 ? ssq[mi][h] / K : 0.f) + rms_eps)
                   : (rstd != nullptr && m0 + r < R) ? rstd[m0 + r]
                                                     : 1.f;
     }
