@@ -400,7 +400,7 @@ const SPECS = {
       need(hd % 2 === 0, `headDim ${hd} must be even (the epilogue's column pairs)`);
       need(n === (heads + 2 * kvHeads) * hd, `w rows ${n} != (numHeads + 2 numKvHeads) headDim`);
       const rope = attrs.rope as Attrs | null | undefined;
-      need(rope === null || (typeof rope === 'object' && rope !== undefined), 'attr rope must be an object or null');
+      need(rope !== undefined && typeof rope === 'object', 'attr rope must be an object or null');
       if (rope) {
         const rd = rope.rotaryDim;
         need(typeof rd === 'number' && rd >= 0 && rd % 2 === 0 && rd <= hd, `rope.rotaryDim ${String(rd)} must be even and at most headDim ${hd}`);

@@ -246,24 +246,33 @@ describe.skipIf(skip !== null)('tessera bench kernels (stand-in libcuda and libc
 const emu = !skip && process.env.TESSERA_EMULATOR !== '0' ? buildEmulator() : null;
 const emuSkip = skip ?? (process.env.TESSERA_EMULATOR === '0' ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : emu!.skip);
 
+/**
+ * `tessera bench kernels --family <families>` over `shapes` on the emulator, the fp16 cases left
+ * out; asynchronously (half a minute of spawnSync would starve this worker's link to vitest).
+ * Resolves to the exit status, stderr and the report file.
+ */
+async function benchOnEmulator(shapes: KernelShapes, families: string, prefix: string): Promise<{ status: number | null; stderr: string; out: string }> {
+  const dir = mkdtempSync(path.join(tmpdir(), prefix));
+  writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
+  const out = path.join(dir, 'report.json');
+  const child = spawn(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--family', families, '--exclude', ' f16', '--shapes', path.join(dir, 'shapes.json'), '--out', out], {
+    env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_EMU: emu!.path!, MOCK_CC: '90' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
+  const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+  return { status, stderr, out };
+}
+
 describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator (sm_90): the checks against cuBLASLt and the base rung', () => {
   it('finds every GEMM rung (tiles, gemv, sm90, sm90s splitting K, sm90p, sm90k, sm90c, sm90pc) equal to cuBLASLt, the Hopper attention rungs equal to the mma.sync kernel, and decode with its merge in a second launch equal to the fused one', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-emu-'));
     const shapes: KernelShapes = {
       gemm: { m: [1, 130], projections: [{ model: 'toy', name: 'proj', n: 264, k: 1024 }], ceiling: { m: 64, n: 64, k: 64 } },
       attention: { prefill: [{ heads: 4, kvHeads: 2, headDim: 64, batch: 1, seqlen: 150, causal: true }], decode: [{ heads: 8, kvHeads: 2, headDim: 64, batch: 1, context: 1500 }], kvBlockSize: 16 },
       memoryBound: { rows: [], hidden: [], ops: [], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
     };
-    writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
-    const out = path.join(dir, 'report.json');
-    // Asynchronously: half a minute of spawnSync would starve this worker's link to vitest.
-    const child = spawn(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--family', 'gemm,attention', '--exclude', ' f16', '--shapes', path.join(dir, 'shapes.json'), '--out', out], {
-      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_EMU: emu!.path!, MOCK_CC: '90' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { status, stderr, out } = await benchOnEmulator(shapes, 'gemm,attention', 'tessera-bench-kernels-emu-');
     expect(stderr).toBe('');
     expect(status).toBe(0);
     type Result = { name: string; skipped?: string; error?: string; relativeErrorVsCublasLt?: number | null; relativeErrorVsBase?: number | null };
@@ -298,22 +307,13 @@ describe.skipIf(emuSkip !== null)('tessera bench kernels on the kernel emulator 
   }, 180_000);
 
   it('times matmul_rope_kv at every rung into a paged cache beside rope_kv_write, and reports ropeEpilogue', async () => {
-    const dir = mkdtempSync(path.join(tmpdir(), 'tessera-bench-kernels-rope-'));
     // q/k/v of 4 heads and 2 KV heads of 64: N = 512.
     const shapes: KernelShapes = {
       gemm: { m: [1, 20], projections: [{ model: 'toy', name: 'qkv', n: 512, k: 64 }], ceiling: { m: 64, n: 64, k: 64 }, rope: { models: ['toy'], names: ['qkv'], m: [1, 20] } },
       attention: { prefill: [], decode: [], kvBlockSize: 16 },
       memoryBound: { rows: [], hidden: [], ops: [], rope: { heads: 4, kvHeads: 2, headDim: 64, kvBlockSize: 16 } },
     };
-    writeFileSync(path.join(dir, 'shapes.json'), JSON.stringify(shapes));
-    const out = path.join(dir, 'report.json');
-    const child = spawn(process.execPath, [tessera, 'bench', 'kernels', '--runs', '20', '--family', 'gemm,memory', '--exclude', ' f16', '--shapes', path.join(dir, 'shapes.json'), '--out', out], {
-      env: { ...process.env, TESSERA_LIBCUDA: cudaPath!, TESSERA_CUBLASLT: ltPath!, MOCK_EMU: emu!.path!, MOCK_CC: '90' },
-      stdio: ['ignore', 'ignore', 'pipe'],
-    });
-    let stderr = '';
-    child.stderr!.on('data', (d: Buffer) => (stderr += d.toString()));
-    const status = await new Promise<number | null>((resolve) => child.on('exit', resolve));
+    const { status, stderr, out } = await benchOnEmulator(shapes, 'gemm,memory', 'tessera-bench-kernels-rope-');
     expect(stderr).toBe('');
     expect(status).toBe(0);
     const report = JSON.parse(readFileSync(out, 'utf8')) as {
