@@ -197,15 +197,18 @@ __device__ __forceinline__ void prefill(const CUtensorMap& tmKV, const Params<T>
   const uint8_t* qBase = sQ + cw * 64 * 128;
   if (cw == 1) named_arrive(3, 256);  // consumer 0 issues first
 
-  // Zeroes V rows [from, KT) of a stage: cache slots past the context.
+  // Zeroes V rows [from, KT) of a stage: cache slots past the context. Both consumers read the
+  // whole stage, so they share the work (alternate 16-byte chunks) and meet on named barrier 5
+  // before either multiplies: each consumer zeroing it all would have both write every chunk
+  // unordered while the other's wgmma may read it.
   auto zero_v_tail = [&](int stage, int from) {
     uint8_t* sV = smem + L::Q_BYTES + stage * L::STAGE_BYTES + L::TILE_BYTES;
-    for (int i = tid; i < (KT - from) * L::PANELS * 8; i += 128) {
+    for (int i = cw * 128 + tid; i < (KT - from) * L::PANELS * 8; i += 256) {
       const int row = from + i / (L::PANELS * 8), rest = i % (L::PANELS * 8);
       *reinterpret_cast<uint4*>(sV + (rest / 8) * KT * 128 + row * 128 + (rest % 8) * 16) = make_uint4(0, 0, 0, 0);
     }
     fence_async_shared();
-    named_sync(1 + cw, 128);
+    named_sync(5, 256);
   };
 
   auto issue_qk = [&](int stage) {

@@ -20,7 +20,10 @@ import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
 
 const off = process.env.TESSERA_EMULATOR === '0';
 const mockPath = off ? null : buildMock();
-const emu = mockPath ? buildEmulator() : { path: null, skip: 'no C compiler', kernels: [] };
+// The plain build, without the race check (TESSERA_EMU_RACECHECK): some checks here race on purpose
+// to show what the schedule alone makes of a missing barrier (tests/cuda/racecheck.test.ts has the
+// race check's own).
+const emu = mockPath ? buildEmulator({ racecheck: false }) : { path: null, skip: 'no C compiler', kernels: [] };
 const skip = off ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : !mockPath ? 'no C compiler to build the stand-in libcuda' : emu.skip;
 if (skip) console.log(`kernel emulator: skipped: ${skip}`);
 

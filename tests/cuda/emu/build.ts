@@ -11,6 +11,11 @@
  * no-ops (rewriteInlinePtx), and the `__shared__` declarations are rewritten onto the emulator's
  * shared window (rewriteShared). The library is cached by a hash of every input, so the test
  * files that use it build it once.
+ *
+ * With the race check (`racecheck`, or TESSERA_EMU_RACECHECK=1 for the library the test files
+ * pick up), the kernels are compiled with -fsanitize=thread for its instrumentation alone: every
+ * load and store calls the runtime, which checks those in shared memory against the order the
+ * kernels' barriers give (race.h). No ThreadSanitizer runtime is linked.
  */
 import { execFileSync, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -59,6 +64,12 @@ export function rewriteShared(source: string): string {
     });
 }
 
+/** The race check's flags: the instrumentation for the kernels, the define for both units. */
+// -fno-threadsafe-statics: launches run under the runtime's lock, so the static initialisers in
+// kernels (shared-memory ids) need no guard, whose atomic loads the instrumentation would hook.
+const RACE_KERNEL_FLAGS = ['-fsanitize=thread', '--param', 'tsan-instrument-func-entry-exit=0', '-fno-threadsafe-statics', '-DEMU_RACECHECK=1'];
+const RACE_RUNTIME_FLAGS = ['-DEMU_RACECHECK=1'];
+
 export interface EmulatorBuild {
   /** The shared library, or null with the reason in `skip`. */
   path: string | null;
@@ -67,11 +78,15 @@ export interface EmulatorBuild {
   kernels: string[];
 }
 
-let cached: EmulatorBuild | null = null;
+const cache = new Map<boolean, EmulatorBuild>();
 
-export function buildEmulator(): EmulatorBuild {
-  if (cached) return cached;
-  const none = (skip: string): EmulatorBuild => (cached = { path: null, skip, kernels: [] });
+/** The emulator library; with `racecheck` (default: TESSERA_EMU_RACECHECK=1) the race-checking one. */
+export function buildEmulator(options: { racecheck?: boolean } = {}): EmulatorBuild {
+  const racecheck = options.racecheck ?? process.env.TESSERA_EMU_RACECHECK === '1';
+  const hit = cache.get(racecheck);
+  if (hit) return hit;
+  const done = (b: EmulatorBuild): EmulatorBuild => (cache.set(racecheck, b), b);
+  const none = (skip: string): EmulatorBuild => done({ path: null, skip, kernels: [] });
   if (process.platform !== 'linux' || process.arch !== 'x64') return none(`the kernel emulator runs on x86-64 Linux (this is ${process.platform}/${process.arch})`);
   const version = spawnSync(CXX, ['--version'], { encoding: 'utf8' });
   if (version.error || version.status !== 0) return none(`no C++ compiler (${CXX}) to build the kernel emulator`);
@@ -79,9 +94,9 @@ export function buildEmulator(): EmulatorBuild {
   const units = families();
   const sources = new Map<string, string>();
   for (const f of readdirSync(KERNELS)) if (/\.(cu|cuh)$/.test(f)) sources.set(f, readFileSync(path.join(KERNELS, f), 'utf8'));
-  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'sm90.cuh', 'include/cuda.h', 'runtime.cpp', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h', 'selftest.cu'];
+  const emuFiles = ['cuda_emu.h', 'mma.cuh', 'sm90.cuh', 'include/cuda.h', 'runtime.cpp', 'race.h', 'race_check.h', 'include/emu_half_types.h', 'include/cuda_bf16.h', 'include/cuda_fp16.h', 'registry.h', 'selftest.cu'];
   const hash = createHash('sha256');
-  hash.update(version.stdout).update(FLAGS.join(' ')).update(units.join(','));
+  hash.update(version.stdout).update(FLAGS.join(' ')).update(units.join(',')).update(racecheck ? RACE_KERNEL_FLAGS.join(' ') : '');
   for (const [f, s] of [...sources].sort()) hash.update(f).update(s);
   for (const f of emuFiles) hash.update(f).update(readFileSync(path.join(HERE, f)));
   hash.update(readFileSync(import.meta.filename));
@@ -89,7 +104,7 @@ export function buildEmulator(): EmulatorBuild {
   const dir = path.join(tmpdir(), `tessera-emu-${key}`);
   const lib = path.join(dir, 'libtessera_emu.so');
   const list = path.join(dir, 'kernels.txt');
-  if (existsSync(lib) && existsSync(list)) return (cached = { path: lib, skip: null, kernels: readFileSync(list, 'utf8').split('\n').filter(Boolean) });
+  if (existsSync(lib) && existsSync(list)) return done({ path: lib, skip: null, kernels: readFileSync(list, 'utf8').split('\n').filter(Boolean) });
 
   const work = mkdtempSync(path.join(tmpdir(), 'tessera-emu-build-'));
   try {
@@ -114,20 +129,24 @@ export function buildEmulator(): EmulatorBuild {
       `const int emu::N_ENTRIES = ${kernels.length};\n`;
     writeFileSync(path.join(src, 'registry.cpp'), registry);
     const objs: string[] = [];
-    for (const [name, file] of [['registry', path.join(src, 'registry.cpp')], ['runtime', path.join(HERE, 'runtime.cpp')]]) {
+    for (const [name, file, extra] of [
+      ['registry', path.join(src, 'registry.cpp'), racecheck ? RACE_KERNEL_FLAGS : []],
+      ['runtime', path.join(HERE, 'runtime.cpp'), racecheck ? RACE_RUNTIME_FLAGS : []],
+    ] as const) {
       const obj = path.join(work, `${name}.o`);
-      const r = spawnSync(CXX, [...FLAGS, ...include, '-x', 'c++', '-c', file, '-o', obj], { encoding: 'utf8', maxBuffer: 64 << 20 });
+      const r = spawnSync(CXX, [...FLAGS, ...extra, ...include, '-x', 'c++', '-c', file, '-o', obj], { encoding: 'utf8', maxBuffer: 64 << 20 });
       if (r.status !== 0) throw new Error(`${CXX} failed on ${name}:\n${r.stderr.slice(0, 20000)}`);
       objs.push(obj);
     }
     const out = path.join(work, 'libtessera_emu.so');
-    execFileSync(CXX, ['-shared', '-o', out, ...objs, '-lpthread'], { stdio: 'pipe' });
+    // -z defs: a hook the instrumentation calls that the runtime lacks fails here, not at load.
+    execFileSync(CXX, ['-shared', ...(racecheck ? ['-Wl,-z,defs'] : []), '-o', out, ...objs, '-lpthread'], { stdio: 'pipe' });
     mkdirSync(dir, { recursive: true });
     writeFileSync(path.join(work, 'kernels.txt'), kernels.join('\n') + '\n');
     // Rename into place: a concurrent build of the same key leaves one complete copy.
     renameSync(out, lib);
     renameSync(path.join(work, 'kernels.txt'), list);
-    return (cached = { path: lib, skip: null, kernels });
+    return done({ path: lib, skip: null, kernels });
   } finally {
     rmSync(work, { recursive: true, force: true });
   }

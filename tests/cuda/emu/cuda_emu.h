@@ -105,6 +105,12 @@ void cp_async_wait(int pending);
 
 inline uint32_t lane() { return cur->linear & 31u; }
 
+// The race check (race.h; no-ops unless built with it): an access at a shared address that the
+// emulated hardware makes for the running thread, and one at a host address (the hook the
+// compiler's instrumentation calls).
+void race_shared(uint32_t addr, int bytes, bool write);
+void race_host_access(const void* p, size_t bytes, bool write);
+
 // ---- sm_90a (runtime.cpp): mbarriers and TMA, by shared address; named barriers; wgmma ----
 void mbar_init(uint32_t bar, uint32_t count);
 // Arrives, first adding `tx_bytes` to the transaction bytes the phase waits for.
@@ -298,20 +304,15 @@ inline void __threadfence() {}
 inline void __threadfence_block() {}
 
 // Atomics: the block's threads are fibers of one OS thread and an atomic never yields, so a
-// plain read-modify-write is atomic here.
-template <class T>
-inline T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
-template <class T>
-inline T atomicSub(T* p, T v) { const T old = *p; *p = old - v; return old; }
-template <class T>
-inline T atomicMin(T* p, T v) { const T old = *p; *p = v < old ? v : old; return old; }
-template <class T>
-inline T atomicMax(T* p, T v) { const T old = *p; *p = v > old ? v : old; return old; }
-template <class T>
-inline T atomicExch(T* p, T v) { const T old = *p; *p = v; return old; }
-template <class T>
-inline T atomicCAS(T* p, T cmp, T v) { const T old = *p; if (old == cmp) *p = v; return old; }
-template <class T>
-inline T atomicOr(T* p, T v) { const T old = *p; *p = old | v; return old; }
-template <class T>
-inline T atomicAnd(T* p, T v) { const T old = *p; *p = old & v; return old; }
+// plain read-modify-write is atomic here. The race check leaves them out (atomics do not race
+// with each other).
+#define EMU_ATOMIC template <class T> inline __attribute__((no_sanitize_thread))
+EMU_ATOMIC T atomicAdd(T* p, T v) { const T old = *p; *p = old + v; return old; }
+EMU_ATOMIC T atomicSub(T* p, T v) { const T old = *p; *p = old - v; return old; }
+EMU_ATOMIC T atomicMin(T* p, T v) { const T old = *p; *p = v < old ? v : old; return old; }
+EMU_ATOMIC T atomicMax(T* p, T v) { const T old = *p; *p = v > old ? v : old; return old; }
+EMU_ATOMIC T atomicExch(T* p, T v) { const T old = *p; *p = v; return old; }
+EMU_ATOMIC T atomicCAS(T* p, T cmp, T v) { const T old = *p; if (old == cmp) *p = v; return old; }
+EMU_ATOMIC T atomicOr(T* p, T v) { const T old = *p; *p = old | v; return old; }
+EMU_ATOMIC T atomicAnd(T* p, T v) { const T old = *p; *p = old & v; return old; }
+#undef EMU_ATOMIC

@@ -21,7 +21,8 @@ inline void cp_async_wait() {
 
 namespace detail {
 struct LdsmCtx { bool trans; };
-inline void ldsm_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned lanes, const void* ctx) {
+// Its reads are the lanes' own (ldsm below), not the last lane's that runs this.
+__attribute__((no_sanitize_thread)) inline void ldsm_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned lanes, const void* ctx) {
   const bool trans = static_cast<const LdsmCtx*>(ctx)->trans;
   (void)lanes;
   const uint16_t* row[32];  // lane r's row: row r % 8 of matrix r / 8, 8 values
@@ -37,6 +38,7 @@ inline void ldsm_compute(const uint32_t (*in)[12], uint32_t (*out)[12], unsigned
 }
 inline void ldsm(const char* what, bool trans, uint32_t addr, uint32_t& r0, uint32_t& r1, uint32_t& r2, uint32_t& r3) {
   if (addr % 16) emu::fail("%s: row address 0x%x is not 16-byte aligned", what, addr);
+  emu::race_shared(addr, 16, false);  // this lane's row
   uint32_t out[4];
   const LdsmCtx c{trans};
   emu::collective(what, 0xffffffffu, &addr, 1, out, 4, ldsm_compute, &c);

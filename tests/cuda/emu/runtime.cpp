@@ -14,6 +14,7 @@
 #include <ucontext.h>
 #include <time.h>
 #include <string_view>
+#include <vector>
 
 #if !defined(__x86_64__)
 #error "the kernel emulator's fiber switch is written for x86-64"
@@ -71,6 +72,8 @@ int next_static_id;
 }  // namespace
 
 namespace {
+
+#include "race.h"
 
 constexpr size_t STACK_BYTES = 512 * 1024;
 constexpr int MAX_THREADS = 1024;
@@ -159,6 +162,8 @@ struct Cta {
   int n_mbars;
   NamedBarrier named[16];
   Warpgroup warpgroups[MAX_WARPGROUPS];
+  RACE(race::Sync bar_sync; race::Sync named_sync[16]; race::Sync mbar_sync[MAX_MBARS]; race::Sync warp_sync[MAX_THREADS / 32][SLOTS];
+       race::Sync wg_sync[MAX_WARPGROUPS];)
 };
 
 // The launch: the blocks of the cluster running now (one block without clusters) and what they share.
@@ -184,6 +189,7 @@ struct Launch {
   bool illegal;     // the failure was an access outside every allocation (CUDA_ERROR_ILLEGAL_ADDRESS)
   bool misaligned;  // ... a misaligned access (CUDA_ERROR_MISALIGNED_ADDRESS)
   jmp_buf fail_jump;  // in the scheduler's context
+  RACE(race::Sync cluster_sync;)
 } B;
 inline Cta& C() { return *B.cta; }
 int rank_of(const Cta& c) {
@@ -191,6 +197,8 @@ int rank_of(const Cta& c) {
   while (r < B.csize - 1 && B.ctas[r] != &c) r++;
   return r;
 }
+
+#include "race_check.h"
 
 pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
 
@@ -200,16 +208,20 @@ pthread_mutex_t launch_lock = PTHREAD_MUTEX_INITIALIZER;
   cp_async_wait(0);
   cur->done = true;
   Cta& c = C();
+  // An exit counts as arriving at the block's and the cluster's barriers.
+  RACE(race::release(c.bar_sync); race::release(B.cluster_sync);)
   c.live--;
   B.cluster_live--;
   B.progress++;
   if (c.live > 0 && c.bar_arrived > 0 && c.bar_arrived >= c.live) {
     // The threads still alive are all at the barrier: exited threads count as arrived.
+    RACE(race::publish(c.bar_sync, c.bar_gen);)
     c.bar_arrived = 0;
     c.bar_gen++;
   }
   if (B.cluster_live > 0 && B.cluster_arrived > 0 && B.cluster_arrived >= B.cluster_live) {
     // barrier.cluster waits for the non-exited threads only.
+    RACE(race::publish(B.cluster_sync, B.cluster_gen);)
     B.cluster_arrived = 0;
     B.cluster_gen++;
   }
@@ -274,14 +286,17 @@ void fail(const char* fmt, ...) {
 void syncthreads() {
   Cta& c = C();
   const uint64_t gen = c.bar_gen;
+  RACE(race::release(c.bar_sync);)
   c.bar_arrived++;
   B.progress++;
   if (c.bar_arrived == c.live) {
+    RACE(race::publish(c.bar_sync, gen); race::acquire(c.bar_sync, gen);)
     c.bar_arrived = 0;
     c.bar_gen++;
     return;
   }
   wait_for(&c.bar_gen, gen, "__syncthreads");
+  RACE(race::acquire(c.bar_sync, gen);)
 }
 
 void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, uint32_t* out, int n_out, CollectiveFn fn, const void* ctx) {
@@ -313,9 +328,13 @@ void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, u
   }
   Rendezvous& r = w.slot[s];
   memcpy(r.in[l], in, sizeof(uint32_t) * n_in);
+  // Of the warp collectives, __syncwarp alone orders memory (race.h).
+  RACE(const bool orders = strcmp(what, "__syncwarp") == 0; race::Sync& rs = C().warp_sync[cur->linear >> 5][s]; if (orders) race::release(rs);)
+  const uint64_t phase = w.gen[s];
   r.arrived++;
   B.progress++;
   if (r.arrived == __builtin_popcount(mask)) {
+    RACE(if (orders) { race::publish(rs, phase); race::acquire(rs, phase); })
     // The last lane computes every lane's result into that thread's own storage, so that a later
     // collective cannot overwrite a result before its lane has read it.
     uint32_t results[32][12];
@@ -325,7 +344,8 @@ void collective(const char* what, unsigned mask, const uint32_t* in, int n_in, u
     r.arrived = 0;
     w.gen[s]++;
   } else {
-    wait_for(&w.gen[s], w.gen[s], what);
+    wait_for(&w.gen[s], phase, what);
+    RACE(if (orders) race::acquire(rs, phase);)
   }
   memcpy(out, cur->result, sizeof(uint32_t) * n_out);
 }
@@ -425,6 +445,7 @@ void* static_shared(int id, size_t bytes, size_t align) {
            B.dyn_bytes, B.limits.dynamic_max, B.limits.dynamic_max <= STATIC_MAX ? "; raise it with cuFuncSetAttribute" : "");
     static_used = used;
     for (int r = 0; r < B.csize; r++) memset(B.ctas[r]->window + start, 0xff, bytes);  // the running blocks' poison (later ones: run_cluster)
+    RACE(for (int r = 0; r < B.csize; r++) race::clear(r, start, bytes);)
     static_slot[id] = static_cast<uint32_t>(start + 1);
     static_ids_used[n_static_ids_used++] = id;
   }
@@ -439,6 +460,7 @@ void cp_async(uint32_t dst, const void* src, int bytes, int src_bytes) {
   // Until the wait that covers it, the destination holds nothing defined: poison, so that a read
   // by any thread before then (a missing wait or barrier) shows.
   memset(d, 0xff, static_cast<size_t>(bytes));
+  RACE(race::access(d, static_cast<size_t>(bytes), true);)
   cur->copies[cur->n_copies++] = Thread::Copy{d, src, bytes, src_bytes};
 }
 
@@ -457,6 +479,7 @@ void cp_async_wait(int pending) {
     const Thread::Copy& c = cur->copies[i];
     memset(c.dst, 0, static_cast<size_t>(c.bytes));
     if (c.src_bytes) memcpy(c.dst, c.src, static_cast<size_t>(c.src_bytes));
+    RACE(race::access(c.dst, static_cast<size_t>(c.bytes), true);)
   }
   memmove(cur->copies, cur->copies + end, sizeof(Thread::Copy) * (cur->n_copies - end));
   cur->n_copies -= end;
@@ -481,6 +504,7 @@ uint32_t swizzle128(uint32_t addr) { return addr ^ (((addr >> 7) & 7u) << 4); }
 
 void complete_if_done(MBar& m) {
   if (m.pending == 0 && m.tx == 0) {
+    RACE(race::publish(race::mbar_sync(m), m.phase);)
     m.phase ^= 1u;
     m.pending = m.count;
     m.gen++;
@@ -514,8 +538,10 @@ int64_t tma_copy(const Tma& t, bool poison_only) {
   unsigned char* base = static_cast<unsigned char*>(shared_ptr_in(*t.cta, t.dst, static_cast<int>(bytes)));
   if (poison_only) {
     memset(base, 0xff, static_cast<size_t>(bytes));
+    RACE(race::access(base, static_cast<size_t>(bytes), true);)  // a write by the issuing thread
     return bytes;
   }
+  RACE(race::clear(rank_of(*t.cta), t.dst, static_cast<size_t>(bytes));)  // lands as data no thread wrote
   const unsigned char* g = reinterpret_cast<const unsigned char*>(w[0]);
   int64_t n = bytes / elem;
   for (int64_t i = 0; i < n; i++) {
@@ -550,14 +576,22 @@ void warpgroup_meet(const char* what, F last) {
   Warpgroup& g = C().warpgroups[cur->linear / 128];
   if (g.arrived == 0) g.what = what;
   else if (g.what != what) fail("%s met %s in the same warpgroup: its threads diverged", what, g.what);
+  const uint64_t gen = g.gen;
+  RACE(race::Sync& rs = C().wg_sync[cur->linear / 128];)
   g.arrived++;
   B.progress++;
   if (g.arrived == 128) {
+    // The last thread does the warpgroup's part (a wgmma's operand reads) having taken in the
+    // others' clocks, and before its own release, so the others' clocks cover it.
+    RACE(race::acquire_pending(rs);)
     last(g);
+    RACE(race::release(rs); race::publish(rs, gen);)
     g.arrived = 0;
     g.gen++;
   } else {
-    wait_for(&g.gen, g.gen, what);
+    RACE(race::release(rs);)
+    wait_for(&g.gen, gen, what);
+    RACE(race::acquire(rs, gen);)
   }
 }
 
@@ -574,7 +608,9 @@ float desc_elem(uint64_t desc, int row, int col, bool bf16) {
   const uint32_t start = static_cast<uint32_t>(desc & 0x3fff) << 4, lbo = static_cast<uint32_t>((desc >> 16) & 0x3fff) << 4,
                  sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
   const uint32_t logical = start + (row / 8) * sbo + (row % 8) * 128 + (col / 64) * lbo + (col % 64) * 2;
-  return elem16(static_cast<const unsigned char*>(shared_ptr(swizzle128(logical), 2)), bf16);
+  const unsigned char* p = static_cast<const unsigned char*>(shared_ptr(swizzle128(logical), 2));
+  RACE(race::access(p, 2, false);)
+  return elem16(p, bf16);
 }
 
 Acc* find_acc(Warpgroup& g, int t, const float* d) {
@@ -636,6 +672,7 @@ void mbar_init(uint32_t bar, uint32_t count) {
 namespace {
 void arrive_on(MBar& m, uint32_t tx_bytes, const char* what) {
   if (m.pending == 0) fail("%s: more arrivals than the %u the phase expects", what, m.count);
+  RACE(race::release(race::mbar_sync(m));)
   m.tx += tx_bytes;
   m.pending--;
   B.progress++;
@@ -665,6 +702,7 @@ void mbar_wait(uint32_t bar, uint32_t parity) {
     if (m.phase != (parity & 1u)) break;
     wait_for(&m.gen, m.gen, "mbarrier.try_wait.parity");
   }
+  RACE(race::acquire(race::mbar_sync(m), parity & 1u);)
 }
 
 namespace {
@@ -698,9 +736,11 @@ void cluster_arrive() {
   if (cur->cluster_arrived) fail("barrier.cluster.arrive: a second arrival before barrier.cluster.wait");
   cur->cluster_arrived = true;
   cur->cluster_phase = B.cluster_gen;
+  RACE(race::release(B.cluster_sync);)
   B.cluster_arrived++;
   B.progress++;
   if (B.cluster_arrived == B.cluster_live) {
+    RACE(race::publish(B.cluster_sync, B.cluster_gen);)
     B.cluster_arrived = 0;
     B.cluster_gen++;
   }
@@ -710,6 +750,7 @@ void cluster_wait() {
   if (!cur->cluster_arrived) fail("barrier.cluster.wait without barrier.cluster.arrive");
   cur->cluster_arrived = false;
   wait_for(&B.cluster_gen, cur->cluster_phase, "barrier.cluster.wait");
+  RACE(race::acquire(B.cluster_sync, cur->cluster_phase);)
 }
 
 void named_barrier(int id, int threads, bool wait) {
@@ -719,14 +760,20 @@ void named_barrier(int id, int threads, bool wait) {
   NamedBarrier& b = C().named[id];
   if (b.arrived == 0) b.count = threads;
   else if (b.count != threads) fail("%s %d: thread counts %d and %d meet", what, id, b.count, threads);
+  const uint64_t gen = b.gen;
+  RACE(race::Sync& rs = C().named_sync[id]; race::release(rs);)
   b.arrived++;
   B.progress++;
   if (b.arrived == b.count) {
+    RACE(race::publish(rs, gen); if (wait) race::acquire(rs, gen);)
     b.arrived = 0;
     b.gen++;
     return;
   }
-  if (wait) wait_for(&b.gen, b.gen, what);
+  if (wait) {
+    wait_for(&b.gen, gen, what);
+    RACE(race::acquire(rs, gen);)
+  }
 }
 
 void wgmma(float* d, int n, const uint32_t* a, uint64_t desc_a, uint64_t desc_b, bool accumulate, bool trans_b, bool bf16) {
@@ -870,6 +917,7 @@ bool start_block(Cta& c, int rank, dim3 idx) {
   // Poison what the block can see: 0xff bytes, NaN in every float view.
   memset(c.window, 0xff, B.dyn_bytes);
   memset(c.window + DYN_MAX - static_used, 0xff, static_used);
+  RACE(race::clear(rank, 0, B.dyn_bytes); race::clear(rank, DYN_MAX - static_used, static_used);)
   for (int i = 0; i < n; i++) {
     Thread& t = c.threads[i];
     t.linear = static_cast<unsigned>(i);
@@ -915,6 +963,7 @@ bool start_block(Cta& c, int rank, dim3 idx) {
 // false (B.error set) on a failure or a deadlock. idx: each block's grid index, by rank.
 bool run_cluster(const dim3* idx) {
   const int n = B.n, total = n * B.csize;
+  RACE(race::begin_cluster(total);)
   for (int r = 0; r < B.csize; r++)
     if (!start_block(*B.ctas[r], r, idx[r])) return false;
   B.cluster_live = total;
@@ -1208,3 +1257,41 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, dim3 cluster, size_t 
 // The stand-in libcuda's account of an address (which allocation it missed, and by how much),
 // for the message of an illegal access.
 extern "C" __attribute__((visibility("default"))) void emu_set_describe_address(int (*fn)(uint64_t, char*, size_t)) { emu::describe_address = fn; }
+
+// ---- the race check's hooks (race.h) ----------------------------------------------------------
+// A shared-memory access the emulated hardware makes for a thread (ldmatrix's rows, by the lane
+// that gave each address).
+void emu::race_host_access(const void* p, size_t bytes, bool write) {
+  (void)p, (void)bytes, (void)write;
+  RACE(race::access(p, bytes, write);)
+}
+void emu::race_shared(uint32_t addr, int bytes, bool write) {
+  (void)addr, (void)bytes, (void)write;
+  RACE(race::access(shared_ptr(addr, bytes), static_cast<size_t>(bytes), write);)
+}
+
+#if EMU_RACECHECK
+// The kernels are compiled with -fsanitize=thread (build.ts), which calls these on every load and
+// store; the runtime is not, and these check the accesses that land in shared memory (race.h).
+// No ThreadSanitizer runtime is linked: the emulator's fibers are its threads.
+extern "C" {
+#define EMU_TSAN_ACCESS(n)                                                                         \
+  void __tsan_read##n(void* p) { emu::race_host_access(p, n, false); }                             \
+  void __tsan_write##n(void* p) { emu::race_host_access(p, n, true); }                             \
+  void __tsan_unaligned_read##n(void* p) { emu::race_host_access(p, n, false); }                   \
+  void __tsan_unaligned_write##n(void* p) { emu::race_host_access(p, n, true); }
+EMU_TSAN_ACCESS(1)
+EMU_TSAN_ACCESS(2)
+EMU_TSAN_ACCESS(4)
+EMU_TSAN_ACCESS(8)
+EMU_TSAN_ACCESS(16)
+#undef EMU_TSAN_ACCESS
+void __tsan_read_range(void* p, unsigned long n) { emu::race_host_access(p, n, false); }
+void __tsan_write_range(void* p, unsigned long n) { emu::race_host_access(p, n, true); }
+void __tsan_init() {}
+void __tsan_func_entry(void*) {}
+void __tsan_func_exit() {}
+void __tsan_vptr_update(void**, void*) {}
+void __tsan_vptr_read(void**) {}
+}
+#endif

@@ -169,3 +169,105 @@ extern "C" __global__ void ts_emu_selftest_cluster(int* out, int with_sync) {
   }
   ts::sm90::cluster_sync();
 }
+
+// ---- the race check (race.h; tests/cuda/racecheck.test.ts) ----
+// Each takes `ordered`: 1 puts in the synchronisation the pattern needs, 0 leaves it out. Without
+// it the race check fails the launch, naming both threads, even where the values come out right.
+
+// Two threads write the same value to one word with nothing ordering them; every thread reads it
+// after a barrier. The values are right on any schedule: only the race check sees it.
+extern "C" __global__ void ts_emu_selftest_race_same_value(int* out, int ordered) {
+  __shared__ int s;
+  const int t = threadIdx.x;
+  if (t == 3) s = 5;
+  if (ordered) __syncthreads();
+  if (t == 17) s = 5;
+  __syncthreads();
+  out[t] = s;
+}
+
+// Each thread reads its neighbour's word and then overwrites its own: without the barrier between,
+// a thread may overwrite a word its neighbour has yet to read (write after read).
+extern "C" __global__ void ts_emu_selftest_race_war(int* out, int ordered) {
+  __shared__ int s[64];
+  const int t = threadIdx.x;
+  s[t] = t;
+  __syncthreads();
+  const int v = s[(t + 1) % blockDim.x];
+  if (ordered) __syncthreads();
+  s[t] = 2 * v;
+  __syncthreads();
+  out[t] = s[t];
+}
+
+// One warp: each lane writes a word and reads the mirror lane's, after __syncwarp (ordered) or
+// after a shuffle, which orders no memory.
+extern "C" __global__ void ts_emu_selftest_race_syncwarp(int* out, int ordered) {
+  __shared__ int s[32];
+  const int l = threadIdx.x;
+  s[l] = l + 1;
+  if (ordered) __syncwarp();
+  else out[32 + l] = __shfl_sync(FULL, l, 0);
+  out[l] = s[31 - l];
+}
+
+// A one-stage ring on mbarriers: thread 0 fills the stage twice, warp 1 reads it after each fill
+// and releases it on `empty`, which the second fill waits for. Unordered, the readers release the
+// stage before reading it (the values still come out right here: a reader does not yield between
+// its arrival and its read).
+extern "C" __global__ void ts_emu_selftest_race_mbarrier(int* out, int ordered) {
+  __shared__ __align__(8) uint64_t full;
+  __shared__ __align__(8) uint64_t empty;
+  __shared__ int stage[32];
+  const int t = threadIdx.x;
+  if (t == 0) {
+    ts::sm90::mbar_init(&full, 1);
+    ts::sm90::mbar_init(&empty, 32);
+  }
+  __syncthreads();
+  if (t < 32) {
+    if (t == 0)
+      for (int round = 0; round < 2; round++) {
+        if (round == 1) ts::sm90::mbar_wait(&empty, 0);
+        for (int i = 0; i < 32; i++) stage[i] = 100 * round + i;
+        ts::sm90::mbar_arrive(&full);
+      }
+    return;
+  }
+  int sum = 0;
+  for (int round = 0; round < 2; round++) {
+    ts::sm90::mbar_wait(&full, round);
+    if (!ordered) ts::sm90::mbar_arrive(&empty);
+    sum += stage[t - 32];
+    if (ordered) ts::sm90::mbar_arrive(&empty);
+  }
+  out[t - 32] = sum;
+}
+
+// Warp 0 writes, then arrives at named barrier 1; warp 1 waits there (ordered) and reads.
+extern "C" __global__ void ts_emu_selftest_race_named(int* out, int ordered) {
+  __shared__ int s[32];
+  const int t = threadIdx.x;
+  if (t < 32) {
+    s[t] = 3 * t;
+    if (ordered) ts::sm90::named_arrive(1, 64);
+    return;
+  }
+  if (ordered) ts::sm90::named_sync(1, 64);
+  out[t - 32] = s[t - 32];
+}
+
+// ldmatrix reads each 16-byte row as the lane that gave its address: warp 1 writes the rows
+// warp 0 loads, before (ordered) or without a barrier.
+extern "C" __global__ void ts_emu_selftest_race_ldmatrix(uint32_t* out, int ordered) {
+  __shared__ __align__(16) uint16_t tile[256];
+  const int t = threadIdx.x;
+  if (t >= 32)
+    for (int i = t - 32; i < 256; i += 32) tile[i] = static_cast<uint16_t>(i);
+  if (ordered) __syncthreads();
+  if (t < 32) {
+    uint32_t r[4];
+    ts::mma::ldsm_x4(ts::smem_u32(tile + 8 * t), r[0], r[1], r[2], r[3]);
+    out[t] = r[0] ^ r[1] ^ r[2] ^ r[3];
+  }
+}

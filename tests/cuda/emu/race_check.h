@@ -1,0 +1,148 @@
+// The race check's functions (race.h): included by runtime.cpp after its block and launch
+// structures, which they read.
+#pragma once
+
+#if EMU_RACECHECK
+namespace race {
+
+constexpr int GID_BITS = 13;  // a cluster's threads: 8 blocks of 1024
+constexpr uint64_t GID_MASK = (1ull << GID_BITS) - 1;
+
+std::vector<uint32_t> vcs;  // nt x nt: row g is thread g's clock of every thread
+
+// Per byte of a window: the last write's epoch and up to two reads since (0: none).
+struct Cell {
+  uint64_t w, r0, r1;
+};
+Cell* shadow[MAX_CLUSTER];
+
+inline uint32_t* vc(int g) { return vcs.data() + static_cast<size_t>(g) * nt; }
+inline int gid(const emu::Thread& t) { return t.cta * B.n + static_cast<int>(t.linear); }
+inline uint64_t epoch(int g) { return (static_cast<uint64_t>(vc(g)[g]) << GID_BITS) | static_cast<uint64_t>(g); }
+inline bool ordered(uint64_t e, int g) {
+  const int t = static_cast<int>(e & GID_MASK);
+  return t == g || vc(g)[t] >= (e >> GID_BITS);
+}
+inline void join(uint32_t* into, const uint32_t* from) {
+  for (int i = 0; i < nt; i++) into[i] = from[i] > into[i] ? from[i] : into[i];
+}
+inline Sync& fresh(Sync& s) {
+  if (s.stamp != stamp) {
+    const size_t n = static_cast<size_t>(nt) * 5;
+    if (s.cap < n) {
+      free(s.v);
+      s.v = static_cast<uint32_t*>(malloc(n * sizeof(uint32_t)));
+      if (!s.v) {
+        fprintf(stderr, "kernel emulator: cannot allocate the race check's barrier clocks\n");
+        abort();
+      }
+      s.cap = n;
+    }
+    memset(s.v, 0, n * sizeof(uint32_t));
+    s.stamp = stamp;
+  }
+  return s;
+}
+
+// The barrier clocks of mbarrier `m`, in whichever block of the cluster holds it.
+Sync& mbar_sync(const MBar& m) {
+  for (int r = 0; r < B.csize; r++) {
+    Cta& c = *B.ctas[r];
+    if (&m >= c.mbars && &m < c.mbars + MAX_MBARS) return c.mbar_sync[&m - c.mbars];
+  }
+  abort();  // every MBar lives in a block of the cluster
+}
+
+// A cluster starts: every thread knows only itself; every barrier is empty.
+void begin_cluster(int threads) {
+  nt = threads;
+  vcs.assign(static_cast<size_t>(nt) * nt, 0);
+  for (int g = 0; g < nt; g++) vc(g)[g] = 1;
+  stamp++;
+}
+
+// Block `rank`'s window at `off` (+bytes): no access recorded.
+void clear(int rank, size_t off, size_t bytes) {
+  if (!shadow[rank]) {
+    shadow[rank] = static_cast<Cell*>(calloc(DYN_MAX, sizeof(Cell)));
+    if (!shadow[rank]) {
+      fprintf(stderr, "kernel emulator: cannot allocate the race check's shadow memory\n");
+      abort();
+    }
+  }
+  memset(shadow[rank] + off, 0, bytes * sizeof(Cell));
+}
+
+void release(Sync& s) {
+  const int g = gid(*emu::cur);
+  join(fresh(s).acc(), vc(g));
+  vc(g)[g]++;
+}
+void publish(Sync& s, uint64_t phase) {
+  fresh(s);
+  memcpy(s.snap(phase), s.acc(), sizeof(uint32_t) * nt);
+  memset(s.acc(), 0, sizeof(uint32_t) * nt);
+}
+void acquire(Sync& s, uint64_t phase) { join(vc(gid(*emu::cur)), fresh(s).snap(phase)); }
+// The last thread to arrive takes in what the others released before it does its part.
+void acquire_pending(Sync& s) { join(vc(gid(*emu::cur)), fresh(s).acc()); }
+
+const char* thread_name(int g, char* buf, size_t len) {
+  const int lin = g % B.n, rank = g / B.n;
+  const unsigned x = static_cast<unsigned>(lin) % emu::block_dim.x, y = static_cast<unsigned>(lin) / emu::block_dim.x % emu::block_dim.y,
+                 z = static_cast<unsigned>(lin) / (emu::block_dim.x * emu::block_dim.y);
+  if (B.csize > 1) snprintf(buf, len, "thread (%u,%u,%u) of the cluster's block of rank %d", x, y, z, rank);
+  else snprintf(buf, len, "thread (%u,%u,%u)", x, y, z);
+  return buf;
+}
+
+[[noreturn]] void report(int rank, size_t off, uint64_t earlier, bool earlier_write, bool now_write, int g) {
+  char a[96], b[96];
+  emu::fail("shared memory race at shared address 0x%zx%s: %s %s it and %s %s it with nothing ordering the two (a missing __syncthreads, named barrier, mbarrier wait or __syncwarp)",
+            off, B.csize > 1 && rank != emu::cur->cta ? " of a peer block" : "", thread_name(static_cast<int>(earlier & GID_MASK), a, sizeof a),
+            earlier_write ? "wrote" : "read", thread_name(g, b, sizeof b), now_write ? "writes" : "reads");
+}
+
+// Thread g reads or writes `bytes` at offset `off` of block `rank`'s window.
+void check(int rank, size_t off, size_t bytes, bool write, int g) {
+  Cell* cells = shadow[rank];
+  if (!cells) return;
+  const uint64_t e = epoch(g);
+  for (size_t i = off; i < off + bytes && i < DYN_MAX; i++) {
+    Cell& c = cells[i];
+    if (c.w && !ordered(c.w, g)) report(rank, i, c.w, true, write, g);
+    if (write) {
+      if (c.r0 && !ordered(c.r0, g)) report(rank, i, c.r0, false, true, g);
+      if (c.r1 && !ordered(c.r1, g)) report(rank, i, c.r1, false, true, g);
+      c.w = e;
+      c.r0 = c.r1 = 0;
+      continue;
+    }
+    if (c.r0 == e || c.r1 == e) continue;
+    // Keep the reads not ordered before this one (they are what a later write must follow).
+    const bool r0_before = !c.r0 || ordered(c.r0, g), r1_before = !c.r1 || ordered(c.r1, g);
+    if (r0_before) {
+      c.r0 = e;
+      if (r1_before) c.r1 = 0;
+    } else {
+      c.r1 = e;  // both concurrent with this read: the second gives way
+    }
+  }
+}
+
+// An access by the running thread at a host address: checked if it lies in a window of the cluster.
+inline void access(const void* p, size_t bytes, bool write) {
+  if (!emu::cur || !nt) return;
+  const uintptr_t a = reinterpret_cast<uintptr_t>(p);
+  for (int r = 0; r < B.csize; r++) {
+    const uintptr_t w = reinterpret_cast<uintptr_t>(B.ctas[r]->window);
+    if (a - w < DYN_MAX) {
+      check(r, a - w, bytes, write, gid(*emu::cur));
+      return;
+    }
+  }
+}
+
+}  // namespace race
+
+#endif
