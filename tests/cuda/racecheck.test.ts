@@ -5,7 +5,8 @@
  * schedule, including where the values come out right anyway (two threads writing the same value;
  * readers that release a stage before reading it). The barriers it must see are each of the
  * kernels' kinds: __syncthreads, __syncwarp (a shuffle orders nothing), mbarriers, named barriers,
- * and cp.async's and ldmatrix's accesses as the lanes' own.
+ * and cp.async's and ldmatrix's accesses as the lanes' own; and a wgmma reading stores that no
+ * fence.proxy.async made visible to the async proxy.
  *
  * Tessera's kernels under the race check: `npm run test:race` runs the op conformance suite's
  * CUDA tiers on the race-checking emulator, at sm_90 and sm_80.
@@ -129,6 +130,19 @@ describe.skipIf(skip !== null)('kernel emulator race check', () => {
       return x | 0;
     });
     check('ldmatrix', 64, 32, expected, (a, b) => Math.min(a, b) < 32 && Math.max(a, b) >= 32);
+  });
+
+  it('requires fence.proxy.async between a thread\'s stores and a wgmma that reads them, barrier or not', () => {
+    for (const schedule of ['0', '1']) {
+      process.env.TESSERA_EMU_SCHEDULE = schedule;
+      const out = upload(new Float32Array(128));
+      launch('ts_emu_selftest_race_proxy', params, { out, ordered: 1 }, 128);
+      expect([...download(new Float32Array(128), out)]).toEqual(new Array(128).fill(16));
+      const msg = failure(() => launch('ts_emu_selftest_race_proxy', params, { out, ordered: 0 }, 128));
+      expect(msg).toMatch(
+        /^ts_emu_selftest_race_proxy: block \(0,0,0\) thread \(\d+,0,0\): shared memory at shared address 0x[0-9a-f]+: thread \(\d+,0,0\) wrote it and a wgmma reads it for thread \(\d+,0,0\) with no fence\.proxy\.async by the writer after its write/,
+      );
+    }
   });
 
   it('takes a cp.async copy as written by its thread when that thread\'s wait lands it: another thread reading it first races', () => {

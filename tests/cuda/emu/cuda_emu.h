@@ -109,6 +109,8 @@ inline uint32_t lane() { return cur->linear & 31u; }
 // emulated hardware makes for the running thread, and one at a host address (the hook the
 // compiler's instrumentation calls).
 void race_shared(uint32_t addr, int bytes, bool write);
+// fence.proxy.async by the running thread (the async proxy may then see its writes).
+void race_proxy_fence();
 void race_host_access(const void* p, size_t bytes, bool write);
 
 // ---- sm_90a (runtime.cpp): mbarriers and TMA, by shared address; named barriers; wgmma ----

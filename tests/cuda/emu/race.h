@@ -24,6 +24,8 @@
 // the barrier's wait reads its poison, which the results show); ldmatrix reads each row as the
 // lane that gave its address; a wgmma reads its operands in shared memory when its wait_group
 // runs, as the warpgroup (whose threads meet there).
+// The async proxy (wgmma's operand reads, TMA's writes) must also find the last write of a byte
+// fenced for it: a thread's store followed, in that thread, by fence.proxy.async.
 //
 // Global memory is not checked: blocks run one after another here, and the kernels' cross-block
 // hand-offs (split-K partials, counters) are checked by the block order the schedule permutes.

@@ -7,8 +7,12 @@ namespace race {
 
 constexpr int GID_BITS = 13;  // a cluster's threads: 8 blocks of 1024
 constexpr uint64_t GID_MASK = (1ull << GID_BITS) - 1;
+constexpr uint64_t ASYNC = 1ull << 63;  // an epoch's flag: a write by the async proxy (a TMA load)
 
 std::vector<uint32_t> vcs;  // nt x nt: row g is thread g's clock of every thread
+// Per thread: its own clock at its last fence.proxy.async (0: none yet). The fence starts a new
+// epoch, so its writes before the fence have clocks up to this and those after it above.
+std::vector<uint32_t> fenced;
 
 // Per byte of a window: the last write's epoch and up to two reads since (0: none).
 struct Cell {
@@ -19,9 +23,10 @@ Cell* shadow[MAX_CLUSTER];
 inline uint32_t* vc(int g) { return vcs.data() + static_cast<size_t>(g) * nt; }
 inline int gid(const emu::Thread& t) { return t.cta * B.n + static_cast<int>(t.linear); }
 inline uint64_t epoch(int g) { return (static_cast<uint64_t>(vc(g)[g]) << GID_BITS) | static_cast<uint64_t>(g); }
+inline uint32_t clock_of(uint64_t e) { return static_cast<uint32_t>((e & ~ASYNC) >> GID_BITS); }
 inline bool ordered(uint64_t e, int g) {
   const int t = static_cast<int>(e & GID_MASK);
-  return t == g || vc(g)[t] >= (e >> GID_BITS);
+  return t == g || vc(g)[t] >= clock_of(e);
 }
 inline void join(uint32_t* into, const uint32_t* from) {
   for (int i = 0; i < nt; i++) into[i] = from[i] > into[i] ? from[i] : into[i];
@@ -58,6 +63,7 @@ void begin_cluster(int threads) {
   nt = threads;
   vcs.assign(static_cast<size_t>(nt) * nt, 0);
   for (int g = 0; g < nt; g++) vc(g)[g] = 1;
+  fenced.assign(static_cast<size_t>(nt), 0);
   stamp++;
 }
 
@@ -86,6 +92,13 @@ void publish(Sync& s, uint64_t phase) {
 void acquire(Sync& s, uint64_t phase) { join(vc(gid(*emu::cur)), fresh(s).snap(phase)); }
 // The last thread to arrive takes in what the others released before it does its part.
 void acquire_pending(Sync& s) { join(vc(gid(*emu::cur)), fresh(s).acc()); }
+// fence.proxy.async by the running thread: its shared-memory writes so far may be read by the
+// async proxy (wgmma, TMA) once a barrier orders them.
+void proxy_fence() {
+  const int g = gid(*emu::cur);
+  fenced[g] = vc(g)[g];
+  vc(g)[g]++;
+}
 
 const char* thread_name(int g, char* buf, size_t len) {
   const int lin = g % B.n, rank = g / B.n;
@@ -103,14 +116,25 @@ const char* thread_name(int g, char* buf, size_t len) {
             earlier_write ? "wrote" : "read", thread_name(g, b, sizeof b), now_write ? "writes" : "reads");
 }
 
-// Thread g reads or writes `bytes` at offset `off` of block `rank`'s window.
-void check(int rank, size_t off, size_t bytes, bool write, int g) {
+[[noreturn]] void report_proxy(int rank, size_t off, uint64_t w, bool now_write, int g) {
+  char a[96], b[96];
+  emu::fail("shared memory at shared address 0x%zx%s: %s wrote it and %s for %s with no fence.proxy.async by the writer after its write (the async proxy need not see a "
+            "generic-proxy write without one, whatever barrier orders them)",
+            off, B.csize > 1 && rank != emu::cur->cta ? " of a peer block" : "", thread_name(static_cast<int>(w & GID_MASK), a, sizeof a),
+            now_write ? "a TMA load overwrites it" : "a wgmma reads it", thread_name(g, b, sizeof b));
+}
+
+// Thread g reads or writes `bytes` at offset `off` of block `rank`'s window; `async`: through the
+// async proxy (a wgmma's operand read, a TMA load's write), which sees a write by the generic
+// proxy (a thread's store, cp.async) only after the writer's fence.proxy.async.
+void check(int rank, size_t off, size_t bytes, bool write, int g, bool async = false) {
   Cell* cells = shadow[rank];
   if (!cells) return;
-  const uint64_t e = epoch(g);
+  const uint64_t e = epoch(g) | (async && write ? ASYNC : 0);
   for (size_t i = off; i < off + bytes && i < DYN_MAX; i++) {
     Cell& c = cells[i];
     if (c.w && !ordered(c.w, g)) report(rank, i, c.w, true, write, g);
+    if (async && c.w && !(c.w & ASYNC) && fenced[c.w & GID_MASK] < clock_of(c.w)) report_proxy(rank, i, c.w, write, g);
     if (write) {
       if (c.r0 && !ordered(c.r0, g)) report(rank, i, c.r0, false, true, g);
       if (c.r1 && !ordered(c.r1, g)) report(rank, i, c.r1, false, true, g);
@@ -131,13 +155,13 @@ void check(int rank, size_t off, size_t bytes, bool write, int g) {
 }
 
 // An access by the running thread at a host address: checked if it lies in a window of the cluster.
-inline void access(const void* p, size_t bytes, bool write) {
+inline void access(const void* p, size_t bytes, bool write, bool async = false) {
   if (!emu::cur || !nt) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   for (int r = 0; r < B.csize; r++) {
     const uintptr_t w = reinterpret_cast<uintptr_t>(B.ctas[r]->window);
     if (a - w < DYN_MAX) {
-      check(r, a - w, bytes, write, gid(*emu::cur));
+      check(r, a - w, bytes, write, gid(*emu::cur), async);
       return;
     }
   }

@@ -538,7 +538,7 @@ int64_t tma_copy(const Tma& t, bool poison_only) {
   unsigned char* base = static_cast<unsigned char*>(shared_ptr_in(*t.cta, t.dst, static_cast<int>(bytes)));
   if (poison_only) {
     memset(base, 0xff, static_cast<size_t>(bytes));
-    RACE(race::access(base, static_cast<size_t>(bytes), true);)  // a write by the issuing thread
+    RACE(race::access(base, static_cast<size_t>(bytes), true, true);)  // the async proxy's write, for the issuing thread
     return bytes;
   }
   RACE(race::clear(rank_of(*t.cta), t.dst, static_cast<size_t>(bytes));)  // lands as data no thread wrote
@@ -609,7 +609,7 @@ float desc_elem(uint64_t desc, int row, int col, bool bf16) {
                  sbo = static_cast<uint32_t>((desc >> 32) & 0x3fff) << 4;
   const uint32_t logical = start + (row / 8) * sbo + (row % 8) * 128 + (col / 64) * lbo + (col % 64) * 2;
   const unsigned char* p = static_cast<const unsigned char*>(shared_ptr(swizzle128(logical), 2));
-  RACE(race::access(p, 2, false);)
+  RACE(race::access(p, 2, false, true);)
   return elem16(p, bf16);
 }
 
@@ -1265,6 +1265,7 @@ void emu::race_host_access(const void* p, size_t bytes, bool write) {
   (void)p, (void)bytes, (void)write;
   RACE(race::access(p, bytes, write);)
 }
+void emu::race_proxy_fence() { RACE(race::proxy_fence();) }
 void emu::race_shared(uint32_t addr, int bytes, bool write) {
   (void)addr, (void)bytes, (void)write;
   RACE(race::access(shared_ptr(addr, bytes), static_cast<size_t>(bytes), write);)

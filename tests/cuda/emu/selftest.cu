@@ -271,3 +271,23 @@ extern "C" __global__ void ts_emu_selftest_race_ldmatrix(uint32_t* out, int orde
     out[t] = r[0] ^ r[1] ^ r[2] ^ r[3];
   }
 }
+
+// One warpgroup writes a wgmma's operands (A 64 x 16, B 16 x 128, bf16 ones, 128B-swizzled rows of
+// 64 values) with ordinary stores, then (ordered) fences them for the async proxy, then meets at a
+// barrier and multiplies: out[t] = the thread's first accumulator, 16. Without the fence the
+// barrier alone does not make the stores visible to the wgmma.
+extern "C" __global__ void ts_emu_selftest_race_proxy(float* out, int ordered) {
+  __shared__ __align__(1024) uint16_t a[64 * 64];
+  __shared__ __align__(1024) uint16_t b[128 * 64];
+  const int t = threadIdx.x;
+  for (int i = t; i < 64 * 64; i += 128) a[i] = 0x3f80;
+  for (int i = t; i < 128 * 64; i += 128) b[i] = 0x3f80;
+  if (ordered) ts::sm90::fence_async_shared();
+  __syncthreads();
+  float d[64];
+  ts::sm90::wgmma_fence();
+  ts::sm90::wgmma_ss_m64n128k16<ts::bf16>(d, ts::sm90::desc_kmajor(a), ts::sm90::desc_kmajor(b), 0);
+  ts::sm90::wgmma_commit();
+  ts::sm90::wgmma_wait<0>();
+  out[t] = d[0];
+}

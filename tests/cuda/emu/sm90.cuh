@@ -47,7 +47,7 @@ inline void tma_load_2d_multicast(void* dst, const CUtensorMap* map, uint64_t* b
 
 inline void named_sync(int id, int threads) { emu::named_barrier(id, threads, true); }
 inline void named_arrive(int id, int threads) { emu::named_barrier(id, threads, false); }
-inline void fence_async_shared() {}
+inline void fence_async_shared() { emu::race_proxy_fence(); }
 
 // Descriptors as kernels/sm90.cuh builds them (the encoding is the one the emulated wgmma reads).
 inline uint64_t desc_kmajor(const void* p) {
