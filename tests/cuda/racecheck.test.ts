@@ -6,7 +6,7 @@
  * readers that release a stage before reading it). The barriers it must see are each of the
  * kernels' kinds: __syncthreads, __syncwarp (a shuffle orders nothing), mbarriers, named barriers,
  * and cp.async's and ldmatrix's accesses as the lanes' own; and a wgmma reading stores that no
- * fence.proxy.async made visible to the async proxy.
+ * fence.proxy.async made visible to the async proxy; and a read of shared memory nothing wrote.
  *
  * Tessera's kernels under the race check: `npm run test:race` runs the op conformance suite's
  * CUDA tiers on the race-checking emulator, at sm_90 and sm_80.
@@ -142,6 +142,17 @@ describe.skipIf(skip !== null)('kernel emulator race check', () => {
       expect(msg).toMatch(
         /^ts_emu_selftest_race_proxy: block \(0,0,0\) thread \(\d+,0,0\): shared memory at shared address 0x[0-9a-f]+: thread \(\d+,0,0\) wrote it and a wgmma reads it for thread \(\d+,0,0\) with no fence\.proxy\.async by the writer after its write/,
       );
+    }
+  });
+
+  it('sees a read of shared memory that nothing wrote, where the poison does not show', () => {
+    for (const schedule of ['0', '1']) {
+      process.env.TESSERA_EMU_SCHEDULE = schedule;
+      const out = upload(new Float32Array(32));
+      launch('ts_emu_selftest_race_unwritten', params, { out, ordered: 1 }, 32);
+      expect([...download(new Float32Array(32), out)]).toEqual(new Array(32).fill(1));
+      const msg = failure(() => launch('ts_emu_selftest_race_unwritten', params, { out, ordered: 0 }, 32));
+      expect(msg).toMatch(/^ts_emu_selftest_race_unwritten: block \(0,0,0\) thread \((\d+),0,0\): thread \(\1,0,0\) reads shared memory at shared address 0x[0-9a-f]+ that nothing wrote since the block started/);
     }
   });
 

@@ -25,7 +25,8 @@
 // lane that gave its address; a wgmma reads its operands in shared memory when its wait_group
 // runs, as the warpgroup (whose threads meet there).
 // The async proxy (wgmma's operand reads, TMA's writes) must also find the last write of a byte
-// fenced for it: a thread's store followed, in that thread, by fence.proxy.async.
+// fenced for it: a thread's store followed, in that thread, by fence.proxy.async. And a read must
+// find its byte written since the block started (by a thread, a copy or a TMA load).
 //
 // Global memory is not checked: blocks run one after another here, and the kernels' cross-block
 // hand-offs (split-K partials, counters) are checked by the block order the schedule permutes.

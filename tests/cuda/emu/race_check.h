@@ -19,6 +19,8 @@ struct Cell {
   uint64_t w, r0, r1;
 };
 Cell* shadow[MAX_CLUSTER];
+// Per byte of a window: 1 once anything wrote it in this block (a store, a copy, a TMA load).
+unsigned char* written[MAX_CLUSTER];
 
 inline uint32_t* vc(int g) { return vcs.data() + static_cast<size_t>(g) * nt; }
 inline int gid(const emu::Thread& t) { return t.cta * B.n + static_cast<int>(t.linear); }
@@ -67,16 +69,19 @@ void begin_cluster(int threads) {
   stamp++;
 }
 
-// Block `rank`'s window at `off` (+bytes): no access recorded.
-void clear(int rank, size_t off, size_t bytes) {
+// Block `rank`'s window at `off` (+bytes): no access recorded; `landed`: written by no thread (a
+// TMA load's data), else not written at all (a block's start).
+void clear(int rank, size_t off, size_t bytes, bool landed = false) {
   if (!shadow[rank]) {
     shadow[rank] = static_cast<Cell*>(calloc(DYN_MAX, sizeof(Cell)));
-    if (!shadow[rank]) {
+    written[rank] = static_cast<unsigned char*>(calloc(DYN_MAX, 1));
+    if (!shadow[rank] || !written[rank]) {
       fprintf(stderr, "kernel emulator: cannot allocate the race check's shadow memory\n");
       abort();
     }
   }
   memset(shadow[rank] + off, 0, bytes * sizeof(Cell));
+  memset(written[rank] + off, landed ? 1 : 0, bytes);
 }
 
 void release(Sync& s) {
@@ -124,6 +129,12 @@ const char* thread_name(int g, char* buf, size_t len) {
             now_write ? "a TMA load overwrites it" : "a wgmma reads it", thread_name(g, b, sizeof b));
 }
 
+[[noreturn]] void report_unwritten(int rank, size_t off, bool async, int g) {
+  char a[96];
+  emu::fail("%s reads shared memory at shared address 0x%zx%s that nothing wrote since the block started", async ? "a wgmma" : thread_name(g, a, sizeof a), off,
+            B.csize > 1 && rank != emu::cur->cta ? " of a peer block" : "");
+}
+
 // Thread g reads or writes `bytes` at offset `off` of block `rank`'s window; `async`: through the
 // async proxy (a wgmma's operand read, a TMA load's write), which sees a write by the generic
 // proxy (a thread's store, cp.async) only after the writer's fence.proxy.async.
@@ -135,7 +146,9 @@ void check(int rank, size_t off, size_t bytes, bool write, int g, bool async = f
     Cell& c = cells[i];
     if (c.w && !ordered(c.w, g)) report(rank, i, c.w, true, write, g);
     if (async && c.w && !(c.w & ASYNC) && fenced[c.w & GID_MASK] < clock_of(c.w)) report_proxy(rank, i, c.w, write, g);
+    if (!write && !written[rank][i]) report_unwritten(rank, i, async, g);
     if (write) {
+      written[rank][i] = 1;
       if (c.r0 && !ordered(c.r0, g)) report(rank, i, c.r0, false, true, g);
       if (c.r1 && !ordered(c.r1, g)) report(rank, i, c.r1, false, true, g);
       c.w = e;

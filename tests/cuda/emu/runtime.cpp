@@ -541,7 +541,7 @@ int64_t tma_copy(const Tma& t, bool poison_only) {
     RACE(race::access(base, static_cast<size_t>(bytes), true, true);)  // the async proxy's write, for the issuing thread
     return bytes;
   }
-  RACE(race::clear(rank_of(*t.cta), t.dst, static_cast<size_t>(bytes));)  // lands as data no thread wrote
+  RACE(race::clear(rank_of(*t.cta), t.dst, static_cast<size_t>(bytes), true);)  // lands as data no thread wrote
   const unsigned char* g = reinterpret_cast<const unsigned char*>(w[0]);
   int64_t n = bytes / elem;
   for (int64_t i = 0; i < n; i++) {

@@ -205,6 +205,8 @@ extern "C" __global__ void ts_emu_selftest_race_war(int* out, int ordered) {
 extern "C" __global__ void ts_emu_selftest_race_syncwarp(int* out, int ordered) {
   __shared__ int s[32];
   const int l = threadIdx.x;
+  s[31 - l] = 0;  // written before the barrier: what races below is the second write
+  __syncthreads();
   s[l] = l + 1;
   if (ordered) __syncwarp();
   else out[32 + l] = __shfl_sync(FULL, l, 0);
@@ -248,6 +250,8 @@ extern "C" __global__ void ts_emu_selftest_race_mbarrier(int* out, int ordered) 
 extern "C" __global__ void ts_emu_selftest_race_named(int* out, int ordered) {
   __shared__ int s[32];
   const int t = threadIdx.x;
+  if (t >= 32) s[t - 32] = 0;  // written before the barrier: what races below is the second write
+  __syncthreads();
   if (t < 32) {
     s[t] = 3 * t;
     if (ordered) ts::sm90::named_arrive(1, 64);
@@ -262,6 +266,8 @@ extern "C" __global__ void ts_emu_selftest_race_named(int* out, int ordered) {
 extern "C" __global__ void ts_emu_selftest_race_ldmatrix(uint32_t* out, int ordered) {
   __shared__ __align__(16) uint16_t tile[256];
   const int t = threadIdx.x;
+  for (int i = t; i < 256; i += 64) tile[i] = 0;  // written before the barrier: what races is the second write
+  __syncthreads();
   if (t >= 32)
     for (int i = t - 32; i < 256; i += 32) tile[i] = static_cast<uint16_t>(i);
   if (ordered) __syncthreads();
@@ -290,4 +296,14 @@ extern "C" __global__ void ts_emu_selftest_race_proxy(float* out, int ordered) {
   ts::sm90::wgmma_commit();
   ts::sm90::wgmma_wait<0>();
   out[t] = d[0];
+}
+
+// Every thread reads a word of shared memory that (ordered) the block wrote before a barrier, or
+// that nothing wrote: fmaxf(NaN, 0) is 0, so the poison does not show in the values.
+extern "C" __global__ void ts_emu_selftest_race_unwritten(float* out, int ordered) {
+  __shared__ float s[32];
+  const int t = threadIdx.x;
+  if (ordered) s[t] = 1.f;
+  __syncthreads();
+  out[t] = fmaxf(s[(t + 1) % 32], 0.f);
 }
