@@ -8,12 +8,11 @@
  * wrong size, a global access outside every allocation) as one sentence naming the kernel, block
  * and thread.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import koffi from 'koffi';
-import { loadDriver, type CudaDriver, type DevPtr, type Handle } from '../../src/backend/cuda/driver.js';
-import { packArgs, type ArgValue, type ParamType } from '../../src/backend/cuda/kernel_decl.js';
+import { describe, expect, it } from 'vitest';
+import { packArgs, type ParamType } from '../../src/backend/cuda/kernel_decl.js';
 import { ALL_DECLS } from '../../src/backend/cuda/ops/index.js';
 import { buildEmulator } from './emu/build.js';
+import { useEmulator } from './emu/harness.js';
 import { bf16ToF32, f16ToF32, f32ToBf16Bits, f32ToF16Bits } from '../../src/util/dtype.js';
 import { buildMock } from './mock/mock.js';
 import { ldmatrixX4, mmaM16n8k16 } from './mma_model.js';
@@ -28,58 +27,10 @@ const skip = off ? 'the kernel emulator is off (TESSERA_EMULATOR=0)' : !mockPath
 if (skip) console.log(`kernel emulator: skipped: ${skip}`);
 
 describe.skipIf(skip !== null)('kernel emulator', () => {
-  let driver: CudaDriver;
-  let module: Handle;
-  let stream: Handle;
-  let lib: koffi.IKoffiLib;
-  const allocations: DevPtr[] = [];
-  const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU, cc: process.env.MOCK_CC, schedule: process.env.TESSERA_EMU_SCHEDULE };
-
-  beforeAll(() => {
-    // The plain schedule (ascending, then descending rounds), which the order-specific checks
-    // below are written for; the shuffled default has its own test.
-    process.env.TESSERA_EMU_SCHEDULE = '0';
-    process.env.TESSERA_LIBCUDA = mockPath!;
-    process.env.MOCK_EMU = emu.path!;
-    process.env.MOCK_CC = '80';
-    const loaded = loadDriver();
-    if ('reason' in loaded) throw new Error(loaded.reason);
-    driver = loaded.driver;
-    driver.usePrimaryContext(0);
-    module = driver.loadModule(new Uint8Array(16));
-    stream = driver.createStream();
-    lib = koffi.load(mockPath!);
-  });
-  afterAll(() => {
-    for (const p of allocations) driver.free(p);
-    for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu], ['MOCK_CC', saved.cc], ['TESSERA_EMU_SCHEDULE', saved.schedule]] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-
-  const upload = (data: ArrayBufferView): DevPtr => {
-    const p = driver.malloc(Math.max(data.byteLength, 16));
-    allocations.push(p);
-    driver.copyToDevice(p, data);
-    return p;
-  };
-  const download = <A extends Int32Array | Uint32Array | Float32Array>(out: A, p: DevPtr): A => {
-    driver.copyToHost(out, p);
-    return out;
-  };
-  const launch = (name: string, params: Array<[string, ParamType]>, args: Record<string, ArgValue>, threads: number, sharedBytes = 0) => {
-    const fn = driver.getFunction(module, name);
-    driver.launch(fn, [1, 1, 1], [threads, 1, 1], sharedBytes, stream, (view) => packArgs(view, { name, params }, args));
-    driver.synchronize(stream);
-  };
-  /** Runs a launch that must fail with `error`; returns the emulator's sentence and clears the fault. */
-  const failure = (fn: () => void, error = 'CUDA_ERROR_LAUNCH_FAILED'): string => {
-    expect(fn).toThrow(new RegExp(error));
-    const message = lib.func('const char *mock_emu_error(void)')() as string;
-    lib.func('void mock_clear_fault(void)')();
-    return message;
-  };
+  // The plain schedule (ascending, then descending rounds), which the order-specific checks
+  // below are written for; the shuffled default has its own test.
+  const h = useEmulator(mockPath!, emu.path!, '80', '0');
+  const { upload, download, launch, failure } = h;
 
   it('holds every kernel the CUDA backend declares, the sm_90a ones included', () => {
     const declared = ALL_DECLS.map((d) => d.name);
@@ -222,9 +173,9 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
     const params: Array<[string, ParamType]> = [['out', 'ptr'], ['with_sync', 'i32']];
     const out = upload(new Int32Array(16));
     const run = (withSync: number) => {
-      const fn = driver.getFunction(module, 'ts_emu_selftest_cluster');
-      driver.launchEx(fn, [4, 1, 1], [64, 1, 1], 0, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_cluster', params }, { out, with_sync: withSync }), { cluster: [2, 1, 1] });
-      driver.synchronize(stream);
+      const fn = h.driver.getFunction(h.module, 'ts_emu_selftest_cluster');
+      h.driver.launchEx(fn, [4, 1, 1], [64, 1, 1], 0, h.stream, (view) => packArgs(view, { name: 'ts_emu_selftest_cluster', params }, { out, with_sync: withSync }), { cluster: [2, 1, 1] });
+      h.driver.synchronize(h.stream);
     };
     run(1);
     expect([...download(new Int32Array(16), out)]).toEqual([0, 2, 1, 0, 1, 2, 1, 0, 0, 2, 1, 0, 1, 2, 1, 0]);
@@ -279,11 +230,11 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
   it('refuses dynamic shared memory past 48 KiB unless the function was allowed more, as the driver does', () => {
     const msg = failure(() => launch('ts_emu_selftest_exit', [['out', 'ptr']], { out: upload(new Int32Array(32)) }, 32, 64 * 1024));
     expect(msg).toBe('ts_emu_selftest_exit: 65536 bytes of dynamic shared memory, more than the function may launch with (49152; a block may have 166912)');
-    const fn = driver.getFunction(module, 'ts_emu_selftest_exit');
-    driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
+    const fn = h.driver.getFunction(h.module, 'ts_emu_selftest_exit');
+    h.driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
     const out = upload(new Int32Array(32));
-    driver.launch(fn, [1, 1, 1], [32, 1, 1], 64 * 1024, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_exit', params: [['out', 'ptr']] }, { out }));
-    driver.synchronize(stream);
+    h.driver.launch(fn, [1, 1, 1], [32, 1, 1], 64 * 1024, h.stream, (view) => packArgs(view, { name: 'ts_emu_selftest_exit', params: [['out', 'ptr']] }, { out }));
+    h.driver.synchronize(h.stream);
     expect(download(new Int32Array(32), out)[0]).toBe(1);
   });
 
@@ -296,11 +247,11 @@ describe.skipIf(skip !== null)('kernel emulator', () => {
       /^ts_emu_selftest_barrier: block \(0,0,0\) thread \(\d+,0,0\): 4 bytes of static and 49152 of dynamic shared memory: past the function's limit on dynamic shared memory \(49152 less the static part; raise it with cuFuncSetAttribute\)/,
     );
     launch('ts_emu_selftest_barrier', params, { out: upload(new Int32Array(32)), with_barrier: 1 }, 32, 48 * 1024 - 16);
-    const fn = driver.getFunction(module, 'ts_emu_selftest_barrier');
-    driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
+    const fn = h.driver.getFunction(h.module, 'ts_emu_selftest_barrier');
+    h.driver.setMaxDynamicSharedMemory(fn, 64 * 1024);
     const out = upload(new Int32Array(32));
-    driver.launch(fn, [1, 1, 1], [32, 1, 1], 48 * 1024, stream, (view) => packArgs(view, { name: 'ts_emu_selftest_barrier', params }, { out, with_barrier: 1 }));
-    driver.synchronize(stream);
+    h.driver.launch(fn, [1, 1, 1], [32, 1, 1], 48 * 1024, h.stream, (view) => packArgs(view, { name: 'ts_emu_selftest_barrier', params }, { out, with_barrier: 1 }));
+    h.driver.synchronize(h.stream);
     expect(download(new Int32Array(32), out)[0]).toBe(7);
   });
 

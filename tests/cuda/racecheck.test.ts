@@ -11,11 +11,10 @@
  * Tessera's kernels under the race check: `npm run test:race` runs the op conformance suite's
  * CUDA tiers on the race-checking emulator, at sm_90 and sm_80.
  */
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import koffi from 'koffi';
-import { loadDriver, type CudaDriver, type DevPtr, type Handle } from '../../src/backend/cuda/driver.js';
-import { packArgs, type ArgValue, type ParamType } from '../../src/backend/cuda/kernel_decl.js';
+import { describe, expect, it } from 'vitest';
+import type { ParamType } from '../../src/backend/cuda/kernel_decl.js';
 import { buildEmulator } from './emu/build.js';
+import { useEmulator } from './emu/harness.js';
 import { buildMock } from './mock/mock.js';
 
 const off = process.env.TESSERA_EMULATOR === '0';
@@ -28,55 +27,7 @@ if (skip) console.log(`kernel emulator race check: skipped: ${skip}`);
 const RACE = /^ts_emu_selftest_race_\w+: block \(0,0,0\) thread \((\d+),0,0\): shared memory race at shared address 0x[0-9a-f]+: thread \((\d+),0,0\) (?:wrote|read) it and thread \((\d+),0,0\) (?:writes|reads) it with nothing ordering the two/;
 
 describe.skipIf(skip !== null)('kernel emulator race check', () => {
-  let driver: CudaDriver;
-  let module: Handle;
-  let stream: Handle;
-  let lib: koffi.IKoffiLib;
-  const allocations: DevPtr[] = [];
-  const saved = { lib: process.env.TESSERA_LIBCUDA, emu: process.env.MOCK_EMU, cc: process.env.MOCK_CC, schedule: process.env.TESSERA_EMU_SCHEDULE };
-
-  beforeAll(() => {
-    process.env.TESSERA_LIBCUDA = mockPath!;
-    process.env.MOCK_EMU = emu.path!;
-    process.env.MOCK_CC = '90';
-    const loaded = loadDriver();
-    if ('reason' in loaded) throw new Error(loaded.reason);
-    driver = loaded.driver;
-    driver.usePrimaryContext(0);
-    module = driver.loadModule(new Uint8Array(16));
-    stream = driver.createStream();
-    lib = koffi.load(mockPath!);
-  });
-  afterAll(() => {
-    for (const p of allocations) driver.free(p);
-    for (const [k, v] of [['TESSERA_LIBCUDA', saved.lib], ['MOCK_EMU', saved.emu], ['MOCK_CC', saved.cc], ['TESSERA_EMU_SCHEDULE', saved.schedule]] as const) {
-      if (v === undefined) delete process.env[k];
-      else process.env[k] = v;
-    }
-  });
-
-  const upload = (data: ArrayBufferView): DevPtr => {
-    const p = driver.malloc(Math.max(data.byteLength, 16));
-    allocations.push(p);
-    driver.copyToDevice(p, data);
-    return p;
-  };
-  const download = <A extends Int32Array | Uint32Array | Float32Array>(out: A, p: DevPtr): A => {
-    driver.copyToHost(out, p);
-    return out;
-  };
-  const launch = (name: string, params: Array<[string, ParamType]>, args: Record<string, ArgValue>, threads: number) => {
-    const fn = driver.getFunction(module, name);
-    driver.launch(fn, [1, 1, 1], [threads, 1, 1], 0, stream, (view) => packArgs(view, { name, params }, args));
-    driver.synchronize(stream);
-  };
-  /** Runs a launch that must fail; returns the emulator's sentence and clears the fault. */
-  const failure = (fn: () => void): string => {
-    expect(fn).toThrow(/CUDA_ERROR_LAUNCH_FAILED/);
-    const message = lib.func('const char *mock_emu_error(void)')() as string;
-    lib.func('void mock_clear_fault(void)')();
-    return message;
-  };
+  const { upload, download, launch, failure } = useEmulator(mockPath!, emu.path!, '90');
   const params: Array<[string, ParamType]> = [['out', 'ptr'], ['ordered', 'i32']];
   /**
    * Under the plain schedule and two drawn ones: `ordered` gives `expected`; unordered is a race
@@ -132,28 +83,33 @@ describe.skipIf(skip !== null)('kernel emulator race check', () => {
     check('ldmatrix', 64, 32, expected, (a, b) => Math.min(a, b) < 32 && Math.max(a, b) >= 32);
   });
 
-  it('requires fence.proxy.async between a thread\'s stores and a wgmma that reads them, barrier or not', () => {
+  /** Under two schedules: `ordered` gives `expected` (floats); unordered fails with `message`. */
+  const checkFloat = (kernel: string, threads: number, expected: number, message: RegExp) => {
     for (const schedule of ['0', '1']) {
       process.env.TESSERA_EMU_SCHEDULE = schedule;
-      const out = upload(new Float32Array(128));
-      launch('ts_emu_selftest_race_proxy', params, { out, ordered: 1 }, 128);
-      expect([...download(new Float32Array(128), out)]).toEqual(new Array(128).fill(16));
-      const msg = failure(() => launch('ts_emu_selftest_race_proxy', params, { out, ordered: 0 }, 128));
-      expect(msg).toMatch(
-        /^ts_emu_selftest_race_proxy: block \(0,0,0\) thread \(\d+,0,0\): shared memory at shared address 0x[0-9a-f]+: thread \(\d+,0,0\) wrote it and a wgmma reads it for thread \(\d+,0,0\) with no fence\.proxy\.async by the writer after its write/,
-      );
+      const out = upload(new Float32Array(threads));
+      launch(kernel, params, { out, ordered: 1 }, threads);
+      expect([...download(new Float32Array(threads), out)]).toEqual(new Array(threads).fill(expected));
+      expect(failure(() => launch(kernel, params, { out, ordered: 0 }, threads))).toMatch(message);
     }
+  };
+
+  it('requires fence.proxy.async between a thread\'s stores and a wgmma that reads them, barrier or not', () => {
+    checkFloat(
+      'ts_emu_selftest_race_proxy',
+      128,
+      16,
+      /^ts_emu_selftest_race_proxy: block \(0,0,0\) thread \(\d+,0,0\): shared memory at shared address 0x[0-9a-f]+: thread \(\d+,0,0\) wrote it and a wgmma reads it for thread \(\d+,0,0\) with no fence\.proxy\.async by the writer after its write/,
+    );
   });
 
   it('sees a read of shared memory that nothing wrote, where the poison does not show', () => {
-    for (const schedule of ['0', '1']) {
-      process.env.TESSERA_EMU_SCHEDULE = schedule;
-      const out = upload(new Float32Array(32));
-      launch('ts_emu_selftest_race_unwritten', params, { out, ordered: 1 }, 32);
-      expect([...download(new Float32Array(32), out)]).toEqual(new Array(32).fill(1));
-      const msg = failure(() => launch('ts_emu_selftest_race_unwritten', params, { out, ordered: 0 }, 32));
-      expect(msg).toMatch(/^ts_emu_selftest_race_unwritten: block \(0,0,0\) thread \((\d+),0,0\): thread \(\1,0,0\) reads shared memory at shared address 0x[0-9a-f]+ that nothing wrote since the block started/);
-    }
+    checkFloat(
+      'ts_emu_selftest_race_unwritten',
+      32,
+      1,
+      /^ts_emu_selftest_race_unwritten: block \(0,0,0\) thread \((\d+),0,0\): thread \(\1,0,0\) reads shared memory at shared address 0x[0-9a-f]+ that nothing wrote since the block started/,
+    );
   });
 
   it('takes a cp.async copy as written by its thread when that thread\'s wait lands it: another thread reading it first races', () => {
