@@ -29,7 +29,8 @@
 // find its byte written since the block started (by a thread, a copy or a TMA load).
 //
 // Global memory is not checked: blocks run one after another here, and the kernels' cross-block
-// hand-offs (split-K partials, counters) are checked by the block order the schedule permutes.
+// hand-offs (split-K partials, counters) are exercised only through the block order the schedule
+// permutes, their __threadfence not at all.
 #pragma once
 
 #if EMU_RACECHECK

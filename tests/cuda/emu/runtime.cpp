@@ -1259,13 +1259,14 @@ int launch_grid(const char* kernel, dim3 grid, dim3 block, dim3 cluster, size_t 
 extern "C" __attribute__((visibility("default"))) void emu_set_describe_address(int (*fn)(uint64_t, char*, size_t)) { emu::describe_address = fn; }
 
 // ---- the race check's hooks (race.h) ----------------------------------------------------------
-// A shared-memory access the emulated hardware makes for a thread (ldmatrix's rows, by the lane
-// that gave each address).
+// An access at a host address by the running thread (the instrumentation's hooks below).
 void emu::race_host_access(const void* p, size_t bytes, bool write) {
   (void)p, (void)bytes, (void)write;
   RACE(race::access(p, bytes, write);)
 }
 void emu::race_proxy_fence() { RACE(race::proxy_fence();) }
+// A shared-memory access the emulated hardware makes for a thread (ldmatrix's rows, by the lane
+// that gave each address).
 void emu::race_shared(uint32_t addr, int bytes, bool write) {
   (void)addr, (void)bytes, (void)write;
   RACE(race::access(shared_ptr(addr, bytes), static_cast<size_t>(bytes), write);)
